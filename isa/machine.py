@@ -84,9 +84,10 @@ class Machine:
     name: str = _f("custom", "machine name")
     description: str = _f("", "one line about the machine")
     # -- mesh ---------------------------------------------------------------------------------
-    mesh: tuple[int, int] = _f((4, 4), "mesh shape (rows, cols) over all dies")
+    mesh: tuple[int, int] = _f((4, 4), "mesh shape (rows, cols) over all dies", assumption=True)
     die_shape: tuple[int, int] = _f((0, 0), "cores per die (rows, cols); (0, 0) means one die", unit="cores")
-    disabled: tuple[tuple[int, int], ...] = _f((), "(row, col) of disabled cores; routers still forward")
+    disabled: tuple[tuple[int, int], ...] = _f(
+        (), "(row, col) of disabled cores; routers still forward", assumption=True)
     clock_hz: int = _f(2_000_000_000, "core clock", unit="Hz")
     # -- core ---------------------------------------------------------------------------------
     sram_bytes: int = _f(1_310_720, "SRAM per core (1.25 MiB)", unit="B")
@@ -112,7 +113,8 @@ class Machine:
     link_bytes_per_cycle: int = _f(64, "NoC link width per direction (128 GB/s)", unit="B/cycle")
     hop_latency: int = _f(1, "router hop latency", assumption=True, unit="cycles")
     d2d_link_bytes_per_cycle: int = _f(
-        55, "die-to-die link width per direction (2 TB/s per 18-link edge)", unit="B/cycle"
+        55, "die-to-die link width per direction (2 TB/s per edge over 18 links)", assumption=True,
+        unit="B/cycle"
     )
     d2d_latency: int = _f(200, "die-to-die latency (~100 ns)", unit="cycles")
     # -- DRAM ---------------------------------------------------------------------------------

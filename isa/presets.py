@@ -126,9 +126,32 @@ def machine_from_dict(data: dict[str, Any]) -> Machine:
     return result
 
 
+def _toml_value(v: Any) -> str:
+    if isinstance(v, list):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    return tomli_w.dumps({"v": v})[4:].strip()
+
+
 def dump_toml(machine: Machine) -> str:
-    """The full description as TOML: loading it back gives an equal machine."""
-    return tomli_w.dumps(machine.to_dict())
+    """The full description as commented TOML: loading it back gives an equal machine."""
+    lines = [f"# dojoc machine description; load with --machine FILE.toml. hash {machine.hash[:16]}"]
+    data = machine.to_dict()
+
+    def emit(cls: Any, values: dict[str, Any]) -> None:
+        for f in dataclasses.fields(cls):
+            meta = f.metadata
+            note = meta.get("doc", "") + (f" [{meta['unit']}]" if meta.get("unit") else "")
+            if meta.get("assumption"):
+                note += " (assumption: not a public figure)"
+            if f.name != "dram_ports":
+                lines.append(f"{f.name} = {_toml_value(values[f.name])}  # {note}")
+
+    emit(Machine, data)
+    for port in data["dram_ports"]:
+        lines.append("")
+        lines.append("[[dram_ports]]")
+        emit(DramPort, port)
+    return "\n".join(lines) + "\n"
 
 
 def _parse_value(text: str) -> Any:
