@@ -44,7 +44,7 @@ def cli() -> None:
     """dojoc: compile PyTorch models for a Dojo-like mesh and run them on its emulator."""
 
 
-def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
+def write_atomic(path: Path, write: Callable[[Path], object]) -> None:
     """Write through a temporary file in the same folder, renamed into place only on success."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
@@ -177,7 +177,7 @@ def run(target: Path, inputs: tuple[str, ...], output: Path | None, trace: Path 
     click.echo(result.stats.format_table(m))
     if output is not None:
         outs = {k: np.asarray(v) for k, v in result.outputs.items()}
-        write_atomic(output, lambda p: np.savez(p, **outs))  # type: ignore[arg-type]
+        write_atomic(output, lambda p: np.savez(p, **outs))
         click.echo(f"wrote {output}")
     if trace is not None and result.trace is not None:
         result.trace.save(trace)

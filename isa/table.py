@@ -309,25 +309,25 @@ for _op, _fn in {**VBINARY, **VCOMPARE}.items():
                        *_tile2("a"), DT("dt", "operand type"),
                        E("bca", Bcast, 2, "broadcast of a", default=Bcast.NONE)),
           Unit.SIMD, Cost.VECTOR, "vbinary_s", f"Elementwise d = a {_op} imm.", fn=_fn, result_bool=_cmp)
-for _op, (_fn, _tr) in VUNARY.items():
+for _op, (_ufn, _tr) in VUNARY.items():
     _decl(f"v{_op}", (R("rd"), R("ra"), *_tile2("a"), DT(), E("bca", Bcast, 2, "broadcast of a",
                                                               default=Bcast.NONE)),
           Unit.SIMD, Cost.TRANSCENDENTAL if _tr else Cost.VECTOR, "vunary", f"Elementwise d = {_op}(a).",
-          fn=_fn)
+          fn=_ufn)
 _decl("vsel", (R("rd"), R("rc", "bool condition tile"), R("ra"), R("rb"), U("rows", ROWS), U("cols", COLS),
                U("sd", STRIDE), U("sc", STRIDE), U("sa", STRIDE), U("sb", STRIDE), DT()),
       Unit.SIMD, Cost.VECTOR, "vsel", "Elementwise d = c ? a : b.")
 _decl("vfill", (R("rd"), Field("imm", Kind.F32, 32, "value", positional=True), U("rows", ROWS),
                 U("cols", COLS), U("sd", STRIDE), DT()),
       Unit.SIMD, Cost.VECTOR, "vfill", "Fill a tile with one value.")
-for _op, _fn in VREDUCE.items():
+for _op, _rfn in VREDUCE.items():
     _decl(f"vr{_op}", (R("rd"), R("ra"), *_tile2("a"), DT("dt", "source type"),
                        E("axis", Axis, 1, "row: one result per row; col: one per column")),
           Unit.SIMD, Cost.REDUCE, "vreduce",
-          f"Reduce a by {_op} along an axis" + ("; the result is i32." if "arg" in _op else "."), fn=_fn)
-for _op, _fn in VSCAN.items():
+          f"Reduce a by {_op} along an axis" + ("; the result is i32." if "arg" in _op else "."), fn=_rfn)
+for _op, _sfn in VSCAN.items():
     _decl(f"v{_op}", (R("rd"), R("ra"), *_tile2("a"), DT(), E("axis", Axis, 1, "scan direction")),
-          Unit.SIMD, Cost.REDUCE, "vscan", f"Inclusive {_op} scan along an axis.", fn=_fn)
+          Unit.SIMD, Cost.REDUCE, "vscan", f"Inclusive {_op} scan along an axis.", fn=_sfn)
 _decl("vtrans", (R("rd"), R("ra"), *_tile2("a"), DT()), Unit.SIMD, Cost.TRANSPOSE, "vtrans",
       "d (cols x rows) = transpose of a (rows x cols).")
 _decl("vcvt", (R("rd"), R("ra"), *_tile2("a"), DT("dtd", "destination type"), DT("dts", "source type"),
