@@ -6,7 +6,7 @@ from isa.errors import AsmError, DojocError, EncodingError, FormatError, Machine
 
 __all__ = [
     "AsmError", "DojocError", "EncodingError", "FormatError", "MachineError", "ObjectFileError",
-    "CompileError", "UnsupportedOpsError", "ShapeError", "SramOverflowError", "InputError",
+    "CompileError", "UnsupportedOpsError", "ShapeError", "SramOverflowError", "InputError", "IRError",
 ]
 
 
@@ -32,6 +32,11 @@ class CompileError(DojocError):
 
 class ShapeError(CompileError):
     """Shapes that an op rejects."""
+
+
+class IRError(CompileError):
+    """An IR graph that breaks an invariant (use before definition, bad attributes, wrong types):
+    a bug in a pass or a lowering, reported by `dojoc.ir.verify` with the node and its source."""
 
 
 class SramOverflowError(CompileError):

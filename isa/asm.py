@@ -8,6 +8,7 @@ checked against the table here, so no instruction needs code of its own. Every e
 from __future__ import annotations
 
 import difflib
+import gc
 import hashlib
 import json
 from collections.abc import Collection
@@ -26,6 +27,7 @@ from isa.machine import Machine
 from isa.presets import load_machine
 from isa.program import CodeSection, DebugEntry, Image, Signature, Tensor, TensorKind
 from isa.table import BY_MNEMONIC, Field, Instr, InstrSpec, Kind
+from isa.text import kind_text, syntax
 
 LOCAL_PREFIX = ".L"  # labels with this prefix are resolved but not kept in CodeSection.labels
 
@@ -35,33 +37,8 @@ class _Err(Exception):
 
     def __init__(self, message: str, tok: Any = None) -> None:
         super().__init__(message)
-        at = tok.meta if isinstance(tok, Tree) else tok
-        self.line: int | None = getattr(at, "line", None)
-        self.column: int | None = getattr(at, "column", None)
-
-
-def syntax(spec: InstrSpec) -> str:
-    """The assembly syntax of an instruction, e.g. `mma rd, ra, rb, m=<uimm12>, ..., [acc=0]`."""
-    parts = [f.name for f in spec.fields if f.positional]
-    for f in spec.fields:
-        if f.positional:
-            continue
-        if f.default is not None:
-            dv = f.default.name.lower() if f.kind is Kind.ENUM else f.default
-            parts.append(f"[{f.name}={dv}]")
-        else:
-            parts.append(f"{f.name}=<{_kind_text(f)}>")
-    return f"{spec.mnemonic} {', '.join(parts)}" if parts else spec.mnemonic
-
-
-def _kind_text(f: Field) -> str:
-    if f.kind is Kind.REG:
-        return "reg"
-    if f.kind is Kind.DTYPE:
-        return "dtype"
-    if f.kind is Kind.ENUM and f.enum is not None:
-        return "|".join(m.name.lower() for m in f.enum)
-    return f"{f.kind.value}{f.bits}"
+        self.line: int | None = getattr(tok, "line", None)
+        self.column: int | None = getattr(tok, "column", None)
 
 
 def parse_number(text: str) -> int | float:
@@ -98,7 +75,7 @@ class _Section:
     code: list[Instr | None] = field(default_factory=list)
     pending: list[tuple[int, InstrSpec, list[Any]]] = field(default_factory=list)  # unresolved targets
     labels: dict[str, tuple[int, Any]] = field(default_factory=dict)
-    debug: list[tuple[Tree, str, str]] = field(default_factory=list)  # .debug lines not yet attached
+    debug: list[tuple[Token, str, str]] = field(default_factory=list)  # .debug lines not yet attached
 
 
 class _Assembler:
@@ -228,10 +205,11 @@ class _Assembler:
         return out
 
     def do_signature_dir(self, t: Any) -> None:
+        kw, *items = t.children
         if self.signature is not None:
-            raise _Err(".signature given twice", t)
+            raise _Err(".signature given twice", kw)
         fields: dict[str, Any] = {}
-        for item in t.children:
+        for item in items:
             key, *names = item.children
             if str(key) not in ("inputs", "outputs", "tree"):
                 raise _Err(f"unknown .signature key {key}; expected inputs, outputs or tree", key)
@@ -287,7 +265,7 @@ class _Assembler:
         self.section_names.add(name)
         self.cur = _Section(name, tuple(ids), name_tok)
 
-    def section(self, tok: Token | Tree, what: str) -> _Section:
+    def section(self, tok: Any, what: str) -> _Section:
         if self.cur is None:
             raise _Err(f"{what} outside a section; start one with `.section NAME cores=...`", tok)
         return self.cur
@@ -299,12 +277,13 @@ class _Assembler:
             raise _Err(f"duplicate label {tok} (first defined at line {sec.labels[str(tok)][1].line})", tok)
         sec.labels[str(tok)] = (len(sec.code), tok)
 
-    def do_debug_dir(self, t: Tree) -> None:
-        opts = self.options(t.children, {"op", "source"})
-        sec = self.section(t, ".debug")
+    def do_debug_dir(self, t: Any) -> None:
+        kw, *items = t.children
+        opts = self.options(items, {"op", "source"})
+        sec = self.section(kw, ".debug")
         if "op" not in opts:
-            raise _Err('.debug needs op="..."', t)
-        sec.debug.append((t, opts["op"][1], opts.get("source", (t, ""))[1]))
+            raise _Err('.debug needs op="..."', kw)
+        sec.debug.append((kw, opts["op"][1], opts.get("source", (kw, ""))[1]))
 
     def do_bad_instr(self, t: Tree) -> None:
         tok = t.children[0]
@@ -377,10 +356,10 @@ class _Assembler:
             return str(tok)
         if kind in (Kind.DTYPE, Kind.ENUM):
             if tok.type != "NAME":
-                raise _Err(f"{where} expects {_kind_text(f)}, got {tok}", tok)
+                raise _Err(f"{where} expects {kind_text(f)}, got {tok}", tok)
             return str(tok)
-        if kind is Kind.TARGET and tok.type == "NAME" and str(tok) not in self.equ:
-            return tok  # a label, resolved when the section ends
+        if kind is Kind.TARGET and tok.type == "NAME":
+            return tok  # a label (or else a constant), resolved when the section ends
         if kind is Kind.F32:
             return self.number(tok, f"a number for {where}")
         return self.integer(tok, f"an integer for {where}")
@@ -395,15 +374,19 @@ class _Assembler:
             resolved = []
             for f, v in zip(spec.fields, args, strict=True):
                 if isinstance(v, Token):
-                    if str(v) not in sec.labels:
-                        close = difflib.get_close_matches(str(v), list(sec.labels), n=3)
-                        raise _Err(f"unknown label {v} in section {sec.name}"
-                                   + (f" (did you mean {', '.join(close)}?)" if close else ""), v)
-                    v = sec.labels[str(v)][0]
+                    tok = v
+                    if str(tok) in sec.labels:
+                        v = sec.labels[str(tok)][0]
+                    elif str(tok) in self.equ:
+                        v = self.integer(tok, f"a label or an integer for field {f.name} of {spec.mnemonic}")
+                    else:
+                        close = difflib.get_close_matches(str(tok), list(sec.labels), n=3)
+                        raise _Err(f"unknown label {tok} in section {sec.name}"
+                                   + (f" (did you mean {', '.join(close)}?)" if close else ""), tok)
                     try:
                         v = check_field(spec, f, v)
                     except EncodingError as e:
-                        raise _Err(str(e), v) from None
+                        raise _Err(str(e), tok) from None
                 resolved.append(v)
             sec.code[pc] = Instr(spec, tuple(resolved))
         code = tuple(i for i in sec.code if i is not None)
@@ -425,7 +408,10 @@ def _describe(names: Collection[Any]) -> str:
     p = parser()
     by_name = {t.name: t for t in p.terminals}
     out = []
-    for n in sorted(str(x) for x in names):
+    names = {str(x) for x in names}
+    if "_NL" in names:
+        names.discard("$END")
+    for n in sorted(names):
         if n in TERMINAL_TEXT:
             out.append(TERMINAL_TEXT[n])
         elif n in by_name and by_name[n].pattern.type == "str":
@@ -448,6 +434,8 @@ def _syntax_error(e: UnexpectedInput, text: str) -> tuple[str, int | None, int |
         tok = e.token
         if tok.type == "$END":
             return f"unexpected end of input; expected {_describe(e.expected)}", text.count("\n") + 1, None
+        if str(tok).startswith(".") and "MNEMONIC" in e.expected:
+            return f"unknown directive {tok}; expected one of {', '.join(DIRECTIVES)}", line, col
         got = "end of line" if tok.type == "_NL" else repr(str(tok))
         return f"unexpected {got}; expected {_describe(e.expected)}", line, col
     if isinstance(e, UnexpectedEOF):
@@ -464,12 +452,18 @@ def assemble(text: str, *, base_dir: Path | None = None, machine: Machine | str 
     directive; the default machine is d1. Raises AsmError with line and column on any error.
     """
     where = "" if filename == "<asm>" else f" (in {filename})"
+    gc_was_enabled = gc.isenabled()
+    gc.disable()  # the parse tree is millions of young objects: collecting them repeatedly halves the speed
     try:
-        tree = parser().parse(text if text.endswith("\n") else text + "\n")
-    except UnexpectedInput as e:
-        msg, line, col = _syntax_error(e, text)
-        raise AsmError(msg + where, line, col) from None
-    try:
-        return _Assembler(Path(base_dir) if base_dir is not None else None, machine).run(tree)
-    except _Err as e:
-        raise AsmError(f"{e}{where}", e.line, e.column) from None
+        try:
+            tree = parser().parse(text if text.endswith("\n") else text + "\n")
+        except UnexpectedInput as e:
+            msg, line, col = _syntax_error(e, text)
+            raise AsmError(msg + where, line, col) from None
+        try:
+            return _Assembler(Path(base_dir) if base_dir is not None else None, machine).run(tree)
+        except _Err as e:
+            raise AsmError(f"{e}{where}", e.line, e.column) from None
+    finally:
+        if gc_was_enabled:
+            gc.enable()

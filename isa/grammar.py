@@ -60,23 +60,25 @@ _stmt: instr | bad_instr | machine_dir | tensor_dir | signature_dir | section_di
 instr: MNEMONIC (_operand ("," _operand)*)?
 bad_instr: NAME (_operand ("," _operand)*)?
 _operand: value | kwarg
-kwarg: KEY "=" value
+kwarg: (KEY | NAME) "=" value  // NAME: so that an unknown field gets a precise message
 ?value: REG | NUMBER | NAME
 
 machine_dir: ".machine" (STRING | PATH)
 tensor_dir: ".tensor" _tname NAME value NAME shape opt*
 shape: "[" (value ("," value)*)? "]"
 opt: NAME "=" (STRING | value)
-signature_dir: ".signature" sig_item*
+signature_dir: SIGNATURE sig_item*
 sig_item: NAME "=" _tname ("," _tname)*
 section_dir: ".section" _tname "cores" "=" cores
 cores: "all" -> cores_all
      | core_item ("," core_item)*
 core_item: value (".." value)?
-debug_dir: ".debug" opt*
+debug_dir: DEBUG opt*
 equ_dir: ".equ" NAME value
 _tname: NAME | STRING
 
+SIGNATURE: ".signature"
+DEBUG: ".debug"
 MNEMONIC.3: /{mnemonic_re}/
 KEY.3: /{key_re}/
 REG.2: /{REG_RE}/
@@ -96,8 +98,7 @@ _NL: /\n/
 @cache
 def parser() -> Lark:
     """The (cached) LALR parser of the generated grammar."""
-    return Lark(grammar_text(), parser="lalr", lexer="contextual", maybe_placeholders=False,
-                propagate_positions=True)
+    return Lark(grammar_text(), parser="lalr", lexer="contextual", maybe_placeholders=False)
 
 
 # Human descriptions of terminals, for error messages.

@@ -16,14 +16,14 @@ import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import Enum, StrEnum
 from functools import cached_property
 from typing import Any
 
 from isa.errors import MachineError
 
 
-class Edge(str, Enum):
+class Edge(StrEnum):
     """The mesh edge a DRAM port sits on."""
 
     WEST = "west"

@@ -12,7 +12,7 @@ from enum import Enum
 from typing import Any
 
 from isa.dtypes import DType
-from isa.table import Field, Instr, Kind
+from isa.table import Field, Instr, InstrSpec, Kind
 
 
 def format_float(value: float) -> str:
@@ -49,3 +49,28 @@ def format_instr(instr: Instr, labels: dict[int, str] | None = None) -> str:
     parts += [f"{f.name}={format_value(f, v, labels)}"
               for f, v in zip(spec.fields, instr.args, strict=True) if not f.positional]
     return f"{spec.mnemonic} {', '.join(parts)}" if parts else spec.mnemonic
+
+
+def syntax(spec: InstrSpec) -> str:
+    """The assembly syntax of an instruction, e.g. `mma rd, ra, rb, m=<uimm12>, ..., [acc=0]`."""
+    parts = [f.name for f in spec.fields if f.positional]
+    for f in spec.fields:
+        if f.positional:
+            continue
+        if f.default is not None:
+            dv = f.default.name.lower() if f.kind is Kind.ENUM else f.default
+            parts.append(f"[{f.name}={dv}]")
+        else:
+            parts.append(f"{f.name}=<{kind_text(f)}>")
+    return f"{spec.mnemonic} {', '.join(parts)}" if parts else spec.mnemonic
+
+
+def kind_text(f: Field) -> str:
+    """What a field takes, for messages and docs: reg, dtype, enum names, or kind and bits."""
+    if f.kind is Kind.REG:
+        return "reg"
+    if f.kind is Kind.DTYPE:
+        return "dtype"
+    if f.kind is Kind.ENUM and f.enum is not None:
+        return "|".join(m.name.lower() for m in f.enum)
+    return f"{f.kind.value}{f.bits}"

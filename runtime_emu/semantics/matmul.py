@@ -1,0 +1,133 @@
+"""The matrix multiply-accumulate handler, `mma`, and its exact, host-independent rounding.
+
+D (f32, m x n) = [D +] A (m x k) @ B (k x n, or n x k stored transposed with tb=1), operands BF16, CF8E4,
+CF8E5 (biases in register rbias: bits 0-5 for A, 8-13 for B) or F32. The result is the exact value of
+sum_k a_ik * b_kj (+ d_ij) rounded once to float32 (RNE), whatever the host's BLAS:
+
+1. Operands are decoded to float64; every product of two such values is exact in float64 (at most 48
+   significant bits, exponents far inside float64's range).
+2. r = A @ B (+ D) by numpy's float64 matmul, and a bound on its error: any summation order of K + 1 terms
+   is within gamma_(K+1) * sum |terms| of the exact sum, so |r - exact| <= (K + 2) * 2^-52 * (|A| @ |B| + |D|).
+3. r rounds to the same float32 as the exact sum unless a float32 rounding boundary (the midpoint of two
+   neighbouring float32 values) lies within the bound of r. Those rare elements are recomputed exactly:
+   `math.fsum` of the products gives the correctly rounded float64 s of the exact sum; when s is itself a
+   float32 midpoint, the sign of the exact remainder fsum(products - s) decides the direction.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from isa import formats
+from isa.dtypes import DType
+from isa.table import Instr
+from runtime_emu.core import Core, Handler
+from runtime_emu.semantics.common import raiser, skip
+from runtime_emu.traps import TrapKind
+
+if TYPE_CHECKING:
+    from runtime_emu.emulator import Emulator
+
+_MXU = (DType.BF16, DType.CF8E4, DType.CF8E5, DType.F32)
+_EPS = 2.0**-52
+_F32_TOP = 2.0**128  # the float32 "value" of inf for midpoint arithmetic: max + ulp
+_F32 = np.dtype(np.float32)
+
+
+def _as64(f: np.ndarray) -> np.ndarray:
+    """float32 values as float64 with +-inf replaced by +-2^128 (one ulp beyond the largest float32)."""
+    x = f.astype(np.float64)
+    inf = np.isinf(x)
+    if inf.any():
+        x[inf] = np.copysign(_F32_TOP, x[inf])
+    return x
+
+
+def _exact_f32(terms: list[float]) -> np.float32:
+    """The exact sum of float64 `terms` rounded once to float32 (RNE)."""
+    s = math.fsum(terms)
+    f = np.float32(s)
+    fs = float(f)
+    if fs == s or not math.isfinite(s):
+        return f
+    lo, hi = (np.nextafter(f, np.float32(-np.inf)), f) if fs > s else (f, np.nextafter(f, np.float32(np.inf)))
+    lo64, hi64 = _as64(np.array([lo, hi], dtype=np.float32))
+    if s != (lo64 + hi64) / 2:
+        return f  # s is not a midpoint: rounding s and rounding the exact sum agree
+    rest = math.fsum([*terms, -s])  # exact remainder's sign: which side of the midpoint the sum lies
+    if rest > 0:
+        return np.float32(hi)
+    if rest < 0:
+        return np.float32(lo)
+    return f  # a true tie: RNE already chose the even neighbour
+
+
+def exact_matmul(a: np.ndarray, b: np.ndarray, acc: np.ndarray | None = None) -> np.ndarray:
+    """float32 of the exact a @ b (+ acc) for float64 a (m x k), b (k x n) whose products are exact."""
+    k = a.shape[1]
+    r = a @ b
+    bound_terms = np.abs(a) @ np.abs(b)
+    if acc is not None:
+        r += acc
+        bound_terms += np.abs(acc)
+    bound = bound_terms * ((k + 2) * _EPS)
+    f = r.astype(np.float32)
+    f64 = _as64(f)
+    lo = _as64(np.nextafter(f, np.float32(-np.inf)))
+    hi = _as64(np.nextafter(f, np.float32(np.inf)))
+    doubt = np.isfinite(r) & np.isfinite(bound) & (
+        (r - bound <= (f64 + lo) / 2) | (r + bound >= (f64 + hi) / 2))
+    doubt &= bound > 0
+    if doubt.any():
+        for i, j in zip(*np.nonzero(doubt), strict=True):
+            terms = (a[i, :] * b[:, j]).tolist()
+            if acc is not None:
+                terms.append(float(acc[i, j]))
+            f[i, j] = _exact_f32(terms)
+    return f
+
+
+def _mma(ins: Instr, emu: Emulator) -> Handler:
+    d = ins.as_dict()
+    dt: DType = d["dt"]
+    m, n, k = d["m"], d["n"], d["k"]
+    rd, ra, rb, rbias = d["rd"], d["ra"], d["rb"], d["rbias"]
+    sd, sa, sb = d["sd"], d["sa"], d["sb"]
+    acc, tb = bool(d["acc"]), bool(d["tb"])
+    st = dt.storage
+    w = st.itemsize
+    cfp = dt.is_cfp
+
+    def h(core: Core, ops: Any, pc: int, t: int) -> int:
+        regs = core.regs
+        sram = core.sram
+        av = sram.tile(regs[ra], m, k, sa, w, st, False, "mma A")
+        bv = sram.tile(regs[rb], n, k, sb, w, st, False, "mma B") if tb else \
+            sram.tile(regs[rb], k, n, sb, w, st, False, "mma B")
+        bias = regs[rbias] if cfp else 0
+        a64 = formats.decode(av, dt, (bias & 63) if cfp else 0)
+        b64 = formats.decode(bv, dt, ((bias >> 8) & 63) if cfp else 0)
+        if tb:
+            b64 = b64.T
+        dv = sram.tile(regs[rd], m, n, sd, 4, _F32, True, "mma D")
+        dv[...] = exact_matmul(a64, b64, dv.astype(np.float64) if acc else None)
+        return pc + 1
+
+    return h
+
+
+def prepare(ins: Instr, emu: Emulator, ncode: int) -> tuple[Handler, Any]:
+    """The handler of an `mma` (operand checks at pre-decode; nothing in timing-only mode)."""
+    dt: DType = ins["dt"]
+    if dt not in _MXU:
+        return raiser(TrapKind.BAD_OPERAND, f"the matrix unit does not take {dt.asm} operands "
+                                            f"(it takes {', '.join(x.asm for x in _MXU)})"), None
+    if 0 in (ins["m"], ins["n"], ins["k"]):
+        return raiser(TrapKind.BAD_OPERAND, f"mma of a zero dimension (m={ins['m']}, n={ins['n']}, "
+                                            f"k={ins['k']})"), None
+    if emu.timing_only:
+        return skip, None
+    return _mma(ins, emu), None
