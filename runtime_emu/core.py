@@ -51,7 +51,8 @@ class Core:
 
     __slots__ = ("id", "rc", "emu", "regs", "sems", "dims", "sram", "code", "section", "counts", "pc",
                  "time", "state", "instructions", "busy", "stall", "halted_at", "special", "wait_sem",
-                 "wait_count", "wait_start", "wait_cause", "dma_pending", "net_pending", "labels")
+                 "wait_count", "wait_start", "wait_mark", "wait_cause", "wait_cost", "dma_pending",
+                 "net_pending")
 
     def __init__(self, cid: int, rc: tuple[int, int], emu: Emulator, special: tuple[int, ...]) -> None:
         m = emu.machine
@@ -76,12 +77,9 @@ class Core:
         self.special = special  # rdsr values, indexed by SpecialReg value
         self.wait_sem = 0
         self.wait_count = 0
-        self.wait_start = 0
+        self.wait_start = 0  # cycle the blocked instruction started
+        self.wait_mark = 0  # cycle from which the current stall cause applies
         self.wait_cause = "semaphore"
+        self.wait_cost = 0
         self.dma_pending = [0] * m.semaphores  # in-flight DMAs that will signal each semaphore
         self.net_pending = [0] * m.semaphores  # in-flight puts and signals that will signal each one
-        self.labels: dict[int, str] | None = None
-
-    def fault(self, kind: Any, message: str) -> Fault:
-        """A Fault to raise from a handler (kept here so handlers need one import)."""
-        return Fault(kind, message)

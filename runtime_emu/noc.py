@@ -50,6 +50,7 @@ class Network:
         self.machine = machine
         self._rows, self._cols = machine.mesh
         self._free: dict[Link, int] = {}
+        self._local_free: dict[RC, int] = {}  # the local (core) port of each router
         self._stats: dict[Link, LinkStats] = {}
         self._paths: dict[tuple[RC, RC], tuple[_Hop, ...]] = {}
         self._trees: dict[tuple[RC, tuple[RC, ...]], _Tree] = {}
@@ -146,7 +147,13 @@ class Network:
     def _unicast(self, src: RC, dst: RC, nbytes: int, t: int, durs: tuple[int, int]) -> Delivery:
         hops = self._path(src, dst)
         if not hops:
-            done = t + durs[0]
+            # Source and destination share a router (a put to itself, or a DMA into the core at its
+            # port's entry router): the data goes through that router's local port, which moves one
+            # link width per cycle like any port, so such transfers serialise on it. It is not a link
+            # between routers, so it adds nothing to the link statistics (noc_bytes).
+            f = self._local_free.get(src, 0)
+            done = (t if t >= f else f) + durs[0]
+            self._local_free[src] = done
             return Delivery(done, {dst: done})
         free = self._free
         ready = t  # when the head can enter the next link

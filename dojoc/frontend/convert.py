@@ -44,6 +44,7 @@ class _Poison:
 
 _POISON = _Poison()
 _TORCH_DIR = os.path.dirname(torch.__file__)
+_DOJOC_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def source_of(node: torch.fx.Node) -> str | None:
@@ -54,7 +55,7 @@ def source_of(node: torch.fx.Node) -> str | None:
     frames = re.findall(r'File "([^"]+)", line (\d+)', trace)
     if not frames:
         return None
-    outside = [f for f in frames if not f[0].startswith(_TORCH_DIR)]
+    outside = [f for f in frames if not f[0].startswith((_TORCH_DIR, _DOJOC_DIR, "<"))]
     path, line = (outside or frames)[-1]
     if "site-packages/" in path:
         path = path.split("site-packages/", 1)[1]
@@ -73,7 +74,9 @@ def _describe(val: Any) -> str:
             return str(meta_type(val))
         except Unsupported:
             return f"{str(val.dtype).replace('torch.', '')}{list(val.shape)}"
-    if isinstance(val, list | tuple):
+    if isinstance(val, list):
+        return "[" + ", ".join(_describe(v) for v in val) + "]"
+    if isinstance(val, tuple):
         return "(" + ", ".join(_describe(v) for v in val) + ")"
     return repr(val)
 
@@ -158,6 +161,7 @@ def _lower(ctx: LowerCtx, node: torch.fx.Node, env: dict[torch.fx.Node, Any],
         if fn is None:
             raise Unsupported("")
         result = fn(ctx, *args, **kwargs)
+        _check_result(node, result, node.meta.get("val"))
     except Unsupported as e:
         unsupported.append((_op_name(node) + (f" ({e})" if str(e) else ""), signature_of(node),
                             source_of(node) or ""))
@@ -167,7 +171,6 @@ def _lower(ctx: LowerCtx, node: torch.fx.Node, env: dict[torch.fx.Node, Any],
     except Exception as e:  # a lowering that breaks is a dojoc bug: say where
         raise CompileError(f"lowering {_op_name(node)} failed ({type(e).__name__}: {e}); this is a dojoc bug",
                            node=node.name, shapes=signature_of(node), source=source_of(node)) from e
-    _check_result(node, result, node.meta.get("val"))
     return ctx.finish(result)
 
 

@@ -3,7 +3,9 @@ and `from_exported` (ExportedProgram -> IR)."""
 
 from __future__ import annotations
 
+import inspect
 import re
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -20,7 +22,7 @@ from dojoc.ir import Graph, maybe_dump, verify
 
 
 class _CallableModule(torch.nn.Module):
-    """Wraps a plain function so torch.export can trace it."""
+    """Wraps a plain function so torch.export can trace it (with the function's argument names)."""
 
     def __init__(self, fn: Callable[..., Any]) -> None:
         super().__init__()
@@ -28,6 +30,20 @@ class _CallableModule(torch.nn.Module):
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         return self.fn(*args, **kwargs)
+
+
+def _wrap_callable(fn: Callable[..., Any]) -> torch.nn.Module:
+    try:
+        params = list(inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError):
+        return _CallableModule(fn).eval()
+
+    def forward(self: _CallableModule, *args: Any, **kwargs: Any) -> Any:
+        return self.fn(*args, **kwargs)
+    self_param = inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    forward.__signature__ = inspect.Signature([self_param, *params])  # type: ignore[attr-defined]
+    cls = type(getattr(fn, "__name__", "fn"), (_CallableModule,), {"forward": forward})
+    return cls(fn).eval()
 
 
 def check_eval_mode(model: torch.nn.Module) -> None:
@@ -48,7 +64,7 @@ def export_module(model: Any, example_inputs: Any, example_kwargs: Mapping[str, 
         check_eval_mode(model)
         module = model
     elif callable(model):
-        module = _CallableModule(model).eval()
+        module = _wrap_callable(model)
     else:
         raise CompileError(f"cannot compile a {type(model).__name__}: pass an nn.Module, a callable or an "
                            "ExportedProgram")
@@ -78,7 +94,7 @@ def output_names(spec: pytree.TreeSpec) -> list[str]:
     return names
 
 
-def _dumps(spec: pytree.TreeSpec | None) -> str | None:
+def dumps_spec(spec: pytree.TreeSpec | None) -> str | None:
     if spec is None:
         return None
     try:
@@ -92,7 +108,9 @@ def from_exported(ep: ExportedProgram, *, name: str = "model", fold: bool = True
     tensors as real parameters, map user inputs in export's flattened order, record the pytree specs;
     then fold constants (unless fold=False) and verify."""
     try:
-        ep = ep.run_decompositions(decomposition_table())
+        with warnings.catch_warnings():  # torch's own deprecation noise from copying pytree specs
+            warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=FutureWarning)
+            ep = ep.run_decompositions(decomposition_table())
     except Exception as e:
         raise CompileError(f"decomposing the exported program failed: {type(e).__name__}: {e}") from e
     sig = ep.graph_signature
@@ -117,7 +135,7 @@ def from_exported(ep: ExportedProgram, *, name: str = "model", fold: bool = True
     out_spec = ep.call_spec.out_spec
     names = output_names(out_spec) if out_spec is not None else None
     graph = convert(ep.graph_module, bindings, name=name, output_names=names)
-    graph.in_spec, graph.out_spec = _dumps(ep.call_spec.in_spec), _dumps(out_spec)
+    graph.in_spec, graph.out_spec = dumps_spec(ep.call_spec.in_spec), dumps_spec(out_spec)
     maybe_dump(graph, "frontend")
     return fold_constants(graph) if fold else verify(graph)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from dojoc.ir import Graph, Node, Op, OpKind, Value, evaluate, maybe_dump, verify
+from dojoc.ir import Graph, Node, Op, OpKind, Value, evaluate, maybe_dump, op_def, verify
 
 DEFAULT_MAX_BYTES = 16 << 20
 
@@ -43,7 +43,7 @@ def fold_constants(graph: Graph, *, max_bytes: int = DEFAULT_MAX_BYTES) -> Graph
                 if new.output is not out:
                     mapping[out] = new.output
                 known[new.output] = arr
-                origin[new.output] = new.attrs["name"] if new.op == Op.PARAM else base
+                origin[new.output] = base
                 nodes.append(new)
             continue
         nodes.append(node)
@@ -66,6 +66,7 @@ def _source_node(g: Graph, node: Node, i: int, arr: np.ndarray, base: str) -> No
     out = node.outputs[i]
     name = node.name if i == 0 else g.fresh_name(f"{node.name}_{i}")
     g.insert_name(name)
+    attrs: dict[str, object]
     if arr.shape == ():
         dt = out.type.dtype
         value = bool(arr) if dt.value == "bool" else int(arr) if dt.is_int else float(arr)
@@ -79,6 +80,5 @@ def _source_node(g: Graph, node: Node, i: int, arr: np.ndarray, base: str) -> No
         g.parameters[key] = np.ascontiguousarray(arr)
         attrs = {"name": key, "shape": out.type.shape, "dtype": out.type.dtype}
         op = Op.PARAM
-    from dojoc.ir.table import op_def
     value_out = out if i == 0 else Value(name, out.type)
     return Node(name, op, (), op_def(op).normalize_attrs(attrs), (value_out,), node.source)

@@ -178,7 +178,7 @@ class LowerCtx:
         node = self.created[-1]
         flat = list(result) if isinstance(result, list | tuple) else [result]
         values = [v for v in flat if isinstance(v, Value)]
-        if node.op in (Op.PARAM, Op.CONST) or not values or not all(v in node.outputs for v in values):
+        if node.op in (Op.PARAM, Op.CONST) or not any(v in node.outputs for v in values):
             return result
         want = self.g.fresh_name(self.fx_node.name)
         if want == node.name:

@@ -223,7 +223,9 @@ def sdpa(xs: list[A], a: Attrs) -> A:
         m = xs[3]
         s = np.where(m, s, -np.inf) if m.dtype == np.bool_ else s + _f64(m)
     with np.errstate(invalid="ignore"):
-        return np.matmul(_softmax(s, -1), v)
+        p = _softmax(s, -1)
+    p = np.where(np.all(s == -np.inf, axis=-1, keepdims=True), 0.0, p)  # fully masked rows: 0, as torch
+    return np.matmul(p, v)
 
 
 # -- pooling ----------------------------------------------------------------------------------------

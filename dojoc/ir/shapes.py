@@ -49,56 +49,69 @@ def _dim(d: int, rank: int, what: str = "dim") -> None:
 # -- sources ----------------------------------------------------------------------------------------
 
 def source(ins: list[T], a: Attrs) -> Out:
+    """`shape`, `dtype` from the attributes"""
     return (T(tuple(a["shape"]), a["dtype"]),)
 
 
 def const(ins: list[T], a: Attrs) -> Out:
+    """`dtype[]` (a scalar)"""
     return (T((), a["dtype"]),)
 
 
 # -- elementwise ------------------------------------------------------------------------------------
 
 def unary_float(ins: list[T], a: Attrs) -> Out:
+    """float x -> x's type"""
     require(ins[0].dtype.is_float, f"needs a floating-point operand, got {ins[0]}")
     return (ins[0],)
 
 
 def unary_numeric(ins: list[T], a: Attrs) -> Out:
+    """non-bool x -> x's type"""
     require(ins[0].dtype != IRDType.BOOL, f"needs a numeric operand, got {ins[0]}")
     return (ins[0],)
 
 
 def unary_bool(ins: list[T], a: Attrs) -> Out:
+    """bool x -> bool"""
     require(ins[0].dtype == IRDType.BOOL, f"needs a bool operand, got {ins[0]}")
     return (ins[0],)
 
 
 def cast(ins: list[T], a: Attrs) -> Out:
+    """x -> x's shape, `dtype`"""
     return (ins[0].with_dtype(a["dtype"]),)
 
 
 def binary_arith(ins: list[T], a: Attrs) -> Out:
+    """x, y of one non-bool dtype -> broadcast shape, that dtype"""
     dt = _same_dtype(ins)
     require(dt != IRDType.BOOL, f"needs numeric operands, got {ins[0]} and {ins[1]}")
     return (T(broadcast(ins[0].shape, ins[1].shape), dt),)
 
 
-def binary_float(ins: list[T], a: Attrs) -> Out:
-    require(_same_dtype(ins).is_float, f"needs floating-point operands, got {ins[0]} and {ins[1]}")
-    return (T(broadcast(ins[0].shape, ins[1].shape), ins[0].dtype),)
+def div(ins: list[T], a: Attrs) -> Out:
+    """as binary arithmetic; true division (no rounding_mode) needs floats"""
+    out = binary_arith(ins, a)
+    require(a["rounding_mode"] is not None or out[0].dtype.is_float,
+            f"true division needs floating-point operands, got {ins[0]} and {ins[1]} (cast, or round)")
+    return out
 
 
 def compare(ins: list[T], a: Attrs) -> Out:
+    """x, y of one dtype -> broadcast shape, bool"""
     _same_dtype(ins)
     return (T(broadcast(ins[0].shape, ins[1].shape), IRDType.BOOL),)
 
 
 def logical(ins: list[T], a: Attrs) -> Out:
+    """bool x, y -> broadcast shape, bool"""
     require(all(t.dtype == IRDType.BOOL for t in ins), f"needs bool operands, got {ins[0]} and {ins[1]}")
     return (T(broadcast(ins[0].shape, ins[1].shape), IRDType.BOOL),)
 
 
 def where(ins: list[T], a: Attrs) -> Out:
+    """bool cond; x, y of one dtype -> broadcast of all three, that dtype"""
     cond, x, y = ins
     require(cond.dtype == IRDType.BOOL, f"condition must be bool, got {cond}")
     return (T(broadcast(cond.shape, x.shape, y.shape), _same_dtype([x, y])),)
@@ -107,6 +120,7 @@ def where(ins: list[T], a: Attrs) -> Out:
 # -- contractions -----------------------------------------------------------------------------------
 
 def matmul(ins: list[T], a: Attrs) -> Out:
+    """[..., M, K] x [..., K, N] (ranks >= 2, one dtype) -> [broadcast batch..., M, N], out_dtype or theirs"""
     x, w = ins
     require(x.rank >= 2 and w.rank >= 2, f"operands must have rank >= 2, got {x} and {w}")
     dt = _same_dtype(ins)
@@ -122,6 +136,7 @@ def conv_out(size: int, k: int, s: int, p: int, d: int) -> int:
 
 
 def conv2d(ins: list[T], a: Attrs) -> Out:
+    """[N, C, H, W] x [O, C/groups, KH, KW] (+ [O]) -> [N, O, OH, OW], OH = (H + 2p - d(KH-1) - 1) // s + 1"""
     x, w = ins[0], ins[1]
     require(x.rank == 4 and w.rank == 4, f"input and weight must be 4-D (N,C,H,W / O,C/g,KH,KW): {x}, {w}")
     dt = _same_dtype(ins)
@@ -143,6 +158,7 @@ def conv2d(ins: list[T], a: Attrs) -> Out:
 # -- reductions -------------------------------------------------------------------------------------
 
 def reduce(ins: list[T], a: Attrs, *, float_only: bool = False) -> Out:
+    """non-bool x -> x's dtype; dims removed (or kept as 1 with keepdim)"""
     x = ins[0]
     dims = a["dims"]
     require(len(set(dims)) == len(dims), f"repeated dims {dims}")
@@ -157,10 +173,12 @@ def reduce(ins: list[T], a: Attrs, *, float_only: bool = False) -> Out:
 
 
 def reduce_float(ins: list[T], a: Attrs) -> Out:
+    """float x -> x's dtype; dims removed (or kept as 1 with keepdim)"""
     return reduce(ins, a, float_only=True)
 
 
 def cumsum(ins: list[T], a: Attrs) -> Out:
+    """non-bool x -> x's type"""
     _dim(a["dim"], ins[0].rank)
     return unary_numeric(ins, a)
 
@@ -168,11 +186,13 @@ def cumsum(ins: list[T], a: Attrs) -> Out:
 # -- normalizations ---------------------------------------------------------------------------------
 
 def softmax(ins: list[T], a: Attrs) -> Out:
+    """float x -> x's type"""
     _dim(a["dim"], ins[0].rank)
     return unary_float(ins, a)
 
 
 def layer_norm(ins: list[T], a: Attrs) -> Out:
+    """float x; weight, bias of x.shape[-normalized_ndim:] -> x's type"""
     x, w, b = ins
     n = a["normalized_ndim"]
     require(1 <= n <= x.rank, f"normalized_ndim={n} out of range for {x}")
@@ -183,6 +203,7 @@ def layer_norm(ins: list[T], a: Attrs) -> Out:
 
 
 def batch_norm(ins: list[T], a: Attrs) -> Out:
+    """float x [N, C, ...]; four [C] vectors -> x's type"""
     x = ins[0]
     require(x.rank >= 2, f"input must be (N, C, ...), got {x}")
     require(x.dtype.is_float and _same_dtype(ins) == x.dtype, f"needs floating operands of one dtype: {ins}")
@@ -192,6 +213,8 @@ def batch_norm(ins: list[T], a: Attrs) -> Out:
 
 
 def sdpa(ins: list[T], a: Attrs) -> Out:
+    """q [..., L, E], k [..., S, E], v [..., S, Ev], mask bool or q's dtype, broadcast to [..., L, S]
+    -> [..., L, Ev]"""
     q, k, v = ins[:3]
     require(q.rank >= 2 and q.rank == k.rank == v.rank, f"q, k, v must have one rank >= 2: {q}, {k}, {v}")
     require(q.dtype.is_float and _same_dtype([q, k, v]) == q.dtype, "q, k, v must share a float dtype")
@@ -233,6 +256,7 @@ def _pool(x: T, a: Attrs, dilation: tuple[int, int]) -> tuple[int, int, int, int
 
 
 def max_pool2d(ins: list[T], a: Attrs) -> Out:
+    """[N, C, H, W] -> values [N, C, OH, OW] of x's dtype and i64 indices (torch's size rule, ceil mode too)"""
     x = ins[0]
     require(x.dtype != IRDType.BOOL, f"needs a numeric operand, got {x}")
     shape = _pool(x, a, a["dilation"])
@@ -240,12 +264,14 @@ def max_pool2d(ins: list[T], a: Attrs) -> Out:
 
 
 def avg_pool2d(ins: list[T], a: Attrs) -> Out:
+    """float [N, C, H, W] -> [N, C, OH, OW] (torch's size rule, ceil mode too)"""
     require(ins[0].dtype.is_float, f"needs a floating-point operand, got {ins[0]}")
     require(a["divisor_override"] is None or a["divisor_override"] > 0, "divisor_override must be > 0")
     return (ins[0].with_shape(_pool(ins[0], a, (1, 1))),)
 
 
 def adaptive_avg_pool2d(ins: list[T], a: Attrs) -> Out:
+    """float [N, C, H, W] -> [N, C, *output_size]"""
     x = ins[0]
     require(x.rank == 4 and x.dtype.is_float, f"input must be a 4-D float tensor, got {x}")
     require(min(a["output_size"]) >= 1, f"bad output size {a['output_size']}")
@@ -259,6 +285,7 @@ def _index_type(t: T) -> None:
 
 
 def embedding(ins: list[T], a: Attrs) -> Out:
+    """weight [V, D], int indices -> indices.shape + [D], weight's dtype"""
     w, idx = ins
     require(w.rank == 2, f"weight must be 2-D, got {w}")
     _index_type(idx)
@@ -266,6 +293,7 @@ def embedding(ins: list[T], a: Attrs) -> Out:
 
 
 def gather(ins: list[T], a: Attrs) -> Out:
+    """x, int index of x's rank (no larger outside dim) -> index.shape, x's dtype"""
     x, idx = ins
     _index_type(idx)
     require(x.rank == idx.rank, f"input {x} and index {idx} must have one rank")
@@ -276,6 +304,7 @@ def gather(ins: list[T], a: Attrs) -> Out:
 
 
 def index_select(ins: list[T], a: Attrs) -> Out:
+    """x, 1-D int index -> x.shape with dim's size = len(index)"""
     x, idx = ins
     _index_type(idx)
     require(idx.rank == 1, f"index must be 1-D, got {idx}")
@@ -287,6 +316,7 @@ def index_select(ins: list[T], a: Attrs) -> Out:
 # -- data movement ----------------------------------------------------------------------------------
 
 def reshape(ins: list[T], a: Attrs) -> Out:
+    """x -> `shape` (explicit sizes, same element count)"""
     shape = a["shape"]
     require(all(s >= 0 for s in shape) and math.prod(shape) == ins[0].numel,
             f"cannot reshape {ins[0]} to {shape} (sizes must be explicit and keep the element count)")
@@ -294,12 +324,14 @@ def reshape(ins: list[T], a: Attrs) -> Out:
 
 
 def permute(ins: list[T], a: Attrs) -> Out:
+    """x -> x.shape permuted"""
     perm = a["perm"]
     require(sorted(perm) == list(range(ins[0].rank)), f"{perm} is not a permutation of {ins[0].rank} dims")
     return (ins[0].with_shape(tuple(ins[0].shape[p] for p in perm)),)
 
 
 def expand(ins: list[T], a: Attrs) -> Out:
+    """x -> `shape` (size-1 dims broadcast, leading dims added)"""
     x, shape = ins[0], a["shape"]
     lead = len(shape) - x.rank
     require(lead >= 0 and all(s in (shape[lead + i], 1) for i, s in enumerate(x.shape)),
@@ -308,6 +340,7 @@ def expand(ins: list[T], a: Attrs) -> Out:
 
 
 def slice_(ins: list[T], a: Attrs) -> Out:
+    """x -> size ceil((end - start) / step) on dim"""
     x, d = ins[0], a["dim"]
     _dim(d, x.rank)
     start, end, step = a["start"], a["end"], a["step"]
@@ -318,6 +351,7 @@ def slice_(ins: list[T], a: Attrs) -> Out:
 
 
 def select(ins: list[T], a: Attrs) -> Out:
+    """x -> x.shape without dim"""
     x, d = ins[0], a["dim"]
     _dim(d, x.rank)
     require(0 <= a["index"] < x.shape[d], f"index {a['index']} out of range for size {x.shape[d]}")
@@ -325,16 +359,18 @@ def select(ins: list[T], a: Attrs) -> Out:
 
 
 def cat(ins: list[T], a: Attrs) -> Out:
+    """xs of one dtype and rank, equal but on dim -> sizes summed on dim"""
     d, first = a["dim"], ins[0]
     _dim(d, first.rank)
     _same_dtype(ins)
     for t in ins:
-        require(t.rank == first.rank and all(s == f for i, (s, f) in enumerate(zip(t.shape, first.shape))
+        require(t.rank == first.rank and all(s == f for i, (s, f) in enumerate(zip(t.shape, first.shape, strict=True))
                                             if i != d), f"cannot concatenate {first} and {t} on dim {d}")
     return (first.with_shape(first.shape[:d] + (sum(t.shape[d] for t in ins),) + first.shape[d + 1:]),)
 
 
 def pad(ins: list[T], a: Attrs) -> Out:
+    """x -> each dim grown by its (lo, hi)"""
     x, pads = ins[0], a["pads"]
     require(len(pads) == 2 * x.rank and min(pads, default=0) >= 0,
             f"pads {pads} must be (lo, hi) >= 0 for each of the {x.rank} dims, in dim order")

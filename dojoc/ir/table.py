@@ -99,7 +99,7 @@ for _op, _rule, _doc in [
     (Op.LOGICAL_XOR, S.logical, "x xor y (bool)"),
 ]:
     _row(_op, K.BINARY, (2, 2), _rule, R.binary(_op.value), _doc, inputs=_XY)
-_row(Op.DIV, K.BINARY, (2, 2), S.binary_arith, R.binary("div"), "x / y; rounding_mode None (true "
+_row(Op.DIV, K.BINARY, (2, 2), S.div, R.binary("div"), "x / y; rounding_mode None (true "
      "division, float operands), 'trunc' or 'floor'",
      {"rounding_mode": Attr(choice(None, "trunc", "floor"), None)}, _XY)
 _row(Op.WHERE, K.TERNARY, (3, 3), S.where, R.where, "cond ? x : y, broadcast", inputs=("cond", "x", "y"))
@@ -138,11 +138,12 @@ _row(Op.BATCH_NORM, K.NORMALIZATION, (5, 5), S.batch_norm, R.batch_norm, "infere
      {"eps": Attr(FLOAT, 1e-5)}, ("x", "weight", "bias", "running_mean", "running_var"))
 
 # -- attention --------------------------------------------------------------------------------------
-_row(Op.SDPA, K.ATTENTION, (3, 4), S.sdpa, R.sdpa, "softmax(q k^T * scale + mask) v; q [..., L, E], "
-     "k [..., S, E], v [..., S, Ev]; mask bool (True attends) or additive, broadcast to [..., L, S]; "
-     "causal keeps the lower triangle (top-left aligned); scale None is 1/sqrt(E); enable_gqa repeats "
-     "k/v heads (dim -3)", {"causal": Attr(BOOL, False), "scale": Attr(OPT_FLOAT, None),
-                            "enable_gqa": Attr(BOOL, False)}, ("q", "k", "v", "mask"))
+_row(Op.SDPA, K.ATTENTION, (3, 4), S.sdpa, R.sdpa,
+     "softmax(q k^T * scale + mask) v; mask bool (True attends) or additive; causal keeps the lower triangle "
+     "(top-left aligned); a query whose keys are all masked gets zeros (torch's safe softmax); scale None is "
+     "1/sqrt(E); enable_gqa repeats k/v heads (dim -3)",
+     {"causal": Attr(BOOL, False), "scale": Attr(OPT_FLOAT, None), "enable_gqa": Attr(BOOL, False)},
+     ("q", "k", "v", "mask"))
 
 # -- pooling ----------------------------------------------------------------------------------------
 _POOL = {"kernel": Attr(INTS2), "stride": Attr(INTS2), "padding": Attr(INTS2, (0, 0)),

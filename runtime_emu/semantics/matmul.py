@@ -8,10 +8,14 @@ sum_k a_ik * b_kj (+ d_ij) rounded once to float32 (RNE), whatever the host's BL
    significant bits, exponents far inside float64's range).
 2. r = A @ B (+ D) by numpy's float64 matmul, and a bound on its error: any summation order of K + 1 terms
    is within gamma_(K+1) * sum |terms| of the exact sum, so |r - exact| <= (K + 2) * 2^-52 * (|A| @ |B| + |D|).
-3. r rounds to the same float32 as the exact sum unless a float32 rounding boundary (the midpoint of two
-   neighbouring float32 values) lies within the bound of r. Those rare elements are recomputed exactly:
-   `math.fsum` of the products gives the correctly rounded float64 s of the exact sum; when s is itself a
-   float32 midpoint, the sign of the exact remainder fsum(products - s) decides the direction.
+3. Often r is exact: every product a_ik * b_kj is a multiple of 2^(qa_i + qb_j), where qa_i is the
+   exponent of the lowest set bit over row i of A (qb_j over column j of B), so when
+   |A| @ |B| (+ |D|) < 2^(qa_i + qb_j + 53) every partial sum, in any order, is exactly representable.
+   That is the common case for BF16 and CFP8 operands, whose sums are often exact float32 midpoints.
+4. Otherwise r rounds to the same float32 as the exact sum unless a float32 rounding boundary (the midpoint
+   of two neighbouring float32 values) lies within the bound of r. Those rare elements are recomputed
+   exactly: `math.fsum` of the products gives the correctly rounded float64 s of the exact sum; when s is
+   itself a float32 midpoint, the sign of the exact remainder fsum(products - s) decides the direction.
 """
 
 from __future__ import annotations
@@ -65,22 +69,50 @@ def _exact_f32(terms: list[float]) -> np.float32:
     return f  # a true tie: RNE already chose the even neighbour
 
 
+_NONE = 1 << 20  # the low-bit exponent of a zero: it constrains nothing
+_BAD = -(1 << 20)  # of an inf or NaN: nothing is exact
+_U52 = np.uint64((1 << 52) - 1)
+_U53 = np.uint64(1 << 52)
+_U11 = np.uint64(0x7FF)
+_S52 = np.uint64(52)
+
+
+def low_bit_exponent(x: np.ndarray) -> np.ndarray:
+    """Per element of a float64 array, the exponent p of its lowest set bit (x is a multiple of 2^p)."""
+    bits = np.ascontiguousarray(x, dtype=np.float64).view(np.uint64)
+    ef = (bits >> _S52) & _U11
+    m = bits & _U52
+    m = np.where(ef > 0, m | _U53, m)
+    low = m & (~m + np.uint64(1))  # the lowest set bit (two's complement of m, as uint64)
+    lowexp = (low.astype(np.float64).view(np.uint64) >> _S52).astype(np.int64) - 1023
+    p = np.maximum(ef.astype(np.int64), 1) - 1075 + lowexp
+    return np.where(m == 0, _NONE, np.where(ef == _U11, _BAD, p))
+
+
 def exact_matmul(a: np.ndarray, b: np.ndarray, acc: np.ndarray | None = None) -> np.ndarray:
     """float32 of the exact a @ b (+ acc) for float64 a (m x k), b (k x n) whose products are exact."""
     k = a.shape[1]
     r = a @ b
-    bound_terms = np.abs(a) @ np.abs(b)
+    total = np.abs(a) @ np.abs(b)
     if acc is not None:
         r += acc
-        bound_terms += np.abs(acc)
-    bound = bound_terms * ((k + 2) * _EPS)
+        total += np.abs(acc)
     f = r.astype(np.float32)
+    bound = total * ((k + 2) * _EPS)
     f64 = _as64(f)
     lo = _as64(np.nextafter(f, np.float32(-np.inf)))
     hi = _as64(np.nextafter(f, np.float32(np.inf)))
     doubt = np.isfinite(r) & np.isfinite(bound) & (
         (r - bound <= (f64 + lo) / 2) | (r + bound >= (f64 + hi) / 2))
     doubt &= bound > 0
+    if not doubt.any():
+        return f
+    # every partial sum is a multiple of 2^q below 2^(q + 53): r is exact (margin for total's own error)
+    q = low_bit_exponent(a).min(axis=1)[:, None] + low_bit_exponent(b).min(axis=0)[None, :]
+    if acc is not None:
+        q = np.minimum(q, low_bit_exponent(acc))
+    exact = total * (1.0 + 2.0**-30) < np.ldexp(1.0, np.clip(q + 53, -1070, 1023).astype(np.int32))
+    doubt &= ~exact
     if doubt.any():
         for i, j in zip(*np.nonzero(doubt), strict=True):
             terms = (a[i, :] * b[:, j]).tolist()

@@ -82,22 +82,22 @@ def test_matmul_1core_matches_numpy() -> None:
     assert_fp32_matmul(res.outputs["c"], f64(x["a"]) @ f64(x["b"]))
 
 
-def _dma_load_done(m: Machine, t: int, port_free: int, nbytes: int) -> tuple[int, int]:
-    """docs/timing.md "Load" for a core at its port's entry router: (arrival, new port_free)."""
+def _dma_load_done(m: Machine, t: int, port_free: int, local_free: int, nbytes: int) -> tuple[int, int, int]:
+    """docs/timing.md "Load" for a core at its port's entry router: (arrival, new port_free, new local_free)."""
     port = m.dram_ports[0]
     busy = max(1, ceil(nbytes / port.bytes_per_cycle))
     start = max(t, port_free)
     ready = start + port.latency
-    arrival = max(ready + link_cycles(nbytes, m), ready + busy)  # self transfer at the link width
-    return arrival, start + busy
+    local = max(ready, local_free) + link_cycles(nbytes, m)  # through the router's local port
+    return max(local, ready + busy), start + busy, local
 
 
-def _dma_store_done(m: Machine, t: int, port_free: int, nbytes: int) -> int:
-    """docs/timing.md "Store" for a core at its port's entry router: when the write is complete."""
+def _dma_store_done(m: Machine, t: int, port_free: int, local_free: int, nbytes: int) -> tuple[int, int]:
+    """docs/timing.md "Store" for a core at its port's entry router: (write complete, new local_free)."""
     port = m.dram_ports[0]
     busy = max(1, ceil(nbytes / port.bytes_per_cycle))
-    at_port = t + link_cycles(nbytes, m)  # self transfer to the entry router
-    return max(at_port, port_free) + busy + port.latency
+    at_port = max(t, local_free) + link_cycles(nbytes, m)  # through the router's local port
+    return max(at_port, port_free) + busy + port.latency, at_port
 
 
 def predict_matmul_1core(image: Image) -> int:
@@ -108,7 +108,7 @@ def predict_matmul_1core(image: Image) -> int:
     code = section.code
     shape: dict[int, int] = {}
     t = 0
-    port_free = 0
+    port_free = local_free = 0
     sem_ready: dict[int, list[int]] = {}
     for ins in code:
         name = ins.spec.mnemonic
@@ -119,9 +119,9 @@ def predict_matmul_1core(image: Image) -> int:
             for d in range(ins["ndim"]):
                 n *= shape[d]
             if name == "dmald":
-                done, port_free = _dma_load_done(m, t, port_free, n)
+                done, port_free, local_free = _dma_load_done(m, t, port_free, local_free, n)
             else:
-                done = _dma_store_done(m, t, port_free, n)
+                done, local_free = _dma_store_done(m, t, port_free, local_free, n)
             sem_ready.setdefault(ins["sem"], []).append(done)
         if name == "wait":
             arrivals = sorted(sem_ready.pop(ins["sem"]))
@@ -286,19 +286,25 @@ TRAP_CASES: list[tuple[str, TrapKind, int, int | tuple[int, ...], str, tuple[str
     ("oob_sram.s", TrapKind.OOB_SRAM, 0, 1, "vfill", (), {}),
     ("oob_dram.s", TrapKind.OOB_DRAM, 0, 3, "dmald", (), {}),
     ("bad_operand.s", TrapKind.BAD_OPERAND, 0, 3, "mma", ("i8",), {}),
+    ("illegal_branch.s", TrapKind.ILLEGAL, 0, 1, "jmp", ("outside the code section",), {}),
+    ("no_halt.s", TrapKind.ILLEGAL, 0, 2, "", ("end of its code section",), {}),
     ("race_dma.s", TrapKind.RACE, 0, 4, "vadds", (), {}),
     ("race_put.s", TrapKind.RACE, 1, 4, "vfill", (), {}),
     ("put_overwrite.s", TrapKind.RACE, 0, 3, "vfill", (), {}),
-    ("deadlock.s", TrapKind.DEADLOCK, 0, 1, "wait", ("core 0", "core 1", "3", "5"), {}),
+    ("deadlock.s", TrapKind.DEADLOCK, 0, 1, "wait", ("core 0", "sem 3", "core 1", "sem 5"), {}),
     ("watchdog.s", TrapKind.WATCHDOG, 0, (0, 1), "", ("10000",), {"max_cycles": 10000}),
     ("nan_cfp8.s", TrapKind.FORMAT, 0, 4, "vcvt", ("NaN",), {}),
 ]
 
 
-def _instr_at(image: Image, core: int, pc: int) -> tuple[Instr, dict[int, str]]:
+def _instr_text(image: Image, core: int, pc: int) -> tuple[str, ...]:
+    """The texts a trap may show for the instruction at `pc` ("" past the end of the section)."""
     for s in image.sections:
         if core in s.cores:
-            return s.code[pc], {i: name for name, i in s.labels}
+            if pc >= len(s.code):
+                return ("",)
+            ins: Instr = s.code[pc]
+            return format_instr(ins), format_instr(ins, {i: name for name, i in s.labels})
     raise AssertionError(f"core {core} runs no section")
 
 
@@ -312,8 +318,7 @@ def test_trap(case: tuple[Any, ...]) -> None:
     assert trap.kind is kind, str(trap)
     assert trap.core == core, str(trap)
     assert trap.pc in (pc if isinstance(pc, tuple) else (pc,)), str(trap)
-    ins, labels = _instr_at(image, trap.core, trap.pc)
-    assert trap.instr in (format_instr(ins), format_instr(ins, labels)), str(trap)
+    assert trap.instr in _instr_text(image, trap.core, trap.pc), str(trap)
     if mnemonic:
         assert trap.instr.split()[0] == mnemonic
     text = str(trap)
@@ -323,8 +328,7 @@ def test_trap(case: tuple[Any, ...]) -> None:
 
 
 def test_every_trap_kind_has_a_program() -> None:
-    covered = {c[1] for c in TRAP_CASES}
-    assert covered >= set(TrapKind) - {TrapKind.ILLEGAL}
+    assert {c[1] for c in TRAP_CASES} == set(TrapKind)
     assert sorted(p.name for p in TRAPS.glob("*.s")) == sorted(c[0] for c in TRAP_CASES)
 
 
@@ -337,7 +341,8 @@ def test_dojoc_run_reports_a_trap_as_one_error_line(case: tuple[Any, ...], tmp_p
     obj = tmp_path / "trap.dobj"
     res = runner.invoke(cli, ["asm", str(TRAPS / name), "-o", str(obj)])
     assert res.exit_code == 0, res.output
-    args = ["run", str(obj)]
+    out = tmp_path / "out.npz"
+    args = ["run", str(obj), "--output", str(out)]
     if "max_cycles" in options:
         args += ["--max-cycles", str(options["max_cycles"])]
     res = runner.invoke(cli, args)
@@ -348,6 +353,7 @@ def test_dojoc_run_reports_a_trap_as_one_error_line(case: tuple[Any, ...], tmp_p
     assert sum(1 for line in err if line.startswith("error:")) == 1
     assert "Traceback" not in res.stderr + res.stdout
     assert kind.value in err[0] and re.search(rf"\bcore {core}\b", res.stderr)
+    assert not out.exists() and [p.name for p in tmp_path.iterdir()] == ["trap.dobj"]
 
 
 def test_dojoc_run_trap_in_a_real_process(tmp_path: Path) -> None:

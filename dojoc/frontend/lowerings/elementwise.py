@@ -74,6 +74,15 @@ def div_mode(ctx: LowerCtx, x: Operand, y: Operand, *, rounding_mode: str | None
     return _arith(ctx, Op.DIV, x, y, rounding_mode=rounding_mode)
 
 
+@register(aten.remainder.Tensor, aten.remainder.Scalar)
+def remainder(ctx: LowerCtx, x: Operand, y: Operand) -> Value:
+    """Python's modulo (the result takes the divisor's sign): x - floor(x / y) * y."""
+    dt = ctx.out_dtype
+    xv, yv = ctx.tensor(x, dt), ctx.tensor(y, dt)
+    q = ctx.call(Op.DIV, xv, yv, rounding_mode="floor")
+    return ctx.call(Op.SUB, xv, ctx.call(Op.MUL, q, yv))
+
+
 @register(aten.pow.Tensor_Scalar, aten.pow.Tensor_Tensor, aten.pow.Scalar)
 def pow_(ctx: LowerCtx, x: Operand, y: Operand) -> Value:
     return _arith(ctx, Op.POW, x, y)
@@ -152,6 +161,13 @@ for _target, _op in [
     (aten.erf.default, Op.ERF), (aten.silu.default, Op.SILU),
 ]:
     register(_target)(_unary(_op))
+
+
+@register(aten.leaky_relu.default)
+def leaky_relu(ctx: LowerCtx, x: Value, negative_slope: float = 0.01) -> Value:
+    dt = ctx.out_dtype
+    positive = ctx.call(Op.GT, x, ctx.const(0, dt))
+    return ctx.call(Op.WHERE, positive, x, ctx.call(Op.MUL, x, ctx.const(negative_slope, dt)))
 
 
 @register(aten.reciprocal.default)

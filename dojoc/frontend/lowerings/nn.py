@@ -120,12 +120,11 @@ def layer_norm(ctx: LowerCtx, x: Value, normalized_shape: Sequence[int], weight:
 def native_layer_norm(ctx: LowerCtx, x: Value, normalized_shape: Sequence[int], weight: Value | None,
                       bias: Value | None, eps: float) -> tuple[Value, Value, Value]:
     """(out, mean, rstd); the statistics are computed as separate nodes that DCE drops when unused."""
-    out = _layer_norm(ctx, x, normalized_shape, weight, bias, eps)
     dims = tuple(range(x.type.rank - len(normalized_shape), x.type.rank))
     mean = ctx.call(Op.MEAN, x, dims=dims, keepdim=True)
     var = ctx.call(Op.VAR, x, dims=dims, keepdim=True, correction=0.0)
     rstd = ctx.call(Op.RSQRT, ctx.call(Op.ADD, var, ctx.const(eps, x.type.dtype)))
-    return out, mean, rstd
+    return _layer_norm(ctx, x, normalized_shape, weight, bias, eps), mean, rstd
 
 
 def _batch_norm(ctx: LowerCtx, x: Value, w: Value | None, b: Value | None, mean: Value | None,

@@ -1,0 +1,503 @@
+"""The emulator: a MIMD discrete-event engine over the cores of one machine.
+
+    emu = Emulator(image, timing_only=False, max_cycles=10**11, trace=False, seed=0)
+    emu.set_inputs({"a": a, "b": b})          # or a sequence in signature order
+    result = emu.run()                        # RunResult(cycles, stats, outputs, trace)
+
+Each core has a local clock and runs its code section's pre-decoded instructions. The engine repeatedly
+runs the core with the smallest (time, core id); an instruction occupies its core for `isa.costs.cycles`.
+Asynchronous operations (DMA, puts, signals) compute their completion times at issue and schedule events
+(a heap keyed by (time, sequence)); an event at time T is applied before any core executes at time >= T.
+A core keeps running without going back to the scheduler while its clock stays below the next event
+and the next core's (time, id). See docs/emulator.md for the full rules.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from heapq import heappop, heappush
+from typing import Any
+
+import numpy as np
+
+from isa.costs import cycles as instr_cycles
+from isa.errors import DojocError
+from isa.program import Image
+from isa.table import Cast, Instr
+from isa.text import format_instr
+from runtime_emu import semantics
+from runtime_emu.blas import single_threaded_blas
+from runtime_emu.core import BARRIER, HALTED, IDLE, READY, SYNC_UNIT, UNIT_INDEX, WAIT, Core, Step
+from runtime_emu.dram import Dram, DramMemory
+from runtime_emu.errors import ImageError
+from runtime_emu.memory import Fault, Pending, Region
+from runtime_emu.noc import Network
+from runtime_emu.semantics.common import skip
+from runtime_emu.semantics.move import DMA, NET
+from runtime_emu.stats import CoreStats, RunStats
+from runtime_emu.tensors import check_tensors, encode_inputs, read_outputs, write_weights
+from runtime_emu.trace import Trace
+from runtime_emu.traps import Trap, TrapKind
+
+__all__ = ["Emulator", "RunResult", "run"]
+
+_DEADLOCK_LIST = 16  # waiting cores named in a deadlock message
+# Instructions that touch only the core's own registers: a core may run them past other cores' clocks
+# (they can neither observe nor change anything another core or an event could), which keeps cores in
+# lockstep from returning to the scheduler at every scalar instruction.
+_PURE = frozenset({"nop", "halt", "li", "rdsr", "alu", "alui", "branch", "jmp", "loop", "dmadim"})
+
+
+@dataclass
+class RunResult:
+    """What one run produced: total cycles, statistics, decoded outputs by name, and the trace if asked.
+
+    `outputs` is empty in timing-only mode (no data moves)."""
+
+    cycles: int
+    stats: RunStats
+    outputs: dict[str, np.ndarray]
+    trace: Trace | None = None
+
+
+def _off_end(n: int) -> Any:
+    def h(core: Core, ops: Any, pc: int, t: int) -> int:
+        raise Fault(TrapKind.ILLEGAL, f"the core ran off the end of its code section ({n} instructions) "
+                                      "without a halt")
+
+    return h
+
+
+class Emulator:
+    """Runs one program image on its machine (see the module docstring)."""
+
+    def __init__(self, image: Image, *, timing_only: bool = False, max_cycles: int = 10**11,
+                 trace: bool = False, seed: int = 0) -> None:
+        self.image = image
+        self.machine = m = image.machine
+        self.timing_only = timing_only
+        self.max_cycles = max_cycles
+        self.seed = seed
+        self._trace_on = trace
+        owner: dict[int, int] = {}
+        for si, sec in enumerate(image.sections):
+            for cid in sec.cores:
+                if not 0 <= cid < m.num_cores:
+                    raise ImageError(f"section {sec.name!r} names core {cid}, but machine {m.name!r} has cores "
+                                     f"0..{m.num_cores - 1}")
+                if cid in owner:
+                    raise ImageError(f"core {cid} is in two code sections: "
+                                     f"{image.sections[owner[cid]].name!r} and {sec.name!r}")
+                owner[cid] = si
+        check_tensors(image)
+        self.dram_mem = DramMemory(m)
+        if not timing_only:
+            write_weights(self.dram_mem, image)
+        self._costs: dict[Instr, int] = {}
+        self._bases = [m.dram_base(i) for i in range(len(m.dram_ports))]
+        self._lines: dict[tuple[int, int], list[int]] = {}
+        for cid, (r, c) in enumerate(m.coords):
+            self._lines.setdefault((Cast.ROW.value, r), []).append(cid)
+            self._lines.setdefault((Cast.COL.value, c), []).append(cid)
+        self._programs: list[list[Step]] = [self._predecode(sec.code) for sec in image.sections]
+        self._pure = [[h is skip or i.spec.semantics in _PURE for (h, *_), i in zip(p, sec.code, strict=False)]
+                      + [False] for p, sec in zip(self._programs, image.sections, strict=True)]
+        self._names = [[i.spec.mnemonic for i in sec.code] + ["(end)"] for sec in image.sections]
+        self._ran = False
+        self._cores: dict[int, Core] = {}
+        self._pkey = 0
+        self.limit = 0
+
+    # -- setup ------------------------------------------------------------------------------------
+    def cost_of(self, ins: Instr) -> int:
+        """Cycles of `ins` from `isa.costs.cycles` (cached: costs depend only on the fields)."""
+        c = self._costs.get(ins)
+        if c is None:
+            c = self._costs[ins] = instr_cycles(ins, self.machine)
+        return c
+
+    def _predecode(self, code: tuple[Instr, ...]) -> list[Step]:
+        n = len(code)
+        steps: list[Step] = []
+        for ins in code:
+            handler, ops = semantics.prepare(ins, self, n)
+            steps.append((handler, ops, self.cost_of(ins), UNIT_INDEX[ins.spec.unit]))
+        steps.append((_off_end(n), None, 0, 0))
+        return steps
+
+    def set_inputs(self, arrays: Sequence[np.ndarray] | Mapping[str, np.ndarray]) -> None:
+        """Check host arrays against the signature (count, names, shapes) and write them into DRAM.
+
+        Raises runtime_emu.errors.InputError on a mismatch."""
+        encoded = encode_inputs(self.image, arrays)
+        if not self.timing_only:
+            for t, bits in encoded:
+                self.dram_mem.write(t.address, bits)
+
+    # -- engine services for handlers ---------------------------------------------------------------
+    def core(self, cid: int) -> Core:
+        """Core `cid`, created idle on first use (a put may target a core that runs no code)."""
+        c = self._cores.get(cid)
+        if c is None:
+            m = self.machine
+            r, col = m.coords[cid]
+            special = (cid, r, col, m.num_cores, m.mesh[0], m.mesh[1])
+            c = self._cores[cid] = Core(cid, (r, col), self, special)
+        return c
+
+    def cast_targets(self, core: Core, target: int, cast: Cast) -> list[Core]:
+        """Destination cores of a put or signal: `target` itself, or its row or column except the sender."""
+        n = self.machine.num_cores
+        if not 0 <= target < n:
+            raise Fault(TrapKind.BAD_OPERAND, f"core id {target} is not on the machine (cores 0..{n - 1})")
+        if cast is Cast.ONE:
+            return [self.core(target)]
+        r, c = self.machine.coords[target]
+        line = self._lines[(cast.value, r if cast is Cast.ROW else c)]
+        out = [self.core(i) for i in line if i != core.id]
+        if not out:
+            raise Fault(TrapKind.BAD_OPERAND, f"{cast.name.lower()} multicast to core {target}'s "
+                                              f"{cast.name.lower()} reaches no core but the sender")
+        return out
+
+    def dram_port(self, addr: int, counts: tuple[int, ...], strides: tuple[int, ...], esize: int,
+                  what: str) -> int:
+        """The DRAM port holding every byte of a strided access; OOB_DRAM when none does."""
+        lo = hi = addr
+        for c, s in zip(counts, strides, strict=True):
+            ext = (c - 1) * s
+            if ext < 0:
+                lo += ext
+            else:
+                hi += ext
+        hi += esize
+        port = self.machine.port_of(lo) if lo >= 0 else None
+        if port is None:
+            raise Fault(TrapKind.OOB_DRAM, f"{what} [{lo:#x}, {hi:#x}) is outside DRAM "
+                                           f"[0, {self.machine.dram_bytes:#x})")
+        base, end = self.port_range(port)
+        if hi > end:
+            beyond = "DRAM" if port == len(self._bases) - 1 else f"port {self.port_name(port)}"
+            raise Fault(TrapKind.OOB_DRAM, f"{what} [{lo:#x}, {hi:#x}) runs past the end of {beyond} "
+                                           f"(port {self.port_name(port)} serves [{base:#x}, {end:#x}))")
+        return port
+
+    def port_range(self, port: int) -> tuple[int, int]:
+        """[first, end) DRAM addresses of a port."""
+        base = self._bases[port]
+        return base, base + self.machine.dram_ports[port].capacity
+
+    def port_name(self, port: int) -> str:
+        return self.machine.dram_ports[port].name
+
+    def pend_in(self, core: Core, region: Region, until: int, what: str) -> int:
+        """Mark `region` of core's SRAM as being written by a transfer until `until`; returns its key."""
+        key = self._pkey = self._pkey + 1
+        core.sram.incoming[key] = Pending(region, until, what)
+        return key
+
+    def pend_out(self, core: Core, region: Region, until: int, what: str) -> int:
+        """Mark `region` of core's SRAM as the source of a transfer that leaves at `until`."""
+        key = self._pkey = self._pkey + 1
+        core.sram.outgoing[key] = Pending(region, until, what)
+        return key
+
+    def complete(self, t: int, core: Core, sem: int | None, kind: int, apply: Any = None,
+                 pin: int | None = None, pout: int | None = None, issued: int = -1) -> None:
+        """Schedule an event at cycle t: run `apply`, settle pending regions, add 1 to core's `sem`.
+
+        A transfer `issued` at some cycle towards a core already blocked on `sem` with nothing in flight
+        turns the rest of that core's stall from 'semaphore' into 'network' (or 'dma')."""
+        if sem is not None:
+            if kind == DMA:
+                core.dma_pending[sem] += 1
+            elif kind == NET:
+                core.net_pending[sem] += 1
+            if issued >= 0 and core.state == WAIT and core.wait_sem == sem and core.wait_cause == "semaphore":
+                self._stall_segment(core, issued, "dma" if kind == DMA else "network")
+        heappush(self._events, (t, self._seq, core, sem, kind, apply, pin, pout))
+        self._seq += 1
+        if t < self.limit:
+            self.limit = t
+
+    def trace_transfer(self, kind: str, src: int | str, dst: int | str, t: int, end: int, nbytes: int) -> None:
+        tr = self.trace
+        if tr is not None:
+            tr.transfer(kind, f"core {src}" if isinstance(src, int) else src,
+                        f"core {dst}" if isinstance(dst, int) else dst, t, end - t, nbytes)
+
+    def block_wait(self, core: Core, sem: int, count: int, pc: int, t: int, cost: int) -> None:
+        """Block `core` in a wait at pc until its semaphore reaches `count`."""
+        core.state = WAIT
+        core.pc = pc
+        core.time = core.wait_start = core.wait_mark = t
+        core.wait_sem = sem
+        core.wait_count = count
+        core.wait_cost = cost
+        core.wait_cause = "dma" if core.dma_pending[sem] else "network" if core.net_pending[sem] else "semaphore"
+
+    def barrier_arrive(self, core: Core, bid: int, count: int, pc: int, t: int, cost: int) -> None:
+        """`core` arrives at barrier `bid`; the last of `count` arrivals releases them all."""
+        entry = self._barriers.get(bid)
+        if entry is None:
+            entry = self._barriers[bid] = (count, [])
+        elif entry[0] != count:
+            raise Fault(TrapKind.BAD_OPERAND, f"barrier {bid} expects {count} cores here but {entry[0]} where "
+                                              f"core {entry[1][0].id} arrived")
+        core.state = BARRIER
+        core.pc = pc
+        core.time = core.wait_start = core.wait_mark = t
+        core.wait_cause = "barrier"
+        core.wait_sem = bid
+        core.wait_count = count
+        core.wait_cost = cost
+        entry[1].append(core)
+        if len(entry[1]) == count:
+            del self._barriers[bid]
+            release = max(c.wait_start for c in entry[1]) + self.machine.barrier_latency
+            for c in entry[1]:
+                self._resume(c, release, "barrier")
+
+    def on_halt(self, core: Core, pc: int, t: int, cost: int) -> None:
+        if self.trace is not None:
+            self.trace.instr(core.id, "halt", t, cost)
+
+    def _stall_segment(self, core: Core, t: int, cause: str) -> None:
+        """Charge the blocked core's stall from its mark to t to its current cause; continue with `cause`."""
+        start = core.wait_mark
+        if t > start:
+            core.stall[core.wait_cause] += t - start
+            if self.trace is not None:
+                self.trace.stall(core.id, core.wait_cause, start, t - start)
+        core.wait_mark = t
+        core.wait_cause = cause
+
+    def _resume(self, core: Core, t: int, cause: str) -> None:
+        """Finish a blocked wait or barrier released at t: charge the stall, then its cost."""
+        cost = core.wait_cost
+        self._stall_segment(core, t, cause)
+        core.busy[SYNC_UNIT] += cost
+        core.instructions += 1
+        core.counts[core.pc] += 1
+        if self.trace is not None:
+            self.trace.instr(core.id, self._names[core.section][core.pc], t, cost)
+        core.pc += 1
+        core.time = t + cost
+        core.state = READY
+        heappush(self._ready, (core.time, core.id))
+
+    # -- the run -------------------------------------------------------------------------------------
+    def _reset(self) -> None:
+        m = self.machine
+        self.network = Network(m)
+        self.dram = Dram(m, self.network)
+        self.trace: Trace | None = Trace(m) if self._trace_on else None
+        self._cores = {}
+        self._events: list[tuple[Any, ...]] = []
+        self._ready: list[tuple[int, int]] = []
+        self._barriers: dict[int, tuple[int, list[Core]]] = {}
+        self._seq = 0
+        self._pkey = 0
+        self._now = 0
+        self.limit = 0
+        self._counts = [[0] * len(sec.code) for sec in self.image.sections]
+        for si, sec in enumerate(self.image.sections):
+            for cid in sec.cores:
+                c = self.core(cid)
+                c.code = self._programs[si]
+                c.section = si
+                c.counts = self._counts[si]
+                c.state = READY
+                heappush(self._ready, (0, cid))
+
+    def run(self) -> RunResult:
+        """Run the program to completion; raises runtime_emu.traps.Trap on a fault."""
+        if self._ran:
+            raise DojocError("an Emulator runs once: create a new one for another run")
+        self._ran = True
+        self._reset()
+        with np.errstate(all="ignore"), single_threaded_blas():
+            self._loop()
+        self._check_deadlock()
+        stats = self._stats()
+        outputs = {} if self.timing_only else read_outputs(self.dram_mem, self.image)
+        return RunResult(stats.cycles, stats, outputs, self.trace)
+
+    def _loop(self) -> None:
+        ready, events, cores = self._ready, self._events, self._cores
+        maxc = self.max_cycles
+        step = self._run_traced if self.trace is not None else self._run_core
+        while True:
+            if events:
+                te = events[0][0]
+                if not ready or te <= ready[0][0]:
+                    if te > maxc:
+                        raise self._watchdog(None, te)
+                    self._apply(heappop(events))
+                    continue
+            elif not ready:
+                return
+            t, cid = heappop(ready)
+            core = cores[cid]
+            if t > maxc:
+                raise self._watchdog(core, t)
+            lim = events[0][0] if events else maxc + 1
+            if ready:
+                rt, rid = ready[0]
+                if cid < rid:
+                    rt += 1
+                if rt < lim:
+                    lim = rt
+            self.limit = lim if lim <= maxc else maxc + 1
+            step(core, t)
+
+    def _run_core(self, core: Core, t: int) -> None:
+        """Run `core` from time t until it stops, or its clock reaches the limit."""
+        code, pc, busy, counts = core.code, core.pc, core.busy, core.counts
+        pure, maxc = self._pure[core.section], self.max_cycles
+        try:
+            while True:
+                h, ops, cost, unit = code[pc]
+                npc = h(core, ops, pc, t)
+                if npc < 0:
+                    return
+                busy[unit] += cost
+                counts[pc] += 1
+                core.instructions += 1
+                t += cost
+                pc = npc
+                if t >= self.limit and not (pure[pc] and t <= maxc):
+                    core.pc, core.time = pc, t
+                    heappush(self._ready, (t, core.id))
+                    return
+        except Fault as f:
+            raise self._trap(core, pc, t, f) from None
+
+    def _run_traced(self, core: Core, t: int) -> None:
+        """`_run_core` that also records every instruction in the trace."""
+        code, pc, busy, counts = core.code, core.pc, core.busy, core.counts
+        names, tr, cid = self._names[core.section], self.trace, core.id
+        pure, maxc = self._pure[core.section], self.max_cycles
+        assert tr is not None
+        try:
+            while True:
+                h, ops, cost, unit = code[pc]
+                npc = h(core, ops, pc, t)
+                if npc < 0:
+                    return
+                tr.instr(cid, names[pc], t, cost)
+                busy[unit] += cost
+                counts[pc] += 1
+                core.instructions += 1
+                t += cost
+                pc = npc
+                if t >= self.limit and not (pure[pc] and t <= maxc):
+                    core.pc, core.time = pc, t
+                    heappush(self._ready, (t, cid))
+                    return
+        except Fault as f:
+            raise self._trap(core, pc, t, f) from None
+
+    def _apply(self, ev: tuple[Any, ...]) -> None:
+        t, _, core, sem, kind, apply, pin, pout = ev
+        self._now = t
+        if apply is not None:
+            apply()
+        if pin is not None:
+            core.sram.incoming.pop(pin, None)
+        if pout is not None:
+            core.sram.outgoing.pop(pout, None)
+        if sem is not None:
+            if kind == DMA:
+                core.dma_pending[sem] -= 1
+            elif kind == NET:
+                core.net_pending[sem] -= 1
+            sems = core.sems
+            sems[sem] += 1
+            if core.state == WAIT and core.wait_sem == sem and sems[sem] >= core.wait_count:
+                sems[sem] -= core.wait_count
+                self._resume(core, t, core.wait_cause)
+
+    # -- traps -----------------------------------------------------------------------------------------
+    def _instr_text(self, core: Core, pc: int) -> str:
+        sec = self.image.sections[core.section]
+        if not 0 <= pc < len(sec.code):
+            return ""
+        return format_instr(sec.code[pc], {i: name for name, i in sec.labels})
+
+    def _trap(self, core: Core, pc: int, t: int, f: Fault) -> Trap:
+        return Trap(f.kind, f.message, core=core.id, pc=pc, instr=self._instr_text(core, pc), cycle=t)
+
+    def _watchdog(self, core: Core | None, t: int) -> Trap:
+        what = "a core still running" if core is not None else "a transfer still in flight"
+        msg = f"the run passed max_cycles={self.max_cycles} with {what} at cycle {t}"
+        if core is None:
+            return Trap(TrapKind.WATCHDOG, msg, cycle=t)
+        return Trap(TrapKind.WATCHDOG, msg, core=core.id, pc=core.pc, instr=self._instr_text(core, core.pc),
+                    cycle=t)
+
+    def _check_deadlock(self) -> None:
+        waiting = sorted((c for c in self._cores.values() if c.state in (WAIT, BARRIER)), key=lambda c: c.id)
+        if not waiting:
+            return
+        parts = []
+        for c in waiting[:_DEADLOCK_LIST]:
+            if c.state == WAIT:
+                parts.append(f"core {c.id} waits on sem {c.wait_sem} (has {c.sems[c.wait_sem]}, "
+                             f"needs {c.wait_count})")
+            else:
+                entry = self._barriers.get(c.wait_sem)
+                n = len(entry[1]) if entry else 0
+                parts.append(f"core {c.id} waits at barrier {c.wait_sem} ({n} of {c.wait_count} arrived)")
+        if len(waiting) > _DEADLOCK_LIST:
+            parts.append(f"and {len(waiting) - _DEADLOCK_LIST} more")
+        first = waiting[0]
+        t = max([self._now, *(c.wait_start for c in waiting)])
+        raise Trap(TrapKind.DEADLOCK, "every running core is blocked and nothing is in flight: "
+                   + "; ".join(parts), core=first.id, pc=first.pc, instr=self._instr_text(first, first.pc),
+                   cycle=t)
+
+    # -- statistics ------------------------------------------------------------------------------------
+    def _stats(self) -> RunStats:
+        units = list(UNIT_INDEX)
+        cores: dict[int, CoreStats] = {}
+        end = self._now
+        for cid in sorted(self._cores):
+            c = self._cores[cid]
+            if c.state == IDLE:
+                continue
+            end = max(end, c.halted_at if c.state == HALTED else c.time)
+            cores[cid] = CoreStats(instructions=c.instructions,
+                                   busy={u.value: c.busy[i] for i, u in enumerate(units)},
+                                   stall=dict(c.stall), sram_high_water=c.sram.high,
+                                   halted_at=c.halted_at)
+        op_cycles: dict[str, int] = {}
+        for e in self.image.debug:
+            if 0 <= e.section < len(self._counts) and 0 <= e.pc < len(self._counts[e.section]):
+                n = self._counts[e.section][e.pc]
+                if n:
+                    op_cycles[e.op] = op_cycles.get(e.op, 0) + n * self._programs[e.section][e.pc][2]
+        stats = RunStats(cycles=end, cores=cores, links=self.network.link_stats(),
+                         ports=self.dram.port_stats(), op_cycles=op_cycles)
+        setattr(stats, "flops", self._flops())  # noqa: B010 - the command line reads stats.flops
+        return stats
+
+    def _flops(self) -> int:
+        """2 x the multiply-accumulates of the mma instructions executed (at their unpadded shapes)."""
+        total = 0
+        for sec, counts in zip(self.image.sections, self._counts, strict=True):
+            for ins, n in zip(sec.code, counts, strict=False):
+                if n and ins.spec.semantics == "mma":
+                    total += 2 * n * ins["m"] * ins["n"] * ins["k"]
+        return total
+
+
+def run(image: Image, inputs: Sequence[np.ndarray] | Mapping[str, np.ndarray] | None = None,
+        **kw: Any) -> RunResult:
+    """Run `image` on `inputs` (a sequence in signature order or a mapping by name); keywords go to Emulator."""
+    emu = Emulator(image, **kw)
+    if inputs is not None:
+        emu.set_inputs(inputs)
+    return emu.run()
+
