@@ -177,7 +177,7 @@ def run(target: Path, inputs: tuple[str, ...], output: Path | None, trace: Path 
     click.echo(result.stats.format_table(m))
     if output is not None:
         outs = {k: np.asarray(v) for k, v in result.outputs.items()}
-        write_atomic(output, lambda p: np.savez(p, **outs))
+        write_atomic(output, lambda p: np.savez(p, **outs))  # type: ignore[arg-type]
         click.echo(f"wrote {output}")
     if trace is not None and result.trace is not None:
         result.trace.save(trace)

@@ -479,8 +479,7 @@ class Emulator:
                 if n:
                     op_cycles[e.op] = op_cycles.get(e.op, 0) + n * self._programs[e.section][e.pc][2]
         stats = RunStats(cycles=end, cores=cores, links=self.network.link_stats(),
-                         ports=self.dram.port_stats(), op_cycles=op_cycles)
-        setattr(stats, "flops", self._flops())  # noqa: B010 - the command line reads stats.flops
+                         ports=self.dram.port_stats(), op_cycles=op_cycles, flops=self._flops())
         return stats
 
     def _flops(self) -> int:

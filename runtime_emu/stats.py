@@ -76,6 +76,8 @@ class RunStats:
     ports: dict[str, PortStats] = field(default_factory=dict)
     op_cycles: dict[str, int] = field(default_factory=dict)
     """Busy cycles attributed to IR op names through the debug section (filled by the engine)."""
+    flops: int = 0
+    """2 x the multiply-accumulates of the mma instructions executed, at their unpadded shapes."""
 
     # -- summary figures ----------------------------------------------------------------------
     @property
@@ -126,6 +128,7 @@ class RunStats:
         """Plain JSON-able data: core ids as strings, links keyed "r,c->r,c"."""
         return {
             "cycles": self.cycles,
+            "flops": self.flops,
             "instructions": self.instructions,
             "noc_bytes": self.noc_bytes,
             "dram_bytes": self.dram_bytes,

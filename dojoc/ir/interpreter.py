@@ -35,7 +35,7 @@ class Interpreter:
     # -- driving ----------------------------------------------------------------------------------
 
     def run(self, *inputs: Any) -> list[np.ndarray]:
-        """Run the graph on the user inputs (in graph.inputs order); return the outputs in order."""
+        """Run the graph on the user inputs (in graph.inputs order); return the outputs in order (copies)."""
         g = self.graph
         if len(inputs) != len(g.inputs):
             raise InputError(f"graph {g.name} takes {len(g.inputs)} input(s) "
@@ -51,7 +51,7 @@ class Interpreter:
             for v in remaining.get(i, ()):
                 if v not in outputs:
                     env.pop(v, None)
-        return [env[v] for v in g.outputs]
+        return [np.array(env[v], copy=True) for v in g.outputs]  # never a view of a parameter or input
 
     def run_node(self, node: Node, args: list[np.ndarray]) -> Arrays:
         """Evaluate one node on its input arrays; returns arrays of exactly its output types."""
