@@ -256,6 +256,7 @@ class Emulator:
         if len(entry[1]) == count:
             del self._barriers[bid]
             release = max(c.wait_start for c in entry[1]) + self.machine.barrier_latency
+            self.barrier_releases.append((bid, release))
             for c in entry[1]:
                 self._resume(c, release, "barrier")
 
@@ -297,6 +298,7 @@ class Emulator:
         self._events: list[tuple[Any, ...]] = []
         self._ready: list[tuple[int, int]] = []
         self._barriers: dict[int, tuple[int, list[Core]]] = {}
+        self.barrier_releases: list[tuple[int, int]] = []  # (id, release cycle), for load/call phases
         self._seq = 0
         self._pkey = 0
         self._now = 0
@@ -479,7 +481,8 @@ class Emulator:
                 if n:
                     op_cycles[e.op] = op_cycles.get(e.op, 0) + n * self._programs[e.section][e.pc][2]
         stats = RunStats(cycles=end, cores=cores, links=self.network.link_stats(),
-                         ports=self.dram.port_stats(), op_cycles=op_cycles, flops=self._flops())
+                         ports=self.dram.port_stats(), op_cycles=op_cycles, flops=self._flops(),
+                         barrier_releases=list(self.barrier_releases))
         return stats
 
     def _flops(self) -> int:

@@ -78,6 +78,8 @@ class RunStats:
     """Busy cycles attributed to IR op names through the debug section (filled by the engine)."""
     flops: int = 0
     """2 x the multiply-accumulates of the mma instructions executed, at their unpadded shapes."""
+    barrier_releases: list[tuple[int, int]] = field(default_factory=list)
+    """(barrier id, release cycle) of every barrier completed, in release order."""
 
     # -- summary figures ----------------------------------------------------------------------
     @property

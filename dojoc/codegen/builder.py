@@ -1,0 +1,123 @@
+"""Building per-core instruction streams, and merging identical streams into shared sections.
+
+`CoreCode` is one core's straight-line stream. It remembers what each scalar register holds, so
+loading an address that a register already holds emits nothing. `ProgramBuilder` holds the streams of
+all cores, emits barriers over the participating cores, and builds the `isa.program.Image`: cores whose
+streams are identical share one code section.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from dojoc.codegen.view import Transfer
+from isa.dtypes import DType
+from isa.encoding import encode_code, make
+from isa.machine import Machine
+from isa.program import CodeSection, DebugEntry, Image, Signature, Tensor
+from isa.table import Instr
+
+# Register roles. Tile operands: the instruction's d, a, b, c operands. DMA: SRAM and DRAM sides.
+R_D, R_A, R_B, R_C, R_BIAS, R_SRAM, R_DRAM, R_IDX = 1, 2, 3, 4, 5, 6, 7, 8
+
+
+class CoreCode:
+    """The instruction stream of one core."""
+
+    def __init__(self, core: int) -> None:
+        self.core = core
+        self.code: list[Instr] = []
+        self.debug: list[tuple[int, str, str]] = []  # (pc, op, source)
+        self._regs: dict[int, int] = {}
+        self._op: tuple[str, str] | None = None
+        self._dims: dict[int, tuple[int, int, int, int, int]] = {}  # DMA shape registers as set
+
+    def emit(self, mnemonic: str, **fields: Any) -> None:
+        """Append one instruction (fields as for `isa.encoding.make`)."""
+        if self._op is not None:
+            self.debug.append((len(self.code), *self._op))
+        self.code.append(make(mnemonic, **fields))
+
+    @contextmanager
+    def op(self, name: str, source: str | None) -> Iterator[None]:
+        """Attribute the instructions emitted inside to an IR op (the object file's debug section)."""
+        old, self._op = self._op, (name, source or "")
+        try:
+            yield
+        finally:
+            self._op = old
+
+    def reg(self, r: int, value: int) -> int:
+        """Make register r hold `value` (emitting `li` only when it does not already) and return r."""
+        if self._regs.get(r) != value:
+            self.emit("li", rd=r, imm=value)
+            self._regs[r] = value
+        return r
+
+    # -- DMA ------------------------------------------------------------------------------------------
+
+    def _set_dims(self, t: Transfer, pads: tuple[tuple[int, int], ...] | None) -> None:
+        # dims are outermost first; the hardware numbers them from the innermost (0)
+        n = len(t.dims)
+        for i, (count, s, d) in enumerate(t.dims):
+            dim = n - 1 - i
+            lo, hi = pads[i] if pads else (0, 0)
+            want = (count, s, d, lo, hi)
+            if self._dims.get(dim) != want:
+                self.emit("dmadim", dim=dim, count=count, sstride=s, dstride=d, padlo=lo, padhi=hi)
+                self._dims[dim] = want
+
+    def dma_load(self, t: Transfer, sem: int, pads: tuple[tuple[int, int], ...] | None = None,
+                 pad: float = 0.0, dt: DType | None = None) -> None:
+        """DRAM -> SRAM. `t.src` is a DRAM address, `t.dst` an SRAM one. With `pads` (before, after) per
+        dim of `t.dims`, the destination is padded with `pad` encoded as `dt` (whose size is `t.esize`)."""
+        self._set_dims(t, pads)
+        if pads:
+            assert dt is not None and dt.itemsize == t.esize, "padding needs its element type"
+        self.emit("dmald", rs=self.reg(R_SRAM, t.dst), rm=self.reg(R_DRAM, t.src), esize=t.esize,
+                  ndim=len(t.dims), sem=sem, pad=pad if pads else 0.0, dt=dt or DType.U8)
+
+    def dma_store(self, t: Transfer, sem: int) -> None:
+        """SRAM -> DRAM. `t.src` is an SRAM address, `t.dst` a DRAM one."""
+        self._set_dims(t, None)
+        self.emit("dmast", rm=self.reg(R_DRAM, t.dst), rs=self.reg(R_SRAM, t.src), esize=t.esize,
+                  ndim=len(t.dims), sem=sem)
+
+    def wait(self, sem: int, count: int) -> None:
+        if count:
+            self.emit("wait", sem=sem, count=count)
+
+
+class ProgramBuilder:
+    """The streams of every core of one program."""
+
+    def __init__(self, machine: Machine, participants: int) -> None:
+        self.machine = machine
+        self.participants = participants  # cores 0..participants-1 run code and join every barrier
+        self.cores = [CoreCode(c) for c in range(participants)]
+        self._barrier = 0
+
+    def barrier(self, bid: int | None = None) -> None:
+        """All participating cores wait for each other (ids rotate so consecutive barriers differ)."""
+        if bid is None:
+            bid = self._barrier
+            self._barrier = (self._barrier + 1) % 31  # id 31 is the load barrier
+        for c in self.cores:
+            c.emit("barrier", id=bid, count=self.participants)
+
+    def build(self, tensors: tuple[Tensor, ...], signature: Signature) -> Image:
+        """Halt every stream and merge identical streams into shared sections."""
+        groups: dict[bytes, list[int]] = {}
+        for c in self.cores:
+            c.emit("halt")
+            key = encode_code(c.code) + repr(c.debug).encode()
+            groups.setdefault(key, []).append(c.core)
+        sections, debug = [], []
+        for i, cores in enumerate(groups.values()):
+            cc = self.cores[cores[0]]
+            sections.append(CodeSection(f"s{i}" if len(cores) > 1 else f"core{cores[0]}", tuple(cores),
+                                        tuple(cc.code)))
+            debug += [DebugEntry(i, pc, op, src) for pc, op, src in cc.debug]
+        return Image(self.machine, tuple(sections), tensors, signature, tuple(debug))

@@ -1,0 +1,153 @@
+"""The code-generation driver: an IR graph -> a program for the mesh (docs/compiler.md).
+
+Every value gets a DRAM view: user inputs, weights and outputs are declared tensors; intermediates are
+scratch tensors; view ops (reshape, permute, expand, slice, select) make views over their source's bytes
+and emit no code. Every other op runs its registered kernel, then all cores meet at a barrier. Kernels
+may keep weights resident in SRAM; their loading runs once, before the call, and ends at the load
+barrier, so the emulator's cycles split into `load_cycles` and `cycles`.
+"""
+
+from __future__ import annotations
+
+import dojoc.codegen.kernels  # noqa: F401  (registers the kernels)
+from dojoc.codegen.builder import CoreCode, ProgramBuilder
+from dojoc.codegen.context import Ctx, SramPlan
+from dojoc.codegen.kernels.copy import copy_view
+from dojoc.codegen.registry import KERNELS
+from dojoc.codegen.result import LOAD_BARRIER, Lowered
+from dojoc.codegen.view import View
+from dojoc.errors import UnsupportedOpsError
+from dojoc.ir.graph import Graph, Node
+from dojoc.ir.ops import Op
+from isa.machine import Machine
+from isa.program import Signature, TensorKind
+
+PRECISIONS = ("bf16", "fp32", "cfp8")
+
+
+def _view_op(ctx: Ctx, node: Node) -> View | None:
+    """The output view of a view op, or None when the op needs a copy (a reshape of a strided view)."""
+    v = ctx.views[node.inputs[0]]
+    a = node.attrs
+    if node.op is Op.RESHAPE:
+        return v.reshape(tuple(a["shape"]))
+    if node.op is Op.PERMUTE:
+        return v.permute(tuple(a["perm"]))
+    if node.op is Op.EXPAND:
+        return v.expand(tuple(a["shape"]))
+    if node.op is Op.SLICE:
+        return v.slice(a["dim"], a["start"], a["end"], a["step"])
+    if node.op is Op.SELECT:
+        return v.select(a["dim"], a["index"])
+    raise AssertionError(node.op)
+
+
+VIEW_OPS = (Op.RESHAPE, Op.PERMUTE, Op.EXPAND, Op.SLICE, Op.SELECT)
+
+
+def flops_of(graph: Graph) -> int:
+    """2 x the multiply-accumulates of matmul and conv2d at the model's shapes (torch's flop counter)."""
+    total = 0
+    for n in graph.nodes:
+        if n.op is Op.MATMUL:
+            out = n.output.type.shape
+            k = n.inputs[0].type.shape[-1]
+            size = 1
+            for s in out:
+                size *= s
+            total += 2 * size * k
+        elif n.op is Op.CONV2D:
+            out = n.output.type.shape
+            w = n.inputs[1].type.shape  # [O, C/groups, KH, KW]
+            size = 1
+            for s in out:
+                size *= s
+            total += 2 * size * w[1] * w[2] * w[3]
+    return total
+
+
+def unsupported(graph: Graph) -> list[tuple[str, str, str]]:
+    """Every op the code generator has no kernel for (op, shapes, source)."""
+    known = set(KERNELS) | set(VIEW_OPS) | {Op.INPUT, Op.PARAM, Op.CONST}
+    return [(str(n.op), n.signature(), n.source or "") for n in graph.nodes if n.op not in known]
+
+
+def lower_graph(graph: Graph, machine: Machine, precision: str = "bf16") -> Lowered:
+    """Generate the program for `graph` on `machine` at `precision` ("bf16", "fp32", "cfp8")."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}: use one of {', '.join(PRECISIONS)}")
+    missing = unsupported(graph)
+    if missing:
+        raise UnsupportedOpsError(missing)
+    n = machine.num_cores
+    ctx = Ctx(graph, machine, precision, ProgramBuilder(machine, n))
+    ctx.sram = [SramPlan(machine.sram_bytes) for _ in range(n)]
+    ctx.load = [CoreCode(c) for c in range(n)]
+    outputs = set(graph.outputs)
+    for node in graph.nodes:
+        _lower_node(ctx, node, outputs)
+    out_names = tuple(graph.output_names)
+    for value, name in zip(graph.outputs, out_names, strict=True):
+        v = ctx.views[value]
+        out = next((t for t in ctx.tensors if t.name == name and t.kind is TensorKind.OUTPUT), None)
+        if out is None or View.dense(out.address, out.shape, out.dtype) != v:
+            dst = ctx.dram(name, TensorKind.OUTPUT, value.type.shape, ctx.storage(value.type.dtype))
+            ctx.begin_op()
+            copy_view(ctx, v, dst, f"output {name}", None)
+            ctx.builder.barrier()
+    _prepend_load_phase(ctx)
+    in_names = tuple(str(v.name) for v in graph.inputs)
+    image = ctx.builder.build(tuple(ctx.tensors), Signature(in_names, out_names, graph.out_spec or ""))
+    return Lowered(image, in_names, out_names, flops_of(graph), precision, max(len(ctx.used), 1),
+                   max(s.peak for s in ctx.sram))
+
+
+def _lower_node(ctx: Ctx, node: Node, outputs: set) -> None:  # type: ignore[type-arg]
+    a = node.attrs
+    if node.op is Op.INPUT:
+        t = node.output.type
+        ctx.views[node.output] = ctx.dram(node.name, TensorKind.INPUT, t.shape, ctx.storage(t.dtype))
+        return
+    if node.op is Op.PARAM:
+        arr = ctx.graph.parameters[a["name"]]
+        ctx.views[node.output] = ctx.weight(f"w_{node.name}", arr, ctx.storage(node.output.type.dtype))
+        return
+    if node.op is Op.CONST:
+        ctx.consts[node.output] = a["value"]
+        return
+    if node.op in VIEW_OPS and node.output not in outputs and node.inputs[0] not in ctx.consts:
+        v = _view_op(ctx, node)
+        if v is not None:
+            ctx.views[node.output] = v
+            return
+    for i, value in enumerate(node.outputs):
+        kind = TensorKind.OUTPUT if value in outputs else TensorKind.SCRATCH
+        name = ctx.graph.output_names[ctx.graph.outputs.index(value)] if value in outputs else value.name
+        if kind is TensorKind.OUTPUT and any(t.name == name for t in ctx.tensors):
+            kind, name = TensorKind.SCRATCH, f"{name}_{i}"
+        ctx.views[value] = ctx.dram(name, kind, value.type.shape, ctx.storage(value.type.dtype))
+    ctx.begin_op()
+    if node.op in VIEW_OPS:  # a view op whose view must be materialised
+        src = ctx.views[node.inputs[0]]
+        view = _view_op(ctx, node)
+        if view is None:  # reshape of a strided view: copy into the dense output in the new shape
+            src_dense = ctx.dram(f"{node.name}_src", TensorKind.SCRATCH, src.shape, src.dtype)
+            copy_view(ctx, src, src_dense, node.name, node.source)
+            ctx.builder.barrier()
+            ctx.begin_op()
+            view = src_dense.reshape(node.output.type.shape)
+            assert view is not None
+        copy_view(ctx, view, ctx.views[node.output], node.name, node.source)
+    else:
+        KERNELS[node.op](ctx, node)
+    ctx.builder.barrier()
+
+
+def _prepend_load_phase(ctx: Ctx) -> None:
+    """Put each core's resident-weight loading before its call code, ended by the load barrier."""
+    b = ctx.builder
+    for core, load in zip(b.cores, ctx.load, strict=True):
+        load.emit("barrier", id=LOAD_BARRIER, count=b.participants)
+        shift = len(load.code)
+        core.code[:0] = load.code
+        core.debug = load.debug + [(pc + shift, op, src) for pc, op, src in core.debug]

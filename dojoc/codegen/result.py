@@ -1,0 +1,29 @@
+"""What code generation hands to the runtime: the program and the facts the report needs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from isa.program import Image
+
+LOAD_BARRIER = 31  # barrier id that ends the one-time loading of resident weights
+
+
+@dataclass(frozen=True)
+class Lowered:
+    """A compiled graph.
+
+    `image` runs in two phases: first the one-time loading of resident weights into SRAM, ended by a
+    barrier with id LOAD_BARRIER on every core used, then one call (inputs in DRAM -> outputs in DRAM).
+    The emulator records when that barrier released, which splits `load_cycles` from `cycles`.
+    Input tensors of the image are named as `input_names` (the graph's user inputs, export's flattened
+    order); output tensors as `output_names`.
+    """
+
+    image: Image
+    input_names: tuple[str, ...]
+    output_names: tuple[str, ...]
+    flops: int  # 2 x MACs of matmul and convolution at the model's unpadded shapes
+    precision: str  # "bf16", "fp32" or "cfp8"
+    cores_used: int
+    sram_peak_bytes: int  # the planned maximum over cores
