@@ -169,12 +169,9 @@ def run(target: Path, inputs: tuple[str, ...], output: Path | None, trace: Path 
     result = emu.run()
     m = image.machine
     flops = result.stats.flops
-    click.echo(f"machine      {m.name} ({m.num_cores} cores, hash {m.hash[:12]})")
-    click.echo(f"cycles       {result.cycles:,}  ({result.cycles / m.clock_hz * 1e6:.3f} us at "
-               f"{m.clock_hz / 1e9:g} GHz)")
-    click.echo(f"flops        {flops:,}  utilization {utilization(flops, result.cycles, m, precision):.4%} "
-               f"of {precision} peak")
     click.echo(result.stats.format_table(m))
+    click.echo(f"flops            {flops:,}; utilization {utilization(flops, result.cycles, m, precision):.2%} "
+               f"of {precision} peak (flops / (cycles x {m.num_cores} cores x peak per core))")
     if output is not None:
         outs = {k: np.asarray(v) for k, v in result.outputs.items()}
         write_atomic(output, lambda p: np.savez(p, **outs))  # type: ignore[arg-type]
