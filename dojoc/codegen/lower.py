@@ -13,6 +13,7 @@ import dojoc.codegen.kernels  # noqa: F401  (registers the kernels)
 from dojoc.codegen.builder import CoreCode, ProgramBuilder
 from dojoc.codegen.context import Ctx, SramPlan
 from dojoc.codegen.kernels.copy import copy_view
+from dojoc.codegen.kernels.eltwise import fill
 from dojoc.codegen.registry import KERNELS
 from dojoc.codegen.result import LOAD_BARRIER, Lowered
 from dojoc.codegen.view import View
@@ -127,7 +128,9 @@ def _lower_node(ctx: Ctx, node: Node, outputs: set) -> None:  # type: ignore[typ
             kind, name = TensorKind.SCRATCH, f"{name}_{i}"
         ctx.views[value] = ctx.dram(name, kind, value.type.shape, ctx.storage(value.type.dtype))
     ctx.begin_op()
-    if node.op in VIEW_OPS:  # a view op whose view must be materialised
+    if node.op in VIEW_OPS and node.inputs[0] in ctx.consts:  # a broadcast scalar (torch.full, no-affine norms)
+        fill(ctx, ctx.views[node.output], float(ctx.consts[node.inputs[0]]), node.name, node.source)
+    elif node.op in VIEW_OPS:  # a view op whose view must be materialised
         src = ctx.views[node.inputs[0]]
         view = _view_op(ctx, node)
         if view is None:  # reshape of a strided view: copy into the dense output in the new shape

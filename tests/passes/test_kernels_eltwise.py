@@ -66,3 +66,16 @@ def test_big_elementwise_spreads_over_cores_and_a_tiny_one_does_not() -> None:
     big = lower_graph(from_module(Add().eval(), (torch.randn(512, 1024), torch.randn(512, 1024))), m, "fp32")
     tiny = lower_graph(from_module(Add().eval(), (torch.randn(4, 4), torch.randn(4, 4))), m, "fp32")
     assert big.cores_used == 16 and tiny.cores_used == 1
+
+
+def test_rank0_results() -> None:
+    class Scalar(torch.nn.Module):
+        def forward(self, x):
+            s = x.sum()
+            return s * 2.0, s + x
+
+    x = torch.randn(4, 6)
+    got, want = compile_and_run(Scalar(), (x,), "fp32", "mesh1x1")
+    for g, w in zip(got, want, strict=True):
+        assert g.shape == tuple(w.shape)
+        np.testing.assert_allclose(g, w.numpy(), rtol=1e-4, atol=1e-5)

@@ -93,6 +93,9 @@ def _emit(cc: CoreCode, ctx: Ctx, node: Node, addrs: dict[Value, int], consts: d
 def elementwise(ctx: Ctx, node: Node) -> None:
     out_v = ctx.views[node.output]
     shape = node.output.type.shape
+    if not shape:  # a rank-0 result: one 1-element box (inputs broadcast to it by expand below)
+        shape = (1,)
+        out_v = out_v.expand(shape)
     consts = {v: ctx.consts[v] for v in node.inputs if v in ctx.consts}
     # a constant that is not the scalar operand of a binary op is materialised with vfill
     fill_consts = set(consts) if node.op not in BINARY or len(consts) > 1 else set()

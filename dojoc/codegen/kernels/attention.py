@@ -1,0 +1,314 @@
+"""Scaled dot-product attention: softmax(Q K^T * scale + mask) V, flash-style, one query block at a time.
+
+Work items are (batch x head, query block) pairs, dealt to cores in contiguous runs (so a core mostly
+walks the query blocks of one head and keeps its K and V in SRAM). For each item a core loads the Q
+block, then walks the keys in chunks that fit SRAM:
+
+    S  = Q @ K_chunk^T            mma tb=1 (K is stored [S, E], i.e. already "n x k"), FP32 accumulator
+    S *= scale; S = mask ? S : -inf (bool) or S += mask (float); causal keeps key <= query
+    m' = max(m, rowmax(S)); a = exp(m - m'); P = exp(S - m')   (online softmax in FP32)
+    l  = l * a + rowsum(P); O = O * a + P @ V_chunk           (P converted to the MXU type first)
+
+and finally O / l is converted to the storage type and stored. With one chunk (the common case) the
+rescaling steps vanish. Fully masked rows must give zeros (torch's safe softmax): the running max is
+clamped to the lowest finite float, so a row of -inf scores gives P = 0 (not NaN), and l is clamped to a
+tiny positive value, so O = 0 / tiny = 0.
+
+The causal mask is not a [L, S] constant: allowed[l, s] = (l - s >= 0) is a Toeplitz pattern, so one
+bool vector G[j] = (j >= S - 1) of length L + S - 1 in DRAM serves every block, read by a DMA whose row
+stride is +1 byte and column stride -1 byte. Key chunks entirely above the diagonal are skipped.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from math import prod
+
+import numpy as np
+
+from dojoc.codegen.builder import R_A, R_B, R_C, R_D, CoreCode
+from dojoc.codegen.context import ALIGN, MAX_COLS, MAX_ROWS, Ctx, load_view, split, store_view
+from dojoc.codegen.kernels.eltwise import fill
+from dojoc.codegen.registry import kernel
+from dojoc.codegen.view import Transfer, View
+from dojoc.errors import CompileError, SramOverflowError
+from dojoc.ir.graph import Node
+from dojoc.ir.ops import Op
+from dojoc.ir.types import IRDType
+from isa.costs import vector_cycles
+from isa.dtypes import DType
+
+F32 = DType.F32
+LOWEST = float(np.finfo(np.float32).min)  # the running max never goes below this (fully masked rows)
+TINY = 1e-30  # the row sum is clamped to this, so a fully masked row divides 0 by it
+SEM_LOAD, SEM_STORE = 0, 1
+Resident = tuple[tuple[int, ...], int] | None
+
+
+def _align(n: int) -> int:
+    return -(-n // ALIGN) * ALIGN
+
+
+def select_batch(v: View, idx: tuple[int, ...]) -> View:
+    """The sub-view at batch multi-index `idx` over the leading dims of `v` (free: an address offset)."""
+    base = v.base + sum(i * s for i, s in zip(idx, v.strides, strict=False))
+    return View(base, v.shape[len(idx):], v.strides[len(idx):], v.dtype)
+
+
+@dataclass(frozen=True)
+class _Shape:
+    """The attention problem: `batch` dims of q, L queries, S keys, head dims E (q, k) and Ev (v)."""
+
+    batch: tuple[int, ...]
+    L: int
+    S: int
+    E: int
+    Ev: int
+    es: int  # operand (storage) bytes
+    mask: DType | None  # mask storage type, None without a mask
+    causal: bool
+
+    def sram_bytes(self, lb: int, sc: int) -> int:
+        """Scratch one core needs for a query block of lb rows and a key chunk of sc keys."""
+        es, wide = self.es, self.es != 4  # bf16 operands need converted copies of P and O
+        parts = [lb * self.E * es, sc * self.E * es, sc * self.Ev * es, lb * sc * 4, lb * self.Ev * 4,
+                 sc * 4] + [lb * 4] * 5
+        if wide:
+            parts += [lb * sc * es, lb * self.Ev * es]
+        if self.mask is not None:
+            parts.append(lb * sc * self.mask.itemsize)
+            if self.mask.is_float and wide:
+                parts.append(lb * sc * 4)
+        if self.causal:
+            parts.append(lb * sc)
+        return sum(_align(p) for p in parts)
+
+
+def _plan(ctx: Ctx, node: Node, sh: _Shape, want_lb: int) -> tuple[int, int]:
+    """(query block, key chunk): the whole key range when it fits (K and V stay in SRAM across query
+    blocks), otherwise smaller chunks, then smaller query blocks; SramOverflowError when nothing fits."""
+    budget = min(s.scratch_free() for s in ctx.sram)
+    lb, sc = want_lb, min(sh.S, MAX_COLS)
+    while sh.sram_bytes(lb, sc) > budget:
+        if sc > 128:
+            sc = -(-sc // 2)
+        elif lb > 8:
+            lb = -(-lb // 2)
+        elif sc > 1 or lb > 1:
+            sc, lb = max(1, sc // 2), max(1, lb // 2)
+        else:
+            q, k = node.inputs[0], node.inputs[1]
+            raise SramOverflowError(
+                f"sdpa {node.name}: even one query of q {q} ({q.type}) against one key of k {k} ({k.type}) "
+                f"needs {sh.sram_bytes(1, 1):,} bytes of SRAM scratch, but only {budget:,} are free; use a "
+                "machine with more SRAM (--set sram_bytes=...) or smaller head dims")
+    return lb, sc
+
+
+@kernel(Op.SDPA)
+def sdpa(ctx: Ctx, node: Node) -> None:
+    q, k, v = node.inputs[:3]
+    mask = node.inputs[3] if len(node.inputs) == 4 else None
+    a = node.attrs
+    L, E = q.type.shape[-2:]
+    S, Ev = k.type.shape[-2], v.type.shape[-1]
+    batch = q.type.shape[:-2]
+    out = ctx.views[node.output]
+    if max(E, Ev) > MAX_COLS:
+        raise node.error(f"sdpa with head dims {E}/{Ev} above {MAX_COLS} is not supported", CompileError)
+    if out.numel == 0:
+        return
+    if mask is not None and mask in ctx.consts:  # a scalar mask: all or nothing
+        c = ctx.consts[mask]
+        if (mask.type.dtype is IRDType.BOOL and not c) or c == -math.inf:
+            fill(ctx, out, 0.0, node.name, node.source)
+            return
+        mask = None  # True, or a finite shift that softmax ignores
+    if S == 0:  # torch: no keys, zeros
+        fill(ctx, out, 0.0, node.name, node.source)
+        return
+    dt = ctx.storage(q.type.dtype)
+    sh = _Shape(batch, L, S, E, Ev, dt.itemsize, ctx.views[mask].dtype if mask is not None else None,
+                bool(a["causal"]))
+    scale = float(a["scale"]) if a["scale"] is not None else 1.0 / math.sqrt(E)
+    rep = 1
+    if batch and k.type.shape[:-2] != batch:  # grouped-query attention: kv head = q head // rep
+        rep = batch[-1] // k.type.shape[-3]
+    B = prod(batch)
+
+    # Cores: by the total work, then query blocks sized so the (batch, block) items cover them.
+    macs = B * L * S * (E + Ev)
+    work = (macs / ctx.machine.macs_per_cycle("fp32" if dt is F32 else "bf16")
+            + 8 * vector_cycles(B * L * S, 4, B * L * S * 4, B * L * S * 4, ctx.machine))
+    ncores = ctx.cores_for(work, B * -(-L // 8))
+    per_batch = max(1, -(-ncores // B))
+    want_lb = min(L, MAX_ROWS, max(8, -(-L // per_batch)))
+    lb, sc = _plan(ctx, node, sh, want_lb)
+    items = [(idx, l0, min(lb, L - l0)) for idx in np.ndindex(*batch) for l0 in range(0, L, lb)]
+    ncores = min(ncores, len(items))
+
+    causal_v = None
+    if sh.causal:  # G[j] = (j >= S - 1): allowed[l, s] = G[l - s + S - 1]
+        causal_v = ctx.weight(f"{node.name}_causal", np.arange(L + S - 1) >= S - 1, DType.BOOL)
+    kv, vv, qv = ctx.views[k], ctx.views[v], ctx.views[q]
+    mv = ctx.views[mask].expand(batch + (L, S)) if mask is not None else None
+    for core, (first, count) in enumerate(split(len(items), ncores)):
+        cc = ctx.core(core)
+        bufs = _Buffers.alloc(ctx, core, node, sh, lb, sc)
+        with cc.op(node.name, node.source):
+            if mask is not None or sh.causal:
+                cc.emit("vfill", rd=cc.reg(R_D, bufs.neg), imm=-math.inf, rows=1, cols=sc, sd=sc * 4, dt=F32)
+            pending, resident = 0, None
+            for idx, l0, n in items[first:first + count]:
+                kidx = idx[:-1] + (idx[-1] // rep,) if rep > 1 else idx
+                blk = _Block(select_batch(qv, idx).slice(0, l0, l0 + n), select_batch(kv, kidx),
+                             select_batch(vv, kidx), select_batch(mv, idx) if mv is not None else None,
+                             causal_v, l0, n)
+                resident = _attend(cc, sh, bufs, blk, dt, scale, sc, resident, kidx, pending)
+                src = bufs.o if dt is F32 else bufs.oc
+                if dt is not F32:
+                    cc.emit("vcvt", rd=cc.reg(R_D, bufs.oc), ra=cc.reg(R_A, bufs.o), rows=n, cols=Ev,
+                            sd=Ev * dt.itemsize, sa=Ev * 4, dtd=dt, dts=F32)
+                pending = store_view(cc, src, select_batch(out, idx).slice(0, l0, l0 + n), SEM_STORE)
+            cc.wait(SEM_STORE, pending)
+
+
+@dataclass(frozen=True)
+class _Buffers:
+    """One core's SRAM tiles (addresses)."""
+
+    q: int
+    k: int
+    v: int
+    s: int  # scores / probabilities, FP32 [lb, sc]
+    p: int  # probabilities in the operand type (bf16 only)
+    o: int  # FP32 accumulator [lb, Ev]
+    oc: int  # output in the storage type (bf16 only)
+    m: int  # running row max
+    mn: int  # the new row max (swapped with m each chunk)
+    l: int  # running row sum
+    t: int  # a row statistic of this chunk (rowmax, then rowsum)
+    alpha: int  # exp(m - m')
+    mask: int
+    maskf: int  # a float mask converted to FP32
+    cm: int  # the causal mask tile
+    neg: int  # one row of -inf (read with row stride 0)
+
+    @staticmethod
+    def alloc(ctx: Ctx, core: int, node: Node, sh: _Shape, lb: int, sc: int) -> _Buffers:
+        sram = ctx.sram[core]
+        es, wide = sh.es, sh.es != 4
+
+        def a(n: int, what: str) -> int:
+            return sram.alloc(n, f"sdpa {node.name} {what}") if n else -1
+
+        mask_es = sh.mask.itemsize if sh.mask is not None else 0
+        return _Buffers(
+            q=a(lb * sh.E * es, "query block"), k=a(sc * sh.E * es, "key chunk"),
+            v=a(sc * sh.Ev * es, "value chunk"), s=a(lb * sc * 4, "score tile"),
+            p=a(lb * sc * es if wide else 0, "probabilities"), o=a(lb * sh.Ev * 4, "accumulator"),
+            oc=a(lb * sh.Ev * es if wide else 0, "output tile"), m=a(lb * 4, "row max"), mn=a(lb * 4, "row max"),
+            l=a(lb * 4, "row sum"), t=a(lb * 4, "row statistic"), alpha=a(lb * 4, "rescale"),
+            mask=a(lb * sc * mask_es, "mask tile"),
+            maskf=a(lb * sc * 4 if sh.mask is not None and sh.mask.is_float and wide else 0, "mask tile"),
+            cm=a(lb * sc if sh.causal else 0, "causal mask"), neg=a(sc * 4, "-inf row"))
+
+
+@dataclass(frozen=True)
+class _Block:
+    """One work item's DRAM views: Q rows [n, E], the whole K [S, E] and V [S, Ev], the mask [L, S]."""
+
+    q: View
+    k: View
+    v: View
+    mask: View | None
+    causal: View | None
+    l0: int
+    n: int
+
+
+def _attend(cc: CoreCode, sh: _Shape, b: _Buffers, blk: _Block, dt: DType, scale: float, sc: int,
+            resident: Resident, kidx: tuple[int, ...], pending: int) -> Resident:
+    """Emit one query block, leaving O / l in b.o. `resident` is (kv batch index, keys loaded) when K and
+    V stay in SRAM across blocks (only when one chunk covers every key); returns the new one."""
+    n, es, Ev, E = blk.n, dt.itemsize, sh.Ev, sh.E
+    one_chunk = sc >= sh.S
+    m, mn = b.m, b.mn
+    last_row = blk.l0 + n - 1
+    end = min(sh.S, last_row + 1) if sh.causal else sh.S  # keys past the diagonal are all masked
+    chunks = [(c0, min(sc, end - c0)) for c0 in range(0, end, sc)]
+    for ci, (c0, cs) in enumerate(chunks):
+        first = ci == 0
+        loads = load_view(cc, blk.q, b.q, SEM_LOAD) if first else 0
+        if not (one_chunk and resident is not None and resident[0] == kidx and resident[1] >= end):
+            loads += load_view(cc, blk.k.slice(0, c0, c0 + cs), b.k, SEM_LOAD)
+            loads += load_view(cc, blk.v.slice(0, c0, c0 + cs), b.v, SEM_LOAD)
+        if blk.mask is not None:
+            loads += load_view(cc, blk.mask.slice(0, blk.l0, blk.l0 + n).slice(1, c0, c0 + cs), b.mask, SEM_LOAD)
+        crossing = sh.causal and c0 + cs - 1 > blk.l0
+        if crossing:
+            assert blk.causal is not None
+            src = blk.causal.base + (blk.l0 - c0 + sh.S - 1)
+            cc.dma_load(Transfer(src, b.cm, ((n, 1, cs), (cs, -1, 1)), 1), SEM_LOAD)
+            loads += 1
+        if first:
+            cc.wait(SEM_STORE, pending)  # the previous block's output has left O
+        cc.wait(SEM_LOAD, loads)
+        tile = {"rows": n, "cols": cs, "sd": cs * 4, "sa": cs * 4}
+        cc.emit("mma", rd=cc.reg(R_D, b.s), ra=cc.reg(R_A, b.q), rb=cc.reg(R_B, b.k), m=n, n=cs, k=E,
+                sd=cs * 4, sa=E * es, sb=E * es, dt=dt, tb=1)
+        cc.emit("vmuls", rd=cc.reg(R_D, b.s), ra=cc.reg(R_A, b.s), imm=scale, dt=F32, **tile)
+        if sh.mask is not None and sh.mask.is_float:
+            mask = b.mask
+            if sh.mask is not F32:
+                cc.emit("vcvt", rd=cc.reg(R_D, b.maskf), ra=cc.reg(R_A, b.mask), rows=n, cols=cs, sd=cs * 4,
+                        sa=cs * sh.mask.itemsize, dtd=F32, dts=sh.mask)
+                mask = b.maskf
+            cc.emit("vadd", rd=cc.reg(R_D, b.s), ra=cc.reg(R_A, b.s), rb=cc.reg(R_B, mask), sb=cs * 4, dt=F32,
+                    **tile)
+        elif sh.mask is not None:
+            _mask_out(cc, b, b.mask, n, cs)
+        if crossing:
+            _mask_out(cc, b, b.cm, n, cs)
+        col = {"rows": n, "cols": 1, "sd": 4, "sa": 4}
+        if first:
+            cc.emit("vrmax", rd=cc.reg(R_D, m), ra=cc.reg(R_A, b.s), rows=n, cols=cs, sd=4, sa=cs * 4, dt=F32,
+                    axis="row")
+            cc.emit("vmaxs", rd=cc.reg(R_D, m), ra=cc.reg(R_A, m), imm=LOWEST, dt=F32, **col)
+        else:
+            cc.emit("vrmax", rd=cc.reg(R_D, b.t), ra=cc.reg(R_A, b.s), rows=n, cols=cs, sd=4, sa=cs * 4, dt=F32,
+                    axis="row")
+            cc.emit("vmax", rd=cc.reg(R_D, mn), ra=cc.reg(R_A, m), rb=cc.reg(R_B, b.t), sb=4, dt=F32, **col)
+            cc.emit("vsub", rd=cc.reg(R_D, b.alpha), ra=cc.reg(R_A, m), rb=cc.reg(R_B, mn), sb=4, dt=F32, **col)
+            cc.emit("vexp", rd=cc.reg(R_D, b.alpha), ra=cc.reg(R_A, b.alpha), dt=F32, **col)
+            m, mn = mn, m
+        cc.emit("vsub", rd=cc.reg(R_D, b.s), ra=cc.reg(R_A, b.s), rb=cc.reg(R_B, m), sb=4, bcb="col", dt=F32,
+                **tile)
+        cc.emit("vexp", rd=cc.reg(R_D, b.s), ra=cc.reg(R_A, b.s), dt=F32, **tile)
+        rsum = b.l if first else b.t
+        cc.emit("vrsum", rd=cc.reg(R_D, rsum), ra=cc.reg(R_A, b.s), rows=n, cols=cs, sd=4, sa=cs * 4, dt=F32,
+                axis="row")
+        if not first:  # l = l * alpha + rowsum; O = O * alpha
+            cc.emit("vmul", rd=cc.reg(R_D, b.l), ra=cc.reg(R_A, b.l), rb=cc.reg(R_B, b.alpha), sb=4, dt=F32, **col)
+            cc.emit("vadd", rd=cc.reg(R_D, b.l), ra=cc.reg(R_A, b.l), rb=cc.reg(R_B, b.t), sb=4, dt=F32, **col)
+            cc.emit("vmul", rd=cc.reg(R_D, b.o), ra=cc.reg(R_A, b.o), rb=cc.reg(R_B, b.alpha), rows=n, cols=Ev,
+                    sd=Ev * 4, sa=Ev * 4, sb=4, bcb="col", dt=F32)
+        p, ps = b.s, cs * 4
+        if dt is not F32:
+            cc.emit("vcvt", rd=cc.reg(R_D, b.p), ra=cc.reg(R_A, b.s), rows=n, cols=cs, sd=cs * es, sa=cs * 4,
+                    dtd=dt, dts=F32)
+            p, ps = b.p, cs * es
+        cc.emit("mma", rd=cc.reg(R_D, b.o), ra=cc.reg(R_A, p), rb=cc.reg(R_B, b.v), m=n, n=Ev, k=cs, sd=Ev * 4,
+                sa=ps, sb=Ev * es, dt=dt, acc=0 if first else 1)
+    col = {"rows": n, "cols": 1, "sd": 4, "sa": 4}
+    cc.emit("vmaxs", rd=cc.reg(R_D, b.l), ra=cc.reg(R_A, b.l), imm=TINY, dt=F32, **col)
+    cc.emit("vdiv", rd=cc.reg(R_D, b.o), ra=cc.reg(R_A, b.o), rb=cc.reg(R_B, b.l), rows=n, cols=Ev, sd=Ev * 4,
+            sa=Ev * 4, sb=4, bcb="col", dt=F32)
+    return (kidx, end) if one_chunk else None
+
+
+def _mask_out(cc: CoreCode, b: _Buffers, cond: int, n: int, cs: int) -> None:
+    """S = cond ? S : -inf over an [n, cs] tile (bool cond, dense; the -inf row repeats with stride 0)."""
+    cc.emit("vsel", rd=cc.reg(R_D, b.s), rc=cc.reg(R_C, cond), ra=cc.reg(R_A, b.s), rb=cc.reg(R_B, b.neg),
+            rows=n, cols=cs, sd=cs * 4, sc=cs, sa=cs * 4, sb=0, dt=F32)

@@ -1,0 +1,39 @@
+"""The compiler's pipeline, flat and named in one place (docs/compiler.md).
+
+`compile_graph` runs the graph-to-graph passes in order, verifying the IR after each (and dumping it
+when `DOJOC_DEBUG` is set), then generates the program. Both frontends (`dojoc.compile` through
+torch.export, the torch.compile backend through AOTAutograd) produce a graph and call it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from isa.machine import Machine
+
+from dojoc.codegen.lower import lower_graph
+from dojoc.codegen.result import Lowered
+from dojoc.ir import Graph, maybe_dump, verify
+from dojoc.passes.fold_bn import fold_batch_norm
+
+Pass = Callable[[Graph], Graph]
+
+# Graph passes, in order. Epilogue fusion, tiling and placement live in code generation for now.
+PASSES: list[tuple[str, Pass]] = [
+    ("fold_batch_norm", fold_batch_norm),
+]
+
+
+def run_passes(graph: Graph) -> Graph:
+    """The graph after every pass of PASSES, verified after each."""
+    verify(graph)
+    maybe_dump(graph, "frontend")
+    for name, fn in PASSES:
+        graph = verify(fn(graph))
+        maybe_dump(graph, name)
+    return graph
+
+
+def compile_graph(graph: Graph, machine: Machine, precision: str) -> Lowered:
+    """Passes, then code generation: the program for `graph` on `machine`."""
+    return lower_graph(run_passes(graph), machine, precision)
