@@ -1,4 +1,4 @@
-"""The `dojoc` command line: asm, disasm, run, machines (and compile, from the compiler).
+"""The `dojoc` command line: compile, run, asm, disasm, machines.
 
 Bad input prints one `error: ...` line on stderr and exits non-zero, with no traceback and no output
 file left behind (outputs are written to a temporary file and renamed into place).
@@ -32,6 +32,8 @@ class _Group(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except click.UsageError as e:  # a bad option of a command: one line too, not click's usage block
+            _fail(e.format_message())
         except DojocError as e:
             _fail(str(e).strip().splitlines()[0] if "\n" not in str(e).strip() else str(e).strip())
         except (OSError, ValueError) as e:
@@ -155,23 +157,47 @@ def _read_inputs(image: Any, specs: tuple[str, ...]) -> list[np.ndarray] | dict[
 @click.option("--trace", type=click.Path(path_type=Path), help="write a Chrome trace-event timeline")
 @click.option("--timing-only", is_flag=True, help="skip the arithmetic (same cycles, faster)")
 @click.option("--max-cycles", type=int, default=10**11, show_default=True, help="watchdog")
-@click.option("--precision", type=click.Choice(["bf16", "cfp8", "fp32"]), default="bf16", show_default=True,
-              help="peak used for utilization")
+@click.option("--precision", type=click.Choice(["bf16", "cfp8", "fp32"]), default=None,
+              help="peak used for utilization (default: the program's, else bf16)")
 def run(target: Path, inputs: tuple[str, ...], output: Path | None, trace: Path | None, timing_only: bool,
-        max_cycles: int, precision: str) -> None:
-    """Run an object file (or a program folder) on the emulator and print its report."""
+        max_cycles: int, precision: str | None) -> None:
+    """Run an object file or a compiled program folder (DIR/program.dobj) on the emulator and print its
+    report. A program from `dojoc compile` reports one call (`cycles`) apart from the one-time loading of
+    its resident weights (`load cycles`)."""
+    from dojoc.report import Report, load_phase_end
     from runtime_emu import Emulator
     from runtime_emu.stats import utilization
 
     image = _load_image(target)
+    saved = _saved_report(target)
+    if saved.get("machine_hash") != image.machine.hash:
+        saved = {}  # a report.json of some other program
+    precision = precision or str(saved.get("precision") or "bf16")
     emu = Emulator(image, timing_only=timing_only, max_cycles=max_cycles, trace=trace is not None)
-    emu.set_inputs(_read_inputs(image, inputs))
+    if not inputs and saved and image.inputs:
+        click.echo("note: no --input given: running on random inputs (seed 0)", err=True)
+        emu.set_inputs(_random_inputs(image))
+    else:
+        emu.set_inputs(_read_inputs(image, inputs))
     result = emu.run()
     m = image.machine
-    flops = result.stats.flops
+    if load_phase_end(result.stats) or saved:
+        ran = [c for c in result.stats.cores.values() if c.instructions > 0]
+        report = Report.from_run(
+            result, m, precision=precision, flops=int(saved.get("flops") or result.stats.flops),
+            cores_used=int(saved.get("cores_used") or len(ran)),
+            sram_peak_bytes=int(saved.get("sram_peak_bytes") or result.stats.sram_high_water),
+            compile_seconds=float(saved.get("compile_seconds") or 0.0), options=saved.get("options") or {})
+        click.echo(report.format())
+        click.echo("")
+    else:
+        flops = result.stats.flops
+        click.echo(f"machine      {m.name} ({m.num_cores} cores, hash {m.hash[:12]})")
+        click.echo(f"cycles       {result.cycles:,}  ({result.cycles / m.clock_hz * 1e6:.3f} us at "
+                   f"{m.clock_hz / 1e9:g} GHz)")
+        click.echo(f"flops        {flops:,}  utilization {utilization(flops, result.cycles, m, precision):.4%} "
+                   f"of {precision} peak")
     click.echo(result.stats.format_table(m))
-    click.echo(f"flops            {flops:,}; utilization {utilization(flops, result.cycles, m, precision):.2%} "
-               f"of {precision} peak (flops / (cycles x {m.num_cores} cores x peak per core))")
     if output is not None:
         outs = {k: np.asarray(v) for k, v in result.outputs.items()}
         write_atomic(output, lambda p: np.savez(p, **outs))  # type: ignore[arg-type]
@@ -179,6 +205,111 @@ def run(target: Path, inputs: tuple[str, ...], output: Path | None, trace: Path 
     if trace is not None and result.trace is not None:
         result.trace.save(trace)
         click.echo(f"wrote {trace}")
+
+
+def _random_inputs(image: Any) -> list[np.ndarray]:
+    """Random arrays for every input of an image (floats normal, integers in [0, 10), bools coins)."""
+    rng = np.random.default_rng(0)
+    out = []
+    for t in image.inputs:
+        if t.dtype.is_float:
+            out.append(rng.standard_normal(t.shape).astype(np.float32))
+        elif t.dtype.asm == "bool":
+            out.append(rng.integers(0, 2, t.shape).astype(bool))
+        else:
+            out.append(rng.integers(0, 10, t.shape).astype(np.int32))
+    return out
+
+
+def _saved_report(target: Path) -> dict[str, Any]:
+    """report.json of a program folder (or beside an object file), or {} when there is none or it is broken."""
+    import json
+
+    path = (target if target.is_dir() else target.parent) / "report.json"
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) and "machine_hash" in data else {}
+
+
+# -- compile --------------------------------------------------------------------------------------
+
+@cli.command("compile")
+@click.argument("target")
+@click.option("--input", "inputs", multiple=True, metavar="SPEC",
+              help="an example input: SHAPE[:DTYPE][RANGE] (1x3x224x224, 1x128:int64[0,30522)) or x.npy; "
+                   "name=SPEC for a keyword input")
+@click.option("--machine", default="d1", show_default=True, help="preset name or .toml")
+@click.option("--set", "overrides", multiple=True, metavar="FIELD=VALUE", help="override a machine field")
+@click.option("--precision", type=click.Choice(["bf16", "fp32", "cfp8"]), default="bf16", show_default=True)
+@click.option("-o", "--output", "out_dir", type=click.Path(path_type=Path), default=Path("out"),
+              show_default=True, help="program folder to write")
+def compile_(target: str, inputs: tuple[str, ...], machine: str, overrides: tuple[str, ...], precision: str,
+             out_dir: Path) -> None:
+    """Compile TARGET (path/file.py:factory or a .pt2 file), run it once on the example inputs, check it
+    against eager and write DIR: program.s (+ weight files), program.dobj, report.json."""
+    import dataclasses
+    import logging
+
+    import torch
+    from torch.utils import _pytree as pytree
+
+    from dojoc.api import compile_with_options
+    from dojoc.program import check_replaceable, set_last_report
+    from dojoc.report import accuracy
+    from dojoc.targets import load_target, parse_inputs, random_inputs_for
+    from dojoc.testing import mismatch
+
+    # torch logs a traceback when export meets a shape the model rejects; the error line says it all
+    logging.getLogger("torch._subclasses.fake_tensor").setLevel(logging.CRITICAL)
+    m = load_machine(machine, overrides)
+    check_replaceable(out_dir)
+    given = parse_inputs(inputs) if inputs else None
+    model, ex_args, ex_kwargs = load_target(target)
+    if given is not None:
+        args, kwargs = given
+    elif ex_args is not None:
+        args, kwargs = ex_args, ex_kwargs
+    elif isinstance(model, torch.export.ExportedProgram):
+        args, kwargs = random_inputs_for(model)
+    else:
+        raise DojocError(f"{target} gives no example inputs: pass --input SPEC for each input")
+    options = {"frontend": "export", "entry": "cli", "target": target, "inputs": list(inputs),
+               "overrides": list(overrides)}
+    program = compile_with_options(model, args, example_kwargs=kwargs, machine=m, precision=precision,
+                                   options=options)
+    actual = program(*args, **kwargs)
+    assert program.report is not None
+    expected = _eager(model, args, kwargs)
+    problem: str | None = "outputs not checked against eager"
+    if expected is not None:
+        got = pytree.tree_leaves(actual)
+        want = [x for x in pytree.tree_leaves(expected) if isinstance(x, torch.Tensor)]
+        problem = mismatch(got, want, precision, program.output_names)
+        if len(got) == len(want) and all(a.shape == e.shape for a, e in zip(got, want, strict=True)):
+            pcc, err = accuracy(got, want)
+            program.report = dataclasses.replace(program.report, pcc=pcc, max_abs_err=err)
+            set_last_report(program.report)
+    program.save(out_dir)
+    report = program.report
+    click.echo(report.format())
+    weights = sum(1 for t in program.image.tensors if t.data is not None)
+    click.echo(f"wrote {out_dir}/: program.s, program.dobj, report.json and {weights} weight file(s)")
+    if problem:
+        click.echo(f"warning: {problem}", err=True)
+
+
+def _eager(model: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """Eager outputs for the accuracy check, or None when eager cannot run here."""
+    import torch
+
+    try:
+        fn = model.module() if isinstance(model, torch.export.ExportedProgram) else model
+        with torch.no_grad():
+            return fn(*args, **kwargs)
+    except Exception:
+        return None
 
 
 def main() -> None:

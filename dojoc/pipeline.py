@@ -9,12 +9,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from isa.machine import Machine
-
 from dojoc.codegen.lower import lower_graph
 from dojoc.codegen.result import Lowered
 from dojoc.ir import Graph, maybe_dump, verify
 from dojoc.passes.fold_bn import fold_batch_norm
+from isa.machine import Machine
 
 Pass = Callable[[Graph], Graph]
 

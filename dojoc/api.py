@@ -1,0 +1,88 @@
+"""`dojoc.compile`: a PyTorch model -> a `Program` that runs on the emulated mesh.
+
+Pipeline: frontend (torch.export, non-strict, then dojoc's decompositions, lowering to IR, folding) ->
+`dojoc.ir.verify` -> `generate` (the graph passes and code generation: `dojoc.pipeline.compile_graph`)
+-> `Program`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+
+from dojoc.codegen.result import Lowered
+from dojoc.errors import CompileError
+from dojoc.ir import Graph
+from dojoc.program import Program
+from isa.machine import Machine
+from isa.presets import load_machine
+
+PRECISIONS = ("bf16", "fp32", "cfp8")
+
+
+def check_precision(precision: Any) -> str:
+    """The precision, or a CompileError naming the valid ones."""
+    if precision not in PRECISIONS:
+        raise CompileError(f"unknown precision {precision!r}: use one of {', '.join(PRECISIONS)}")
+    return str(precision)
+
+
+def resolve_machine(machine: str | Machine | Any) -> Machine:
+    """A Machine from a preset name, a .toml path or a Machine (MachineError otherwise)."""
+    return load_machine(machine)
+
+
+def generate(graph: Graph, machine: Machine, precision: str) -> Lowered:
+    """The graph passes and code generation (`dojoc.pipeline.compile_graph`; `lower_graph` alone while the
+    pipeline module is absent)."""
+    try:
+        from dojoc.pipeline import compile_graph
+    except ImportError:
+        from dojoc.codegen.lower import lower_graph as compile_graph
+    return compile_graph(graph, machine, precision)
+
+
+def compile(model: Any, example_inputs: Any, *, example_kwargs: Mapping[str, Any] | None = None,
+            machine: str | Machine = "d1", precision: str = "bf16") -> Program:
+    """Compile `model` for `machine` at `precision` and return a Program that runs on the emulator.
+
+    - `model`: an `nn.Module` in eval mode (a module in training mode is a CompileError that says to call
+      `.eval()`), a plain callable, or a `torch.export.ExportedProgram`;
+    - `example_inputs`: a tuple of positional arguments (a single tensor is wrapped); `example_kwargs`:
+      keyword arguments. Their shapes and dtypes are the program's: calling it with others is an InputError;
+    - `machine`: a preset name (`dojoc machines` lists them), a TOML file path or an `isa.machine.Machine`;
+    - `precision`: "bf16" (BF16 operands, FP32 accumulation), "fp32" or "cfp8".
+
+    Raises CompileError (and its subclasses UnsupportedOpsError, ShapeError, SramOverflowError) or
+    MachineError; `Program.report` is set by the first call.
+    """
+    return compile_with_options(model, example_inputs, example_kwargs=example_kwargs, machine=machine,
+                                precision=precision, options={"frontend": "export"})
+
+
+def compile_with_options(model: Any, example_inputs: Any, *, example_kwargs: Mapping[str, Any] | None = None,
+                         machine: str | Machine = "d1", precision: str = "bf16",
+                         options: Mapping[str, Any] | None = None) -> Program:
+    """`compile`, recording `options` in the program's reports (the command line adds its own)."""
+    from dojoc.frontend import from_exported, from_module
+    from dojoc.ir import verify
+
+    start = time.perf_counter()
+    m = resolve_machine(machine)
+    check_precision(precision)
+    if isinstance(model, torch.export.ExportedProgram):
+        graph = from_exported(model)
+    elif isinstance(model, torch.nn.Module) or callable(model):
+        if example_inputs is None:
+            example_inputs = ()
+        graph = from_module(model, example_inputs, example_kwargs)
+    else:
+        raise CompileError(f"cannot compile a {type(model).__name__}: pass an nn.Module (in eval mode), a "
+                           "callable or a torch.export.ExportedProgram")
+    verify(graph)
+    lowered = generate(graph, m, precision)
+    return Program(lowered, graph, compile_seconds=time.perf_counter() - start, options=options)
+

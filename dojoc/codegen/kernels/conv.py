@@ -1,0 +1,341 @@
+"""2-D convolution (NCHW; stride, padding, dilation, groups incl. depthwise, optional bias) as a sum of
+matmuls over kernel taps (docs/compiler.md), with no im2col buffer in DRAM.
+
+For output channels O_blk of one group and a block of output pixels (rows x cols of one image):
+
+    acc[O_blk, pixels] += W[O_blk, (tap, c)] @ X[(tap, c), pixels]
+
+where the rows of X for tap (kh, kw) are the input window shifted by the tap: one 3-D DMA per tap
+(channels, output rows, output cols) with source strides (H*W, s_h*W, s_w) elements from the tap's first
+in-bounds pixel, and destination padding (padlo/padhi per dim, computed here) for the output rows and
+columns whose input falls outside the image, so the padding costs no DRAM traffic. Taps are stacked along
+K when the whole group's channels fit one step (always for depthwise, where K = taps), else a step is one
+tap and a chunk of channels. A tap that falls wholly in the padding is skipped (or zero-filled when it
+shares a step with others).
+
+The weights are laid out at compile time, by the strides of the DMA that loads them, as
+[O_blk, KH*KW*C/g] (tap-major columns), so every step's A operand is one contiguous column range of a
+row-major tile; they stay resident in SRAM (with an FP32 copy of the bias) when they fit. The bias is
+added on the FP32 accumulator with a column broadcast (one value per output channel = per row).
+
+Work is cut into items (batch, group, output-channel block, output-row block[, column block]) in that
+nesting, so a core's run of items shares few weight blocks; the cost model picks the block sizes and
+`ctx.cores_for` the number of cores.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from math import ceil
+
+from dojoc.codegen.context import Ctx, split
+from dojoc.codegen.kernels.mxu import (
+    F32,
+    Item,
+    Load,
+    Operand,
+    Pipeline,
+    Region,
+    Spec,
+    Step,
+    act_bias,
+    dram_cycles,
+    load_resident,
+    operand_type,
+    overlapped,
+    param_array,
+    resident_budget,
+    splits,
+    weight_source,
+)
+from dojoc.codegen.registry import kernel
+from dojoc.codegen.view import Transfer, View, transfers
+from dojoc.errors import CompileError, SramOverflowError
+from dojoc.ir.graph import Node
+from dojoc.ir.ops import Op
+from isa.costs import matmul_cycles, vector_cycles
+
+MAX_TILE = 4095  # rows, columns and k of an mma
+MAX_PAD = 255  # the dmadim padlo/padhi fields
+MAX_STRIDE = (1 << 18) - 1  # tile row strides
+SLACK = 1024
+
+
+@dataclass(frozen=True)
+class Conv:
+    """The geometry of one convolution and its DRAM views (weights in the mma operand type)."""
+
+    x: View
+    w: View
+    bias: View | None
+    out: View
+    n: int
+    c: int
+    h: int
+    wd: int
+    o: int
+    cg: int
+    kh: int
+    kw: int
+    g: int
+    oh: int
+    ow: int
+    stride: tuple[int, int]
+    pad: tuple[int, int]
+    dil: tuple[int, int]
+
+    @property
+    def og(self) -> int:
+        return self.o // self.g
+
+    @property
+    def taps(self) -> int:
+        return self.kh * self.kw
+
+    @property
+    def k(self) -> int:
+        return self.taps * self.cg
+
+
+@dataclass(frozen=True)
+class Plan:
+    ot: int  # output channels per item
+    rt: int  # output rows per item
+    ct: int  # output columns per item
+    tn: int  # taps per step
+    cl: int  # channels per step
+    cores: list[int]
+    resident: bool
+
+
+def _kmax(ctx: Ctx, spec: Spec, ot: int, pt: int, a_streamed: bool) -> int:
+    """The largest K of a step whose double-buffered tiles fit the scratch SRAM, for items of ot x pt."""
+    direct = spec.out is F32
+    fixed = ot * pt * 4 * (2 if direct else 1) + (0 if direct else 2 * ot * pt * spec.out.itemsize) \
+        + ot * (2 * spec.bias_src.itemsize + 4) + SLACK
+    per_k = 2 * pt * spec.b_src.itemsize + (pt * spec.op.itemsize if spec.b_src is not spec.op else 0)
+    if a_streamed:
+        per_k += 2 * ot * spec.a_src.itemsize + (ot * spec.op.itemsize if spec.a_src is not spec.op else 0)
+    room = ctx.sram[0].half - fixed
+    return min(MAX_TILE, room // per_k if room > 0 else 0)
+
+
+def _steps(cv: Conv, kmax: int) -> list[tuple[int, int]]:
+    """Step shapes (taps per step, channels per step) with K <= kmax, largest first: several taps with
+    all of a group's channels, or one tap with a chunk of them. More, smaller steps let a core start
+    computing sooner (the cost model weighs that against the overhead per step)."""
+    out: list[tuple[int, int]] = []
+    if kmax >= cv.cg:
+        tmax = min(cv.taps, kmax // cv.cg)
+        out += [(ceil(cv.taps / ceil(cv.taps / t)), cv.cg) for t in splits(tmax, 1, (1, 2, 3, 4, 6, 9))]
+    cmax = min(cv.cg, kmax)
+    if cmax >= min(cv.cg, 8):
+        out += [(1, ceil(cv.cg / ceil(cv.cg / c))) for c in splits(cmax, 8, (1, 2, 3, 4, 6, 8)) if c < cv.cg]
+    return sorted(set(out), key=lambda tc: -tc[0] * tc[1])
+
+
+def _item_cycles(ctx: Ctx, cv: Conv, spec: Spec, ot: int, pt: int, tn: int, cl: int, a_streamed: bool) -> int:
+    """Core cycles of one item: per step its DMA issues, conversions (cfp8) and mma; then the epilogue."""
+    m = ctx.machine
+    k = tn * cl
+    step = matmul_cycles(ot, pt, k, spec.op, True, m) + tn * (m.issue_cycles + 3 * m.scalar_cycles)
+    if spec.b_src is not spec.op:
+        step += vector_cycles(k * pt, 2, k * pt * 2, k * pt, m)
+    if a_streamed and spec.a_src is not spec.op:
+        step += vector_cycles(k * ot, 2, k * ot * 2, k * ot, m)
+    steps = ceil(cv.taps / tn) * ceil(cv.cg / cl)
+    epi = vector_cycles(ot * pt, 4, ot * pt * 8, ot * pt * 4, m) if cv.bias is not None else 0
+    return steps * step + epi + vector_cycles(ot * pt, 4, ot * pt * 4, ot * pt * spec.out.itemsize, m)
+
+
+def _plan(ctx: Ctx, node: Node, cv: Conv, spec: Spec, weight: bool) -> Plan:
+    """Block and step sizes and cores minimising the estimated time: compute per core against DRAM
+    traffic (the input windows are re-read once per output-channel block; streamed weights once per
+    item)."""
+    region = Region(ctx)
+    budget = resident_budget(ctx, node, ctx.graph.producers()) if weight else 0
+    ex, ew, eo = spec.b_src.itemsize, spec.a_src.itemsize, spec.out.itemsize
+    cts = [cv.ow] if cv.ow <= MAX_TILE else [c for c in splits(cv.ow) if c <= MAX_TILE]
+    best: tuple[tuple[int, int], Plan] | None = None
+    for ot in [c for c in splits(cv.og) if c <= MAX_TILE]:
+        for ct in cts:
+            for rt in [r for r in splits(cv.oh, 1) if r * ct <= MAX_TILE]:
+                pt = rt * ct
+                options = _steps(cv, _kmax(ctx, spec, ot, pt, False))
+                if not options:
+                    continue
+                per_block = cv.n * ceil(cv.oh / rt) * ceil(cv.ow / ct)  # items sharing one weight block
+                items = cv.g * ceil(cv.og / ot) * per_block
+                ncores = ctx.cores_for(items * _item_cycles(ctx, cv, spec, ot, pt, *options[0], False), items)
+                run = ceil(items / ncores)
+                blocks = min(ceil((run - 1) / per_block) + 1, cv.g * ceil(cv.og / ot))
+                need = blocks * (ot * cv.k * ew + ot * 4 + 128)
+                resident = weight and cv.k * ew <= MAX_STRIDE and region.fits(ncores, need) \
+                    and need * ncores <= budget
+                if not resident:
+                    options = _steps(cv, _kmax(ctx, spec, ot, pt, True))
+                traffic = items * pt * (cv.k * ex + ot * eo) + (0 if resident else items * ot * cv.k * ew)
+                for tn, cl in options:
+                    compute = run * _item_cycles(ctx, cv, spec, ot, pt, tn, cl, not resident)
+                    steps = run * ceil(cv.taps / tn) * ceil(cv.cg / cl)
+                    key = (round(overlapped(ctx, compute, dram_cycles(ctx, traffic), steps)), ncores)
+                    if best is None or key < best[0]:
+                        best = (key, Plan(ot, rt, ct, tn, cl, region.pick(ncores, need if resident else 0),
+                                             resident))
+    if best is None:
+        raise node.error(f"conv2d {node.name} fits no tile in {ctx.sram[0].half:,} bytes of SRAM scratch",
+                         SramOverflowError)
+    return best[1]
+
+
+@kernel(Op.CONV2D)
+def conv2d(ctx: Ctx, node: Node) -> None:
+    x, w = node.inputs[:2]
+    a = node.attrs
+    op = operand_type(ctx)
+    producers = ctx.graph.producers()
+    warr = param_array(ctx, w, producers)
+    wsrc, wbias = weight_source(ctx, w, warr, op, node.name) if warr is not None else (ctx.views[w], act_bias(op))
+    bias = None
+    if len(node.inputs) == 3:
+        barr = param_array(ctx, node.inputs[2], producers)
+        bias = ctx.weight(f"{node.name}_bias_f32", barr, F32) if barr is not None else ctx.views[node.inputs[2]]
+    n, c, h, wd = x.type.shape
+    o, cg, kh, kw = w.type.shape
+    oh, ow = node.output.type.shape[2:]
+    cv = Conv(ctx.views[x], wsrc, bias, ctx.views[node.output], n, c, h, wd, o, cg, kh, kw, a["groups"], oh, ow,
+              tuple(a["stride"]), tuple(a["padding"]), tuple(a["dilation"]))  # type: ignore[arg-type]
+    spec = Spec(op, wsrc.dtype, cv.x.dtype, cv.out.dtype, wbias, act_bias(op), bias.dtype if bias else F32)
+    plan = _plan(ctx, node, cv, spec, warr is not None)
+    items = [(gi, ob, b, ri, ci) for gi in range(cv.g) for ob in range(0, cv.og, plan.ot) for b in range(n)
+             for ri in range(0, oh, plan.rt) for ci in range(0, ow, plan.ct)]
+    for core, (first, count) in zip(plan.cores, split(len(items), len(plan.cores)), strict=False):
+        _emit_core(ctx, node, core, cv, plan, spec, items[first:first + count])
+
+
+def _resident(ctx: Ctx, node: Node, core: int, cv: Conv, plan: Plan, spec: Spec,
+              run: list[tuple[int, int, int, int, int]]) -> dict[tuple[int, int], int]:
+    """Allocate and load the weight blocks (and FP32 bias) of a core's items; a block that does not fit
+    is left out (streamed)."""
+    out: dict[tuple[int, int], int] = {}
+    if not plan.resident:
+        return out
+    ew, w = spec.a_src.itemsize, cv.w
+    so, sc, skh, skw = w.strides
+    loads: list[Transfer] = []
+    for gi, ob, *_ in run:
+        if (gi, ob) in out:
+            continue
+        ol = min(plan.ot, cv.og - ob)
+        wbytes = -(-ol * cv.k * ew // 64) * 64
+        with_bias = cv.bias is not None and cv.bias.dtype is F32
+        addr = ctx.sram[core].alloc_resident(wbytes + (ol * 4 if with_bias else 0))
+        if addr is None:
+            break
+        out[(gi, ob)] = addr
+        o0 = gi * cv.og + ob
+        loads += transfers(w.base + o0 * so, addr, [(ol, so, cv.k * ew), (cv.kh, skh, cv.kw * cv.cg * ew),
+                                                    (cv.kw, skw, cv.cg * ew), (cv.cg, sc, ew)], ew)
+        if with_bias and cv.bias is not None:
+            loads += transfers(cv.bias.base + o0 * cv.bias.strides[0], addr + wbytes,
+                               [(ol, cv.bias.strides[0], 4)], 4)
+    load_resident(ctx, core, node, loads)
+    return out
+
+
+def _rng(lo_out: int, count: int, s: int, off: int, size: int) -> tuple[int, int, int] | None:
+    """For outputs lo_out..lo_out+count-1 reading input o*s + off: (first valid output, valid count,
+    padding after), or None when every input falls outside 0..size-1."""
+    first = max(lo_out, -(off // s))  # the least o with o * s + off >= 0
+    last = min(lo_out + count - 1, (size - 1 - off) // s)
+    if last < first:
+        return None
+    return first, last - first + 1, lo_out + count - 1 - last
+
+
+def _window(cv: Conv, spec: Spec, b: int, ch: int, cl: int, tap: int, r0: int, rl: int, c0: int, wl: int,
+            dst: int) -> list[Load] | None:
+    """The DMA of one tap's shifted input window [cl, rl, wl] (output rows r0.., columns c0..) into a
+    staging tile at `dst`, or None when the tap reads only padding there."""
+    kh, kw = divmod(tap, cv.kw)
+    rows = _rng(r0, rl, cv.stride[0], kh * cv.dil[0] - cv.pad[0], cv.h)
+    cols = _rng(c0, wl, cv.stride[1], kw * cv.dil[1] - cv.pad[1], cv.wd)
+    if rows is None or cols is None:
+        return None
+    (fr, nr, rhi), (fc, nc, chi) = rows, cols
+    sn, sc, sh, sw = cv.x.strides
+    e = spec.b_src.itemsize
+    src = cv.x.base + b * sn + ch * sc + (fr * cv.stride[0] + kh * cv.dil[0] - cv.pad[0]) * sh \
+        + (fc * cv.stride[1] + kw * cv.dil[1] - cv.pad[1]) * sw
+    dims = [(cl, sc, rl * wl * e), (nr, cv.stride[0] * sh, wl * e), (nc, cv.stride[1] * sw, e)]
+    pads = ((0, 0), (fr - r0, rhi), (fc - c0, chi))
+    if not any(lo or hi for lo, hi in pads):
+        return [Load(t) for t in transfers(src, dst, dims, e)]
+    if max(max(p) for p in pads) > MAX_PAD:
+        raise CompileError(f"conv2d padding of more than {MAX_PAD} rows or columns in one tile")
+    return [Load(Transfer(src, dst, tuple(dims), e), pads)]
+
+
+def _weights(cv: Conv, spec: Spec, o0: int, ol: int, t0: int, tn: int, c0: int, cl: int) -> list[Load]:
+    """DMAs of a streamed weight tile [ol, (tap, channel)] for taps t0.. and channels c0.. ."""
+    e = spec.a_src.itemsize
+    so, sc, skh, skw = cv.w.strides
+    k = tn * cl
+    out = []
+    for t in range(t0, t0 + tn):
+        kh, kw = divmod(t, cv.kw)
+        out += [Load(t_) for t_ in transfers(cv.w.base + o0 * so + c0 * sc + kh * skh + kw * skw,
+                                             (t - t0) * cl * e, [(ol, so, k * e), (cl, sc, e)], e)]
+    return out
+
+
+def _emit_core(ctx: Ctx, node: Node, core: int, cv: Conv, plan: Plan, spec: Spec,
+               run: list[tuple[int, int, int, int, int]]) -> None:
+    resident = _resident(ctx, node, core, cv, plan, spec, run)
+    streamed = any((gi, ob) not in resident for gi, ob, *_ in run)
+    tn, cl = plan.tn, plan.cl
+    kmax = _kmax(ctx, spec, plan.ot, plan.rt * plan.ct, streamed)
+    if tn * cl > kmax:  # some weight blocks did not fit the resident SRAM: smaller steps for streaming them
+        options = _steps(cv, kmax)
+        if not options:
+            raise node.error(f"conv2d {node.name}: tiles of {plan.ot} channels x {plan.rt * plan.ct} pixels do "
+                             "not fit SRAM scratch", SramOverflowError)
+        tn, cl = options[0]
+    ex, ew, eo = spec.b_src.itemsize, spec.a_src.itemsize, spec.out.itemsize
+    sn, so, sh, sw = cv.out.strides
+    items = []
+    for gi, ob, b, r0, c0 in run:
+        ol, rl, wl = min(plan.ot, cv.og - ob), min(plan.rt, cv.oh - r0), min(plan.ct, cv.ow - c0)
+        pt, o0 = rl * wl, gi * cv.og + ob
+        res = resident.get((gi, ob))
+        steps: list[Step] = []
+        for t0 in range(0, cv.taps, tn):
+            nt = min(tn, cv.taps - t0)
+            for ch in range(0, cv.cg, cl):
+                ncl = min(cl, cv.cg - ch)
+                bop = Operand(nt * ncl, pt)
+                for t in range(t0, t0 + nt):
+                    lds = _window(cv, spec, b, gi * cv.cg + ch, ncl, t, r0, rl, c0, wl, (t - t0) * ncl * pt * ex)
+                    if lds is None:
+                        bop.zero.append(((t - t0) * ncl, ncl))
+                    else:
+                        bop.loads += lds
+                if res is not None:
+                    aop = Operand(ol, nt * ncl, addr=res + (t0 * cv.cg + ch) * ew, stride=cv.k * ew)
+                else:
+                    aop = Operand(ol, nt * ncl, loads=_weights(cv, spec, o0, ol, t0, nt, ch, ncl))
+                # a step whose taps all read padding adds nothing; keep one so the accumulator is written
+                if bop.loads or (not steps and t0 + nt >= cv.taps and ch + ncl >= cv.cg):
+                    steps.append(Step(aop, bop))
+        bias = None
+        if cv.bias is not None:
+            if res is not None and cv.bias.dtype is F32:
+                bias = Operand(ol, 1, addr=res + -(-ol * cv.k * ew // 64) * 64)
+            else:
+                eb = cv.bias.dtype.itemsize
+                bias = Operand(ol, 1, loads=[Load(t) for t in transfers(
+                    cv.bias.base + o0 * cv.bias.strides[0], 0, [(ol, cv.bias.strides[0], eb)], eb)])
+        stores = transfers(0, cv.out.base + b * sn + o0 * so + r0 * sh + c0 * sw,
+                           [(ol, pt * eo, so), (rl, wl * eo, sh), (wl, eo, sw)], eo)
+        items.append(Item(ol, pt, steps, stores, bias))
+    Pipeline(ctx, core, node, spec, items).emit()

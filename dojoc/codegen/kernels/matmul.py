@@ -1,0 +1,243 @@
+"""Matrix multiplication, [..., M, K] @ [..., K, N] with broadcast batch dims, on a region of cores.
+
+The output is cut into tiles [Mt, Nt] of one batch item (the *items*); a cost model on `isa.costs`
+picks the tile size and `ctx.cores_for` the number of cores, and each core takes a contiguous run of
+items. Per item the core loops over K in chunks: A [Mt, Kc] and B [Kc, Nt] arrive by DMA (double
+buffered, see mxu.Pipeline), one mma per chunk accumulates in FP32, then the tile is converted to the
+output type and stored. When B is a weight (a PARAM) each core keeps the B columns of its items resident
+in SRAM, loaded once before the call; a core whose resident SRAM is full streams them instead.
+
+When B is shared by every batch item (x [B, S, K] @ w [K, N], a linear layer) and A and the output
+merge their batch dims into rows, the batch folds into M: fewer, taller tiles and one copy of each B tile.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from math import ceil, prod
+
+import numpy as np
+
+from dojoc.codegen.context import Ctx, split
+from dojoc.codegen.kernels.eltwise import fill
+from dojoc.codegen.kernels.mxu import (
+    F32,
+    Item,
+    Load,
+    Operand,
+    Pipeline,
+    Region,
+    Spec,
+    Step,
+    act_bias,
+    dram_cycles,
+    load_resident,
+    operand_type,
+    overlapped,
+    param_array,
+    resident_budget,
+    splits,
+    weight_source,
+)
+from dojoc.codegen.registry import kernel
+from dojoc.codegen.view import Transfer, View, transfers
+from dojoc.errors import SramOverflowError
+from dojoc.ir.graph import Node
+from dojoc.ir.ops import Op
+from isa.costs import matmul_cycles, vector_cycles
+
+MAX_TILE = 4095  # rows, columns and k of an mma
+SLACK = 1024  # scratch bytes left for alignment of the pipeline's buffers
+
+
+@dataclass(frozen=True)
+class Problem:
+    """A batch of 2-D matmuls: per batch item the A [M, K], B [K, N] and output [M, N] views."""
+
+    a: list[View]
+    b: list[View]
+    o: list[View]
+    m: int
+    n: int
+    k: int
+    shared_b: bool  # every batch item reads the same B
+
+
+@dataclass(frozen=True)
+class Plan:
+    mt: int
+    nt: int
+    kc: int  # K chunk of a step
+    cores: list[int]
+    resident: bool  # try to keep B tiles resident
+
+
+def _views2d(v: View, batch: tuple[int, ...]) -> list[View]:
+    """The 2-D views of each batch item of a [*batch, R, C] view, in row-major batch order."""
+    out = []
+    for idx in np.ndindex(*batch) if batch else [()]:
+        base = v.base + sum(i * s for i, s in zip(idx, v.strides, strict=False))
+        out.append(View(base, v.shape[-2:], v.strides[-2:], v.dtype))
+    return out
+
+
+def _problem(a: View, b: View, o: View, batch: tuple[int, ...]) -> Problem:
+    m, k = a.shape[-2:]
+    n = b.shape[-1]
+    shared = all(s == 0 for s in b.strides[:-2])
+    if batch and shared:  # fold the batch into M when the strides allow it
+        bt = prod(batch)
+        a2, o2 = a.reshape((bt * m, k)), o.reshape((bt * m, n))
+        if a2 is not None and o2 is not None:
+            return Problem([a2], _views2d(b, batch)[:1], [o2], bt * m, n, k, True)
+    return Problem(_views2d(a, batch), _views2d(b, batch), _views2d(o, batch), m, n, k, shared)
+
+
+def _fit_kc(ctx: Ctx, spec: Spec, mt: int, nt: int, k: int, b_streamed: bool) -> int | None:
+    """The K chunk that fits the scratch SRAM with double-buffered tiles, or None."""
+    direct = spec.out is F32
+    fixed = mt * nt * 4 * (2 if direct else 1) + (0 if direct else 2 * mt * nt * spec.out.itemsize)
+    per_k = 2 * mt * spec.a_src.itemsize + (mt * spec.op.itemsize if spec.a_src is not spec.op else 0)
+    if b_streamed:
+        per_k += 2 * nt * spec.b_src.itemsize + (nt * spec.op.itemsize if spec.b_src is not spec.op else 0)
+    room = ctx.sram[0].half - SLACK - fixed
+    kc = min(k, MAX_TILE, room // per_k if room > 0 else 0)
+    if kc < min(k, 8):
+        return None
+    return ceil(k / ceil(k / kc))
+
+
+def _item_cycles(ctx: Ctx, spec: Spec, mt: int, nt: int, k: int, kc: int, b_streamed: bool) -> int:
+    """Core cycles of one item: a conversion (cfp8) and an mma per K chunk, then the epilogue."""
+    m = ctx.machine
+    step = matmul_cycles(mt, nt, kc, spec.op, True, m)
+    if spec.a_src is not spec.op:
+        step += vector_cycles(mt * kc, spec.a_src.itemsize, mt * kc * spec.a_src.itemsize, mt * kc, m)
+    if b_streamed and spec.b_src is not spec.op:
+        step += vector_cycles(nt * kc, spec.b_src.itemsize, nt * kc * spec.b_src.itemsize, nt * kc, m)
+    eo = spec.out.itemsize
+    return ceil(k / kc) * step + vector_cycles(mt * nt, 4, mt * nt * 4, mt * nt * eo, m)
+
+
+def _plan(ctx: Ctx, node: Node, p: Problem, spec: Spec, weight: bool) -> Plan:
+    """Choose the tile size and the cores with the cost model: compute per core (isa.costs) against
+    DRAM traffic (A is re-read once per column tile, B once per row tile unless it is resident)."""
+    region = Region(ctx)
+    budget = resident_budget(ctx, node, ctx.graph.producers()) if weight else 0
+    nb = len(p.a)
+    ea, eb, eo = spec.a_src.itemsize, spec.b_src.itemsize, spec.out.itemsize
+    best: tuple[tuple[int, int], Plan] | None = None
+    for mt in [c for c in splits(p.m) if c <= MAX_TILE]:
+        for nt in [c for c in splits(p.n) if c <= MAX_TILE]:
+            nm, nn = ceil(p.m / mt), ceil(p.n / nt)
+            items = nb * nm * nn
+            kc = _fit_kc(ctx, spec, mt, nt, p.k, False)
+            if kc is None:
+                continue
+            ncores = ctx.cores_for(items * _item_cycles(ctx, spec, mt, nt, p.k, kc, False), items)
+            run = ceil(items / ncores)
+            per_block = (nb if p.shared_b else 1) * nm  # consecutive items that share one B tile
+            blocks = min(ceil((run - 1) / per_block) + 1, nn * (1 if p.shared_b else nb))
+            need = blocks * p.k * nt * eb
+            resident = weight and region.fits(ncores, need) and need * ncores <= budget
+            if not resident:
+                kc = _fit_kc(ctx, spec, mt, nt, p.k, True)
+                if kc is None:
+                    continue
+            traffic = items * mt * p.k * ea + nb * p.m * p.n * eo + (0 if resident else items * p.k * nt * eb)
+            for kcd in {ceil(p.k / ceil(p.k / c)) for c in splits(kc, 8, (1, 2, 3, 4, 6, 8))}:
+                compute = run * _item_cycles(ctx, spec, mt, nt, p.k, kcd, not resident)
+                steps = run * ceil(p.k / kcd)
+                key = (round(overlapped(ctx, compute, dram_cycles(ctx, traffic), steps)), ncores)
+                if best is None or key < best[0]:
+                    best = (key, Plan(mt, nt, kcd, region.pick(ncores, need if resident else 0), resident))
+    if best is None:
+        raise node.error(f"matmul {node.name} fits no tile in {ctx.sram[0].half:,} bytes of SRAM scratch",
+                         SramOverflowError)
+    return best[1]
+
+
+@kernel(Op.MATMUL)
+def matmul(ctx: Ctx, node: Node) -> None:
+    x, w = node.inputs
+    out = node.output
+    ov = ctx.views[out]
+    if prod(out.type.shape) == 0:
+        return
+    m, k = x.type.shape[-2:]
+    n = w.type.shape[-1]
+    if k == 0:
+        fill(ctx, ov, 0.0, node.name, node.source)
+        return
+    batch = out.type.shape[:-2]
+    op = operand_type(ctx)
+    arr = param_array(ctx, w, ctx.graph.producers())
+    av = ctx.views[x].expand(batch + (m, k))
+    if arr is not None:
+        bsrc, bbias = weight_source(ctx, w, arr, op, node.name)
+    else:
+        bsrc, bbias = ctx.views[w], act_bias(op)
+    p = _problem(av, bsrc.expand(batch + (k, n)), ov, batch)
+    spec = Spec(op, av.dtype, bsrc.dtype, ov.dtype, act_bias(op), bbias)
+    plan = _plan(ctx, node, p, spec, arr is not None)
+    nb, nm, nn = len(p.a), ceil(p.m / plan.mt), ceil(p.n / plan.nt)
+    # item order keeps the items that share a B tile together, so a core keeps few of them resident
+    if p.shared_b:
+        order = [(b, mi, ni) for ni in range(nn) for b in range(nb) for mi in range(nm)]
+    else:
+        order = [(b, mi, ni) for b in range(nb) for ni in range(nn) for mi in range(nm)]
+    for core, (first, count) in zip(plan.cores, split(len(order), len(plan.cores)), strict=False):
+        _emit_core(ctx, node, core, p, plan, spec, order[first:first + count])
+
+
+def _emit_core(ctx: Ctx, node: Node, core: int, p: Problem, plan: Plan, spec: Spec,
+               run: list[tuple[int, int, int]]) -> None:
+    ea, eb, eo = spec.a_src.itemsize, spec.b_src.itemsize, spec.out.itemsize
+    resident: dict[tuple[int, int], int] = {}
+    if plan.resident:
+        loads: list[Transfer] = []
+        for b, _, ni in run:
+            bv, n0 = p.b[b], ni * plan.nt
+            key = (bv.base, n0)
+            if key in resident:
+                continue
+            nl = min(plan.nt, p.n - n0)
+            addr = ctx.sram[core].alloc_resident(p.k * nl * eb)
+            if addr is None:
+                break
+            resident[key] = addr
+            loads += transfers(bv.base + n0 * bv.strides[1], addr,
+                               [(p.k, bv.strides[0], nl * eb), (nl, bv.strides[1], eb)], eb)
+        load_resident(ctx, core, node, loads)
+    streamed = any((p.b[b].base, ni * plan.nt) not in resident for b, _, ni in run)
+    kc = plan.kc
+    if streamed:  # some B tiles did not fit the resident SRAM: the K chunk must leave room to stream them
+        fit = _fit_kc(ctx, spec, plan.mt, plan.nt, p.k, True)
+        if fit is None:
+            raise node.error(f"matmul {node.name}: tiles of {plan.mt}x{plan.nt} do not fit SRAM scratch",
+                             SramOverflowError)
+        kc = min(kc, fit)
+    items = []
+    for b, mi, ni in run:
+        av, bv, ov = p.a[b], p.b[b], p.o[b]
+        m0, n0 = mi * plan.mt, ni * plan.nt
+        ml, nl = min(plan.mt, p.m - m0), min(plan.nt, p.n - n0)
+        res = resident.get((bv.base, n0))
+        steps = []
+        for k0 in range(0, p.k, kc):
+            kl = min(kc, p.k - k0)
+            a = Operand(ml, kl, loads=[Load(t) for t in transfers(
+                av.base + m0 * av.strides[0] + k0 * av.strides[1], 0,
+                [(ml, av.strides[0], kl * ea), (kl, av.strides[1], ea)], ea)])
+            if res is not None:
+                bop = Operand(kl, nl, addr=res + k0 * nl * eb, stride=nl * eb)
+            else:
+                bop = Operand(kl, nl, loads=[Load(t) for t in transfers(
+                    bv.base + k0 * bv.strides[0] + n0 * bv.strides[1], 0,
+                    [(kl, bv.strides[0], nl * eb), (nl, bv.strides[1], eb)], eb)])
+            steps.append(Step(a, bop))
+        stores = transfers(0, ov.base + m0 * ov.strides[0] + n0 * ov.strides[1],
+                           [(ml, nl * eo, ov.strides[0]), (nl, eo, ov.strides[1])], eo)
+        items.append(Item(ml, nl, steps, stores))
+    Pipeline(ctx, core, node, spec, items).emit()
+

@@ -1,0 +1,373 @@
+"""Shared machinery of the matrix kernels (matmul.py, conv.py): operand types, weight residency, the cost
+model that sizes a region, and the double-buffered multiply-accumulate pipeline.
+
+Both kernels reduce to the same per-core program: a list of *items*, each an FP32 accumulator tile
+[m, n] built by a sequence of *steps* (one `mma` each: A [m, k] @ B [k, n]), then an epilogue (bias per
+row, conversion to the output type, DMA store). An operand is either resident in SRAM (a weight, loaded
+once in the load phase) or streamed: its DMAs fill one of two staging buffers, and step i+1's DMAs are
+issued before step i's mma, so loads overlap compute. Semaphores: 0/1 count the arrivals of the two
+staging parities, 2/3 the stores of the two result buffers, 4/5 the per-item bias loads.
+
+Precisions: bf16 and fp32 multiply in their storage type. cfp8 multiplies CF8E4 operands. Weights are
+quantised at compile time with a per-tensor bias chosen from their real values (`formats.choose_bias`);
+activations are converted at run time by `vcvt` with one fixed bias, chosen for |x| <= ACT_AMAX, because
+`lower_graph` sees no data to calibrate on (the core has no SRAM-to-register load, so the bias cannot be
+computed at run time either). Values beyond ACT_AMAX saturate; values below ~2^-11 flush towards zero.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+from dojoc.codegen.builder import R_A, R_B, R_BIAS, R_D, CoreCode
+from dojoc.codegen.context import Ctx
+from dojoc.codegen.view import Transfer, View
+from dojoc.ir.graph import Node, Value
+from dojoc.ir.ops import Op
+from isa import formats
+from isa.dtypes import DType
+from isa.machine import Machine
+from isa.program import TensorKind
+
+F32 = DType.F32
+OPERAND = {"fp32": DType.F32, "bf16": DType.BF16, "cfp8": DType.CF8E4}
+ACT_AMAX = 64.0  # cfp8: activations are assumed to lie within +-ACT_AMAX (see the module docstring)
+R_CVT = 9  # the CFP bias register of a vcvt (R_BIAS holds the mma's pair of biases)
+MAX_WAIT = (1 << 16) - 1  # the wait instruction's count field
+
+
+@dataclass(frozen=True)
+class Load:
+    """One DMA into a staging buffer: `t.dst` is relative to the buffer; `pads` per dim of `t.dims`."""
+
+    t: Transfer
+    pads: tuple[tuple[int, int], ...] | None = None
+
+
+@dataclass
+class Operand:
+    """An mma operand tile of rows x cols: resident at `addr` (row stride `stride` bytes), or streamed by
+    `loads` into a dense staging tile after zero-filling the row ranges in `zero`."""
+
+    rows: int
+    cols: int
+    addr: int | None = None
+    stride: int = 0
+    loads: list[Load] = field(default_factory=list)
+    zero: list[tuple[int, int]] = field(default_factory=list)
+
+
+@dataclass
+class Step:
+    """One mma: D[m, n] (+)= A[m, k] @ B[k, n]."""
+
+    a: Operand
+    b: Operand
+
+
+@dataclass
+class Item:
+    """One accumulator tile: its steps (at least one), an optional FP32 bias per row (rows=m, cols=1),
+    and the stores of the dense [m, n] result tile (`src` relative to the tile)."""
+
+    m: int
+    n: int
+    steps: list[Step]
+    stores: list[Transfer]
+    bias: Operand | None = None
+
+
+@dataclass(frozen=True)
+class Spec:
+    """What is constant over one kernel's pipeline: the mma operand type, the DRAM types of streamed A, B
+    and bias tiles (converted in SRAM when they differ from what the mma reads), the CFP biases of A and B,
+    and the output type."""
+
+    op: DType
+    a_src: DType
+    b_src: DType
+    out: DType
+    a_bias: int = 0
+    b_bias: int = 0
+    bias_src: DType = F32
+
+
+# -- types and weights --------------------------------------------------------------------------------
+
+def operand_type(ctx: Ctx) -> DType:
+    return OPERAND[ctx.precision]
+
+
+def act_bias(op: DType) -> int:
+    """The CFP bias of activations converted at run time (0 for non-CFP operands)."""
+    return formats.choose_bias(np.array([ACT_AMAX]), op) if op.is_cfp else 0
+
+
+def param_array(ctx: Ctx, value: Value, producers: dict[Value, Node]) -> np.ndarray | None:
+    """The real values of `value` when a PARAM node produces it, else None."""
+    node = producers.get(value)
+    if node is None or node.op is not Op.PARAM:
+        return None
+    return np.asarray(ctx.graph.parameters[node.attrs["name"]])
+
+
+def weight_source(ctx: Ctx, value: Value, arr: np.ndarray, op: DType, name: str) -> tuple[View, int]:
+    """A DRAM view of a weight in the mma operand type, and its CFP bias: the driver's copy for bf16/fp32,
+    a copy quantised with the weight's own per-tensor bias for cfp8."""
+    if not op.is_cfp:
+        v = ctx.views[value]
+        assert v.dtype is op, (v.dtype, op)
+        return v, 0
+    bias = formats.choose_bias(arr, op)
+    bits = np.ascontiguousarray(formats.encode(arr.astype(np.float32), op, bias=bias))
+    return ctx.dram(f"{name}_{op.asm}", TensorKind.WEIGHT, tuple(arr.shape), op, bits.tobytes()), bias
+
+
+def weight_bytes(ctx: Ctx, node: Node, producers: dict[Value, Node]) -> int:
+    """Bytes of the resident weights a matrix op would keep (one copy, at the operand type)."""
+    if node.op not in (Op.MATMUL, Op.CONV2D):
+        return 0
+    w = node.inputs[1]
+    if producers.get(w) is None or producers[w].op is not Op.PARAM:
+        return 0
+    n = int(np.prod(w.type.shape)) * operand_type(ctx).itemsize
+    return n + (node.inputs[2].type.shape[0] * 4 if len(node.inputs) == 3 else 0)
+
+
+def resident_free(ctx: Ctx, core: int) -> int:
+    s = ctx.sram[core]
+    return s.size - s.half - s.resident
+
+
+def _port_hops(m: Machine, core: int) -> int:
+    """Hops from a core to the nearest DRAM port's entry router."""
+    r, c = m.coords[core]
+    return min(abs(r - er) + abs(c - ec) for p in m.dram_ports for er, ec in [p.entry_router(m, r, c)])
+
+
+class Region:
+    """Chooses the cores of an op's region from the free resident SRAM of every core."""
+
+    def __init__(self, ctx: Ctx) -> None:
+        m = ctx.machine
+        cores = range(ctx.builder.participants)
+        # (free bytes, hops to a DRAM port, id): for a port on the west edge, equal cores are taken down a
+        # column first, so a region's DMAs enter the mesh over many rows' links, not a few rows' links
+        self.by_free = sorted((resident_free(ctx, c), _port_hops(m, c), c) for c in cores)
+        self.frees = [f for f, _, _ in self.by_free]
+        self.by_port = [c for _, c in sorted((_port_hops(m, c), c) for c in cores)]
+
+    def fits(self, n: int, need: int) -> bool:
+        """Whether n cores have `need` free resident bytes each."""
+        return len(self.frees) - bisect_left(self.frees, need) >= n
+
+    def pick(self, n: int, need: int) -> list[int]:
+        """n cores: with `need` resident bytes each, the fullest cores that still hold them (best fit
+        keeps empty cores for the large weight blocks of later layers); without, the nearest the ports."""
+        if not need:
+            return self.by_port[:n]
+        i = min(bisect_left(self.frees, need), len(self.frees) - n)  # too few: the n with the most room
+        return [c for _, _, c in self.by_free[i:i + n]]
+
+
+def resident_budget(ctx: Ctx, node: Node, producers: dict[Value, Node]) -> int:
+    """Resident bytes this op may take: what the free resident SRAM leaves after two copies of the
+    weights of every matrix op after it (in graph order), or, when that is less, its share by weight
+    size. Replicas save DRAM traffic on every call; early layers (small weights, many pixels, many
+    replicas) get them, and later ones (large weights, few pixels) still find room."""
+    mine = weight_bytes(ctx, node, producers)
+    if not mine:
+        return 0
+    nodes = ctx.graph.nodes
+    later = sum(weight_bytes(ctx, n, producers) for n in nodes[next(i for i, n in enumerate(nodes) if n is node):])
+    free = sum(resident_free(ctx, c) for c in range(ctx.builder.participants))
+    return max(int(free * mine / max(later, mine)), free - 2 * (later - mine))
+
+
+def load_resident(ctx: Ctx, core: int, node: Node, loads: list[Transfer]) -> None:
+    """Emit the one-time loading of resident tiles into the core's load phase, ending with its waits."""
+    cc = ctx.load[core]
+    with cc.op(node.name, node.source):
+        for t in loads:
+            cc.dma_load(t, 0)
+        for i in range(0, len(loads), MAX_WAIT):
+            cc.wait(0, min(MAX_WAIT, len(loads) - i))
+
+
+# -- cost model -------------------------------------------------------------------------------------------
+
+def dram_cycles(ctx: Ctx, nbytes: float) -> float:
+    """Cycles the DRAM ports need to serve `nbytes` (all ports together)."""
+    return nbytes / sum(p.bytes_per_cycle for p in ctx.machine.dram_ports)
+
+
+def overlapped(ctx: Ctx, compute: float, dram: float, steps: int) -> float:
+    """Estimated time of a core's `steps` double-buffered steps, `compute` cycles in all, while the
+    region's DMAs need `dram` cycles of the ports. Step i+1's loads are issued as step i starts, so a
+    step takes the longer of its compute and its load (DRAM latency plus its share of the ports' time);
+    the first load and the last compute do not overlap anything."""
+    m = ctx.machine
+    lat = max(p.latency for p in m.dram_ports) + (m.mesh[0] + m.mesh[1]) // 2 * m.hop_latency
+    s = max(steps, 1)
+    load, step = lat + dram / s, compute / s
+    return load + (s - 1) * max(step, load) + step
+
+
+DIVISORS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
+
+
+def splits(n: int, align: int = 8, divisors: tuple[int, ...] = DIVISORS) -> list[int]:
+    """Candidate block sizes for a dimension of n: n/d for a range of d, rounded up to `align`."""
+    out = set()
+    for d in divisors:
+        b = -(-n // d)
+        if b > align:
+            b = -(-b // align) * align
+        out.add(min(b, n))
+    return sorted(out, reverse=True)
+
+
+# -- the pipeline ---------------------------------------------------------------------------------------
+
+def _shift_dst(t: Transfer, base: int) -> Transfer:
+    return replace(t, dst=t.dst + base)
+
+
+def _shift_src(t: Transfer, base: int) -> Transfer:
+    return replace(t, src=t.src + base)
+
+
+class Pipeline:
+    """Emits the items of one core: double-buffered loads, conversions, mma, epilogue, stores."""
+
+    def __init__(self, ctx: Ctx, core: int, node: Node, spec: Spec, items: list[Item]) -> None:
+        self.ctx, self.node, self.spec, self.items = ctx, node, spec, items
+        self.cc: CoreCode = ctx.core(core)
+        sram = ctx.sram[core]
+        what = f"{node.name}"
+
+        def biggest(sel: str) -> int:
+            return max((getattr(s, sel).rows * getattr(s, sel).cols for it in items for s in it.steps
+                        if getattr(s, sel).addr is None), default=0)
+
+        self.stage: dict[str, list[int]] = {}
+        self.cvt: dict[str, int | None] = {}
+        for key, src in (("a", spec.a_src), ("b", spec.b_src)):
+            n = biggest(key)
+            self.stage[key] = [sram.alloc(n * src.itemsize, f"{what} {key.upper()} tile") for _ in range(2)] \
+                if n else []
+            self.cvt[key] = sram.alloc(n * spec.op.itemsize, f"{what} {key.upper()} converted tile") \
+                if n and src is not spec.op else None
+        self.direct = spec.out is F32  # the FP32 accumulator is itself the result tile
+        macc = max(it.m * it.n for it in items)
+        self.accs = [sram.alloc(macc * 4, f"{what} accumulator") for _ in range(2 if self.direct else 1)]
+        self.outs = self.accs if self.direct else [
+            sram.alloc(macc * spec.out.itemsize, f"{what} output tile") for _ in range(2)]
+        nb = max((it.m for it in items if it.bias is not None and it.bias.addr is None), default=0)
+        self.bias_stage = [sram.alloc(nb * spec.bias_src.itemsize, f"{what} bias") for _ in range(2)] if nb else []
+        self.bias_f32 = sram.alloc(nb * 4, f"{what} bias f32") if nb and spec.bias_src is not F32 else None
+        self.pending = [0, 0]  # stores in flight per result parity
+        self.bias_loads: dict[int, int] = {}
+
+    def emit(self) -> None:
+        cc, items = self.cc, self.items
+        seq = [(j, i, s) for j, it in enumerate(items) for i, s in enumerate(it.steps)]
+        with cc.op(self.node.name, self.node.source):
+            count = self._issue(seq, 0)
+            for i, (j, si, st) in enumerate(seq):
+                nxt = self._issue(seq, i + 1) if i + 1 < len(seq) else 0  # prefetch into the other buffer
+                self._wait(i % 2, count)
+                count = nxt
+                q = j % 2
+                if si == 0 and self.direct:
+                    self._wait(2 + q, self.pending[q])  # the accumulator's previous store has left
+                    self.pending[q] = 0
+                self._mma(j, si, st, i % 2)
+                if si == len(items[j].steps) - 1:
+                    self._epilogue(j)
+            self._wait(2, self.pending[0])
+            self._wait(3, self.pending[1])
+
+    def _wait(self, sem: int, count: int) -> None:
+        for i in range(0, count, MAX_WAIT):
+            self.cc.wait(sem, min(MAX_WAIT, count - i))
+
+    def _issue(self, seq: list[tuple[int, int, Step]], i: int) -> int:
+        """Issue step i's loads into staging parity i % 2 (and its item's bias); returns the DMA count."""
+        cc, spec = self.cc, self.spec
+        j, si, st = seq[i]
+        p, n = i % 2, 0
+        for key, opnd, src in (("a", st.a, spec.a_src), ("b", st.b, spec.b_src)):
+            if opnd.addr is not None:
+                continue
+            base, sd = self.stage[key][p], opnd.cols * src.itemsize
+            for r0, nr in opnd.zero:  # taps wholly in the padding: their rows are zeros
+                cc.emit("vfill", rd=cc.reg(R_D, base + r0 * sd), imm=0.0, rows=nr, cols=opnd.cols, sd=sd, dt=src)
+            for ld in opnd.loads:
+                cc.dma_load(_shift_dst(ld.t, base), p, ld.pads, 0.0, src if ld.pads else None)
+                n += 1
+        bias = self.items[j].bias
+        if si == 0 and bias is not None and bias.addr is None:
+            q = j % 2
+            for ld in bias.loads:
+                cc.dma_load(_shift_dst(ld.t, self.bias_stage[q]), 4 + q)
+            self.bias_loads[j] = len(bias.loads)
+        return n
+
+    def _operand(self, key: str, opnd: Operand, p: int) -> tuple[int, int]:
+        """SRAM address and row stride of an operand as the mma reads it (converting a staged tile)."""
+        if opnd.addr is not None:
+            return opnd.addr, opnd.stride
+        cc, spec = self.cc, self.spec
+        src = spec.a_src if key == "a" else spec.b_src
+        base = self.stage[key][p]
+        cvt = self.cvt[key]
+        if cvt is None:
+            return base, opnd.cols * src.itemsize
+        bias = spec.a_bias if key == "a" else spec.b_bias
+        cc.emit("vcvt", rd=cc.reg(R_D, cvt), ra=cc.reg(R_A, base), rows=opnd.rows, cols=opnd.cols,
+                sd=opnd.cols * spec.op.itemsize, sa=opnd.cols * src.itemsize, dtd=spec.op, dts=src,
+                rbias=cc.reg(R_CVT, bias) if bias else 0)
+        return cvt, opnd.cols * spec.op.itemsize
+
+    def _mma(self, j: int, si: int, st: Step, p: int) -> None:
+        cc, spec, it = self.cc, self.spec, self.items[j]
+        a, sa = self._operand("a", st.a, p)
+        b, sb = self._operand("b", st.b, p)
+        acc = self.accs[j % 2] if self.direct else self.accs[0]
+        assert st.a.rows == it.m and st.b.cols == it.n and st.a.cols == st.b.rows, (it.m, it.n, st)
+        rbias = cc.reg(R_BIAS, spec.a_bias | spec.b_bias << 8) if spec.op.is_cfp else 0
+        cc.emit("mma", rd=cc.reg(R_D, acc), ra=cc.reg(R_A, a), rb=cc.reg(R_B, b), m=it.m, n=it.n, k=st.a.cols,
+                sd=it.n * 4, sa=sa, sb=sb, dt=spec.op, acc=int(si > 0), rbias=rbias)
+
+    def _epilogue(self, j: int) -> None:
+        """Bias per row on the FP32 accumulator, conversion to the output type, the stores."""
+        cc, spec, it = self.cc, self.spec, self.items[j]
+        q = j % 2
+        acc = self.accs[q] if self.direct else self.accs[0]
+        n4 = it.n * 4
+        if it.bias is not None:
+            if it.bias.addr is not None:
+                bias = it.bias.addr
+            else:
+                self._wait(4 + q, self.bias_loads.pop(j))
+                bias = self.bias_stage[q]
+                if self.bias_f32 is not None:
+                    cc.emit("vcvt", rd=cc.reg(R_D, self.bias_f32), ra=cc.reg(R_A, bias), rows=it.m, cols=1, sd=4,
+                            sa=spec.bias_src.itemsize, dtd=F32, dts=spec.bias_src)
+                    bias = self.bias_f32
+            cc.emit("vadd", rd=cc.reg(R_D, acc), ra=cc.reg(R_A, acc), rb=cc.reg(R_B, bias), rows=it.m, cols=it.n,
+                    sd=n4, sa=n4, sb=4, dt=F32, bcb="col")
+        if self.direct:
+            res = acc
+        else:
+            self._wait(2 + q, self.pending[q])  # the output tile's previous store has left
+            res = self.outs[q]
+            cc.emit("vcvt", rd=cc.reg(R_D, res), ra=cc.reg(R_A, acc), rows=it.m, cols=it.n,
+                    sd=it.n * spec.out.itemsize, sa=n4, dtd=spec.out, dts=F32)
+        for t in it.stores:
+            cc.dma_store(_shift_src(t, res), 2 + q)
+        self.pending[q] = len(it.stores)
