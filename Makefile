@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint bench docs clean
+.PHONY: install demo kernel-demo test lint bench docs clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -19,6 +19,9 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/python examples/demo.py
 
+kernel-demo: $(STAMP)
+	$(BIN)/python examples/kernel_demo.py
+
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -n 2 tests
 
@@ -29,6 +32,7 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/emu_speed.py
 	$(BIN)/python benchmarks/microbench.py
+	$(BIN)/python benchmarks/models.py
 
 docs: $(STAMP)
 	$(BIN)/python -m isa.docgen > docs/isa.md

@@ -1,72 +1,65 @@
-"""`make demo`: a hand-written kernel on the d1 machine, checked against numpy, with its report.
+"""`make demo`: compile ResNet-50 for one D1, run it on the emulator, check it against eager, report.
 
-examples/matmul_d1.s multiplies A (768 x 512, bf16) by B (512 x 7552, bf16) on all 354 cores of a D1:
-one shared code section, each core computing one 128 x 128 block of C (f32) and DMAing it out. This
-script assembles it, runs it on the emulator with random inputs, checks C against numpy and prints
-cycles, seconds at the clock, utilization and the busy and stall shares of each unit.
-(The compiler replaces this demo with a real model; see issue #3.)
+The model is Hugging Face transformers' ResNet-50 built from its default config with random weights
+(nothing is downloaded), batch 1 at 224 x 224. `dojoc.compile` exports it, folds batch norm into the
+convolutions, maps every op onto regions of the 354 cores and generates their code; calling the program
+runs it on the emulator. The printed report's cycles come from the emulator running that program.
+
+    python examples/demo.py [--size 224] [--machine d1] [--precision bf16] [-o out/resnet50]
 """
 
 from __future__ import annotations
 
+import argparse
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
+import torch
 
-from isa.asm import assemble
-from runtime_emu import Emulator
-from runtime_emu.stats import utilization
-
-KERNEL = Path(__file__).resolve().parent / "matmul_d1.s"
+import dojoc
 
 
 def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--size", type=int, default=224, help="input height and width")
+    ap.add_argument("--machine", default="d1", help="preset name or .toml file")
+    ap.add_argument("--precision", default="bf16", choices=["bf16", "fp32", "cfp8"])
+    ap.add_argument("-o", "--output", default=None, help="also save program.s, program.dobj, report.json here")
+    args = ap.parse_args()
+
+    from transformers import ResNetConfig, ResNetForImageClassification
+
+    torch.manual_seed(0)
+    model = ResNetForImageClassification(ResNetConfig()).eval()
+    x = torch.randn(1, 3, args.size, args.size)
+    params = sum(p.numel() for p in model.parameters())
+    print(f"ResNet-50 (transformers, random weights, {params / 1e6:.1f} M parameters), input {tuple(x.shape)}, "
+          f"machine {args.machine}, precision {args.precision}")
+
     t0 = time.perf_counter()
-    image = assemble(KERNEL.read_text(), base_dir=KERNEL.parent, filename=str(KERNEL))
-    m = image.machine
-    a_t, b_t = image.tensor("a"), image.tensor("b")
-    (mdim, kdim), (_, ndim) = a_t.shape, b_t.shape
-    rng = np.random.default_rng(0)
-    a = rng.standard_normal(a_t.shape).astype(np.float32).astype(a_t.dtype.storage)
-    b = rng.standard_normal(b_t.shape).astype(np.float32).astype(b_t.dtype.storage)
-    print(f"dojoc demo: {KERNEL.name}: C[{mdim} x {ndim}] f32 = "
-          f"A[{mdim} x {kdim}] bf16 @ B[{kdim} x {ndim}] bf16")
-    print(f"            on {m.name}: {m.num_cores} cores, one shared code section of "
-          f"{len(image.sections[0].code)} instructions\n")
-
-    emu = Emulator(image)
-    emu.set_inputs({"a": a, "b": b})
+    program = dojoc.compile(model, (x,), machine=args.machine, precision=args.precision)
     t1 = time.perf_counter()
-    result = emu.run()
+    print(f"compiled in {t1 - t0:.1f} s; running on the emulator ...", flush=True)
+    out = program(x)
     t2 = time.perf_counter()
-
-    c = np.asarray(result.outputs["c"])
-    want = (a.astype(np.float64) @ b.astype(np.float64)).astype(np.float32)
-    try:
-        np.testing.assert_array_max_ulp(c, want, maxulp=1)
-        check = "matches numpy (bf16 products exact, FP32 result, within 1 ulp)"
-        ok = True
-    except AssertionError:
-        bad = int(np.sum(c != want))
-        check = f"MISMATCH: {bad:,} of {c.size:,} elements differ from numpy"
-        ok = False
-
-    flops = 2 * mdim * ndim * kdim
-    util = utilization(flops, result.cycles, m, "bf16")
-    stats = result.stats
-    print(f"result       {check}")
-    seconds = result.cycles / m.clock_hz
-    print(f"cycles       {result.cycles:,}  = {seconds * 1e6:.1f} us at {m.clock_hz / 1e9:g} GHz")
-    print(f"flops        {flops:,}  ({flops / seconds / 1e12:.1f} TFLOP/s)")
-    print(f"utilization  {util:.2%} of the BF16 peak ({m.num_cores} cores x "
-          f"{m.peak_flops_per_core_cycle('bf16')} flop/cycle)")
-    print(f"DRAM         {stats.dram_bytes:,} B through {len(m.dram_ports)} port(s) of "
-          f"{m.dram_ports[0].bytes_per_cycle} B/cycle: the kernel is DRAM-bound\n")
-    print(stats.format_table(m))
-    print(f"\nemulated {stats.instructions:,} instructions in {t2 - t1:.2f} s "
-          f"(assembly and inputs {t1 - t0:.2f} s)")
+    with torch.no_grad():
+        want = model(x).logits.numpy().astype(np.float64).ravel()
+    got = out.logits.detach().float().numpy().astype(np.float64).ravel()
+    pcc = float(np.corrcoef(got, want)[0, 1])
+    max_err = float(np.abs(got - want).max())
+    print(f"emulated in {t2 - t1:.1f} s\n")
+    report = program.report
+    assert report is not None
+    print(report.format())
+    print(f"\nagainst eager FP32: PCC {pcc:.6f}, max |error| {max_err:.4g} (logits up to {np.abs(want).max():.3g});"
+          f" top-1 class {int(got.argmax())} vs eager {int(want.argmax())}")
+    if args.output:
+        program.save(args.output)
+        print(f"wrote {args.output}/program.s, program.dobj, report.json")
+    ok = pcc >= 0.99 or args.precision == "cfp8"
+    if not ok:
+        print("error: PCC below 0.99", file=sys.stderr)
     return 0 if ok else 1
 
 
