@@ -126,9 +126,10 @@ class Field:
         return self.kind is Kind.SIMM
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class InstrSpec:
-    """One instruction, declared once."""
+    """One instruction, declared once. There is one object per instruction (compared by identity, which
+    keeps hashing an `Instr` cheap in the emulator's caches)."""
 
     mnemonic: str
     opcode: int
