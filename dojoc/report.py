@@ -9,8 +9,8 @@ generator's facts), summed over the subgraphs of one call (`a + b`, `Report.sum`
     load_cycles  the one-time loading of resident weights (that release cycle; 0 without a load phase)
     utilization  flops / (cycles x all cores of the machine x peak flops per core per cycle at the precision)
 
-`dram_bytes`, `noc_bytes` and `instructions` are the emulator's totals for the run, so they include the
-load phase's traffic.
+`dram_bytes`, `noc_bytes` and `instructions` count the call alone too: the emulator snapshots its counters
+when the load barrier releases, and the report subtracts that snapshot from the run's totals.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import numpy as np
 from dojoc.codegen.result import LOAD_BARRIER, Lowered
 from isa.machine import Machine
 from runtime_emu import RunResult
-from runtime_emu.stats import RunStats, utilization
+from runtime_emu.stats import PhaseCounters, RunStats, utilization
 
 SCHEMA_VERSION = 1
 
@@ -85,11 +85,13 @@ class Report:
         """A report from an emulator run of a program for `machine` (`flops`: the model's count)."""
         load = load_phase_end(result.stats)
         cycles = max(result.cycles - load, 0)
+        before = result.stats.snapshots.get(LOAD_BARRIER, PhaseCounters())
         dv, tv = _versions()
         return cls(cycles=cycles, load_cycles=load, seconds=cycles / machine.clock_hz, flops=int(flops),
                    utilization=utilization(flops, cycles, machine, precision), cores_used=int(cores_used),
-                   sram_peak_bytes=int(sram_peak_bytes), dram_bytes=result.stats.dram_bytes,
-                   noc_bytes=result.stats.noc_bytes, instructions=result.stats.instructions,
+                   sram_peak_bytes=int(sram_peak_bytes), dram_bytes=result.stats.dram_bytes - before.dram_bytes,
+                   noc_bytes=result.stats.noc_bytes - before.noc_bytes,
+                   instructions=result.stats.instructions - before.instructions,
                    compile_seconds=float(compile_seconds), schema_version=SCHEMA_VERSION, machine=machine.name,
                    machine_hash=machine.hash, precision=precision, options=dict(options or {}),
                    dojoc_version=dv, torch_version=tv, pcc=pcc, max_abs_err=max_abs_err)

@@ -35,7 +35,7 @@ from runtime_emu.memory import Fault, Pending, Region
 from runtime_emu.noc import Network
 from runtime_emu.semantics.common import skip
 from runtime_emu.semantics.move import DMA, NET
-from runtime_emu.stats import CoreStats, RunStats
+from runtime_emu.stats import LOAD_PHASE_BARRIER, CoreStats, PhaseCounters, RunStats
 from runtime_emu.tensors import check_tensors, encode_inputs, read_outputs, write_weights
 from runtime_emu.trace import Trace
 from runtime_emu.traps import Trap, TrapKind
@@ -257,6 +257,8 @@ class Emulator:
             del self._barriers[bid]
             release = max(c.wait_start for c in entry[1]) + self.machine.barrier_latency
             self.barrier_releases.append((bid, release))
+            if bid in self.snapshot_barriers and bid not in self.snapshots:
+                self.snapshots[bid] = self._counters()
             for c in entry[1]:
                 self._resume(c, release, "barrier")
 
@@ -299,6 +301,9 @@ class Emulator:
         self._ready: list[tuple[int, int]] = []
         self._barriers: dict[int, tuple[int, list[Core]]] = {}
         self.barrier_releases: list[tuple[int, int]] = []  # (id, release cycle), for load/call phases
+        # barrier ids whose first release snapshots the traffic counters (the load/call split of a report)
+        self.snapshot_barriers: frozenset[int] = frozenset({LOAD_PHASE_BARRIER})
+        self.snapshots: dict[int, PhaseCounters] = {}
         self._seq = 0
         self._pkey = 0
         self._now = 0
@@ -482,8 +487,15 @@ class Emulator:
                     op_cycles[e.op] = op_cycles.get(e.op, 0) + n * self._programs[e.section][e.pc][2]
         stats = RunStats(cycles=end, cores=cores, links=self.network.link_stats(),
                          ports=self.dram.port_stats(), op_cycles=op_cycles, flops=self._flops(),
-                         barrier_releases=list(self.barrier_releases))
+                         barrier_releases=list(self.barrier_releases), snapshots=dict(self.snapshots))
         return stats
+
+    def _counters(self) -> PhaseCounters:
+        """Traffic and instruction counters so far (all requests issued before now are counted)."""
+        return PhaseCounters(
+            instructions=sum(c.instructions for c in self._cores.values()),
+            dram_bytes=sum(p.bytes_read + p.bytes_written for p in self.dram.port_stats().values()),
+            noc_bytes=sum(link.bytes for link in self.network.link_stats().values()))
 
     def _flops(self) -> int:
         """2 x the multiply-accumulates of the mma instructions executed (at their unpadded shapes)."""

@@ -66,6 +66,19 @@ class PortStats:
     busy_cycles: int = 0
 
 
+@dataclass(frozen=True)
+class PhaseCounters:
+    """Counters at one moment of a run (taken when a snapshot barrier releases)."""
+
+    instructions: int = 0
+    dram_bytes: int = 0
+    noc_bytes: int = 0
+
+
+# The barrier id that ends a compiled program's one-time loading of resident weights (dojoc.codegen).
+LOAD_PHASE_BARRIER = 31
+
+
 @dataclass
 class RunStats:
     """Statistics of one emulator run."""
@@ -80,6 +93,8 @@ class RunStats:
     """2 x the multiply-accumulates of the mma instructions executed, at their unpadded shapes."""
     barrier_releases: list[tuple[int, int]] = field(default_factory=list)
     """(barrier id, release cycle) of every barrier completed, in release order."""
+    snapshots: dict[int, PhaseCounters] = field(default_factory=dict)
+    """Counters at the first release of each snapshot barrier (see Emulator.snapshot_barriers)."""
 
     # -- summary figures ----------------------------------------------------------------------
     @property

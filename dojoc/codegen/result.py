@@ -5,8 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from isa.program import Image
+from runtime_emu.stats import LOAD_PHASE_BARRIER
 
-LOAD_BARRIER = 31  # barrier id that ends the one-time loading of resident weights
+LOAD_BARRIER = LOAD_PHASE_BARRIER  # barrier id that ends the one-time loading of resident weights
 
 
 @dataclass(frozen=True)
