@@ -3,6 +3,7 @@ geometry (stride, padding, dilation, groups, depthwise, bias, conv1d), resident 
 phase, streaming when SRAM is short, and how many cores an op spreads over."""
 
 import dataclasses
+from typing import Any
 
 import numpy as np
 import pytest
@@ -94,7 +95,7 @@ def test_long_k_is_chunked() -> None:
     check(MatMul(), (torch.randn(16, 5000), torch.randn(5000, 24)), "fp32")
 
 
-CONVS = {
+CONVS: dict[str, dict[str, Any]] = {
     "plain": dict(c=8, o=16, k=3),
     "stride_pad": dict(c=8, o=16, k=3, stride=2, padding=1),
     "dilation": dict(c=8, o=16, k=3, padding=2, dilation=2),
@@ -114,6 +115,26 @@ def test_conv2d(name: str, precision: str) -> None:
     kw = dict(CONVS[name])
     conv = torch.nn.Conv2d(kw.pop("c"), kw.pop("o"), kw.pop("k"), **kw)
     check(conv, (torch.randn(2, conv.in_channels, 11, 13),), precision, "mesh4x4")
+
+
+class FunctionalConv(torch.nn.Module):
+    """A bias that is an activation (streamed each call, converted to FP32 in SRAM), with a weight that is
+    a parameter (resident) or an activation (streamed)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.randn(6, 2, 3, 3))
+
+    def forward(self, x, b, w=None):
+        return torch.nn.functional.conv2d(x, self.w if w is None else w, b * 2.0, padding=1, groups=2)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16", "cfp8"])
+def test_conv2d_with_activation_operands(precision: str) -> None:
+    torch.manual_seed(11)
+    x, b = torch.randn(2, 4, 9, 9), torch.randn(6)
+    check(FunctionalConv(), (x, b), precision, "mesh4x4")
+    check(FunctionalConv(), (x, b, torch.randn(6, 2, 3, 3)), precision, "mesh4x4")
 
 
 def test_conv2d_cfp8() -> None:

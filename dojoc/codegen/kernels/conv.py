@@ -68,6 +68,7 @@ class Conv:
     x: View
     w: View
     bias: View | None
+    bias_const: bool  # the bias is a parameter (an FP32 copy of it may stay resident)
     out: View
     n: int
     c: int
@@ -139,10 +140,11 @@ def _item_cycles(ctx: Ctx, cv: Conv, spec: Spec, ot: int, pt: int, tn: int, cl: 
     m = ctx.machine
     k = tn * cl
     step = matmul_cycles(ot, pt, k, spec.op, True, m) + tn * (m.issue_cycles + 3 * m.scalar_cycles)
+    ex, ew, eop = spec.b_src.itemsize, spec.a_src.itemsize, spec.op.itemsize
     if spec.b_src is not spec.op:
-        step += vector_cycles(k * pt, 2, k * pt * 2, k * pt, m)
+        step += vector_cycles(k * pt, max(ex, eop), k * pt * ex, k * pt * eop, m)
     if a_streamed and spec.a_src is not spec.op:
-        step += vector_cycles(k * ot, 2, k * ot * 2, k * ot, m)
+        step += vector_cycles(k * ot, max(ew, eop), k * ot * ew, k * ot * eop, m)
     steps = ceil(cv.taps / tn) * ceil(cv.cg / cl)
     epi = vector_cycles(ot * pt, 4, ot * pt * 8, ot * pt * 4, m) if cv.bias is not None else 0
     return steps * step + epi + vector_cycles(ot * pt, 4, ot * pt * 4, ot * pt * spec.out.itemsize, m)
@@ -196,15 +198,16 @@ def conv2d(ctx: Ctx, node: Node) -> None:
     producers = ctx.graph.producers()
     warr = param_array(ctx, w, producers)
     wsrc, wbias = weight_source(ctx, w, warr, op, node.name) if warr is not None else (ctx.views[w], act_bias(op))
-    bias = None
+    bias, barr = None, None
     if len(node.inputs) == 3:
         barr = param_array(ctx, node.inputs[2], producers)
         bias = ctx.weight(f"{node.name}_bias_f32", barr, F32) if barr is not None else ctx.views[node.inputs[2]]
     n, c, h, wd = x.type.shape
     o, cg, kh, kw = w.type.shape
     oh, ow = node.output.type.shape[2:]
-    cv = Conv(ctx.views[x], wsrc, bias, ctx.views[node.output], n, c, h, wd, o, cg, kh, kw, a["groups"], oh, ow,
-              tuple(a["stride"]), tuple(a["padding"]), tuple(a["dilation"]))  # type: ignore[arg-type]
+    (sh, sw), (ph, pw), (dh, dw) = a["stride"], a["padding"], a["dilation"]
+    cv = Conv(ctx.views[x], wsrc, bias, barr is not None, ctx.views[node.output], n, c, h, wd, o, cg, kh, kw,
+              a["groups"], oh, ow, (sh, sw), (ph, pw), (dh, dw))
     spec = Spec(op, wsrc.dtype, cv.x.dtype, cv.out.dtype, wbias, act_bias(op), bias.dtype if bias else F32)
     plan = _plan(ctx, node, cv, spec, warr is not None)
     items = [(gi, ob, b, ri, ci) for gi in range(cv.g) for ob in range(0, cv.og, plan.ot) for b in range(n)
@@ -228,7 +231,7 @@ def _resident(ctx: Ctx, node: Node, core: int, cv: Conv, plan: Plan, spec: Spec,
             continue
         ol = min(plan.ot, cv.og - ob)
         wbytes = -(-ol * cv.k * ew // 64) * 64
-        with_bias = cv.bias is not None and cv.bias.dtype is F32
+        with_bias = cv.bias_const
         addr = ctx.sram[core].alloc_resident(wbytes + (ol * 4 if with_bias else 0))
         if addr is None:
             break
@@ -329,7 +332,7 @@ def _emit_core(ctx: Ctx, node: Node, core: int, cv: Conv, plan: Plan, spec: Spec
                     steps.append(Step(aop, bop))
         bias = None
         if cv.bias is not None:
-            if res is not None and cv.bias.dtype is F32:
+            if res is not None and cv.bias_const:
                 bias = Operand(ol, 1, addr=res + -(-ol * cv.k * ew // 64) * 64)
             else:
                 eb = cv.bias.dtype.itemsize

@@ -111,10 +111,11 @@ def _item_cycles(ctx: Ctx, spec: Spec, mt: int, nt: int, k: int, kc: int, b_stre
     """Core cycles of one item: a conversion (cfp8) and an mma per K chunk, then the epilogue."""
     m = ctx.machine
     step = matmul_cycles(mt, nt, kc, spec.op, True, m)
+    ea, eb, eop = spec.a_src.itemsize, spec.b_src.itemsize, spec.op.itemsize
     if spec.a_src is not spec.op:
-        step += vector_cycles(mt * kc, spec.a_src.itemsize, mt * kc * spec.a_src.itemsize, mt * kc, m)
+        step += vector_cycles(mt * kc, max(ea, eop), mt * kc * ea, mt * kc * eop, m)
     if b_streamed and spec.b_src is not spec.op:
-        step += vector_cycles(nt * kc, spec.b_src.itemsize, nt * kc * spec.b_src.itemsize, nt * kc, m)
+        step += vector_cycles(nt * kc, max(eb, eop), nt * kc * eb, nt * kc * eop, m)
     eo = spec.out.itemsize
     return ceil(k / kc) * step + vector_cycles(mt * nt, 4, mt * nt * 4, mt * nt * eo, m)
 
@@ -171,14 +172,16 @@ def matmul(ctx: Ctx, node: Node) -> None:
         return
     batch = out.type.shape[:-2]
     op = operand_type(ctx)
-    arr = param_array(ctx, w, ctx.graph.producers())
-    av = ctx.views[x].expand(batch + (m, k))
-    if arr is not None:
-        bsrc, bbias = weight_source(ctx, w, arr, op, node.name)
-    else:
-        bsrc, bbias = ctx.views[w], act_bias(op)
+    producers = ctx.graph.producers()
+    # a weight operand is read in the mma's type (for cfp8 quantised at compile time with its own bias);
+    # an activation in its storage type, converted in SRAM when that differs
+    xarr, arr = param_array(ctx, x, producers), param_array(ctx, w, producers)
+    asrc, abias = weight_source(ctx, x, xarr, op, f"{node.name}_a") if xarr is not None \
+        else (ctx.views[x], act_bias(op))
+    bsrc, bbias = weight_source(ctx, w, arr, op, node.name) if arr is not None else (ctx.views[w], act_bias(op))
+    av = asrc.expand(batch + (m, k))
     p = _problem(av, bsrc.expand(batch + (k, n)), ov, batch)
-    spec = Spec(op, av.dtype, bsrc.dtype, ov.dtype, act_bias(op), bbias)
+    spec = Spec(op, av.dtype, bsrc.dtype, ov.dtype, abias, bbias)
     plan = _plan(ctx, node, p, spec, arr is not None)
     nb, nm, nn = len(p.a), ceil(p.m / plan.mt), ceil(p.n / plan.nt)
     # item order keeps the items that share a B tile together, so a core keeps few of them resident
