@@ -7,9 +7,8 @@ separated by barriers, so every op may use all of it).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass, field
-from math import ceil, prod
+from math import prod
 
 import numpy as np
 
@@ -86,6 +85,7 @@ class Ctx:
     sram: list[SramPlan] = field(default_factory=list)
     load: list[CoreCode] = field(default_factory=list)  # resident-weight loading, before the first call
     used: set[int] = field(default_factory=set)
+    epilogue: dict[Node, str] = field(default_factory=dict)  # matrix op -> fused activation mnemonic
     _dram_top: int = 0
 
     # -- types ----------------------------------------------------------------------------------------
@@ -209,10 +209,3 @@ def tile2d(sizes: tuple[int, ...]) -> tuple[int, int]:
     """(rows, cols) of a dense box."""
     return (prod(sizes[:-1]) if len(sizes) > 1 else 1), (sizes[-1] if sizes else 1)
 
-
-def ceil_div(a: int, b: int) -> int:
-    return ceil(a / b)
-
-
-def iter_nodes(graph: Graph) -> Iterator[Node]:
-    yield from graph.nodes

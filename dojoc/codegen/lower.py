@@ -18,7 +18,7 @@ from dojoc.codegen.registry import KERNELS
 from dojoc.codegen.result import LOAD_BARRIER, Lowered
 from dojoc.codegen.view import View
 from dojoc.errors import UnsupportedOpsError
-from dojoc.ir.graph import Graph, Node
+from dojoc.ir.graph import Graph, Node, Value
 from dojoc.ir.ops import Op
 from isa.machine import Machine
 from isa.program import Signature, TensorKind
@@ -85,8 +85,11 @@ def lower_graph(graph: Graph, machine: Machine, precision: str = "bf16") -> Lowe
     ctx.sram = [SramPlan(machine.sram_bytes) for _ in range(n)]
     ctx.load = [CoreCode(c) for c in range(n)]
     outputs = set(graph.outputs)
+    fused = fuse_epilogues(ctx, graph, outputs)
     for node in graph.nodes:
-        _lower_node(ctx, node, outputs)
+        if node in fused:  # computed by its matrix op's epilogue, into the same buffer
+            continue
+        _lower_node(ctx, node, outputs, fused)
     out_names = tuple(graph.output_names)
     for value, name in zip(graph.outputs, out_names, strict=True):
         v = ctx.views[value]
@@ -103,7 +106,33 @@ def lower_graph(graph: Graph, machine: Machine, precision: str = "bf16") -> Lowe
                    max(s.peak for s in ctx.sram))
 
 
-def _lower_node(ctx: Ctx, node: Node, outputs: set) -> None:  # type: ignore[type-arg]
+EPILOGUES = {Op.RELU: "vrelu", Op.SILU: "vsilu", Op.SIGMOID: "vsigmoid", Op.TANH: "vtanh"}
+
+
+def fuse_epilogues(ctx: Ctx, graph: Graph, outputs: set[Value]) -> dict[Node, Node]:
+    """Fuse an activation into the matmul or convolution that feeds it (the activation then runs on the
+    FP32 accumulator tile, before the store) when it is the matrix result's only reader. Returns
+    {activation node: matrix node}; `ctx.epilogue` gets the activation's mnemonic per matrix node."""
+    users = graph.users()
+    fused: dict[Node, Node] = {}
+    for n in graph.nodes:
+        if n.op not in (Op.MATMUL, Op.CONV2D) or n.output in outputs or len(users[n.output]) != 1:
+            continue
+        act = users[n.output][0]
+        if act.op is Op.GELU:
+            mnemonic = "vgelut" if act.attrs["approximate"] == "tanh" else "vgelu"
+        elif act.op in EPILOGUES:
+            mnemonic = EPILOGUES[act.op]
+        else:
+            continue
+        if act.output.type != n.output.type:
+            continue
+        ctx.epilogue[n] = mnemonic
+        fused[act] = n
+    return fused
+
+
+def _lower_node(ctx: Ctx, node: Node, outputs: set[Value], fused: dict[Node, Node]) -> None:
     a = node.attrs
     if node.op is Op.INPUT:
         t = node.output.type
@@ -121,12 +150,17 @@ def _lower_node(ctx: Ctx, node: Node, outputs: set) -> None:  # type: ignore[typ
         if v is not None:
             ctx.views[node.output] = v
             return
+    act = next((a for a, m in fused.items() if m is node), None)
     for i, value in enumerate(node.outputs):
+        if act is not None:  # the fused activation's result is this op's result
+            value = act.output
         kind = TensorKind.OUTPUT if value in outputs else TensorKind.SCRATCH
         name = ctx.graph.output_names[ctx.graph.outputs.index(value)] if value in outputs else value.name
         if kind is TensorKind.OUTPUT and any(t.name == name for t in ctx.tensors):
             kind, name = TensorKind.SCRATCH, f"{name}_{i}"
         ctx.views[value] = ctx.dram(name, kind, value.type.shape, ctx.storage(value.type.dtype))
+        if act is not None:
+            ctx.views[node.outputs[i]] = ctx.views[value]
     ctx.begin_op()
     if node.op in VIEW_OPS and node.inputs[0] in ctx.consts:  # a broadcast scalar (torch.full, no-affine norms)
         fill(ctx, ctx.views[node.output], float(ctx.consts[node.inputs[0]]), node.name, node.source)

@@ -208,7 +208,8 @@ def conv2d(ctx: Ctx, node: Node) -> None:
     (sh, sw), (ph, pw), (dh, dw) = a["stride"], a["padding"], a["dilation"]
     cv = Conv(ctx.views[x], wsrc, bias, barr is not None, ctx.views[node.output], n, c, h, wd, o, cg, kh, kw,
               a["groups"], oh, ow, (sh, sw), (ph, pw), (dh, dw))
-    spec = Spec(op, wsrc.dtype, cv.x.dtype, cv.out.dtype, wbias, act_bias(op), bias.dtype if bias else F32)
+    spec = Spec(op, wsrc.dtype, cv.x.dtype, cv.out.dtype, wbias, act_bias(op), bias.dtype if bias else F32,
+                ctx.epilogue.get(node))
     plan = _plan(ctx, node, cv, spec, warr is not None)
     items = [(gi, ob, b, ri, ci) for gi in range(cv.g) for ob in range(0, cv.og, plan.ot) for b in range(n)
              for ri in range(0, oh, plan.rt) for ci in range(0, ow, plan.ct)]

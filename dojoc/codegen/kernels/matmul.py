@@ -181,7 +181,7 @@ def matmul(ctx: Ctx, node: Node) -> None:
     bsrc, bbias = weight_source(ctx, w, arr, op, node.name) if arr is not None else (ctx.views[w], act_bias(op))
     av = asrc.expand(batch + (m, k))
     p = _problem(av, bsrc.expand(batch + (k, n)), ov, batch)
-    spec = Spec(op, av.dtype, bsrc.dtype, ov.dtype, abias, bbias)
+    spec = Spec(op, av.dtype, bsrc.dtype, ov.dtype, abias, bbias, act=ctx.epilogue.get(node))
     plan = _plan(ctx, node, p, spec, arr is not None)
     nb, nm, nn = len(p.a), ceil(p.m / plan.mt), ceil(p.n / plan.nt)
     # item order keeps the items that share a B tile together, so a core keeps few of them resident

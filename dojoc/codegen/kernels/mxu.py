@@ -93,6 +93,7 @@ class Spec:
     a_bias: int = 0
     b_bias: int = 0
     bias_src: DType = F32
+    act: str | None = None  # a fused activation's SIMD mnemonic (e.g. "vrelu"), applied on the FP32 tile
 
 
 # -- types and weights --------------------------------------------------------------------------------
@@ -361,6 +362,8 @@ class Pipeline:
                     bias = self.bias_f32
             cc.emit("vadd", rd=cc.reg(R_D, acc), ra=cc.reg(R_A, acc), rb=cc.reg(R_B, bias), rows=it.m, cols=it.n,
                     sd=n4, sa=n4, sb=4, dt=F32, bcb="col")
+        if spec.act is not None:  # the fused elementwise epilogue, on the FP32 accumulator
+            cc.emit(spec.act, rd=cc.reg(R_D, acc), ra=cc.reg(R_A, acc), rows=it.m, cols=it.n, sd=n4, sa=n4, dt=F32)
         if self.direct:
             res = acc
         else:
