@@ -85,11 +85,13 @@ def lower_graph(graph: Graph, machine: Machine, precision: str = "bf16") -> Lowe
     ctx.sram = [SramPlan(machine.sram_bytes) for _ in range(n)]
     ctx.load = [CoreCode(c) for c in range(n)]
     outputs = set(graph.outputs)
-    fused = fuse_epilogues(ctx, graph, outputs)
+    fused, via = fuse_epilogues(ctx, graph, outputs)
     for node in graph.nodes:
-        if node in fused:  # computed by its matrix op's epilogue, into the same buffer
+        if node in fused:  # computed by its producer's epilogue, into the producer's buffer
+            if node in via:  # ... seen through a reshape: the reshape's view already holds the result
+                ctx.views[node.output] = ctx.views[via[node].output]
             continue
-        _lower_node(ctx, node, outputs, fused)
+        _lower_node(ctx, node, outputs, {a: p for a, p in fused.items() if a not in via})
     out_names = tuple(graph.output_names)
     for value, name in zip(graph.outputs, out_names, strict=True):
         v = ctx.views[value]
@@ -107,29 +109,40 @@ def lower_graph(graph: Graph, machine: Machine, precision: str = "bf16") -> Lowe
 
 
 EPILOGUES = {Op.RELU: "vrelu", Op.SILU: "vsilu", Op.SIGMOID: "vsigmoid", Op.TANH: "vtanh"}
+# ops whose kernels apply a fused activation to their result tile before storing it
+FUSABLE = (Op.MATMUL, Op.CONV2D, Op.ADD, Op.SUB, Op.MUL, Op.DIV, Op.MAXIMUM, Op.MINIMUM)
 
 
-def fuse_epilogues(ctx: Ctx, graph: Graph, outputs: set[Value]) -> dict[Node, Node]:
-    """Fuse an activation into the matmul or convolution that feeds it (the activation then runs on the
-    FP32 accumulator tile, before the store) when it is the matrix result's only reader. Returns
-    {activation node: matrix node}; `ctx.epilogue` gets the activation's mnemonic per matrix node."""
+def fuse_epilogues(ctx: Ctx, graph: Graph, outputs: set[Value]) -> tuple[dict[Node, Node], dict[Node, Node]]:
+    """Fuse an activation into the op that feeds it when it is that result's only reader: a matmul or
+    convolution (the activation runs on the FP32 accumulator tile before the store) or an elementwise
+    arithmetic op (it runs on the result tile). The activation may read the result through a reshape
+    that nothing else reads (elementwise ops commute with it; AOTAutograd puts such reshapes between a
+    linear layer and its activation). Returns ({activation: producer}, {activation: the reshape between});
+    `ctx.epilogue` gets the activation's mnemonic per producer."""
     users = graph.users()
     fused: dict[Node, Node] = {}
+    via: dict[Node, Node] = {}
     for n in graph.nodes:
-        if n.op not in (Op.MATMUL, Op.CONV2D) or n.output in outputs or len(users[n.output]) != 1:
+        if n.op not in FUSABLE or n.output in outputs or len(users[n.output]) != 1:
             continue
         act = users[n.output][0]
+        reshape = None
+        if act.op is Op.RESHAPE and act.output not in outputs and len(users[act.output]) == 1:
+            reshape, act = act, users[act.output][0]
         if act.op is Op.GELU:
             mnemonic = "vgelut" if act.attrs["approximate"] == "tanh" else "vgelu"
         elif act.op in EPILOGUES:
             mnemonic = EPILOGUES[act.op]
         else:
             continue
-        if act.output.type != n.output.type:
+        if act.output.type != (reshape or n).output.type:
             continue
         ctx.epilogue[n] = mnemonic
         fused[act] = n
-    return fused
+        if reshape is not None:
+            via[act] = reshape
+    return fused, via
 
 
 def _lower_node(ctx: Ctx, node: Node, outputs: set[Value], fused: dict[Node, Node]) -> None:

@@ -20,7 +20,8 @@ class ConvAct(torch.nn.Module):
 
     def forward(self, x):
         y = torch.relu(self.bn(self.conv(x)))
-        return torch.sigmoid(self.conv2(y)), torch.tanh(x.flatten(1) @ torch.ones(8 * 6 * 6, 5))
+        return (torch.sigmoid(self.conv2(y)), torch.tanh(x.flatten(1) @ torch.ones(8 * 6 * 6, 5)),
+                torch.relu(y + self.conv2(y)))
 
 
 def test_activations_fuse_into_conv_and_matmul_and_match_eager() -> None:
@@ -36,7 +37,7 @@ def test_activations_fuse_into_conv_and_matmul_and_match_eager() -> None:
     low = lower_graph(graph, machine, "fp32")
     ops = {e.op for e in low.image.debug}
     acts = [n.name for n in graph.nodes if n.op in (Op.RELU, Op.SIGMOID, Op.TANH)]
-    assert len(acts) == 3 and not ops & set(acts), "every activation runs inside its matrix op"
+    assert len(acts) == 4 and not ops & set(acts), "every activation runs inside its matrix op"
     got = run(low.image, [x.numpy()]).outputs
     with torch.no_grad():
         want = m(x)

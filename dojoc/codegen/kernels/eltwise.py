@@ -130,6 +130,11 @@ def elementwise(ctx: Ctx, node: Node) -> None:
                 cc.wait(1, pending)  # the previous tile's store has left the output buffer
                 cc.wait(0, n)
                 _emit(cc, ctx, node, addrs, consts, out, rows, cols)
+                act = ctx.epilogue.get(node)
+                if act is not None:  # a fused activation (see lower.fuse_epilogues)
+                    s = cols * out_v.dtype.itemsize
+                    cc.emit(act, rd=cc.reg(R_D, out), ra=cc.reg(R_A, out), rows=rows, cols=cols, sd=s, sa=s,
+                            dt=out_v.dtype)
                 pending = store_view(cc, out, box_view(out_v, starts, sizes), 1)
             cc.wait(1, pending)
 
