@@ -35,14 +35,26 @@ def resolve_machine(machine: str | Machine | Any) -> Machine:
     return load_machine(machine)
 
 
-def generate(graph: Graph, machine: Machine, precision: str) -> Lowered:
-    """The graph passes and code generation (`dojoc.pipeline.compile_graph`; `lower_graph` alone while the
-    pipeline module is absent)."""
-    try:
-        from dojoc.pipeline import compile_graph
-    except ImportError:
-        from dojoc.codegen.lower import lower_graph as compile_graph
-    return compile_graph(graph, machine, precision)
+def generate(graph: Graph, machine: Machine, precision: str, calibration: Any = None) -> Lowered:
+    """The graph passes and code generation (`dojoc.pipeline.compile_graph`); `calibration`, the user
+    inputs in graph order, sets cfp8 activation biases."""
+    from dojoc.pipeline import compile_graph
+
+    return compile_graph(graph, machine, precision, calibration)
+
+
+def calibration_inputs(graph: Graph, example_inputs: Any, example_kwargs: Mapping[str, Any] | None) -> Any:
+    """The example tensors as numpy arrays in the graph's input order (by each input's flat index)."""
+    from torch.utils._pytree import tree_flatten
+
+    args = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
+    flat, _ = tree_flatten((tuple(args), dict(example_kwargs or {})))
+    producers = graph.producers()
+    out = []
+    for v in graph.inputs:
+        x = flat[producers[v].attrs["flat_index"]]
+        out.append(x.detach().float().numpy() if x.is_floating_point() else x.detach().numpy())
+    return out
 
 
 def compile(model: Any, example_inputs: Any, *, example_kwargs: Mapping[str, Any] | None = None,
@@ -83,6 +95,9 @@ def compile_with_options(model: Any, example_inputs: Any, *, example_kwargs: Map
         raise CompileError(f"cannot compile a {type(model).__name__}: pass an nn.Module (in eval mode), a "
                            "callable or a torch.export.ExportedProgram")
     verify(graph)
-    lowered = generate(graph, m, precision)
+    calibration = None
+    if precision == "cfp8" and not isinstance(model, torch.export.ExportedProgram):
+        calibration = calibration_inputs(graph, example_inputs, example_kwargs)
+    lowered = generate(graph, m, precision, calibration)
     return Program(lowered, graph, compile_seconds=time.perf_counter() - start, options=options)
 

@@ -7,11 +7,14 @@ torch.export, the torch.compile backend through AOTAutograd) produce a graph and
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+
+import numpy as np
 
 from dojoc.codegen.lower import lower_graph
 from dojoc.codegen.result import Lowered
 from dojoc.ir import Graph, maybe_dump, verify
+from dojoc.passes.calibrate import activation_ranges
 from dojoc.passes.fold_bn import fold_batch_norm
 from isa.machine import Machine
 
@@ -33,6 +36,10 @@ def run_passes(graph: Graph) -> Graph:
     return graph
 
 
-def compile_graph(graph: Graph, machine: Machine, precision: str) -> Lowered:
-    """Passes, then code generation: the program for `graph` on `machine`."""
-    return lower_graph(run_passes(graph), machine, precision)
+def compile_graph(graph: Graph, machine: Machine, precision: str,
+                  calibration: Sequence[np.ndarray] | None = None) -> Lowered:
+    """Passes, then code generation: the program for `graph` on `machine`. For cfp8, `calibration` (the
+    user inputs, in graph order) sets each activation's CFP8 bias from its range on those inputs."""
+    graph = run_passes(graph)
+    ranges = activation_ranges(graph, calibration) if precision == "cfp8" and calibration is not None else None
+    return lower_graph(graph, machine, precision, ranges)

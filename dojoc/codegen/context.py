@@ -86,6 +86,7 @@ class Ctx:
     load: list[CoreCode] = field(default_factory=list)  # resident-weight loading, before the first call
     used: set[int] = field(default_factory=set)
     epilogue: dict[Node, str] = field(default_factory=dict)  # matrix op -> fused activation mnemonic
+    ranges: dict[str, float] = field(default_factory=dict)  # value name -> max |x| on calibration inputs
     _dram_top: int = 0
 
     # -- types ----------------------------------------------------------------------------------------

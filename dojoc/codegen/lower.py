@@ -9,6 +9,8 @@ barrier, so the emulator's cycles split into `load_cycles` and `cycles`.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import dojoc.codegen.kernels  # noqa: F401  (registers the kernels)
 from dojoc.codegen.builder import CoreCode, ProgramBuilder
 from dojoc.codegen.context import Ctx, SramPlan
@@ -73,8 +75,11 @@ def unsupported(graph: Graph) -> list[tuple[str, str, str]]:
     return [(str(n.op), n.signature(), n.source or "") for n in graph.nodes if n.op not in known]
 
 
-def lower_graph(graph: Graph, machine: Machine, precision: str = "bf16") -> Lowered:
-    """Generate the program for `graph` on `machine` at `precision` ("bf16", "fp32", "cfp8")."""
+def lower_graph(graph: Graph, machine: Machine, precision: str = "bf16",
+                ranges: Mapping[str, float] | None = None) -> Lowered:
+    """Generate the program for `graph` on `machine` at `precision` ("bf16", "fp32", "cfp8"). `ranges`
+    ({value name: max |x|} from calibration) sets the CFP8 bias of activations; without it they use a
+    fixed bias (see kernels/mxu.py)."""
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}: use one of {', '.join(PRECISIONS)}")
     missing = unsupported(graph)
@@ -82,6 +87,7 @@ def lower_graph(graph: Graph, machine: Machine, precision: str = "bf16") -> Lowe
         raise UnsupportedOpsError(missing)
     n = machine.num_cores
     ctx = Ctx(graph, machine, precision, ProgramBuilder(machine, n))
+    ctx.ranges = dict(ranges or {})
     ctx.sram = [SramPlan(machine.sram_bytes) for _ in range(n)]
     ctx.load = [CoreCode(c) for c in range(n)]
     outputs = set(graph.outputs)

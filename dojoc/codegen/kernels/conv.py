@@ -197,7 +197,8 @@ def conv2d(ctx: Ctx, node: Node) -> None:
     op = operand_type(ctx)
     producers = ctx.graph.producers()
     warr = param_array(ctx, w, producers)
-    wsrc, wbias = weight_source(ctx, w, warr, op, node.name) if warr is not None else (ctx.views[w], act_bias(op))
+    wsrc, wbias = weight_source(ctx, w, warr, op, node.name) if warr is not None \
+        else (ctx.views[w], act_bias(op, ctx, w))
     bias, barr = None, None
     if len(node.inputs) == 3:
         barr = param_array(ctx, node.inputs[2], producers)
@@ -208,7 +209,7 @@ def conv2d(ctx: Ctx, node: Node) -> None:
     (sh, sw), (ph, pw), (dh, dw) = a["stride"], a["padding"], a["dilation"]
     cv = Conv(ctx.views[x], wsrc, bias, barr is not None, ctx.views[node.output], n, c, h, wd, o, cg, kh, kw,
               a["groups"], oh, ow, (sh, sw), (ph, pw), (dh, dw))
-    spec = Spec(op, wsrc.dtype, cv.x.dtype, cv.out.dtype, wbias, act_bias(op), bias.dtype if bias else F32,
+    spec = Spec(op, wsrc.dtype, cv.x.dtype, cv.out.dtype, wbias, act_bias(op, ctx, x), bias.dtype if bias else F32,
                 ctx.epilogue.get(node))
     plan = _plan(ctx, node, cv, spec, warr is not None)
     items = [(gi, ob, b, ri, ci) for gi in range(cv.g) for ob in range(0, cv.og, plan.ot) for b in range(n)

@@ -177,8 +177,9 @@ def matmul(ctx: Ctx, node: Node) -> None:
     # an activation in its storage type, converted in SRAM when that differs
     xarr, arr = param_array(ctx, x, producers), param_array(ctx, w, producers)
     asrc, abias = weight_source(ctx, x, xarr, op, f"{node.name}_a") if xarr is not None \
-        else (ctx.views[x], act_bias(op))
-    bsrc, bbias = weight_source(ctx, w, arr, op, node.name) if arr is not None else (ctx.views[w], act_bias(op))
+        else (ctx.views[x], act_bias(op, ctx, x))
+    bsrc, bbias = weight_source(ctx, w, arr, op, node.name) if arr is not None \
+        else (ctx.views[w], act_bias(op, ctx, w))
     av = asrc.expand(batch + (m, k))
     p = _problem(av, bsrc.expand(batch + (k, n)), ov, batch)
     spec = Spec(op, av.dtype, bsrc.dtype, ov.dtype, abias, bbias, act=ctx.epilogue.get(node))

@@ -102,9 +102,13 @@ def operand_type(ctx: Ctx) -> DType:
     return OPERAND[ctx.precision]
 
 
-def act_bias(op: DType) -> int:
-    """The CFP bias of activations converted at run time (0 for non-CFP operands)."""
-    return formats.choose_bias(np.array([ACT_AMAX]), op) if op.is_cfp else 0
+def act_bias(op: DType, ctx: Ctx | None = None, value: Value | None = None) -> int:
+    """The CFP bias of an activation converted at run time (0 for non-CFP operands): from the value's
+    calibrated range when the compile had example inputs (ctx.ranges), else for |x| <= ACT_AMAX."""
+    if not op.is_cfp:
+        return 0
+    amax = ctx.ranges.get(value.name) if ctx is not None and value is not None else None
+    return formats.choose_bias(np.array([ACT_AMAX if amax is None else amax]), op)
 
 
 def param_array(ctx: Ctx, value: Value, producers: dict[Value, Node]) -> np.ndarray | None:
