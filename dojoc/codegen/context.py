@@ -21,9 +21,12 @@ from isa import formats
 from isa.dtypes import DType
 from isa.machine import Machine
 from isa.program import Tensor, TensorKind
+from isa.table import COLS, ROWS, STRIDE
 
 ALIGN = 64
-MAX_ROWS = MAX_COLS = 4095  # tile extents (isa.table ROWS/COLS fields)
+MAX_ROWS = (1 << ROWS) - 1  # tile extents, from the instruction table's field widths
+MAX_COLS = (1 << COLS) - 1
+MAX_STRIDE = (1 << STRIDE) - 1  # tile row strides in bytes
 # A core should have at least this many cycles of work in an op before the op spreads to another core:
 # below it, the barrier and DMA latency of one more core costs more than its compute saves.
 MIN_CYCLES_PER_CORE = 4096

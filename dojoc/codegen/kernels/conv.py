@@ -28,7 +28,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from math import ceil
 
-from dojoc.codegen.context import Ctx, split
+from dojoc.codegen.context import MAX_ROWS, MAX_STRIDE, Ctx, split
 from dojoc.codegen.kernels.mxu import (
     F32,
     Item,
@@ -55,9 +55,8 @@ from dojoc.ir.graph import Node
 from dojoc.ir.ops import Op
 from isa.costs import matmul_cycles, vector_cycles
 
-MAX_TILE = 4095  # rows, columns and k of an mma
+MAX_TILE = MAX_ROWS  # rows, columns and k of an mma
 MAX_PAD = 255  # the dmadim padlo/padhi fields
-MAX_STRIDE = (1 << 18) - 1  # tile row strides
 SLACK = 1024
 
 

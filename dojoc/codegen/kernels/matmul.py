@@ -18,7 +18,7 @@ from math import ceil, prod
 
 import numpy as np
 
-from dojoc.codegen.context import Ctx, split
+from dojoc.codegen.context import MAX_ROWS, Ctx, split
 from dojoc.codegen.kernels.eltwise import fill
 from dojoc.codegen.kernels.mxu import (
     F32,
@@ -46,7 +46,7 @@ from dojoc.ir.graph import Node
 from dojoc.ir.ops import Op
 from isa.costs import matmul_cycles, vector_cycles
 
-MAX_TILE = 4095  # rows, columns and k of an mma
+MAX_TILE = MAX_ROWS  # rows, columns and k of an mma
 SLACK = 1024  # scratch bytes left for alignment of the pipeline's buffers
 
 

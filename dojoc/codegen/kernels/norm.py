@@ -18,7 +18,7 @@ from math import prod
 
 import numpy as np
 
-from dojoc.codegen.context import Ctx, box_view, boxes, load_view
+from dojoc.codegen.context import MAX_COLS, Ctx, box_view, boxes, load_view
 from dojoc.codegen.kernels.reduce import var_chunk
 from dojoc.codegen.kernels.rows import (
     APPLY,
@@ -294,7 +294,7 @@ def to_f32(ctx: Ctx, node: Node, ins: list[Value], nout: int,
     n = ins[0].type.numel
     outs = [ctx.dram(f"{node.name}_f32_{i}", TensorKind.SCRATCH, (n,), DType.F32) for i in range(nout)]
     lane = Lane(ctx, 0, node)
-    piece = min(n, 4095)
+    piece = min(n, MAX_COLS)
     dts = [ctx.views[v].dtype for v in ins]
     inb = [lane.alloc(piece * d.itemsize, "runtime vector") for d in dts]
     wk = [lane.alloc(piece * 4, "runtime vector (fp32)") if d != WORK else a for d, a in zip(dts, inb, strict=True)]
