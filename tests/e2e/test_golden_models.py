@@ -10,16 +10,14 @@ review the diff in version control (the convention of tests/emu/test_golden.py).
 
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
 
 import torch
+from golden_counts import check, diff
 from test_three_paths import FACTORIES
 
 import dojoc
 
-ROOT = Path(__file__).resolve().parents[2]
 GOLDEN = Path(__file__).resolve().parent / "golden" / "cycles.json"
 MACHINE, PRECISION = "mesh4x4", "bf16"
 MODELS = ("mlp", "cnn", "block")
@@ -40,36 +38,11 @@ def current() -> dict[str, int]:
     return counts
 
 
-def diff(old: dict[str, int], new: dict[str, int]) -> list[str]:
-    lines = []
-    for key in sorted(set(old) | set(new)):
-        a, b = old.get(key), new.get(key)
-        if a == b:
-            continue
-        if a is None:
-            lines.append(f"  {key}: new, {b:,} cycles (not in the golden file)")
-        elif b is None:
-            lines.append(f"  {key}: in the golden file ({a:,} cycles) but no longer measured")
-        else:
-            lines.append(f"  {key}: golden {a:,} cycles, now {b:,} ({b - a:+,}, {(b - a) / a:+.2%})")
-    return lines
-
-
 def test_golden_model_cycle_counts() -> None:
     torch.manual_seed(0)
     new = current()
     assert all(v > 0 for v in new.values()), new
-    if os.environ.get("DOJOC_UPDATE_GOLDEN") == "1":
-        GOLDEN.parent.mkdir(parents=True, exist_ok=True)
-        GOLDEN.write_text(json.dumps(new, indent=2, sort_keys=True) + "\n")
-        return
-    assert GOLDEN.is_file(), f"{GOLDEN} is missing: create it with DOJOC_UPDATE_GOLDEN=1"
-    old = json.loads(GOLDEN.read_text())
-    changes = diff(old, new)
-    where = GOLDEN.relative_to(ROOT)
-    assert not changes, (f"cycle counts of the small models ({PRECISION} on {MACHINE}) differ from {where}:\n"
-                         + "\n".join(changes)
-                         + "\nif intended, rerun with DOJOC_UPDATE_GOLDEN=1 and review the diff")
+    check(GOLDEN, new, f"the small models ({PRECISION} on {MACHINE})")
 
 
 def test_diff_is_readable() -> None:

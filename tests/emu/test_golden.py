@@ -6,11 +6,10 @@ file with `DOJOC_UPDATE_GOLDEN=1 pytest tests/emu/test_golden.py` and review the
 
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
 
 import numpy as np
+from golden_counts import check
 
 from isa.asm import assemble
 from runtime_emu import Emulator
@@ -32,30 +31,5 @@ def current() -> dict[str, int]:
     return {p.name: kernel_cycles(p) for p in sorted(EXAMPLES.glob("*.s"))}
 
 
-def diff(old: dict[str, int], new: dict[str, int]) -> list[str]:
-    lines = []
-    for name in sorted(set(old) | set(new)):
-        a, b = old.get(name), new.get(name)
-        if a == b:
-            continue
-        if a is None:
-            lines.append(f"  {name}: new kernel, {b:,} cycles (not in the golden file)")
-        elif b is None:
-            lines.append(f"  {name}: in the golden file ({a:,} cycles) but no longer in examples/")
-        else:
-            lines.append(f"  {name}: golden {a:,} cycles, now {b:,} ({b - a:+,}, {(b - a) / a:+.2%})")
-    return lines
-
-
 def test_golden_cycle_counts() -> None:
-    new = current()
-    if os.environ.get("DOJOC_UPDATE_GOLDEN") == "1":
-        GOLDEN.parent.mkdir(parents=True, exist_ok=True)
-        GOLDEN.write_text(json.dumps(new, indent=2, sort_keys=True) + "\n")
-        return
-    assert GOLDEN.is_file(), f"{GOLDEN} is missing: create it with DOJOC_UPDATE_GOLDEN=1"
-    old = json.loads(GOLDEN.read_text())
-    changes = diff(old, new)
-    where = GOLDEN.relative_to(ROOT)
-    assert not changes, (f"cycle counts differ from {where}:\n" + "\n".join(changes)
-                         + "\nif intended, rerun with DOJOC_UPDATE_GOLDEN=1 and review the diff")
+    check(GOLDEN, current(), "the example kernels")
