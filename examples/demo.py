@@ -31,7 +31,7 @@ def main() -> int:
     from transformers import ResNetConfig, ResNetForImageClassification
 
     torch.manual_seed(0)
-    model = ResNetForImageClassification(ResNetConfig()).eval()
+    model = ResNetForImageClassification(ResNetConfig(num_labels=1000)).eval()  # the ImageNet head
     x = torch.randn(1, 3, args.size, args.size)
     params = sum(p.numel() for p in model.parameters())
     print(f"ResNet-50 (transformers, random weights, {params / 1e6:.1f} M parameters), input {tuple(x.shape)}, "
