@@ -91,6 +91,7 @@ class Ctx:
     load: list[CoreCode] = field(default_factory=list)  # resident-weight loading, before the first call
     used: set[int] = field(default_factory=set)
     epilogue: dict[Node, str] = field(default_factory=dict)  # matrix op -> fused activation mnemonic
+    col_bias: dict[Node, np.ndarray] = field(default_factory=dict)  # matmul -> fused FP32 bias [N] per column
     ranges: dict[str, float] = field(default_factory=dict)  # value name -> max |x| on calibration inputs
     _dram_top: int = 0
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+import numpy as np
+
 import dojoc.codegen.kernels  # noqa: F401  (registers the kernels)
 from dojoc.codegen.builder import CoreCode, ProgramBuilder
 from dojoc.codegen.context import Ctx, SramPlan
@@ -91,13 +93,13 @@ def lower_graph(graph: Graph, machine: Machine, precision: str = "bf16",
     ctx.sram = [SramPlan(machine.sram_bytes) for _ in range(n)]
     ctx.load = [CoreCode(c) for c in range(n)]
     outputs = set(graph.outputs)
-    fused, via = fuse_epilogues(ctx, graph, outputs)
+    fused, final = fuse_epilogues(ctx, graph, outputs)
     for node in graph.nodes:
-        if node in fused:  # computed by its producer's epilogue, into the producer's buffer
-            if node in via:  # ... seen through a reshape: the reshape's view already holds the result
-                ctx.views[node.output] = ctx.views[via[node].output]
+        if node in fused:  # computed by its producer's epilogue: its result is the view of what it reads
+            if node.output not in ctx.views:  # (the chain's last value is the producer's buffer itself)
+                ctx.views[node.output] = ctx.views[fused[node][1]]
             continue
-        _lower_node(ctx, node, outputs, {a: p for a, p in fused.items() if a not in via})
+        _lower_node(ctx, node, outputs, final)
     out_names = tuple(graph.output_names)
     for value, name in zip(graph.outputs, out_names, strict=True):
         v = ctx.views[value]
@@ -119,39 +121,98 @@ EPILOGUES = {Op.RELU: "vrelu", Op.SILU: "vsilu", Op.SIGMOID: "vsigmoid", Op.TANH
 FUSABLE = (Op.MATMUL, Op.CONV2D, Op.ADD, Op.SUB, Op.MUL, Op.DIV, Op.MAXIMUM, Op.MINIMUM)
 
 
-def fuse_epilogues(ctx: Ctx, graph: Graph, outputs: set[Value]) -> tuple[dict[Node, Node], dict[Node, Node]]:
-    """Fuse an activation into the op that feeds it when it is that result's only reader: a matmul or
-    convolution (the activation runs on the FP32 accumulator tile before the store) or an elementwise
-    arithmetic op (it runs on the result tile). The activation may read the result through a reshape
-    that nothing else reads (elementwise ops commute with it; AOTAutograd puts such reshapes between a
-    linear layer and its activation). Returns ({activation: producer}, {activation: the reshape between});
-    `ctx.epilogue` gets the activation's mnemonic per producer."""
+def fuse_epilogues(ctx: Ctx, graph: Graph, outputs: set[Value]) -> tuple[dict[Node, tuple[Node, Value]],
+                                                                     dict[Node, Value]]:
+    """Fuse the elementwise ops after a matrix or elementwise op into its epilogue, each when it is the
+    only reader of the result before it:
+
+    - after a matmul, the add of a constant vector along the last dim (a linear layer's bias, a PARAM
+      of shape [N] or a reshape/expand of one): `ctx.col_bias` gets the FP32 vector per matmul, added to
+      the FP32 accumulator tile before the store;
+    - then an activation, after a matmul or convolution (on the FP32 accumulator tile) or an elementwise
+      arithmetic op (on the result tile): `ctx.epilogue` gets its mnemonic per producer.
+
+    Each may read the result through a reshape that nothing else reads (elementwise ops commute with it;
+    AOTAutograd puts such reshapes between a linear layer and its bias or activation). Returns
+    ({fused node: (producer, the value whose view holds the fused node's result)}, {producer: the last
+    value of its chain}): the producer's buffer is declared for that value, in its shape (so it may be a
+    graph output), and the producer writes it through a reshape to its own shape."""
     users = graph.users()
-    fused: dict[Node, Node] = {}
-    via: dict[Node, Node] = {}
+    producers = graph.producers()
+    fused: dict[Node, tuple[Node, Value]] = {}
+    final: dict[Node, Value] = {}
+
+    def sole_reader(v: Value) -> tuple[Node, Node | None] | None:
+        """The only reader of v (seen through a reshape nothing else reads), and that reshape."""
+        if v in outputs or len(users[v]) != 1:
+            return None
+        nxt = users[v][0]
+        if nxt.op is Op.RESHAPE and nxt.output not in outputs and len(users[nxt.output]) == 1:
+            return users[nxt.output][0], nxt
+        return nxt, None
+
     for n in graph.nodes:
-        if n.op not in FUSABLE or n.output in outputs or len(users[n.output]) != 1:
+        if n.op not in FUSABLE or n in fused:
             continue
-        act = users[n.output][0]
-        reshape = None
-        if act.op is Op.RESHAPE and act.output not in outputs and len(users[act.output]) == 1:
-            reshape, act = act, users[act.output][0]
-        if act.op is Op.GELU:
-            mnemonic = "vgelut" if act.attrs["approximate"] == "tanh" else "vgelu"
-        elif act.op in EPILOGUES:
-            mnemonic = EPILOGUES[act.op]
-        else:
-            continue
-        if act.output.type != (reshape or n).output.type:
-            continue
-        ctx.epilogue[n] = mnemonic
-        fused[act] = n
-        if reshape is not None:
-            via[act] = reshape
-    return fused, via
+        chain: list[tuple[Node, Value]] = []  # (fused node, the value it reads from the chain)
+        cur = n.output
+        if n.op is Op.MATMUL and (r := sole_reader(cur)) is not None:
+            add, reshape = r
+            src = (reshape or n).output
+            bias = _col_bias(ctx, add, src, producers)
+            if bias is not None:
+                ctx.col_bias[n] = bias
+                chain.append((add, src))
+                cur = add.output
+        if (r := sole_reader(cur)) is not None:
+            act, reshape = r
+            src = (reshape.output if reshape is not None else cur)
+            mnemonic = None
+            if act.op is Op.GELU:
+                mnemonic = "vgelut" if act.attrs["approximate"] == "tanh" else "vgelu"
+            elif act.op in EPILOGUES:
+                mnemonic = EPILOGUES[act.op]
+            if mnemonic is not None and act.output.type == src.type:
+                ctx.epilogue[n] = mnemonic
+                chain.append((act, src))
+        for node, src in chain:
+            fused[node] = (n, src)
+        if chain:
+            final[n] = chain[-1][0].output
+    return fused, final
 
 
-def _lower_node(ctx: Ctx, node: Node, outputs: set[Value], fused: dict[Node, Node]) -> None:
+def _col_bias(ctx: Ctx, add: Node, src: Value, producers: dict[Value, Node]) -> np.ndarray | None:
+    """The vector [N] when `add` adds to `src` ([..., M, N]) a constant broadcast along the last dim (a
+    PARAM, possibly reshaped or expanded) and its result has src's type; else None."""
+    if add.op is not Op.ADD or len(add.inputs) != 2 or add.output.type != src.type:
+        return None
+    a, b = add.inputs
+    if (a is src) == (b is src):
+        return None
+    other = b if a is src else a
+    shape, n = tuple(other.type.shape), src.type.shape[-1] if src.type.shape else 0
+    if not shape or len(shape) > len(src.type.shape) or any(d != 1 for d in shape[:-1]) or shape[-1] != n:
+        return None
+    views: list[Node] = []
+    node = producers.get(other)
+    while node is not None and node.op in (Op.RESHAPE, Op.EXPAND):
+        views.append(node)
+        node = producers.get(node.inputs[0])
+    if node is None or node.op is not Op.PARAM:
+        return None
+    arr = np.asarray(ctx.graph.parameters[node.attrs["name"]])
+    if not np.issubdtype(arr.dtype, np.floating):
+        return None
+    for v in reversed(views):  # replay the views on the values
+        shp = tuple(v.attrs["shape"])
+        arr = arr.reshape(shp) if v.op is Op.RESHAPE else np.broadcast_to(arr, shp)
+    if arr.shape != shape:
+        return None
+    return np.ascontiguousarray(arr.reshape(n).astype(np.float32))
+
+
+def _lower_node(ctx: Ctx, node: Node, outputs: set[Value], final: dict[Node, Value]) -> None:
     a = node.attrs
     if node.op is Op.INPUT:
         t = node.output.type
@@ -169,17 +230,19 @@ def _lower_node(ctx: Ctx, node: Node, outputs: set[Value], fused: dict[Node, Nod
         if v is not None:
             ctx.views[node.output] = v
             return
-    act = next((a for a, m in fused.items() if m is node), None)
+    last = final.get(node)
     for i, value in enumerate(node.outputs):
-        if act is not None:  # the fused activation's result is this op's result
-            value = act.output
+        if last is not None:  # the result of the fused epilogue ops is this op's result
+            value = last
         kind = TensorKind.OUTPUT if value in outputs else TensorKind.SCRATCH
         name = ctx.graph.output_names[ctx.graph.outputs.index(value)] if value in outputs else value.name
         if kind is TensorKind.OUTPUT and any(t.name == name for t in ctx.tensors):
             kind, name = TensorKind.SCRATCH, f"{name}_{i}"
         ctx.views[value] = ctx.dram(name, kind, value.type.shape, ctx.storage(value.type.dtype))
-        if act is not None:
-            ctx.views[node.outputs[i]] = ctx.views[value]
+        if last is not None:  # a dense buffer: it reshapes to any shape of as many elements
+            own = ctx.views[value].reshape(node.outputs[i].type.shape)
+            assert own is not None
+            ctx.views[node.outputs[i]] = own
     ctx.begin_op()
     if node.op in VIEW_OPS and node.inputs[0] in ctx.consts:  # a broadcast scalar (torch.full, no-affine norms)
         fill(ctx, ctx.views[node.output], float(ctx.consts[node.inputs[0]]), node.name, node.source)

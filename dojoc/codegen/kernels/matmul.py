@@ -4,8 +4,10 @@ The output is cut into tiles [Mt, Nt] of one batch item (the *items*); a cost mo
 picks the tile size and `ctx.cores_for` the number of cores, and each core takes a contiguous run of
 items. Per item the core loops over K in chunks: A [Mt, Kc] and B [Kc, Nt] arrive by DMA (double
 buffered, see mxu.Pipeline), one mma per chunk accumulates in FP32, then the tile is converted to the
-output type and stored. When B is a weight (a PARAM) each core keeps the B columns of its items resident
-in SRAM, loaded once before the call; a core whose resident SRAM is full streams them instead.
+output type and stored; a linear layer's bias (`ctx.col_bias`, fused by lower.fuse_epilogues) is added
+to the FP32 tile first, one row of FP32 biases repeated down it. When B is a weight (a PARAM) each core
+keeps the B columns of its items resident in SRAM (with the FP32 bias of those columns), loaded once
+before the call; a core whose resident SRAM is full streams them instead.
 
 When B is shared by every batch item (x [B, S, K] @ w [K, N], a linear layer) and A and the output
 merge their batch dims into rows, the batch folds into M: fewer, taller tiles and one copy of each B tile.
@@ -13,7 +15,7 @@ merge their batch dims into rows, the batch folds into M: fewer, taller tiles an
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from math import ceil, prod
 
 import numpy as np
@@ -61,6 +63,7 @@ class Problem:
     n: int
     k: int
     shared_b: bool  # every batch item reads the same B
+    bias: View | None = None  # the FP32 bias per column [N]
 
 
 @dataclass(frozen=True)
@@ -97,6 +100,8 @@ def _fit_kc(ctx: Ctx, spec: Spec, mt: int, nt: int, k: int, b_streamed: bool) ->
     """The K chunk that fits the scratch SRAM with double-buffered tiles, or None."""
     direct = spec.out is F32
     fixed = mt * nt * 4 * (2 if direct else 1) + (0 if direct else 2 * mt * nt * spec.out.itemsize)
+    if spec.col_bias:  # the two staging buffers of streamed column biases
+        fixed += 2 * (-(-nt * 4 // 64) * 64)
     per_k = 2 * mt * spec.a_src.itemsize + (mt * spec.op.itemsize if spec.a_src is not spec.op else 0)
     if b_streamed:
         per_k += 2 * nt * spec.b_src.itemsize + (nt * spec.op.itemsize if spec.b_src is not spec.op else 0)
@@ -117,7 +122,8 @@ def _item_cycles(ctx: Ctx, spec: Spec, mt: int, nt: int, k: int, kc: int, b_stre
     if b_streamed and spec.b_src is not spec.op:
         step += vector_cycles(nt * kc, max(eb, eop), nt * kc * eb, nt * kc * eop, m)
     eo = spec.out.itemsize
-    return ceil(k / kc) * step + vector_cycles(mt * nt, 4, mt * nt * 4, mt * nt * eo, m)
+    bias = vector_cycles(mt * nt, 4, mt * nt * 4 + nt * 4, mt * nt * 4, m) if spec.col_bias else 0
+    return ceil(k / kc) * step + bias + vector_cycles(mt * nt, 4, mt * nt * 4, mt * nt * eo, m)
 
 
 def _plan(ctx: Ctx, node: Node, p: Problem, spec: Spec, weight: bool) -> Plan:
@@ -139,7 +145,7 @@ def _plan(ctx: Ctx, node: Node, p: Problem, spec: Spec, weight: bool) -> Plan:
             run = ceil(items / ncores)
             per_block = (nb if p.shared_b else 1) * nm  # consecutive items that share one B tile
             blocks = min(ceil((run - 1) / per_block) + 1, nn * (1 if p.shared_b else nb))
-            need = blocks * p.k * nt * eb
+            need = blocks * (p.k * nt * eb + (nt * 4 if p.bias is not None else 0))
             resident = weight and region.fits(ncores, need) and need * ncores <= budget
             if not resident:
                 kc = _fit_kc(ctx, spec, mt, nt, p.k, True)
@@ -182,7 +188,11 @@ def matmul(ctx: Ctx, node: Node) -> None:
         else (ctx.views[w], act_bias(op, ctx, w))
     av = asrc.expand(batch + (m, k))
     p = _problem(av, bsrc.expand(batch + (k, n)), ov, batch)
-    spec = Spec(op, av.dtype, bsrc.dtype, ov.dtype, abias, bbias, act=ctx.epilogue.get(node))
+    col = ctx.col_bias.get(node)
+    if col is not None:
+        p = replace(p, bias=ctx.weight(f"{node.name}_bias_f32", col.astype(np.float32), F32))
+    spec = Spec(op, av.dtype, bsrc.dtype, ov.dtype, abias, bbias, act=ctx.epilogue.get(node),
+                col_bias=col is not None)
     plan = _plan(ctx, node, p, spec, arr is not None)
     nb, nm, nn = len(p.a), ceil(p.m / plan.mt), ceil(p.n / plan.nt)
     # item order keeps the items that share a B tile together, so a core keeps few of them resident
@@ -206,12 +216,15 @@ def _emit_core(ctx: Ctx, node: Node, core: int, p: Problem, plan: Plan, spec: Sp
             if key in resident:
                 continue
             nl = min(plan.nt, p.n - n0)
-            addr = ctx.sram[core].alloc_resident(p.k * nl * eb)
+            wbytes = -(-p.k * nl * eb // 64) * 64
+            addr = ctx.sram[core].alloc_resident(wbytes + (nl * 4 if p.bias is not None else 0))
             if addr is None:
                 break
             resident[key] = addr
             loads += transfers(bv.base + n0 * bv.strides[1], addr,
                                [(p.k, bv.strides[0], nl * eb), (nl, bv.strides[1], eb)], eb)
+            if p.bias is not None:
+                loads += transfers(p.bias.base + n0 * 4, addr + wbytes, [(nl, 4, 4)], 4)
         load_resident(ctx, core, node, loads)
     streamed = any((p.b[b].base, ni * plan.nt) not in resident for b, _, ni in run)
     kc = plan.kc
@@ -242,6 +255,12 @@ def _emit_core(ctx: Ctx, node: Node, core: int, p: Problem, plan: Plan, spec: Sp
             steps.append(Step(a, bop))
         stores = transfers(0, ov.base + m0 * ov.strides[0] + n0 * ov.strides[1],
                            [(ml, nl * eo, ov.strides[0]), (nl, eo, ov.strides[1])], eo)
-        items.append(Item(ml, nl, steps, stores))
+        cb = None
+        if p.bias is not None:
+            if res is not None:
+                cb = Operand(1, nl, addr=res + -(-p.k * nl * eb // 64) * 64)
+            else:
+                cb = Operand(1, nl, loads=[Load(t) for t in transfers(p.bias.base + n0 * 4, 0, [(nl, 4, 4)], 4)])
+        items.append(Item(ml, nl, steps, stores, col_bias=cb))
     Pipeline(ctx, core, node, spec, items).emit()
 

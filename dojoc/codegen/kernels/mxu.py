@@ -6,7 +6,8 @@ Both kernels reduce to the same per-core program: a list of *items*, each an FP3
 row, conversion to the output type, DMA store). An operand is either resident in SRAM (a weight, loaded
 once in the load phase) or streamed: its DMAs fill one of two staging buffers, and step i+1's DMAs are
 issued before step i's mma, so loads overlap compute. Semaphores: 0/1 count the arrivals of the two
-staging parities, 2/3 the stores of the two result buffers, 4/5 the per-item bias loads.
+staging parities, 2/3 the stores of the two result buffers, 4/5 the per-item bias loads (per row or
+per column).
 
 Precisions: bf16 and fp32 multiply in their storage type. cfp8 multiplies CF8E4 operands. Weights are
 quantised at compile time with a per-tensor bias chosen from their real values (`formats.choose_bias`);
@@ -70,14 +71,16 @@ class Step:
 
 @dataclass
 class Item:
-    """One accumulator tile: its steps (at least one), an optional FP32 bias per row (rows=m, cols=1),
-    and the stores of the dense [m, n] result tile (`src` relative to the tile)."""
+    """One accumulator tile: its steps (at least one), an optional FP32 bias per row (rows=m, cols=1)
+    or per column (`col_bias`, rows=1, cols=n), and the stores of the dense [m, n] result tile (`src`
+    relative to the tile)."""
 
     m: int
     n: int
     steps: list[Step]
     stores: list[Transfer]
     bias: Operand | None = None
+    col_bias: Operand | None = None
 
 
 @dataclass(frozen=True)
@@ -94,6 +97,7 @@ class Spec:
     b_bias: int = 0
     bias_src: DType = F32
     act: str | None = None  # a fused activation's SIMD mnemonic (e.g. "vrelu"), applied on the FP32 tile
+    col_bias: bool = False  # items add an FP32 bias per column (a linear layer's), before the activation
 
 
 # -- types and weights --------------------------------------------------------------------------------
@@ -139,7 +143,9 @@ def weight_bytes(ctx: Ctx, node: Node, producers: dict[Value, Node]) -> int:
     if producers.get(w) is None or producers[w].op is not Op.PARAM:
         return 0
     n = int(np.prod(w.type.shape)) * operand_type(ctx).itemsize
-    return n + (node.inputs[2].type.shape[0] * 4 if len(node.inputs) == 3 else 0)
+    col = ctx.col_bias.get(node)
+    n += node.inputs[2].type.shape[0] * 4 if len(node.inputs) == 3 else 0
+    return n + (col.size * 4 if col is not None else 0)
 
 
 def resident_free(ctx: Ctx, core: int) -> int:
@@ -274,6 +280,8 @@ class Pipeline:
         nb = max((it.m for it in items if it.bias is not None and it.bias.addr is None), default=0)
         self.bias_stage = [sram.alloc(nb * spec.bias_src.itemsize, f"{what} bias") for _ in range(2)] if nb else []
         self.bias_f32 = sram.alloc(nb * 4, f"{what} bias f32") if nb and spec.bias_src is not F32 else None
+        ncb = max((it.n for it in items if it.col_bias is not None and it.col_bias.addr is None), default=0)
+        self.col_stage = [sram.alloc(ncb * 4, f"{what} column bias") for _ in range(2)] if ncb else []
         self.pending = [0, 0]  # stores in flight per result parity
         self.bias_loads: dict[int, int] = {}
 
@@ -314,12 +322,14 @@ class Pipeline:
             for ld in opnd.loads:
                 cc.dma_load(_shift_dst(ld.t, base), p, ld.pads, 0.0, src if ld.pads else None)
                 n += 1
-        bias = self.items[j].bias
-        if si == 0 and bias is not None and bias.addr is None:
+        it = self.items[j]
+        if si == 0:
             q = j % 2
-            for ld in bias.loads:
-                cc.dma_load(_shift_dst(ld.t, self.bias_stage[q]), 4 + q)
-            self.bias_loads[j] = len(bias.loads)
+            for bias, stage in ((it.bias, self.bias_stage), (it.col_bias, self.col_stage)):
+                if bias is not None and bias.addr is None:
+                    for ld in bias.loads:
+                        cc.dma_load(_shift_dst(ld.t, stage[q]), 4 + q)
+                    self.bias_loads[j] = self.bias_loads.get(j, 0) + len(bias.loads)
         return n
 
     def _operand(self, key: str, opnd: Operand, p: int) -> tuple[int, int]:
@@ -349,16 +359,17 @@ class Pipeline:
                 sd=it.n * 4, sa=sa, sb=sb, dt=spec.op, acc=int(si > 0), rbias=rbias)
 
     def _epilogue(self, j: int) -> None:
-        """Bias per row on the FP32 accumulator, conversion to the output type, the stores."""
+        """Bias per row or column on the FP32 accumulator, the fused activation, conversion to the output
+        type, the stores."""
         cc, spec, it = self.cc, self.spec, self.items[j]
         q = j % 2
         acc = self.accs[q] if self.direct else self.accs[0]
         n4 = it.n * 4
+        self._wait(4 + q, self.bias_loads.pop(j, 0))
         if it.bias is not None:
             if it.bias.addr is not None:
                 bias = it.bias.addr
             else:
-                self._wait(4 + q, self.bias_loads.pop(j))
                 bias = self.bias_stage[q]
                 if self.bias_f32 is not None:
                     cc.emit("vcvt", rd=cc.reg(R_D, self.bias_f32), ra=cc.reg(R_A, bias), rows=it.m, cols=1, sd=4,
@@ -366,6 +377,10 @@ class Pipeline:
                     bias = self.bias_f32
             cc.emit("vadd", rd=cc.reg(R_D, acc), ra=cc.reg(R_A, acc), rb=cc.reg(R_B, bias), rows=it.m, cols=it.n,
                     sd=n4, sa=n4, sb=4, dt=F32, bcb="col")
+        if it.col_bias is not None:  # one row of n biases, repeated down the tile
+            cb = it.col_bias.addr if it.col_bias.addr is not None else self.col_stage[q]
+            cc.emit("vadd", rd=cc.reg(R_D, acc), ra=cc.reg(R_A, acc), rb=cc.reg(R_B, cb), rows=it.m, cols=it.n,
+                    sd=n4, sa=n4, sb=0, dt=F32, bcb="row")
         if spec.act is not None:  # the fused elementwise epilogue, on the FP32 accumulator
             cc.emit(spec.act, rd=cc.reg(R_D, acc), ra=cc.reg(R_A, acc), rows=it.m, cols=it.n, sd=n4, sa=n4, dt=F32)
         if self.direct:
