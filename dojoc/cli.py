@@ -6,10 +6,7 @@ file left behind (outputs are written to a temporary file and renamed into place
 
 from __future__ import annotations
 
-import os
 import sys
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +14,7 @@ import click
 import numpy as np
 
 from isa.errors import DojocError
+from isa.files import atomic_path, write_atomic
 from isa.machine import assumptions
 from isa.presets import PRESETS, dump_toml, load_machine
 
@@ -35,7 +33,7 @@ class _Group(click.Group):
         except click.UsageError as e:  # a bad option of a command: one line too, not click's usage block
             _fail(e.format_message())
         except DojocError as e:
-            _fail(str(e).strip().splitlines()[0] if "\n" not in str(e).strip() else str(e).strip())
+            _fail(str(e).strip())
         except (OSError, ValueError) as e:
             _fail(str(e))
 
@@ -44,19 +42,6 @@ class _Group(click.Group):
 @click.version_option(package_name="dojoc")
 def cli() -> None:
     """dojoc: compile PyTorch models for a Dojo-like mesh and run them on its emulator."""
-
-
-def write_atomic(path: Path, write: Callable[[Path], object]) -> None:
-    """Write through a temporary file in the same folder, renamed into place only on success."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 # -- machines -------------------------------------------------------------------------------------
@@ -105,7 +90,7 @@ def asm(source: Path, output: Path | None, machine: str | None, overrides: tuple
     image = assemble(source.read_text(), base_dir=source.parent, machine=m, filename=str(source))
     data = write_object(image)
     out = output or source.with_suffix(".dobj")
-    write_atomic(out, lambda p: p.write_bytes(data))
+    write_atomic(out, data)
     n = sum(len(s.code) for s in image.sections)
     click.echo(f"wrote {out}: {n} instructions in {len(image.sections)} section(s), "
                f"{len(image.tensors)} tensor(s), machine {image.machine.name}")
@@ -200,7 +185,8 @@ def run(target: Path, inputs: tuple[str, ...], output: Path | None, trace: Path 
     click.echo(result.stats.format_table(m))
     if output is not None:
         outs = {k: np.asarray(v) for k, v in result.outputs.items()}
-        write_atomic(output, lambda p: np.savez(p, **outs))  # type: ignore[arg-type]
+        with atomic_path(output) as tmp:
+            np.savez(tmp, **outs)  # type: ignore[arg-type]
         click.echo(f"wrote {output}")
     if trace is not None and result.trace is not None:
         result.trace.save(trace)

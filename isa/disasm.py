@@ -12,8 +12,8 @@ import re
 from pathlib import Path
 
 from isa.errors import DojocError
+from isa.files import write_atomic
 from isa.grammar import quote_name, quote_string
-from isa.objfile import write_atomic
 from isa.presets import PRESETS, dump_toml, load_machine
 from isa.program import CodeSection, Image, TensorKind
 from isa.table import Kind

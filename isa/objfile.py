@@ -10,15 +10,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import struct
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from isa.dtypes import DType
 from isa.encoding import decode_code, encode_code
 from isa.errors import ObjectFileError
+from isa.files import write_atomic
 from isa.machine import Machine
 from isa.presets import machine_from_dict
 from isa.program import CodeSection, DebugEntry, Image, Signature, Tensor, TensorKind
@@ -272,21 +271,6 @@ def read_object(data: bytes, *, expect_machine: Machine | None = None) -> Image:
         raise ObjectFileError(f"object file is for machine {machine.name} (hash {machine.hash[:12]}), "
                               f"not {expect_machine.name} (hash {expect_machine.hash[:12]})")
     return image
-
-
-def write_atomic(path: str | Path, data: bytes) -> None:
-    """Write `data` to `path` through a temporary file and os.replace: no half-written file is left."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def save_object(image: Image, path: str | Path) -> None:

@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
 from typing import Any
 
+from isa.files import atomic_path
 from isa.machine import Machine
 
 __all__ = ["Trace", "NETWORK_PID"]
@@ -131,12 +131,5 @@ class Trace:
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write the trace as JSON to `path` atomically (a temporary file, then a rename)."""
-        target = Path(path)
-        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-        try:
-            with open(tmp, "w") as f:
-                json.dump(self.to_json(), f, separators=(",", ":"))
-            os.replace(tmp, target)
-        finally:
-            if tmp.exists():
-                tmp.unlink()
+        with atomic_path(path) as tmp, open(tmp, "w") as f:
+            json.dump(self.to_json(), f, separators=(",", ":"))

@@ -10,6 +10,7 @@ barrier, so the emulator's cycles split into `load_cycles` and `cycles`.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from math import prod
 
 import numpy as np
 
@@ -54,20 +55,10 @@ def flops_of(graph: Graph) -> int:
     """2 x the multiply-accumulates of matmul and conv2d at the model's shapes (torch's flop counter)."""
     total = 0
     for n in graph.nodes:
-        if n.op is Op.MATMUL:
-            out = n.output.type.shape
-            k = n.inputs[0].type.shape[-1]
-            size = 1
-            for s in out:
-                size *= s
-            total += 2 * size * k
-        elif n.op is Op.CONV2D:
-            out = n.output.type.shape
-            w = n.inputs[1].type.shape  # [O, C/groups, KH, KW]
-            size = 1
-            for s in out:
-                size *= s
-            total += 2 * size * w[1] * w[2] * w[3]
+        if n.op is Op.MATMUL:  # each output element is a dot product of length K
+            total += 2 * prod(n.output.type.shape) * n.inputs[0].type.shape[-1]
+        elif n.op is Op.CONV2D:  # ... of length C/groups x KH x KW (weight [O, C/groups, KH, KW])
+            total += 2 * prod(n.output.type.shape) * prod(n.inputs[1].type.shape[1:])
     return total
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from math import prod
 
 from dojoc.codegen.context import Ctx, box_view, boxes, load_view, split, store_view
+from dojoc.codegen.kernels.eltwise import fill
 from dojoc.codegen.registry import kernel
 from dojoc.codegen.view import View
 from dojoc.ir.graph import Node
@@ -50,8 +51,6 @@ def cat(ctx: Ctx, node: Node) -> None:
 @kernel(Op.PAD)
 def pad(ctx: Ctx, node: Node) -> None:
     """Fill the output with the padding value, then copy the input into its interior."""
-    from dojoc.codegen.kernels.eltwise import fill
-
     out = ctx.views[node.output]
     fill(ctx, out, float(node.attrs["value"]), node.name, node.source)
     ctx.builder.barrier()

@@ -66,10 +66,10 @@ def _emit(cc: CoreCode, ctx: Ctx, node: Node, addrs: dict[Value, int], consts: d
     elif op in BINARY:
         name = BINARY[op]
         x, y = ins
-        if op is Op.DIV and node.attrs["rounding_mode"] not in (None, "trunc" if not dt.is_float else None):
-            if not (dt.is_float and node.attrs["rounding_mode"] == "floor"):
-                raise node.error(f"div with rounding_mode={node.attrs['rounding_mode']!r} on {dt.asm} is not "
-                                 "supported yet", CompileError)
+        mode = node.attrs["rounding_mode"] if op is Op.DIV else None
+        # vdiv truncates integer quotients; floats floor with vfloor after it
+        if mode not in (None, "floor" if dt.is_float else "trunc"):
+            raise node.error(f"div with rounding_mode={mode!r} on {dt.asm} is not supported yet", CompileError)
         if x in consts and y not in consts and name in SWAP:
             x, y, name = y, x, SWAP[name]
         if y in consts and x not in consts:
@@ -77,7 +77,7 @@ def _emit(cc: CoreCode, ctx: Ctx, node: Node, addrs: dict[Value, int], consts: d
         else:
             cc.emit(f"v{name}", rd=cc.reg(R_D, out), ra=cc.reg(R_A, addrs[x]), rb=cc.reg(R_B, addrs[y]),
                     sb=cols * dt.itemsize, dt=dt, **t)
-        if op is Op.DIV and node.attrs["rounding_mode"] == "floor" and dt.is_float:
+        if mode == "floor":
             cc.emit("vfloor", rd=cc.reg(R_D, out), ra=cc.reg(R_A, out), dt=dt, **t)
     elif op is Op.WHERE:
         c, x, y = ins

@@ -53,11 +53,7 @@ FLT_MAX = float(np.finfo(np.float32).max)
 @kernel(Op.SOFTMAX, Op.LOG_SOFTMAX)
 def softmax(ctx: Ctx, node: Node) -> None:
     """softmax / log_softmax along `dim`: a row per slice along it."""
-    x = node.inputs[0]
-    d = node.attrs["dim"]
-    others = [i for i in range(x.type.rank) if i != d]
-    src = Matrix.of(ctx.views[x], others, (d,))
-    out = Matrix.of(ctx.views[node.output], others, (d,))
+    src, out = Matrix.pair(ctx, node, (node.attrs["dim"],))
     if src.rows == 0 or src.cols == 0:
         return
     dt = src.view.dtype
@@ -135,9 +131,7 @@ def layer_norm(ctx: Ctx, node: Node) -> None:
     """Layer norm over the last `normalized_ndim` dims (biased variance), then weight and bias."""
     x, w, b = node.inputs
     k = node.attrs["normalized_ndim"]
-    lead, norm = range(x.type.rank - k), range(x.type.rank - k, x.type.rank)
-    src = Matrix.of(ctx.views[x], lead, norm)
-    out = Matrix.of(ctx.views[node.output], lead, norm)
+    src, out = Matrix.pair(ctx, node, range(x.type.rank - k, x.type.rank))
     if src.rows == 0 or src.cols == 0:
         return
     # FP32 weight and bias vectors: folded constants (resident), or runtime values converted first;

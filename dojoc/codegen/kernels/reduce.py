@@ -177,11 +177,7 @@ def var_chunk(simd: Simd, t: T, m2: T, vecs: list[T], seen: int) -> None:
 def cumsum(ctx: Ctx, node: Node) -> None:
     """Inclusive prefix sum along `dim`: rows are the other dims, each chunk carries the previous one's
     last column."""
-    x = node.inputs[0]
-    d = node.attrs["dim"]
-    others = [i for i in range(x.type.rank) if i != d]
-    src = Matrix.of(ctx.views[x], others, (d,))
-    out = Matrix.of(ctx.views[node.output], others, (d,))
+    src, out = Matrix.pair(ctx, node, (node.attrs["dim"],))
     if src.rows == 0 or src.cols == 0:
         return
     dt = src.view.dtype

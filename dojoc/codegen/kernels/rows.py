@@ -56,6 +56,14 @@ class Matrix:
             shape, strides = shape + (1,), strides + (0,)
         return Matrix(View(p.base, shape, strides, p.dtype), nrow)
 
+    @staticmethod
+    def pair(ctx: Ctx, node: Node, col_dims: Iterable[int]) -> tuple[Matrix, Matrix]:
+        """The node's first input and its output (of the same shape) as matrices whose columns are
+        `col_dims` and whose rows are the other dims."""
+        cd = tuple(col_dims)
+        rd = [i for i in range(node.inputs[0].type.rank) if i not in cd]
+        return Matrix.of(ctx.views[node.inputs[0]], rd, cd), Matrix.of(ctx.views[node.output], rd, cd)
+
     @property
     def rshape(self) -> tuple[int, ...]:
         return self.view.shape[:self.nrow]
