@@ -19,6 +19,7 @@ from dojoc.errors import (
     DojocError,
     InputError,
     MachineError,
+    MappingError,
     ObjectFileError,
     ShapeError,
     SramOverflowError,
@@ -27,19 +28,20 @@ from dojoc.errors import (
 
 if TYPE_CHECKING:
     from dojoc.api import compile
+    from dojoc.mapping import Mapping
     from dojoc.program import Program, last_report
     from dojoc.report import Report
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "AsmError", "CompileError", "DojocError", "InputError", "MachineError", "ObjectFileError",
+    "AsmError", "CompileError", "DojocError", "InputError", "MachineError", "MappingError", "ObjectFileError",
     "ShapeError", "SramOverflowError", "UnsupportedOpsError", "__version__",
-    "Program", "Report", "compile", "last_report",
+    "Mapping", "Program", "Report", "compile", "last_report",
 ]
 
 _LAZY = {"compile": "dojoc.api", "Program": "dojoc.program", "last_report": "dojoc.program",
-         "Report": "dojoc.report"}
+         "Report": "dojoc.report", "Mapping": "dojoc.mapping"}
 
 
 def __getattr__(name: str) -> Any:

@@ -35,12 +35,33 @@ def resolve_machine(machine: str | Machine | Any) -> Machine:
     return load_machine(machine)
 
 
-def generate(graph: Graph, machine: Machine, precision: str, calibration: Any = None) -> Lowered:
+def generate(graph: Graph, machine: Machine, precision: str, calibration: Any = None,
+             mapping: Any = None) -> Lowered:
     """The graph passes and code generation (`dojoc.pipeline.compile_graph`); `calibration`, the user
-    inputs in graph order, sets cfp8 activation biases."""
+    inputs in graph order, sets cfp8 activation biases; `mapping` (see `resolve_mapping`) gives decisions."""
     from dojoc.pipeline import compile_graph
 
-    return compile_graph(graph, machine, precision, calibration)
+    return compile_graph(graph, machine, precision, calibration, resolve_mapping(mapping))
+
+
+def resolve_mapping(mapping: Any) -> Any:
+    """A `dojoc.Mapping` from a Mapping, a dict (its JSON form), a path to a JSON file, or None."""
+    from pathlib import Path
+
+    from dojoc.errors import MappingError
+    from dojoc.mapping import Mapping as OpsMapping
+
+    if mapping is None or isinstance(mapping, OpsMapping):
+        return mapping
+    if isinstance(mapping, dict):
+        return OpsMapping.from_dict(mapping)
+    if isinstance(mapping, (str, Path)):
+        try:
+            text = Path(mapping).read_text()
+        except OSError as e:
+            raise MappingError(f"cannot read the mapping {mapping}: {e.strerror}") from None
+        return OpsMapping.from_json(text)
+    raise MappingError(f"mapping must be a dojoc.Mapping, a dict or a JSON file path, not {type(mapping).__name__}")
 
 
 def calibration_inputs(graph: Graph, example_inputs: Any, example_kwargs: Mapping[str, Any] | None) -> Any:
@@ -58,7 +79,7 @@ def calibration_inputs(graph: Graph, example_inputs: Any, example_kwargs: Mappin
 
 
 def compile(model: Any, example_inputs: Any, *, example_kwargs: Mapping[str, Any] | None = None,
-            machine: str | Machine = "d1", precision: str = "bf16") -> Program:
+            machine: str | Machine = "d1", precision: str = "bf16", mapping: Any = None) -> Program:
     """Compile `model` for `machine` at `precision` and return a Program that runs on the emulator.
 
     - `model`: an `nn.Module` in eval mode (a module in training mode is a CompileError that says to call
@@ -66,18 +87,21 @@ def compile(model: Any, example_inputs: Any, *, example_kwargs: Mapping[str, Any
     - `example_inputs`: a tuple of positional arguments (a single tensor is wrapped); `example_kwargs`:
       keyword arguments. Their shapes and dtypes are the program's: calling it with others is an InputError;
     - `machine`: a preset name (`dojoc machines` lists them), a TOML file path or an `isa.machine.Machine`;
-    - `precision`: "bf16" (BF16 operands, FP32 accumulation), "fp32" or "cfp8".
+    - `precision`: "bf16" (BF16 operands, FP32 accumulation), "fp32" or "cfp8";
+    - `mapping`: decisions to take instead of the compiler's own (a `dojoc.Mapping`, its JSON dict, or a
+      path to a JSON file from `Program.mapping.to_json()` / `dojoc compile --dump-mapping`), edited or not;
+      ops it does not name are mapped by the compiler. An illegal decision is a MappingError naming the op.
 
     Raises CompileError (and its subclasses UnsupportedOpsError, ShapeError, SramOverflowError) or
     MachineError; `Program.report` is set by the first call.
     """
     return compile_with_options(model, example_inputs, example_kwargs=example_kwargs, machine=machine,
-                                precision=precision, options={"frontend": "export"})
+                                precision=precision, options={"frontend": "export"}, mapping=mapping)
 
 
 def compile_with_options(model: Any, example_inputs: Any, *, example_kwargs: Mapping[str, Any] | None = None,
                          machine: str | Machine = "d1", precision: str = "bf16",
-                         options: Mapping[str, Any] | None = None) -> Program:
+                         options: Mapping[str, Any] | None = None, mapping: Any = None) -> Program:
     """`compile`, recording `options` in the program's reports (the command line adds its own)."""
     from dojoc.frontend import from_exported, from_module
     from dojoc.ir import verify
@@ -98,6 +122,6 @@ def compile_with_options(model: Any, example_inputs: Any, *, example_kwargs: Map
     calibration = None
     if precision == "cfp8" and not isinstance(model, torch.export.ExportedProgram):
         calibration = calibration_inputs(graph, example_inputs, example_kwargs)
-    lowered = generate(graph, m, precision, calibration)
+    lowered = generate(graph, m, precision, calibration, mapping)
     return Program(lowered, graph, compile_seconds=time.perf_counter() - start, options=options)
 

@@ -231,8 +231,14 @@ def _saved_report(target: Path) -> dict[str, Any]:
 @click.option("--precision", type=click.Choice(["bf16", "fp32", "cfp8"]), default="bf16", show_default=True)
 @click.option("-o", "--output", "out_dir", type=click.Path(path_type=Path), default=Path("out"),
               show_default=True, help="program folder to write")
+@click.option("--mapping", "mapping_in", type=click.Path(path_type=Path), default=None,
+              help="take the decisions of this mapping (JSON, as --dump-mapping writes it; edit it to change them)")
+@click.option("--dump-mapping", "mapping_out", type=click.Path(path_type=Path), default=None,
+              help="write the mapping of this compile (every op's region, split and tile; every value's place)")
+@click.option("--explain", is_flag=True,
+              help="print per op its region, split, where its values live, predicted and emulated cycles")
 def compile_(target: str, inputs: tuple[str, ...], machine: str, overrides: tuple[str, ...], precision: str,
-             out_dir: Path) -> None:
+             out_dir: Path, mapping_in: Path | None, mapping_out: Path | None, explain: bool) -> None:
     """Compile TARGET (path/file.py:factory or a .pt2 file), run it once on the example inputs, check it
     against eager and write DIR: program.s (+ weight files), program.dobj, report.json."""
     import dataclasses
@@ -241,7 +247,8 @@ def compile_(target: str, inputs: tuple[str, ...], machine: str, overrides: tupl
     import torch
     from torch.utils import _pytree as pytree
 
-    from dojoc.api import compile_with_options
+    from dojoc.api import compile_with_options, resolve_mapping
+    from dojoc.mapping.explain import format_explain
     from dojoc.program import check_replaceable, set_last_report
     from dojoc.report import accuracy
     from dojoc.targets import load_target, parse_inputs, random_inputs_for
@@ -251,6 +258,7 @@ def compile_(target: str, inputs: tuple[str, ...], machine: str, overrides: tupl
     logging.getLogger("torch._subclasses.fake_tensor").setLevel(logging.CRITICAL)
     m = load_machine(machine, overrides)
     check_replaceable(out_dir)
+    given_mapping = resolve_mapping(mapping_in)
     given = parse_inputs(inputs) if inputs else None
     model, ex_args, ex_kwargs = load_target(target)
     if given is not None:
@@ -262,9 +270,9 @@ def compile_(target: str, inputs: tuple[str, ...], machine: str, overrides: tupl
     else:
         raise DojocError(f"{target} gives no example inputs: pass --input SPEC for each input")
     options = {"frontend": "export", "entry": "cli", "target": target, "inputs": list(inputs),
-               "overrides": list(overrides)}
+               "overrides": list(overrides), "mapping": str(mapping_in) if mapping_in else None}
     program = compile_with_options(model, args, example_kwargs=kwargs, machine=m, precision=precision,
-                                   options=options)
+                                   options=options, mapping=given_mapping)
     actual = program(*args, **kwargs)
     assert program.report is not None
     expected = _eager(model, args, kwargs)
@@ -279,9 +287,14 @@ def compile_(target: str, inputs: tuple[str, ...], machine: str, overrides: tupl
             set_last_report(program.report)
     program.save(out_dir)
     report = program.report
+    if mapping_out is not None and program.mapping is not None:
+        write_atomic(mapping_out, program.mapping.to_json().encode())
+    if explain:
+        click.echo(format_explain([dict(r) for r in report.ops]))
     click.echo(report.format())
     weights = sum(1 for t in program.image.tensors if t.data is not None)
-    click.echo(f"wrote {out_dir}/: program.s, program.dobj, report.json and {weights} weight file(s)")
+    click.echo(f"wrote {out_dir}/: program.s, program.dobj, report.json and {weights} weight file(s)"
+               + (f"; the mapping to {mapping_out}" if mapping_out is not None else ""))
     if problem:
         click.echo(f"warning: {problem}", err=True)
 

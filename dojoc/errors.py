@@ -7,6 +7,7 @@ from isa.errors import AsmError, DojocError, EncodingError, FormatError, Machine
 __all__ = [
     "AsmError", "DojocError", "EncodingError", "FormatError", "MachineError", "ObjectFileError",
     "CompileError", "UnsupportedOpsError", "ShapeError", "SramOverflowError", "InputError", "IRError",
+    "MappingError",
 ]
 
 
@@ -41,6 +42,11 @@ class IRError(CompileError):
 
 class SramOverflowError(CompileError):
     """A tensor that fits no SRAM plan, even streamed through DRAM."""
+
+
+class MappingError(CompileError):
+    """A mapping that cannot be used: malformed JSON, an op the graph does not have, a region off the mesh,
+    a split that does not match its tile, or a tile that does not fit SRAM. Names the op and the reason."""
 
 
 class UnsupportedOpsError(CompileError):

@@ -14,13 +14,16 @@ import numpy as np
 from dojoc.codegen.lower import lower_graph
 from dojoc.codegen.result import Lowered
 from dojoc.ir import Graph, maybe_dump, verify
+from dojoc.mapping import Mapping
 from dojoc.passes.calibrate import activation_ranges
 from dojoc.passes.fold_bn import fold_batch_norm
 from isa.machine import Machine
 
 Pass = Callable[[Graph], Graph]
 
-# Graph passes, in order. Epilogue fusion, tiling and placement live in code generation for now.
+# Graph passes, in order. Epilogue fusion still lives in code generation; partition and placement run
+# there too, op by op, but as decisions: each kernel family takes its op's decision (dojoc/mapping) from a
+# given mapping or from its cost model, records it, and emits it. `Lowered.mapping` holds them all.
 PASSES: list[tuple[str, Pass]] = [
     ("fold_batch_norm", fold_batch_norm),
 ]
@@ -37,9 +40,10 @@ def run_passes(graph: Graph) -> Graph:
 
 
 def compile_graph(graph: Graph, machine: Machine, precision: str,
-                  calibration: Sequence[np.ndarray] | None = None) -> Lowered:
+                  calibration: Sequence[np.ndarray] | None = None, mapping: Mapping | None = None) -> Lowered:
     """Passes, then code generation: the program for `graph` on `machine`. For cfp8, `calibration` (the
-    user inputs, in graph order) sets each activation's CFP8 bias from its range on those inputs."""
+    user inputs, in graph order) sets each activation's CFP8 bias from its range on those inputs.
+    `mapping` gives decisions that the kernels take instead of their own (dojoc/mapping)."""
     graph = run_passes(graph)
     ranges = activation_ranges(graph, calibration) if precision == "cfp8" and calibration is not None else None
-    return lower_graph(graph, machine, precision, ranges)
+    return lower_graph(graph, machine, precision, ranges, mapping)

@@ -98,6 +98,7 @@ class Program:
     def __init__(self, lowered: Lowered, graph: Graph, *, compile_seconds: float = 0.0,
                  options: Mapping[str, Any] | None = None) -> None:
         self.lowered = lowered
+        self.mapping = lowered.mapping  # every decision of the compile (dojoc.Mapping)
         self.image = lowered.image
         self.machine = lowered.image.machine
         self.precision = lowered.precision

@@ -76,12 +76,16 @@ class Report:
     torch_version: str = ""
     pcc: float | None = None
     max_abs_err: float | None = None
+    # per op (each decision of the mapping, in program order): kernel, region, split, tile, where its
+    # values live, predicted cycles and bound, emulated cycles (dojoc.mapping.explain.op_rows)
+    ops: tuple[Mapping[str, Any], ...] = ()
 
     # -- construction ----------------------------------------------------------------------------
     @classmethod
     def from_run(cls, result: RunResult, machine: Machine, *, precision: str, flops: int, cores_used: int,
                  sram_peak_bytes: int, compile_seconds: float = 0.0, options: Mapping[str, Any] | None = None,
-                 pcc: float | None = None, max_abs_err: float | None = None) -> Report:
+                 pcc: float | None = None, max_abs_err: float | None = None,
+                 ops: tuple[Mapping[str, Any], ...] = ()) -> Report:
         """A report from an emulator run of a program for `machine` (`flops`: the model's count)."""
         load = load_phase_end(result.stats)
         cycles = max(result.cycles - load, 0)
@@ -94,26 +98,32 @@ class Report:
                    instructions=result.stats.instructions - before.instructions,
                    compile_seconds=float(compile_seconds), schema_version=SCHEMA_VERSION, machine=machine.name,
                    machine_hash=machine.hash, precision=precision, options=dict(options or {}),
-                   dojoc_version=dv, torch_version=tv, pcc=pcc, max_abs_err=max_abs_err)
+                   dojoc_version=dv, torch_version=tv, pcc=pcc, max_abs_err=max_abs_err, ops=tuple(ops))
 
     @classmethod
     def from_lowered(cls, result: RunResult, lowered: Lowered, *, compile_seconds: float = 0.0,
                      options: Mapping[str, Any] | None = None) -> Report:
-        """A report from a run of `lowered.image`, with the code generator's flops, cores and SRAM plan."""
+        """A report from a run of `lowered.image`, with the code generator's flops, cores and SRAM plan, and
+        the per-op section from its mapping and the run."""
+        from dojoc.mapping.explain import op_rows
+
         return cls.from_run(result, lowered.image.machine, precision=lowered.precision, flops=lowered.flops,
                             cores_used=lowered.cores_used, sram_peak_bytes=lowered.sram_peak_bytes,
-                            compile_seconds=compile_seconds, options=options)
+                            compile_seconds=compile_seconds, options=options,
+                            ops=tuple(op_rows(lowered, result.stats)))
 
     @staticmethod
     def static_dict(lowered: Lowered, *, compile_seconds: float, options: Mapping[str, Any]) -> dict[str, Any]:
         """The report.json keys of a program that has not run yet: run figures are None."""
+        from dojoc.mapping.explain import op_rows
+
         m = lowered.image.machine
         dv, tv = _versions()
         d: dict[str, Any] = {f.name: None for f in dataclasses.fields(Report)}
         d.update(flops=lowered.flops, cores_used=lowered.cores_used, sram_peak_bytes=lowered.sram_peak_bytes,
                  compile_seconds=compile_seconds, schema_version=SCHEMA_VERSION, machine=m.name,
                  machine_hash=m.hash, precision=lowered.precision, options=dict(options),
-                 dojoc_version=dv, torch_version=tv)
+                 dojoc_version=dv, torch_version=tv, ops=_plain(op_rows(lowered)))
         return d
 
     # -- summing over subgraphs --------------------------------------------------------------------
@@ -137,7 +147,7 @@ class Report:
             sram_peak_bytes=max(self.sram_peak_bytes, other.sram_peak_bytes),
             dram_bytes=self.dram_bytes + other.dram_bytes, noc_bytes=self.noc_bytes + other.noc_bytes,
             instructions=self.instructions + other.instructions,
-            compile_seconds=self.compile_seconds + other.compile_seconds,
+            compile_seconds=self.compile_seconds + other.compile_seconds, ops=tuple(self.ops) + tuple(other.ops),
             pcc=min(pccs) if pccs else None, max_abs_err=max(errs) if errs else None)
 
     def __radd__(self, other: Any) -> Report:
@@ -158,6 +168,7 @@ class Report:
         """Plain data with exactly the report fields."""
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         d["options"] = _plain(dict(self.options))
+        d["ops"] = _plain([dict(r) for r in self.ops])
         return d
 
     def to_json(self, *, indent: int = 2, machine: Machine | None = None) -> str:
@@ -172,7 +183,7 @@ class Report:
         """A report from `to_dict()` output (or report.json); unknown keys are ignored; missing run figures
         are an error."""
         names = [f.name for f in dataclasses.fields(cls)]
-        missing = [n for n in names if n not in data and n not in ("pcc", "max_abs_err", "options")]
+        missing = [n for n in names if n not in data and n not in ("pcc", "max_abs_err", "options", "ops")]
         if missing:
             raise ValueError(f"not a dojoc report: missing {', '.join(missing)}")
         kwargs = {n: data[n] for n in names if n in data}
@@ -180,6 +191,7 @@ class Report:
             if kwargs.get(n) is None:
                 raise ValueError(f"the report has no run figures ({n} is null): the program has not run")
         kwargs["options"] = dict(kwargs.get("options") or {})
+        kwargs["ops"] = tuple(dict(r) for r in kwargs.get("ops") or ())
         return cls(**kwargs)
 
     # -- display -----------------------------------------------------------------------------------

@@ -98,12 +98,14 @@ class ProgramBuilder:
         self.participants = participants  # cores 0..participants-1 run code and join every barrier
         self.cores = [CoreCode(c) for c in range(participants)]
         self._barrier = 0
+        self.barriers = 0  # barriers emitted so far (after the load barrier, which is prepended)
 
     def barrier(self, bid: int | None = None) -> None:
         """All participating cores wait for each other (ids rotate so consecutive barriers differ)."""
         if bid is None:
             bid = self._barrier
             self._barrier = (self._barrier + 1) % 31  # id 31 is the load barrier
+        self.barriers += 1
         for c in self.cores:
             c.emit("barrier", id=bid, count=self.participants)
 

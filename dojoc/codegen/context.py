@@ -7,16 +7,20 @@ separated by barriers, so every op may use all of it).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from math import prod
+import json
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from math import ceil, prod
 
 import numpy as np
 
 from dojoc.codegen.builder import CoreCode, ProgramBuilder
 from dojoc.codegen.view import View, transfers
-from dojoc.errors import SramOverflowError
+from dojoc.errors import MappingError, SramOverflowError
 from dojoc.ir.graph import Graph, Node, Value
 from dojoc.ir.types import IRDType
+from dojoc.mapping.model import Bound, OpMapping, Shard
 from isa import formats
 from isa.dtypes import DType
 from isa.machine import Machine
@@ -93,6 +97,12 @@ class Ctx:
     epilogue: dict[Node, str] = field(default_factory=dict)  # matrix op -> fused activation mnemonic
     col_bias: dict[Node, np.ndarray] = field(default_factory=dict)  # matmul -> fused FP32 bias [N] per column
     ranges: dict[str, float] = field(default_factory=dict)  # value name -> max |x| on calibration inputs
+    # the mapping: decisions given by the user (by key), the decisions taken, resident weight shards
+    given: dict[str, OpMapping] = field(default_factory=dict)
+    decisions: list[OpMapping] = field(default_factory=list)
+    shards: dict[str, list[Shard]] = field(default_factory=dict)  # DRAM tensor name -> its resident copies
+    scope: tuple[str, str] = ("", "")  # (op name, source) of the kernel running now
+    _parts: dict[str, int] = field(default_factory=dict)
     _dram_top: int = 0
 
     # -- types ----------------------------------------------------------------------------------------
@@ -134,6 +144,82 @@ class Ctx:
         """How many cores an op of `cycles` total work over `items` independent pieces should use."""
         n = max(1, int(cycles // MIN_CYCLES_PER_CORE))
         return max(1, min(n, items, self.builder.participants))
+
+    # -- the mapping ----------------------------------------------------------------------------------
+
+    @contextmanager
+    def op_scope(self, name: str, source: str | None = None) -> Iterator[None]:
+        """Attribute the decisions taken inside to op `name`."""
+        old, self.scope = self.scope, (name, source or "")
+        try:
+            yield
+        finally:
+            self.scope = old
+
+    def decide(self, kernel: str, default: Callable[[], OpMapping],
+               check: Callable[[OpMapping], OpMapping] | None = None) -> OpMapping:
+        """The next decision of the op in scope: the user's (from `given`, checked by the kernel's
+        `check`, which may fill in the prediction) or else the kernel's `default()`; it is recorded in
+        `decisions`, so the compile's mapping lists it."""
+        op = self.scope[0]
+        part = self._parts.get(op, 0)
+        self._parts[op] = part + 1
+        key = op if part == 0 else f"{op}#{part}"
+        mine = self.given.get(key)
+        if mine is None:
+            om = replace(default(), op=op, part=part)
+        else:
+            if mine.kernel != kernel:
+                raise MappingError(f"op {key}: the mapping says kernel {mine.kernel!r}, but this op runs the "
+                                   f"{kernel!r} kernel; dump the mapping again (--dump-mapping) and edit that")
+            if mine.fused_into is not None:
+                raise MappingError(f"op {key}: the mapping fuses it into {mine.fused_into}, but it is not "
+                                   "fused in this compile; remove its fused_into")
+            self.check_cores(key, mine.cores)
+            om = replace(mine, op=op, part=part)
+            if check is not None:
+                om = check(om)
+        self.decisions.append(om)
+        return om
+
+    def check_cores(self, key: str, cores: tuple[int, ...]) -> None:
+        """MappingError for a region with cores off the mesh."""
+        n = self.builder.participants
+        off = [c for c in cores if not 0 <= c < n]
+        if off:
+            raise MappingError(f"op {key}: core {off[0]} of its region is off the mesh ({self.machine.name} has "
+                               f"{n} cores, ids 0-{n - 1}); give a region within it")
+
+    def region(self, kernel: str, cycles: float, items: int, *, axis: str = "rows",
+               bound: Bound = Bound.COMPUTE) -> list[int]:
+        """The cores of an op whose work (`cycles` in all) is `items` pieces cut along `axis` into one run
+        per core: by default the first `cores_for` cores; a given decision may name any cores, at most one
+        per piece, with split {axis: its number of cores}."""
+
+        def default() -> OpMapping:
+            n = self.cores_for(cycles, items)
+            return OpMapping("", kernel, tuple(range(n)), ((axis, n),), predicted_cycles=ceil(cycles / n),
+                             bound=bound)
+
+        def check(om: OpMapping) -> OpMapping:
+            n = len(om.cores)
+            if n > items:
+                raise MappingError(f"op {om.key}: a region of {n} cores for {items} pieces of work along {axis}; "
+                                   f"give at most {items} cores")
+            if om.split_of(axis, n) != n or any(a != axis for a, _ in om.split):
+                raise MappingError(f"op {om.key}: split {json.dumps(dict(om.split))} does not match its region: "
+                                   f"this kernel splits along {axis} into one piece per core, so write split "
+                                   f"{{\"{axis}\": {n}}}")
+            return replace(om, split=((axis, n),), predicted_cycles=ceil(cycles / n), bound=bound)
+
+        return list(self.decide(kernel, default, check).cores)
+
+    def shrink_region(self, n: int) -> None:
+        """The last decision's kernel found work for only its first n cores: record just those."""
+        om = self.decisions[-1]
+        if n < len(om.cores):
+            axis = om.split[0][0] if om.split else "rows"
+            self.decisions[-1] = replace(om, cores=om.cores[:n], split=((axis, n),) + om.split[1:])
 
     def core(self, c: int) -> CoreCode:
         self.used.add(c)

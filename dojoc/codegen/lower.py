@@ -22,9 +22,12 @@ from dojoc.codegen.kernels.eltwise import fill
 from dojoc.codegen.registry import KERNELS
 from dojoc.codegen.result import LOAD_BARRIER, Lowered
 from dojoc.codegen.view import View
-from dojoc.errors import UnsupportedOpsError
+from dojoc.errors import MappingError, UnsupportedOpsError
 from dojoc.ir.graph import Graph, Node, Value
 from dojoc.ir.ops import Op
+from dojoc.mapping.build import build_mapping, check_given
+from dojoc.mapping.model import Mapping as OpsMapping
+from dojoc.mapping.model import OpMapping
 from isa.machine import Machine
 from isa.program import Signature, TensorKind
 
@@ -69,10 +72,11 @@ def unsupported(graph: Graph) -> list[tuple[str, str, str]]:
 
 
 def lower_graph(graph: Graph, machine: Machine, precision: str = "bf16",
-                ranges: Mapping[str, float] | None = None) -> Lowered:
+                ranges: Mapping[str, float] | None = None, mapping: OpsMapping | None = None) -> Lowered:
     """Generate the program for `graph` on `machine` at `precision` ("bf16", "fp32", "cfp8"). `ranges`
     ({value name: max |x|} from calibration) sets the CFP8 bias of activations; without it they use a
-    fixed bias (see kernels/mxu.py)."""
+    fixed bias (see kernels/mxu.py). `mapping` gives decisions (by op) that the kernels take instead of
+    their own; `Lowered.mapping` has every decision taken."""
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}: use one of {', '.join(PRECISIONS)}")
     missing = unsupported(graph)
@@ -83,14 +87,22 @@ def lower_graph(graph: Graph, machine: Machine, precision: str = "bf16",
     ctx.ranges = dict(ranges or {})
     ctx.sram = [SramPlan(machine.sram_bytes) for _ in range(n)]
     ctx.load = [CoreCode(c) for c in range(n)]
+    if mapping is not None:
+        ctx.given = check_given(mapping, graph)
     outputs = set(graph.outputs)
     fused, final = fuse_epilogues(ctx, graph, outputs)
+    spans: list[tuple[str, int, int]] = []  # (op, barriers before it, barriers after it)
     for node in graph.nodes:
         if node in fused:  # computed by its producer's epilogue: its result is the view of what it reads
             if node.output not in ctx.views:  # (the chain's last value is the producer's buffer itself)
                 ctx.views[node.output] = ctx.views[fused[node][1]]
+            ctx.decisions.append(OpMapping(node.name, "epilogue", fused_into=fused[node][0].name))
             continue
-        _lower_node(ctx, node, outputs, final)
+        b0 = ctx.builder.barriers
+        with ctx.op_scope(node.name, node.source):
+            _lower_node(ctx, node, outputs, final)
+        if ctx.builder.barriers > b0:
+            spans.append((node.name, b0, ctx.builder.barriers))
     out_names = tuple(graph.output_names)
     for value, name in zip(graph.outputs, out_names, strict=True):
         v = ctx.views[value]
@@ -98,13 +110,20 @@ def lower_graph(graph: Graph, machine: Machine, precision: str = "bf16",
         if out is None or View.dense(out.address, out.shape, out.dtype) != v:
             dst = ctx.dram(name, TensorKind.OUTPUT, value.type.shape, ctx.storage(value.type.dtype))
             ctx.begin_op()
-            copy_view(ctx, v, dst, f"output {name}", None)
+            b0 = ctx.builder.barriers
+            with ctx.op_scope(f"output {name}"):
+                copy_view(ctx, v, dst, f"output {name}", None)
             ctx.builder.barrier()
+            spans.append((f"output {name}", b0, ctx.builder.barriers))
     _prepend_load_phase(ctx)
     in_names = tuple(str(v.name) for v in graph.inputs)
     image = ctx.builder.build(tuple(ctx.tensors), Signature(in_names, out_names, graph.out_spec or ""))
+    unused = sorted(set(ctx.given) - {d.key for d in ctx.decisions})
+    if unused:
+        raise MappingError(f"op {unused[0]}: the mapping gives a decision that this compile does not take "
+                           f"(the op takes fewer decisions, or is a view or is fused); remove it")
     return Lowered(image, in_names, out_names, flops_of(graph), precision, max(len(ctx.used), 1),
-                   max(s.peak for s in ctx.sram))
+                   max(s.peak for s in ctx.sram), build_mapping(ctx), tuple(spans))
 
 
 EPILOGUES = {Op.RELU: "vrelu", Op.SILU: "vsilu", Op.SIGMOID: "vsigmoid", Op.TANH: "vtanh"}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from dojoc.mapping.model import Mapping
 from isa.program import Image
 from runtime_emu.stats import LOAD_PHASE_BARRIER
 
@@ -28,3 +29,7 @@ class Lowered:
     precision: str  # "bf16", "fp32" or "cfp8"
     cores_used: int
     sram_peak_bytes: int  # the planned maximum over cores
+    mapping: Mapping | None = None  # every decision of the compile, and every value's placement
+    # (op, first, last): the op's code lies between the call phase's barriers number first and last
+    # (0 = the load barrier), so its emulated cycles are the difference of their release cycles
+    op_spans: tuple[tuple[str, int, int], ...] = ()

@@ -145,3 +145,40 @@ def test_console_script_in_a_real_process(target: Path, tmp_path: Path) -> None:
     assert proc.returncode == 1
     assert proc.stderr.startswith("error: ") and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_dump_edit_and_explain_a_mapping(target: Path, tmp_path: Path) -> None:
+    """--dump-mapping writes the decisions; --mapping takes an edited copy back; --explain prints per op
+    its region, predicted and emulated cycles; an illegal edit is one error line and writes nothing."""
+    dumped = tmp_path / "m.json"
+    res = invoke("compile", f"{target}:pair", "--machine", "mesh4x4", "-o", str(tmp_path / "a"),
+                 "--dump-mapping", str(dumped), "--explain")
+    assert res.exit_code == 0, res.output
+    assert "predicted" in res.output and "emulated" in res.output and "median |predicted" in res.output
+    data = json.loads(dumped.read_text())
+    ops = [o for o in data["ops"] if o["kernel"] == "matmul"]
+    assert len(ops) == 2 and all("cores" in o and "tile" in o for o in ops)
+    report = json.loads((tmp_path / "a" / "report.json").read_text())
+    assert [r["op"] for r in report["ops"]] == [o["op"] for o in data["ops"]]
+    assert all(r["emulated_cycles"] > 0 for r in report["ops"] if "fused_into" not in r)
+
+    ops[0]["cores"] = "5"  # the first linear layer on core 5
+    edited = tmp_path / "edited.json"
+    edited.write_text(json.dumps(data))
+    res = invoke("compile", f"{target}:pair", "--machine", "mesh4x4", "-o", str(tmp_path / "b"),
+                 "--mapping", str(edited), "--dump-mapping", str(tmp_path / "m2.json"))
+    assert res.exit_code == 0, res.output
+    again = json.loads((tmp_path / "m2.json").read_text())
+    assert next(o for o in again["ops"] if o["op"] == ops[0]["op"])["cores"] == "5"
+    assert (tmp_path / "a" / "program.s").read_text() != (tmp_path / "b" / "program.s").read_text()
+
+    ops[0]["cores"] = "0-40"
+    edited.write_text(json.dumps(data))
+    res = invoke("compile", f"{target}:pair", "--machine", "mesh4x4", "-o", str(tmp_path / "c"),
+                 "--mapping", str(edited), "--dump-mapping", str(tmp_path / "m3.json"))
+    assert_one_error(res, f"op {ops[0]['op']}: core 16 of its region is off the mesh")
+    assert not (tmp_path / "c").exists() and not (tmp_path / "m3.json").exists()
+    edited.write_text("{not json")
+    res = invoke("compile", f"{target}:pair", "--machine", "mesh4x4", "-o", str(tmp_path / "c"),
+                 "--mapping", str(edited))
+    assert_one_error(res, "not valid JSON")

@@ -141,19 +141,20 @@ def sdpa(ctx: Ctx, node: Node) -> None:
     macs = B * L * S * (E + Ev)
     work = (macs / ctx.machine.macs_per_cycle("fp32" if dt is F32 else "bf16")
             + 8 * vector_cycles(B * L * S, 4, B * L * S * 4, B * L * S * 4, ctx.machine))
-    ncores = ctx.cores_for(work, B * -(-L // 8))
-    per_batch = max(1, -(-ncores // B))
+    cores = ctx.region("attention", work, B * -(-L // 8), axis="heads_queries")
+    per_batch = max(1, -(-len(cores) // B))
     want_lb = min(L, MAX_ROWS, max(8, -(-L // per_batch)))
     lb, sc = _plan(ctx, node, sh, want_lb)
     items = [(idx, l0, min(lb, L - l0)) for idx in np.ndindex(*batch) for l0 in range(0, L, lb)]
-    ncores = min(ncores, len(items))
+    ctx.shrink_region(len(items))
+    cores = cores[:len(items)]
 
     causal_v = None
     if sh.causal:  # G[j] = (j >= S - 1): allowed[l, s] = G[l - s + S - 1]
         causal_v = ctx.weight(f"{node.name}_causal", np.arange(L + S - 1) >= S - 1, DType.BOOL)
     kv, vv, qv = ctx.views[k], ctx.views[v], ctx.views[q]
     mv = ctx.views[mask].expand(batch + (L, S)) if mask is not None else None
-    for core, (first, count) in enumerate(split(len(items), ncores)):
+    for core, (first, count) in zip(cores, split(len(items), len(cores)), strict=False):
         cc = ctx.core(core)
         bufs = _Buffers.alloc(ctx, core, node, sh, lb, sc)
         with cc.op(node.name, node.source):

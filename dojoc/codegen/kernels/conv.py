@@ -25,7 +25,7 @@ nesting, so a core's run of items shares few weight blocks; the cost model picks
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from math import ceil
 
 from dojoc.codegen.context import MAX_ROWS, MAX_STRIDE, Ctx, split
@@ -39,10 +39,12 @@ from dojoc.codegen.kernels.mxu import (
     Spec,
     Step,
     act_bias,
+    check_split,
+    check_tile,
     dram_cycles,
     load_resident,
     operand_type,
-    overlapped,
+    overlapped_bound,
     param_array,
     resident_budget,
     splits,
@@ -50,9 +52,10 @@ from dojoc.codegen.kernels.mxu import (
 )
 from dojoc.codegen.registry import kernel
 from dojoc.codegen.view import Transfer, View, transfers
-from dojoc.errors import CompileError, SramOverflowError
+from dojoc.errors import CompileError, MappingError, SramOverflowError
 from dojoc.ir.graph import Node
 from dojoc.ir.ops import Op
+from dojoc.mapping.model import Bound, OpMapping
 from isa.costs import matmul_cycles, vector_cycles
 
 MAX_TILE = MAX_ROWS  # rows, columns and k of an mma
@@ -149,15 +152,66 @@ def _item_cycles(ctx: Ctx, cv: Conv, spec: Spec, ot: int, pt: int, tn: int, cl: 
     return steps * step + epi + vector_cycles(ot * pt, 4, ot * pt * 4, ot * pt * spec.out.itemsize, m)
 
 
-def _plan(ctx: Ctx, node: Node, cv: Conv, spec: Spec, weight: bool) -> Plan:
-    """Block and step sizes and cores minimising the estimated time: compute per core against DRAM
-    traffic (the input windows are re-read once per output-channel block; streamed weights once per
-    item)."""
+def _estimate(ctx: Ctx, cv: Conv, spec: Spec, ot: int, rt: int, ct: int, tn: int, cl: int, ncores: int,
+              resident: bool) -> tuple[int, Bound]:
+    """The cost model's cycles and bound: compute per core against DRAM traffic (the input windows are
+    re-read once per output-channel block; streamed weights once per item)."""
+    ex, ew, eo = spec.b_src.itemsize, spec.a_src.itemsize, spec.out.itemsize
+    pt = rt * ct
+    items = cv.g * ceil(cv.og / ot) * cv.n * ceil(cv.oh / rt) * ceil(cv.ow / ct)
+    run = ceil(items / ncores)
+    traffic = items * pt * (cv.k * ex + ot * eo) + (0 if resident else items * ot * cv.k * ew)
+    compute = run * _item_cycles(ctx, cv, spec, ot, pt, tn, cl, not resident)
+    steps = run * ceil(cv.taps / tn) * ceil(cv.cg / cl)
+    return overlapped_bound(ctx, compute, dram_cycles(ctx, traffic), steps)
+
+
+def _axes(cv: Conv, ot: int, rt: int, ct: int) -> tuple[tuple[str, int], ...]:
+    return (("groups", cv.g), ("out_channels", ceil(cv.og / ot)), ("batch", cv.n), ("rows", ceil(cv.oh / rt)),
+            ("cols", ceil(cv.ow / ct)))
+
+
+_TILE = ("out_channels", "rows", "cols", "taps", "channels")
+
+
+def _decide(ctx: Ctx, node: Node, cv: Conv, spec: Spec, weight: bool) -> Plan:
+    """The op's decision (the user's, checked, or the cost model's) as a Plan."""
+
+    def default() -> OpMapping:
+        plan, cycles, bound = _plan(ctx, node, cv, spec, weight)
+        return OpMapping("", "conv2d", tuple(plan.cores), _axes(cv, plan.ot, plan.rt, plan.ct),
+                         tuple(zip(_TILE, (plan.ot, plan.rt, plan.ct, plan.tn, plan.cl), strict=True)),
+                         plan.resident, predicted_cycles=cycles, bound=bound)
+
+    def check(om: OpMapping) -> OpMapping:
+        ot, rt, ct, tn, cl = check_tile(om, dict(zip(_TILE, (min(cv.og, MAX_TILE), cv.oh, min(cv.ow, MAX_TILE),
+                                                             cv.taps, cv.cg), strict=True)))
+        check_split(om, _axes(cv, ot, rt, ct), weight)
+        if rt * ct > MAX_TILE:
+            raise MappingError(f"op {om.key}: tile rows x cols = {rt * ct} output pixels is above the "
+                               f"{MAX_TILE} columns of an mma; make them smaller")
+        if tn > 1 and cl != cv.cg:
+            raise MappingError(f"op {om.key}: a step of several taps ({tn}) must take all {cv.cg} channels of "
+                               "its group; set channels to that or taps to 1")
+        if tn * cl > _kmax(ctx, spec, ot, rt * ct, not om.resident):
+            raise MappingError(f"op {om.key}: a step of {tn} taps x {cl} channels and its double buffers do not "
+                               f"fit the {ctx.sram[0].half:,} bytes of SRAM scratch; take fewer",
+                               node=node.name, shapes=node.signature(), source=node.source)
+        cycles, bound = _estimate(ctx, cv, spec, ot, rt, ct, tn, cl, len(om.cores), om.resident)
+        return replace(om, predicted_cycles=cycles, bound=bound)
+
+    om = ctx.decide("conv2d", default, check)
+    ot, rt, ct, tn, cl = (int(om.tile_of(a) or 0) for a in _TILE)
+    return Plan(ot, rt, ct, tn, cl, list(om.cores), om.resident)
+
+
+def _plan(ctx: Ctx, node: Node, cv: Conv, spec: Spec, weight: bool) -> tuple[Plan, int, Bound]:
+    """Block and step sizes and cores minimising the estimated time (`_estimate`)."""
     region = Region(ctx)
     budget = resident_budget(ctx, node, ctx.graph.producers()) if weight else 0
-    ex, ew, eo = spec.b_src.itemsize, spec.a_src.itemsize, spec.out.itemsize
+    ew = spec.a_src.itemsize
     cts = [cv.ow] if cv.ow <= MAX_TILE else [c for c in splits(cv.ow) if c <= MAX_TILE]
-    best: tuple[tuple[int, int], Plan] | None = None
+    best: tuple[tuple[int, int], Plan, Bound] | None = None
     for ot in [c for c in splits(cv.og) if c <= MAX_TILE]:
         for ct in cts:
             for rt in [r for r in splits(cv.oh, 1) if r * ct <= MAX_TILE]:
@@ -175,18 +229,16 @@ def _plan(ctx: Ctx, node: Node, cv: Conv, spec: Spec, weight: bool) -> Plan:
                     and need * ncores <= budget
                 if not resident:
                     options = _steps(cv, _kmax(ctx, spec, ot, pt, True))
-                traffic = items * pt * (cv.k * ex + ot * eo) + (0 if resident else items * ot * cv.k * ew)
                 for tn, cl in options:
-                    compute = run * _item_cycles(ctx, cv, spec, ot, pt, tn, cl, not resident)
-                    steps = run * ceil(cv.taps / tn) * ceil(cv.cg / cl)
-                    key = (round(overlapped(ctx, compute, dram_cycles(ctx, traffic), steps)), ncores)
+                    cycles, bound = _estimate(ctx, cv, spec, ot, rt, ct, tn, cl, ncores, resident)
+                    key = (cycles, ncores)
                     if best is None or key < best[0]:
                         best = (key, Plan(ot, rt, ct, tn, cl, region.pick(ncores, need if resident else 0),
-                                             resident))
+                                          resident), bound)
     if best is None:
         raise node.error(f"conv2d {node.name} fits no tile in {ctx.sram[0].half:,} bytes of SRAM scratch",
                          SramOverflowError)
-    return best[1]
+    return best[1], best[0][0], best[2]
 
 
 @kernel(Op.CONV2D)
@@ -210,7 +262,7 @@ def conv2d(ctx: Ctx, node: Node) -> None:
               a["groups"], oh, ow, (sh, sw), (ph, pw), (dh, dw))
     spec = Spec(op, wsrc.dtype, cv.x.dtype, cv.out.dtype, wbias, act_bias(op, ctx, x), bias.dtype if bias else F32,
                 ctx.epilogue.get(node))
-    plan = _plan(ctx, node, cv, spec, warr is not None)
+    plan = _decide(ctx, node, cv, spec, warr is not None)
     items = [(gi, ob, b, ri, ci) for gi in range(cv.g) for ob in range(0, cv.og, plan.ot) for b in range(n)
              for ri in range(0, oh, plan.rt) for ci in range(0, ow, plan.ct)]
     for core, (first, count) in zip(plan.cores, split(len(items), len(plan.cores)), strict=False):

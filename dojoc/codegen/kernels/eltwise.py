@@ -17,6 +17,7 @@ from dojoc.codegen.view import View
 from dojoc.errors import CompileError
 from dojoc.ir.graph import Node, Value
 from dojoc.ir.ops import Op
+from dojoc.mapping.model import Bound
 from isa.dtypes import DType
 
 TILE_BYTES = 32 * 1024  # per operand tile
@@ -108,7 +109,8 @@ def elementwise(ctx: Ctx, node: Node) -> None:
     tiles = boxes(shape, max(1, TILE_BYTES // max(widths)))
     moved = prod(shape) * sum(widths)
     cycles = moved / ctx.machine.link_bytes_per_cycle + prod(shape) * max(widths) / ctx.machine.simd_bytes
-    for core, (first, count) in enumerate(split(len(tiles), ctx.cores_for(cycles, len(tiles)))):
+    cores = ctx.region("eltwise", cycles, len(tiles), axis="tiles", bound=Bound.LINK)
+    for core, (first, count) in zip(cores, split(len(tiles), len(cores)), strict=False):
         cc = ctx.core(core)
         sram = ctx.sram[core]
         addrs = {v: sram.alloc(TILE_BYTES, f"{node.name} input {v}") for v in loaded + sorted(
@@ -143,7 +145,8 @@ def fill(ctx: Ctx, dst: View, value: float, what: str, source: str | None) -> No
     """Fill a DRAM view with one value."""
     tiles = boxes(dst.shape, max(1, TILE_BYTES // dst.dtype.itemsize))
     cycles = dst.nbytes / ctx.machine.link_bytes_per_cycle
-    for core, (first, count) in enumerate(split(len(tiles), ctx.cores_for(cycles, len(tiles)))):
+    cores = ctx.region("fill", cycles, len(tiles), axis="tiles", bound=Bound.LINK)
+    for core, (first, count) in zip(cores, split(len(tiles), len(cores)), strict=False):
         cc = ctx.core(core)
         buf = ctx.sram[core].alloc(TILE_BYTES, f"{what} fill tile")
         with cc.op(what, source):

@@ -29,6 +29,7 @@ from dojoc.codegen.registry import kernel
 from dojoc.codegen.view import View
 from dojoc.ir.graph import Node
 from dojoc.ir.ops import Op
+from dojoc.mapping.model import Bound
 from isa.dtypes import DType
 from isa.program import TensorKind
 
@@ -92,8 +93,9 @@ def take_rows(ctx: Ctx, node: Node, table: View, idx: View, out: View) -> None:
     if A > 1:  # the combined row index a * (s_a / s_row) + idx
         offsets = ctx.weight(f"{node.name}_rowoffsets", (np.arange(A) * (s_a // s_row)).reshape(A, 1), I32)
     nbytes = A * n * R * es
-    ncores = ctx.cores_for(2 * nbytes / ctx.machine.link_bytes_per_cycle, len(items))
-    for core, (first, count) in enumerate(split(len(items), ncores)):
+    cores = ctx.region("take_rows", 2 * nbytes / ctx.machine.link_bytes_per_cycle, len(items), axis="items",
+                       bound=Bound.LINK)
+    for core, (first, count) in zip(cores, split(len(items), len(cores)), strict=False):
         cc = ctx.core(core)
         sram = ctx.sram[core]
         rows = tuple(sram.alloc(an * inn * cn * es, f"{node.name} rows") for _ in range(2))
@@ -193,8 +195,9 @@ def gather(ctx: Ctx, node: Node) -> None:
     iv = ctx.views[idx]
     tiles = boxes(shape, MAX_ROWS)
     step = xv.strides[dim] // es
-    ncores = ctx.cores_for(out.numel * 16 / ctx.machine.link_bytes_per_cycle, len(tiles))
-    for core, (first, count) in enumerate(split(len(tiles), ncores)):
+    cores = ctx.region("gather", out.numel * 16 / ctx.machine.link_bytes_per_cycle, len(tiles), axis="tiles",
+                       bound=Bound.LINK)
+    for core, (first, count) in zip(cores, split(len(tiles), len(cores)), strict=False):
         cc = ctx.core(core)
         sram = ctx.sram[core]
         ids = sram.alloc(MAX_ROWS * 4, f"{node.name} indices")

@@ -32,10 +32,12 @@ from dojoc.codegen.kernels.mxu import (
     Spec,
     Step,
     act_bias,
+    check_split,
+    check_tile,
     dram_cycles,
     load_resident,
     operand_type,
-    overlapped,
+    overlapped_bound,
     param_array,
     resident_budget,
     splits,
@@ -43,9 +45,10 @@ from dojoc.codegen.kernels.mxu import (
 )
 from dojoc.codegen.registry import kernel
 from dojoc.codegen.view import Transfer, View, transfers
-from dojoc.errors import SramOverflowError
+from dojoc.errors import MappingError, SramOverflowError
 from dojoc.ir.graph import Node
 from dojoc.ir.ops import Op
+from dojoc.mapping.model import Bound, OpMapping
 from isa.costs import matmul_cycles, vector_cycles
 
 MAX_TILE = MAX_ROWS  # rows, columns and k of an mma
@@ -126,14 +129,56 @@ def _item_cycles(ctx: Ctx, spec: Spec, mt: int, nt: int, k: int, kc: int, b_stre
     return ceil(k / kc) * step + bias + vector_cycles(mt * nt, 4, mt * nt * 4, mt * nt * eo, m)
 
 
-def _plan(ctx: Ctx, node: Node, p: Problem, spec: Spec, weight: bool) -> Plan:
-    """Choose the tile size and the cores with the cost model: compute per core (isa.costs) against
-    DRAM traffic (A is re-read once per column tile, B once per row tile unless it is resident)."""
+def _estimate(ctx: Ctx, p: Problem, spec: Spec, mt: int, nt: int, kc: int, ncores: int,
+              resident: bool) -> tuple[int, Bound]:
+    """The cost model's cycles and bound for tiles mt x nt, K chunk kc on ncores: compute per core
+    (isa.costs) against DRAM traffic (A is re-read once per column tile, B once per row tile unless it is
+    resident)."""
+    nb = len(p.a)
+    ea, eb, eo = spec.a_src.itemsize, spec.b_src.itemsize, spec.out.itemsize
+    items = nb * ceil(p.m / mt) * ceil(p.n / nt)
+    run = ceil(items / ncores)
+    traffic = items * mt * p.k * ea + nb * p.m * p.n * eo + (0 if resident else items * p.k * nt * eb)
+    compute = run * _item_cycles(ctx, spec, mt, nt, p.k, kc, not resident)
+    return overlapped_bound(ctx, compute, dram_cycles(ctx, traffic), run * ceil(p.k / kc))
+
+
+def _axes(p: Problem, mt: int, nt: int) -> tuple[tuple[str, int], ...]:
+    return (("batch", len(p.a)), ("rows", ceil(p.m / mt)), ("cols", ceil(p.n / nt)))
+
+
+def _decide(ctx: Ctx, node: Node, p: Problem, spec: Spec, weight: bool) -> Plan:
+    """The op's decision (the user's, checked, or the cost model's) as a Plan."""
+
+    def default() -> OpMapping:
+        plan, cycles, bound = _plan(ctx, node, p, spec, weight)
+        return OpMapping("", "matmul", tuple(plan.cores), _axes(p, plan.mt, plan.nt),
+                         (("m", plan.mt), ("n", plan.nt), ("k", plan.kc)), plan.resident,
+                         predicted_cycles=cycles, bound=bound)
+
+    def check(om: OpMapping) -> OpMapping:
+        mt, nt, kc = check_tile(om, {"m": min(p.m, MAX_TILE), "n": min(p.n, MAX_TILE), "k": min(p.k, MAX_TILE)})
+        check_split(om, _axes(p, mt, nt), weight)
+        fit = _fit_kc(ctx, spec, mt, nt, p.k, not om.resident)
+        if fit is None or kc > fit:
+            raise MappingError(f"op {om.key}: tiles m={mt} n={nt} with k={kc} and their double buffers do not fit "
+                               f"the {ctx.sram[0].half:,} bytes of SRAM scratch; the largest k that fits is "
+                               f"{fit or 0}", node=node.name, shapes=node.signature(), source=node.source)
+        cycles, bound = _estimate(ctx, p, spec, mt, nt, kc, len(om.cores), om.resident)
+        return replace(om, predicted_cycles=cycles, bound=bound)
+
+    om = ctx.decide("matmul", default, check)
+    mt, nt, kc = (int(om.tile_of(a) or 0) for a in ("m", "n", "k"))
+    return Plan(mt, nt, kc, list(om.cores), om.resident)
+
+
+def _plan(ctx: Ctx, node: Node, p: Problem, spec: Spec, weight: bool) -> tuple[Plan, int, Bound]:
+    """Choose the tile size and the cores with the cost model (`_estimate`)."""
     region = Region(ctx)
     budget = resident_budget(ctx, node, ctx.graph.producers()) if weight else 0
     nb = len(p.a)
-    ea, eb, eo = spec.a_src.itemsize, spec.b_src.itemsize, spec.out.itemsize
-    best: tuple[tuple[int, int], Plan] | None = None
+    eb = spec.b_src.itemsize
+    best: tuple[tuple[int, int], Plan, Bound] | None = None
     for mt in [c for c in splits(p.m) if c <= MAX_TILE]:
         for nt in [c for c in splits(p.n) if c <= MAX_TILE]:
             nm, nn = ceil(p.m / mt), ceil(p.n / nt)
@@ -151,17 +196,15 @@ def _plan(ctx: Ctx, node: Node, p: Problem, spec: Spec, weight: bool) -> Plan:
                 kc = _fit_kc(ctx, spec, mt, nt, p.k, True)
                 if kc is None:
                     continue
-            traffic = items * mt * p.k * ea + nb * p.m * p.n * eo + (0 if resident else items * p.k * nt * eb)
             for kcd in {ceil(p.k / ceil(p.k / c)) for c in splits(kc, 8, (1, 2, 3, 4, 6, 8))}:
-                compute = run * _item_cycles(ctx, spec, mt, nt, p.k, kcd, not resident)
-                steps = run * ceil(p.k / kcd)
-                key = (round(overlapped(ctx, compute, dram_cycles(ctx, traffic), steps)), ncores)
+                cycles, bound = _estimate(ctx, p, spec, mt, nt, kcd, ncores, resident)
+                key = (cycles, ncores)
                 if best is None or key < best[0]:
-                    best = (key, Plan(mt, nt, kcd, region.pick(ncores, need if resident else 0), resident))
+                    best = (key, Plan(mt, nt, kcd, region.pick(ncores, need if resident else 0), resident), bound)
     if best is None:
         raise node.error(f"matmul {node.name} fits no tile in {ctx.sram[0].half:,} bytes of SRAM scratch",
                          SramOverflowError)
-    return best[1]
+    return best[1], best[0][0], best[2]
 
 
 @kernel(Op.MATMUL)
@@ -193,7 +236,7 @@ def matmul(ctx: Ctx, node: Node) -> None:
         p = replace(p, bias=ctx.weight(f"{node.name}_bias_f32", col.astype(np.float32), F32))
     spec = Spec(op, av.dtype, bsrc.dtype, ov.dtype, abias, bbias, act=ctx.epilogue.get(node),
                 col_bias=col is not None)
-    plan = _plan(ctx, node, p, spec, arr is not None)
+    plan = _decide(ctx, node, p, spec, arr is not None)
     nb, nm, nn = len(p.a), ceil(p.m / plan.mt), ceil(p.n / plan.nt)
     # item order keeps the items that share a B tile together, so a core keeps few of them resident
     if p.shared_b:

@@ -18,16 +18,21 @@ computed at run time either). Values beyond ACT_AMAX saturate; values below ~2^-
 
 from __future__ import annotations
 
+import json
 from bisect import bisect_left
 from dataclasses import dataclass, field, replace
+from math import prod
 
 import numpy as np
 
 from dojoc.codegen.builder import R_A, R_B, R_BIAS, R_D, CoreCode
 from dojoc.codegen.context import Ctx
 from dojoc.codegen.view import Transfer, View
+from dojoc.errors import MappingError
 from dojoc.ir.graph import Node, Value
 from dojoc.ir.ops import Op
+from dojoc.mapping.build import record_shards
+from dojoc.mapping.model import Bound, OpMapping
 from isa import formats
 from isa.dtypes import DType
 from isa.machine import Machine
@@ -200,6 +205,7 @@ def resident_budget(ctx: Ctx, node: Node, producers: dict[Value, Node]) -> int:
 
 def load_resident(ctx: Ctx, core: int, node: Node, loads: list[Transfer]) -> None:
     """Emit the one-time loading of resident tiles into the core's load phase, ending with its waits."""
+    record_shards(ctx, core, [(t.src, t.dst, t.nbytes) for t in loads])
     cc = ctx.load[core]
     with cc.op(node.name, node.source):
         for t in loads:
@@ -213,6 +219,44 @@ def load_resident(ctx: Ctx, core: int, node: Node, loads: list[Transfer]) -> Non
 def dram_cycles(ctx: Ctx, nbytes: float) -> float:
     """Cycles the DRAM ports need to serve `nbytes` (all ports together)."""
     return nbytes / sum(p.bytes_per_cycle for p in ctx.machine.dram_ports)
+
+
+def overlapped_bound(ctx: Ctx, compute: float, dram: float, steps: int) -> tuple[int, Bound]:
+    """`overlapped`, rounded, and what bounds it: the DRAM ports when a step's load outlasts its compute."""
+    m = ctx.machine
+    lat = max(p.latency for p in m.dram_ports) + (m.mesh[0] + m.mesh[1]) // 2 * m.hop_latency
+    s = max(steps, 1)
+    bound = Bound.DRAM if lat + dram / s > compute / s else Bound.COMPUTE
+    return round(overlapped(ctx, compute, dram, steps)), bound
+
+
+def check_tile(om: OpMapping, tiles: dict[str, int]) -> tuple[int, ...]:
+    """The tile fields of a matrix op's given decision, in the order of `tiles` (name -> largest legal
+    value); MappingError for one that is missing or out of range."""
+    out = []
+    for name, limit in tiles.items():
+        v = om.tile_of(name)
+        if v is None or not 1 <= v <= limit:
+            fields = ", ".join(f"\"{k}\": ..." for k in tiles)
+            raise MappingError(f"op {om.key}: tile {name}={v} must be between 1 and {limit}; give tile {{{fields}}}")
+        out.append(v)
+    return tuple(out)
+
+
+def check_split(om: OpMapping, axes: tuple[tuple[str, int], ...], weight: bool) -> None:
+    """MappingError unless a matrix op's given decision has its split equal to the tile counts `axes`
+    that its tiles imply, at most one core per item, and residency only for a weight operand."""
+    if dict(om.split) != dict(axes):
+        raise MappingError(f"op {om.key}: split {json.dumps(dict(om.split))} does not divide the op as its tile "
+                           f"does: tile {json.dumps(dict(om.tile))} cuts it into {json.dumps(dict(axes))}; write that "
+                           "split (or change the tile)")
+    items = prod(n for _, n in axes)
+    if len(om.cores) > items:
+        raise MappingError(f"op {om.key}: a region of {len(om.cores)} cores for {items} tiles; give at most "
+                           f"{items} cores or smaller tiles")
+    if om.resident and not weight:
+        raise MappingError(f"op {om.key}: resident is true but its operand is not a weight (a parameter); "
+                           "set resident to false")
 
 
 def overlapped(ctx: Ctx, compute: float, dram: float, steps: int) -> float:

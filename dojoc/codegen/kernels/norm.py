@@ -58,7 +58,7 @@ def softmax(ctx: Ctx, node: Node) -> None:
         return
     dt = src.view.dtype
     p = plan(ctx, src, 3 * dt.itemsize, ctx.machine.transcendental_passes + 4)
-    for core, (first, count) in enumerate(p.runs):
+    for core, (first, count) in zip(p.cores, p.runs, strict=False):
         _softmax_rows(Lane(ctx, core, node), src, out, p, p.blocks[first:first + count], node.op is Op.LOG_SOFTMAX)
 
 
@@ -153,7 +153,7 @@ def layer_norm(ctx: Ctx, node: Node) -> None:
         pviews.update({nm: (cv, False) for (nm, _), cv in zip(runtime, conv, strict=True)})
     dt = src.view.dtype
     p = plan(ctx, src, 3 * dt.itemsize, ctx.machine.transcendental_passes / src.cols + 8)
-    for core, (first, count) in enumerate(p.runs):
+    for core, (first, count) in zip(p.cores, p.runs, strict=False):
         _ln_rows(Lane(ctx, core, node), src, out, p, p.blocks[first:first + count], pviews, node.attrs["eps"])
 
 
@@ -242,7 +242,7 @@ def batch_norm(ctx: Ctx, node: Node) -> None:
         return
     dt = src.view.dtype
     p = plan(ctx, src, 2 * dt.itemsize, 3)
-    for core, (first, count) in enumerate(p.runs):
+    for core, (first, count) in zip(p.cores, p.runs, strict=False):
         lane = Lane(ctx, core, node)
         _bn_rows(lane, src, out, p, p.blocks[first:first + count], vs, resident, per_row)
 

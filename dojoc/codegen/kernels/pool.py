@@ -112,14 +112,15 @@ def _planes(o: View) -> View:
 
 
 def _items(ctx: Ctx, node: Node, x: View, outs: list[View], OH: int, OW: int, cost_per_out: float,
-           fits: int, per_plane: int, per_row: int, fixed: int) -> tuple[list[_Item], int]:
-    """Work items and the number of cores. A tile of pn planes and rn rows needs
+           fits: int, per_plane: int, per_row: int, fixed: int) -> tuple[list[_Item], list[int]]:
+    """Work items and the cores of the region. A tile of pn planes and rn rows needs
     fixed + rn * per_row + pn * rn * per_plane bytes (per_row and per_plane per output row of OW)."""
     groups = _groups(x, outs)
     P = sum(g.shape[0] for g, _ in groups)
     if OW > MAX_COLS:
         raise node.error(f"pooling output width {OW} above {MAX_COLS} is not supported", CompileError)
-    ncores = ctx.cores_for(P * OH * OW * cost_per_out, P * OH)
+    cores = ctx.region("pool", P * OH * OW * cost_per_out, P * OH, axis="planes_rows")
+    ncores = len(cores)
     row_blocks = max(-(-OH // min(OH, fits)), min(OH, -(-ncores // P)))
     rn = -(-OH // row_blocks)
     budget = min(s.scratch_free() for s in ctx.sram)
@@ -134,7 +135,8 @@ def _items(ctx: Ctx, node: Node, x: View, outs: list[View], OH: int, OW: int, co
     pb = max(1, min(room, MAX_ROWS, want_pb))
     items = [_Item(g, o, p0, min(pb, g.shape[0] - p0), r0, min(rn, OH - r0))
              for g, o in groups for p0 in range(0, g.shape[0], pb) for r0 in range(0, OH, rn)]
-    return items, min(ncores, len(items))
+    ctx.shrink_region(len(items))
+    return items, cores[:len(items)]
 
 
 def _load_tap(cc: CoreCode, geo: _Geom, it: _Item, kh: int, kw: int, dst: int, sem: int, pad: float,
@@ -204,9 +206,9 @@ def max_pool2d(ctx: Ctx, node: Node) -> None:
     assert table is not None
     m = ctx.machine
     per_out = T * es * (3 / m.simd_bytes + 1 / m.link_bytes_per_cycle)  # SIMD passes and tap DMA
-    items, ncores = _items(ctx, node, x, [vals, idxs], geo.OH, OW, per_out, MAX_COLS // OW, OW * (3 * es + 5),
+    items, cores = _items(ctx, node, x, [vals, idxs], geo.OH, OW, per_out, MAX_COLS // OW, OW * (3 * es + 5),
                            OW * T * 4 + 3 * ALIGN, 5 * ALIGN)
-    for core, (first, count) in enumerate(split(len(items), ncores)):
+    for core, (first, count) in zip(cores, split(len(items), len(cores)), strict=False):
         cc = ctx.core(core)
         pn, rn = max(i.pn for i in items[first:first + count]), max(i.rn for i in items[first:first + count])
         e = pn * rn * OW
@@ -276,10 +278,10 @@ def avg_pool2d(ctx: Ctx, node: Node) -> None:
         div_v = ctx.weight(f"{node.name}_divisor", div.reshape(geo.OH, OW), F32)
     per_plane = OW * (4 + 2 * es + (4 + es if wide else 0))
     m = ctx.machine
-    items, ncores = _items(ctx, node, x, [out], geo.OH, OW, T * (8 / m.simd_bytes + es / m.link_bytes_per_cycle),
+    items, cores = _items(ctx, node, x, [out], geo.OH, OW, T * (8 / m.simd_bytes + es / m.link_bytes_per_cycle),
                            MAX_COLS // OW,
                            per_plane, OW * 4 + ALIGN, 5 * ALIGN)
-    for core, (first, count) in enumerate(split(len(items), ncores)):
+    for core, (first, count) in zip(cores, split(len(items), len(cores)), strict=False):
         cc = ctx.core(core)
         pn, rn = max(i.pn for i in items[first:first + count]), max(i.rn for i in items[first:first + count])
         e = pn * rn * OW
@@ -365,10 +367,11 @@ def adaptive_avg_pool2d(ctx: Ctx, node: Node) -> None:
         raise SramOverflowError(f"adaptive_avg_pool2d {node.name}: one plane of {node.inputs[0]} "
                                 f"({node.inputs[0].type}) needs {per_plane + fixed:,} bytes of SRAM scratch; use a "
                                 "machine with more SRAM (--set sram_bytes=...)")
-    ncores = ctx.cores_for(P * H * W * (OW / 16 + 1), P)
-    pb = max(1, min(room, -(-P // ncores)))
+    cores = ctx.region("adaptive_pool", P * H * W * (OW / 16 + 1), P, axis="planes")
+    pb = max(1, min(room, -(-P // len(cores))))
     items = [(g, o[0], p0, min(pb, g.shape[0] - p0)) for g, o in groups for p0 in range(0, g.shape[0], pb)]
-    for core, (first, count) in enumerate(split(len(items), min(ncores, len(items)))):
+    ctx.shrink_region(len(items))
+    for core, (first, count) in zip(cores, split(len(items), min(len(cores), len(items))), strict=False):
         cc = ctx.core(core)
         sram = ctx.sram[core]
         band_s = sram.alloc(W * OW * es, f"{node.name} window matrix")

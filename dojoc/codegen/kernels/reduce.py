@@ -67,12 +67,15 @@ def reduction(ctx: Ctx, node: Node) -> None:
         divisor = src.cols
     elif var:
         divisor = max(src.cols - node.attrs["correction"], 0.0)
-    p = plan(ctx, src, dt.itemsize, (4.0 if var else 1.0) + (1 if dt == DType.BF16 else 0))  # + widening
+    p = plan(ctx, src, dt.itemsize, (4.0 if var else 1.0) + (1 if dt == DType.BF16 else 0),  # + widening
+             shrink=False)
     parts = min(p.want, len(p.chunks))  # splitting the columns pays when it reaches twice the cores
-    if not var and parts >= 2 * len(p.runs):
+    split_cols = not var and parts >= 2 * len(p.runs)
+    ctx.shrink_region(parts if split_cols else len(p.runs))
+    if split_cols:
         _split_columns(ctx, node, src, out, p, parts, m, divisor)
         return
-    for core, (first, count) in enumerate(p.runs):
+    for core, (first, count) in zip(p.cores, p.runs, strict=False):
         _reduce_rows(Lane(ctx, core, node), src, out, p, p.blocks[first:first + count], m, var, divisor)
 
 
@@ -83,7 +86,7 @@ def _split_columns(ctx: Ctx, node: Node, src: Matrix, out: Matrix, p: Plan, part
     wdt = src.view.dtype if m != "vrsum" else work_dtype(src.view.dtype)
     partials = ctx.dram(f"{node.name}_partials", TensorKind.SCRATCH, (parts,) + src.rshape, wdt)
     per_part = partials.nbytes // parts
-    for core, (first, count) in enumerate(split(len(p.chunks), parts)):
+    for core, (first, count) in zip(p.cores, split(len(p.chunks), parts), strict=False):
         dst = Matrix.of(View.dense(partials.base + core * per_part, src.rshape, wdt), range(src.nrow), ())
         sub = replace(p, chunks=p.chunks[first:first + count])
         _reduce_rows(Lane(ctx, core, node), src, dst, sub, p.blocks, m, False, None)
@@ -91,7 +94,7 @@ def _split_columns(ctx: Ctx, node: Node, src: Matrix, out: Matrix, p: Plan, part
     ctx.begin_op()
     psrc = Matrix.of(partials, range(1, 1 + src.nrow), (0,))
     pp = plan(ctx, psrc, wdt.itemsize, 1.0)
-    for core, (first, count) in enumerate(pp.runs):
+    for core, (first, count) in zip(pp.cores, pp.runs, strict=False):
         _reduce_rows(Lane(ctx, core, node), psrc, out, pp, pp.blocks[first:first + count], m, False, divisor)
 
 
@@ -182,7 +185,7 @@ def cumsum(ctx: Ctx, node: Node) -> None:
         return
     dt = src.view.dtype
     p = plan(ctx, src, 2 * dt.itemsize, 2.0)
-    for core, (first, count) in enumerate(p.runs):
+    for core, (first, count) in zip(p.cores, p.runs, strict=False):
         _cumsum_rows(Lane(ctx, core, node), src, out, p, p.blocks[first:first + count])
 
 

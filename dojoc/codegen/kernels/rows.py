@@ -23,6 +23,7 @@ from dojoc.codegen.context import MAX_COLS, MAX_ROWS, Ctx, box_view, boxes, load
 from dojoc.codegen.view import View
 from dojoc.ir.graph import Node, Value
 from dojoc.ir.ops import Op
+from dojoc.mapping.build import record_shards
 from isa.dtypes import DType
 
 WORK = DType.F32
@@ -109,6 +110,7 @@ class Plan:
     chunks: list[Box]
     runs: list[tuple[int, int]]
     want: int  # the cores the work deserves, were there rows enough
+    cores: list[int]  # the region: runs[i] runs on cores[i]
 
     @property
     def max_rows(self) -> int:
@@ -124,7 +126,7 @@ class Plan:
 
 
 def plan(ctx: Ctx, m: Matrix, bytes_per_elem: float, simd_passes: float, max_cols: int = MAX_COLS,
-         tile_elems: int = TILE_ELEMS) -> Plan:
+         tile_elems: int = TILE_ELEMS, shrink: bool = True) -> Plan:
     """Cut `m` into tiles of at most `tile_elems` elements and `max_cols` columns, and choose the cores
     from the work: `bytes_per_elem` of DRAM traffic and `simd_passes` FP32 SIMD passes per element."""
     cap = max(1, min(max_cols, MAX_COLS, tile_elems))
@@ -133,10 +135,14 @@ def plan(ctx: Ctx, m: Matrix, bytes_per_elem: float, simd_passes: float, max_col
     nr_max = max(1, min(MAX_ROWS, tile_elems // widest))
     n = m.rows * m.cols
     cycles = n * bytes_per_elem / ctx.machine.link_bytes_per_cycle + n * 4 * simd_passes / ctx.machine.simd_bytes
-    want = ctx.cores_for(cycles, HUGE)
+    cores = ctx.region("rows", cycles, HUGE, axis="rows")
+    want = len(cores)
     nr = max(1, min(nr_max, ceil(m.rows / want)))  # enough blocks for every core we want
     blocks = boxes(m.rshape, nr, max_rows=HUGE, max_cols=HUGE)
-    return Plan(blocks, chunks, split(len(blocks), min(want, len(blocks))), want)
+    runs = split(len(blocks), min(want, len(blocks)))
+    if shrink:  # the region records the cores that get rows (a caller that may use more shrinks it itself)
+        ctx.shrink_region(len(runs))
+    return Plan(blocks, chunks, runs, want, cores)
 
 
 # -- tiles and the SIMD instructions over them -----------------------------------------------------------
@@ -376,6 +382,7 @@ def resident_or_scratch(lane: Lane, view: View, resident: bool, what: str) -> in
     if resident and nbytes <= (plan_.size - plan_.half - plan_.resident) // 8:
         addr = plan_.alloc_resident(nbytes)
         if addr is not None:
+            record_shards(lane.ctx, lane.core, [(view.base, addr, nbytes)])
             ld = lane.ctx.load[lane.core]
             with ld.op(lane.node.name, lane.node.source):
                 ld.wait(LOAD_PHASE_SEM, load_view(ld, view, addr, LOAD_PHASE_SEM))

@@ -1,0 +1,17 @@
+"""The mapping stage's data: where every op runs and every value lives (see model.py), and its reading
+and explaining (explain.py)."""
+
+from dojoc.mapping.model import (
+    SCHEMA_VERSION,
+    Bound,
+    Mapping,
+    OpMapping,
+    Shard,
+    ValuePlacement,
+    Where,
+    format_cores,
+    parse_cores,
+)
+
+__all__ = ["SCHEMA_VERSION", "Bound", "Mapping", "OpMapping", "Shard", "ValuePlacement", "Where",
+           "format_cores", "parse_cores"]

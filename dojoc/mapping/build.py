@@ -1,0 +1,102 @@
+"""Reading a given mapping against a graph, and building the mapping of a finished compile."""
+
+from __future__ import annotations
+
+from bisect import bisect_right
+from dataclasses import replace
+from typing import TYPE_CHECKING
+
+from dojoc.errors import MappingError
+from dojoc.ir.graph import Graph, Node
+from dojoc.mapping.model import Mapping, OpMapping, Shard, ValuePlacement, Where
+from isa.program import Tensor
+
+if TYPE_CHECKING:  # the codegen context imports this package
+    from dojoc.codegen.context import Ctx
+
+
+def check_given(mapping: Mapping, graph: Graph) -> dict[str, OpMapping]:
+    """The decisions of a user's mapping by key; MappingError for one that names no op of the graph."""
+    names = {n.name for n in graph.nodes} | {f"output {name}" for name in graph.output_names}
+    for om in mapping.ops:
+        if om.op not in names:
+            close = sorted(n for n in names if n.startswith(om.op[:3]))[:5]
+            hint = f" (ops with a similar name: {', '.join(close)})" if close else ""
+            raise MappingError(f"op {om.key}: the graph has no op of that name{hint}; dump this model's "
+                               "mapping with --dump-mapping and edit that")
+    return {om.key: om for om in mapping.ops if om.fused_into is None}
+
+
+def record_shards(ctx: Ctx, core: int, loads: list[tuple[int, int, int]]) -> None:
+    """Note the resident copies (DRAM source, SRAM address, bytes) that `core` loads, by DRAM tensor."""
+    tensors = sorted(ctx.tensors, key=lambda t: t.address)
+    starts = [t.address for t in tensors]
+    for src, dst, nbytes in loads:
+        i = bisect_right(starts, src) - 1
+        if i < 0:
+            continue
+        ctx.shards.setdefault(tensors[i].name, []).append(Shard(core, dst, nbytes))
+
+
+def _lifetimes(graph: Graph) -> dict[str, tuple[int, int]]:
+    """(index of the op that writes it, index of the last op that reads it) per value name and per
+    name of the node that produces it."""
+    order = {n: i for i, n in enumerate(graph.nodes)}
+    users = graph.users()
+    out: dict[str, tuple[int, int]] = {}
+    for n in graph.nodes:
+        for v in n.outputs:
+            last = max((order[u] for u in users[v]), default=order[n])
+            if v in graph.outputs:
+                last = len(graph.nodes)
+            out[str(v.name)] = (order[n], last)
+            out.setdefault(n.name, (order[n], last))
+    return out
+
+
+def _lifetime(name: str, lives: dict[str, tuple[int, int]]) -> tuple[int, int]:
+    """A DRAM tensor's lifetime: by its value's name, or by the op it belongs to (w_OP, OP_bias_f32, ...)."""
+    if name in lives:
+        return lives[name]
+    base = name[2:] if name.startswith("w_") else name
+    best = max((k for k in lives if base.startswith(k)), key=len, default=None)
+    return lives[best] if best is not None else (0, 0)
+
+
+def build_mapping(ctx: Ctx) -> Mapping:
+    """The mapping of the compile in `ctx`: its decisions in program order, and every DRAM tensor's
+    placement, with the resident SRAM copies of weights as shards."""
+    lives = _lifetimes(ctx.graph)
+    values = []
+    for t in ctx.tensors:
+        shards = tuple(sorted(ctx.shards.get(t.name, ()), key=lambda s: (s.core, s.address)))
+        cores = len({s.core for s in shards})
+        values.append(ValuePlacement(
+            t.name, Where.SRAM if shards else Where.DRAM, t.address, t.nbytes, tuple(t.shape), t.dtype.asm,
+            t.kind.value, shards,
+            f"tiles of its op's region on {cores} cores (a DRAM copy stays)" if shards else "",
+            _lifetime(t.name, lives)))
+    m = ctx.machine
+    nodes = {n.name: n for n in ctx.graph.nodes}
+    tensors = sorted(ctx.tensors, key=lambda t: t.address)
+    return Mapping(m.name, m.hash, ctx.precision, tuple(_with_io(ctx, d, nodes, tensors) for d in ctx.decisions),
+                   tuple(values))
+
+
+def _with_io(ctx: Ctx, om: OpMapping, nodes: dict[str, Node], tensors: list[Tensor]) -> OpMapping:
+    """The decision with the DRAM tensors that hold the values its op reads and writes."""
+    node = nodes.get(om.op)
+    if node is None or om.fused_into is not None:
+        return om
+    starts = [t.address for t in tensors]
+
+    def name(v: object) -> str | None:
+        view = ctx.views.get(v)  # type: ignore[call-overload]
+        if view is None:
+            return None
+        i = bisect_right(starts, view.base) - 1
+        return tensors[i].name if i >= 0 else None
+
+    reads = tuple(dict.fromkeys(n for n in map(name, node.inputs) if n is not None))
+    writes = tuple(dict.fromkeys(n for n in map(name, node.outputs) if n is not None))
+    return replace(om, reads=reads, writes=writes)
