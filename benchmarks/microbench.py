@@ -139,6 +139,34 @@ def shared_link_step(machine: Machine, nbytes: int, flows: int) -> float:
     return (tn - t1) / (flows - 1)
 
 
+def fan_prog(src: int, dsts: list[int], nbytes: int) -> str:
+    """`src` puts `nbytes` to each of `dsts` back to back, then waits until every source is free."""
+    body = ["li r2, 0x0"]
+    for d in dsts:
+        body += [f"li r1, {d}", f"put r1, r2, r2, rows=1, bytes={nbytes}, seml=0, semr=1"]
+    recv = [(str(d), ["wait 1, 1", "halt"]) for d in dsts]
+    return prog((str(src), [*body, f"wait 0, {len(dsts)}", "halt"]), *recv)
+
+
+def neighbours(machine: Machine, rc: tuple[int, int], n: int) -> list[int]:
+    """Core ids of the first `n` of the neighbours of `rc` (north, west, east, south)."""
+    r, c = rc
+    return [machine.core_at[(r + dr, c + dc)] for dr, dc in ((-1, 0), (0, -1), (0, 1), (1, 0))[:n]]
+
+
+def port_bandwidth(machine: Machine, flows: int, inward: bool) -> float:
+    """Bytes per cycle through core (1,1)'s ejection port (`flows` neighbours put into it) or its
+    injection port (it puts to `flows` neighbours): total bytes of 128 KiB minus 64 KiB per flow."""
+    core = machine.core_at[(1, 1)]
+    others = neighbours(machine, (1, 1), flows)
+
+    def text(nbytes: int) -> str:
+        return put_prog(dict.fromkeys(others, core), nbytes) if inward else fan_prog(core, others, nbytes)
+
+    n1, n2 = 64 * 1024, 128 * 1024
+    return flows * (n2 - n1) / (cycles(text(n2), machine) - cycles(text(n1), machine))
+
+
 # -- DMA --------------------------------------------------------------------------------------------
 
 def dma_prog(cores: str, nbytes: int, post_instead: bool = False) -> str:
@@ -166,11 +194,44 @@ def dma_bandwidth(machine: Machine, core: int) -> float:
     return (n2 - n1) / (cycles(dma_prog(c, n2), machine) - cycles(dma_prog(c, n1), machine))
 
 
-def barrier_cost(machine: Machine) -> float:
-    n = machine.num_cores
-    with_b = cycles(prog(("all", [f"barrier 0, {n}", "halt"])), machine)
-    without = cycles(prog(("all", ["halt"])), machine)
+def barrier_cost(machine: Machine, box: tuple[int, int, int, int] | None = None) -> float:
+    """Barrier then halt minus halt alone, over the cores of `box` (r0, c0, r1, c1; None: all cores)."""
+    if box is None:
+        cores = "all"
+        n = machine.num_cores
+    else:
+        r0, c0, r1, c1 = box
+        ids = [machine.core_at[(r, c)] for r in range(r0, r1 + 1) for c in range(c0, c1 + 1)
+               if (r, c) in machine.core_at]
+        cores, n = ",".join(map(str, ids)), len(ids)
+    with_b = cycles(prog((cores, [f"barrier 0, {n}", "halt"])), machine)
+    without = cycles(prog((cores, ["halt"])), machine)
     return with_b - without
+
+
+def tree_root(box: tuple[int, int, int, int]) -> tuple[int, int]:
+    """The described root of a barrier's combining tree over a box (r0, c0, r1, c1): its centre router,
+    rounded down."""
+    r0, c0, r1, c1 = box
+    return (r0 + r1) // 2, (c0 + c1) // 2
+
+
+def tree_depth(machine: Machine, box: tuple[int, int, int, int]) -> int:
+    """The described depth of a barrier's combining tree over a box: from its root to the farthest
+    corner, hop_latency per link, d2d_latency per die edge crossed."""
+    r0, c0, r1, c1 = box
+    root = tree_root(box)
+    dr, dc = machine.die
+
+    def latency(a: int, b: int, size: int) -> int:
+        edges = abs(a // size - b // size)  # die edges crossed along one axis
+        return edges * machine.d2d_latency + (abs(a - b) - edges) * machine.hop_latency
+
+    return max(latency(root[0], r, dr) + latency(root[1], c, dc) for r in (r0, r1) for c in (c0, c1))
+
+
+def barrier_described(machine: Machine, box: tuple[int, int, int, int]) -> int:
+    return machine.barrier_latency + 2 * tree_depth(machine, box) + machine.sem_cycles
 
 
 # -- the table --------------------------------------------------------------------------------------
@@ -218,10 +279,22 @@ def measure() -> list[Row]:
     rows.append(Row("DMA latency (DRAM port)", m1.dram_ports[0].latency, dma_latency(m1), "cycles", "mesh1x1",
                     "4 B dmald then wait, minus a post in its place (includes the 1-cycle transfer and the "
                     "issue-cost difference)", "dram_ports.0.latency"))
-    rows.append(Row("DMA bandwidth, one core", min(m2.link_bytes_per_cycle, m2.dram_ports[0].bytes_per_cycle),
+    for flows in (2, 4):
+        rows.append(Row(f"ejection port: {flows} neighbours put into one core", m4.eject_bytes_per_cycle,
+                        port_bandwidth(m4, flows, inward=True), "B/cycle", "mesh4x4",
+                        f"{flows} neighbours of (1,1) each put 128 KiB minus 64 KiB into it, each over its own "
+                        "link, so only the port is shared (total bytes / cycles)", "eject_bytes_per_cycle"))
+    for flows in (2, 4):
+        rows.append(Row(f"injection port: one core puts to {flows} neighbours", m4.inject_bytes_per_cycle,
+                        port_bandwidth(m4, flows, inward=False), "B/cycle", "mesh4x4",
+                        f"(1,1) puts 128 KiB minus 64 KiB to each of {flows} neighbours, each over its own "
+                        "link, so only the port is shared (total bytes / cycles)", "inject_bytes_per_cycle"))
+    rows.append(Row("DMA bandwidth, one core",
+                    min(m2.link_bytes_per_cycle, m2.eject_bytes_per_cycle, m2.dram_ports[0].bytes_per_cycle),
                     dma_bandwidth(m2, m2.core_at[(0, 1)]), "B/cycle", "mesh2x2",
-                    "core (0,1): dmald of 128 KiB minus 64 KiB, through the link from its entry router",
-                    "min(link_bytes_per_cycle, dram_ports.0.bytes_per_cycle)"))
+                    "core (0,1): dmald of 128 KiB minus 64 KiB, through the link from its entry router and "
+                    "its ejection port",
+                    "min(link_bytes_per_cycle, eject_bytes_per_cycle, dram_ports.0.bytes_per_cycle)"))
     n, r1, r2 = 4000, 2, 6
     total = m8.num_cores * (r2 - r1) * n
     rows.append(Row("DRAM port bandwidth, all cores", port.bytes_per_cycle,
@@ -230,12 +303,12 @@ def measure() -> list[Row]:
                     f"all {m8.num_cores} cores each issue {r2} DMAs of {n} B minus {r1} DMAs (total bytes / "
                     "cycles); the port is then the bottleneck", "dram_ports.0.bytes_per_cycle"))
     n = 32000
-    rows.append(Row("DMA into a core at its port's entry router, 8 in flight", m1.link_bytes_per_cycle,
+    rows.append(Row("DMA into a core at its port's entry router, 8 in flight", m1.eject_bytes_per_cycle,
                     4 * n / (cycles(dma_rounds("all", n, 8), m1) - cycles(dma_rounds("all", n, 4), m1)),
                     "B/cycle", "mesh1x1",
-                    f"8 DMAs of {n} B minus 4; the data needs no link, and runtime_emu/noc.py reserves nothing "
-                    "for a transfer to the same router, so concurrent DMAs are not limited by the router's "
-                    "64 B/cycle local port (one DMA alone is)", "link_bytes_per_cycle"))
+                    f"8 DMAs of {n} B minus 4; the data crosses no link, but the core's ejection port serves "
+                    "the concurrent DMAs one after another (the DRAM side uses no router port)",
+                    "eject_bytes_per_cycle"))
     mc, seq = multicast_ratio(m8, 16 * 1024)
     rows.append(Row("row multicast to 7 cores / unicast to the farthest", 1.0, mc, "ratio", "mesh8x8",
                     f"16 KiB put cast=row vs one put 7 hops away (7 separate puts: {seq:.2f}x); the rule: "
@@ -247,10 +320,32 @@ def measure() -> list[Row]:
                         shared_link_step(m8, n, flows), "cycles", "mesh8x8",
                         f"cores (0,0)..(0,{flows - 1}) each put 8 KiB to (0,7), minus one flow; "
                         "the described value is 8 KiB / link width", "link_bytes_per_cycle"))
-    rows.append(Row("barrier, 16 cores arriving together", m4.barrier_latency + m4.sem_cycles,
-                    barrier_cost(m4), "cycles", "mesh4x4", "barrier then halt, minus halt alone",
-                    "barrier_latency + sem_cycles"))
+    span_field = "barrier_latency + 2 x tree depth (hop_latency, d2d_latency) + sem_cycles"
+    all4 = (0, 0, m4.mesh[0] - 1, m4.mesh[1] - 1)
+    rows.append(Row("barrier, 16 cores arriving together", barrier_described(m4, all4), barrier_cost(m4),
+                    "cycles", "mesh4x4", "barrier then halt, minus halt alone; the tree's root is "
+                    f"{rc(tree_root(all4))}, tree depth {tree_depth(m4, all4)}", span_field))
+    for k in (2, 4, 8):
+        box = (0, 0, k - 1, k - 1)
+        rows.append(Row(f"barrier over a {k} x {k} block", barrier_described(m8, box), barrier_cost(m8, box),
+                        "cycles", "mesh8x8", f"cores (0,0)..({k - 1},{k - 1}) arrive together: barrier then "
+                        f"halt, minus halt alone (tree depth {tree_depth(m8, box)})", span_field))
+    box = (0, 0, d2d.mesh[0] - 1, d2d.mesh[1] - 1)
+    rows.append(Row("barrier across a die edge", barrier_described(d2d, box), barrier_cost(d2d, box), "cycles",
+                    "2 x 4 mesh of two 2 x 2 dies", f"all {d2d.num_cores} cores: the root {rc(tree_root(box))} "
+                    f"reaches the far corner {rc(box[2:])} over the die edge (tree depth {tree_depth(d2d, box)})",
+                    span_field))
+    d1 = load_machine("d1")
+    box = (0, 0, d1.mesh[0] - 1, d1.mesh[1] - 1)
+    rows.append(Row(f"barrier, all {d1.num_cores} cores of d1", barrier_described(d1, box), barrier_cost(d1),
+                    "cycles", "d1", f"the full {d1.mesh[0]} x {d1.mesh[1]} span: root {rc(tree_root(box))}, "
+                    f"tree depth {tree_depth(d1, box)}", span_field))
     return rows
+
+
+def rc(pos: tuple[int, ...]) -> str:
+    """A mesh position as the tables write it, "(r,c)"."""
+    return f"({pos[0]},{pos[1]})"
 
 
 def fmt(x: float) -> str:

@@ -122,3 +122,13 @@ def link_cycles(nbytes: int, machine: Machine, d2d: bool = False) -> int:
     """Cycles a transfer of `nbytes` occupies one link (a zero-byte message still takes one cycle)."""
     width = machine.d2d_link_bytes_per_cycle if d2d else machine.link_bytes_per_cycle
     return max(1, ceil(nbytes / width))
+
+
+def inject_cycles(nbytes: int, machine: Machine) -> int:
+    """Cycles a transfer of `nbytes` occupies its source router's injection port (at least one)."""
+    return max(1, ceil(nbytes / machine.inject_bytes_per_cycle))
+
+
+def eject_cycles(nbytes: int, machine: Machine) -> int:
+    """Cycles a transfer of `nbytes` occupies a destination router's ejection port (at least one)."""
+    return max(1, ceil(nbytes / machine.eject_bytes_per_cycle))

@@ -28,7 +28,10 @@ COST_TEXT = {
     "gather": "as vector over n x cols elements, plus reading the n i32 indices",
     "issue": "`issue_cycles` to issue; the transfer runs asynchronously (DMA port and network timing)",
     "sem": "`sem_cycles`; time spent waiting is counted as a stall",
-    "barrier": "`sem_cycles`; release `barrier_latency` after the last arrival, waiting counted as a stall",
+    "barrier": "`sem_cycles`; release after the last arrival plus the round trip of a combining tree over the "
+               "participants' bounding box (2 x the largest path latency from its centre router to a corner: "
+               "`hop_latency` per link, `d2d_latency` per die crossing) plus the constant `barrier_latency`; "
+               "waiting counted as a stall",
 }
 
 

@@ -107,11 +107,20 @@ class Machine:
     issue_cycles: int = _f(2, "cycles to issue a DMA or network put", assumption=True, unit="cycles")
     sem_cycles: int = _f(1, "cycles of a semaphore wait/signal that does not stall", assumption=True)
     barrier_latency: int = _f(
-        32, "cycles from the last arrival at a barrier to release", assumption=True, unit="cycles"
+        32, "constant part of a barrier's release, on top of its combining tree's round trip over the "
+        "participants' span", assumption=True, unit="cycles"
     )
     # -- network ------------------------------------------------------------------------------
     link_bytes_per_cycle: int = _f(64, "NoC link width per direction (128 GB/s)", unit="B/cycle")
     hop_latency: int = _f(1, "router hop latency", assumption=True, unit="cycles")
+    inject_bytes_per_cycle: int = _f(
+        64, "router injection port width: what a core sends into the mesh (one link width)", assumption=True,
+        unit="B/cycle"
+    )
+    eject_bytes_per_cycle: int = _f(
+        64, "router ejection port width: what the mesh delivers into a core (one link width)", assumption=True,
+        unit="B/cycle"
+    )
     d2d_link_bytes_per_cycle: int = _f(
         55, "die-to-die link width per direction (2 TB/s per edge over 18 links)", assumption=True,
         unit="B/cycle"
@@ -134,7 +143,8 @@ class Machine:
             raise MachineError(f"machine {self.name!r}: die shape {self.die_shape} does not tile mesh {self.mesh}")
         for name in ("clock_hz", "sram_bytes", "sram_load_bytes_per_cycle", "sram_store_bytes_per_cycle",
                      "macs_bf16", "macs_cfp8", "macs_fp32", "simd_bytes", "semaphores",
-                     "link_bytes_per_cycle", "d2d_link_bytes_per_cycle"):
+                     "link_bytes_per_cycle", "d2d_link_bytes_per_cycle", "inject_bytes_per_cycle",
+                     "eject_bytes_per_cycle"):
             if getattr(self, name) <= 0:
                 raise MachineError(f"machine {self.name!r}: field {name} must be positive")
         if not self.dram_ports:

@@ -5,11 +5,13 @@ order (the engine calls in (issue cycle, core id) order). A request of n bytes o
 `max(1, ceil(n / port.bytes_per_cycle))` cycles.
 
 - load: port_start = max(t, port_free); the first data leaves the port at port_start + latency and
-  crosses the mesh from the port's entry router to the core (`Network.send`, contending with puts).
-  Injection into the entry router is limited only by the port's bandwidth, so the data is in SRAM at
+  crosses the mesh from the port's entry router to the core (`Network.send`, contending with puts),
+  ending at the core's ejection port. Injection into the entry router is limited only by the port's
+  bandwidth (not by the router's injection port, which is the core's), so the data is in SRAM at
   max(network arrival, port_start + latency + busy + hop latencies of the route).
-- store: the data first crosses the mesh from the core to the entry router (`Network.send`); the port
-  serves it once it has all arrived; the write is complete at port_start + busy + latency.
+- store: the data first crosses the mesh from the core (through its injection port) to the entry
+  router (`Network.send`, no ejection port there); the port serves it once it has all arrived; the
+  write is complete at port_start + busy + latency.
 
 `DramMemory` holds the bytes: the address space of every port (`machine.dram_bytes`, 320 GB on
 `tile`) is allocated lazily in 1 MiB pages, created on first write; untouched bytes read as zero.
@@ -64,7 +66,9 @@ class Dram:
         entry, latency = self._port(port, core, nbytes)
         start, busy = self._serve(port, t, nbytes)
         ready = start + latency
-        d = self.network.send(entry, [core], nbytes, ready)
+        # the DRAM side is the port's own model (its bandwidth over its span of entry routers), not the
+        # entry router's injection port, which belongs to the core at that router (docs/decisions.md)
+        d = self.network.send(entry, [core], nbytes, ready, inject=False)
         done = max(d.arrivals[core], ready + busy + self.network.path_latency(entry, core))
         self._stats[self.machine.dram_ports[port].name].bytes_read += nbytes
         return Delivery(start + busy, {core: done})
@@ -77,7 +81,7 @@ class Dram:
         """
         core = (core[0], core[1])
         entry, latency = self._port(port, core, nbytes)
-        d = self.network.send(core, [entry], nbytes, t)
+        d = self.network.send(core, [entry], nbytes, t, eject=False)  # the port takes it, not a core
         start, busy = self._serve(port, d.arrivals[entry], nbytes)
         self._stats[self.machine.dram_ports[port].name].bytes_written += nbytes
         return Delivery(d.source_free, {core: start + busy + latency})

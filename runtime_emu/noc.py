@@ -1,31 +1,35 @@
-"""The network on chip: XY routing, cut-through link reservations, multicast trees.
+"""The network on chip: XY routing, cut-through reservations of router ports and links, multicast trees.
 
-Timing rule (DESIGN.md "Cost rules", detailed in docs/timing.md). For a path of links l1..ln and a
-send of `nbytes` at cycle t:
+Timing rule (DESIGN.md "Cost rules", detailed in docs/timing.md). For a send of `nbytes` at cycle t from
+router s over the path of links l1..ln to router d:
 
-    start_1 = max(t, free(l1))
+    inj     = max(t, free(inject(s)))     the injection port, busy [inj, inj + dur_inj)
+    start_1 = max(inj, free(l1))          the head enters the first link as it starts on the port
     start_i = max(start_{i-1} + lat(l_{i-1}), free(l_i))
     end_i   = start_i + dur(l_i)          dur = isa.costs.link_cycles(nbytes, d2d=crosses_die(l))
     free(l_i) := end_i
-    arrival = max_i end_i + lat(l_n)      (the tail leaves the slowest link, one more hop to eject)
-    source_free = end_1
+    ej      = max(start_n + lat(l_n), free(eject(d)))     the ejection port, a last link
+    arrival = max(max_i end_i + lat(l_n), inj + dur_inj + sum_i lat(l_i), ej + dur_ej)
+    source_free = inj + dur_inj           the tail has left the source
 
-`lat` is `machine.hop_latency`, or `machine.d2d_latency` for a link that crosses a die edge.
-Requests are served in call order (the engine calls in (issue cycle, core id) order): a link
-reserved by an earlier call delays a later one, never the reverse. A multicast reserves each link
-of the union of its XY paths once, parent links first.
+`lat` is `machine.hop_latency`, or `machine.d2d_latency` for a link that crosses a die edge; the
+ports' durations are `isa.costs.inject_cycles` and `eject_cycles`. Without contention (and ports as
+wide as a link) the ports change nothing: arrival = t + hop latencies + dur.
+Requests are served in call order (the engine calls in (issue cycle, core id) order): a port or link
+reserved by an earlier call delays a later one, never the reverse. A multicast injects once, reserves
+each link of the union of its XY paths once, parent links first, and ejects at every destination.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from isa.costs import link_cycles
+from isa.costs import eject_cycles, inject_cycles, link_cycles
 from isa.machine import Machine
-from runtime_emu.stats import RC, Link, LinkStats
+from runtime_emu.stats import RC, Link, LinkStats, RouterPort
 
-__all__ = ["RC", "Link", "Delivery", "Network"]
+__all__ = ["RC", "Link", "RouterPort", "Delivery", "Network"]
 
 _CACHE_LIMIT = 1 << 16  # cached multicast trees (paths are cached without limit: one per pair used)
 
@@ -33,6 +37,15 @@ _CACHE_LIMIT = 1 << 16  # cached multicast trees (paths are cached without limit
 _Hop = tuple[Link, bool, int]
 _Node = tuple[Link, bool, int, int]
 _Tree = tuple[tuple[_Node, ...], tuple[tuple[RC, int], ...]]  # (links parent-first, (dst, last link index))
+
+
+@dataclass
+class _Port:
+    """One kind of router port (injection or ejection) over all routers: when each is next free."""
+
+    name: str
+    free: dict[RC, int] = field(default_factory=dict)
+    stats: dict[RC, LinkStats] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -50,10 +63,12 @@ class Network:
         self.machine = machine
         self._rows, self._cols = machine.mesh
         self._free: dict[Link, int] = {}
-        self._local_free: dict[RC, int] = {}  # the local (core) port of each router
+        self._inject = _Port("inject")  # core -> router, one per router
+        self._eject = _Port("eject")  # router -> core
         self._stats: dict[Link, LinkStats] = {}
         self._paths: dict[tuple[RC, RC], tuple[_Hop, ...]] = {}
         self._trees: dict[tuple[RC, tuple[RC, ...]], _Tree] = {}
+        self._depths: dict[tuple[int, int, int, int], int] = {}  # combining-tree depth per bounding box
 
     # -- routes -------------------------------------------------------------------------------
     def _check(self, rc: RC) -> None:
@@ -118,11 +133,15 @@ class Network:
         return tree
 
     # -- transfers ----------------------------------------------------------------------------
-    def send(self, src: RC, dsts: Sequence[RC], nbytes: int, t: int) -> Delivery:
-        """Reserve the links of a transfer of `nbytes` from `src` to every router of `dsts`, at cycle t.
+    def send(self, src: RC, dsts: Sequence[RC], nbytes: int, t: int, *, inject: bool = True,
+             eject: bool = True) -> Delivery:
+        """Reserve the ports and links of a transfer of `nbytes` from `src` to every router of `dsts`, at t.
 
-        A destination equal to `src` is a local copy: it arrives at t + link_cycles(nbytes).
-        Repeated destinations are counted once. Zero-byte messages occupy each link one cycle.
+        The data enters through `src`'s injection port and leaves through each destination's ejection
+        port; `inject=False` (`eject=False`) leaves out the source (destination) side's port, for a
+        DMA whose DRAM side is served by the DRAM port's own model (runtime_emu/dram.py). A destination
+        equal to `src` goes from one port of that router to the other. Repeated destinations are counted
+        once. Zero-byte messages occupy each port and link one cycle.
         """
         if nbytes < 0:
             raise ValueError(f"a transfer cannot carry {nbytes} bytes")
@@ -132,9 +151,34 @@ class Network:
         durs = (link_cycles(nbytes, m), link_cycles(nbytes, m, d2d=True))
         src = (src[0], src[1])
         uniq = tuple(dict.fromkeys((d[0], d[1]) for d in dsts))
+        if inject:
+            head, tail = self._port(self._inject, src, t, inject_cycles(nbytes, m), nbytes)
+        else:
+            head, tail = t, -1
+        dur_out = eject_cycles(nbytes, m) if eject else -1
         if len(uniq) == 1:
-            return self._unicast(src, uniq[0], nbytes, t, durs)
-        return self._multicast(src, uniq, nbytes, t, durs)
+            return self._unicast(src, uniq[0], nbytes, head, tail, durs, dur_out)
+        return self._multicast(src, uniq, nbytes, head, tail, durs, dur_out)
+
+    def _port(self, port: _Port, rc: RC, ready: int, dur: int, nbytes: int) -> tuple[int, int]:
+        """Reserve a router port like a link, first come first served; returns (start, end)."""
+        f = port.free.get(rc, 0)
+        start = ready if ready >= f else f
+        end = port.free[rc] = start + dur
+        st = port.stats.get(rc)
+        if st is None:
+            st = port.stats[rc] = LinkStats()
+        st.bytes += nbytes
+        st.busy_cycles += dur
+        return start, end
+
+    def _deliver(self, dst: RC, head: int, tail: int, dur_out: int, nbytes: int) -> int:
+        """Arrival at `dst`: the ejection port (when used) is a last link that the head reaches at `head`;
+        `tail` is when the tail has left the route's slowest link and crossed the last hop."""
+        if dur_out < 0:
+            return tail
+        end = self._port(self._eject, dst, head, dur_out, nbytes)[1]
+        return end if end > tail else tail
 
     def _reserve(self, link: Link, start: int, dur: int, nbytes: int) -> None:
         self._free[link] = start + dur
@@ -144,23 +188,16 @@ class Network:
         st.bytes += nbytes
         st.busy_cycles += dur
 
-    def _unicast(self, src: RC, dst: RC, nbytes: int, t: int, durs: tuple[int, int]) -> Delivery:
-        hops = self._path(src, dst)
-        if not hops:
-            # Source and destination share a router (a put to itself, or a DMA into the core at its
-            # port's entry router): the data goes through that router's local port, which moves one
-            # link width per cycle like any port, so such transfers serialise on it. It is not a link
-            # between routers, so it adds nothing to the link statistics (noc_bytes).
-            f = self._local_free.get(src, 0)
-            done = (t if t >= f else f) + durs[0]
-            self._local_free[src] = done
-            return Delivery(done, {dst: done})
+    def _unicast(self, src: RC, dst: RC, nbytes: int, ready: int, inj_end: int, durs: tuple[int, int],
+                 dur_out: int) -> Delivery:
+        """`ready`: when the head may enter the first link (the injection port's start, or t without
+        one); `inj_end`: when the tail has left the injection port, -1 without one."""
         free = self._free
-        ready = t  # when the head can enter the next link
-        last_end = 0
-        first_end = -1
+        last_end = ready  # the latest link end
+        first_end = inj_end
+        after_port = inj_end  # the port's tail, carried along the route by each hop's latency
         lat = 0
-        for link, d2d, lat in hops:
+        for link, d2d, lat in self._path(src, dst):
             f = free.get(link, 0)
             start = ready if ready >= f else f
             dur = durs[d2d]
@@ -171,18 +208,25 @@ class Network:
             if end > last_end:
                 last_end = end
             ready = start + lat
-        return Delivery(first_end, {dst: last_end + lat})
+            after_port += lat
+        tail = last_end + lat
+        if inj_end >= 0 and after_port > tail:  # a port narrower than the links: its tail still has every hop to go
+            tail = after_port
+        arrival = self._deliver(dst, ready, tail, dur_out, nbytes)
+        return Delivery(first_end if first_end >= 0 else ready, {dst: arrival})
 
-    def _multicast(self, src: RC, dsts: tuple[RC, ...], nbytes: int, t: int,
-                   durs: tuple[int, int]) -> Delivery:
+    def _multicast(self, src: RC, dsts: tuple[RC, ...], nbytes: int, head: int, inj_end: int,
+                   durs: tuple[int, int], dur_out: int) -> Delivery:
+        """As `_unicast`, over the tree: each link once, parent first; one ejection per destination."""
         nodes, leaves = self._tree(src, dsts)
         free = self._free
         n = len(nodes)
         ready = [0] * n  # when the head may enter a child of node j
         tail = [0] * n  # the latest link end on the route up to and including node j
-        source_free = t + durs[0] if any(j < 0 for _, j in leaves) else 0
+        after_port = [0] * n  # the injection port's tail after the hops up to and including node j
+        source_free = inj_end
         for j, (link, d2d, lat, parent) in enumerate(nodes):
-            r = t if parent < 0 else ready[parent]
+            r = head if parent < 0 else ready[parent]
             f = free.get(link, 0)
             start = r if r >= f else f
             dur = durs[d2d]
@@ -191,13 +235,40 @@ class Network:
             ready[j] = start + lat
             if parent < 0:
                 tail[j] = end
-                if end > source_free:
-                    source_free = end
+                after_port[j] = inj_end + lat
+                if inj_end < 0 and end > source_free:
+                    source_free = end  # no injection port: the tail has left the source with its links
             else:
                 tp = tail[parent]
                 tail[j] = end if end > tp else tp
-        arrivals = {dst: (t + durs[0] if j < 0 else tail[j] + nodes[j][2]) for dst, j in leaves}
-        return Delivery(source_free, arrivals)
+                after_port[j] = after_port[parent] + lat
+        arrivals = {}
+        for dst, j in leaves:
+            if j < 0:  # the source itself: straight from the injection port to the ejection port
+                arrivals[dst] = self._deliver(dst, head, inj_end if inj_end >= 0 else head, dur_out, nbytes)
+                continue
+            t_end = tail[j] + nodes[j][2]
+            if inj_end >= 0 and after_port[j] > t_end:
+                t_end = after_port[j]
+            arrivals[dst] = self._deliver(dst, ready[j], t_end, dur_out, nbytes)
+        return Delivery(source_free if source_free >= 0 else head, arrivals)
+
+    # -- barriers -----------------------------------------------------------------------------
+    def combining_depth(self, routers: Sequence[RC]) -> int:
+        """Depth of a combining tree over `routers`: the largest XY path latency from the centre router
+        of their bounding box to its corners (hop latency per on-die link, die-to-die latency per link
+        that crosses a die edge). A barrier's arrivals climb it and its release comes back down."""
+        r0 = min(r for r, _ in routers)
+        r1 = max(r for r, _ in routers)
+        c0 = min(c for _, c in routers)
+        c1 = max(c for _, c in routers)
+        box = (r0, c0, r1, c1)
+        depth = self._depths.get(box)
+        if depth is None:
+            root = ((r0 + r1) // 2, (c0 + c1) // 2)
+            depth = self._depths[box] = max(self.path_latency(root, corner)
+                                            for corner in ((r0, c0), (r0, c1), (r1, c0), (r1, c1)))
+        return depth
 
     # -- state --------------------------------------------------------------------------------
     def link_free(self, link: Link) -> int:
@@ -207,3 +278,12 @@ class Network:
     def link_stats(self) -> dict[Link, LinkStats]:
         """Bytes and busy cycles of every link used so far (the live objects, updated by later sends)."""
         return self._stats
+
+    def port_stats(self) -> dict[RouterPort, LinkStats]:
+        """Bytes and busy cycles of every router port used so far, keyed ((row, col), "inject" or "eject").
+
+        Ports are not links: their bytes are not part of `link_stats` (nor of noc_bytes)."""
+        out: dict[RouterPort, LinkStats] = {}
+        for port in (self._inject, self._eject):
+            out.update(((rc, port.name), st) for rc, st in port.stats.items())
+        return out

@@ -1,9 +1,10 @@
-"""Run statistics: per core, per link and per DRAM port, and the human-readable report.
+"""Run statistics: per core, per link, per router port and per DRAM port, and the human-readable report.
 
-The emulator engine fills `CoreStats` as it executes; `runtime_emu.noc.Network` fills `LinkStats`;
-`runtime_emu.dram.Dram` fills `PortStats`. `RunStats` gathers them at the end of a run, derives the
-summary figures the report needs (`instructions`, `noc_bytes`, `dram_bytes`, shares of busy and stall
-time) and turns them into plain data (`to_dict`) or a table (`format_table`).
+The emulator engine fills `CoreStats` as it executes; `runtime_emu.noc.Network` fills `LinkStats` for its
+links and its routers' injection and ejection ports; `runtime_emu.dram.Dram` fills `PortStats`. `RunStats`
+gathers them at the end of a run, derives the summary figures the report needs (`instructions`,
+`noc_bytes`, `dram_bytes`, shares of busy and stall time) and turns them into plain data (`to_dict`) or a
+table (`format_table`).
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ RC = tuple[int, int]
 """A mesh position (row, col)."""
 Link = tuple[RC, RC]
 """A directed link between neighbouring routers (from_rc, to_rc)."""
+RouterPort = tuple[RC, str]
+"""A router's injection or ejection port: ((row, col), "inject" or "eject")."""
 
 UNITS: tuple[str, ...] = tuple(u.value for u in Unit)
 """Keys of `CoreStats.busy`: the units of `isa.table.Unit`."""
@@ -38,6 +41,12 @@ def link_name(link: Link) -> str:
     return f"{a},{b}->{c},{d}"
 
 
+def port_name(port: RouterPort) -> str:
+    """A router port as text, "r,c inject" or "r,c eject" (the key used by `RunStats.to_dict`)."""
+    (r, c), kind = port
+    return f"{r},{c} {kind}"
+
+
 @dataclass
 class CoreStats:
     """What one core did: instructions executed, busy cycles by unit, stall cycles by cause."""
@@ -51,7 +60,7 @@ class CoreStats:
 
 @dataclass
 class LinkStats:
-    """Traffic over one directed link: bytes carried and cycles reserved."""
+    """Traffic over one directed link (or one router port): bytes carried and cycles reserved."""
 
     bytes: int = 0
     busy_cycles: int = 0
@@ -87,6 +96,8 @@ class RunStats:
     cores: dict[int, CoreStats] = field(default_factory=dict)
     links: dict[Link, LinkStats] = field(default_factory=dict)
     ports: dict[str, PortStats] = field(default_factory=dict)
+    router_ports: dict[RouterPort, LinkStats] = field(default_factory=dict)
+    """Bytes and busy cycles of each router's injection and ejection port (not links: not in noc_bytes)."""
     op_cycles: dict[str, int] = field(default_factory=dict)
     """Busy cycles attributed to IR op names through the debug section (filled by the engine)."""
     flops: int = 0
@@ -155,6 +166,7 @@ class RunStats:
             "cores": {str(i): asdict(c) for i, c in sorted(self.cores.items())},
             "links": {link_name(k): asdict(v) for k, v in sorted(self.links.items())},
             "ports": {k: asdict(v) for k, v in self.ports.items()},
+            "router_ports": {port_name(k): asdict(v) for k, v in sorted(self.router_ports.items())},
             "op_cycles": dict(self.op_cycles),
         }
 

@@ -3,7 +3,10 @@
 `wait s, n` takes n from semaphore s when it holds at least n; otherwise the core blocks until an event
 raises it (the engine charges the stall to 'dma', 'network' or 'semaphore'). `post s, n` adds n locally.
 `barrier id, n` blocks until n cores have arrived at barrier `id`; all are released at
-max(arrival) + machine.barrier_latency. A blocked instruction completes `cost` cycles after its release.
+max(arrival) + 2 x depth + machine.barrier_latency, depth being that of a combining tree over the
+participants' bounding box (`Network.combining_depth`: the largest XY path latency from the box's centre
+router to a corner; docs/timing.md "Barriers"). A blocked instruction completes `cost` cycles after its
+release.
 """
 
 from __future__ import annotations

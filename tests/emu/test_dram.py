@@ -8,7 +8,7 @@ from math import ceil
 import numpy as np
 import pytest
 
-from isa.costs import link_cycles
+from isa.costs import eject_cycles, inject_cycles, link_cycles
 from isa.machine import Machine
 from isa.presets import load_machine
 from runtime_emu.dram import PAGE_BYTES, Dram, DramBoundsError, DramMemory
@@ -97,6 +97,59 @@ def test_store_crosses_the_mesh_then_the_port(m4: Machine) -> None:
     d2 = dram.store(0, (3, 0), 400_000, t)
     at2 = t + link_cycles(400_000, m4)
     assert d2.arrivals[(3, 0)] == max(at2, at_port + _busy(m4, n)) + _busy(m4, 400_000) + p.latency
+
+
+def test_load_ends_at_the_core_ejection_port(m4: Machine) -> None:
+    p = m4.dram_ports[0]
+    n = 6400
+    core = (2, 2)
+    alone = Dram(m4, Network(m4)).load(0, core, n, 0).arrivals[core]
+    net = Network(m4)
+    dram = Dram(m4, net)
+    # a put from below holds core (2, 2)'s ejection port (and no link of the DMA's route) when the DMA comes
+    put = net.send((3, 2), [core], 10 * n, p.latency)
+    got = dram.load(0, core, n, 0).arrivals[core]
+    assert got == put.arrivals[core] + eject_cycles(n, m4) > alone
+    assert net.port_stats()[(core, "eject")].bytes == 11 * n
+
+
+def test_the_dram_side_uses_no_router_port(m4: Machine) -> None:
+    p = m4.dram_ports[0]
+    n = 6400
+    entry = (2, 0)
+    net = Network(m4)
+    dram = Dram(m4, net)
+    # the core at the entry router is busy sending and receiving: both its ports are held
+    net.send(entry, [(1, 0)], 100 * n, 0)
+    net.send((3, 0), [entry], 100 * n, 0)
+    load = dram.load(0, (2, 3), n, 0)
+    assert load.arrivals[(2, 3)] == Dram(m4, Network(m4)).load(0, (2, 3), n, 0).arrivals[(2, 3)]
+    store = dram.store(0, (2, 2), n, p.latency)
+    assert store.arrivals[(2, 2)] == Dram(m4, Network(m4)).store(0, (2, 2), n, p.latency).arrivals[(2, 2)]
+    ports = net.port_stats()
+    assert ports[(entry, "inject")].bytes == ports[(entry, "eject")].bytes == 100 * n
+    assert ports[((2, 3), "eject")].bytes == ports[((2, 2), "inject")].bytes == n
+
+
+def test_store_starts_at_the_core_injection_port(m4: Machine) -> None:
+    n = 5000
+    core = (1, 2)
+    net = Network(m4)
+    dram = Dram(m4, net)
+    put = net.send(core, [(0, 2)], 4 * n, 0)  # north: shares no link with the store's westward route
+    d = dram.store(0, core, n, 0)
+    assert d.source_free == put.source_free + inject_cycles(n, m4)
+
+
+def test_concurrent_loads_into_the_entry_router_core_serialise_on_its_ejection_port(m4: Machine) -> None:
+    n = 64_000
+    dram = Dram(m4, Network(m4))
+    a = dram.load(0, (1, 0), n, 0)
+    b = dram.load(0, (1, 0), n, 0)
+    lat = m4.dram_ports[0].latency
+    assert a.arrivals[(1, 0)] == lat + max(eject_cycles(n, m4), _busy(m4, n))
+    # the port has the second DMA ready after its own busy time; the core's ejection port is the bound
+    assert b.arrivals[(1, 0)] == lat + 2 * eject_cycles(n, m4)
 
 
 def test_tile_ports_and_entry_routers() -> None:

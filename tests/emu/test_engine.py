@@ -94,7 +94,7 @@ def test_stall_is_semaphore_until_the_signal_is_sent() -> None:
     assert c1.stall["network"] == link_cycles(0, m) + m.hop_latency
 
 
-def test_barrier_releases_at_last_arrival_plus_latency() -> None:
+def test_barrier_releases_at_last_arrival_plus_tree_round_trip_plus_latency() -> None:
     m = load_machine("mesh2x2", ["barrier_latency=40"])
     lines = [".machine mesh2x2"]
     for cid, spin in enumerate((0, 10, 30, 5)):
@@ -102,7 +102,8 @@ def test_barrier_releases_at_last_arrival_plus_latency() -> None:
                   "barrier 7, 4", "halt"]
     res = run(assemble("\n".join(lines), machine=m))
     arrivals = [(spin + 2) * m.scalar_cycles for spin in (0, 10, 30, 5)]
-    release = max(arrivals) + m.barrier_latency
+    # the tree's root is (0, 0), the box's centre rounded down; its farthest corner (1, 1) is 2 hops away
+    release = max(arrivals) + 2 * (2 * m.hop_latency) + m.barrier_latency
     for cid, arrived in enumerate(arrivals):
         c = res.stats.cores[cid]
         assert c.stall["barrier"] == release - arrived
@@ -242,3 +243,32 @@ def test_machine_fields_drive_costs() -> None:
     slow = load_machine("mesh1x1", ["scalar_cycles=4"])
     text = ".machine mesh1x1\n.section a cores=0\nli r1, 10\nl:\nloop r1, l\nhalt\n"
     assert run(assemble(text, machine=slow)).cycles == 4 * run(assemble(text, machine=fast)).cycles
+
+
+def _barrier_cycles(cores: list[int], machine: Machine) -> int:
+    """Cycles of a program where `cores` meet at one barrier and halt (every core arrives together)."""
+    lines = [f".section b cores={','.join(map(str, cores))}", f"barrier 0, {len(cores)}", "halt"]
+    return int(run(assemble("\n".join(lines), machine=machine), timing_only=True).cycles)
+
+
+@pytest.mark.parametrize("overrides", [[], ["hop_latency=3"]])
+def test_barrier_latency_follows_the_span_of_its_cores(overrides: list[str]) -> None:
+    m = load_machine("mesh8x8", overrides)
+    core, hop = m.core_at, m.hop_latency
+    base = m.sem_cycles + m.scalar_cycles  # the barrier's own cost, then the halt
+    # one core: no tree, only the constant
+    assert _barrier_cycles([core[(5, 5)]], m) == m.barrier_latency + base
+    # a 2 x 2 block: root at its top-left router, 2 hops to the far corner, there and back
+    block = [core[(r, c)] for r in (4, 5) for c in (4, 5)]
+    assert _barrier_cycles(block, m) == 2 * 2 * hop + m.barrier_latency + base
+    # the whole mesh: root (3, 3), 8 hops to (7, 7); only the bounding box counts, not the count
+    assert _barrier_cycles(list(range(m.num_cores)), m) == 2 * 8 * hop + m.barrier_latency + base
+    assert _barrier_cycles([core[(0, 0)], core[(7, 7)]], m) == 2 * 8 * hop + m.barrier_latency + base
+
+
+def test_barrier_across_a_die_edge_pays_the_die_to_die_latency() -> None:
+    m = load_machine("mesh2x2", ["mesh=[2, 4]", "die_shape=[2, 2]"])
+    core = m.core_at
+    # cores (0, 1) and (0, 2) sit either side of the edge; the root (0, 1) reaches (0, 2) over it
+    assert _barrier_cycles([core[(0, 1)], core[(0, 2)]], m) == (
+        2 * m.d2d_latency + m.barrier_latency + m.sem_cycles + m.scalar_cycles)

@@ -17,7 +17,7 @@ from click.testing import CliRunner
 
 from isa.asm import assemble
 from isa.costs import cycles as instr_cycles
-from isa.costs import link_cycles, matmul_cycles
+from isa.costs import eject_cycles, inject_cycles, link_cycles, matmul_cycles
 from isa.dtypes import DType
 from isa.machine import Machine
 from isa.presets import load_machine
@@ -82,21 +82,21 @@ def test_matmul_1core_matches_numpy() -> None:
     assert_fp32_matmul(res.outputs["c"], f64(x["a"]) @ f64(x["b"]))
 
 
-def _dma_load_done(m: Machine, t: int, port_free: int, local_free: int, nbytes: int) -> tuple[int, int, int]:
-    """docs/timing.md "Load" for a core at its port's entry router: (arrival, new port_free, new local_free)."""
+def _dma_load_done(m: Machine, t: int, port_free: int, eject_free: int, nbytes: int) -> tuple[int, int, int]:
+    """docs/timing.md "Load" for a core at its port's entry router: (arrival, new port_free, new eject_free)."""
     port = m.dram_ports[0]
     busy = max(1, ceil(nbytes / port.bytes_per_cycle))
     start = max(t, port_free)
     ready = start + port.latency
-    local = max(ready, local_free) + link_cycles(nbytes, m)  # through the router's local port
-    return max(local, ready + busy), start + busy, local
+    ejected = max(ready, eject_free) + eject_cycles(nbytes, m)  # into the core through its ejection port
+    return max(ejected, ready + busy), start + busy, ejected
 
 
-def _dma_store_done(m: Machine, t: int, port_free: int, local_free: int, nbytes: int) -> tuple[int, int]:
-    """docs/timing.md "Store" for a core at its port's entry router: (write complete, new local_free)."""
+def _dma_store_done(m: Machine, t: int, port_free: int, inject_free: int, nbytes: int) -> tuple[int, int]:
+    """docs/timing.md "Store" for a core at its port's entry router: (write complete, new inject_free)."""
     port = m.dram_ports[0]
     busy = max(1, ceil(nbytes / port.bytes_per_cycle))
-    at_port = max(t, local_free) + link_cycles(nbytes, m)  # through the router's local port
+    at_port = max(t, inject_free) + inject_cycles(nbytes, m)  # out of the core through its injection port
     return max(at_port, port_free) + busy + port.latency, at_port
 
 
@@ -108,7 +108,7 @@ def predict_matmul_1core(image: Image) -> int:
     code = section.code
     shape: dict[int, int] = {}
     t = 0
-    port_free = local_free = 0
+    port_free = eject_free = inject_free = 0
     sem_ready: dict[int, list[int]] = {}
     for ins in code:
         name = ins.spec.mnemonic
@@ -119,9 +119,9 @@ def predict_matmul_1core(image: Image) -> int:
             for d in range(ins["ndim"]):
                 n *= shape[d]
             if name == "dmald":
-                done, port_free, local_free = _dma_load_done(m, t, port_free, local_free, n)
+                done, port_free, eject_free = _dma_load_done(m, t, port_free, eject_free, n)
             else:
-                done, local_free = _dma_store_done(m, t, port_free, local_free, n)
+                done, inject_free = _dma_store_done(m, t, port_free, inject_free, n)
             sem_ready.setdefault(ins["sem"], []).append(done)
         if name == "wait":
             arrivals = sorted(sem_ready.pop(ins["sem"]))

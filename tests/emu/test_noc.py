@@ -7,10 +7,13 @@ import time
 
 import pytest
 
-from isa.costs import link_cycles
-from isa.machine import Machine
+from isa.asm import assemble
+from isa.costs import eject_cycles, inject_cycles, link_cycles
+from isa.machine import Machine, assumptions
 from isa.presets import load_machine
+from runtime_emu import run
 from runtime_emu.noc import Network
+from runtime_emu.stats import LinkStats
 
 
 @pytest.fixture(scope="module")
@@ -209,3 +212,161 @@ def test_bad_requests(m8: Machine) -> None:
         net.send((0, 0), [], 1, 0)
     with pytest.raises(ValueError):
         net.send((0, 0), [(9, 9)], 1, 0)
+
+
+# -- router ports: injection and ejection ----------------------------------------------------------
+
+def test_port_widths_are_machine_fields_defaulting_to_a_link(m8: Machine) -> None:
+    assert m8.inject_bytes_per_cycle == m8.eject_bytes_per_cycle == m8.link_bytes_per_cycle
+    assert inject_cycles(1000, m8) == eject_cycles(1000, m8) == link_cycles(1000, m8)
+    assert {"inject_bytes_per_cycle", "eject_bytes_per_cycle"} <= {name for name, _ in assumptions()}
+
+
+def test_neighbours_putting_into_one_core_serialise_on_its_ejection_port() -> None:
+    m = load_machine("mesh4x4")
+    n = 64 * 1024
+    dur, hop = link_cycles(n, m), m.hop_latency
+    dst = (1, 1)
+    srcs = [(0, 1), (1, 0), (1, 2), (2, 1)]  # four neighbours, four different links into (1, 1)
+    one = Network(m).send(srcs[0], [dst], n, 0).arrivals[dst]
+    assert one == dur + hop
+    net = Network(m)
+    got = [net.send(s, [dst], n, 0) for s in srcs]
+    # each head reaches the router after one hop; the ejection port takes them one after another
+    assert [d.arrivals[dst] for d in got] == [hop + k * eject_cycles(n, m) for k in range(1, 5)]
+    assert all(d.source_free == inject_cycles(n, m) for d in got)  # the senders' own ports are free
+    last = got[-1].arrivals[dst]
+    assert 3.9 < last / one < 4.1
+    assert 4 * n / last == pytest.approx(m.eject_bytes_per_cycle, rel=0.01)
+
+
+def test_one_core_putting_to_its_neighbours_serialises_on_its_injection_port() -> None:
+    m = load_machine("mesh4x4")
+    n = 64 * 1024
+    hop = m.hop_latency
+    src = (1, 1)
+    dsts = [(0, 1), (1, 0), (1, 2), (2, 1)]
+    net = Network(m)
+    got = [net.send(src, [d], n, 0) for d in dsts]
+    ends = [k * inject_cycles(n, m) for k in range(1, 5)]
+    assert [d.source_free for d in got] == ends
+    assert [d.arrivals[dst] for d, dst in zip(got, dsts, strict=True)] == [e + hop for e in ends]
+    assert 4 * n / got[-1].arrivals[dsts[-1]] == pytest.approx(m.inject_bytes_per_cycle, rel=0.01)
+
+
+def test_ports_serve_first_come_first_served_in_call_order(m8: Machine) -> None:
+    n = 1000
+    dur_in, dur_out, hop = inject_cycles(n, m8), eject_cycles(n, m8), m8.hop_latency
+    net = Network(m8)
+    # into one core from two sides: the later call waits at the ejection port even though issued earlier
+    a = net.send((3, 2), [(3, 3)], n, 10)
+    b = net.send((2, 3), [(3, 3)], n, 0)
+    assert a.arrivals[(3, 3)] == 10 + hop + dur_out
+    assert b.arrivals[(3, 3)] == 10 + hop + 2 * dur_out
+    assert b.source_free == dur_in  # its own injection port and link were free
+    # out of one core in two directions: the same at the injection port
+    c = net.send((6, 6), [(6, 7)], n, 10)
+    d = net.send((6, 6), [(7, 6)], n, 0)
+    assert c.source_free == 10 + dur_in
+    assert d.source_free == 10 + 2 * dur_in
+    assert d.arrivals[(7, 6)] == d.source_free + hop
+
+
+def test_a_narrower_port_limits_every_transfer() -> None:
+    m = load_machine("mesh8x8", ["inject_bytes_per_cycle=16", "eject_bytes_per_cycle=32"])
+    n = 4096
+    d = Network(m).send((0, 0), [(0, 3)], n, 0)
+    assert d.source_free == inject_cycles(n, m) == n // 16
+    # the links downstream of the narrow port are busy for their own time (the router buffers)
+    assert d.arrivals[(0, 3)] == inject_cycles(n, m) + 3 * m.hop_latency
+    m2 = load_machine("mesh8x8", ["eject_bytes_per_cycle=16"])
+    d2 = Network(m2).send((0, 0), [(0, 3)], n, 0)
+    assert d2.arrivals[(0, 3)] == 3 * m2.hop_latency + eject_cycles(n, m2)
+    assert d2.source_free == link_cycles(n, m2)
+
+
+def test_multicast_injects_once_and_ejects_at_every_destination(m8: Machine) -> None:
+    n = 2048
+    dur = link_cycles(n, m8)
+    net = Network(m8)
+    row = [(4, c) for c in range(8) if c != 4]
+    d = net.send((4, 4), row, n, 0)
+    assert d.source_free == inject_cycles(n, m8)
+    ports = net.port_stats()
+    assert ports[((4, 4), "inject")].bytes == n
+    assert all(ports[(dst, "eject")].bytes == n for dst in row)
+    assert len(ports) == 1 + len(row)
+    # a put into one of them afterwards waits for that destination's ejection port
+    late = net.send((5, 0), [(4, 0)], n, 0)
+    assert late.arrivals[(4, 0)] == d.arrivals[(4, 0)] + eject_cycles(n, m8)
+    assert d.arrivals[(4, 0)] == 3 * m8.hop_latency + dur + m8.hop_latency
+
+
+def test_port_stats_are_not_link_stats(m8: Machine) -> None:
+    net = Network(m8)
+    net.send((0, 0), [(0, 2)], 100, 0)
+    net.send((1, 1), [(1, 1)], 300, 0)  # to itself: both ports of one router, no link
+    ports = net.port_stats()
+    assert ports[((0, 0), "inject")] == LinkStats(100, inject_cycles(100, m8))
+    assert ports[((0, 2), "eject")] == LinkStats(100, eject_cycles(100, m8))
+    assert ports[((1, 1), "inject")].bytes == ports[((1, 1), "eject")].bytes == 300
+    assert sum(s.bytes for s in net.link_stats().values()) == 2 * 100
+
+
+def test_a_transfer_can_leave_out_either_port(m8: Machine) -> None:
+    n = 640
+    net = Network(m8)
+    net.send((2, 0), [(2, 0)], 10 * n, 0)  # holds both ports of router (2, 0)
+    # without the source's injection port, the head enters the first link at t
+    load = net.send((2, 0), [(2, 2)], n, 0, inject=False)
+    assert load.arrivals[(2, 2)] == 2 * m8.hop_latency + link_cycles(n, m8)
+    # without the destination's ejection port, the arrival is the links' rule alone
+    store = net.send((2, 3), [(2, 0)], n, 0, eject=False)
+    assert store.arrivals[(2, 0)] == 3 * m8.hop_latency + link_cycles(n, m8)
+    assert ((2, 0), "eject") in net.port_stats() and net.port_stats()[((2, 0), "eject")].bytes == 10 * n
+
+
+def test_combining_depth_over_the_bounding_box(m8: Machine, tile: Machine) -> None:
+    hop = m8.hop_latency
+    net = Network(m8)
+    assert net.combining_depth([(3, 3)]) == 0
+    assert net.combining_depth([(0, 0), (1, 1)]) == 2 * hop  # root (0, 0), farthest corner (1, 1)
+    assert net.combining_depth([(0, 0), (7, 7), (2, 5)]) == 8 * hop  # root (3, 3), corner (7, 7)
+    assert net.combining_depth([(2, 2), (2, 6)]) == 2 * hop  # a row: root (2, 4)
+    # a box across a die edge pays the die-to-die latency once on the way to the far corner
+    dc = tile.die[1]
+    tnet = Network(tile)
+    depth = tnet.combining_depth([(0, dc - 2), (1, dc + 1)])  # root (0, dc - 1), at the edge
+    assert depth == tile.d2d_latency + 2 * tile.hop_latency  # one link across the edge, one on, one down
+
+
+def _run_cycles(sections: list[tuple[int, list[str]]], m: Machine) -> int:
+    text = "".join(f".section s{i} cores={cid}\n" + "".join(f"{line}\n" for line in body)
+                   for i, (cid, body) in enumerate(sections))
+    return int(run(assemble(text, machine=m), timing_only=True).cycles)
+
+
+def _put(dst: int, nbytes: int) -> list[str]:
+    return [f"li r1, {dst}", "li r2, 0x0", f"put r1, r2, r2, rows=1, bytes={nbytes}, seml=0, semr=1"]
+
+
+@pytest.mark.parametrize("inward", [True, False])
+def test_a_core_ports_bound_a_program_on_mesh4x4(inward: bool) -> None:
+    """The case of issue #6: four neighbours put 64 KiB into one core at once (or one core to each of
+    them): about four times the time of one transfer, about 64 B/cycle through the core, not 4 x 64."""
+    m = load_machine("mesh4x4")
+    n = 64 * 1024
+    core = m.core_at[(1, 1)]
+    others = [m.core_at[rc] for rc in ((0, 1), (1, 0), (1, 2), (2, 1))]
+
+    def program(k: int) -> list[tuple[int, list[str]]]:
+        if inward:
+            sends = [(o, [*_put(core, n), "wait 0, 1", "halt"]) for o in others[:k]]
+            return [*sends, (core, [f"wait 1, {k}", "halt"])]
+        body = [line for o in others[:k] for line in _put(o, n)]
+        return [(core, [*body, f"wait 0, {k}", "halt"]), *[(o, ["wait 1, 1", "halt"]) for o in others[:k]]]
+
+    one, four = _run_cycles(program(1), m), _run_cycles(program(4), m)
+    assert 3.8 < four / one < 4.1
+    width = m.eject_bytes_per_cycle if inward else m.inject_bytes_per_cycle
+    assert 4 * n / four == pytest.approx(width, rel=0.03)

@@ -30,7 +30,8 @@ def _run() -> RunStats:
     a.stall["semaphore"], b.stall["dma"] = 50, 250
     a.sram_high_water, b.sram_high_water = 4096, 70_000
     return RunStats(cycles=1000, cores={0: a, 5: b, 9: idle}, links=net.link_stats(),
-                    ports=dram.port_stats(), op_cycles={"matmul_1": 800, "relu_2": 20})
+                    ports=dram.port_stats(), router_ports=net.port_stats(),
+                    op_cycles={"matmul_1": 800, "relu_2": 20})
 
 
 def test_core_stats_keys() -> None:
@@ -64,6 +65,11 @@ def test_to_dict_is_json() -> None:
     assert d["cores"]["5"]["stall"]["dma"] == 250
     assert d["ports"]["dram0"]["bytes_written"] == 300
     assert d["op_cycles"]["matmul_1"] == 800
+    # router ports: both sends and the store leave (0,0) and (2,0) through their injection ports; the
+    # DMAs' DRAM side uses none
+    assert d["router_ports"]["0,0 inject"]["bytes"] == 1064
+    assert d["router_ports"]["2,0 inject"]["bytes"] == 300 and "2,0 eject" not in d["router_ports"]
+    assert d["router_ports"]["1,2 eject"]["bytes"] == 4000 and "1,0 inject" not in d["router_ports"]
 
 
 def test_format_table() -> None:
