@@ -93,10 +93,11 @@ class CoreCode:
 class ProgramBuilder:
     """The streams of every core of one program."""
 
-    def __init__(self, machine: Machine, participants: int) -> None:
+    def __init__(self, machine: Machine, cores: list[int]) -> None:
         self.machine = machine
-        self.participants = participants  # cores 0..participants-1 run code and join every barrier
-        self.cores = [CoreCode(c) for c in range(participants)]
+        self.ids = list(cores)  # the cores (machine ids) that run code and join every barrier
+        self.participants = len(self.ids)
+        self.cores = {c: CoreCode(c) for c in self.ids}
         self._barrier = 0
         self.barriers = 0  # barriers emitted so far (after the load barrier, which is prepended)
 
@@ -106,13 +107,24 @@ class ProgramBuilder:
             bid = self._barrier
             self._barrier = (self._barrier + 1) % 31  # id 31 is the load barrier
         self.barriers += 1
-        for c in self.cores:
+        for c in self.cores.values():
             c.emit("barrier", id=bid, count=self.participants)
+
+    def keep(self, cores: set[int]) -> None:
+        """Drop the cores outside `cores` (they got no work, so they only ran barriers) and make every
+        barrier count the cores kept: a barrier then spans only the cores that take part, and its
+        combining tree is as small as their bounding box (docs/timing.md)."""
+        self.ids = [c for c in self.ids if c in cores] or self.ids[:1]
+        self.participants = len(self.ids)
+        self.cores = {c: self.cores[c] for c in self.ids}
+        for cc in self.cores.values():
+            cc.code = [make("barrier", id=ins["id"], count=self.participants) if ins.spec.mnemonic == "barrier"
+                       else ins for ins in cc.code]
 
     def build(self, tensors: tuple[Tensor, ...], signature: Signature) -> Image:
         """Halt every stream and merge identical streams into shared sections."""
         groups: dict[bytes, list[int]] = {}
-        for c in self.cores:
+        for c in self.cores.values():
             c.emit("halt")
             key = encode_code(c.code) + repr(c.debug).encode()
             groups.setdefault(key, []).append(c.core)

@@ -16,6 +16,7 @@ from math import ceil, prod
 import numpy as np
 
 from dojoc.codegen.builder import CoreCode, ProgramBuilder
+from dojoc.codegen.paths import port_path
 from dojoc.codegen.view import View, transfers
 from dojoc.errors import MappingError, SramOverflowError
 from dojoc.ir.graph import Graph, Node, Value
@@ -91,8 +92,8 @@ class Ctx:
     views: dict[Value, View] = field(default_factory=dict)
     consts: dict[Value, float | int | bool] = field(default_factory=dict)
     tensors: list[Tensor] = field(default_factory=list)
-    sram: list[SramPlan] = field(default_factory=list)
-    load: list[CoreCode] = field(default_factory=list)  # resident-weight loading, before the first call
+    sram: dict[int, SramPlan] = field(default_factory=dict)  # by core id
+    load: dict[int, CoreCode] = field(default_factory=dict)  # resident-weight loading, before the first call
     used: set[int] = field(default_factory=set)
     epilogue: dict[Node, str] = field(default_factory=dict)  # matrix op -> fused activation mnemonic
     col_bias: dict[Node, np.ndarray] = field(default_factory=dict)  # matmul -> fused FP32 bias [N] per column
@@ -183,23 +184,28 @@ class Ctx:
         return om
 
     def check_cores(self, key: str, cores: tuple[int, ...]) -> None:
-        """MappingError for a region with cores off the mesh."""
-        n = self.builder.participants
-        off = [c for c in cores if not 0 <= c < n]
-        if off:
-            raise MappingError(f"op {key}: core {off[0]} of its region is off the mesh ({self.machine.name} has "
-                               f"{n} cores, ids 0-{n - 1}); give a region within it")
+        """A given region's cores are all among the compile's (build.check_given has checked that they are on
+        the mesh, and place.usable_cores includes every core a given mapping names)."""
+        assert all(c in self.sram for c in cores), (key, cores)
 
     def region(self, kernel: str, cycles: float, items: int, *, axis: str = "rows",
-               bound: Bound = Bound.COMPUTE) -> list[int]:
+               bound: Bound = Bound.COMPUTE, dram_bytes: float = 0.0) -> list[int]:
         """The cores of an op whose work (`cycles` in all) is `items` pieces cut along `axis` into one run
         per core: by default the first `cores_for` cores; a given decision may name any cores, at most one
-        per piece, with split {axis: its number of cores}."""
+        per piece, with split {axis: its number of cores}. Its prediction: the larger of a core's share of
+        the work and the time `dram_bytes` take on the way from DRAM (codegen/paths.py), plus the latency
+        of a load and of a store (each core's first load and last store overlap nothing)."""
+
+        def predict(cores: tuple[int, ...]) -> tuple[int, Bound]:
+            way = port_path(self.machine, cores)
+            work, dram = cycles / len(cores), dram_bytes * way.cycles_per_byte
+            return ceil(max(work, dram) + 2 * way.latency), (Bound.DRAM if dram > work else bound)
 
         def default() -> OpMapping:
             n = self.cores_for(cycles, items)
-            return OpMapping("", kernel, tuple(range(n)), ((axis, n),), predicted_cycles=ceil(cycles / n),
-                             bound=bound)
+            cores = tuple(self.builder.ids[:n])
+            predicted, why = predict(cores)
+            return OpMapping("", kernel, cores, ((axis, n),), predicted_cycles=predicted, bound=why)
 
         def check(om: OpMapping) -> OpMapping:
             n = len(om.cores)
@@ -210,7 +216,8 @@ class Ctx:
                 raise MappingError(f"op {om.key}: split {json.dumps(dict(om.split))} does not match its region: "
                                    f"this kernel splits along {axis} into one piece per core, so write split "
                                    f"{{\"{axis}\": {n}}}")
-            return replace(om, split=((axis, n),), predicted_cycles=ceil(cycles / n), bound=bound)
+            predicted, why = predict(om.cores)
+            return replace(om, split=((axis, n),), predicted_cycles=predicted, bound=why)
 
         return list(self.decide(kernel, default, check).cores)
 
@@ -225,8 +232,13 @@ class Ctx:
         self.used.add(c)
         return self.builder.cores[c]
 
+    @property
+    def scratch_bytes(self) -> int:
+        """The scratch arena of every core (all cores have the same SRAM)."""
+        return SramPlan(self.machine.sram_bytes).half
+
     def begin_op(self) -> None:
-        for s in self.sram:
+        for s in self.sram.values():
             s.scratch = 0
 
 

@@ -28,6 +28,7 @@ from dojoc.ir.ops import Op
 from dojoc.mapping.build import build_mapping, check_given
 from dojoc.mapping.model import Mapping as OpsMapping
 from dojoc.mapping.model import OpMapping
+from dojoc.mapping.place import usable_cores
 from isa.machine import Machine
 from isa.program import Signature, TensorKind
 
@@ -82,13 +83,13 @@ def lower_graph(graph: Graph, machine: Machine, precision: str = "bf16",
     missing = unsupported(graph)
     if missing:
         raise UnsupportedOpsError(missing)
-    n = machine.num_cores
-    ctx = Ctx(graph, machine, precision, ProgramBuilder(machine, n))
+    given = check_given(mapping, graph, machine) if mapping is not None else {}
+    ids = usable_cores(machine, {c for om in given.values() for c in om.cores})
+    ctx = Ctx(graph, machine, precision, ProgramBuilder(machine, ids))
+    ctx.given = given
     ctx.ranges = dict(ranges or {})
-    ctx.sram = [SramPlan(machine.sram_bytes) for _ in range(n)]
-    ctx.load = [CoreCode(c) for c in range(n)]
-    if mapping is not None:
-        ctx.given = check_given(mapping, graph)
+    ctx.sram = {c: SramPlan(machine.sram_bytes) for c in ids}
+    ctx.load = {c: CoreCode(c) for c in ids}
     outputs = set(graph.outputs)
     fused, final = fuse_epilogues(ctx, graph, outputs)
     spans: list[tuple[str, int, int]] = []  # (op, barriers before it, barriers after it)
@@ -115,6 +116,7 @@ def lower_graph(graph: Graph, machine: Machine, precision: str = "bf16",
                 copy_view(ctx, v, dst, f"output {name}", None)
             ctx.builder.barrier()
             spans.append((f"output {name}", b0, ctx.builder.barriers))
+    ctx.builder.keep(ctx.used | {c for c, load in ctx.load.items() if load.code})
     _prepend_load_phase(ctx)
     in_names = tuple(str(v.name) for v in graph.inputs)
     image = ctx.builder.build(tuple(ctx.tensors), Signature(in_names, out_names, graph.out_spec or ""))
@@ -123,7 +125,7 @@ def lower_graph(graph: Graph, machine: Machine, precision: str = "bf16",
         raise MappingError(f"op {unused[0]}: the mapping gives a decision that this compile does not take "
                            f"(the op takes fewer decisions, or is a view or is fused); remove it")
     return Lowered(image, in_names, out_names, flops_of(graph), precision, max(len(ctx.used), 1),
-                   max(s.peak for s in ctx.sram), build_mapping(ctx), tuple(spans))
+                   max(s.peak for s in ctx.sram.values()), build_mapping(ctx), tuple(spans))
 
 
 EPILOGUES = {Op.RELU: "vrelu", Op.SILU: "vsilu", Op.SIGMOID: "vsigmoid", Op.TANH: "vtanh"}
@@ -275,7 +277,8 @@ def _lower_node(ctx: Ctx, node: Node, outputs: set[Value], final: dict[Node, Val
 def _prepend_load_phase(ctx: Ctx) -> None:
     """Put each core's resident-weight loading before its call code, ended by the load barrier."""
     b = ctx.builder
-    for core, load in zip(b.cores, ctx.load, strict=True):
+    for c in b.ids:
+        core, load = b.cores[c], ctx.load[c]
         load.emit("barrier", id=LOAD_BARRIER, count=b.participants)
         shift = len(load.code)
         core.code[:0] = load.code

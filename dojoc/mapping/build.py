@@ -9,14 +9,16 @@ from typing import TYPE_CHECKING
 from dojoc.errors import MappingError
 from dojoc.ir.graph import Graph, Node
 from dojoc.mapping.model import Mapping, OpMapping, Shard, ValuePlacement, Where
+from isa.machine import Machine
 from isa.program import Tensor
 
 if TYPE_CHECKING:  # the codegen context imports this package
     from dojoc.codegen.context import Ctx
 
 
-def check_given(mapping: Mapping, graph: Graph) -> dict[str, OpMapping]:
-    """The decisions of a user's mapping by key; MappingError for one that names no op of the graph."""
+def check_given(mapping: Mapping, graph: Graph, machine: Machine) -> dict[str, OpMapping]:
+    """The decisions of a user's mapping by key; MappingError for one that names no op of the graph or a
+    core off the machine's mesh."""
     names = {n.name for n in graph.nodes} | {f"output {name}" for name in graph.output_names}
     for om in mapping.ops:
         if om.op not in names:
@@ -24,6 +26,11 @@ def check_given(mapping: Mapping, graph: Graph) -> dict[str, OpMapping]:
             hint = f" (ops with a similar name: {', '.join(close)})" if close else ""
             raise MappingError(f"op {om.key}: the graph has no op of that name{hint}; dump this model's "
                                "mapping with --dump-mapping and edit that")
+        n = machine.num_cores
+        off = [c for c in om.cores if not 0 <= c < n]
+        if off:
+            raise MappingError(f"op {om.key}: core {off[0]} of its region is off the mesh ({machine.name} has "
+                               f"{n} cores, ids 0-{n - 1}); give a region within it")
     return {om.key: om for om in mapping.ops if om.fused_into is None}
 
 
@@ -63,7 +70,7 @@ def _lifetime(name: str, lives: dict[str, tuple[int, int]]) -> tuple[int, int]:
     return lives[best] if best is not None else (0, 0)
 
 
-def build_mapping(ctx: Ctx) -> Mapping:
+def build_mapping(ctx: Ctx, notes: tuple[str, ...] = ()) -> Mapping:
     """The mapping of the compile in `ctx`: its decisions in program order, and every DRAM tensor's
     placement, with the resident SRAM copies of weights as shards."""
     lives = _lifetimes(ctx.graph)
@@ -80,7 +87,7 @@ def build_mapping(ctx: Ctx) -> Mapping:
     nodes = {n.name: n for n in ctx.graph.nodes}
     tensors = sorted(ctx.tensors, key=lambda t: t.address)
     return Mapping(m.name, m.hash, ctx.precision, tuple(_with_io(ctx, d, nodes, tensors) for d in ctx.decisions),
-                   tuple(values))
+                   tuple(values), notes=notes)
 
 
 def _with_io(ctx: Ctx, om: OpMapping, nodes: dict[str, Node], tensors: list[Tensor]) -> OpMapping:

@@ -88,7 +88,7 @@ class _Shape:
 def _plan(ctx: Ctx, node: Node, sh: _Shape, want_lb: int) -> tuple[int, int]:
     """(query block, key chunk): the whole key range when it fits (K and V stay in SRAM across query
     blocks), otherwise smaller chunks, then smaller query blocks; SramOverflowError when nothing fits."""
-    budget = min(s.scratch_free() for s in ctx.sram)
+    budget = min(s.scratch_free() for s in ctx.sram.values())
     lb, sc = want_lb, min(sh.S, MAX_COLS)
     while sh.sram_bytes(lb, sc) > budget:
         if sc > 128:

@@ -39,6 +39,7 @@ from dojoc.codegen.kernels.mxu import (
     Spec,
     Step,
     act_bias,
+    act_cycles,
     check_split,
     check_tile,
     dram_cycles,
@@ -119,7 +120,7 @@ def _kmax(ctx: Ctx, spec: Spec, ot: int, pt: int, a_streamed: bool) -> int:
     per_k = 2 * pt * spec.b_src.itemsize + (pt * spec.op.itemsize if spec.b_src is not spec.op else 0)
     if a_streamed:
         per_k += 2 * ot * spec.a_src.itemsize + (ot * spec.op.itemsize if spec.a_src is not spec.op else 0)
-    room = ctx.sram[0].half - fixed
+    room = ctx.scratch_bytes - fixed
     return min(MAX_TILE, room // per_k if room > 0 else 0)
 
 
@@ -149,21 +150,22 @@ def _item_cycles(ctx: Ctx, cv: Conv, spec: Spec, ot: int, pt: int, tn: int, cl: 
         step += vector_cycles(k * ot, max(ew, eop), k * ot * ew, k * ot * eop, m)
     steps = ceil(cv.taps / tn) * ceil(cv.cg / cl)
     epi = vector_cycles(ot * pt, 4, ot * pt * 8, ot * pt * 4, m) if cv.bias is not None else 0
-    return steps * step + epi + vector_cycles(ot * pt, 4, ot * pt * 4, ot * pt * spec.out.itemsize, m)
+    return (steps * step + epi + act_cycles(ctx, spec, ot, pt)
+            + vector_cycles(ot * pt, 4, ot * pt * 4, ot * pt * spec.out.itemsize, m))
 
 
-def _estimate(ctx: Ctx, cv: Conv, spec: Spec, ot: int, rt: int, ct: int, tn: int, cl: int, ncores: int,
+def _estimate(ctx: Ctx, cv: Conv, spec: Spec, ot: int, rt: int, ct: int, tn: int, cl: int, cores: list[int],
               resident: bool) -> tuple[int, Bound]:
     """The cost model's cycles and bound: compute per core against DRAM traffic (the input windows are
     re-read once per output-channel block; streamed weights once per item)."""
     ex, ew, eo = spec.b_src.itemsize, spec.a_src.itemsize, spec.out.itemsize
     pt = rt * ct
     items = cv.g * ceil(cv.og / ot) * cv.n * ceil(cv.oh / rt) * ceil(cv.ow / ct)
-    run = ceil(items / ncores)
+    run = ceil(items / len(cores))
     traffic = items * pt * (cv.k * ex + ot * eo) + (0 if resident else items * ot * cv.k * ew)
     compute = run * _item_cycles(ctx, cv, spec, ot, pt, tn, cl, not resident)
     steps = run * ceil(cv.taps / tn) * ceil(cv.cg / cl)
-    return overlapped_bound(ctx, compute, dram_cycles(ctx, traffic), steps)
+    return overlapped_bound(ctx, compute, dram_cycles(ctx, traffic, cores), steps, cores, run)
 
 
 def _axes(cv: Conv, ot: int, rt: int, ct: int) -> tuple[tuple[str, int], ...]:
@@ -195,9 +197,9 @@ def _decide(ctx: Ctx, node: Node, cv: Conv, spec: Spec, weight: bool) -> Plan:
                                "its group; set channels to that or taps to 1")
         if tn * cl > _kmax(ctx, spec, ot, rt * ct, not om.resident):
             raise MappingError(f"op {om.key}: a step of {tn} taps x {cl} channels and its double buffers do not "
-                               f"fit the {ctx.sram[0].half:,} bytes of SRAM scratch; take fewer",
+                               f"fit the {ctx.scratch_bytes:,} bytes of SRAM scratch; take fewer",
                                node=node.name, shapes=node.signature(), source=node.source)
-        cycles, bound = _estimate(ctx, cv, spec, ot, rt, ct, tn, cl, len(om.cores), om.resident)
+        cycles, bound = _estimate(ctx, cv, spec, ot, rt, ct, tn, cl, list(om.cores), om.resident)
         return replace(om, predicted_cycles=cycles, bound=bound)
 
     om = ctx.decide("conv2d", default, check)
@@ -229,14 +231,14 @@ def _plan(ctx: Ctx, node: Node, cv: Conv, spec: Spec, weight: bool) -> tuple[Pla
                     and need * ncores <= budget
                 if not resident:
                     options = _steps(cv, _kmax(ctx, spec, ot, pt, True))
+                cores = region.pick(ncores, need if resident else 0)
                 for tn, cl in options:
-                    cycles, bound = _estimate(ctx, cv, spec, ot, rt, ct, tn, cl, ncores, resident)
+                    cycles, bound = _estimate(ctx, cv, spec, ot, rt, ct, tn, cl, cores, resident)
                     key = (cycles, ncores)
                     if best is None or key < best[0]:
-                        best = (key, Plan(ot, rt, ct, tn, cl, region.pick(ncores, need if resident else 0),
-                                          resident), bound)
+                        best = (key, Plan(ot, rt, ct, tn, cl, cores, resident), bound)
     if best is None:
-        raise node.error(f"conv2d {node.name} fits no tile in {ctx.sram[0].half:,} bytes of SRAM scratch",
+        raise node.error(f"conv2d {node.name} fits no tile in {ctx.scratch_bytes:,} bytes of SRAM scratch",
                          SramOverflowError)
     return best[1], best[0][0], best[2]
 

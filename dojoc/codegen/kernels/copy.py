@@ -21,7 +21,8 @@ def copy_view(ctx: Ctx, src: View, dst: View, what: str, source: str | None) -> 
     esize = src.dtype.itemsize
     tiles = boxes(src.shape, max(1, COPY_TILE_BYTES // esize), max_rows=1 << 30, max_cols=1 << 30)
     cycles = prod(src.shape) * esize / ctx.machine.link_bytes_per_cycle
-    cores = ctx.region("copy", cycles, len(tiles), axis="tiles", bound=Bound.LINK)
+    cores = ctx.region("copy", cycles, len(tiles), axis="tiles", bound=Bound.LINK,
+                       dram_bytes=2 * prod(src.shape) * esize)
     for core, (first, count) in zip(cores, split(len(tiles), len(cores)), strict=False):
         cc = ctx.core(core)
         buf = [ctx.sram[core].alloc(COPY_TILE_BYTES, f"{what} copy tile") for _ in range(2)]

@@ -109,7 +109,7 @@ def elementwise(ctx: Ctx, node: Node) -> None:
     tiles = boxes(shape, max(1, TILE_BYTES // max(widths)))
     moved = prod(shape) * sum(widths)
     cycles = moved / ctx.machine.link_bytes_per_cycle + prod(shape) * max(widths) / ctx.machine.simd_bytes
-    cores = ctx.region("eltwise", cycles, len(tiles), axis="tiles", bound=Bound.LINK)
+    cores = ctx.region("eltwise", cycles, len(tiles), axis="tiles", bound=Bound.LINK, dram_bytes=moved)
     for core, (first, count) in zip(cores, split(len(tiles), len(cores)), strict=False):
         cc = ctx.core(core)
         sram = ctx.sram[core]
@@ -145,7 +145,7 @@ def fill(ctx: Ctx, dst: View, value: float, what: str, source: str | None) -> No
     """Fill a DRAM view with one value."""
     tiles = boxes(dst.shape, max(1, TILE_BYTES // dst.dtype.itemsize))
     cycles = dst.nbytes / ctx.machine.link_bytes_per_cycle
-    cores = ctx.region("fill", cycles, len(tiles), axis="tiles", bound=Bound.LINK)
+    cores = ctx.region("fill", cycles, len(tiles), axis="tiles", bound=Bound.LINK, dram_bytes=dst.nbytes)
     for core, (first, count) in zip(cores, split(len(tiles), len(cores)), strict=False):
         cc = ctx.core(core)
         buf = ctx.sram[core].alloc(TILE_BYTES, f"{what} fill tile")

@@ -94,7 +94,7 @@ def take_rows(ctx: Ctx, node: Node, table: View, idx: View, out: View) -> None:
         offsets = ctx.weight(f"{node.name}_rowoffsets", (np.arange(A) * (s_a // s_row)).reshape(A, 1), I32)
     nbytes = A * n * R * es
     cores = ctx.region("take_rows", 2 * nbytes / ctx.machine.link_bytes_per_cycle, len(items), axis="items",
-                       bound=Bound.LINK)
+                       bound=Bound.LINK, dram_bytes=2 * nbytes)
     for core, (first, count) in zip(cores, split(len(items), len(cores)), strict=False):
         cc = ctx.core(core)
         sram = ctx.sram[core]

@@ -32,6 +32,7 @@ from dojoc.codegen.kernels.mxu import (
     Spec,
     Step,
     act_bias,
+    act_cycles,
     check_split,
     check_tile,
     dram_cycles,
@@ -108,7 +109,7 @@ def _fit_kc(ctx: Ctx, spec: Spec, mt: int, nt: int, k: int, b_streamed: bool) ->
     per_k = 2 * mt * spec.a_src.itemsize + (mt * spec.op.itemsize if spec.a_src is not spec.op else 0)
     if b_streamed:
         per_k += 2 * nt * spec.b_src.itemsize + (nt * spec.op.itemsize if spec.b_src is not spec.op else 0)
-    room = ctx.sram[0].half - SLACK - fixed
+    room = ctx.scratch_bytes - SLACK - fixed
     kc = min(k, MAX_TILE, room // per_k if room > 0 else 0)
     if kc < min(k, 8):
         return None
@@ -126,10 +127,11 @@ def _item_cycles(ctx: Ctx, spec: Spec, mt: int, nt: int, k: int, kc: int, b_stre
         step += vector_cycles(nt * kc, max(eb, eop), nt * kc * eb, nt * kc * eop, m)
     eo = spec.out.itemsize
     bias = vector_cycles(mt * nt, 4, mt * nt * 4 + nt * 4, mt * nt * 4, m) if spec.col_bias else 0
-    return ceil(k / kc) * step + bias + vector_cycles(mt * nt, 4, mt * nt * 4, mt * nt * eo, m)
+    return (ceil(k / kc) * step + bias + act_cycles(ctx, spec, mt, nt)
+            + vector_cycles(mt * nt, 4, mt * nt * 4, mt * nt * eo, m))
 
 
-def _estimate(ctx: Ctx, p: Problem, spec: Spec, mt: int, nt: int, kc: int, ncores: int,
+def _estimate(ctx: Ctx, p: Problem, spec: Spec, mt: int, nt: int, kc: int, cores: list[int],
               resident: bool) -> tuple[int, Bound]:
     """The cost model's cycles and bound for tiles mt x nt, K chunk kc on ncores: compute per core
     (isa.costs) against DRAM traffic (A is re-read once per column tile, B once per row tile unless it is
@@ -137,10 +139,10 @@ def _estimate(ctx: Ctx, p: Problem, spec: Spec, mt: int, nt: int, kc: int, ncore
     nb = len(p.a)
     ea, eb, eo = spec.a_src.itemsize, spec.b_src.itemsize, spec.out.itemsize
     items = nb * ceil(p.m / mt) * ceil(p.n / nt)
-    run = ceil(items / ncores)
+    run = ceil(items / len(cores))
     traffic = items * mt * p.k * ea + nb * p.m * p.n * eo + (0 if resident else items * p.k * nt * eb)
     compute = run * _item_cycles(ctx, spec, mt, nt, p.k, kc, not resident)
-    return overlapped_bound(ctx, compute, dram_cycles(ctx, traffic), run * ceil(p.k / kc))
+    return overlapped_bound(ctx, compute, dram_cycles(ctx, traffic, cores), run * ceil(p.k / kc), cores, run)
 
 
 def _axes(p: Problem, mt: int, nt: int) -> tuple[tuple[str, int], ...]:
@@ -162,9 +164,9 @@ def _decide(ctx: Ctx, node: Node, p: Problem, spec: Spec, weight: bool) -> Plan:
         fit = _fit_kc(ctx, spec, mt, nt, p.k, not om.resident)
         if fit is None or kc > fit:
             raise MappingError(f"op {om.key}: tiles m={mt} n={nt} with k={kc} and their double buffers do not fit "
-                               f"the {ctx.sram[0].half:,} bytes of SRAM scratch; the largest k that fits is "
+                               f"the {ctx.scratch_bytes:,} bytes of SRAM scratch; the largest k that fits is "
                                f"{fit or 0}", node=node.name, shapes=node.signature(), source=node.source)
-        cycles, bound = _estimate(ctx, p, spec, mt, nt, kc, len(om.cores), om.resident)
+        cycles, bound = _estimate(ctx, p, spec, mt, nt, kc, list(om.cores), om.resident)
         return replace(om, predicted_cycles=cycles, bound=bound)
 
     om = ctx.decide("matmul", default, check)
@@ -196,13 +198,14 @@ def _plan(ctx: Ctx, node: Node, p: Problem, spec: Spec, weight: bool) -> tuple[P
                 kc = _fit_kc(ctx, spec, mt, nt, p.k, True)
                 if kc is None:
                     continue
+            cores = region.pick(ncores, need if resident else 0)
             for kcd in {ceil(p.k / ceil(p.k / c)) for c in splits(kc, 8, (1, 2, 3, 4, 6, 8))}:
-                cycles, bound = _estimate(ctx, p, spec, mt, nt, kcd, ncores, resident)
+                cycles, bound = _estimate(ctx, p, spec, mt, nt, kcd, cores, resident)
                 key = (cycles, ncores)
                 if best is None or key < best[0]:
-                    best = (key, Plan(mt, nt, kcd, region.pick(ncores, need if resident else 0), resident), bound)
+                    best = (key, Plan(mt, nt, kcd, cores, resident), bound)
     if best is None:
-        raise node.error(f"matmul {node.name} fits no tile in {ctx.sram[0].half:,} bytes of SRAM scratch",
+        raise node.error(f"matmul {node.name} fits no tile in {ctx.scratch_bytes:,} bytes of SRAM scratch",
                          SramOverflowError)
     return best[1], best[0][0], best[2]
 

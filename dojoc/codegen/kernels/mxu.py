@@ -27,6 +27,7 @@ import numpy as np
 
 from dojoc.codegen.builder import R_A, R_B, R_BIAS, R_D, CoreCode
 from dojoc.codegen.context import Ctx
+from dojoc.codegen.paths import port_path
 from dojoc.codegen.view import Transfer, View
 from dojoc.errors import MappingError
 from dojoc.ir.graph import Node, Value
@@ -34,7 +35,9 @@ from dojoc.ir.ops import Op
 from dojoc.mapping.build import record_shards
 from dojoc.mapping.model import Bound, OpMapping
 from isa import formats
+from isa.costs import cycles
 from isa.dtypes import DType
+from isa.encoding import make
 from isa.machine import Machine
 from isa.program import TensorKind
 
@@ -159,9 +162,9 @@ def resident_free(ctx: Ctx, core: int) -> int:
 
 
 def _port_hops(m: Machine, core: int) -> int:
-    """Hops from a core to the nearest DRAM port's entry router."""
-    r, c = m.coords[core]
-    return min(abs(r - er) + abs(c - ec) for p in m.dram_ports for er, ec in [p.entry_router(m, r, c)])
+    """The way from DRAM port 0 (which holds every tensor) to a core: the XY route's hop latencies from
+    the port's entry router for it, die crossings included (codegen/paths.py)."""
+    return port_path(m, (core,)).latency
 
 
 class Region:
@@ -169,7 +172,7 @@ class Region:
 
     def __init__(self, ctx: Ctx) -> None:
         m = ctx.machine
-        cores = range(ctx.builder.participants)
+        cores = ctx.builder.ids
         # (free bytes, hops to a DRAM port, id): for a port on the west edge, equal cores are taken down a
         # column first, so a region's DMAs enter the mesh over many rows' links, not a few rows' links
         self.by_free = sorted((resident_free(ctx, c), _port_hops(m, c), c) for c in cores)
@@ -199,7 +202,7 @@ def resident_budget(ctx: Ctx, node: Node, producers: dict[Value, Node]) -> int:
         return 0
     nodes = ctx.graph.nodes
     later = sum(weight_bytes(ctx, n, producers) for n in nodes[next(i for i, n in enumerate(nodes) if n is node):])
-    free = sum(resident_free(ctx, c) for c in range(ctx.builder.participants))
+    free = sum(resident_free(ctx, c) for c in ctx.builder.ids)
     return max(int(free * mine / max(later, mine)), free - 2 * (later - mine))
 
 
@@ -216,18 +219,31 @@ def load_resident(ctx: Ctx, core: int, node: Node, loads: list[Transfer]) -> Non
 
 # -- cost model -------------------------------------------------------------------------------------------
 
-def dram_cycles(ctx: Ctx, nbytes: float) -> float:
-    """Cycles the DRAM ports need to serve `nbytes` (all ports together)."""
-    return nbytes / sum(p.bytes_per_cycle for p in ctx.machine.dram_ports)
+def act_cycles(ctx: Ctx, spec: Spec, m: int, n: int) -> int:
+    """Cycles of the fused activation on an m x n FP32 accumulator tile: the cost rule of the very
+    instruction the epilogue emits (0 without one)."""
+    if spec.act is None:
+        return 0
+    return cycles(make(spec.act, rd=R_D, ra=R_A, rows=m, cols=n, sd=n * 4, sa=n * 4, dt=F32), ctx.machine)
 
 
-def overlapped_bound(ctx: Ctx, compute: float, dram: float, steps: int) -> tuple[int, Bound]:
-    """`overlapped`, rounded, and what bounds it: the DRAM ports when a step's load outlasts its compute."""
-    m = ctx.machine
-    lat = max(p.latency for p in m.dram_ports) + (m.mesh[0] + m.mesh[1]) // 2 * m.hop_latency
+def dram_cycles(ctx: Ctx, nbytes: float, cores: list[int]) -> float:
+    """Cycles to move `nbytes` between DRAM and the region `cores`, at the bottleneck of the way
+    (the port, or the busiest entry router's first link: codegen/paths.py)."""
+    return nbytes * port_path(ctx.machine, tuple(cores)).cycles_per_byte
+
+
+def overlapped_bound(ctx: Ctx, compute: float, dram: float, steps: int, cores: list[int],
+                     items: int = 1) -> tuple[int, Bound]:
+    """The estimated time of a core's run of `items` accumulator tiles in `steps` double-buffered steps,
+    rounded, and what bounds it: the DRAM ports when a step's load outlasts its compute. Each item ends
+    with the store of its result; with two result buffers, item j + 2 waits for item j's store, so a run
+    takes at least half a DMA latency per item, and the last store's latency is always exposed."""
+    lat = port_path(ctx.machine, tuple(cores)).latency
     s = max(steps, 1)
     bound = Bound.DRAM if lat + dram / s > compute / s else Bound.COMPUTE
-    return round(overlapped(ctx, compute, dram, steps)), bound
+    stores = (items - 1) * lat / 2
+    return round(max(overlapped(compute, dram, steps, lat), stores) + lat), bound
 
 
 def check_tile(om: OpMapping, tiles: dict[str, int]) -> tuple[int, ...]:
@@ -259,13 +275,11 @@ def check_split(om: OpMapping, axes: tuple[tuple[str, int], ...], weight: bool) 
                            "set resident to false")
 
 
-def overlapped(ctx: Ctx, compute: float, dram: float, steps: int) -> float:
+def overlapped(compute: float, dram: float, steps: int, lat: int) -> float:
     """Estimated time of a core's `steps` double-buffered steps, `compute` cycles in all, while the
     region's DMAs need `dram` cycles of the ports. Step i+1's loads are issued as step i starts, so a
-    step takes the longer of its compute and its load (DRAM latency plus its share of the ports' time);
-    the first load and the last compute do not overlap anything."""
-    m = ctx.machine
-    lat = max(p.latency for p in m.dram_ports) + (m.mesh[0] + m.mesh[1]) // 2 * m.hop_latency
+    step takes the longer of its compute and its load (DMA latency `lat` plus its share of the ports'
+    time); the first load and the last compute do not overlap anything."""
     s = max(steps, 1)
     load, step = lat + dram / s, compute / s
     return load + (s - 1) * max(step, load) + step

@@ -123,7 +123,7 @@ def _items(ctx: Ctx, node: Node, x: View, outs: list[View], OH: int, OW: int, co
     ncores = len(cores)
     row_blocks = max(-(-OH // min(OH, fits)), min(OH, -(-ncores // P)))
     rn = -(-OH // row_blocks)
-    budget = min(s.scratch_free() for s in ctx.sram)
+    budget = min(s.scratch_free() for s in ctx.sram.values())
     while fixed + rn * per_row + rn * per_plane > budget and rn > 1:
         rn = -(-rn // 2)
     room = (budget - fixed - rn * per_row) // (rn * per_plane)
@@ -361,7 +361,7 @@ def adaptive_avg_pool2d(ctx: Ctx, node: Node) -> None:
     P = sum(g.shape[0] for g, _ in groups)
     fixed = _align(W * OW * es) + _align(OH * OW * 4)
     per_plane = H * W * es + H * OW * 4 + OH * OW * (4 + (es if wide else 0))
-    budget = min(s.scratch_free() for s in ctx.sram) - fixed - 4 * ALIGN
+    budget = min(s.scratch_free() for s in ctx.sram.values()) - fixed - 4 * ALIGN
     room = min(budget // per_plane, MAX_ROWS // H)
     if room < 1:
         raise SramOverflowError(f"adaptive_avg_pool2d {node.name}: one plane of {node.inputs[0]} "

@@ -135,7 +135,7 @@ def plan(ctx: Ctx, m: Matrix, bytes_per_elem: float, simd_passes: float, max_col
     nr_max = max(1, min(MAX_ROWS, tile_elems // widest))
     n = m.rows * m.cols
     cycles = n * bytes_per_elem / ctx.machine.link_bytes_per_cycle + n * 4 * simd_passes / ctx.machine.simd_bytes
-    cores = ctx.region("rows", cycles, HUGE, axis="rows")
+    cores = ctx.region("rows", cycles, HUGE, axis="rows", dram_bytes=n * bytes_per_elem)
     want = len(cores)
     nr = max(1, min(nr_max, ceil(m.rows / want)))  # enough blocks for every core we want
     blocks = boxes(m.rshape, nr, max_rows=HUGE, max_cols=HUGE)
