@@ -29,6 +29,7 @@ from dataclasses import dataclass, replace
 from math import ceil
 
 from dojoc.codegen.context import MAX_ROWS, MAX_STRIDE, Ctx, split
+from dojoc.codegen.kernels import depthwise
 from dojoc.codegen.kernels.mxu import (
     F32,
     Item,
@@ -50,16 +51,16 @@ from dojoc.codegen.kernels.mxu import (
     splits,
     weight_source,
 )
+from dojoc.codegen.kernels.window import Span, window
 from dojoc.codegen.registry import kernel
 from dojoc.codegen.view import Transfer, View, transfers
-from dojoc.errors import CompileError, MappingError, SramOverflowError
+from dojoc.errors import MappingError, SramOverflowError
 from dojoc.ir.graph import Node
 from dojoc.ir.ops import Op
 from dojoc.mapping.model import Bound, OpMapping
 from isa.costs import matmul_cycles, vector_cycles
 
 MAX_TILE = MAX_ROWS  # rows, columns and k of an mma
-MAX_PAD = 255  # the dmadim padlo/padhi fields
 SLACK = 1024
 
 
@@ -243,6 +244,9 @@ def _plan(ctx: Ctx, node: Node, cv: Conv, spec: Spec, weight: bool) -> tuple[Pla
 
 @kernel(Op.CONV2D)
 def conv2d(ctx: Ctx, node: Node) -> None:
+    if depthwise.applies(ctx, node):  # faster on the vector unit than one m = 1 mma per group
+        depthwise.depthwise(ctx, node)
+        return
     x, w = node.inputs[:2]
     a = node.attrs
     op = operand_type(ctx)
@@ -299,37 +303,14 @@ def _resident(ctx: Ctx, node: Node, core: int, cv: Conv, plan: Plan, spec: Spec,
     return out
 
 
-def _rng(lo_out: int, count: int, s: int, off: int, size: int) -> tuple[int, int, int] | None:
-    """For outputs lo_out..lo_out+count-1 reading input o*s + off: (first valid output, valid count,
-    padding after), or None when every input falls outside 0..size-1."""
-    first = max(lo_out, -(off // s))  # the least o with o * s + off >= 0
-    last = min(lo_out + count - 1, (size - 1 - off) // s)
-    if last < first:
-        return None
-    return first, last - first + 1, lo_out + count - 1 - last
-
-
-def _window(cv: Conv, spec: Spec, b: int, ch: int, cl: int, tap: int, r0: int, rl: int, c0: int, wl: int,
+def _window(cv: Conv, b: int, ch: int, cl: int, tap: int, r0: int, rl: int, c0: int, wl: int,
             dst: int) -> list[Load] | None:
     """The DMA of one tap's shifted input window [cl, rl, wl] (output rows r0.., columns c0..) into a
     staging tile at `dst`, or None when the tap reads only padding there."""
     kh, kw = divmod(tap, cv.kw)
-    rows = _rng(r0, rl, cv.stride[0], kh * cv.dil[0] - cv.pad[0], cv.h)
-    cols = _rng(c0, wl, cv.stride[1], kw * cv.dil[1] - cv.pad[1], cv.wd)
-    if rows is None or cols is None:
-        return None
-    (fr, nr, rhi), (fc, nc, chi) = rows, cols
-    sn, sc, sh, sw = cv.x.strides
-    e = spec.b_src.itemsize
-    src = cv.x.base + b * sn + ch * sc + (fr * cv.stride[0] + kh * cv.dil[0] - cv.pad[0]) * sh \
-        + (fc * cv.stride[1] + kw * cv.dil[1] - cv.pad[1]) * sw
-    dims = [(cl, sc, rl * wl * e), (nr, cv.stride[0] * sh, wl * e), (nc, cv.stride[1] * sw, e)]
-    pads = ((0, 0), (fr - r0, rhi), (fc - c0, chi))
-    if not any(lo or hi for lo, hi in pads):
-        return [Load(t) for t in transfers(src, dst, dims, e)]
-    if max(max(p) for p in pads) > MAX_PAD:
-        raise CompileError(f"conv2d padding of more than {MAX_PAD} rows or columns in one tile")
-    return [Load(Transfer(src, dst, tuple(dims), e), pads)]
+    rows = Span(r0, rl, cv.stride[0], kh * cv.dil[0] - cv.pad[0], cv.h)
+    cols = Span(c0, wl, cv.stride[1], kw * cv.dil[1] - cv.pad[1], cv.wd)
+    return window(cv.x, b, ch, cl, rows, cols, dst, rl * wl * cv.x.dtype.itemsize, "conv2d")
 
 
 def _weights(cv: Conv, spec: Spec, o0: int, ol: int, t0: int, tn: int, c0: int, cl: int) -> list[Load]:
@@ -371,7 +352,7 @@ def _emit_core(ctx: Ctx, node: Node, core: int, cv: Conv, plan: Plan, spec: Spec
                 ncl = min(cl, cv.cg - ch)
                 bop = Operand(nt * ncl, pt)
                 for t in range(t0, t0 + nt):
-                    lds = _window(cv, spec, b, gi * cv.cg + ch, ncl, t, r0, rl, c0, wl, (t - t0) * ncl * pt * ex)
+                    lds = _window(cv, b, gi * cv.cg + ch, ncl, t, r0, rl, c0, wl, (t - t0) * ncl * pt * ex)
                     if lds is None:
                         bop.zero.append(((t - t0) * ncl, ncl))
                     else:
