@@ -242,13 +242,39 @@ def _plan(ctx: Ctx, node: Node, cv: Conv, spec: Spec, weight: bool) -> tuple[Pla
     return best[1], best[0][0], best[2]
 
 
-@kernel(Op.CONV2D)
-def conv2d(ctx: Ctx, node: Node) -> None:
-    if depthwise.applies(ctx, node):  # faster on the vector unit than one m = 1 mma per group
-        depthwise.depthwise(ctx, node)
-        return
+def _geometry(ctx: Ctx, node: Node, wsrc: View, wbias: int, bias: View | None,
+              bias_const: bool) -> tuple[Conv, Spec]:
+    """The convolution's geometry and pipeline spec, for weights read from `wsrc` (CFP bias `wbias`)."""
     x, w = node.inputs[:2]
     a = node.attrs
+    op = operand_type(ctx)
+    n, c, h, wd = x.type.shape
+    o, cg, kh, kw = w.type.shape
+    oh, ow = node.output.type.shape[2:]
+    (sh, sw), (ph, pw), (dh, dw) = a["stride"], a["padding"], a["dilation"]
+    cv = Conv(ctx.views[x], wsrc, bias, bias_const, ctx.views[node.output], n, c, h, wd, o, cg, kh, kw,
+              a["groups"], oh, ow, (sh, sw), (ph, pw), (dh, dw))
+    spec = Spec(op, wsrc.dtype, cv.x.dtype, cv.out.dtype, wbias, act_bias(op, ctx, x), bias.dtype if bias else F32,
+                ctx.epilogue.get(node))
+    return cv, spec
+
+
+def matrix_cycles(ctx: Ctx, node: Node) -> int:
+    """This kernel's estimate for a convolution whose weights and bias are parameters, declaring nothing:
+    their views stand in for the copies `weight_source` and the FP32 bias would make (the plan reads
+    only their types)."""
+    wsrc = replace(ctx.views[node.inputs[1]], dtype=operand_type(ctx))
+    bias = replace(ctx.views[node.inputs[2]], dtype=F32) if len(node.inputs) == 3 else None
+    cv, spec = _geometry(ctx, node, wsrc, 0, bias, True)
+    return _plan(ctx, node, cv, spec, True)[1]
+
+
+@kernel(Op.CONV2D)
+def conv2d(ctx: Ctx, node: Node) -> None:
+    if depthwise.eligible(ctx, node) and depthwise.chosen(ctx, node, lambda: matrix_cycles(ctx, node)):
+        depthwise.depthwise(ctx, node)
+        return
+    w = node.inputs[1]
     op = operand_type(ctx)
     producers = ctx.graph.producers()
     warr = param_array(ctx, w, producers)
@@ -258,17 +284,10 @@ def conv2d(ctx: Ctx, node: Node) -> None:
     if len(node.inputs) == 3:
         barr = param_array(ctx, node.inputs[2], producers)
         bias = ctx.weight(f"{node.name}_bias_f32", barr, F32) if barr is not None else ctx.views[node.inputs[2]]
-    n, c, h, wd = x.type.shape
-    o, cg, kh, kw = w.type.shape
-    oh, ow = node.output.type.shape[2:]
-    (sh, sw), (ph, pw), (dh, dw) = a["stride"], a["padding"], a["dilation"]
-    cv = Conv(ctx.views[x], wsrc, bias, barr is not None, ctx.views[node.output], n, c, h, wd, o, cg, kh, kw,
-              a["groups"], oh, ow, (sh, sw), (ph, pw), (dh, dw))
-    spec = Spec(op, wsrc.dtype, cv.x.dtype, cv.out.dtype, wbias, act_bias(op, ctx, x), bias.dtype if bias else F32,
-                ctx.epilogue.get(node))
+    cv, spec = _geometry(ctx, node, wsrc, wbias, bias, barr is not None)
     plan = _decide(ctx, node, cv, spec, warr is not None)
-    items = [(gi, ob, b, ri, ci) for gi in range(cv.g) for ob in range(0, cv.og, plan.ot) for b in range(n)
-             for ri in range(0, oh, plan.rt) for ci in range(0, ow, plan.ct)]
+    items = [(gi, ob, b, ri, ci) for gi in range(cv.g) for ob in range(0, cv.og, plan.ot) for b in range(cv.n)
+             for ri in range(0, cv.oh, plan.rt) for ci in range(0, cv.ow, plan.ct)]
     for core, (first, count) in zip(plan.cores, split(len(items), len(plan.cores)), strict=False):
         _emit_core(ctx, node, core, cv, plan, spec, items[first:first + count])
 

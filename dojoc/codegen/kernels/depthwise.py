@@ -43,6 +43,7 @@ Loads of item i+1 are issued before item i's vector work, into the other of two 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from math import ceil
 
@@ -79,20 +80,26 @@ SLACK = 1024  # scratch bytes kept free for allocation rounding
 LOADS, STORES = (0, 1), (2, 3)  # semaphores of the two staging parities and of the two result buffers
 
 
-def applies(ctx: Ctx, node: Node) -> bool:
-    """Whether conv2d `node` is a depthwise convolution this kernel takes: groups == in_channels > 1,
-    weights (and bias, if any) parameters, and no given mapping that asks for the matrix kernel."""
+def eligible(ctx: Ctx, node: Node) -> bool:
+    """Whether conv2d `node` is a depthwise convolution this kernel can take: groups == in_channels > 1,
+    its weights (and bias, if any) parameters."""
     x, w = node.inputs[:2]
     groups, c = node.attrs["groups"], x.type.shape[1]
     if groups <= 1 or groups != c:
         return False
     producers = ctx.graph.producers()
-    if param_array(ctx, w, producers) is None:
-        return False
-    if len(node.inputs) == 3 and param_array(ctx, node.inputs[2], producers) is None:
-        return False
+    return param_array(ctx, w, producers) is not None and \
+        (len(node.inputs) < 3 or param_array(ctx, node.inputs[2], producers) is not None)
+
+
+def chosen(ctx: Ctx, node: Node, matrix_cycles: Callable[[], int]) -> bool:
+    """Whether an eligible convolution runs here rather than on the matrix kernel: as a given mapping
+    says (its kernel, "depthwise" or "conv2d"), else when the cost model predicts it no slower than
+    `matrix_cycles()` (the matrix kernel's estimate)."""
     given = ctx.given.get(ctx.scope[0])
-    return given is None or given.kernel == KERNEL
+    if given is not None:
+        return given.kernel == KERNEL
+    return estimate(ctx, node) <= matrix_cycles()
 
 
 def activation(ctx: Ctx, node: Node) -> str | None:
@@ -353,28 +360,40 @@ def _f32_copy(ctx: Ctx, arr: np.ndarray) -> np.ndarray:
         if dt is not F32 else arr.astype(np.float32)
 
 
-def depthwise(ctx: Ctx, node: Node) -> None:
-    """Emit depthwise conv2d `node` (`applies(ctx, node)` holds)."""
-    x, w = node.inputs[:2]
-    producers = ctx.graph.producers()
-    warr = param_array(ctx, w, producers)
-    assert warr is not None
+def _geometry(ctx: Ctx, node: Node, w: View, bias: View | None) -> Dw:
+    x = node.inputs[0]
     n, c, h, wd = x.type.shape
-    o, _, kh, kw = w.type.shape
+    o, _, kh, kw = node.inputs[1].type.shape
+    oh, ow = node.output.type.shape[2:]
+    a = node.attrs
+    (sh, sw), (ph, pw), (dh, dww) = a["stride"], a["padding"], a["dilation"]
+    return Dw(ctx.views[x], ctx.views[node.output], w, bias, n, c, h, wd, o // c, kh, kw, oh, ow, (sh, sw),
+              (ph, pw), (dh, dww), activation(ctx, node))
+
+
+def estimate(ctx: Ctx, node: Node) -> int:
+    """The cost model's cycles for the plan this kernel would choose, declaring nothing (the DRAM views of
+    the weight and bias stand in for their FP32 copies, whose addresses the plan does not read)."""
+    bias = ctx.views[node.inputs[2]] if len(node.inputs) == 3 else None
+    return _plan(ctx, node, _geometry(ctx, node, ctx.views[node.inputs[1]], bias))[1]
+
+
+def depthwise(ctx: Ctx, node: Node) -> None:
+    """Emit depthwise conv2d `node` (`eligible(ctx, node)` holds)."""
+    producers = ctx.graph.producers()
+    warr = param_array(ctx, node.inputs[1], producers)
+    assert warr is not None
+    o, _, kh, kw = node.inputs[1].type.shape
     wq = ctx.weight(f"{node.name}_w_f32", _f32_copy(ctx, warr).reshape(o, kh * kw), F32)
     bias = None
     if len(node.inputs) == 3:
         barr = param_array(ctx, node.inputs[2], producers)
         assert barr is not None
         bias = ctx.weight(f"{node.name}_bias_f32", barr, F32)
-    a = node.attrs
-    oh, ow = node.output.type.shape[2:]
-    (sh, sw), (ph, pw), (dh, dww) = a["stride"], a["padding"], a["dilation"]
-    dw = Dw(ctx.views[x], ctx.views[node.output], wq, bias, n, c, h, wd, o // c, kh, kw, oh, ow, (sh, sw),
-            (ph, pw), (dh, dww), activation(ctx, node))
+    dw = _geometry(ctx, node, wq, bias)
     plan = _decide(ctx, node, dw)
-    items = [(ch, b, r0, c0) for ch in range(0, c, plan.cb) for b in range(n) for r0 in range(0, oh, plan.rt)
-             for c0 in range(0, ow, plan.ct)]
+    items = [(ch, b, r0, c0) for ch in range(0, dw.c, plan.cb) for b in range(dw.n)
+             for r0 in range(0, dw.oh, plan.rt) for c0 in range(0, dw.ow, plan.ct)]
     for core, (first, count) in zip(plan.cores, split(len(items), len(plan.cores)), strict=False):
         _Core(ctx, node, core, dw, plan, items[first:first + count]).emit()
 
