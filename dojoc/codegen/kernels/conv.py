@@ -1,5 +1,6 @@
 """2-D convolution (NCHW; stride, padding, dilation, groups incl. depthwise, optional bias) as a sum of
-matmuls over kernel taps (docs/compiler.md), with no im2col buffer in DRAM.
+matmuls over kernel taps (docs/compiler.md), with no im2col buffer in DRAM. A depthwise convolution goes
+to depthwise.py (the SIMD unit) instead when that kernel's cost model predicts it faster.
 
 For output channels O_blk of one group and a block of output pixels (rows x cols of one image):
 
