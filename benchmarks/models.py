@@ -3,6 +3,8 @@ costs on the emulated machine. Writes docs/benchmarks.md.
 
 Models (random weights built from transformers' configs, nothing downloaded; bf16 unless --precision):
 - resnet50: ResNet-50 (`ResNetConfig()`: depths 3-4-6-3, bottleneck, 1000 classes), batch 1 at 224 x 224, d1;
+- mobilenetv2: MobileNetV2 (`MobileNetV2Config(tf_padding=False)`: width 1.0, ReLU6, 1000 classes), batch 1
+  at 224 x 224, d1;
 - bert-base: `BertModel(BertConfig())`, 12 layers, 768 wide, 12 heads, batch 1 x 128 tokens with an
   attention_mask, d1;
 - gpt2: `GPT2LMHeadModel(GPT2Config(use_cache=False))`, GPT-2 small (12 layers, 768 wide, LM head over the
@@ -65,6 +67,15 @@ def _resnet50() -> tuple[torch.nn.Module, tuple[Any, ...], dict[str, Any]]:
     return ResNetForImageClassification(ResNetConfig(num_labels=1000)).eval(), (torch.randn(1, 3, 224, 224),), {}
 
 
+def _mobilenetv2() -> tuple[torch.nn.Module, tuple[Any, ...], dict[str, Any]]:
+    from transformers import MobileNetV2Config, MobileNetV2ForImageClassification
+
+    # PyTorch-style symmetric padding (tf_padding=False), as torchvision's MobileNetV2: TF padding would add
+    # a pad op before every strided convolution
+    cfg = MobileNetV2Config(num_labels=1000, tf_padding=False)
+    return MobileNetV2ForImageClassification(cfg).eval(), (torch.randn(1, 3, 224, 224),), {}
+
+
 def _bert_base() -> tuple[torch.nn.Module, tuple[Any, ...], dict[str, Any]]:
     from transformers import BertConfig, BertModel
 
@@ -94,6 +105,7 @@ def _small(name: str) -> Callable[[], tuple[torch.nn.Module, tuple[Any, ...], di
 
 CASES = [
     Case("resnet50", "ResNet-50, 1 x 3 x 224 x 224", "d1", _resnet50),
+    Case("mobilenetv2", "MobileNetV2 (depthwise 3 x 3), 1 x 3 x 224 x 224", "d1", _mobilenetv2),
     Case("bert-base", "BERT-base, 12 layers, 1 x 128 tokens, attention mask", "d1", _bert_base),
     Case("gpt2", "GPT-2 small + LM head, 12 layers, 1 x 128 tokens", "d1", _gpt2),
     Case("mlp", "MLP 64-128-128-10, batch 8", "mesh4x4", _small("mlp"), big=False),

@@ -1,5 +1,6 @@
 """2-D convolution (NCHW; stride, padding, dilation, groups incl. depthwise, optional bias) as a sum of
-matmuls over kernel taps (docs/compiler.md), with no im2col buffer in DRAM.
+matmuls over kernel taps (docs/compiler.md), with no im2col buffer in DRAM. A depthwise convolution goes
+to depthwise.py (the SIMD unit) instead when that kernel's cost model predicts it faster.
 
 For output channels O_blk of one group and a block of output pixels (rows x cols of one image):
 
@@ -29,6 +30,7 @@ from dataclasses import dataclass, replace
 from math import ceil
 
 from dojoc.codegen.context import MAX_ROWS, MAX_STRIDE, Ctx, split
+from dojoc.codegen.kernels import depthwise
 from dojoc.codegen.kernels.mxu import (
     F32,
     Item,
@@ -51,16 +53,16 @@ from dojoc.codegen.kernels.mxu import (
     splits,
     weight_source,
 )
+from dojoc.codegen.kernels.window import Span, window
 from dojoc.codegen.registry import kernel
 from dojoc.codegen.view import Transfer, View, transfers
-from dojoc.errors import CompileError, MappingError, SramOverflowError
+from dojoc.errors import MappingError, SramOverflowError
 from dojoc.ir.graph import Node
 from dojoc.ir.ops import Op
 from dojoc.mapping.model import Bound, OpMapping
 from isa.costs import matmul_cycles, vector_cycles
 
 MAX_TILE = MAX_ROWS  # rows, columns and k of an mma
-MAX_PAD = 255  # the dmadim padlo/padhi fields
 SLACK = 1024
 
 
@@ -243,10 +245,39 @@ def _plan(ctx: Ctx, node: Node, cv: Conv, spec: Spec, weight: bool) -> tuple[Pla
     return best[1], best[0][0], best[2]
 
 
-@kernel(Op.CONV2D)
-def conv2d(ctx: Ctx, node: Node) -> None:
+def _geometry(ctx: Ctx, node: Node, wsrc: View, wbias: int, bias: View | None,
+              bias_const: bool) -> tuple[Conv, Spec]:
+    """The convolution's geometry and pipeline spec, for weights read from `wsrc` (CFP bias `wbias`)."""
     x, w = node.inputs[:2]
     a = node.attrs
+    op = operand_type(ctx)
+    n, c, h, wd = x.type.shape
+    o, cg, kh, kw = w.type.shape
+    oh, ow = node.output.type.shape[2:]
+    (sh, sw), (ph, pw), (dh, dw) = a["stride"], a["padding"], a["dilation"]
+    cv = Conv(ctx.views[x], wsrc, bias, bias_const, ctx.views[node.output], n, c, h, wd, o, cg, kh, kw,
+              a["groups"], oh, ow, (sh, sw), (ph, pw), (dh, dw))
+    spec = Spec(op, wsrc.dtype, cv.x.dtype, cv.out.dtype, wbias, act_bias(op, ctx, x), bias.dtype if bias else F32,
+                ctx.epilogue.get(node))
+    return cv, spec
+
+
+def matrix_cycles(ctx: Ctx, node: Node) -> int:
+    """This kernel's estimate for a convolution whose weights and bias are parameters, declaring nothing:
+    their views stand in for the copies `weight_source` and the FP32 bias would make (the plan reads
+    only their types)."""
+    wsrc = replace(ctx.views[node.inputs[1]], dtype=operand_type(ctx))
+    bias = replace(ctx.views[node.inputs[2]], dtype=F32) if len(node.inputs) == 3 else None
+    cv, spec = _geometry(ctx, node, wsrc, 0, bias, True)
+    return _plan(ctx, node, cv, spec, True)[1]
+
+
+@kernel(Op.CONV2D)
+def conv2d(ctx: Ctx, node: Node) -> None:
+    if depthwise.eligible(ctx, node) and depthwise.chosen(ctx, node, lambda: matrix_cycles(ctx, node)):
+        depthwise.depthwise(ctx, node)
+        return
+    w = node.inputs[1]
     op = operand_type(ctx)
     producers = ctx.graph.producers()
     warr = param_array(ctx, w, producers)
@@ -256,17 +287,10 @@ def conv2d(ctx: Ctx, node: Node) -> None:
     if len(node.inputs) == 3:
         barr = param_array(ctx, node.inputs[2], producers)
         bias = ctx.weight(f"{node.name}_bias_f32", barr, F32) if barr is not None else ctx.views[node.inputs[2]]
-    n, c, h, wd = x.type.shape
-    o, cg, kh, kw = w.type.shape
-    oh, ow = node.output.type.shape[2:]
-    (sh, sw), (ph, pw), (dh, dw) = a["stride"], a["padding"], a["dilation"]
-    cv = Conv(ctx.views[x], wsrc, bias, barr is not None, ctx.views[node.output], n, c, h, wd, o, cg, kh, kw,
-              a["groups"], oh, ow, (sh, sw), (ph, pw), (dh, dw))
-    spec = Spec(op, wsrc.dtype, cv.x.dtype, cv.out.dtype, wbias, act_bias(op, ctx, x), bias.dtype if bias else F32,
-                ctx.epilogue.get(node))
+    cv, spec = _geometry(ctx, node, wsrc, wbias, bias, barr is not None)
     plan = _decide(ctx, node, cv, spec, warr is not None)
-    items = [(gi, ob, b, ri, ci) for gi in range(cv.g) for ob in range(0, cv.og, plan.ot) for b in range(n)
-             for ri in range(0, oh, plan.rt) for ci in range(0, ow, plan.ct)]
+    items = [(gi, ob, b, ri, ci) for gi in range(cv.g) for ob in range(0, cv.og, plan.ot) for b in range(cv.n)
+             for ri in range(0, cv.oh, plan.rt) for ci in range(0, cv.ow, plan.ct)]
     for core, (first, count) in zip(plan.cores, split(len(items), len(plan.cores)), strict=False):
         _emit_core(ctx, node, core, cv, plan, spec, items[first:first + count])
 
@@ -301,37 +325,14 @@ def _resident(ctx: Ctx, node: Node, core: int, cv: Conv, plan: Plan, spec: Spec,
     return out
 
 
-def _rng(lo_out: int, count: int, s: int, off: int, size: int) -> tuple[int, int, int] | None:
-    """For outputs lo_out..lo_out+count-1 reading input o*s + off: (first valid output, valid count,
-    padding after), or None when every input falls outside 0..size-1."""
-    first = max(lo_out, -(off // s))  # the least o with o * s + off >= 0
-    last = min(lo_out + count - 1, (size - 1 - off) // s)
-    if last < first:
-        return None
-    return first, last - first + 1, lo_out + count - 1 - last
-
-
-def _window(cv: Conv, spec: Spec, b: int, ch: int, cl: int, tap: int, r0: int, rl: int, c0: int, wl: int,
+def _window(cv: Conv, b: int, ch: int, cl: int, tap: int, r0: int, rl: int, c0: int, wl: int,
             dst: int) -> list[Load] | None:
     """The DMA of one tap's shifted input window [cl, rl, wl] (output rows r0.., columns c0..) into a
     staging tile at `dst`, or None when the tap reads only padding there."""
     kh, kw = divmod(tap, cv.kw)
-    rows = _rng(r0, rl, cv.stride[0], kh * cv.dil[0] - cv.pad[0], cv.h)
-    cols = _rng(c0, wl, cv.stride[1], kw * cv.dil[1] - cv.pad[1], cv.wd)
-    if rows is None or cols is None:
-        return None
-    (fr, nr, rhi), (fc, nc, chi) = rows, cols
-    sn, sc, sh, sw = cv.x.strides
-    e = spec.b_src.itemsize
-    src = cv.x.base + b * sn + ch * sc + (fr * cv.stride[0] + kh * cv.dil[0] - cv.pad[0]) * sh \
-        + (fc * cv.stride[1] + kw * cv.dil[1] - cv.pad[1]) * sw
-    dims = [(cl, sc, rl * wl * e), (nr, cv.stride[0] * sh, wl * e), (nc, cv.stride[1] * sw, e)]
-    pads = ((0, 0), (fr - r0, rhi), (fc - c0, chi))
-    if not any(lo or hi for lo, hi in pads):
-        return [Load(t) for t in transfers(src, dst, dims, e)]
-    if max(max(p) for p in pads) > MAX_PAD:
-        raise CompileError(f"conv2d padding of more than {MAX_PAD} rows or columns in one tile")
-    return [Load(Transfer(src, dst, tuple(dims), e), pads)]
+    rows = Span(r0, rl, cv.stride[0], kh * cv.dil[0] - cv.pad[0], cv.h)
+    cols = Span(c0, wl, cv.stride[1], kw * cv.dil[1] - cv.pad[1], cv.wd)
+    return window(cv.x, b, ch, cl, rows, cols, dst, rl * wl * cv.x.dtype.itemsize, "conv2d")
 
 
 def _weights(cv: Conv, spec: Spec, o0: int, ol: int, t0: int, tn: int, c0: int, cl: int) -> list[Load]:
@@ -373,7 +374,7 @@ def _emit_core(ctx: Ctx, node: Node, core: int, cv: Conv, plan: Plan, spec: Spec
                 ncl = min(cl, cv.cg - ch)
                 bop = Operand(nt * ncl, pt)
                 for t in range(t0, t0 + nt):
-                    lds = _window(cv, spec, b, gi * cv.cg + ch, ncl, t, r0, rl, c0, wl, (t - t0) * ncl * pt * ex)
+                    lds = _window(cv, b, gi * cv.cg + ch, ncl, t, r0, rl, c0, wl, (t - t0) * ncl * pt * ex)
                     if lds is None:
                         bop.zero.append(((t - t0) * ncl, ncl))
                     else:
