@@ -225,8 +225,8 @@ def _legal(ctx: Ctx, dw: Dw, blk: Block) -> str | None:
                 f"above the {MAX_COLS} columns of a vector op")
     if dw.mult * blk.pw * 4 > MAX_VSTRIDE:
         return f"a row stride of {dw.mult * blk.pw * 4} bytes is above the {MAX_VSTRIDE} of a vector op"
-    if _scratch(dw, blk) > ctx.sram[0].half:
-        return f"its buffers need {_scratch(dw, blk):,} bytes, above the {ctx.sram[0].half:,} of SRAM scratch"
+    if _scratch(dw, blk) > ctx.scratch_bytes:
+        return f"its buffers need {_scratch(dw, blk):,} bytes, above the {ctx.scratch_bytes:,} of SRAM scratch"
     return None
 
 
@@ -270,17 +270,18 @@ def _items(dw: Dw, cb: int, rt: int, ct: int) -> int:
     return ceil(dw.c / cb) * dw.n * ceil(dw.oh / rt) * ceil(dw.ow / ct)
 
 
-def _estimate(ctx: Ctx, dw: Dw, cb: int, rt: int, ct: int, ncores: int, resident: bool) -> tuple[int, Bound]:
+def _estimate(ctx: Ctx, dw: Dw, cb: int, rt: int, ct: int, cores: list[int], resident: bool) -> tuple[int, Bound]:
     """Predicted cycles and bound: per item, the longer of its vector work and its bytes over the core's
     link ports; over the run, overlapped with the region's traffic through the DRAM ports."""
     m = ctx.machine
     blk = Block.of(dw, min(cb, dw.c), min(rt, dw.oh), min(ct, dw.ow))
     items = _items(dw, cb, rt, ct)
-    run = ceil(items / ncores)
+    run = ceil(items / len(cores))
     vec = _item_cycles(ctx, dw, blk)
     load, store = _item_bytes(dw, blk, resident)
     link = max(load / m.eject_bytes_per_cycle, store / m.inject_bytes_per_cycle)
-    cyc, bound = overlapped_bound(ctx, run * max(vec, link), dram_cycles(ctx, items * (load + store)), run)
+    cyc, bound = overlapped_bound(ctx, run * max(vec, link), dram_cycles(ctx, items * (load + store), cores), run,
+                                  cores, run)
     return cyc, Bound.LINK if bound is Bound.COMPUTE and link > vec else bound
 
 
@@ -312,12 +313,12 @@ def _plan(ctx: Ctx, node: Node, dw: Dw) -> tuple[Plan, int, Bound]:
                 blocks = min(ceil((run - 1) / per_block) + 1, ceil(dw.c / cb))
                 need = blocks * (_wbytes(cb * dw.mult, dw.taps) + cb * dw.mult * 4 + 64)
                 resident = region.fits(ncores, need) and need * ncores <= budget
-                cyc, bound = _estimate(ctx, dw, cb, rt, ct, ncores, resident)
+                cores = region.pick(ncores, need if resident else 0)
+                cyc, bound = _estimate(ctx, dw, cb, rt, ct, cores, resident)
                 if best is None or (cyc, ncores) < best[0]:
-                    best = ((cyc, ncores), Plan(cb, rt, ct, region.pick(ncores, need if resident else 0), resident),
-                            bound)
+                    best = ((cyc, ncores), Plan(cb, rt, ct, cores, resident), bound)
     if best is None:
-        raise node.error(f"depthwise conv2d {node.name} fits no tile in {ctx.sram[0].half:,} bytes of SRAM "
+        raise node.error(f"depthwise conv2d {node.name} fits no tile in {ctx.scratch_bytes:,} bytes of SRAM "
                          "scratch", SramOverflowError)
     return best[1], best[0][0], best[2]
 
@@ -343,7 +344,7 @@ def _decide(ctx: Ctx, node: Node, dw: Dw) -> Plan:
         if why is not None:
             raise MappingError(f"op {om.key}: tile {dict(om.tile)}: {why}; make it smaller",
                                node=node.name, shapes=node.signature(), source=node.source)
-        cyc, bound = _estimate(ctx, dw, cb, rt, ct, len(om.cores), om.resident)
+        cyc, bound = _estimate(ctx, dw, cb, rt, ct, list(om.cores), om.resident)
         return replace(om, predicted_cycles=cyc, bound=bound)
 
     om = ctx.decide(KERNEL, default, check)
