@@ -52,6 +52,8 @@ def op_rows(lowered: Lowered, stats: RunStats | None = None) -> list[dict[str, A
                     "outputs": [_where(mapping, n) for n in om.writes],
                     "predicted_cycles": om.predicted_cycles, "bound": om.bound.value,
                     "emulated_cycles": measured.get(om.op) if om.part == 0 else None})
+        if om.note:
+            row["note"] = om.note
         rows.append(row)
     return rows
 
@@ -78,6 +80,8 @@ def format_explain(rows: list[dict[str, Any]]) -> str:
                      f"{_fmt_axes(r['tile'])}{'; weights resident' if r['resident'] else ''}; cores {r['region']}")
         if r["inputs"] or r["outputs"]:
             lines.append(f"{'':<34} reads {', '.join(r['inputs']) or '-'}; writes {', '.join(r['outputs']) or '-'}")
+        if r.get("note"):
+            lines.append(f"{'':<34} not fused: {r['note']}")
     if errors:
         errors.sort()
         lines.append(f"median |predicted - emulated| / emulated over {len(errors)} ops: "
