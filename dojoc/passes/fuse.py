@@ -345,6 +345,6 @@ def _unreached(s: _Scan, n: Node) -> str:
         if q.op in MATRIX or q.op in ELEMENTWISE:
             if q.op in ELEMENTWISE and n.op is Op.ADD:
                 return f"its input {shown} comes from an elementwise {q.op}, whose epilogue adds no tensor"
-            return f"its input {shown} comes from %{q.name}, which could not take it"
-        return f"its input {shown} comes from {q.op} %{q.name}, which takes no epilogue"
+            return f"its input {shown} comes from a {q.op} that could not take it"
+        return f"its input {shown} comes from {q.op}, which takes no epilogue"
     return "its inputs are constants"
