@@ -17,15 +17,17 @@ from dojoc.ir import Graph, maybe_dump, verify
 from dojoc.mapping import Mapping
 from dojoc.passes.calibrate import activation_ranges
 from dojoc.passes.fold_bn import fold_batch_norm
+from dojoc.passes.fuse import fuse
 from isa.machine import Machine
 
 Pass = Callable[[Graph], Graph]
 
-# Graph passes, in order. Epilogue fusion still lives in code generation; partition and placement run
-# there too, op by op, but as decisions: each kernel family takes its op's decision (dojoc/mapping) from a
-# given mapping or from its cost model, records it, and emits it. `Lowered.mapping` holds them all.
+# Graph passes, in order. Partition and placement still run in code generation, op by op, but as
+# decisions: each kernel family takes its op's decision (dojoc/mapping) from a given mapping or from its
+# cost model, records it, and emits it. `Lowered.mapping` holds them all.
 PASSES: list[tuple[str, Pass]] = [
-    ("fold_batch_norm", fold_batch_norm),
+    ("fold_batch_norm", fold_batch_norm),  # first: a batch norm folded into a conv leaves its relu next to it
+    ("fuse", fuse),
 ]
 
 

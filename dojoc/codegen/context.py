@@ -19,7 +19,7 @@ from dojoc.codegen.builder import CoreCode, ProgramBuilder
 from dojoc.codegen.paths import port_path
 from dojoc.codegen.view import View, transfers
 from dojoc.errors import MappingError, SramOverflowError
-from dojoc.ir.graph import Graph, Node, Value
+from dojoc.ir.graph import Graph, Value
 from dojoc.ir.types import IRDType
 from dojoc.mapping.model import Bound, OpMapping, Shard
 from isa import formats
@@ -95,8 +95,6 @@ class Ctx:
     sram: dict[int, SramPlan] = field(default_factory=dict)  # by core id
     load: dict[int, CoreCode] = field(default_factory=dict)  # resident-weight loading, before the first call
     used: set[int] = field(default_factory=set)
-    epilogue: dict[Node, str] = field(default_factory=dict)  # matrix op -> fused activation mnemonic
-    col_bias: dict[Node, np.ndarray] = field(default_factory=dict)  # matmul -> fused FP32 bias [N] per column
     ranges: dict[str, float] = field(default_factory=dict)  # value name -> max |x| on calibration inputs
     # the mapping: decisions given by the user (by key), the decisions taken, resident weight shards
     given: dict[str, OpMapping] = field(default_factory=dict)

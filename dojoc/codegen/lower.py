@@ -10,9 +10,8 @@ barrier, so the emulator's cycles split into `load_cycles` and `cycles`.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 from math import prod
-
-import numpy as np
 
 import dojoc.codegen.kernels  # noqa: F401  (registers the kernels)
 from dojoc.codegen.builder import CoreCode, ProgramBuilder
@@ -23,6 +22,7 @@ from dojoc.codegen.registry import KERNELS
 from dojoc.codegen.result import LOAD_BARRIER, Lowered
 from dojoc.codegen.view import View
 from dojoc.errors import MappingError, UnsupportedOpsError
+from dojoc.ir.epilogue import steps_of
 from dojoc.ir.graph import Graph, Node, Value
 from dojoc.ir.ops import Op
 from dojoc.mapping.build import build_mapping, check_given
@@ -91,17 +91,18 @@ def lower_graph(graph: Graph, machine: Machine, precision: str = "bf16",
     ctx.sram = {c: SramPlan(machine.sram_bytes) for c in ids}
     ctx.load = {c: CoreCode(c) for c in ids}
     outputs = set(graph.outputs)
-    fused, final = fuse_epilogues(ctx, graph, outputs)
+    final = write_through(graph, outputs)
+    written = set(final.values())
     spans: list[tuple[str, int, int]] = []  # (op, barriers before it, barriers after it)
     for node in graph.nodes:
-        if node in fused:  # computed by its producer's epilogue: its result is the view of what it reads
-            if node.output not in ctx.views:  # (the chain's last value is the producer's buffer itself)
-                ctx.views[node.output] = ctx.views[fused[node][1]]
-            ctx.decisions.append(OpMapping(node.name, "epilogue", fused_into=fused[node][0].name))
+        if node.outputs[0] in written:  # a reshape that its producer wrote (see write_through)
             continue
-        b0 = ctx.builder.barriers
+        b0, d0 = ctx.builder.barriers, len(ctx.decisions)
         with ctx.op_scope(node.name, node.source):
             _lower_node(ctx, node, outputs, final)
+        _note(ctx, node, d0)
+        # the ops fused into this one are computed by its epilogue: they keep an entry in the mapping
+        ctx.decisions += [OpMapping(name, "epilogue", fused_into=node.name) for name in node.attrs.get("fused", ())]
         if ctx.builder.barriers > b0:
             spans.append((node.name, b0, ctx.builder.barriers))
     out_names = tuple(graph.output_names)
@@ -128,100 +129,30 @@ def lower_graph(graph: Graph, machine: Machine, precision: str = "bf16",
                    max(s.peak for s in ctx.sram.values()), build_mapping(ctx), tuple(spans))
 
 
-EPILOGUES = {Op.RELU: "vrelu", Op.SILU: "vsilu", Op.SIGMOID: "vsigmoid", Op.TANH: "vtanh"}
-# ops whose kernels apply a fused activation to their result tile before storing it
-FUSABLE = (Op.MATMUL, Op.CONV2D, Op.ADD, Op.SUB, Op.MUL, Op.DIV, Op.MAXIMUM, Op.MINIMUM)
-
-
-def fuse_epilogues(ctx: Ctx, graph: Graph, outputs: set[Value]) -> tuple[dict[Node, tuple[Node, Value]],
-                                                                     dict[Node, Value]]:
-    """Fuse the elementwise ops after a matrix or elementwise op into its epilogue, each when it is the
-    only reader of the result before it:
-
-    - after a matmul, the add of a constant vector along the last dim (a linear layer's bias, a PARAM
-      of shape [N] or a reshape/expand of one): `ctx.col_bias` gets the FP32 vector per matmul, added to
-      the FP32 accumulator tile before the store;
-    - then an activation, after a matmul or convolution (on the FP32 accumulator tile) or an elementwise
-      arithmetic op (on the result tile): `ctx.epilogue` gets its mnemonic per producer.
-
-    Each may read the result through a reshape that nothing else reads (elementwise ops commute with it;
-    AOTAutograd puts such reshapes between a linear layer and its bias or activation). Returns
-    ({fused node: (producer, the value whose view holds the fused node's result)}, {producer: the last
-    value of its chain}): the producer's buffer is declared for that value, in its shape (so it may be a
-    graph output), and the producer writes it through a reshape to its own shape."""
+def write_through(graph: Graph, outputs: set[Value]) -> dict[Node, Value]:
+    """{node with an epilogue: the graph output it writes directly} for a node whose one reader is a
+    reshape that is a graph output (the reshape the fuse pass leaves after a chain that went through
+    one): the node's buffer is declared as that output, in its shape, and the node writes it through a
+    reshape to its own shape, so no copy is needed."""
     users = graph.users()
-    producers = graph.producers()
-    fused: dict[Node, tuple[Node, Value]] = {}
-    final: dict[Node, Value] = {}
-
-    def sole_reader(v: Value) -> tuple[Node, Node | None] | None:
-        """The only reader of v (seen through a reshape nothing else reads), and that reshape."""
-        if v in outputs or len(users[v]) != 1:
-            return None
-        nxt = users[v][0]
-        if nxt.op is Op.RESHAPE and nxt.output not in outputs and len(users[nxt.output]) == 1:
-            return users[nxt.output][0], nxt
-        return nxt, None
-
+    out: dict[Node, Value] = {}
     for n in graph.nodes:
-        if n.op not in FUSABLE or n in fused:
+        if not steps_of(n.attrs) or len(n.outputs) != 1 or n.output in outputs:
             continue
-        chain: list[tuple[Node, Value]] = []  # (fused node, the value it reads from the chain)
-        cur = n.output
-        if n.op is Op.MATMUL and (r := sole_reader(cur)) is not None:
-            add, reshape = r
-            src = (reshape or n).output
-            bias = _col_bias(ctx, add, src, producers)
-            if bias is not None:
-                ctx.col_bias[n] = bias
-                chain.append((add, src))
-                cur = add.output
-        if (r := sole_reader(cur)) is not None:
-            act, reshape = r
-            src = (reshape.output if reshape is not None else cur)
-            mnemonic = None
-            if act.op is Op.GELU:
-                mnemonic = "vgelut" if act.attrs["approximate"] == "tanh" else "vgelu"
-            elif act.op in EPILOGUES:
-                mnemonic = EPILOGUES[act.op]
-            if mnemonic is not None and act.output.type == src.type:
-                ctx.epilogue[n] = mnemonic
-                chain.append((act, src))
-        for node, src in chain:
-            fused[node] = (n, src)
-        if chain:
-            final[n] = chain[-1][0].output
-    return fused, final
+        readers = users.get(n.output, [])
+        if len(readers) == 1 and readers[0].op is Op.RESHAPE and readers[0].output in outputs:
+            out[n] = readers[0].output
+    return out
 
 
-def _col_bias(ctx: Ctx, add: Node, src: Value, producers: dict[Value, Node]) -> np.ndarray | None:
-    """The vector [N] when `add` adds to `src` ([..., M, N]) a constant broadcast along the last dim (a
-    PARAM, possibly reshaped or expanded) and its result has src's type; else None."""
-    if add.op is not Op.ADD or len(add.inputs) != 2 or add.output.type != src.type:
-        return None
-    a, b = add.inputs
-    if (a is src) == (b is src):
-        return None
-    other = b if a is src else a
-    shape, n = tuple(other.type.shape), src.type.shape[-1] if src.type.shape else 0
-    if not shape or len(shape) > len(src.type.shape) or any(d != 1 for d in shape[:-1]) or shape[-1] != n:
-        return None
-    views: list[Node] = []
-    node = producers.get(other)
-    while node is not None and node.op in (Op.RESHAPE, Op.EXPAND):
-        views.append(node)
-        node = producers.get(node.inputs[0])
-    if node is None or node.op is not Op.PARAM:
-        return None
-    arr = np.asarray(ctx.graph.parameters[node.attrs["name"]])
-    if not np.issubdtype(arr.dtype, np.floating):
-        return None
-    for v in reversed(views):  # replay the views on the values
-        shp = tuple(v.attrs["shape"])
-        arr = arr.reshape(shp) if v.op is Op.RESHAPE else np.broadcast_to(arr, shp)
-    if arr.shape != shape:
-        return None
-    return np.ascontiguousarray(arr.reshape(n).astype(np.float32))
+def _note(ctx: Ctx, node: Node, first: int) -> None:
+    """Put the fuse pass's note on why `node` was not fused on its first decision (taken from `first` on)."""
+    note = ctx.graph.fusion_notes.get(node.name)
+    if not note:
+        return
+    i = next((i for i in range(first, len(ctx.decisions)) if ctx.decisions[i].op == node.name), None)
+    if i is not None:
+        ctx.decisions[i] = replace(ctx.decisions[i], note=note)
 
 
 def _lower_node(ctx: Ctx, node: Node, outputs: set[Value], final: dict[Node, Value]) -> None:
@@ -244,7 +175,7 @@ def _lower_node(ctx: Ctx, node: Node, outputs: set[Value], final: dict[Node, Val
             return
     last = final.get(node)
     for i, value in enumerate(node.outputs):
-        if last is not None:  # the result of the fused epilogue ops is this op's result
+        if last is not None:  # this op writes the graph output that reshapes its result
             value = last
         kind = TensorKind.OUTPUT if value in outputs else TensorKind.SCRATCH
         name = ctx.graph.output_names[ctx.graph.outputs.index(value)] if value in outputs else value.name

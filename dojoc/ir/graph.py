@@ -88,7 +88,9 @@ class Graph:
     - `outputs` with `output_names`; `in_spec`/`out_spec`: torch pytree specs as JSON strings
       (`torch.utils._pytree.treespec_dumps`), so a runtime can take eager's argument structure and
       rebuild eager's output structure; `baked_inputs`: non-tensor user inputs (flat index -> value)
-      that were specialised at export.
+      that were specialised at export;
+    - `fusion_notes`: node name -> why the `fuse` pass did not fuse that op into the op before it (code
+      generation copies them into the mapping, so `--explain` shows them).
     """
 
     name: str = "graph"
@@ -100,6 +102,7 @@ class Graph:
     in_spec: str | None = None
     out_spec: str | None = None
     baked_inputs: dict[int, Any] = field(default_factory=dict)
+    fusion_notes: dict[str, str] = field(default_factory=dict)
     _names: set[str] = field(default_factory=set, repr=False)
 
     # -- building ---------------------------------------------------------------------------------
@@ -239,7 +242,8 @@ class Graph:
         """A shallow copy: new node list and dicts, shared (immutable) nodes and parameter arrays."""
         return replace(self, nodes=list(self.nodes), inputs=list(self.inputs), outputs=list(self.outputs),
                        output_names=list(self.output_names), parameters=dict(self.parameters),
-                       baked_inputs=dict(self.baked_inputs), _names=set(self._names))
+                       baked_inputs=dict(self.baked_inputs), fusion_notes=dict(self.fusion_notes),
+                       _names=set(self._names))
 
     def insert_name(self, name: str) -> None:
         """Reserve a node name (for passes that build nodes by hand)."""

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from dojoc.errors import CompileError, InputError
+from dojoc.ir import epilogue
 from dojoc.ir.graph import Graph, Node, Value
 from dojoc.ir.ops import Op
 from dojoc.ir.table import op_def
@@ -112,9 +113,24 @@ class Interpreter:
         return self.reference(node, args)
 
     def reference(self, node: Node, args: list[np.ndarray]) -> Any:
-        """The op table's numpy semantics; bf16 operands are widened to float32 first."""
-        wide = [a.astype(np.float32) if a.dtype == IRDType.BF16.numpy else a for a in args]
-        return op_def(node.op).ref(wide, node.attrs)
+        """The op table's numpy semantics; bf16 operands are widened to float32 first. An op with an
+        epilogue runs on its own inputs, then each step (`dojoc.ir.epilogue.apply`) on its extra inputs,
+        rounding to the output type after each, as the unfused ops did."""
+        wide = [_widen(a) for a in args]
+        steps = epilogue.steps_of(node.attrs)
+        if not steps:
+            return op_def(node.op).ref(wide, node.attrs)
+        n = len(wide) - epilogue.extra_count(steps)
+        t = node.outputs[0].type
+
+        def rnd(x: np.ndarray) -> np.ndarray:
+            return _widen(_conform(node, t, x))
+
+        return epilogue.apply(rnd(op_def(node.op).ref(wide[:n], node.attrs)), wide[n:], steps, rnd)
+
+
+def _widen(a: np.ndarray) -> np.ndarray:
+    return a.astype(np.float32) if a.dtype == IRDType.BF16.numpy else a
 
 
 def _conform(node: Node, t: TensorType, r: Any) -> np.ndarray:

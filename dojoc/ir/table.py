@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from dojoc.ir import epilogue as E
 from dojoc.ir import reference as R
 from dojoc.ir import shapes as S
 from dojoc.ir.ops import (
@@ -81,13 +82,18 @@ _row(Op.CAST, K.UNARY, (1, 1), S.cast, R.cast, "convert to dtype: float->int tru
      "->bool is x != 0, ->bf16 rounds to nearest even", {"dtype": Attr(DTYPE)}, _X)
 
 _XY = ("x", "y")
+# the elementwise arithmetic ops whose kernel applies an epilogue (dojoc.ir.epilogue) to its result tile
+_ELT_RULE = E.with_epilogue(S.binary_arith, (2, 2), E.ELEMENTWISE_STEPS)
+for _op, _rule, _doc, _attrs in [
+    (Op.ADD, _ELT_RULE, "x + y, then its epilogue", E.ATTRS),
+    (Op.SUB, _ELT_RULE, "x - y, then its epilogue", E.ATTRS),
+    (Op.MUL, _ELT_RULE, "x * y, then its epilogue", E.ATTRS),
+    (Op.MAXIMUM, _ELT_RULE, "elementwise max (nan propagates), then its epilogue", E.ATTRS),
+    (Op.MINIMUM, _ELT_RULE, "elementwise min (nan propagates), then its epilogue", E.ATTRS),
+]:
+    _row(_op, K.BINARY, (2, 2), _rule, R.binary(_op.value), _doc, _attrs, _XY)
 for _op, _rule, _doc in [
-    (Op.ADD, S.binary_arith, "x + y"),
-    (Op.SUB, S.binary_arith, "x - y"),
-    (Op.MUL, S.binary_arith, "x * y"),
     (Op.POW, S.binary_arith, "x ** y"),
-    (Op.MAXIMUM, S.binary_arith, "elementwise max (nan propagates)"),
-    (Op.MINIMUM, S.binary_arith, "elementwise min (nan propagates)"),
     (Op.EQ, S.compare, "x == y -> bool"),
     (Op.NE, S.compare, "x != y -> bool"),
     (Op.LT, S.compare, "x < y -> bool"),
@@ -99,20 +105,22 @@ for _op, _rule, _doc in [
     (Op.LOGICAL_XOR, S.logical, "x xor y (bool)"),
 ]:
     _row(_op, K.BINARY, (2, 2), _rule, R.binary(_op.value), _doc, inputs=_XY)
-_row(Op.DIV, K.BINARY, (2, 2), S.div, R.binary("div"), "x / y; rounding_mode None (true "
-     "division, float operands), 'trunc' or 'floor'",
-     {"rounding_mode": Attr(choice(None, "trunc", "floor"), None)}, _XY)
+_row(Op.DIV, K.BINARY, (2, 2), E.with_epilogue(S.div, (2, 2), E.ELEMENTWISE_STEPS), R.binary("div"),
+     "x / y; rounding_mode None (true division, float operands), 'trunc' or 'floor'; then its epilogue",
+     {"rounding_mode": Attr(choice(None, "trunc", "floor"), None), **E.ATTRS}, _XY)
 _row(Op.WHERE, K.TERNARY, (3, 3), S.where, R.where, "cond ? x : y, broadcast", inputs=("cond", "x", "y"))
 
 # -- contractions -----------------------------------------------------------------------------------
-_row(Op.MATMUL, K.CONTRACTION, (2, 2), S.matmul, R.matmul, "[..., M, K] @ [..., K, N] -> [..., M, N]; "
-     "batch dims broadcast; out_dtype None means the operands' dtype (accumulation is fp32 or wider)",
-     {"out_dtype": Attr(OPT_DTYPE, None)}, ("x", "w"))
-_row(Op.CONV2D, K.CONTRACTION, (2, 3), S.conv2d, R.conv2d, "cross-correlation of x [N,C,H,W] with "
-     "w [O,C/groups,KH,KW] plus optional bias [O]; symmetric zero padding (asymmetric: pad first); "
-     "depthwise is groups == C; conv1d is conv2d with H = 1",
+_row(Op.MATMUL, K.CONTRACTION, (2, 4), E.with_epilogue(S.matmul, (2, 2), E.MATMUL_STEPS), R.matmul,
+     "[..., M, K] @ [..., K, N] -> [..., M, N]; batch dims broadcast; out_dtype None means the operands' dtype "
+     "(accumulation is fp32 or wider); then its epilogue (bias, residual, scale, activation)",
+     {"out_dtype": Attr(OPT_DTYPE, None), **E.ATTRS}, ("x", "w", "*epilogue"))
+_row(Op.CONV2D, K.CONTRACTION, (2, 4), E.with_epilogue(S.conv2d, (2, 3), E.CONV_STEPS), R.conv2d,
+     "cross-correlation of x [N,C,H,W] with w [O,C/groups,KH,KW] plus optional bias [O]; symmetric zero "
+     "padding (asymmetric: pad first); depthwise is groups == C; conv1d is conv2d with H = 1; then its "
+     "epilogue (residual, scale, activation)",
      {"stride": Attr(INTS2, (1, 1)), "padding": Attr(INTS2, (0, 0)), "dilation": Attr(INTS2, (1, 1)),
-      "groups": Attr(INT, 1), "out_dtype": Attr(OPT_DTYPE, None)}, ("x", "w", "bias"))
+      "groups": Attr(INT, 1), "out_dtype": Attr(OPT_DTYPE, None), **E.ATTRS}, ("x", "w", "bias", "*epilogue"))
 
 # -- reductions -------------------------------------------------------------------------------------
 _RED = {"dims": Attr(INTS), "keepdim": Attr(BOOL, False)}

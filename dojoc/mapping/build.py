@@ -20,6 +20,7 @@ def check_given(mapping: Mapping, graph: Graph, machine: Machine) -> dict[str, O
     """The decisions of a user's mapping by key; MappingError for one that names no op of the graph or a
     core off the machine's mesh."""
     names = {n.name for n in graph.nodes} | {f"output {name}" for name in graph.output_names}
+    names |= {f for n in graph.nodes for f in n.attrs.get("fused", ())}  # ops fused into another
     for om in mapping.ops:
         if om.op not in names:
             close = sorted(n for n in names if n.startswith(om.op[:3]))[:5]

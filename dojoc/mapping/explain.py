@@ -57,6 +57,8 @@ def op_rows(lowered: Lowered, stats: RunStats | None = None) -> list[dict[str, A
                     "emulated_cycles": measured.get(om.op) if om.part == 0 else None})
         if om.part == 0 and whole[om.op] != om.predicted_cycles:
             row["op_predicted_cycles"] = whole[om.op]  # what the op's emulated cycles compare with
+        if om.note:
+            row["note"] = om.note
         rows.append(row)
     return rows
 
@@ -89,6 +91,8 @@ def format_explain(rows: list[dict[str, Any]]) -> str:
                      f"{_fmt_axes(r['tile'])}{'; weights resident' if r['resident'] else ''}; cores {r['region']}")
         if r["inputs"] or r["outputs"]:
             lines.append(f"{'':<34} reads {', '.join(r['inputs']) or '-'}; writes {', '.join(r['outputs']) or '-'}")
+        if r.get("note"):
+            lines.append(f"{'':<34} not fused: {r['note']}")
     if errors:
         errors.sort()
         lines.append(f"median |predicted - emulated| / emulated over {len(errors)} ops: "

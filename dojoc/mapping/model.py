@@ -104,7 +104,8 @@ class OpMapping:
     `split` is how the op's work is cut (axis name -> number of pieces, e.g. rows/cols of a matmul's
     output tiles); `tile` the shape of one piece (e.g. m, n, k of a matmul's accumulator tile and K
     chunk). `predicted_cycles` and `bound` are the cost model's estimate; they are reported, not read
-    back. `fused_into` names the op whose epilogue computes this one (then it has no cores of its own).
+    back. `fused_into` names the op whose epilogue computes this one (then it has no cores of its own);
+    `note` says why the op was not fused into the op before it (from the `fuse` pass; reported).
     """
 
     op: str
@@ -120,6 +121,7 @@ class OpMapping:
     bound: Bound = Bound.COMPUTE
     reads: tuple[str, ...] = ()  # the values (by placement name) it reads and writes: reported, not read back
     writes: tuple[str, ...] = ()
+    note: str = ""
 
     @property
     def key(self) -> str:
@@ -142,6 +144,8 @@ class OpMapping:
                   "predicted_cycles": self.predicted_cycles, "bound": self.bound.value})
         if self.reads or self.writes:
             d.update({"reads": list(self.reads), "writes": list(self.writes)})
+        if self.note:
+            d["note"] = self.note
         return d
 
     @classmethod
@@ -165,10 +169,12 @@ class OpMapping:
         names = [d.get(k, []) for k in ("reads", "writes")]
         if not all(isinstance(n, list) and all(isinstance(x, str) for x in n) for n in names):
             raise MappingError(f"{where}: reads and writes must be lists of value names")
+        if not isinstance(d.get("note", ""), str):
+            raise MappingError(f"{where}: note must be a string")
         return cls(op, d["kernel"], parse_cores(d.get("cores", ""), where), _pairs(d.get("split"), where, "split"),
                    _pairs(d.get("tile"), where, "tile"), bool(d.get("resident", False)), int(d.get("stage", 0)),
                    int(part or 0), None, int(d.get("predicted_cycles", 0)), bound, tuple(names[0]),
-                   tuple(names[1]))
+                   tuple(names[1]), str(d.get("note", "")))
 
 
 @dataclass(frozen=True)

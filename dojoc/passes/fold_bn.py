@@ -112,7 +112,8 @@ def _fold_one(g: Graph) -> bool:
             continue
         for v in dict.fromkeys(node.inputs):
             conv = producers.get(v)
-            if conv is None or conv.op is not Op.CONV2D or v in outputs or len(users.get(v, [])) != 1:
+            if conv is None or conv.op is not Op.CONV2D or v in outputs or len(users.get(v, [])) != 1 \
+                    or conv.attrs["epilogue"]:  # an epilogue runs after the bias: nothing folds through it
                 continue
             w_node = producers.get(conv.inputs[1])
             b_node = producers.get(conv.inputs[2]) if len(conv.inputs) == 3 else None

@@ -17,7 +17,9 @@ shares a step with others).
 The weights are laid out at compile time, by the strides of the DMA that loads them, as
 [O_blk, KH*KW*C/g] (tap-major columns), so every step's A operand is one contiguous column range of a
 row-major tile; they stay resident in SRAM (with an FP32 copy of the bias) when they fit. The bias is
-added on the FP32 accumulator with a column broadcast (one value per output channel = per row).
+added on the FP32 accumulator with a column broadcast (one value per output channel = per row), then the
+node's epilogue runs on it (put there by the fuse pass): a residual tile of the output's shape, DMA'd in
+with the item's first step and added in FP32 (ResNet's shortcut), scaling, an activation.
 
 Work is cut into items (batch, group, output-channel block, output-row block[, column block]) in that
 nesting, so a core's run of items shares few weight blocks; the cost model picks the block sizes and
@@ -57,6 +59,7 @@ from dojoc.codegen.kernels.window import Span, window
 from dojoc.codegen.registry import kernel
 from dojoc.codegen.view import Transfer, View, transfers
 from dojoc.errors import MappingError, SramOverflowError
+from dojoc.ir.epilogue import split_inputs, steps_of
 from dojoc.ir.graph import Node
 from dojoc.ir.ops import Op
 from dojoc.mapping.model import Bound, OpMapping
@@ -75,6 +78,7 @@ class Conv:
     bias: View | None
     bias_const: bool  # the bias is a parameter (an FP32 copy of it may stay resident)
     out: View
+    residual: View | None  # the epilogue's residual, of the output's shape
     n: int
     c: int
     h: int
@@ -118,7 +122,7 @@ def _kmax(ctx: Ctx, spec: Spec, ot: int, pt: int, a_streamed: bool) -> int:
     """The largest K of a step whose double-buffered tiles fit the scratch SRAM, for items of ot x pt."""
     direct = spec.out is F32
     fixed = ot * pt * 4 * (2 if direct else 1) + (0 if direct else 2 * ot * pt * spec.out.itemsize) \
-        + ot * (2 * spec.bias_src.itemsize + 4) + SLACK
+        + ot * (2 * spec.bias_src.itemsize + 4) + SLACK + spec.epilogue_bytes(ot * pt)
     per_k = 2 * pt * spec.b_src.itemsize + (pt * spec.op.itemsize if spec.b_src is not spec.op else 0)
     if a_streamed:
         per_k += 2 * ot * spec.a_src.itemsize + (ot * spec.op.itemsize if spec.a_src is not spec.op else 0)
@@ -152,8 +156,8 @@ def _item_cycles(ctx: Ctx, cv: Conv, spec: Spec, ot: int, pt: int, tn: int, cl: 
         step += vector_cycles(k * ot, max(ew, eop), k * ot * ew, k * ot * eop, m)
     steps = ceil(cv.taps / tn) * ceil(cv.cg / cl)
     epi = vector_cycles(ot * pt, 4, ot * pt * 8, ot * pt * 4, m) if cv.bias is not None else 0
-    return (steps * step + epi + act_cycles(ctx, spec, ot, pt)
-            + vector_cycles(ot * pt, 4, ot * pt * 4, ot * pt * spec.out.itemsize, m))
+    epi += spec.epilogue_cycles(ot * pt, m) + act_cycles(ctx, spec, ot, pt)
+    return steps * step + epi + vector_cycles(ot * pt, 4, ot * pt * 4, ot * pt * spec.out.itemsize, m)
 
 
 def _estimate(ctx: Ctx, cv: Conv, spec: Spec, ot: int, rt: int, ct: int, tn: int, cl: int, cores: list[int],
@@ -164,7 +168,8 @@ def _estimate(ctx: Ctx, cv: Conv, spec: Spec, ot: int, rt: int, ct: int, tn: int
     pt = rt * ct
     items = cv.g * ceil(cv.og / ot) * cv.n * ceil(cv.oh / rt) * ceil(cv.ow / ct)
     run = ceil(items / len(cores))
-    traffic = items * pt * (cv.k * ex + ot * eo) + (0 if resident else items * ot * cv.k * ew)
+    traffic = items * pt * (cv.k * ex + ot * eo) + (0 if resident else items * ot * cv.k * ew) \
+        + (items * pt * ot * spec.res_src.itemsize if spec.residual else 0)
     compute = run * _item_cycles(ctx, cv, spec, ot, pt, tn, cl, not resident)
     steps = run * ceil(cv.taps / tn) * ceil(cv.cg / cl)
     return overlapped_bound(ctx, compute, dram_cycles(ctx, traffic, cores), steps, cores, run)
@@ -247,18 +252,21 @@ def _plan(ctx: Ctx, node: Node, cv: Conv, spec: Spec, weight: bool) -> tuple[Pla
 
 def _geometry(ctx: Ctx, node: Node, wsrc: View, wbias: int, bias: View | None,
               bias_const: bool) -> tuple[Conv, Spec]:
-    """The convolution's geometry and pipeline spec, for weights read from `wsrc` (CFP bias `wbias`)."""
-    x, w = node.inputs[:2]
+    """The convolution's geometry and pipeline spec, for weights read from `wsrc` (CFP bias `wbias`); its
+    epilogue (residual, scaling, activation) from the node's attributes (passes/fuse.py)."""
+    own, extra = split_inputs(node.inputs, node.attrs)
+    x, w = own[:2]
     a = node.attrs
     op = operand_type(ctx)
+    rv = ctx.views[extra["residual"]] if "residual" in extra else None
     n, c, h, wd = x.type.shape
     o, cg, kh, kw = w.type.shape
     oh, ow = node.output.type.shape[2:]
     (sh, sw), (ph, pw), (dh, dw) = a["stride"], a["padding"], a["dilation"]
-    cv = Conv(ctx.views[x], wsrc, bias, bias_const, ctx.views[node.output], n, c, h, wd, o, cg, kh, kw,
+    cv = Conv(ctx.views[x], wsrc, bias, bias_const, ctx.views[node.output], rv, n, c, h, wd, o, cg, kh, kw,
               a["groups"], oh, ow, (sh, sw), (ph, pw), (dh, dw))
     spec = Spec(op, wsrc.dtype, cv.x.dtype, cv.out.dtype, wbias, act_bias(op, ctx, x), bias.dtype if bias else F32,
-                ctx.epilogue.get(node))
+                steps_of(a), rv.dtype if rv is not None else F32)
     return cv, spec
 
 
@@ -266,8 +274,9 @@ def matrix_cycles(ctx: Ctx, node: Node) -> int:
     """This kernel's estimate for a convolution whose weights and bias are parameters, declaring nothing:
     their views stand in for the copies `weight_source` and the FP32 bias would make (the plan reads
     only their types)."""
-    wsrc = replace(ctx.views[node.inputs[1]], dtype=operand_type(ctx))
-    bias = replace(ctx.views[node.inputs[2]], dtype=F32) if len(node.inputs) == 3 else None
+    own, _ = split_inputs(node.inputs, node.attrs)
+    wsrc = replace(ctx.views[own[1]], dtype=operand_type(ctx))
+    bias = replace(ctx.views[own[2]], dtype=F32) if len(own) == 3 else None
     cv, spec = _geometry(ctx, node, wsrc, 0, bias, True)
     return _plan(ctx, node, cv, spec, True)[1]
 
@@ -277,16 +286,17 @@ def conv2d(ctx: Ctx, node: Node) -> None:
     if depthwise.eligible(ctx, node) and depthwise.chosen(ctx, node, lambda: matrix_cycles(ctx, node)):
         depthwise.depthwise(ctx, node)
         return
-    w = node.inputs[1]
+    own, _ = split_inputs(node.inputs, node.attrs)
+    w = own[1]
     op = operand_type(ctx)
     producers = ctx.graph.producers()
     warr = param_array(ctx, w, producers)
     wsrc, wbias = weight_source(ctx, w, warr, op, node.name) if warr is not None \
         else (ctx.views[w], act_bias(op, ctx, w))
     bias, barr = None, None
-    if len(node.inputs) == 3:
-        barr = param_array(ctx, node.inputs[2], producers)
-        bias = ctx.weight(f"{node.name}_bias_f32", barr, F32) if barr is not None else ctx.views[node.inputs[2]]
+    if len(own) == 3:
+        barr = param_array(ctx, own[2], producers)
+        bias = ctx.weight(f"{node.name}_bias_f32", barr, F32) if barr is not None else ctx.views[own[2]]
     cv, spec = _geometry(ctx, node, wsrc, wbias, bias, barr is not None)
     plan = _decide(ctx, node, cv, spec, warr is not None)
     items = [(gi, ob, b, ri, ci) for gi in range(cv.g) for ob in range(0, cv.og, plan.ot) for b in range(cv.n)
@@ -396,5 +406,12 @@ def _emit_core(ctx: Ctx, node: Node, core: int, cv: Conv, plan: Plan, spec: Spec
                     cv.bias.base + o0 * cv.bias.strides[0], 0, [(ol, cv.bias.strides[0], eb)], eb)])
         stores = transfers(0, cv.out.base + b * sn + o0 * so + r0 * sh + c0 * sw,
                            [(ol, pt * eo, so), (rl, wl * eo, sh), (wl, eo, sw)], eo)
-        items.append(Item(ol, pt, steps, stores, bias))
+        rop = None
+        if cv.residual is not None:  # the residual tile, dense [ol, rl x wl] like the result tile
+            rv, er = cv.residual, spec.res_src.itemsize
+            rn, ro, rh, rw = rv.strides
+            rop = Operand(ol, pt, loads=[Load(t) for t in transfers(
+                rv.base + b * rn + o0 * ro + r0 * rh + c0 * rw, 0, [(ol, ro, pt * er), (rl, rh, wl * er), (wl, rw, er)],
+                er)])
+        items.append(Item(ol, pt, steps, stores, bias, residual=rop))
     Pipeline(ctx, core, node, spec, items).emit()

@@ -51,6 +51,7 @@ import numpy as np
 
 from dojoc.codegen.builder import R_A, R_B, R_D, CoreCode
 from dojoc.codegen.context import MAX_COLS, MAX_ROWS, Ctx, split
+from dojoc.codegen.epilogue import ACT_MNEMONICS
 from dojoc.codegen.kernels.mxu import (
     F32,
     MAX_WAIT,
@@ -68,6 +69,7 @@ from dojoc.codegen.kernels.mxu import (
 from dojoc.codegen.kernels.window import Span, window
 from dojoc.codegen.view import Transfer, View, transfers
 from dojoc.errors import MappingError, SramOverflowError
+from dojoc.ir.epilogue import split_inputs, steps_of
 from dojoc.ir.graph import Node
 from dojoc.mapping.model import Bound, OpMapping
 from isa import formats
@@ -82,14 +84,16 @@ LOADS, STORES = (0, 1), (2, 3)  # semaphores of the two staging parities and of 
 
 def eligible(ctx: Ctx, node: Node) -> bool:
     """Whether conv2d `node` is a depthwise convolution this kernel can take: groups == in_channels > 1,
-    its weights (and bias, if any) parameters."""
-    x, w = node.inputs[:2]
+    its weights (and bias, if any) parameters, and no epilogue step but an activation (a fused residual
+    or scaling goes to the matrix kernel, whose epilogue has them)."""
+    own, _ = split_inputs(node.inputs, node.attrs)
+    x, w = own[:2]
     groups, c = node.attrs["groups"], x.type.shape[1]
-    if groups <= 1 or groups != c:
+    if groups <= 1 or groups != c or any(s[0] != "act" for s in steps_of(node.attrs)):
         return False
     producers = ctx.graph.producers()
     return param_array(ctx, w, producers) is not None and \
-        (len(node.inputs) < 3 or param_array(ctx, node.inputs[2], producers) is not None)
+        (len(own) < 3 or param_array(ctx, own[2], producers) is not None)
 
 
 def chosen(ctx: Ctx, node: Node, matrix_cycles: Callable[[], int]) -> bool:
@@ -103,9 +107,10 @@ def chosen(ctx: Ctx, node: Node, matrix_cycles: Callable[[], int]) -> bool:
 
 
 def activation(ctx: Ctx, node: Node) -> str | None:
-    """The fused activation's SIMD mnemonic, applied to the FP32 accumulator, or None. The one place
-    this kernel reads the fusion decision (today `ctx.epilogue`, filled by `lower.fuse_epilogues`)."""
-    return ctx.epilogue.get(node)
+    """The fused activation's SIMD mnemonic, applied to the FP32 accumulator, or None: the node's epilogue
+    (passes/fuse.py) holds at most one step here, an activation (`eligible`)."""
+    acts = [s[1] for s in steps_of(node.attrs) if s[0] == "act"]
+    return ACT_MNEMONICS[str(acts[0])] if acts else None
 
 
 @dataclass(frozen=True)
@@ -375,20 +380,22 @@ def _geometry(ctx: Ctx, node: Node, w: View, bias: View | None) -> Dw:
 def estimate(ctx: Ctx, node: Node) -> int:
     """The cost model's cycles for the plan this kernel would choose, declaring nothing (the DRAM views of
     the weight and bias stand in for their FP32 copies, whose addresses the plan does not read)."""
-    bias = ctx.views[node.inputs[2]] if len(node.inputs) == 3 else None
-    return _plan(ctx, node, _geometry(ctx, node, ctx.views[node.inputs[1]], bias))[1]
+    own, _ = split_inputs(node.inputs, node.attrs)
+    bias = ctx.views[own[2]] if len(own) == 3 else None
+    return _plan(ctx, node, _geometry(ctx, node, ctx.views[own[1]], bias))[1]
 
 
 def depthwise(ctx: Ctx, node: Node) -> None:
     """Emit depthwise conv2d `node` (`eligible(ctx, node)` holds)."""
     producers = ctx.graph.producers()
-    warr = param_array(ctx, node.inputs[1], producers)
+    own, _ = split_inputs(node.inputs, node.attrs)
+    warr = param_array(ctx, own[1], producers)
     assert warr is not None
-    o, _, kh, kw = node.inputs[1].type.shape
+    o, _, kh, kw = own[1].type.shape
     wq = ctx.weight(f"{node.name}_w_f32", _f32_copy(ctx, warr).reshape(o, kh * kw), F32)
     bias = None
-    if len(node.inputs) == 3:
-        barr = param_array(ctx, node.inputs[2], producers)
+    if len(own) == 3:
+        barr = param_array(ctx, own[2], producers)
         assert barr is not None
         bias = ctx.weight(f"{node.name}_bias_f32", barr, F32)
     dw = _geometry(ctx, node, wq, bias)

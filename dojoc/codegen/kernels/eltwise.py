@@ -12,9 +12,11 @@ from math import prod
 
 from dojoc.codegen.builder import R_A, R_B, R_C, R_D, CoreCode
 from dojoc.codegen.context import Ctx, box_view, boxes, load_view, split, store_view, tile2d
+from dojoc.codegen.epilogue import emit_pointwise
 from dojoc.codegen.registry import kernel
 from dojoc.codegen.view import View
 from dojoc.errors import CompileError
+from dojoc.ir.epilogue import steps_of
 from dojoc.ir.graph import Node, Value
 from dojoc.ir.ops import Op
 from dojoc.mapping.model import Bound
@@ -132,11 +134,8 @@ def elementwise(ctx: Ctx, node: Node) -> None:
                 cc.wait(1, pending)  # the previous tile's store has left the output buffer
                 cc.wait(0, n)
                 _emit(cc, ctx, node, addrs, consts, out, rows, cols)
-                act = ctx.epilogue.get(node)
-                if act is not None:  # a fused activation (see lower.fuse_epilogues)
-                    s = cols * out_v.dtype.itemsize
-                    cc.emit(act, rd=cc.reg(R_D, out), ra=cc.reg(R_A, out), rows=rows, cols=cols, sd=s, sa=s,
-                            dt=out_v.dtype)
+                for step in steps_of(node.attrs):  # fused scale and activation steps (the fuse pass)
+                    emit_pointwise(cc, step, out, rows, cols, cols * out_v.dtype.itemsize, out_v.dtype)
                 pending = store_view(cc, out, box_view(out_v, starts, sizes), 1)
             cc.wait(1, pending)
 

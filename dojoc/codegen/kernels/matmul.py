@@ -3,11 +3,12 @@
 The output is cut into tiles [Mt, Nt] of one batch item (the *items*); a cost model on `isa.costs`
 picks the tile size and `ctx.cores_for` the number of cores, and each core takes a contiguous run of
 items. Per item the core loops over K in chunks: A [Mt, Kc] and B [Kc, Nt] arrive by DMA (double
-buffered, see mxu.Pipeline), one mma per chunk accumulates in FP32, then the tile is converted to the
-output type and stored; a linear layer's bias (`ctx.col_bias`, fused by lower.fuse_epilogues) is added
-to the FP32 tile first, one row of FP32 biases repeated down it. When B is a weight (a PARAM) each core
-keeps the B columns of its items resident in SRAM (with the FP32 bias of those columns), loaded once
-before the call; a core whose resident SRAM is full streams them instead.
+buffered, see mxu.Pipeline), one mma per chunk accumulates in FP32, then the node's epilogue (put there
+by the fuse pass) runs on the FP32 tile and the tile is converted to the output type and stored: a linear
+layer's bias (one row of FP32 biases repeated down the tile), a residual tile DMA'd in with the item's
+first step, scaling, an activation. When B is a weight (a PARAM) each core keeps the B columns of its
+items resident in SRAM (with the FP32 bias of those columns), loaded once before the call; a core whose
+resident SRAM is full streams them instead.
 
 When B is shared by every batch item (x [B, S, K] @ w [K, N], a linear layer) and A and the output
 merge their batch dims into rows, the batch folds into M: fewer, taller tiles and one copy of each B tile.
@@ -47,6 +48,7 @@ from dojoc.codegen.kernels.mxu import (
 from dojoc.codegen.registry import kernel
 from dojoc.codegen.view import Transfer, View, transfers
 from dojoc.errors import MappingError, SramOverflowError
+from dojoc.ir.epilogue import split_inputs, steps_of
 from dojoc.ir.graph import Node
 from dojoc.ir.ops import Op
 from dojoc.mapping.model import Bound, OpMapping
@@ -68,6 +70,7 @@ class Problem:
     k: int
     shared_b: bool  # every batch item reads the same B
     bias: View | None = None  # the FP32 bias per column [N]
+    r: list[View] | None = None  # the epilogue's residual [M, N] per batch item
 
 
 @dataclass(frozen=True)
@@ -88,16 +91,18 @@ def _views2d(v: View, batch: tuple[int, ...]) -> list[View]:
     return out
 
 
-def _problem(a: View, b: View, o: View, batch: tuple[int, ...]) -> Problem:
+def _problem(a: View, b: View, o: View, batch: tuple[int, ...], r: View | None = None) -> Problem:
     m, k = a.shape[-2:]
     n = b.shape[-1]
     shared = all(s == 0 for s in b.strides[:-2])
     if batch and shared:  # fold the batch into M when the strides allow it
         bt = prod(batch)
         a2, o2 = a.reshape((bt * m, k)), o.reshape((bt * m, n))
-        if a2 is not None and o2 is not None:
-            return Problem([a2], _views2d(b, batch)[:1], [o2], bt * m, n, k, True)
-    return Problem(_views2d(a, batch), _views2d(b, batch), _views2d(o, batch), m, n, k, shared)
+        r2 = r.reshape((bt * m, n)) if r is not None else None
+        if a2 is not None and o2 is not None and (r is None or r2 is not None):
+            return Problem([a2], _views2d(b, batch)[:1], [o2], bt * m, n, k, True, r=[r2] if r2 is not None else None)
+    return Problem(_views2d(a, batch), _views2d(b, batch), _views2d(o, batch), m, n, k, shared,
+                   r=_views2d(r, batch) if r is not None else None)
 
 
 def _fit_kc(ctx: Ctx, spec: Spec, mt: int, nt: int, k: int, b_streamed: bool) -> int | None:
@@ -106,6 +111,7 @@ def _fit_kc(ctx: Ctx, spec: Spec, mt: int, nt: int, k: int, b_streamed: bool) ->
     fixed = mt * nt * 4 * (2 if direct else 1) + (0 if direct else 2 * mt * nt * spec.out.itemsize)
     if spec.col_bias:  # the two staging buffers of streamed column biases
         fixed += 2 * (-(-nt * 4 // 64) * 64)
+    fixed += spec.epilogue_bytes(mt * nt)
     per_k = 2 * mt * spec.a_src.itemsize + (mt * spec.op.itemsize if spec.a_src is not spec.op else 0)
     if b_streamed:
         per_k += 2 * nt * spec.b_src.itemsize + (nt * spec.op.itemsize if spec.b_src is not spec.op else 0)
@@ -127,7 +133,7 @@ def _item_cycles(ctx: Ctx, spec: Spec, mt: int, nt: int, k: int, kc: int, b_stre
         step += vector_cycles(nt * kc, max(eb, eop), nt * kc * eb, nt * kc * eop, m)
     eo = spec.out.itemsize
     bias = vector_cycles(mt * nt, 4, mt * nt * 4 + nt * 4, mt * nt * 4, m) if spec.col_bias else 0
-    return (ceil(k / kc) * step + bias + act_cycles(ctx, spec, mt, nt)
+    return (ceil(k / kc) * step + bias + act_cycles(ctx, spec, mt, nt) + spec.epilogue_cycles(mt * nt, m)
             + vector_cycles(mt * nt, 4, mt * nt * 4, mt * nt * eo, m))
 
 
@@ -140,7 +146,8 @@ def _estimate(ctx: Ctx, p: Problem, spec: Spec, mt: int, nt: int, kc: int, cores
     ea, eb, eo = spec.a_src.itemsize, spec.b_src.itemsize, spec.out.itemsize
     items = nb * ceil(p.m / mt) * ceil(p.n / nt)
     run = ceil(items / len(cores))
-    traffic = items * mt * p.k * ea + nb * p.m * p.n * eo + (0 if resident else items * p.k * nt * eb)
+    traffic = items * mt * p.k * ea + nb * p.m * p.n * eo + (0 if resident else items * p.k * nt * eb) \
+        + (nb * p.m * p.n * spec.res_src.itemsize if spec.residual else 0)
     compute = run * _item_cycles(ctx, spec, mt, nt, p.k, kc, not resident)
     return overlapped_bound(ctx, compute, dram_cycles(ctx, traffic, cores), run * ceil(p.k / kc), cores, run)
 
@@ -212,7 +219,7 @@ def _plan(ctx: Ctx, node: Node, p: Problem, spec: Spec, weight: bool) -> tuple[P
 
 @kernel(Op.MATMUL)
 def matmul(ctx: Ctx, node: Node) -> None:
-    x, w = node.inputs
+    (x, w), extra = split_inputs(node.inputs, node.attrs)
     out = node.output
     ov = ctx.views[out]
     if prod(out.type.shape) == 0:
@@ -233,12 +240,15 @@ def matmul(ctx: Ctx, node: Node) -> None:
     bsrc, bbias = weight_source(ctx, w, arr, op, node.name) if arr is not None \
         else (ctx.views[w], act_bias(op, ctx, w))
     av = asrc.expand(batch + (m, k))
-    p = _problem(av, bsrc.expand(batch + (k, n)), ov, batch)
-    col = ctx.col_bias.get(node)
-    if col is not None:
+    rv = ctx.views[extra["residual"]] if "residual" in extra else None
+    p = _problem(av, bsrc.expand(batch + (k, n)), ov, batch, rv)
+    if "bias" in extra:
+        col = param_array(ctx, extra["bias"], producers)
+        if col is None:
+            raise node.error("the bias of a matmul's epilogue must be a parameter (the fuse pass makes it one)")
         p = replace(p, bias=ctx.weight(f"{node.name}_bias_f32", col.astype(np.float32), F32))
-    spec = Spec(op, av.dtype, bsrc.dtype, ov.dtype, abias, bbias, act=ctx.epilogue.get(node),
-                col_bias=col is not None)
+    spec = Spec(op, av.dtype, bsrc.dtype, ov.dtype, abias, bbias, epilogue=steps_of(node.attrs),
+                res_src=rv.dtype if rv is not None else F32)
     plan = _decide(ctx, node, p, spec, arr is not None)
     nb, nm, nn = len(p.a), ceil(p.m / plan.mt), ceil(p.n / plan.nt)
     # item order keeps the items that share a B tile together, so a core keeps few of them resident
@@ -301,12 +311,18 @@ def _emit_core(ctx: Ctx, node: Node, core: int, p: Problem, plan: Plan, spec: Sp
             steps.append(Step(a, bop))
         stores = transfers(0, ov.base + m0 * ov.strides[0] + n0 * ov.strides[1],
                            [(ml, nl * eo, ov.strides[0]), (nl, eo, ov.strides[1])], eo)
+        rop = None
+        if p.r is not None:  # the residual tile, dense [ml, nl] like the result tile
+            rv, er = p.r[b], spec.res_src.itemsize
+            rop = Operand(ml, nl, loads=[Load(t) for t in transfers(
+                rv.base + m0 * rv.strides[0] + n0 * rv.strides[1], 0,
+                [(ml, rv.strides[0], nl * er), (nl, rv.strides[1], er)], er)])
         cb = None
         if p.bias is not None:
             if res is not None:
                 cb = Operand(1, nl, addr=res + -(-p.k * nl * eb // 64) * 64)
             else:
                 cb = Operand(1, nl, loads=[Load(t) for t in transfers(p.bias.base + n0 * 4, 0, [(nl, 4, 4)], 4)])
-        items.append(Item(ml, nl, steps, stores, col_bias=cb))
+        items.append(Item(ml, nl, steps, stores, col_bias=cb, residual=rop))
     Pipeline(ctx, core, node, spec, items).emit()
 

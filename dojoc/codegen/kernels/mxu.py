@@ -3,11 +3,12 @@ model that sizes a region, and the double-buffered multiply-accumulate pipeline.
 
 Both kernels reduce to the same per-core program: a list of *items*, each an FP32 accumulator tile
 [m, n] built by a sequence of *steps* (one `mma` each: A [m, k] @ B [k, n]), then an epilogue (bias per
-row, conversion to the output type, DMA store). An operand is either resident in SRAM (a weight, loaded
-once in the load phase) or streamed: its DMAs fill one of two staging buffers, and step i+1's DMAs are
-issued before step i's mma, so loads overlap compute. Semaphores: 0/1 count the arrivals of the two
-staging parities, 2/3 the stores of the two result buffers, 4/5 the per-item bias loads (per row or
-per column).
+row, the node's epilogue steps, conversion to the output type, DMA store). An operand is either resident
+in SRAM (a weight, loaded once in the load phase) or streamed: its DMAs fill one of two staging buffers,
+and step i+1's DMAs are issued before step i's mma, so loads overlap compute. Semaphores: 0/1 count the
+arrivals of the two staging parities, 2/3 the stores of the two result buffers, 4/5 the per-item loads
+of the epilogue's operands (bias per row or per column, residual tile), issued with the item's first step
+into one of two buffers each, so they too overlap the item's steps.
 
 Precisions: bf16 and fp32 multiply in their storage type. cfp8 multiplies CF8E4 operands. Weights are
 quantised at compile time with a per-tensor bias chosen from their real values (`formats.choose_bias`);
@@ -27,15 +28,18 @@ import numpy as np
 
 from dojoc.codegen.builder import R_A, R_B, R_BIAS, R_D, CoreCode
 from dojoc.codegen.context import Ctx
+from dojoc.codegen.epilogue import ACT_MNEMONICS, emit_pointwise, scale_cycles
 from dojoc.codegen.paths import port_path
 from dojoc.codegen.view import Transfer, View
 from dojoc.errors import MappingError
+from dojoc.ir.epilogue import Step as EpiStep
+from dojoc.ir.epilogue import split_inputs
 from dojoc.ir.graph import Node, Value
 from dojoc.ir.ops import Op
 from dojoc.mapping.build import record_shards
 from dojoc.mapping.model import Bound, OpMapping
 from isa import formats
-from isa.costs import cycles
+from isa.costs import cycles, vector_cycles
 from isa.dtypes import DType
 from isa.encoding import make
 from isa.machine import Machine
@@ -80,8 +84,9 @@ class Step:
 @dataclass
 class Item:
     """One accumulator tile: its steps (at least one), an optional FP32 bias per row (rows=m, cols=1)
-    or per column (`col_bias`, rows=1, cols=n), and the stores of the dense [m, n] result tile (`src`
-    relative to the tile)."""
+    or per column (`col_bias`, rows=1, cols=n, the epilogue's `bias` step), the residual tile [m, n] of
+    the epilogue's `residual` step (streamed, in `Spec.res_src`), and the stores of the dense [m, n]
+    result tile (`src` relative to the tile)."""
 
     m: int
     n: int
@@ -89,6 +94,7 @@ class Item:
     stores: list[Transfer]
     bias: Operand | None = None
     col_bias: Operand | None = None
+    residual: Operand | None = None
 
 
 @dataclass(frozen=True)
@@ -104,8 +110,35 @@ class Spec:
     a_bias: int = 0
     b_bias: int = 0
     bias_src: DType = F32
-    act: str | None = None  # a fused activation's SIMD mnemonic (e.g. "vrelu"), applied on the FP32 tile
-    col_bias: bool = False  # items add an FP32 bias per column (a linear layer's), before the activation
+    epilogue: tuple[EpiStep, ...] = ()  # the node's epilogue steps, applied in order on the FP32 tile
+    res_src: DType = F32  # the DRAM type of the residual tiles
+
+    @property
+    def col_bias(self) -> bool:
+        """Items add an FP32 bias per column (a linear layer's)."""
+        return any(s[0] == "bias" for s in self.epilogue)
+
+    @property
+    def residual(self) -> bool:
+        """Items add a residual tile."""
+        return any(s[0] == "residual" for s in self.epilogue)
+
+    def epilogue_bytes(self, elems: int) -> int:
+        """Scratch bytes of the epilogue's residual buffers for a tile of `elems` elements: two staging
+        buffers and, when the residual is not FP32, the tile converted to FP32."""
+        if not self.residual:
+            return 0
+        stage = -(-elems * self.res_src.itemsize // 64) * 64
+        return 2 * stage + (-(-elems * 4 // 64) * 64 if self.res_src is not F32 else 0)
+
+    def epilogue_cycles(self, elems: int, m: Machine) -> int:
+        """Cost-model cycles of the residual and scale steps on a tile of `elems` elements."""
+        n = 0
+        if self.residual:
+            n += vector_cycles(elems, 4, elems * 8, elems * 4, m)  # the add
+            if self.res_src is not F32:
+                n += vector_cycles(elems, 4, elems * self.res_src.itemsize, elems * 4, m)  # the conversion
+        return n + scale_cycles(self.epilogue, elems, m)
 
 
 # -- types and weights --------------------------------------------------------------------------------
@@ -147,13 +180,13 @@ def weight_bytes(ctx: Ctx, node: Node, producers: dict[Value, Node]) -> int:
     """Bytes of the resident weights a matrix op would keep (one copy, at the operand type)."""
     if node.op not in (Op.MATMUL, Op.CONV2D):
         return 0
-    w = node.inputs[1]
+    own, extra = split_inputs(node.inputs, node.attrs)
+    w = own[1]
     if producers.get(w) is None or producers[w].op is not Op.PARAM:
         return 0
     n = int(np.prod(w.type.shape)) * operand_type(ctx).itemsize
-    col = ctx.col_bias.get(node)
-    n += node.inputs[2].type.shape[0] * 4 if len(node.inputs) == 3 else 0
-    return n + (col.size * 4 if col is not None else 0)
+    bias = own[2] if len(own) == 3 else extra.get("bias")  # a conv's per row, a fused one per column
+    return n + (bias.type.shape[0] * 4 if bias is not None else 0)
 
 
 def resident_free(ctx: Ctx, core: int) -> int:
@@ -222,9 +255,8 @@ def load_resident(ctx: Ctx, core: int, node: Node, loads: list[Transfer]) -> Non
 def act_cycles(ctx: Ctx, spec: Spec, m: int, n: int) -> int:
     """Cycles of the fused activation on an m x n FP32 accumulator tile: the cost rule of the very
     instruction the epilogue emits (0 without one)."""
-    if spec.act is None:
-        return 0
-    return cycles(make(spec.act, rd=R_D, ra=R_A, rows=m, cols=n, sd=n * 4, sa=n * 4, dt=F32), ctx.machine)
+    return sum(cycles(make(ACT_MNEMONICS[s[1]], rd=R_D, ra=R_A, rows=m, cols=n, sd=n * 4, sa=n * 4, dt=F32),
+                      ctx.machine) for s in spec.epilogue if s[0] == "act")
 
 
 def dram_cycles(ctx: Ctx, nbytes: float, cores: list[int]) -> float:
@@ -340,8 +372,12 @@ class Pipeline:
         self.bias_f32 = sram.alloc(nb * 4, f"{what} bias f32") if nb and spec.bias_src is not F32 else None
         ncb = max((it.n for it in items if it.col_bias is not None and it.col_bias.addr is None), default=0)
         self.col_stage = [sram.alloc(ncb * 4, f"{what} column bias") for _ in range(2)] if ncb else []
+        nres = max((it.m * it.n for it in items if it.residual is not None), default=0)
+        self.res_stage = [sram.alloc(nres * spec.res_src.itemsize, f"{what} residual tile") for _ in range(2)] \
+            if nres else []
+        self.res_f32 = sram.alloc(nres * 4, f"{what} residual f32") if nres and spec.res_src is not F32 else None
         self.pending = [0, 0]  # stores in flight per result parity
-        self.bias_loads: dict[int, int] = {}
+        self.item_loads: dict[int, int] = {}  # item -> its epilogue operands' DMAs (semaphore 4 + parity)
 
     def emit(self) -> None:
         cc, items = self.cc, self.items
@@ -383,11 +419,12 @@ class Pipeline:
         it = self.items[j]
         if si == 0:
             q = j % 2
-            for bias, stage in ((it.bias, self.bias_stage), (it.col_bias, self.col_stage)):
-                if bias is not None and bias.addr is None:
-                    for ld in bias.loads:
+            for extra, stage in ((it.bias, self.bias_stage), (it.col_bias, self.col_stage),
+                                 (it.residual, self.res_stage)):
+                if extra is not None and extra.addr is None:
+                    for ld in extra.loads:
                         cc.dma_load(_shift_dst(ld.t, stage[q]), 4 + q)
-                    self.bias_loads[j] = self.bias_loads.get(j, 0) + len(bias.loads)
+                    self.item_loads[j] = self.item_loads.get(j, 0) + len(extra.loads)
         return n
 
     def _operand(self, key: str, opnd: Operand, p: int) -> tuple[int, int]:
@@ -417,13 +454,13 @@ class Pipeline:
                 sd=it.n * 4, sa=sa, sb=sb, dt=spec.op, acc=int(si > 0), rbias=rbias)
 
     def _epilogue(self, j: int) -> None:
-        """Bias per row or column on the FP32 accumulator, the fused activation, conversion to the output
-        type, the stores."""
+        """Bias per row on the FP32 accumulator, the node's epilogue steps in order (bias per column,
+        residual, scale, activation), conversion to the output type, the stores."""
         cc, spec, it = self.cc, self.spec, self.items[j]
         q = j % 2
         acc = self.accs[q] if self.direct else self.accs[0]
         n4 = it.n * 4
-        self._wait(4 + q, self.bias_loads.pop(j, 0))
+        self._wait(4 + q, self.item_loads.pop(j, 0))
         if it.bias is not None:
             if it.bias.addr is not None:
                 bias = it.bias.addr
@@ -435,12 +472,22 @@ class Pipeline:
                     bias = self.bias_f32
             cc.emit("vadd", rd=cc.reg(R_D, acc), ra=cc.reg(R_A, acc), rb=cc.reg(R_B, bias), rows=it.m, cols=it.n,
                     sd=n4, sa=n4, sb=4, dt=F32, bcb="col")
-        if it.col_bias is not None:  # one row of n biases, repeated down the tile
-            cb = it.col_bias.addr if it.col_bias.addr is not None else self.col_stage[q]
-            cc.emit("vadd", rd=cc.reg(R_D, acc), ra=cc.reg(R_A, acc), rb=cc.reg(R_B, cb), rows=it.m, cols=it.n,
-                    sd=n4, sa=n4, sb=0, dt=F32, bcb="row")
-        if spec.act is not None:  # the fused elementwise epilogue, on the FP32 accumulator
-            cc.emit(spec.act, rd=cc.reg(R_D, acc), ra=cc.reg(R_A, acc), rows=it.m, cols=it.n, sd=n4, sa=n4, dt=F32)
+        for step in spec.epilogue:
+            if step[0] == "bias":  # one row of n biases, repeated down the tile
+                assert it.col_bias is not None
+                cb = it.col_bias.addr if it.col_bias.addr is not None else self.col_stage[q]
+                cc.emit("vadd", rd=cc.reg(R_D, acc), ra=cc.reg(R_A, acc), rb=cc.reg(R_B, cb), rows=it.m,
+                        cols=it.n, sd=n4, sa=n4, sb=0, dt=F32, bcb="row")
+            elif step[0] == "residual":  # added in FP32, before rounding to the output type
+                res = self.res_stage[q]
+                if self.res_f32 is not None:
+                    cc.emit("vcvt", rd=cc.reg(R_D, self.res_f32), ra=cc.reg(R_A, res), rows=it.m, cols=it.n,
+                            sd=n4, sa=it.n * spec.res_src.itemsize, dtd=F32, dts=spec.res_src)
+                    res = self.res_f32
+                cc.emit("vadd", rd=cc.reg(R_D, acc), ra=cc.reg(R_A, acc), rb=cc.reg(R_B, res), rows=it.m,
+                        cols=it.n, sd=n4, sa=n4, sb=n4, dt=F32)
+            else:
+                emit_pointwise(cc, step, acc, it.m, it.n, n4, F32)
         if self.direct:
             res = acc
         else:

@@ -1,0 +1,135 @@
+"""Epilogues: elementwise steps an op applies to its result before storing it (docs/ir.md, "Epilogues").
+
+The `fuse` pass (dojoc/passes/fuse.py) moves the elementwise ops after a matmul, a conv2d or an
+elementwise arithmetic op into that op's `epilogue` attribute, a tuple of steps applied in order:
+
+- `("bias",)`: add the next extra input, a vector [N] along the last dim (matmul: a linear layer's bias);
+- `("residual",)`: add the next extra input, a tensor of the result's type (ResNet's shortcut, BERT's
+  residual);
+- `("mul", c)`, `("div", c)`: multiply or divide by the scalar constant c (a float);
+- `("act", name)`: an activation, one of ACTIVATIONS (`gelu` is the erf form, `gelu_tanh` the tanh one).
+
+The extra inputs of `bias` and `residual` steps follow the op's own inputs, in step order; `fused` names
+the node each step came from (one per step), so the mapping still lists the fused ops by name. The
+reference (`apply`) rounds to the op's output type after the op and after every step, as the unfused
+graph did; the machine keeps the FP32 accumulator between the steps of a matrix op (more accurate for bf16).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+import numpy as np
+
+from dojoc.ir import reference as R
+from dojoc.ir.ops import Attr, Attrs, AttrType, ShapeRule, _is_num
+from dojoc.ir.shapes import require
+from dojoc.ir.types import TensorType
+
+ACTIVATIONS = ("relu", "gelu", "gelu_tanh", "silu", "sigmoid", "tanh")
+INPUT_STEPS = ("bias", "residual")  # the steps that read an extra input
+SCALE_STEPS = ("mul", "div")
+# the steps each kind of op may take: a matrix op accumulates in FP32 and can load more tiles per item;
+# an elementwise op applies its steps to its result tile, which holds no extra operand
+MATMUL_STEPS = ("bias", "residual", *SCALE_STEPS, "act")
+CONV_STEPS = ("residual", *SCALE_STEPS, "act")
+ELEMENTWISE_STEPS = (*SCALE_STEPS, "act")
+
+Step = tuple[Any, ...]
+V = TypeVar("V")
+
+
+def _is_step(s: Any) -> bool:
+    if not isinstance(s, tuple) or not s or not isinstance(s[0], str):
+        return False
+    kind, args = s[0], s[1:]
+    if kind in INPUT_STEPS:
+        return not args
+    if kind in SCALE_STEPS:
+        return len(args) == 1 and _is_num(args[0])
+    return kind == "act" and len(args) == 1 and args[0] in ACTIVATIONS
+
+
+EPILOGUE = AttrType("tuple[step, ...]", lambda v: isinstance(v, tuple) and all(map(_is_step, v)))
+NAMES = AttrType("tuple[str, ...]", lambda v: isinstance(v, tuple) and all(isinstance(x, str) for x in v))
+ATTRS = {"epilogue": Attr(EPILOGUE, ()), "fused": Attr(NAMES, ())}
+
+
+def steps_of(attrs: Attrs) -> tuple[Step, ...]:
+    """The epilogue steps of a node's attributes (none for ops without the attribute)."""
+    return tuple(attrs.get("epilogue", ()))
+
+
+def extra_count(steps: Sequence[Step]) -> int:
+    """How many extra inputs the steps read."""
+    return sum(1 for s in steps if s[0] in INPUT_STEPS)
+
+
+def split_inputs(inputs: Sequence[V], attrs: Attrs) -> tuple[tuple[V, ...], dict[str, V]]:
+    """(the op's own inputs, {step kind: its extra input}) of a node's inputs (at most one of each kind)."""
+    steps = steps_of(attrs)
+    n = len(inputs) - extra_count(steps)
+    kinds = [s[0] for s in steps if s[0] in INPUT_STEPS]
+    return tuple(inputs[:n]), dict(zip(kinds, inputs[n:], strict=True))
+
+
+def with_epilogue(rule: ShapeRule, arity: tuple[int, int], kinds: tuple[str, ...]) -> ShapeRule:
+    """The shape rule of an op that may carry an epilogue: `rule` on its own inputs (`arity` of them),
+    steps among `kinds`, each extra input checked against the result type, one `fused` name per step."""
+
+    def shape(ins: list[TensorType], a: Attrs) -> tuple[TensorType, ...]:
+        steps, fused = a["epilogue"], a["fused"]
+        require(len(fused) == len(steps), f"fused names {len(fused)} ops but the epilogue has {len(steps)} steps")
+        bad = [s[0] for s in steps if s[0] not in kinds]
+        require(not bad, f"an epilogue step {bad[:1]} is not one this op takes ({', '.join(kinds)})")
+        for kind in INPUT_STEPS:
+            require(sum(s[0] == kind for s in steps) <= 1, f"an epilogue takes at most one {kind} step")
+        n = len(ins) - extra_count(steps)
+        require(arity[0] <= n <= arity[1], f"takes {arity[0]}..{arity[1]} inputs besides the "
+                f"{extra_count(steps)} of its epilogue, got {n}")
+        out = rule(ins[:n], a)
+        t = out[0]
+        require(not steps or t.dtype.is_float, f"an epilogue needs a floating-point result, got {t}")
+        extras = [s[0] for s in steps if s[0] in INPUT_STEPS]
+        for kind, v in zip(extras, ins[n:], strict=True):
+            want = TensorType((t.shape[-1],), t.dtype) if kind == "bias" else t
+            require(bool(t.shape) and v == want, f"the epilogue's {kind} must be {want}, got {v}")
+        return out
+
+    shape.__doc__ = (rule.__doc__ or "").strip() + (
+        "; epilogue steps keep the type" + ("; extra inputs: " + ", ".join(
+            {"bias": "bias [N]", "residual": "residual of the result's type"}[k] for k in kinds if k in INPUT_STEPS)
+            if any(k in INPUT_STEPS for k in kinds) else ""))
+    return shape
+
+
+def _gelu(approximate: str) -> Callable[[np.ndarray], np.ndarray]:
+    attrs = Attrs(approximate=approximate)
+    return lambda x: R.gelu([x], attrs)
+
+
+ACT_REFS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    **{name: (lambda fn: lambda x: fn([x], Attrs()))(R.unary(name)) for name in ("relu", "silu", "sigmoid", "tanh")},
+    "gelu": _gelu("none"), "gelu_tanh": _gelu("tanh"),
+}
+
+
+def apply(x: np.ndarray, extras: Sequence[np.ndarray], steps: Sequence[Step],
+          rnd: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+    """The reference of an epilogue: each step on float32 operands (x already rounded to the output
+    type), the result rounded by `rnd` (to the output type, widened again) after each step."""
+    rest = iter(extras)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        for s in steps:
+            kind = s[0]
+            if kind in INPUT_STEPS:  # a bias [N] broadcasts along the last dim
+                x = np.add(x, next(rest))
+            elif kind == "mul":
+                x = np.multiply(x, np.float32(s[1]))
+            elif kind == "div":
+                x = np.true_divide(x, np.float32(s[1]))
+            else:
+                x = ACT_REFS[s[1]](x)
+            x = rnd(x)
+    return x
