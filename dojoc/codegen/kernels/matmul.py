@@ -22,6 +22,7 @@ from math import ceil, prod
 import numpy as np
 
 from dojoc.codegen.context import MAX_ROWS, Ctx, split
+from dojoc.codegen.kernels import summa
 from dojoc.codegen.kernels.eltwise import fill
 from dojoc.codegen.kernels.mxu import (
     F32,
@@ -249,6 +250,11 @@ def matmul(ctx: Ctx, node: Node) -> None:
         p = replace(p, bias=ctx.weight(f"{node.name}_bias_f32", col.astype(np.float32), F32))
     spec = Spec(op, av.dtype, bsrc.dtype, ov.dtype, abias, bbias, epilogue=steps_of(node.attrs),
                 res_src=rv.dtype if rv is not None else F32)
+    if summa.eligible(ctx, p, spec):
+        om = summa.decide(ctx, p, spec, lambda: _plan(ctx, node, p, spec, arr is not None)[1])
+        if om is not None:
+            summa.emit(ctx, node.name, node.source, p, spec, om)
+            return
     plan = _decide(ctx, node, p, spec, arr is not None)
     nb, nm, nn = len(p.a), ceil(p.m / plan.mt), ceil(p.n / plan.nt)
     # item order keeps the items that share a B tile together, so a core keeps few of them resident

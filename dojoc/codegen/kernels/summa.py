@@ -1,0 +1,387 @@
+"""Matrix multiplication over the whole mesh as SUMMA: each operand byte read from DRAM once, panels
+multicast along mesh rows and columns.
+
+The output C [M, N] is cut into a grid of blocks that matches the mesh: row block i of M for mesh row i,
+column block j of N for mesh column j, so core (i, j) accumulates C[i, j] in FP32 in its SRAM. K is cut
+into chunks; for chunk t one core of each mesh row (rotating with t) DMAs A[i, t] from DRAM and multicasts
+it to its row (`put ... cast=row`), and one core of each mesh column DMAs B[t, j] and multicasts it down
+its column, so DRAM serves each byte of A and B once and the network carries it on to the cores that
+share it. Chunks are double-buffered: chunk t + 1 is loaded and multicast while chunk t is multiplied
+(its put goes out halfway through chunk t's multiply, so it arrives before it is needed); a core that
+has finished with a buffer signals the loader that will refill it (semaphores FREE_A / FREE_B), so a
+multicast never overwrites a buffer still being read.
+
+A disabled core's block has no owner: it is cut into slices by columns, one per other core of its mesh
+row, and each of those cores DMAs its slice of B[t, j] itself (a few columns) and multiplies it by the A
+chunk it has anyway.
+
+Then each core applies the op's epilogue (bias per column, residual tile, scaling, activation) on its FP32
+block, converts it to the output type and stores it. The kernel needs one die whose every core takes part
+(`eligible`), operands already in the mma's type (bf16 or fp32; cfp8 converts in SRAM: matmul.py), and a
+problem big enough for every core to get at least 8 rows and columns. `matmul.py` chooses it over its own
+tiled kernel when the cost model (`estimate`) predicts it faster, or when a given mapping names it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from math import ceil
+
+from dojoc.codegen.builder import R_A, R_B, R_C, R_D, CoreCode
+from dojoc.codegen.context import Ctx, split
+from dojoc.codegen.epilogue import emit_pointwise
+from dojoc.codegen.kernels.mxu import F32, Spec, act_cycles
+from dojoc.codegen.paths import port_path
+from dojoc.codegen.view import Transfer, View, transfers
+from dojoc.errors import MappingError
+from dojoc.mapping.model import Bound, OpMapping
+from isa.costs import matmul_cycles, vector_cycles
+from isa.table import Cast
+
+if False:  # typing only, without an import cycle
+    from dojoc.codegen.kernels.matmul import Problem
+
+KERNEL = "summa"
+# semaphores: the loader's DMAs and the multicast arrivals per buffer parity, the free signals, the
+# source-free semaphores of the loader's puts, the DMAs of the disabled core's slice, stores, bias/residual
+DMA_A, DMA_B, ARR_A, ARR_B = (0, 1), (2, 3), (4, 5), (6, 7)
+FREE_A, FREE_B = 8, 9
+SRC_A, SRC_B = (10, 11), (12, 13)
+DMA_X = (14, 15)
+STORE, AUX = 16, 17
+KC_CHOICES = (512, 384, 256, 192, 128, 96, 64, 32)
+ALIGN = 64
+
+
+@dataclass(frozen=True)
+class Grid:
+    """The mesh as a grid of blocks: the enabled cores of each mesh row and column (ids in order), the
+    row blocks of M and column blocks of N (start, count), and each disabled position's column slices."""
+
+    rows: tuple[tuple[int, ...], ...]
+    cols: tuple[tuple[int, ...], ...]
+    mblocks: tuple[tuple[int, int], ...]
+    nblocks: tuple[tuple[int, int], ...]
+    extra: dict[int, tuple[int, int]]  # core -> (first column, count) of the slice it takes, in N
+
+    @property
+    def cores(self) -> tuple[int, ...]:
+        return tuple(c for row in self.rows for c in row)
+
+    @property
+    def m_max(self) -> int:
+        return max(n for _, n in self.mblocks)
+
+    @property
+    def n_max(self) -> int:
+        return max(n for _, n in self.nblocks)
+
+    @property
+    def x_max(self) -> int:
+        return max((n for _, n in self.extra.values()), default=0)
+
+
+def grid(ctx: Ctx, m: int, n: int) -> Grid:
+    mach = ctx.machine
+    rows_n, cols_n = mach.mesh
+    at = {rc: i for i, rc in enumerate(mach.coords)}
+    rows = tuple(tuple(at[(r, c)] for c in range(cols_n) if (r, c) in at) for r in range(rows_n))
+    cols = tuple(tuple(at[(r, c)] for r in range(rows_n) if (r, c) in at) for c in range(cols_n))
+    mblocks, nblocks = tuple(split(m, rows_n)), tuple(split(n, cols_n))
+    extra: dict[int, tuple[int, int]] = {}
+    for r in range(rows_n):
+        for c in range(cols_n):
+            if (r, c) not in at:  # a disabled core's block: its columns, sliced over the row's cores
+                first, count = nblocks[c]
+                for core, (s, k) in zip(rows[r], split(count, len(rows[r])), strict=False):
+                    extra[core] = (first + s, k)
+    return Grid(rows, cols, mblocks, nblocks, extra)
+
+
+def eligible(ctx: Ctx, p: Problem, spec: Spec) -> bool:
+    """Whether this kernel can take the problem: one die, every one of its cores in the compile, one batch
+    item (or a batch folded into M), operands in the mma's type, at least 8 rows and columns per block."""
+    mach = ctx.machine
+    rows_n, cols_n = mach.mesh
+    return (mach.die == mach.mesh and len(ctx.builder.ids) == mach.num_cores and len(p.a) == 1
+            and spec.a_src is spec.op and spec.b_src is spec.op and not spec.op.is_cfp
+            and p.m >= 8 * rows_n and p.n >= 8 * cols_n and p.k >= 8 and rows_n * cols_n > 1)
+
+
+def _scratch(g: Grid, spec: Spec, kc: int, p: Problem) -> int:
+    """Scratch bytes of one core (every core allocates the same, so buffers lie at the same addresses)."""
+    e, eo = spec.op.itemsize, spec.out.itemsize
+
+    def a(n: int) -> int:
+        return -(-n // ALIGN) * ALIGN
+
+    m, n, x = g.m_max, g.n_max, g.x_max
+    total = 2 * a(m * kc * e) + 2 * a(kc * n * e) + a(m * n * 4) + (a(m * n * eo) if spec.out is not F32 else 0)
+    if x:
+        total += 2 * a(kc * x * e) + a(m * x * 4) + (a(m * x * eo) if spec.out is not F32 else 0)
+    if p.bias is not None:
+        total += a(n * 4) + a(x * 4)
+    if p.r is not None:
+        total += a(m * n * spec.res_src.itemsize) + a(m * n * 4)
+    return total + 4 * ALIGN
+
+
+def estimate(ctx: Ctx, p: Problem, spec: Spec, kc: int) -> tuple[int, Bound]:
+    """Predicted cycles and bound for K chunks of `kc`: per chunk the longest of a core's multiplies, the
+    DRAM port's time for every row's A chunk and every column's B chunk, and a core's ejection port taking
+    both multicasts; plus filling the pipeline (the first chunk's DMA and put) and the epilogue's stores."""
+    m = ctx.machine
+    g = grid(ctx, p.m, p.n)
+    e, eo = spec.op.itemsize, spec.out.itemsize
+    mx, nx, xx = g.m_max, g.n_max, g.x_max
+    way = port_path(m, g.cores)
+    chunks = ceil(p.k / kc)
+    mma = matmul_cycles(mx, nx, kc, spec.op, True, m) + (matmul_cycles(mx, xx, kc, spec.op, True, m) if xx else 0)
+    dram = (p.m * kc + kc * p.n) * e * way.cycles_per_byte
+    eject = (mx * kc + kc * nx) * e / m.eject_bytes_per_cycle
+    per = max(mma, dram, eject)
+    fill = way.latency + max(mx * kc, kc * nx) * e / m.link_bytes_per_cycle + sum(m.mesh) * m.hop_latency
+    tile = mx * (nx + xx)
+    epi = vector_cycles(tile, 4, tile * 4, tile * eo, m) + act_cycles(ctx, spec, mx, nx + xx) \
+        + spec.epilogue_cycles(tile, m) + (vector_cycles(tile, 4, tile * 8, tile * 4, m) if p.bias is not None else 0)
+    stores = p.m * p.n * eo * way.cycles_per_byte + way.latency
+    total = fill + chunks * per + epi + stores
+    bound = Bound.COMPUTE if per == mma else (Bound.DRAM if per == dram else Bound.LINK)
+    return round(total), bound
+
+
+def _best_kc(ctx: Ctx, p: Problem, spec: Spec) -> tuple[int, int, Bound] | None:
+    g = grid(ctx, p.m, p.n)
+    best: tuple[int, int, Bound] | None = None
+    for kc in sorted({min(c, p.k) for c in KC_CHOICES}, reverse=True):
+        if _scratch(g, spec, kc, p) > ctx.scratch_bytes:
+            continue
+        cyc, bound = estimate(ctx, p, spec, kc)
+        if best is None or cyc < best[1]:
+            best = (kc, cyc, bound)
+    return best
+
+
+def decide(ctx: Ctx, p: Problem, spec: Spec, other: Callable[[], int]) -> OpMapping | None:
+    """The op's decision when it runs here: a given mapping's (kernel "summa", checked), or the cost
+    model's when it predicts this kernel faster than `other()` (the tiled kernel's estimate); else None."""
+    key = ctx.scope[0]
+    given = ctx.given.get(key)
+    if given is not None and given.kernel != KERNEL:
+        return None
+    g = grid(ctx, p.m, p.n)
+    axes = (("rows", len(g.rows)), ("cols", len(g.cols)))
+    best = _best_kc(ctx, p, spec)
+    if given is None and (best is None or best[1] >= other()):
+        return None
+
+    def default() -> OpMapping:
+        assert best is not None
+        return OpMapping("", KERNEL, g.cores, axes, (("m", g.m_max), ("n", g.n_max), ("k", best[0])),
+                         predicted_cycles=best[1], bound=best[2])
+
+    def check(om: OpMapping) -> OpMapping:
+        if tuple(om.cores) != g.cores:
+            raise MappingError(f"op {om.key}: the summa kernel runs on every core of the mesh, in order "
+                               f"({len(g.cores)} cores); give that region or kernel \"matmul\"")
+        if dict(om.split) != dict(axes):
+            raise MappingError(f"op {om.key}: the summa kernel splits the output as the mesh does: split "
+                               f"{{\"rows\": {len(g.rows)}, \"cols\": {len(g.cols)}}}")
+        kc = om.tile_of("k")
+        if kc is None or not 1 <= kc <= min(p.k, 4095) or _scratch(g, spec, kc, p) > ctx.scratch_bytes:
+            raise MappingError(f"op {om.key}: tile k={kc}: a K chunk must be between 1 and {min(p.k, 4095)} and "
+                               f"its double buffers must fit the {ctx.scratch_bytes:,} bytes of SRAM scratch")
+        cyc, bound = estimate(ctx, p, spec, kc)
+        return replace(om, tile=(("m", g.m_max), ("n", g.n_max), ("k", kc)), predicted_cycles=cyc, bound=bound)
+
+    return ctx.decide(KERNEL, default, check)
+
+
+class _Core:
+    """The program of one core."""
+
+    def __init__(self, ctx: Ctx, name: str, source: str | None, p: Problem, spec: Spec, g: Grid, kc: int,
+                 core: int) -> None:
+        self.ctx, self.p, self.spec, self.g, self.kc, self.me = ctx, p, spec, g, kc, core
+        self.cc: CoreCode = ctx.core(core)
+        self.name, self.source = name, source
+        r, c = ctx.machine.coords[core]
+        self.row, self.col = g.rows[r], g.cols[c]
+        (self.m0, self.m), (self.n0, self.n) = g.mblocks[r], g.nblocks[c]
+        self.x0, self.nx = g.extra.get(core, (0, 0))
+        e, eo = spec.op.itemsize, spec.out.itemsize
+        sram = ctx.sram[core]
+        mm, nn, xx = g.m_max, g.n_max, g.x_max  # the same sizes on every core: the same addresses
+        self.abuf = [sram.alloc(mm * kc * e, f"{name} A chunk") for _ in range(2)]
+        self.bbuf = [sram.alloc(kc * nn * e, f"{name} B chunk") for _ in range(2)]
+        self.acc = sram.alloc(mm * nn * 4, f"{name} accumulator")
+        self.out = sram.alloc(mm * nn * eo, f"{name} output tile") if spec.out is not F32 else self.acc
+        self.xbuf: list[int] = []
+        if xx:
+            self.xbuf = [sram.alloc(kc * xx * e, f"{name} B slice") for _ in range(2)]
+            self.xacc = sram.alloc(mm * xx * 4, f"{name} slice accumulator")
+            self.xout = sram.alloc(mm * xx * eo, f"{name} slice output") if spec.out is not F32 else self.xacc
+        self.bias = sram.alloc(nn * 4, f"{name} bias") if p.bias is not None else -1
+        self.xbias = sram.alloc(max(xx, 1) * 4, f"{name} slice bias") if p.bias is not None else -1
+        if p.r is not None:
+            self.res = sram.alloc(mm * nn * spec.res_src.itemsize, f"{name} residual")
+            self.res32 = sram.alloc(mm * nn * 4, f"{name} residual f32")
+        self.src_pending = {SRC_A[0]: 0, SRC_A[1]: 0, SRC_B[0]: 0, SRC_B[1]: 0}
+
+    # -- loads and multicasts ------------------------------------------------------------------------
+    def _chunk(self, t: int) -> tuple[int, int]:
+        k0 = t * self.kc
+        return k0, min(self.kc, self.p.k - k0)
+
+    def _load_a(self, t: int, q: int) -> int:
+        a, e = self.p.a[0], self.spec.op.itemsize
+        k0, kl = self._chunk(t)
+        ts = transfers(a.base + self.m0 * a.strides[0] + k0 * a.strides[1], self.abuf[q],
+                       [(self.m, a.strides[0], self.kc * e), (kl, a.strides[1], e)], e)
+        for tr in ts:
+            self.cc.dma_load(tr, DMA_A[q])
+        return len(ts)
+
+    def _load_b(self, t: int, q: int, n0: int, n: int, dst: int, sem: int) -> int:
+        b, e = self.p.b[0], self.spec.op.itemsize
+        k0, kl = self._chunk(t)
+        ts = transfers(b.base + k0 * b.strides[0] + n0 * b.strides[1], dst,
+                       [(kl, b.strides[0], n * e), (n, b.strides[1], e)], e)
+        for tr in ts:
+            self.cc.dma_load(tr, sem)
+        return len(ts)
+
+    def _put(self, addr: int, rows: int, nbytes: int, stride: int, cast: Cast, seml: int, semr: int) -> None:
+        cc = self.cc
+        self.src_pending[seml] += 1
+        cc.emit("put", rc=cc.reg(R_C, self.me), rd=cc.reg(R_D, addr), rs=cc.reg(R_A, addr), rows=rows,
+                bytes=nbytes, ss=stride, ds=stride, cast=cast, seml=seml, semr=semr)
+
+    def _src_free(self, sem: int) -> None:
+        self.cc.wait(sem, self.src_pending[sem])
+        self.src_pending[sem] = 0
+
+    def _prefetch(self, t: int, dmas: dict[tuple[str, int], int]) -> None:
+        """Issue chunk t's DMAs that this core makes, into buffer parity t % 2."""
+        q = t % 2
+        if self.me == self.row[t % len(self.row)]:
+            if t >= 2 and len(self.row) > 1:
+                self.cc.wait(FREE_A, len(self.row) - 1)  # the row is done with chunk t - 2
+            self._src_free(SRC_A[q])
+            dmas[("a", t)] = self._load_a(t, q)
+        if self.me == self.col[t % len(self.col)]:
+            if t >= 2 and len(self.col) > 1:
+                self.cc.wait(FREE_B, len(self.col) - 1)
+            self._src_free(SRC_B[q])
+            dmas[("b", t)] = self._load_b(t, q, self.n0, self.n, self.bbuf[q], DMA_B[q])
+        if self.nx:
+            dmas[("x", t)] = self._load_b(t, q, self.x0, self.nx, self.xbuf[q], DMA_X[q])
+
+    def _publish(self, t: int, dmas: dict[tuple[str, int], int]) -> None:
+        """As the loader of chunk t: wait for its DMA, multicast it to the row (A) or column (B)."""
+        q, e = t % 2, self.spec.op.itemsize
+        _, kl = self._chunk(t)
+        if ("a", t) in dmas:
+            self.cc.wait(DMA_A[q], dmas.pop(("a", t)))
+            if len(self.row) > 1:
+                self._put(self.abuf[q], self.m, kl * e, self.kc * e, Cast.ROW, SRC_A[q], ARR_A[q])
+        if ("b", t) in dmas:
+            self.cc.wait(DMA_B[q], dmas.pop(("b", t)))
+            if len(self.col) > 1:
+                self._put(self.bbuf[q], kl, self.n * e, self.n * e, Cast.COL, SRC_B[q], ARR_B[q])
+
+    # -- the program ---------------------------------------------------------------------------------
+    def emit(self) -> None:
+        cc, p = self.cc, self.p
+        chunks = ceil(p.k / self.kc)
+        dmas: dict[tuple[str, int], int] = {}
+        with cc.op(self.name, self.source):
+            self._prefetch(0, dmas)
+            self._publish(0, dmas)
+            for t in range(chunks):
+                q = t % 2
+                if t + 1 < chunks:
+                    self._prefetch(t + 1, dmas)
+                if self.me != self.row[t % len(self.row)]:
+                    cc.wait(ARR_A[q], 1)
+                if self.me != self.col[t % len(self.col)]:
+                    cc.wait(ARR_B[q], 1)
+                _, kl = self._chunk(t)
+                half = max(8, kl // 2 // 8 * 8) if kl > 16 else kl
+                self._mma(self.acc, self.abuf[q], self.bbuf[q], self.n, 0, half, t > 0)
+                if t + 1 < chunks:
+                    self._publish(t + 1, dmas)  # halfway: the next chunk reaches the others in time
+                if half < kl:
+                    self._mma(self.acc, self.abuf[q], self.bbuf[q], self.n, half, kl - half, True)
+                if self.nx:
+                    cc.wait(DMA_X[q], dmas.pop(("x", t)))
+                    self._mma(self.xacc, self.abuf[q], self.xbuf[q], self.nx, 0, kl, t > 0)
+                if t + 2 < chunks:  # done with buffer q: tell the loaders that will refill it
+                    la, lb = self.row[(t + 2) % len(self.row)], self.col[(t + 2) % len(self.col)]
+                    if la != self.me:
+                        cc.emit("signal", rc=cc.reg(R_C, la), sem=FREE_A, cast=Cast.ONE)
+                    if lb != self.me:
+                        cc.emit("signal", rc=cc.reg(R_C, lb), sem=FREE_B, cast=Cast.ONE)
+            stores = self._epilogue(self.acc, self.out, self.n0, self.n, self.bias)
+            if self.nx:
+                stores += self._epilogue(self.xacc, self.xout, self.x0, self.nx, self.xbias)
+            cc.wait(STORE, stores)
+            for sem in self.src_pending:
+                self._src_free(sem)
+
+    def _mma(self, acc: int, abuf: int, bbuf: int, n: int, k0: int, kl: int, accumulate: bool) -> None:
+        cc, e = self.cc, self.spec.op.itemsize
+        cc.emit("mma", rd=cc.reg(R_D, acc), ra=cc.reg(R_A, abuf + k0 * e), rb=cc.reg(R_B, bbuf + k0 * n * e),
+                m=self.m, n=n, k=kl, sd=n * 4, sa=self.kc * e, sb=n * e, dt=self.spec.op, acc=int(accumulate))
+
+    def _epilogue(self, acc: int, out: int, n0: int, n: int, bias: int) -> int:
+        """Bias, residual, scaling and activation on the FP32 block, conversion, stores; the store count."""
+        cc, spec, p = self.cc, self.spec, self.p
+        n4 = n * 4
+        for step in spec.epilogue:
+            if step[0] == "bias":
+                assert p.bias is not None
+                for tr in transfers(p.bias.base + n0 * 4, bias, [(n, 4, 4)], 4):
+                    cc.dma_load(tr, AUX)
+                    cc.wait(AUX, 1)
+                cc.emit("vadd", rd=cc.reg(R_D, acc), ra=cc.reg(R_A, acc), rb=cc.reg(R_B, bias), rows=self.m,
+                        cols=n, sd=n4, sa=n4, sb=0, dt=F32, bcb="row")
+            elif step[0] == "residual":
+                assert p.r is not None
+                self._residual(acc, n0, n, p.r[0])
+            else:
+                emit_pointwise(cc, step, acc, self.m, n, n4, F32)
+        eo = spec.out.itemsize
+        if out != acc:
+            cc.emit("vcvt", rd=cc.reg(R_D, out), ra=cc.reg(R_A, acc), rows=self.m, cols=n, sd=n * eo, sa=n4,
+                    dtd=spec.out, dts=F32)
+        o = p.o[0]
+        ts = transfers(out, o.base + self.m0 * o.strides[0] + n0 * o.strides[1],
+                       [(self.m, n * eo, o.strides[0]), (n, eo, o.strides[1])], eo)
+        for tr in ts:
+            cc.dma_store(tr, STORE)
+        return len(ts)
+
+    def _residual(self, acc: int, n0: int, n: int, rv: View) -> None:
+        cc, er = self.cc, self.spec.res_src.itemsize
+        ts: list[Transfer] = transfers(rv.base + self.m0 * rv.strides[0] + n0 * rv.strides[1], self.res,
+                                       [(self.m, rv.strides[0], n * er), (n, rv.strides[1], er)], er)
+        for tr in ts:
+            cc.dma_load(tr, AUX)
+        cc.wait(AUX, len(ts))
+        src = self.res
+        if self.spec.res_src is not F32:
+            cc.emit("vcvt", rd=cc.reg(R_D, self.res32), ra=cc.reg(R_A, self.res), rows=self.m, cols=n, sd=n * 4,
+                    sa=n * er, dtd=F32, dts=self.spec.res_src)
+            src = self.res32
+        cc.emit("vadd", rd=cc.reg(R_D, acc), ra=cc.reg(R_A, acc), rb=cc.reg(R_B, src), rows=self.m, cols=n,
+                sd=n * 4, sa=n * 4, sb=n * 4, dt=F32)
+
+
+def emit(ctx: Ctx, name: str, source: str | None, p: Problem, spec: Spec, om: OpMapping) -> None:
+    """Emit the decided SUMMA matmul on every core of the mesh."""
+    g = grid(ctx, p.m, p.n)
+    kc = int(om.tile_of("k") or 0)
+    for core in g.cores:
+        _Core(ctx, name, source, p, spec, g, kc, core).emit()

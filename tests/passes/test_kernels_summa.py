@@ -1,0 +1,76 @@
+"""The SUMMA matmul (kernels/summa.py): panels multicast along mesh rows and columns, against eager, with
+disabled cores, ragged blocks and chunks, and the matmul epilogue; chosen by the cost model on big GEMMs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+
+import dojoc
+from dojoc.errors import MappingError
+from dojoc.mapping import format_cores
+from isa.machine import Machine
+from isa.presets import load_machine
+
+MESH = load_machine("mesh4x4")
+HOLED = load_machine("mesh4x4", ["disabled=[[1,2],[3,0]]"])  # rows 1 and 3 have a disabled core
+
+
+def _summa(fn: Any, args: tuple[torch.Tensor, ...], machine: Machine, precision: str, kc: int) -> dojoc.Program:
+    """Compile with the matmul forced onto the summa kernel by a mapping."""
+    first = dojoc.compile(fn, args, machine=machine, precision=precision)
+    assert first.mapping is not None
+    op = next(o for o in first.mapping.ops if o.kernel in ("matmul", "summa"))
+    mapping = {"ops": [{"op": op.op, "kernel": "summa", "cores": format_cores(range(machine.num_cores)),
+                        "split": {"rows": machine.mesh[0], "cols": machine.mesh[1]}, "tile": {"k": kc}}]}
+    prog = dojoc.compile(fn, args, machine=machine, precision=precision, mapping=mapping)
+    assert prog.mapping is not None and any(o.kernel == "summa" for o in prog.mapping.ops)
+    return prog
+
+
+@pytest.mark.parametrize("machine", [MESH, HOLED], ids=["mesh4x4", "holed"])
+@pytest.mark.parametrize("m, k, n, kc", [(64, 96, 80, 32), (37, 100, 45, 24), (40, 8, 33, 8)])
+def test_summa_matches_eager_fp32(machine: Machine, m: int, k: int, n: int, kc: int) -> None:
+    torch.manual_seed(0)
+    a, b = torch.randn(m, k), torch.randn(k, n)
+    prog = _summa(lambda x, y: x @ y, (a, b), machine, "fp32", kc)
+    torch.testing.assert_close(prog(a, b), a @ b, rtol=1e-4, atol=1e-4)
+
+
+class Linear(nn.Module):
+    """A linear layer with bias, gelu and a residual: the summa epilogue."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(48, 48)
+
+    def forward(self, x: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.gelu(self.fc(x) + r)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_summa_epilogue(precision: str) -> None:
+    torch.manual_seed(0)
+    model, x, r = Linear().eval(), torch.randn(2, 40, 48), torch.randn(2, 40, 48)
+    prog = _summa(model, (x, r), HOLED, precision, 16)
+    want = model(x, r).detach()
+    got = prog(x, r)
+    if precision == "fp32":
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    else:
+        assert torch.corrcoef(torch.stack([got.flatten(), want.flatten()]))[0, 1] > 0.99
+
+
+def test_big_gemm_takes_summa_and_a_bad_region_is_named() -> None:
+    a, b = torch.randn(2048, 1024), torch.randn(1024, 2048)
+    prog = dojoc.compile(lambda x, y: x @ y, (a, b), machine="d1")
+    assert prog.mapping is not None
+    om = prog.mapping.ops[0]
+    assert om.kernel == "summa" and len(om.cores) == 354 and dict(om.split) == {"rows": 18, "cols": 20}
+    bad = {"ops": [{"op": om.op, "kernel": "summa", "cores": "0-99", "split": {"rows": 18, "cols": 20},
+                    "tile": {"k": 128}}]}
+    with pytest.raises(MappingError, match=f"op {om.op}: the summa kernel runs on every core"):
+        dojoc.compile(lambda x, y: x @ y, (a, b), machine="d1", mapping=bad)
