@@ -99,6 +99,37 @@ def grid(ctx: Ctx, m: int, n: int) -> Grid:
     return Grid(rows, cols, mblocks, nblocks, extra)
 
 
+def loader(line: tuple[int, ...], index: int, t: int) -> int:
+    """The core of a mesh row (or column) `line`, the index-th, that loads chunk t: rotating with t, and
+    staggered by the line's index, so the columns' B loaders of one chunk sit in different rows and their
+    DMAs enter the mesh through different routers of the DRAM port (not all through one row's links)."""
+    return line[(t + index) % len(line)]
+
+
+def _link_cycles(ctx: Ctx, g: Grid, kc: int, e: int) -> float:
+    """Cycles of one chunk on the busiest first link out of a DRAM entry router: every mesh row carries its
+    A chunk and the B chunks (and slices) its cores load for chunk 0 (the load is the same every chunk)."""
+    mach = ctx.machine
+    port = mach.dram_ports[0]
+    load: dict[tuple[int, int], float] = {}
+
+    def add(core: int, nbytes: float) -> None:
+        r, c = mach.coords[core]
+        entry = port.entry_router(mach, r, c)
+        if entry != (r, c):
+            load[entry] = load.get(entry, 0.0) + nbytes
+
+    for i, row in enumerate(g.rows):
+        if row:
+            add(loader(row, i, 0), g.mblocks[i][1] * kc * e)
+    for j, col in enumerate(g.cols):
+        if col:
+            add(loader(col, j, 0), kc * g.nblocks[j][1] * e)
+    for core, (_, n) in g.extra.items():
+        add(core, kc * n * e)
+    return max(load.values(), default=0.0) / mach.link_bytes_per_cycle
+
+
 def eligible(ctx: Ctx, p: Problem, spec: Spec) -> bool:
     """Whether this kernel can take the problem: one die, every one of its cores in the compile, one batch
     item (or a batch folded into M), operands in the mma's type, at least 8 rows and columns per block."""
@@ -129,8 +160,9 @@ def _scratch(g: Grid, spec: Spec, kc: int, p: Problem) -> int:
 
 def estimate(ctx: Ctx, p: Problem, spec: Spec, kc: int) -> tuple[int, Bound]:
     """Predicted cycles and bound for K chunks of `kc`: per chunk the longest of a core's multiplies, the
-    DRAM port's time for every row's A chunk and every column's B chunk, and a core's ejection port taking
-    both multicasts; plus filling the pipeline (the first chunk's DMA and put) and the epilogue's stores."""
+    DRAM port's time for every row's A chunk and every column's B chunk, the busiest link out of the port's
+    entry routers, and a core's ejection port taking both multicasts; plus filling the pipeline (the first
+    chunk's DMA and put) and the epilogue's stores."""
     m = ctx.machine
     g = grid(ctx, p.m, p.n)
     e, eo = spec.op.itemsize, spec.out.itemsize
@@ -140,7 +172,8 @@ def estimate(ctx: Ctx, p: Problem, spec: Spec, kc: int) -> tuple[int, Bound]:
     mma = matmul_cycles(mx, nx, kc, spec.op, True, m) + (matmul_cycles(mx, xx, kc, spec.op, True, m) if xx else 0)
     dram = (p.m * kc + kc * p.n) * e * way.cycles_per_byte
     eject = (mx * kc + kc * nx) * e / m.eject_bytes_per_cycle
-    per = max(mma, dram, eject)
+    link = _link_cycles(ctx, g, kc, e)
+    per = max(mma, dram, eject, link)
     fill = way.latency + max(mx * kc, kc * nx) * e / m.link_bytes_per_cycle + sum(m.mesh) * m.hop_latency
     tile = mx * (nx + xx)
     epi = vector_cycles(tile, 4, tile * 4, tile * eo, m) + act_cycles(ctx, spec, mx, nx + xx) \
@@ -207,6 +240,7 @@ class _Core:
         self.cc: CoreCode = ctx.core(core)
         self.name, self.source = name, source
         r, c = ctx.machine.coords[core]
+        self.r, self.c = r, c
         self.row, self.col = g.rows[r], g.cols[c]
         (self.m0, self.m), (self.n0, self.n) = g.mblocks[r], g.nblocks[c]
         self.x0, self.nx = g.extra.get(core, (0, 0))
@@ -230,6 +264,14 @@ class _Core:
         self.src_pending = {SRC_A[0]: 0, SRC_A[1]: 0, SRC_B[0]: 0, SRC_B[1]: 0}
 
     # -- loads and multicasts ------------------------------------------------------------------------
+    def la(self, t: int) -> int:
+        """The core of this row that loads and multicasts A's chunk t (`loaders`)."""
+        return loader(self.row, self.r, t)
+
+    def lb(self, t: int) -> int:
+        """The core of this column that loads and multicasts B's chunk t."""
+        return loader(self.col, self.c, t)
+
     def _chunk(self, t: int) -> tuple[int, int]:
         k0 = t * self.kc
         return k0, min(self.kc, self.p.k - k0)
@@ -265,12 +307,12 @@ class _Core:
     def _prefetch(self, t: int, dmas: dict[tuple[str, int], int]) -> None:
         """Issue chunk t's DMAs that this core makes, into buffer parity t % 2."""
         q = t % 2
-        if self.me == self.row[t % len(self.row)]:
+        if self.me == self.la(t):
             if t >= 2 and len(self.row) > 1:
                 self.cc.wait(FREE_A, len(self.row) - 1)  # the row is done with chunk t - 2
             self._src_free(SRC_A[q])
             dmas[("a", t)] = self._load_a(t, q)
-        if self.me == self.col[t % len(self.col)]:
+        if self.me == self.lb(t):
             if t >= 2 and len(self.col) > 1:
                 self.cc.wait(FREE_B, len(self.col) - 1)
             self._src_free(SRC_B[q])
@@ -303,9 +345,9 @@ class _Core:
                 q = t % 2
                 if t + 1 < chunks:
                     self._prefetch(t + 1, dmas)
-                if self.me != self.row[t % len(self.row)]:
+                if self.me != self.la(t):
                     cc.wait(ARR_A[q], 1)
-                if self.me != self.col[t % len(self.col)]:
+                if self.me != self.lb(t):
                     cc.wait(ARR_B[q], 1)
                 _, kl = self._chunk(t)
                 half = max(8, kl // 2 // 8 * 8) if kl > 16 else kl
@@ -318,7 +360,7 @@ class _Core:
                     cc.wait(DMA_X[q], dmas.pop(("x", t)))
                     self._mma(self.xacc, self.abuf[q], self.xbuf[q], self.nx, 0, kl, t > 0)
                 if t + 2 < chunks:  # done with buffer q: tell the loaders that will refill it
-                    la, lb = self.row[(t + 2) % len(self.row)], self.col[(t + 2) % len(self.col)]
+                    la, lb = self.la(t + 2), self.lb(t + 2)
                     if la != self.me:
                         cc.emit("signal", rc=cc.reg(R_C, la), sem=FREE_A, cast=Cast.ONE)
                     if lb != self.me:
