@@ -6,7 +6,12 @@ elementwise arithmetic op into that op's `epilogue` attribute, a tuple of steps 
 - `("bias",)`: add the next extra input, a vector [N] along the last dim (matmul: a linear layer's bias);
 - `("residual",)`: add the next extra input, a tensor of the result's type (ResNet's shortcut, BERT's
   residual);
-- `("mul", c)`, `("div", c)`: multiply or divide by the scalar constant c (a float);
+- `("sub_residual",)`: subtract the next extra input, a tensor of the result's type (x - y, with x the
+  result: the form of a residual that an add does not cover; y - x is not a step);
+- `("add", c)`, `("sub", c)`, `("mul", c)`, `("div", c)`: add, subtract, multiply or divide by the
+  scalar constant c (a float);
+- `("clamp", lo, hi)`: min(max(x, lo), hi), each bound a float or None for absent (clamp, hardtanh,
+  relu6, clamp_min, clamp_max);
 - `("act", name)`: an activation, one of ACTIVATIONS (`gelu` is the erf form, `gelu_tanh` the tanh one).
 
 The extra inputs of `bias` and `residual` steps follow the op's own inputs, in step order; `fused` names
@@ -28,13 +33,16 @@ from dojoc.ir.shapes import require
 from dojoc.ir.types import TensorType
 
 ACTIVATIONS = ("relu", "gelu", "gelu_tanh", "silu", "sigmoid", "tanh")
-INPUT_STEPS = ("bias", "residual")  # the steps that read an extra input
-SCALE_STEPS = ("mul", "div")
+RESIDUAL_STEPS = ("residual", "sub_residual")  # a tensor of the result's type, added or subtracted
+INPUT_STEPS = ("bias", *RESIDUAL_STEPS)  # the steps that read an extra input
+SCALAR_STEPS = ("add", "sub", "mul", "div")  # with a scalar constant
+# the steps that read nothing but the result: one or two vector instructions on the tile, in place
+POINTWISE_STEPS = (*SCALAR_STEPS, "clamp", "act")
 # the steps each kind of op may take: a matrix op accumulates in FP32 and can load more tiles per item;
 # an elementwise op applies its steps to its result tile, which holds no extra operand
-MATMUL_STEPS = ("bias", "residual", *SCALE_STEPS, "act")
-CONV_STEPS = ("residual", *SCALE_STEPS, "act")
-ELEMENTWISE_STEPS = (*SCALE_STEPS, "act")
+MATMUL_STEPS = (*INPUT_STEPS, *POINTWISE_STEPS)
+CONV_STEPS = (*RESIDUAL_STEPS, *POINTWISE_STEPS)
+ELEMENTWISE_STEPS = POINTWISE_STEPS
 
 Step = tuple[Any, ...]
 V = TypeVar("V")
@@ -46,8 +54,10 @@ def _is_step(s: Any) -> bool:
     kind, args = s[0], s[1:]
     if kind in INPUT_STEPS:
         return not args
-    if kind in SCALE_STEPS:
+    if kind in SCALAR_STEPS:
         return len(args) == 1 and _is_num(args[0])
+    if kind == "clamp":
+        return len(args) == 2 and all(a is None or _is_num(a) for a in args)
     return kind == "act" and len(args) == 1 and args[0] in ACTIVATIONS
 
 
@@ -67,10 +77,11 @@ def extra_count(steps: Sequence[Step]) -> int:
 
 
 def split_inputs(inputs: Sequence[V], attrs: Attrs) -> tuple[tuple[V, ...], dict[str, V]]:
-    """(the op's own inputs, {step kind: its extra input}) of a node's inputs (at most one of each kind)."""
+    """(the op's own inputs, {"bias" or "residual": its extra input}) of a node's inputs (at most one of
+    each; a `sub_residual` step's input is the "residual" too: the kernels load it the same way)."""
     steps = steps_of(attrs)
     n = len(inputs) - extra_count(steps)
-    kinds = [s[0] for s in steps if s[0] in INPUT_STEPS]
+    kinds = ["bias" if s[0] == "bias" else "residual" for s in steps if s[0] in INPUT_STEPS]
     return tuple(inputs[:n]), dict(zip(kinds, inputs[n:], strict=True))
 
 
@@ -83,8 +94,9 @@ def with_epilogue(rule: ShapeRule, arity: tuple[int, int], kinds: tuple[str, ...
         require(len(fused) == len(steps), f"fused names {len(fused)} ops but the epilogue has {len(steps)} steps")
         bad = [s[0] for s in steps if s[0] not in kinds]
         require(not bad, f"an epilogue step {bad[:1]} is not one this op takes ({', '.join(kinds)})")
-        for kind in INPUT_STEPS:
-            require(sum(s[0] == kind for s in steps) <= 1, f"an epilogue takes at most one {kind} step")
+        require(sum(s[0] == "bias" for s in steps) <= 1, "an epilogue takes at most one bias step")
+        require(sum(s[0] in RESIDUAL_STEPS for s in steps) <= 1,
+                "an epilogue takes at most one residual or sub_residual step")
         n = len(ins) - extra_count(steps)
         require(arity[0] <= n <= arity[1], f"takes {arity[0]}..{arity[1]} inputs besides the "
                 f"{extra_count(steps)} of its epilogue, got {n}")
@@ -97,10 +109,10 @@ def with_epilogue(rule: ShapeRule, arity: tuple[int, int], kinds: tuple[str, ...
             require(bool(t.shape) and v == want, f"the epilogue's {kind} must be {want}, got {v}")
         return out
 
+    extra_doc = dict.fromkeys({"bias": "bias [N]"}.get(k, "residual of the result's type") for k in kinds
+                              if k in INPUT_STEPS)
     shape.__doc__ = (rule.__doc__ or "").strip() + (
-        "; epilogue steps keep the type" + ("; extra inputs: " + ", ".join(
-            {"bias": "bias [N]", "residual": "residual of the result's type"}[k] for k in kinds if k in INPUT_STEPS)
-            if any(k in INPUT_STEPS for k in kinds) else ""))
+        "; epilogue steps keep the type" + ("; extra inputs: " + ", ".join(extra_doc) if extra_doc else ""))
     return shape
 
 
@@ -115,6 +127,10 @@ ACT_REFS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
 }
 
 
+SCALAR_REFS: dict[str, Callable[[np.ndarray, np.float32], np.ndarray]] = {
+    "add": np.add, "sub": np.subtract, "mul": np.multiply, "div": np.true_divide}
+
+
 def apply(x: np.ndarray, extras: Sequence[np.ndarray], steps: Sequence[Step],
           rnd: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
     """The reference of an epilogue: each step on float32 operands (x already rounded to the output
@@ -123,12 +139,14 @@ def apply(x: np.ndarray, extras: Sequence[np.ndarray], steps: Sequence[Step],
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         for s in steps:
             kind = s[0]
-            if kind in INPUT_STEPS:  # a bias [N] broadcasts along the last dim
+            if kind == "sub_residual":
+                x = np.subtract(x, next(rest))
+            elif kind in INPUT_STEPS:  # a bias [N] broadcasts along the last dim
                 x = np.add(x, next(rest))
-            elif kind == "mul":
-                x = np.multiply(x, np.float32(s[1]))
-            elif kind == "div":
-                x = np.true_divide(x, np.float32(s[1]))
+            elif kind in SCALAR_STEPS:
+                x = SCALAR_REFS[kind](x, np.float32(s[1]))
+            elif kind == "clamp":  # one rounding after both bounds, as the clamp op rounds once
+                x = R.clamp([x], Attrs(min=s[1], max=s[2]))
             else:
                 x = ACT_REFS[s[1]](x)
             x = rnd(x)

@@ -9,7 +9,9 @@ reader and is not a graph output, and takes the reader into the producer's `epil
 - the add of a tensor of the result's type (a residual: ResNet's shortcut, BERT's residual), after a
   matmul or conv2d: step `residual`, the tensor as an extra input. When that tensor is itself the result
   of a later matrix op that the add alone reads, the add is left to that op, so no op moves;
-- a mul or div by a scalar constant: step `mul` / `div`;
+- the subtraction of such a tensor from the result (x - y, x the result): step `sub_residual`;
+- an add, sub (x - c), mul or div (x / c) by a scalar constant: step `add` / `sub` / `mul` / `div`;
+- a clamp (clamp, hardtanh, relu6, clamp_min, clamp_max): step `clamp` with its two bounds;
 - an activation (relu, gelu, silu, sigmoid, tanh): step `act`.
 
 The result may pass through a reshape that nothing else reads (elementwise steps commute with it; a bias
@@ -18,7 +20,7 @@ extra inputs follow its own; the reshapes it went through become one reshape aft
 producer's place in the graph, or the last fused op's place when an extra input is defined after the
 producer. Fused nodes leave the graph; their names stay in the node's `fused` attribute.
 
-Every candidate op (an add, mul, div or activation on floats) left in the graph gets a note in
+Every candidate op (an add, sub, mul, div, clamp or activation on floats) left in the graph gets a note in
 `graph.fusion_notes` saying why it was not fused ("its input %x has 2 readers", "its input %x is a graph
 output", ...); code generation copies the notes into the mapping (`OpMapping.note`, `--explain`).
 """
@@ -31,12 +33,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from dojoc.ir import Graph, Node, Op, Value, maybe_dump, verify
-from dojoc.ir.epilogue import Step, steps_of
+from dojoc.ir.epilogue import RESIDUAL_STEPS, Step, steps_of
 
 MATRIX = (Op.MATMUL, Op.CONV2D)
 ELEMENTWISE = (Op.ADD, Op.SUB, Op.MUL, Op.DIV, Op.MAXIMUM, Op.MINIMUM)
 ACTS = {Op.RELU: "relu", Op.SILU: "silu", Op.SIGMOID: "sigmoid", Op.TANH: "tanh"}
-CANDIDATES = (Op.ADD, Op.MUL, Op.DIV, Op.GELU, *ACTS)
+CANDIDATES = (Op.ADD, Op.SUB, Op.MUL, Op.DIV, Op.CLAMP, Op.GELU, *ACTS)
 
 
 @dataclass(frozen=True)
@@ -181,32 +183,42 @@ def _link(s: _Scan, p: Node, n: Node, src: Value, links: list[Link]) -> Link | s
         return Link(n, src, ("act", ACTS[n.op]))
     if n.op is Op.GELU:
         return Link(n, src, ("act", "gelu_tanh" if n.attrs["approximate"] == "tanh" else "gelu"))
+    if n.op is Op.CLAMP:
+        return Link(n, src, ("clamp", n.attrs["min"], n.attrs["max"]))
     x, y = n.inputs
     other = y if x is src else x
+    if n.op is Op.DIV and x is not src:
+        return f"it divides by %{src.name}, which is not a scaling"
+    if n.op is Op.SUB and x is not src:
+        return f"it subtracts %{src.name} from %{other.name}; only x - y with x the result is a step"
     if n.op in (Op.MUL, Op.DIV):
-        if n.op is Op.DIV and x is not src:
-            return f"it divides by %{src.name}, which is not a scaling"
         if n.op is Op.DIV and n.attrs["rounding_mode"] is not None:
             return "a rounding division is not a scaling"
         c = _scalar(s, other)
         if c is None:
             return f"its other operand %{other.name} {other.type} is not a scalar constant"
         return Link(n, src, (n.op.value, c))
-    # an add: a bias or a residual
-    if p.op not in MATRIX:
-        return "the epilogue of an elementwise op adds no tensor (a bias or residual fuses into matmul or conv2d)"
+    # an add or sub: a bias (add only, so that it stays one before a scalar), a scalar or a residual
     kinds = {lk.step[0] for lk in links}
-    if p.op is Op.MATMUL and "bias" not in kinds and src.type.shape[-1:] == p.output.type.shape[-1:]:
+    if n.op is Op.ADD and p.op is Op.MATMUL and "bias" not in kinds \
+            and src.type.shape[-1:] == p.output.type.shape[-1:]:
         vec = _col_bias(s, other, src)
         if vec is not None:
             return Link(n, src, ("bias",), other, vec)
+    c = _scalar(s, other)
+    if c is not None:
+        return Link(n, src, (n.op.value, c))
+    if p.op not in MATRIX:
+        return "the epilogue of an elementwise op adds no tensor (a bias or residual fuses into matmul or conv2d)"
     if other.type != src.type:
         if _constant(s, other) is not None:
             return (f"the constant %{other.name} {other.type} is neither a vector along the last dim (a bias of a "
                     f"matmul) nor of the result's type {src.type}")
         return f"its other operand %{other.name} {other.type} broadcasts; a residual must be {src.type}"
-    if "residual" in kinds:
+    if kinds & set(RESIDUAL_STEPS):
         return "the epilogue already adds a residual"
+    if n.op is Op.SUB:  # x - y with y from a later matrix op: fusing into that op would need y - x
+        return Link(n, src, ("sub_residual",), other)
     q = s.producers.get(other)
     if q is not None and s.order[q] > s.order[p] and _takes_residual(s, q, n):
         raise _Defer
@@ -343,7 +355,7 @@ def _unreached(s: _Scan, n: Node) -> str:
         if q.op is Op.INPUT:
             return f"its input {shown} is a graph input"
         if q.op in MATRIX or q.op in ELEMENTWISE:
-            if q.op in ELEMENTWISE and n.op is Op.ADD:
+            if q.op in ELEMENTWISE and n.op in (Op.ADD, Op.SUB):
                 return f"its input {shown} comes from an elementwise {q.op}, whose epilogue adds no tensor"
             return f"its input {shown} comes from a {q.op} that could not take it"
         return f"its input {shown} comes from {q.op}, which takes no epilogue"

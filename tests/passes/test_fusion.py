@@ -383,3 +383,190 @@ def test_the_epilogue_attribute_is_verified_and_interpreted() -> None:
     bi = conv_in.param("b", np.ones(2, np.float32))
     with pytest.raises(ShapeError, match="not one this op takes"):
         conv_in.add(Op.CONV2D, (xi, wi, bi), {"epilogue": (("bias",),), "fused": ("add",)})
+
+
+# -- clamp (ReLU6, hardtanh), scalar add and sub, residual subtract ---------------------------------------
+
+class Clamps(torch.nn.Module):
+    """conv -> batch norm -> relu6, conv -> hardtanh(a, b), conv -> clamp(min only), a matmul's bias then
+    clamp(max only), and an elementwise op's relu6."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        nn = torch.nn
+        self.a = nn.Sequential(nn.Conv2d(4, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU6())
+        self.b = nn.Sequential(nn.Conv2d(8, 8, 1), nn.Hardtanh(-0.5, 2.0))
+        self.c = nn.Conv2d(8, 6, 1)
+        self.fc = nn.Linear(6 * 5 * 5, 10)
+
+    def forward(self, x):
+        y = torch.clamp(self.c(self.b(self.a(x))), min=0.1)
+        return torch.clamp(self.fc(y.flatten(1)), max=0.3), torch.nn.functional.relu6(x * 3.0)
+
+
+def test_clamp_fuses_into_conv_matmul_and_elementwise_ops() -> None:
+    torch.manual_seed(0)
+    m = _randomize_bn(Clamps())
+    x = torch.randn(2, 4, 5, 5)
+    before = fold_batch_norm(from_module(m, (x,)))
+    graph = fuse(before)
+    assert not graph.find(Op.CLAMP) and set(graph.fusion_notes) == {"mul"}  # x * 3 reads a graph input
+    convs = graph.find(Op.CONV2D)
+    assert [n.attrs["epilogue"] for n in convs] == [(("clamp", 0.0, 6.0),), (("clamp", -0.5, 2.0),),
+                                                   (("clamp", 0.1, None),)]
+    (mm,) = graph.find(Op.MATMUL)
+    assert mm.attrs["epilogue"] == (("bias",), ("clamp", None, 0.3))
+    (mul,) = graph.find(Op.MUL)
+    assert mul.attrs["epilogue"] == (("clamp", 0.0, 6.0),)
+    _same_numbers(before, graph, x.numpy())
+    low = lower_graph(graph, load_machine("mesh2x2"), "fp32")
+    assert not {e.op for e in low.image.debug} & set(_fused(graph)), "the clamps emit no code of their own"
+    got = run(low.image, [x.numpy()]).outputs
+    with torch.no_grad():
+        want = m(x)
+    for name, w in zip(low.output_names, want, strict=True):
+        np.testing.assert_allclose(got[name], w.numpy(), rtol=1e-4, atol=1e-4)
+
+
+class Offsets(torch.nn.Module):
+    """Scalar adds and subtractions after a matmul, a conv and an elementwise op; a conv minus a tensor
+    that a later conv computes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = torch.nn.Linear(12, 16)
+        self.conv = torch.nn.Conv2d(3, 3, 3, padding=1)
+        self.proj = torch.nn.Conv2d(3, 3, 1)
+
+    def forward(self, h, x, z):
+        a = torch.relu(self.fc(h) + 0.5) - 0.25
+        b = self.conv(x) - self.proj(z)
+        return a, b, (h * h) - 1.0, torch.sigmoid(self.conv(z) + 2.0)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_scalar_add_sub_and_residual_subtract_fuse(precision: str) -> None:
+    torch.manual_seed(0)
+    m = Offsets().eval()
+    h, x, z = torch.randn(4, 12), torch.randn(1, 3, 6, 6), torch.randn(1, 3, 6, 6)
+    before = fold_batch_norm(from_module(m, (h, x, z)))
+    graph = fuse(before)
+    assert not graph.find(Op.ADD) and not graph.find(Op.SIGMOID) and set(graph.fusion_notes) == {"mul"}
+    (mm,) = graph.find(Op.MATMUL)
+    assert mm.attrs["epilogue"] == (("bias",), ("add", 0.5), ("act", "relu"), ("sub", 0.25))
+    # (fold_batch_norm folds the conv's + 2.0 into its bias)
+    convs = graph.find(Op.CONV2D)
+    assert sorted(n.attrs["epilogue"] for n in convs) == [(), (("act", "sigmoid"),), (("sub_residual",),)]
+    # x - proj(z) cannot go into proj (defined later; it would be y - x there): the fused node follows it
+    sub = next(n for n in convs if n.attrs["epilogue"] == (("sub_residual",),))
+    assert sub.inputs[-1] is convs[convs.index(sub) - 1].output
+    assert [n.attrs["epilogue"] for n in graph.find(Op.MUL)] == [(("sub", 1.0),)]
+    _same_numbers(before, graph, h.numpy(), x.numpy(), z.numpy())
+    prog = dojoc.compile(m, (h, x, z), machine="mesh4x4", precision=precision)
+    got = prog(h, x, z)
+    with torch.no_grad():
+        want = m(h, x, z)
+    for g, w in zip(got, want, strict=True):
+        if precision == "fp32":
+            np.testing.assert_allclose(g.numpy(), w.numpy(), rtol=1e-4, atol=1e-4)
+        else:
+            assert np.corrcoef(g.numpy().ravel(), w.numpy().ravel())[0, 1] >= 0.99
+
+
+class ClampsLeft(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 3, 1)
+
+    def forward(self, x, z):
+        y = self.conv(x)
+        shared = torch.clamp(y, 0, 1) + torch.clamp(y, -1, 0)  # two readers: neither clamp fuses
+        s = z - self.conv(x * 2.0)                              # y - x is not a step
+        return shared, s, torch.nn.functional.hardtanh(torch.softmax(x, -1))
+
+
+def test_the_clamps_and_subtractions_left_say_why() -> None:
+    torch.manual_seed(0)
+    m = ClampsLeft().eval()
+    x, z = torch.randn(1, 3, 4, 4), torch.randn(1, 3, 4, 4)
+    before = fold_batch_norm(from_module(m, (x, z)))
+    graph = fuse(before)
+    notes = graph.fusion_notes
+    by_op = {n.name: n for n in graph.nodes}
+    clamps = [n for n in notes if by_op[n].op is Op.CLAMP]
+    assert len(clamps) == 3 and sum("has 2 readers" in notes[n] for n in clamps) == 2
+    assert any("comes from softmax" in notes[n] for n in clamps)
+    subs = sorted(notes[n] for n in notes if by_op[n].op is Op.SUB)
+    assert len(subs) == 1 and all("only x - y with x the result is a step" in why for why in subs), notes
+    _same_numbers(before, graph, x.numpy(), z.numpy())
+
+
+class InvertedResidual(torch.nn.Module):
+    """MobileNetV2's inverted residual block: a pointwise expansion conv + batch norm + ReLU6, a depthwise
+    3 x 3 conv + batch norm + ReLU6, a pointwise projection conv + batch norm, and the residual add."""
+
+    def __init__(self, c: int = 8, expand: int = 4) -> None:
+        super().__init__()
+        nn, e = torch.nn, c * expand
+        self.block = nn.Sequential(nn.Conv2d(c, e, 1, bias=False), nn.BatchNorm2d(e), nn.ReLU6(),
+                                   nn.Conv2d(e, e, 3, padding=1, groups=e, bias=False), nn.BatchNorm2d(e),
+                                   nn.ReLU6(), nn.Conv2d(e, c, 1, bias=False), nn.BatchNorm2d(c))
+
+    def forward(self, x):
+        return x + self.block(x)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_mobilenet_block_fuses_relu6_into_the_depthwise_kernel_and_matches_eager(precision: str) -> None:
+    torch.manual_seed(0)
+    m = _randomize_bn(InvertedResidual())
+    x = torch.randn(1, 8, 10, 10)
+    graph = run_passes(from_module(m, (x,)))
+    assert not graph.find(Op.CLAMP) and not graph.find(Op.ADD) and not graph.find(Op.BATCH_NORM)
+    expand, dw, project = graph.find(Op.CONV2D)
+    assert expand.attrs["epilogue"] == dw.attrs["epilogue"] == (("clamp", 0.0, 6.0),)
+    assert dw.attrs["groups"] == 32 and project.attrs["epilogue"] == (("residual",),)
+    prog = dojoc.compile(m, (x,), machine="mesh4x4", precision=precision)
+    got = prog(x)
+    with torch.no_grad():
+        want = m(x)
+    if precision == "fp32":
+        np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-4, atol=1e-4)
+    else:
+        assert np.corrcoef(got.numpy().ravel(), want.numpy().ravel())[0, 1] >= 0.99
+    assert prog.mapping is not None
+    by_op = {o.key: o for o in prog.mapping.ops}
+    assert by_op[dw.name].kernel == "depthwise", "the depthwise conv keeps its kernel with the clamp fused"
+    assert all(o.kernel != "eltwise" for o in prog.mapping.ops), "no clamp or add runs on its own"
+    assert sum(o.fused_into == dw.name for o in prog.mapping.ops) == 1
+
+
+def test_new_steps_are_verified_and_interpreted_bit_for_bit_in_bf16() -> None:
+    bf16 = IRDType.BF16
+    g = Graph("bf")
+    x = g.input("x", TensorType((4, 8), bf16))
+    r = g.input("r", TensorType((4, 6), bf16))
+    w = g.param("w", np.linspace(-1, 1, 48, dtype=np.float32).reshape(8, 6).astype(bf16.numpy))
+    y = g.call(Op.MATMUL, x, w)
+    y = g.call(Op.ADD, y, g.const(0.3, bf16))
+    y = g.call(Op.SUB, y, r)
+    y = g.call(Op.CLAMP, y, min=-0.11, max=0.7)  # bounds bf16 does not hold: rounded once, after both
+    y = g.call(Op.SUB, y, g.const(0.05, bf16))
+    g.set_outputs([y])
+    verify(g)
+    fused = fuse(g)
+    (mm,) = fused.find(Op.MATMUL)
+    assert mm.attrs["epilogue"] == (("add", 0.30078125), ("sub_residual",), ("clamp", -0.11, 0.7),
+                                    ("sub", 0.050048828125))
+    rng = np.random.default_rng(0)
+    xs = [rng.standard_normal(s).astype(np.float32).astype(bf16.numpy) for s in ((4, 8), (4, 6))]
+    _same_numbers(g, fused, *xs)
+    bad = [((("clamp", "0", 1.0),), ("c",), "is not tuple\\[step"),
+           ((("residual",), ("sub_residual",)), ("a", "b"), "at most one residual or sub_residual")]
+    for steps, names, msg in bad:
+        node = Node(mm.name, mm.op, mm.inputs + (mm.inputs[-1],) * (len(steps) - 1),
+                    mm.attrs.replace(epilogue=steps, fused=names), mm.outputs)
+        g2 = fused.copy()
+        g2.nodes = [node if m is mm else m for m in fused.nodes]
+        with pytest.raises((IRError, ShapeError), match=msg):
+            verify(g2)

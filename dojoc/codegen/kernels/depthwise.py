@@ -8,7 +8,8 @@ index j over the input channels of the block,
     acc[c*mult + j, pixels] += w[c*mult + j, tap] * window_tap[c, pixels]
 
 with the weight column broadcast along the row (`bcb=col`); then it adds the bias per row, applies the
-fused activation, converts to the output type and stores.
+fused pointwise steps in order (scalar arithmetic, clamp: MobileNet's ReLU6, activation), converts to the
+output type and stores.
 
 The tap windows are not loaded from DRAM one by one (conv.py's way): the windows of neighbouring taps
 overlap almost entirely, and loading each would read the input kh x kw times, which is what bounds
@@ -51,7 +52,7 @@ import numpy as np
 
 from dojoc.codegen.builder import R_A, R_B, R_D, CoreCode
 from dojoc.codegen.context import MAX_COLS, MAX_ROWS, Ctx, split
-from dojoc.codegen.epilogue import ACT_MNEMONICS
+from dojoc.codegen.epilogue import emit_pointwise, pointwise_cycles
 from dojoc.codegen.kernels.mxu import (
     F32,
     MAX_WAIT,
@@ -69,12 +70,11 @@ from dojoc.codegen.kernels.mxu import (
 from dojoc.codegen.kernels.window import Span, window
 from dojoc.codegen.view import Transfer, View, transfers
 from dojoc.errors import MappingError, SramOverflowError
-from dojoc.ir.epilogue import split_inputs, steps_of
+from dojoc.ir.epilogue import POINTWISE_STEPS, Step, split_inputs, steps_of
 from dojoc.ir.graph import Node
 from dojoc.mapping.model import Bound, OpMapping
 from isa import formats
-from isa.costs import cycles, vector_cycles
-from isa.encoding import make
+from isa.costs import vector_cycles
 
 KERNEL = "depthwise"
 MAX_VSTRIDE = (1 << 18) - 1  # the sd/sa/sb fields of a vector op, in bytes
@@ -84,12 +84,12 @@ LOADS, STORES = (0, 1), (2, 3)  # semaphores of the two staging parities and of 
 
 def eligible(ctx: Ctx, node: Node) -> bool:
     """Whether conv2d `node` is a depthwise convolution this kernel can take: groups == in_channels > 1,
-    its weights (and bias, if any) parameters, and no epilogue step but an activation (a fused residual
-    or scaling goes to the matrix kernel, whose epilogue has them)."""
+    its weights (and bias, if any) parameters, and only pointwise epilogue steps (a fused residual goes to
+    the matrix kernel, whose epilogue loads it)."""
     own, _ = split_inputs(node.inputs, node.attrs)
     x, w = own[:2]
     groups, c = node.attrs["groups"], x.type.shape[1]
-    if groups <= 1 or groups != c or any(s[0] != "act" for s in steps_of(node.attrs)):
+    if groups <= 1 or groups != c or any(s[0] not in POINTWISE_STEPS for s in steps_of(node.attrs)):
         return False
     producers = ctx.graph.producers()
     return param_array(ctx, w, producers) is not None and \
@@ -106,11 +106,12 @@ def chosen(ctx: Ctx, node: Node, matrix_cycles: Callable[[], int]) -> bool:
     return estimate(ctx, node) <= matrix_cycles()
 
 
-def activation(ctx: Ctx, node: Node) -> str | None:
-    """The fused activation's SIMD mnemonic, applied to the FP32 accumulator, or None: the node's epilogue
-    (passes/fuse.py) holds at most one step here, an activation (`eligible`)."""
-    acts = [s[1] for s in steps_of(node.attrs) if s[0] == "act"]
-    return ACT_MNEMONICS[str(acts[0])] if acts else None
+def pointwise(node: Node) -> tuple[Step, ...]:
+    """The fused steps applied in order to the FP32 accumulator: the node's epilogue (passes/fuse.py),
+    all pointwise here (`eligible`)."""
+    steps = steps_of(node.attrs)
+    assert all(s[0] in POINTWISE_STEPS for s in steps), steps
+    return steps
 
 
 @dataclass(frozen=True)
@@ -134,7 +135,7 @@ class Dw:
     stride: tuple[int, int]
     pad: tuple[int, int]
     dil: tuple[int, int]
-    act: str | None
+    steps: tuple[Step, ...]  # the pointwise epilogue steps, in order
 
     @property
     def o(self) -> int:
@@ -255,8 +256,7 @@ def _item_cycles(ctx: Ctx, dw: Dw, blk: Block) -> int:
     n = ol * blk.pw
     if dw.bias is not None:
         c += vector_cycles(n, 4, (n + ol) * 4, n * 4, m)
-    if dw.act is not None:
-        c += cycles(make(dw.act, rd=R_D, ra=R_A, rows=ol, cols=blk.pw, sd=blk.pw * 4, sa=blk.pw * 4, dt=F32), m)
+    c += pointwise_cycles(dw.steps, ol, blk.pw, m)
     if eo != 4:
         c += vector_cycles(n, 4, n * 4, n * eo, m)
     return c + m.issue_cycles + 6 * m.scalar_cycles
@@ -374,7 +374,7 @@ def _geometry(ctx: Ctx, node: Node, w: View, bias: View | None) -> Dw:
     a = node.attrs
     (sh, sw), (ph, pw), (dh, dww) = a["stride"], a["padding"], a["dilation"]
     return Dw(ctx.views[x], ctx.views[node.output], w, bias, n, c, h, wd, o // c, kh, kw, oh, ow, (sh, sw),
-              (ph, pw), (dh, dww), activation(ctx, node))
+              (ph, pw), (dh, dww), pointwise(node))
 
 
 def estimate(ctx: Ctx, node: Node) -> int:
@@ -546,7 +546,7 @@ class _Core:
             cc.emit("vfill", rd=cc.reg(R_D, acc), imm=0.0, rows=blk.cl * m, cols=blk.pw, sd=n4, dt=F32)
 
     def _epilogue(self, i: int) -> None:
-        """Bias per row, the fused activation, conversion to the output type, the stores (which skip the
+        """Bias per row, the fused pointwise steps, conversion to the output type, the stores (which skip the
         qw junk columns of each row)."""
         dw, cc, blk, q = self.dw, self.cc, self.blocks[i], i % 2
         ch, b, r0, c0 = self.items[i]
@@ -556,8 +556,8 @@ class _Core:
             bias = self.resident.get(ch, self.wst[q] if self.wst else 0) + _wbytes(ol, dw.taps)
             cc.emit("vadd", rd=cc.reg(R_D, acc), ra=cc.reg(R_A, acc), rb=cc.reg(R_B, bias), rows=ol, cols=blk.pw,
                     sd=n4, sa=n4, sb=4, dt=F32, bcb="col")
-        if dw.act is not None:
-            cc.emit(dw.act, rd=cc.reg(R_D, acc), ra=cc.reg(R_A, acc), rows=ol, cols=blk.pw, sd=n4, sa=n4, dt=F32)
+        for step in dw.steps:
+            emit_pointwise(cc, step, acc, ol, blk.pw, n4, F32)
         eo = self.dst.itemsize
         res = acc
         if not self.direct:

@@ -28,20 +28,19 @@ import numpy as np
 
 from dojoc.codegen.builder import R_A, R_B, R_BIAS, R_D, CoreCode
 from dojoc.codegen.context import Ctx
-from dojoc.codegen.epilogue import ACT_MNEMONICS, emit_pointwise, scale_cycles
+from dojoc.codegen.epilogue import emit_pointwise, pointwise_cycles
 from dojoc.codegen.paths import port_path
 from dojoc.codegen.view import Transfer, View
 from dojoc.errors import MappingError
+from dojoc.ir.epilogue import RESIDUAL_STEPS, split_inputs
 from dojoc.ir.epilogue import Step as EpiStep
-from dojoc.ir.epilogue import split_inputs
 from dojoc.ir.graph import Node, Value
 from dojoc.ir.ops import Op
 from dojoc.mapping.build import record_shards
 from dojoc.mapping.model import Bound, OpMapping
 from isa import formats
-from isa.costs import cycles, vector_cycles
+from isa.costs import vector_cycles
 from isa.dtypes import DType
-from isa.encoding import make
 from isa.machine import Machine
 from isa.program import TensorKind
 
@@ -120,8 +119,8 @@ class Spec:
 
     @property
     def residual(self) -> bool:
-        """Items add a residual tile."""
-        return any(s[0] == "residual" for s in self.epilogue)
+        """Items add (or subtract) a residual tile."""
+        return any(s[0] in RESIDUAL_STEPS for s in self.epilogue)
 
     def epilogue_bytes(self, elems: int) -> int:
         """Scratch bytes of the epilogue's residual buffers for a tile of `elems` elements: two staging
@@ -132,13 +131,14 @@ class Spec:
         return 2 * stage + (-(-elems * 4 // 64) * 64 if self.res_src is not F32 else 0)
 
     def epilogue_cycles(self, elems: int, m: Machine) -> int:
-        """Cost-model cycles of the residual and scale steps on a tile of `elems` elements."""
+        """Cost-model cycles of the residual step on a tile of `elems` elements (the pointwise steps:
+        `pointwise_epilogue_cycles`)."""
         n = 0
         if self.residual:
             n += vector_cycles(elems, 4, elems * 8, elems * 4, m)  # the add
             if self.res_src is not F32:
                 n += vector_cycles(elems, 4, elems * self.res_src.itemsize, elems * 4, m)  # the conversion
-        return n + scale_cycles(self.epilogue, elems, m)
+        return n
 
 
 # -- types and weights --------------------------------------------------------------------------------
@@ -252,11 +252,10 @@ def load_resident(ctx: Ctx, core: int, node: Node, loads: list[Transfer]) -> Non
 
 # -- cost model -------------------------------------------------------------------------------------------
 
-def act_cycles(ctx: Ctx, spec: Spec, m: int, n: int) -> int:
-    """Cycles of the fused activation on an m x n FP32 accumulator tile: the cost rule of the very
-    instruction the epilogue emits (0 without one)."""
-    return sum(cycles(make(ACT_MNEMONICS[s[1]], rd=R_D, ra=R_A, rows=m, cols=n, sd=n * 4, sa=n * 4, dt=F32),
-                      ctx.machine) for s in spec.epilogue if s[0] == "act")
+def pointwise_epilogue_cycles(ctx: Ctx, spec: Spec, m: int, n: int) -> int:
+    """Cycles of the epilogue's pointwise steps (scalar arithmetic, clamp, activation) on an m x n FP32
+    accumulator tile: the cost rule of the very instructions the epilogue emits (0 without any)."""
+    return pointwise_cycles(spec.epilogue, m, n, ctx.machine)
 
 
 def dram_cycles(ctx: Ctx, nbytes: float, cores: list[int]) -> float:
@@ -455,7 +454,7 @@ class Pipeline:
 
     def _epilogue(self, j: int) -> None:
         """Bias per row on the FP32 accumulator, the node's epilogue steps in order (bias per column,
-        residual, scale, activation), conversion to the output type, the stores."""
+        residual, scalar arithmetic, clamp, activation), conversion to the output type, the stores."""
         cc, spec, it = self.cc, self.spec, self.items[j]
         q = j % 2
         acc = self.accs[q] if self.direct else self.accs[0]
@@ -478,14 +477,14 @@ class Pipeline:
                 cb = it.col_bias.addr if it.col_bias.addr is not None else self.col_stage[q]
                 cc.emit("vadd", rd=cc.reg(R_D, acc), ra=cc.reg(R_A, acc), rb=cc.reg(R_B, cb), rows=it.m,
                         cols=it.n, sd=n4, sa=n4, sb=0, dt=F32, bcb="row")
-            elif step[0] == "residual":  # added in FP32, before rounding to the output type
+            elif step[0] in RESIDUAL_STEPS:  # added (subtracted) in FP32, before rounding to the output type
                 res = self.res_stage[q]
                 if self.res_f32 is not None:
                     cc.emit("vcvt", rd=cc.reg(R_D, self.res_f32), ra=cc.reg(R_A, res), rows=it.m, cols=it.n,
                             sd=n4, sa=it.n * spec.res_src.itemsize, dtd=F32, dts=spec.res_src)
                     res = self.res_f32
-                cc.emit("vadd", rd=cc.reg(R_D, acc), ra=cc.reg(R_A, acc), rb=cc.reg(R_B, res), rows=it.m,
-                        cols=it.n, sd=n4, sa=n4, sb=n4, dt=F32)
+                cc.emit("vadd" if step[0] == "residual" else "vsub", rd=cc.reg(R_D, acc), ra=cc.reg(R_A, acc),
+                        rb=cc.reg(R_B, res), rows=it.m, cols=it.n, sd=n4, sa=n4, sb=n4, dt=F32)
             else:
                 emit_pointwise(cc, step, acc, it.m, it.n, n4, F32)
         if self.direct:
