@@ -31,10 +31,11 @@ from math import ceil
 from dojoc.codegen.builder import R_A, R_B, R_C, R_D, CoreCode
 from dojoc.codegen.context import Ctx, split
 from dojoc.codegen.epilogue import emit_pointwise
-from dojoc.codegen.kernels.mxu import F32, Spec, act_cycles
+from dojoc.codegen.kernels.mxu import F32, Spec, pointwise_epilogue_cycles
 from dojoc.codegen.paths import port_path
 from dojoc.codegen.view import Transfer, View, transfers
 from dojoc.errors import MappingError
+from dojoc.ir.epilogue import RESIDUAL_STEPS
 from dojoc.mapping.model import Bound, OpMapping
 from isa.costs import matmul_cycles, vector_cycles
 from isa.table import Cast
@@ -176,7 +177,7 @@ def estimate(ctx: Ctx, p: Problem, spec: Spec, kc: int) -> tuple[int, Bound]:
     per = max(mma, dram, eject, link)
     fill = way.latency + max(mx * kc, kc * nx) * e / m.link_bytes_per_cycle + sum(m.mesh) * m.hop_latency
     tile = mx * (nx + xx)
-    epi = vector_cycles(tile, 4, tile * 4, tile * eo, m) + act_cycles(ctx, spec, mx, nx + xx) \
+    epi = vector_cycles(tile, 4, tile * 4, tile * eo, m) + pointwise_epilogue_cycles(ctx, spec, mx, nx + xx) \
         + spec.epilogue_cycles(tile, m) + (vector_cycles(tile, 4, tile * 8, tile * 4, m) if p.bias is not None else 0)
     stores = p.m * p.n * eo * way.cycles_per_byte + way.latency
     total = fill + chunks * per + epi + stores
@@ -389,9 +390,9 @@ class _Core:
                     cc.wait(AUX, 1)
                 cc.emit("vadd", rd=cc.reg(R_D, acc), ra=cc.reg(R_A, acc), rb=cc.reg(R_B, bias), rows=self.m,
                         cols=n, sd=n4, sa=n4, sb=0, dt=F32, bcb="row")
-            elif step[0] == "residual":
+            elif step[0] in RESIDUAL_STEPS:
                 assert p.r is not None
-                self._residual(acc, n0, n, p.r[0])
+                self._residual(acc, n0, n, p.r[0], "vsub" if step[0] == "sub_residual" else "vadd")
             else:
                 emit_pointwise(cc, step, acc, self.m, n, n4, F32)
         eo = spec.out.itemsize
@@ -405,7 +406,7 @@ class _Core:
             cc.dma_store(tr, STORE)
         return len(ts)
 
-    def _residual(self, acc: int, n0: int, n: int, rv: View) -> None:
+    def _residual(self, acc: int, n0: int, n: int, rv: View, mnemonic: str) -> None:
         cc, er = self.cc, self.spec.res_src.itemsize
         ts: list[Transfer] = transfers(rv.base + self.m0 * rv.strides[0] + n0 * rv.strides[1], self.res,
                                        [(self.m, rv.strides[0], n * er), (n, rv.strides[1], er)], er)
@@ -417,7 +418,7 @@ class _Core:
             cc.emit("vcvt", rd=cc.reg(R_D, self.res32), ra=cc.reg(R_A, self.res), rows=self.m, cols=n, sd=n * 4,
                     sa=n * er, dtd=F32, dts=self.spec.res_src)
             src = self.res32
-        cc.emit("vadd", rd=cc.reg(R_D, acc), ra=cc.reg(R_A, acc), rb=cc.reg(R_B, src), rows=self.m, cols=n,
+        cc.emit(mnemonic, rd=cc.reg(R_D, acc), ra=cc.reg(R_A, acc), rb=cc.reg(R_B, src), rows=self.m, cols=n,
                 sd=n * 4, sa=n * 4, sb=n * 4, dt=F32)
 
 
