@@ -63,14 +63,30 @@ def field_range(f: Field) -> tuple[int, int]:
     return 0, (1 << f.bits) - 1
 
 
+class _Ranges(dict[Field, tuple[int, int]]):
+    """`field_range` per field, computed once."""
+
+    def __missing__(self, f: Field) -> tuple[int, int]:
+        r = self[f] = field_range(f)
+        return r
+
+
+_RANGES = _Ranges()
+_INTS = frozenset((Kind.REG, Kind.UIMM, Kind.SIMM, Kind.TARGET))
+
+
 def check_field(spec: InstrSpec, f: Field, value: Any) -> Any:
     """`value` converted to the field's in-memory form and range-checked; raises EncodingError.
 
     Accepted inputs: REG an int or 'r5'; UIMM/SIMM/TARGET an int; F32 a float or int (rounded to
     float32); DTYPE a DType or its assembly name; ENUM a member of the field's enum or its name.
     """
-    where = f"{spec.mnemonic}: field {f.name}"
     kind = f.kind
+    if kind in _INTS and type(value) is int:  # the common case first: no message is built unless needed
+        lo, hi = _RANGES[f]
+        if lo <= value <= hi:
+            return value
+    where = f"{spec.mnemonic}: field {f.name}"
     if kind is Kind.REG and isinstance(value, str):
         text = value.strip().lower()
         if not (text.startswith("r") and text[1:].isdigit()):

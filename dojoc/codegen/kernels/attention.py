@@ -106,6 +106,34 @@ def _plan(ctx: Ctx, node: Node, sh: _Shape, want_lb: int) -> tuple[int, int]:
     return lb, sc
 
 
+def _cores(ctx: Ctx, sh: _Shape, B: int, work: float, mask_bcast: bool, rep: int) -> tuple[int, float]:
+    """The cores and DRAM bytes of the best split of each head's queries into blocks by the cost model:
+    a core's share of the work against the DRAM port's time for Q, O, the mask and the K and V of every
+    (core, kv head) pair (a core keeps K and V across its run of blocks of one head). More blocks per head
+    spread the work but read K and V once per block. A core loads a block's operands before it computes on
+    them, and all cores load at once, so the port's time and a core's work add up rather than overlap."""
+    port = ctx.machine.dram_ports[0].bytes_per_cycle
+    n_max = len(ctx.builder.ids)
+    mask_es = sh.mask.itemsize if sh.mask is not None else 0
+    kv = sh.S * (sh.E + sh.Ev) * sh.es
+    best: tuple[float, int, float] | None = None
+    pb = 1
+    while pb <= max(1, -(-sh.L // 8)):
+        lb = -(-sh.L // pb)
+        blocks = -(-sh.L // lb)
+        items = B * blocks
+        n = min(items, n_max)
+        pairs = sum(len({(j // blocks) // rep for j in range(f, f + c)}) for f, c in split(items, n))
+        mask = B * (blocks if mask_bcast else sh.L) * sh.S * mask_es
+        dram = pairs * kv + B * sh.L * (sh.E + sh.Ev) * sh.es + mask
+        t = work / n + dram / port
+        if best is None or t < best[0]:
+            best = (t, n, dram)
+        pb *= 2
+    assert best is not None
+    return best[1], best[2]
+
+
 @kernel(Op.SDPA)
 def sdpa(ctx: Ctx, node: Node) -> None:
     q, k, v = node.inputs[:3]
@@ -141,7 +169,10 @@ def sdpa(ctx: Ctx, node: Node) -> None:
     macs = B * L * S * (E + Ev)
     work = (macs / ctx.machine.macs_per_cycle("fp32" if dt is F32 else "bf16")
             + 8 * vector_cycles(B * L * S, 4, B * L * S * 4, B * L * S * 4, ctx.machine))
-    cores = ctx.region("attention", work, B * -(-L // 8), axis="heads_queries")
+    bcast = mask is not None and ctx.views[mask].expand(batch + (L, S)).strides[-2] == 0
+    count, dram = _cores(ctx, sh, B, work, bcast, rep)
+    cores = ctx.region("attention", work, B * -(-L // 8), axis="heads_queries", dram_bytes=dram, count=count,
+                       overlap=False)
     per_batch = max(1, -(-len(cores) // B))
     want_lb = min(L, MAX_ROWS, max(8, -(-L // per_batch)))
     lb, sc = _plan(ctx, node, sh, want_lb)
@@ -239,6 +270,10 @@ def _attend(cc: CoreCode, sh: _Shape, b: _Buffers, blk: _Block, dt: DType, scale
     last_row = blk.l0 + n - 1
     end = min(sh.S, last_row + 1) if sh.causal else sh.S  # keys past the diagonal are all masked
     chunks = [(c0, min(sc, end - c0)) for c0 in range(0, end, sc)]
+    # a mask broadcast over the queries (BERT's padding mask [B, 1, 1, S]) is loaded as one row and read
+    # with row stride 0, not as n copies of it
+    bcast = blk.mask is not None and blk.mask.strides[0] == 0
+    mrows = 1 if bcast else n
     for ci, (c0, cs) in enumerate(chunks):
         first = ci == 0
         loads = load_view(cc, blk.q, b.q, SEM_LOAD) if first else 0
@@ -246,7 +281,8 @@ def _attend(cc: CoreCode, sh: _Shape, b: _Buffers, blk: _Block, dt: DType, scale
             loads += load_view(cc, blk.k.slice(0, c0, c0 + cs), b.k, SEM_LOAD)
             loads += load_view(cc, blk.v.slice(0, c0, c0 + cs), b.v, SEM_LOAD)
         if blk.mask is not None:
-            loads += load_view(cc, blk.mask.slice(0, blk.l0, blk.l0 + n).slice(1, c0, c0 + cs), b.mask, SEM_LOAD)
+            loads += load_view(cc, blk.mask.slice(0, blk.l0, blk.l0 + mrows).slice(1, c0, c0 + cs), b.mask,
+                               SEM_LOAD)
         crossing = sh.causal and c0 + cs - 1 > blk.l0
         if crossing:
             assert blk.causal is not None
@@ -263,15 +299,15 @@ def _attend(cc: CoreCode, sh: _Shape, b: _Buffers, blk: _Block, dt: DType, scale
         if sh.mask is not None and sh.mask.is_float:
             mask = b.mask
             if sh.mask is not F32:
-                cc.emit("vcvt", rd=cc.reg(R_D, b.maskf), ra=cc.reg(R_A, b.mask), rows=n, cols=cs, sd=cs * 4,
+                cc.emit("vcvt", rd=cc.reg(R_D, b.maskf), ra=cc.reg(R_A, b.mask), rows=mrows, cols=cs, sd=cs * 4,
                         sa=cs * sh.mask.itemsize, dtd=F32, dts=sh.mask)
                 mask = b.maskf
-            cc.emit("vadd", rd=cc.reg(R_D, b.s), ra=cc.reg(R_A, b.s), rb=cc.reg(R_B, mask), sb=cs * 4, dt=F32,
-                    **tile)
+            cc.emit("vadd", rd=cc.reg(R_D, b.s), ra=cc.reg(R_A, b.s), rb=cc.reg(R_B, mask), sb=0 if bcast else cs * 4,
+                    dt=F32, **tile)
         elif sh.mask is not None:
-            _mask_out(cc, b, b.mask, n, cs)
+            _mask_out(cc, b, b.mask, n, cs, 0 if bcast else cs)
         if crossing:
-            _mask_out(cc, b, b.cm, n, cs)
+            _mask_out(cc, b, b.cm, n, cs, cs)
         col = {"rows": n, "cols": 1, "sd": 4, "sa": 4}
         if first:
             cc.emit("vrmax", rd=cc.reg(R_D, m), ra=cc.reg(R_A, b.s), rows=n, cols=cs, sd=4, sa=cs * 4, dt=F32,
@@ -309,7 +345,8 @@ def _attend(cc: CoreCode, sh: _Shape, b: _Buffers, blk: _Block, dt: DType, scale
     return (kidx, end) if one_chunk else None
 
 
-def _mask_out(cc: CoreCode, b: _Buffers, cond: int, n: int, cs: int) -> None:
-    """S = cond ? S : -inf over an [n, cs] tile (bool cond, dense; the -inf row repeats with stride 0)."""
+def _mask_out(cc: CoreCode, b: _Buffers, cond: int, n: int, cs: int, stride: int) -> None:
+    """S = cond ? S : -inf over an [n, cs] tile (bool cond with row stride `stride`: 0 repeats one row; the
+    -inf row repeats with stride 0)."""
     cc.emit("vsel", rd=cc.reg(R_D, b.s), rc=cc.reg(R_C, cond), ra=cc.reg(R_A, b.s), rb=cc.reg(R_B, b.neg),
-            rows=n, cols=cs, sd=cs * 4, sc=cs, sa=cs * 4, sb=0, dt=F32)
+            rows=n, cols=cs, sd=cs * 4, sc=stride, sa=cs * 4, sb=0, dt=F32)

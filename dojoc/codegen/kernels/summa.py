@@ -174,8 +174,10 @@ def estimate(ctx: Ctx, p: Problem, spec: Spec, kc: int) -> tuple[int, Bound]:
     dram = (p.m * kc + kc * p.n) * e * way.cycles_per_byte
     eject = (mx * kc + kc * nx) * e / m.eject_bytes_per_cycle
     link = _link_cycles(ctx, g, kc, e)
-    per = max(mma, dram, eject, link)
+    # a chunk's DMA is issued one chunk before the others need it: its latency, the multicast's time and
+    # the hops to the far end of the line are hidden only behind a chunk's worth of work
     fill = way.latency + max(mx * kc, kc * nx) * e / m.link_bytes_per_cycle + sum(m.mesh) * m.hop_latency
+    per = max(mma, dram, eject, link, fill)
     tile = mx * (nx + xx)
     epi = vector_cycles(tile, 4, tile * 4, tile * eo, m) + pointwise_epilogue_cycles(ctx, spec, mx, nx + xx) \
         + spec.epilogue_cycles(tile, m) + (vector_cycles(tile, 4, tile * 8, tile * 4, m) if p.bias is not None else 0)
