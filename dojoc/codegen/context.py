@@ -19,7 +19,7 @@ from dojoc.codegen.builder import CoreCode, ProgramBuilder
 from dojoc.codegen.paths import port_path
 from dojoc.codegen.view import View, transfers
 from dojoc.errors import MappingError, SramOverflowError
-from dojoc.ir.graph import Graph, Value
+from dojoc.ir.graph import Graph, Node, Value
 from dojoc.ir.types import IRDType
 from dojoc.mapping.model import Bound, OpMapping, Shard
 from isa import formats
@@ -101,6 +101,7 @@ class Ctx:
     decisions: list[OpMapping] = field(default_factory=list)
     shards: dict[str, list[Shard]] = field(default_factory=dict)  # DRAM tensor name -> its resident copies
     scope: tuple[str, str] = ("", "")  # (op name, source) of the kernel running now
+    users: dict[Value, list[Node]] = field(default_factory=dict)  # the graph's readers of each value
     _parts: dict[str, int] = field(default_factory=dict)
     _dram_top: int = 0
 

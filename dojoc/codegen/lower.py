@@ -91,6 +91,7 @@ def lower_graph(graph: Graph, machine: Machine, precision: str = "bf16",
     ctx.sram = {c: SramPlan(machine.sram_bytes) for c in ids}
     ctx.load = {c: CoreCode(c) for c in ids}
     outputs = set(graph.outputs)
+    ctx.users = graph.users()
     final = write_through(graph, outputs)
     written = set(final.values())
     spans: list[tuple[str, int, int]] = []  # (op, barriers before it, barriers after it)
@@ -181,6 +182,12 @@ def _lower_node(ctx: Ctx, node: Node, outputs: set[Value], final: dict[Node, Val
         name = ctx.graph.output_names[ctx.graph.outputs.index(value)] if value in outputs else value.name
         if kind is TensorKind.OUTPUT and any(t.name == name for t in ctx.tensors):
             kind, name = TensorKind.SCRATCH, f"{name}_{i}"
+        perm = _consumer_layout(ctx, node, value, outputs)
+        if perm is not None:  # written in the layout its only reader, a permute, wants: the permute is free
+            shape = tuple(value.type.shape[p] for p in perm)
+            inverse = tuple(sorted(range(len(perm)), key=lambda i: perm[i]))
+            ctx.views[value] = ctx.dram(name, kind, shape, ctx.storage(value.type.dtype)).permute(inverse)
+            continue
         ctx.views[value] = ctx.dram(name, kind, value.type.shape, ctx.storage(value.type.dtype))
         if last is not None:  # a dense buffer: it reshapes to any shape of as many elements
             own = ctx.views[value].reshape(node.outputs[i].type.shape)
@@ -203,6 +210,22 @@ def _lower_node(ctx: Ctx, node: Node, outputs: set[Value], final: dict[Node, Val
     else:
         KERNELS[node.op](ctx, node)
     ctx.builder.barrier()
+
+
+# ops whose kernels store their result through any strided view of it, so it may lie in another layout
+STRIDED_WRITERS = (Op.SDPA,)
+
+
+def _consumer_layout(ctx: Ctx, node: Node, value: Value, outputs: set[Value]) -> tuple[int, ...] | None:
+    """The permutation to store `value` in when its only reader is a permute (attention's heads going back
+    to [batch, tokens, heads, dims] before the output projection): the buffer is laid out as the permute's
+    result, so the permute and the reshape after it are views and nothing is copied."""
+    if node.op not in STRIDED_WRITERS or value in outputs or len(node.outputs) != 1:
+        return None
+    readers = ctx.users.get(value, [])
+    if len(readers) != 1 or readers[0].op is not Op.PERMUTE:
+        return None
+    return tuple(readers[0].attrs["perm"])
 
 
 def _prepend_load_phase(ctx: Ctx) -> None:
