@@ -87,11 +87,12 @@ def _bert_base(batch: int = 1, seq: int = 128, **config: Any) -> Built:
     return BertModel(cfg).eval(), (ids,), {"attention_mask": torch.ones(batch, seq, dtype=torch.long)}
 
 
-def _gpt2(batch: int = 1, seq: int = 128, **config: Any) -> Built:
-    from transformers import GPT2Config, GPT2LMHeadModel
+def _gpt2(batch: int = 1, seq: int = 128, head: bool = True, **config: Any) -> Built:
+    from transformers import GPT2Config, GPT2LMHeadModel, GPT2Model
 
     cfg = GPT2Config(use_cache=False, **config)
-    return GPT2LMHeadModel(cfg).eval(), (torch.randint(0, cfg.vocab_size, (batch, seq)),), {}
+    model = (GPT2LMHeadModel if head else GPT2Model)(cfg).eval()
+    return model, (torch.randint(0, cfg.vocab_size, (batch, seq)),), {}
 
 
 def _small(name: str) -> Callable[[], Built]:

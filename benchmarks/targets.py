@@ -15,6 +15,9 @@ Rows (random weights, nothing downloaded; inputs drawn with torch.manual_seed(0)
   use_cache=False), 128 tokens: target >= 3x the issue's baseline (cycles per call);
 - bert-base-b1, gpt2-b1: the 12-layer models at batch 1, for information (the issue's b1 baselines were
   2-layer models);
+- gpt2model-2l-b1: GPT2Model(GPT2Config(n_layer=2)), no LM head, for information: the flops that the issue's
+  GPT-2 (2 layers) baseline implies (3.8 % x 521,896 cycles x 354 x 512 = 3.6 G) are those of the 2 layers
+  without the LM head (3.6 G; with the head 13.5 G), so this row is the like-for-like comparison;
 - mobilenetv2-b1: the mobilenetv2 case of benchmarks/models.py; reported against its baseline.
 
 Per row: cycles per call, the compute roofline (flops / (354 x 512)), utilization, target and whether it is
@@ -102,6 +105,8 @@ TARGETS = [
            functools.partial(_bert_base, num_hidden_layers=2), (339_273, 0.059), min_factor=3.0),
     Target("gpt2-2l-b1", "GPT-2 small + LM head, 2 layers, 1 x 128 tokens", functools.partial(_gpt2, n_layer=2),
            (521_896, 0.038), min_factor=3.0),
+    Target("gpt2model-2l-b1", "GPT2Model (no LM head), 2 layers, 1 x 128 tokens",
+           functools.partial(_gpt2, n_layer=2, head=False), (521_896, 0.038)),
     Target("bert-base-b1", "BERT-base, 12 layers, 1 x 128 tokens, attention mask", _bert_base, None),
     Target("gpt2-b1", "GPT-2 small + LM head, 12 layers, 1 x 128 tokens", _gpt2, None),
     Target("mobilenetv2-b1", "MobileNetV2, 1 x 3 x 224 x 224", _mobilenetv2, (723_930, 0.005)),
@@ -131,6 +136,22 @@ class Row:
         if self.report is None or self.target.baseline is None or not self.report.cycles:
             return None
         return self.target.baseline[0] / self.report.cycles
+
+    @property
+    def baseline_flops(self) -> tuple[float, float] | None:
+        """The flops the baseline's cycles and utilization imply, low and high (the utilization rounded to
+        a tenth of a percent)."""
+        if self.target.baseline is None:
+            return None
+        cycles, util = self.target.baseline
+        return ((util - 0.0005) * cycles * D1_CORES * D1_PEAK, (util + 0.0005) * cycles * D1_CORES * D1_PEAK)
+
+    @property
+    def baseline_consistent(self) -> bool:
+        """Whether this row's flops lie in the range the baseline implies (else the baseline measured
+        another model, or counted its flops otherwise, and the factor compares unlike things)."""
+        implied = self.baseline_flops
+        return implied is None or self.report is None or implied[0] <= self.report.flops <= implied[1]
 
     @property
     def met(self) -> bool | None:
@@ -261,7 +282,7 @@ def bound_text(row: Row) -> str:
         return "-"
     floor = row.dram_floor / r.cycles if r.cycles else 0.0
     ops = " ".join(f"{b} {s:.0%}" for b, s in row.shares.items() if s >= 0.005)
-    lead = "DRAM" if floor >= 0.5 else next(iter(row.shares), "-")
+    lead = "DRAM" if floor >= 0.5 else f"{next(iter(row.shares), '-')} ops"
     return f"{lead}: DRAM floor {floor:.0%} of cycles; ops {ops or '-'}"
 
 
@@ -271,9 +292,9 @@ def cells(row: Row) -> list[str]:
     met = {None: "-", True: "yes", False: "NO"}[row.met]
     if r is None:
         return [t.name, "failed", "-", "-", target_text(t), met, base, "-", "-", "-", "-", "-", "-", row.error]
-    factor = row.factor
+    factor = "-" if row.factor is None else f"{row.factor:.2f}x" + ("" if row.baseline_consistent else " (!)")
     return [t.name, f"{r.cycles:,}", f"{row.roofline:,.0f}", f"{r.utilization:.2%}", target_text(t), met, base,
-            f"{factor:.2f}x" if factor is not None else "-", secs(row.compile_s), secs(row.emulate_s),
+            factor, secs(row.compile_s), secs(row.emulate_s),
             f"{r.cores_used}", nbytes(r.dram_bytes), f"{row.pcc:.5f}", bound_text(row)]
 
 
@@ -286,6 +307,11 @@ def detail_lines(rows: list[Row]) -> list[str]:
             out.append(f"- **{t.name}** ({t.description}): failed after {row.wall_s:.0f} s: {row.error}")
             continue
         top = ", ".join(f"{k} {s:.0%}" for k, s in row.top[:4] if s >= 0.005)
+        implied = row.baseline_flops
+        if implied is not None and not row.baseline_consistent:
+            top += (f"; (!) the baseline's cycles and utilization imply {implied[0] / 1e9:.2f}-"
+                    f"{implied[1] / 1e9:.2f} G flops, not this row's {r.flops / 1e9:.2f} G: it measured another "
+                    "model or counted otherwise")
         out.append(f"- **{t.name}** ({t.description}): {r.flops:,} flops, {r.cycles:,} cycles "
                    f"({r.seconds * 1e3:.3f} ms), load {r.load_cycles:,} cycles, NoC {nbytes(r.noc_bytes)}, "
                    f"DRAM floor {row.dram_floor:,} cycles; op cycles by kernel: {top or '-'}; "
@@ -314,13 +340,15 @@ Columns:
   the counter does not count scaled dot-product attention, so attention's matmuls are not in it);
 - **target**, **met**: issue 6's target (a utilization, or a speedup over the baseline's cycles);
 - **baseline**: the issue's cycles per call / utilization; **vs baseline**: baseline cycles / cycles (the
-  b1 BERT and GPT-2 baselines were 2-layer models: the 12-layer rows have none);
+  b1 BERT and GPT-2 baselines were 2-layer models: the 12-layer rows have none); "(!)" marks a row whose
+  flops are not those the baseline's cycles and utilization imply (the baseline measured another model);
 - **compile s**: host wall time of `dojoc.compile`; **emulate s**: host wall time of the first call on the
   emulator (the load phase and one call);
 - **cores**: cores that run code; **DRAM bytes**: the emulator's count for one call;
 - **PCC**: Pearson correlation of all outputs against eager FP32;
-- **what bounds the rest**: the leading bound (DRAM when the DRAM floor, DRAM bytes / 400 B per cycle of
-  the one port, is at least half the cycles; else the cost-model bound with the most emulated cycles);
+- **what bounds the rest**: the leading bound ("DRAM" when the DRAM floor, DRAM bytes / 400 B per cycle of
+  the one port, is at least half the cycles; else "<bound> ops", the cost-model bound of the ops with the
+  most emulated cycles);
   the DRAM floor as a share of the cycles; and the share of the emulated cycles of ops (report.ops)
   spent in ops whose cost-model bound is compute, dram, link, sync or sram.
 
