@@ -33,6 +33,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/emu_speed.py
 	$(BIN)/python benchmarks/microbench.py
 	$(BIN)/python benchmarks/models.py
+	$(BIN)/python benchmarks/targets.py --write
 
 docs: $(STAMP)
 	$(BIN)/python -m isa.docgen > docs/isa.md

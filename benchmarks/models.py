@@ -28,12 +28,8 @@ Not collected by pytest.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import gc
 import importlib.util
-import os
-import platform
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -44,12 +40,18 @@ from typing import Any
 import torch
 from torch.utils import _pytree as pytree
 
-import dojoc
-from dojoc.report import Report, accuracy
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-ROOT = Path(__file__).resolve().parents[1]
+from _common import ROOT, host, markdown_table, nbytes, secs, text_table, warm_up  # noqa: E402
+
+import dojoc  # noqa: E402
+from dojoc.report import Report, accuracy  # noqa: E402
+
 DOC = ROOT / "docs" / "benchmarks.md"
 TARGETS = {"resnet50": (60.0, 30.0)}  # model -> (compile s, emulate s) limits on 2 host cores
+
+
+Built = tuple[torch.nn.Module, tuple[Any, ...], dict[str, Any]]  # model, args, kwargs
 
 
 @dataclass(frozen=True)
@@ -57,17 +59,18 @@ class Case:
     name: str
     description: str
     machine: str
-    build: Callable[[], tuple[torch.nn.Module, tuple[Any, ...], dict[str, Any]]]
+    build: Callable[[], Built]
     big: bool = True
 
 
-def _resnet50() -> tuple[torch.nn.Module, tuple[Any, ...], dict[str, Any]]:
+def _resnet50(batch: int = 1) -> Built:
     from transformers import ResNetConfig, ResNetForImageClassification
 
-    return ResNetForImageClassification(ResNetConfig(num_labels=1000)).eval(), (torch.randn(1, 3, 224, 224),), {}
+    model = ResNetForImageClassification(ResNetConfig(num_labels=1000)).eval()
+    return model, (torch.randn(batch, 3, 224, 224),), {}
 
 
-def _mobilenetv2() -> tuple[torch.nn.Module, tuple[Any, ...], dict[str, Any]]:
+def _mobilenetv2() -> Built:
     from transformers import MobileNetV2Config, MobileNetV2ForImageClassification
 
     # PyTorch-style symmetric padding (tf_padding=False), as torchvision's MobileNetV2: TF padding would add
@@ -76,23 +79,24 @@ def _mobilenetv2() -> tuple[torch.nn.Module, tuple[Any, ...], dict[str, Any]]:
     return MobileNetV2ForImageClassification(cfg).eval(), (torch.randn(1, 3, 224, 224),), {}
 
 
-def _bert_base() -> tuple[torch.nn.Module, tuple[Any, ...], dict[str, Any]]:
+def _bert_base(batch: int = 1, seq: int = 128, **config: Any) -> Built:
     from transformers import BertConfig, BertModel
 
-    cfg = BertConfig()
-    ids = torch.randint(0, cfg.vocab_size, (1, 128))
-    return BertModel(cfg).eval(), (ids,), {"attention_mask": torch.ones(1, 128, dtype=torch.long)}
+    cfg = BertConfig(**config)
+    ids = torch.randint(0, cfg.vocab_size, (batch, seq))
+    return BertModel(cfg).eval(), (ids,), {"attention_mask": torch.ones(batch, seq, dtype=torch.long)}
 
 
-def _gpt2() -> tuple[torch.nn.Module, tuple[Any, ...], dict[str, Any]]:
-    from transformers import GPT2Config, GPT2LMHeadModel
+def _gpt2(batch: int = 1, seq: int = 128, head: bool = True, **config: Any) -> Built:
+    from transformers import GPT2Config, GPT2LMHeadModel, GPT2Model
 
-    cfg = GPT2Config(use_cache=False)
-    return GPT2LMHeadModel(cfg).eval(), (torch.randint(0, cfg.vocab_size, (1, 128)),), {}
+    cfg = GPT2Config(use_cache=False, **config)
+    model = (GPT2LMHeadModel if head else GPT2Model)(cfg).eval()
+    return model, (torch.randint(0, cfg.vocab_size, (batch, seq)),), {}
 
 
-def _small(name: str) -> Callable[[], tuple[torch.nn.Module, tuple[Any, ...], dict[str, Any]]]:
-    def build() -> tuple[torch.nn.Module, tuple[Any, ...], dict[str, Any]]:
+def _small(name: str) -> Callable[[], Built]:
+    def build() -> Built:
         path = ROOT / "tests" / "e2e" / "test_three_paths.py"
         spec = importlib.util.spec_from_file_location("_bench_small_models", path)
         assert spec is not None and spec.loader is not None
@@ -140,25 +144,6 @@ def measure(case: Case, precision: str) -> Row:
     return Row(case, precision, t1 - t0, t2 - t1, prog.report, pcc)
 
 
-def warm_up() -> None:
-    """Compile and run a tiny model once, so the first case's times do not include one-time imports and
-    torch.export's first-call setup."""
-    lin = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.ReLU()).eval()
-    x = torch.randn(2, 8)
-    dojoc.compile(lin, (x,), machine="mesh1x1")(x)
-
-
-def _secs(s: float) -> str:
-    return f"{s:.1f}" if s >= 10 else f"{s:.2f}"
-
-
-def _bytes(n: int) -> str:
-    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-        if n >= size:
-            return f"{n / size:.2f} {unit}"
-    return f"{n} B"
-
-
 HEADER = ["model", "machine", "prec", "compile s", "emulate s", "cycles", "time", "load cycles", "util",
           "cores", "SRAM peak", "DRAM bytes", "NoC bytes", "instructions", "PCC"]
 
@@ -166,28 +151,16 @@ HEADER = ["model", "machine", "prec", "compile s", "emulate s", "cycles", "time"
 def cells(row: Row) -> list[str]:
     r = row.report
     us = r.seconds * 1e6
-    return [row.case.name, r.machine, r.precision, _secs(row.compile_s), _secs(row.emulate_s),
+    return [row.case.name, r.machine, r.precision, secs(row.compile_s), secs(row.emulate_s),
             f"{r.cycles:,}", f"{us / 1e3:.3f} ms" if us >= 1e3 else f"{us:.1f} us", f"{r.load_cycles:,}",
-            f"{r.utilization:.2%}", f"{r.cores_used}", _bytes(r.sram_peak_bytes), _bytes(r.dram_bytes),
-            _bytes(r.noc_bytes), f"{r.instructions:,}", f"{row.pcc:.5f}"]
+            f"{r.utilization:.2%}", f"{r.cores_used}", nbytes(r.sram_peak_bytes), nbytes(r.dram_bytes),
+            nbytes(r.noc_bytes), f"{r.instructions:,}", f"{row.pcc:.5f}"]
 
 
 def markdown(rows: list[Row]) -> str:
-    right = {"compile s", "emulate s", "cycles", "time", "load cycles", "util", "cores", "SRAM peak", "DRAM bytes",
-             "NoC bytes", "instructions", "PCC"}
-    lines = ["| " + " | ".join(HEADER) + " |",
-             "|" + "|".join("---:" if h in right else "---" for h in HEADER) + "|"]
-    lines += ["| " + " | ".join(cells(r)) + " |" for r in rows]
-    return "\n".join(lines)
+    return markdown_table(HEADER, [cells(r) for r in rows], set(HEADER[3:]))
 
 
-def text_table(rows: list[Row]) -> str:
-    table = [HEADER] + [cells(r) for r in rows]
-    widths = [max(len(t[i]) for t in table) for i in range(len(HEADER))]
-    fmt = [(str.ljust if i < 3 else str.rjust) for i in range(len(HEADER))]
-    out = ["  ".join(f(c, w) for f, c, w in zip(fmt, t, widths, strict=True)) for t in table]
-    out.insert(1, "-" * len(out[0]))
-    return "\n".join(out)
 
 
 def target_lines(rows: list[Row]) -> list[str]:
@@ -201,39 +174,6 @@ def target_lines(rows: list[Row]) -> list[str]:
                          f"{row.report.cores_used} cores used (target >= 300: "
                          f"{'met' if row.report.cores_used >= 300 else 'NOT MET'})")
     return lines
-
-
-def host() -> dict[str, str]:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                                text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
-                               capture_output=True, text=True, check=True).stdout.strip()
-        commit += " (with uncommitted changes)" if dirty else ""
-    except (OSError, subprocess.CalledProcessError):
-        commit = "unknown"
-    try:
-        import transformers
-        tf = transformers.__version__
-    except ImportError:
-        tf = "not installed"
-    avail = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return {
-        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "host": f"{cpu}, {avail} cores available to the process ({os.cpu_count()} in the machine), "
-                f"{platform.system()} {platform.release()}",
-        "software": f"Python {platform.python_version()}, torch {torch.__version__}, transformers {tf}, "
-                    f"dojoc {dojoc.__version__}, commit {commit}",
-        "load": "load average {:.2f} {:.2f} {:.2f} at the end".format(*os.getloadavg()),
-    }
 
 
 def write_doc(rows: list[Row], info: dict[str, str], total_s: float) -> None:
@@ -292,7 +232,7 @@ def main() -> int:
         gc.collect()
     total = time.perf_counter() - start
     info = host()
-    print(text_table(rows))
+    print(text_table(HEADER, [cells(r) for r in rows], left=3))
     print()
     for line in target_lines(rows):
         print(line)
