@@ -40,14 +40,16 @@ import gc
 import math
 import resource
 import sys
-import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from rich.console import Console
+from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from torch.utils import _pytree as pytree
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -164,25 +166,16 @@ class Row:
         return ok and (t.min_factor is None or (self.factor or 0.0) >= t.min_factor)
 
 
-class Heartbeat:
-    """Prints the elapsed time of a long step every `every` seconds until stopped."""
+CONSOLE = Console(stderr=True)
 
-    def __init__(self, what: str, every: float = 60.0) -> None:
-        self.what, self.every, self.t0 = what, every, time.perf_counter()
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
 
-    def _run(self) -> None:
-        while not self.stop.wait(self.every):
-            log(f"  ... {self.what}: {time.perf_counter() - self.t0:.0f} s")
-
-    def __enter__(self) -> Heartbeat:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        self.thread.join()
+@contextmanager
+def heartbeat(what: str) -> Iterator[None]:
+    """A spinner with the elapsed time of a long step, on a terminal (rich; nothing when redirected)."""
+    columns = (SpinnerColumn(), TextColumn("  {task.description}"), TimeElapsedColumn())
+    with Progress(*columns, console=CONSOLE, transient=True) as progress:
+        progress.add_task(what, total=None)
+        yield
 
 
 def log(msg: str) -> None:
@@ -233,14 +226,14 @@ def measure(t: Target) -> Row:
     torch_flops = counter.get_total_flops()
     log(f"  eager fp32 done, {torch_flops:,} flops (torch's flop counter); compiling ...")
     t0 = time.perf_counter()
-    with Heartbeat("compiling"):
+    with heartbeat("compiling"):
         prog = dojoc.compile(model, args, example_kwargs=kwargs, machine=MACHINE, precision=PRECISION)
     t1 = time.perf_counter()
     assert prog.lowered.flops == torch_flops, f"program flops {prog.lowered.flops:,} != torch's {torch_flops:,}"
     del model
     gc.collect()
     log(f"  compiled in {t1 - t0:.1f} s, {prog.lowered.cores_used} cores; emulating ...")
-    with Heartbeat("emulating"):
+    with heartbeat("emulating"):
         out, report = prog.run(*args, **kwargs)
     t2 = time.perf_counter()
     pcc, _ = accuracy(pytree.tree_leaves(out), want)

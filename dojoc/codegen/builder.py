@@ -96,10 +96,14 @@ class ProgramBuilder:
     def __init__(self, machine: Machine, cores: list[int]) -> None:
         self.machine = machine
         self.ids = list(cores)  # the cores (machine ids) that run code and join every barrier
-        self.participants = len(self.ids)
         self.cores = {c: CoreCode(c) for c in self.ids}
         self._barrier = 0
         self.barriers = 0  # barriers emitted so far (after the load barrier, which is prepended)
+
+    @property
+    def participants(self) -> int:
+        """How many cores join every barrier."""
+        return len(self.ids)
 
     def barrier(self, bid: int | None = None) -> None:
         """All participating cores wait for each other (ids rotate so consecutive barriers differ)."""
@@ -115,7 +119,6 @@ class ProgramBuilder:
         barrier count the cores kept: a barrier then spans only the cores that take part, and its
         combining tree is as small as their bounding box (docs/timing.md)."""
         self.ids = [c for c in self.ids if c in cores] or self.ids[:1]
-        self.participants = len(self.ids)
         self.cores = {c: self.cores[c] for c in self.ids}
         for cc in self.cores.values():
             cc.code = [make("barrier", id=ins["id"], count=self.participants) if ins.spec.mnemonic == "barrier"

@@ -21,7 +21,7 @@ from dojoc.codegen.view import View, transfers
 from dojoc.errors import MappingError, SramOverflowError
 from dojoc.ir.graph import Graph, Node, Value
 from dojoc.ir.types import IRDType
-from dojoc.mapping.model import Bound, OpMapping, Shard
+from dojoc.mapping.model import Bound, OpMapping
 from isa import formats
 from isa.dtypes import DType
 from isa.machine import Machine
@@ -99,7 +99,9 @@ class Ctx:
     # the mapping: decisions given by the user (by key), the decisions taken, resident weight shards
     given: dict[str, OpMapping] = field(default_factory=dict)
     decisions: list[OpMapping] = field(default_factory=list)
-    shards: dict[str, list[Shard]] = field(default_factory=dict)  # DRAM tensor name -> its resident copies
+    # resident copies loaded before the call: (core, DRAM source, SRAM address, bytes); mapping/build.py
+    # names their tensors
+    resident_loads: list[tuple[int, int, int, int]] = field(default_factory=list)
     scope: tuple[str, str] = ("", "")  # (op name, source) of the kernel running now
     users: dict[Value, list[Node]] = field(default_factory=dict)  # the graph's readers of each value
     _parts: dict[str, int] = field(default_factory=dict)
@@ -175,17 +177,13 @@ class Ctx:
             if mine.fused_into is not None:
                 raise MappingError(f"op {key}: the mapping fuses it into {mine.fused_into}, but it is not "
                                    "fused in this compile; remove its fused_into")
-            self.check_cores(key, mine.cores)
+            # (build.check_given has checked that its cores are on the mesh; every core is in the compile)
+            assert all(c in self.sram for c in mine.cores), (key, mine.cores)
             om = replace(mine, op=op, part=part)
             if check is not None:
                 om = check(om)
         self.decisions.append(om)
         return om
-
-    def check_cores(self, key: str, cores: tuple[int, ...]) -> None:
-        """A given region's cores are all among the compile's (build.check_given has checked that they are on
-        the mesh, and place.usable_cores includes every core a given mapping names)."""
-        assert all(c in self.sram for c in cores), (key, cores)
 
     def region(self, kernel: str, cycles: float, items: int, *, axis: str = "rows",
                bound: Bound = Bound.COMPUTE, dram_bytes: float = 0.0, count: int | None = None,
@@ -205,7 +203,7 @@ class Ctx:
             return ceil(busy + 2 * way.latency), (Bound.DRAM if dram > work else bound)
 
         def default() -> OpMapping:
-            n = self.cores_for(cycles, items) if count is None else max(1, min(count, items, len(self.builder.ids)))
+            n = self.cores_for(cycles, items) if count is None else max(1, min(count, items, self.builder.participants))
             cores = tuple(self.builder.ids[:n])
             predicted, why = predict(cores)
             return OpMapping("", kernel, cores, ((axis, n),), predicted_cycles=predicted, bound=why)

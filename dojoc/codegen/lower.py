@@ -84,7 +84,7 @@ def lower_graph(graph: Graph, machine: Machine, precision: str = "bf16",
     if missing:
         raise UnsupportedOpsError(missing)
     given = check_given(mapping, graph, machine) if mapping is not None else {}
-    ids = usable_cores(machine, {c for om in given.values() for c in om.cores})
+    ids = usable_cores(machine)
     ctx = Ctx(graph, machine, precision, ProgramBuilder(machine, ids))
     ctx.given = given
     ctx.ranges = dict(ranges or {})
@@ -92,7 +92,7 @@ def lower_graph(graph: Graph, machine: Machine, precision: str = "bf16",
     ctx.load = {c: CoreCode(c) for c in ids}
     outputs = set(graph.outputs)
     ctx.users = graph.users()
-    final = write_through(graph, outputs)
+    final = write_through(graph, outputs, ctx.users)
     written = set(final.values())
     spans: list[tuple[str, int, int]] = []  # (op, barriers before it, barriers after it)
     for node in graph.nodes:
@@ -130,12 +130,11 @@ def lower_graph(graph: Graph, machine: Machine, precision: str = "bf16",
                    max(s.peak for s in ctx.sram.values()), build_mapping(ctx), tuple(spans))
 
 
-def write_through(graph: Graph, outputs: set[Value]) -> dict[Node, Value]:
+def write_through(graph: Graph, outputs: set[Value], users: dict[Value, list[Node]]) -> dict[Node, Value]:
     """{node with an epilogue: the graph output it writes directly} for a node whose one reader is a
     reshape that is a graph output (the reshape the fuse pass leaves after a chain that went through
     one): the node's buffer is declared as that output, in its shape, and the node writes it through a
     reshape to its own shape, so no copy is needed."""
-    users = graph.users()
     out: dict[Node, Value] = {}
     for n in graph.nodes:
         if not steps_of(n.attrs) or len(n.outputs) != 1 or n.output in outputs:

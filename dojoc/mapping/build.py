@@ -6,6 +6,8 @@ from bisect import bisect_right
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
+import networkx as nx
+
 from dojoc.errors import MappingError
 from dojoc.ir.graph import Graph, Node
 from dojoc.mapping.model import Mapping, OpMapping, Shard, ValuePlacement, Where
@@ -36,29 +38,42 @@ def check_given(mapping: Mapping, graph: Graph, machine: Machine) -> dict[str, O
 
 
 def record_shards(ctx: Ctx, core: int, loads: list[tuple[int, int, int]]) -> None:
-    """Note the resident copies (DRAM source, SRAM address, bytes) that `core` loads, by DRAM tensor."""
-    tensors = sorted(ctx.tensors, key=lambda t: t.address)
-    starts = [t.address for t in tensors]
-    for src, dst, nbytes in loads:
-        i = bisect_right(starts, src) - 1
-        if i < 0:
-            continue
-        ctx.shards.setdefault(tensors[i].name, []).append(Shard(core, dst, nbytes))
+    """Note the resident copies (DRAM source, SRAM address, bytes) that `core` loads; `build_mapping`
+    names the DRAM tensor each comes from."""
+    ctx.resident_loads += [(core, src, dst, nbytes) for src, dst, nbytes in loads]
+
+
+class _TensorIndex:
+    """The DRAM tensor that holds an address (tensors are allocated in disjoint, increasing ranges)."""
+
+    def __init__(self, tensors: list[Tensor]) -> None:
+        self.tensors = sorted(tensors, key=lambda t: t.address)
+        self.starts = [t.address for t in self.tensors]
+
+    def name(self, address: int) -> str | None:
+        i = bisect_right(self.starts, address) - 1
+        return self.tensors[i].name if i >= 0 else None
 
 
 def _lifetimes(graph: Graph) -> dict[str, tuple[int, int]]:
     """(index of the op that writes it, index of the last op that reads it) per value name and per
-    name of the node that produces it."""
-    order = {n: i for i, n in enumerate(graph.nodes)}
-    users = graph.users()
+    name of the node that produces it: liveness over the dataflow graph (networkx), a graph output living
+    to the end."""
+    order = {n.name: i for i, n in enumerate(graph.nodes)}
+    flow = nx.MultiDiGraph()  # one edge per (producer, reader, value)
+    flow.add_nodes_from(order)
+    producers = graph.producers()
+    for n in graph.nodes:
+        for v in n.inputs:
+            if v in producers:
+                flow.add_edge(producers[v].name, n.name, value=v)
     out: dict[str, tuple[int, int]] = {}
     for n in graph.nodes:
         for v in n.outputs:
-            last = max((order[u] for u in users[v]), default=order[n])
-            if v in graph.outputs:
-                last = len(graph.nodes)
-            out[str(v.name)] = (order[n], last)
-            out.setdefault(n.name, (order[n], last))
+            readers = [order[u] for _, u, val in flow.out_edges(n.name, data="value") if val is v]
+            last = len(graph.nodes) if v in graph.outputs else max(readers, default=order[n.name])
+            out[str(v.name)] = (order[n.name], last)
+            out.setdefault(n.name, (order[n.name], last))
     return out
 
 
@@ -75,9 +90,15 @@ def build_mapping(ctx: Ctx, notes: tuple[str, ...] = ()) -> Mapping:
     """The mapping of the compile in `ctx`: its decisions in program order, and every DRAM tensor's
     placement, with the resident SRAM copies of weights as shards."""
     lives = _lifetimes(ctx.graph)
+    index = _TensorIndex(ctx.tensors)
+    by_tensor: dict[str, list[Shard]] = {}
+    for core, src, dst, nbytes in ctx.resident_loads:
+        owner = index.name(src)
+        if owner is not None:
+            by_tensor.setdefault(owner, []).append(Shard(core, dst, nbytes))
     values = []
     for t in ctx.tensors:
-        shards = tuple(sorted(ctx.shards.get(t.name, ()), key=lambda s: (s.core, s.address)))
+        shards = tuple(sorted(by_tensor.get(t.name, ()), key=lambda s: (s.core, s.address)))
         cores = len({s.core for s in shards})
         values.append(ValuePlacement(
             t.name, Where.SRAM if shards else Where.DRAM, t.address, t.nbytes, tuple(t.shape), t.dtype.asm,
@@ -86,24 +107,19 @@ def build_mapping(ctx: Ctx, notes: tuple[str, ...] = ()) -> Mapping:
             _lifetime(t.name, lives)))
     m = ctx.machine
     nodes = {n.name: n for n in ctx.graph.nodes}
-    tensors = sorted(ctx.tensors, key=lambda t: t.address)
-    return Mapping(m.name, m.hash, ctx.precision, tuple(_with_io(ctx, d, nodes, tensors) for d in ctx.decisions),
+    return Mapping(m.name, m.hash, ctx.precision, tuple(_with_io(ctx, d, nodes, index) for d in ctx.decisions),
                    tuple(values), notes=notes)
 
 
-def _with_io(ctx: Ctx, om: OpMapping, nodes: dict[str, Node], tensors: list[Tensor]) -> OpMapping:
+def _with_io(ctx: Ctx, om: OpMapping, nodes: dict[str, Node], index: _TensorIndex) -> OpMapping:
     """The decision with the DRAM tensors that hold the values its op reads and writes."""
     node = nodes.get(om.op)
     if node is None or om.fused_into is not None:
         return om
-    starts = [t.address for t in tensors]
 
     def name(v: object) -> str | None:
         view = ctx.views.get(v)  # type: ignore[call-overload]
-        if view is None:
-            return None
-        i = bisect_right(starts, view.base) - 1
-        return tensors[i].name if i >= 0 else None
+        return index.name(view.base) if view is not None else None
 
     reads = tuple(dict.fromkeys(n for n in map(name, node.inputs) if n is not None))
     writes = tuple(dict.fromkeys(n for n in map(name, node.outputs) if n is not None))

@@ -45,7 +45,6 @@ from dojoc.codegen.kernels.mxu import (
     act_bias,
     check_split,
     check_tile,
-    dram_cycles,
     load_resident,
     operand_type,
     overlapped_bound,
@@ -172,7 +171,7 @@ def _estimate(ctx: Ctx, cv: Conv, spec: Spec, ot: int, rt: int, ct: int, tn: int
         + (items * pt * ot * spec.res_src.itemsize if spec.residual else 0)
     compute = run * _item_cycles(ctx, cv, spec, ot, pt, tn, cl, not resident)
     steps = run * ceil(cv.taps / tn) * ceil(cv.cg / cl)
-    return overlapped_bound(ctx, compute, dram_cycles(ctx, traffic, cores), steps, cores, run)
+    return overlapped_bound(ctx, compute, traffic, steps, cores, run)
 
 
 def _axes(cv: Conv, ot: int, rt: int, ct: int) -> tuple[tuple[str, int], ...]:

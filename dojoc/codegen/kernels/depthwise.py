@@ -60,7 +60,6 @@ from dojoc.codegen.kernels.mxu import (
     Region,
     check_split,
     check_tile,
-    dram_cycles,
     load_resident,
     overlapped_bound,
     param_array,
@@ -285,7 +284,7 @@ def _estimate(ctx: Ctx, dw: Dw, cb: int, rt: int, ct: int, cores: list[int], res
     vec = _item_cycles(ctx, dw, blk)
     load, store = _item_bytes(dw, blk, resident)
     link = max(load / m.eject_bytes_per_cycle, store / m.inject_bytes_per_cycle)
-    cyc, bound = overlapped_bound(ctx, run * max(vec, link), dram_cycles(ctx, items * (load + store), cores), run,
+    cyc, bound = overlapped_bound(ctx, run * max(vec, link), items * (load + store), run,
                                   cores, run)
     return cyc, Bound.LINK if bound is Bound.COMPUTE and link > vec else bound
 

@@ -37,7 +37,6 @@ from dojoc.codegen.kernels.mxu import (
     act_bias,
     check_split,
     check_tile,
-    dram_cycles,
     load_resident,
     operand_type,
     overlapped_bound,
@@ -151,7 +150,7 @@ def _estimate(ctx: Ctx, p: Problem, spec: Spec, mt: int, nt: int, kc: int, cores
     traffic = items * mt * p.k * ea + nb * p.m * p.n * eo + (0 if resident else items * p.k * nt * eb) \
         + (nb * p.m * p.n * spec.res_src.itemsize if spec.residual else 0)
     compute = run * _item_cycles(ctx, spec, mt, nt, p.k, kc, not resident)
-    return overlapped_bound(ctx, compute, dram_cycles(ctx, traffic, cores), run * ceil(p.k / kc), cores, run)
+    return overlapped_bound(ctx, compute, traffic, run * ceil(p.k / kc), cores, run)
 
 
 def _axes(p: Problem, mt: int, nt: int) -> tuple[tuple[str, int], ...]:

@@ -258,19 +258,16 @@ def pointwise_epilogue_cycles(ctx: Ctx, spec: Spec, m: int, n: int) -> int:
     return pointwise_cycles(spec.epilogue, m, n, ctx.machine)
 
 
-def dram_cycles(ctx: Ctx, nbytes: float, cores: list[int]) -> float:
-    """Cycles to move `nbytes` between DRAM and the region `cores`, at the bottleneck of the way
-    (the port, or the busiest entry router's first link: codegen/paths.py)."""
-    return nbytes * port_path(ctx.machine, tuple(cores)).cycles_per_byte
-
-
-def overlapped_bound(ctx: Ctx, compute: float, dram: float, steps: int, cores: list[int],
+def overlapped_bound(ctx: Ctx, compute: float, traffic: float, steps: int, cores: list[int],
                      items: int = 1) -> tuple[int, Bound]:
-    """The estimated time of a core's run of `items` accumulator tiles in `steps` double-buffered steps,
-    rounded, and what bounds it: the DRAM ports when a step's load outlasts its compute. Each item ends
-    with the store of its result; with two result buffers, item j + 2 waits for item j's store, so a run
-    takes at least half a DMA latency per item, and the last store's latency is always exposed."""
-    lat = port_path(ctx.machine, tuple(cores)).latency
+    """The estimated time of a core's run of `items` accumulator tiles in `steps` double-buffered steps
+    while the region moves `traffic` bytes between DRAM and its cores (at the bottleneck of the way: the
+    port, or the busiest entry router's first link, codegen/paths.py), rounded, and what bounds it: the
+    DRAM ports when a step's load outlasts its compute. Each item ends with the store of its result; with
+    two result buffers, item j + 2 waits for item j's store, so a run takes at least half a DMA latency per
+    item, and the last store's latency is always exposed."""
+    way = port_path(ctx.machine, tuple(cores))
+    lat, dram = way.latency, traffic * way.cycles_per_byte
     s = max(steps, 1)
     bound = Bound.DRAM if lat + dram / s > compute / s else Bound.COMPUTE
     stores = (items - 1) * lat / 2
