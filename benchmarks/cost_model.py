@@ -21,17 +21,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from models import CASES  # noqa: E402
 
 import dojoc  # noqa: E402
-from dojoc.mapping.explain import prediction_error  # noqa: E402
+from dojoc.mapping.explain import prediction_error, timed  # noqa: E402
 
 
 def errors(rows: list[dict[str, Any]]) -> list[tuple[float, dict[str, Any]]]:
     """(|predicted - emulated| / emulated, row) of every op the emulator timed."""
-    out = []
-    for r in rows:
-        emu = r.get("emulated_cycles")
-        if "fused_into" not in r and emu:
-            out.append((prediction_error(r), r))
-    return out
+    return [(prediction_error(r), r) for r in timed(rows)]
 
 
 def main() -> None:

@@ -123,11 +123,7 @@ def multicast_ratio(machine: Machine, nbytes: int) -> tuple[float, float]:
     row = [core[(0, c)] for c in range(1, cols)]
     uni = cycles(put_prog({0: row[-1]}, nbytes), machine)
     multi = cycles(put_prog({0: 0}, nbytes, cast="row", receivers=row), machine)
-    seq = ["li r2, 0x0"]
-    for d in row:
-        seq += [f"li r1, {d}", f"put r1, r2, r2, rows=1, bytes={nbytes}, seml=0, semr=1"]
-    text = prog(("0", [*seq, f"wait 0, {len(row)}", "halt"]), *[(str(d), ["wait 1, 1", "halt"]) for d in row])
-    return multi / uni, cycles(text, machine) / uni
+    return multi / uni, cycles(fan_prog(0, row, nbytes), machine) / uni
 
 
 def shared_link_step(machine: Machine, nbytes: int, flows: int) -> float:

@@ -56,17 +56,18 @@ from torch.utils.flop_counter import FlopCounterMode
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import ROOT, host, markdown_table, nbytes, secs, text_table, warm_up  # noqa: E402
-from models import CASES, Built, _bert_base, _gpt2, _resnet50  # noqa: E402
+from models import Built, _bert_base, _gpt2, _mobilenetv2, _resnet50  # noqa: E402
 
 import dojoc  # noqa: E402
+from dojoc.mapping.explain import timed  # noqa: E402
 from dojoc.report import Report, accuracy  # noqa: E402
 from isa.presets import PRESETS  # noqa: E402
 
 DOC = ROOT / "docs" / "targets.md"
 MACHINE = "d1"
 PRECISION = "bf16"
+M = PRESETS[MACHINE]()
 D1_CORES, D1_PEAK = 354, 512  # the issue's denominator: all cores of d1 x bf16 flops per core-cycle
-BOUNDS = ("compute", "dram", "link", "sync", "sram")
 
 
 class _MM(torch.nn.Module):
@@ -78,10 +79,6 @@ def _gemm(n: int = 4096) -> Built:
     a = torch.randn(n, n).to(torch.bfloat16).to(torch.float32)
     b = torch.randn(n, n).to(torch.bfloat16).to(torch.float32)
     return _MM().eval(), (a, b), {}
-
-
-def _mobilenetv2() -> Built:
-    return next(c for c in CASES if c.name == "mobilenetv2").build()
 
 
 @dataclass(frozen=True)
@@ -190,7 +187,7 @@ def rss_gib() -> float:
 def check_utilization(report: Report) -> None:
     """Report.utilization is flops / (cycles x all cores of d1 x bf16 peak per core-cycle) = the issue's
     flops / (cycles x 354 x 512)."""
-    m = PRESETS[MACHINE]()
+    m = M
     assert report.machine == m.name and report.machine_hash == m.hash, (report.machine, m.name)
     assert report.precision == PRECISION, report.precision
     assert (m.num_cores, m.peak_flops_per_core_cycle(PRECISION)) == (D1_CORES, D1_PEAK), \
@@ -201,14 +198,11 @@ def check_utilization(report: Report) -> None:
 
 def bounds(report: Report) -> tuple[int, dict[str, float], list[tuple[str, float]]]:
     """(DRAM floor in cycles, share of op cycles per cost-model bound, share of op cycles per kernel)."""
-    m = PRESETS[MACHINE]()
-    floor = math.ceil(report.dram_bytes / sum(p.bytes_per_cycle for p in m.dram_ports))
+    floor = math.ceil(report.dram_bytes / sum(p.bytes_per_cycle for p in M.dram_ports))
     per_bound: dict[str, int] = {}
     per_kernel: dict[str, int] = {}
-    for r in report.ops:
-        emu = r.get("emulated_cycles")
-        if "fused_into" in r or not emu:
-            continue
+    for r in timed(report.ops):
+        emu = r["emulated_cycles"]
         per_bound[str(r["bound"])] = per_bound.get(str(r["bound"]), 0) + int(emu)
         per_kernel[str(r["kernel"])] = per_kernel.get(str(r["kernel"]), 0) + int(emu)
     total = sum(per_bound.values()) or 1

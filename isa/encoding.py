@@ -63,15 +63,6 @@ def field_range(f: Field) -> tuple[int, int]:
     return 0, (1 << f.bits) - 1
 
 
-class _Ranges(dict[Field, tuple[int, int]]):
-    """`field_range` per field, computed once."""
-
-    def __missing__(self, f: Field) -> tuple[int, int]:
-        r = self[f] = field_range(f)
-        return r
-
-
-_RANGES = _Ranges()
 _INTS = frozenset((Kind.REG, Kind.UIMM, Kind.SIMM, Kind.TARGET))
 
 
@@ -83,7 +74,7 @@ def check_field(spec: InstrSpec, f: Field, value: Any) -> Any:
     """
     kind = f.kind
     if kind in _INTS and type(value) is int:  # the common case first: no message is built unless needed
-        lo, hi = _RANGES[f]
+        lo, hi = field_range(f)
         if lo <= value <= hi:
             return value
     where = f"{spec.mnemonic}: field {f.name}"
@@ -92,7 +83,7 @@ def check_field(spec: InstrSpec, f: Field, value: Any) -> Any:
         if not (text.startswith("r") and text[1:].isdigit()):
             raise EncodingError(f"{where}: expected a register r0..r31, got {value!r}")
         value = int(text[1:])
-    if kind in (Kind.REG, Kind.UIMM, Kind.SIMM, Kind.TARGET):
+    if kind in _INTS:
         if isinstance(value, bool) or not isinstance(value, int):
             raise EncodingError(f"{where}: expected an integer, got {value!r}")
         lo, hi = field_range(f)

@@ -36,7 +36,8 @@ _CACHE_LIMIT = 1 << 16  # cached multicast trees (paths are cached without limit
 # One link of a cached path or tree: (link, crosses a die edge, hop latency after it, parent index).
 _Hop = tuple[Link, bool, int]
 _Node = tuple[Link, bool, int, int]
-_Tree = tuple[tuple[_Node, ...], tuple[tuple[RC, int], ...]]  # (links parent-first, (dst, last link index))
+# (links parent-first, (dst, last link index, the route's total hop latency))
+_Tree = tuple[tuple[_Node, ...], tuple[tuple[RC, int, int], ...]]
 
 
 @dataclass
@@ -117,7 +118,7 @@ class Network:
         if tree is None:
             index: dict[Link, int] = {}
             nodes: list[_Node] = []
-            leaves: list[tuple[RC, int]] = []
+            leaves: list[tuple[RC, int, int]] = []
             for dst in dsts:
                 parent = -1
                 for link, d2d, lat in self._path(src, dst):
@@ -126,7 +127,8 @@ class Network:
                         j = index[link] = len(nodes)
                         nodes.append((link, d2d, lat, parent))
                     parent = j
-                leaves.append((dst, parent))  # parent == -1: dst is the source itself
+                # parent == -1: dst is the source itself; the route's total hop latency, for the port's tail
+                leaves.append((dst, parent, sum(h[2] for h in self._path(src, dst))))
             if len(self._trees) >= _CACHE_LIMIT:
                 self._trees.clear()
             tree = self._trees[key] = (tuple(nodes), tuple(leaves))
@@ -210,7 +212,9 @@ class Network:
             ready = start + lat
             after_port += lat
         tail = last_end + lat
-        if inj_end >= 0 and after_port > tail:  # a port narrower than the links: its tail still has every hop to go
+        # a port narrower than the links: its tail still has every hop to go (without a port, inj_end is -1
+        # and after_port never exceeds the tail, which has crossed every hop after a link of >= 1 cycle)
+        if after_port > tail:
             tail = after_port
         arrival = self._deliver(dst, ready, tail, dur_out, nbytes)
         return Delivery(first_end if first_end >= 0 else ready, {dst: arrival})
@@ -223,7 +227,6 @@ class Network:
         n = len(nodes)
         ready = [0] * n  # when the head may enter a child of node j
         tail = [0] * n  # the latest link end on the route up to and including node j
-        after_port = [0] * n  # the injection port's tail after the hops up to and including node j
         source_free = inj_end
         for j, (link, d2d, lat, parent) in enumerate(nodes):
             r = head if parent < 0 else ready[parent]
@@ -235,21 +238,19 @@ class Network:
             ready[j] = start + lat
             if parent < 0:
                 tail[j] = end
-                after_port[j] = inj_end + lat
                 if inj_end < 0 and end > source_free:
                     source_free = end  # no injection port: the tail has left the source with its links
             else:
                 tp = tail[parent]
                 tail[j] = end if end > tp else tp
-                after_port[j] = after_port[parent] + lat
         arrivals = {}
-        for dst, j in leaves:
+        for dst, j, route in leaves:
             if j < 0:  # the source itself: straight from the injection port to the ejection port
-                arrivals[dst] = self._deliver(dst, head, inj_end if inj_end >= 0 else head, dur_out, nbytes)
+                arrivals[dst] = self._deliver(dst, head, max(head, inj_end), dur_out, nbytes)
                 continue
             t_end = tail[j] + nodes[j][2]
-            if inj_end >= 0 and after_port[j] > t_end:
-                t_end = after_port[j]
+            if inj_end + route > t_end:  # the injection port's tail after every hop (as in _unicast)
+                t_end = inj_end + route
             arrivals[dst] = self._deliver(dst, ready[j], t_end, dur_out, nbytes)
         return Delivery(source_free if source_free >= 0 else head, arrivals)
 

@@ -3,6 +3,8 @@ bound, and the cycles the emulator measured (`dojoc compile --explain`, report.j
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from collections.abc import Mapping as Row
 from typing import Any
 
 from dojoc.codegen.result import Lowered
@@ -61,6 +63,11 @@ def op_rows(lowered: Lowered, stats: RunStats | None = None) -> list[dict[str, A
             row["note"] = om.note
         rows.append(row)
     return rows
+
+
+def timed(rows: Iterable[Row[str, Any]]) -> list[dict[str, Any]]:
+    """The rows of ops the emulator timed (not fused, with emulated cycles)."""
+    return [dict(r) for r in rows if "fused_into" not in r and r.get("emulated_cycles")]
 
 
 def prediction_error(row: dict[str, Any]) -> float:
