@@ -17,10 +17,12 @@ from isa.dtypes import DType
 from isa.encoding import encode_code, make
 from isa.machine import Machine
 from isa.program import CodeSection, DebugEntry, Image, Signature, Tensor
-from isa.table import Instr
+from isa.table import BY_MNEMONIC, Instr
 
 # Register roles. Tile operands: the instruction's d, a, b, c operands. DMA: SRAM and DRAM sides.
 R_D, R_A, R_B, R_C, R_BIAS, R_SRAM, R_DRAM, R_IDX = 1, 2, 3, 4, 5, 6, 7, 8
+# the largest count one wait takes, from the instruction table's field width
+MAX_WAIT = (1 << next(f.bits for f in BY_MNEMONIC["wait"].fields if f.name == "count")) - 1
 
 
 class CoreCode:
@@ -86,8 +88,9 @@ class CoreCode:
                   ndim=len(t.dims), sem=sem)
 
     def wait(self, sem: int, count: int) -> None:
-        if count:
-            self.emit("wait", sem=sem, count=count)
+        """Wait for `count` on `sem`, in as many waits as the instruction's count field needs."""
+        for i in range(0, count, MAX_WAIT):
+            self.emit("wait", sem=sem, count=min(MAX_WAIT, count - i))
 
 
 class ProgramBuilder:

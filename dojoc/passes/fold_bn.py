@@ -23,6 +23,7 @@ from collections.abc import Callable
 import numpy as np
 
 from dojoc.ir import Graph, Node, Op, Value, maybe_dump, verify
+from dojoc.passes.consts import constant
 
 Affine = tuple[np.ndarray, np.ndarray]  # (scale, shift), float64 [C]
 
@@ -38,20 +39,8 @@ def fold_batch_norm(graph: Graph) -> Graph:
 
 
 def _constant(g: Graph, producers: dict[Value, Node], v: Value) -> np.ndarray | None:
-    """The value of `v` when it is known at compile time (param, const, or expand/reshape of one)."""
-    n = producers.get(v)
-    if n is None:
-        return None
-    if n.op is Op.PARAM:
-        return np.asarray(g.parameters[n.attrs["name"]])
-    if n.op is Op.CONST:
-        return np.asarray(n.attrs["value"], dtype=np.float64)
-    if n.op in (Op.EXPAND, Op.RESHAPE):
-        src = _constant(g, producers, n.inputs[0])
-        if src is None:
-            return None
-        return np.broadcast_to(src, n.attrs["shape"]) if n.op is Op.EXPAND else src.reshape(n.attrs["shape"])
-    return None
+    """The value of `v` when it is known at compile time, constants in float64 (the folding arithmetic)."""
+    return constant(g, producers, v, np.float64)
 
 
 def _per_channel(c: np.ndarray, out_shape: tuple[int, ...]) -> np.ndarray | None:

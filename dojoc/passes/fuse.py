@@ -34,6 +34,7 @@ import numpy as np
 
 from dojoc.ir import Graph, Node, Op, Value, maybe_dump, verify
 from dojoc.ir.epilogue import RESIDUAL_STEPS, Step, steps_of
+from dojoc.passes.consts import constant
 
 MATRIX = (Op.MATMUL, Op.CONV2D)
 ELEMENTWISE = (Op.ADD, Op.SUB, Op.MUL, Op.DIV, Op.MAXIMUM, Op.MINIMUM)
@@ -240,24 +241,8 @@ def _takes_residual(s: _Scan, q: Node, add: Node) -> bool:
 
 
 def _constant(s: _Scan, v: Value) -> np.ndarray | None:
-    """The value of v when a parameter or scalar constant defines it (possibly reshaped or expanded)."""
-    views: list[Node] = []
-    node = s.producers.get(v)
-    while node is not None and node.op in (Op.RESHAPE, Op.EXPAND):
-        views.append(node)
-        node = s.producers.get(node.inputs[0])
-    if node is None:
-        return None
-    if node.op is Op.PARAM:
-        arr = np.asarray(s.g.parameters[node.attrs["name"]])
-    elif node.op is Op.CONST:
-        arr = np.asarray(node.attrs["value"], dtype=node.attrs["dtype"].numpy)
-    else:
-        return None
-    for view in reversed(views):  # replay the views on the values
-        shape = tuple(view.attrs["shape"])
-        arr = arr.reshape(shape) if view.op is Op.RESHAPE else np.broadcast_to(arr, shape)
-    return arr
+    """The value of v when a parameter or constant defines it (possibly reshaped or expanded)."""
+    return constant(s.g, s.producers, v)
 
 
 def _scalar(s: _Scan, v: Value) -> float | None:

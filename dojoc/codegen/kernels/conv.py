@@ -49,7 +49,6 @@ from dojoc.codegen.kernels.mxu import (
     operand_type,
     overlapped_bound,
     param_array,
-    pointwise_epilogue_cycles,
     resident_budget,
     splits,
     weight_source,
@@ -155,7 +154,7 @@ def _item_cycles(ctx: Ctx, cv: Conv, spec: Spec, ot: int, pt: int, tn: int, cl: 
         step += vector_cycles(k * ot, max(ew, eop), k * ot * ew, k * ot * eop, m)
     steps = ceil(cv.taps / tn) * ceil(cv.cg / cl)
     epi = vector_cycles(ot * pt, 4, ot * pt * 8, ot * pt * 4, m) if cv.bias is not None else 0
-    epi += spec.epilogue_cycles(ot * pt, m) + pointwise_epilogue_cycles(ctx, spec, ot, pt)
+    epi += spec.epilogue_cycles(ot, pt, m)
     return steps * step + epi + vector_cycles(ot * pt, 4, ot * pt * 4, ot * pt * spec.out.itemsize, m)
 
 

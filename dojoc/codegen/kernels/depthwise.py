@@ -46,6 +46,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from functools import cached_property
 from math import ceil
 
 import numpy as np
@@ -55,7 +56,6 @@ from dojoc.codegen.context import MAX_COLS, MAX_ROWS, Ctx, split
 from dojoc.codegen.epilogue import emit_pointwise, pointwise_cycles
 from dojoc.codegen.kernels.mxu import (
     F32,
-    MAX_WAIT,
     Load,
     Region,
     check_split,
@@ -148,23 +148,31 @@ class Dw:
         """(q, phase) of tap offset k along an axis: k * dilation = q * stride + phase."""
         return divmod(k * self.dil[axis], self.stride[axis])
 
-    @property
+    # derived once: the plan search and the emission ask for them per candidate and per tap
+    @cached_property
     def qh(self) -> int:
         return max(self._split(k, 0)[0] for k in range(self.kh))
 
-    @property
+    @cached_property
     def qw(self) -> int:
         return max(self._split(k, 1)[0] for k in range(self.kw))
 
-    @property
+    @cached_property
     def phases(self) -> list[tuple[int, int]]:
         return sorted({(self._split(a, 0)[1], self._split(b, 1)[1]) for a in range(self.kh) for b in range(self.kw)})
 
+    @cached_property
+    def _taps(self) -> tuple[tuple[int, int, int], ...]:
+        out = []
+        for t in range(self.taps):
+            a, b = divmod(t, self.kw)
+            (qh, ph), (qw, pw) = self._split(a, 0), self._split(b, 1)
+            out.append((self.phases.index((ph, pw)), qh, qw))
+        return tuple(out)
+
     def tap(self, t: int) -> tuple[int, int, int]:
         """(phase index, qh, qw) of tap t."""
-        a, b = divmod(t, self.kw)
-        (qh, ph), (qw, pw) = self._split(a, 0), self._split(b, 1)
-        return self.phases.index((ph, pw)), qh, qw
+        return self._taps[t]
 
 
 @dataclass(frozen=True)
@@ -278,7 +286,7 @@ def _estimate(ctx: Ctx, dw: Dw, cb: int, rt: int, ct: int, cores: list[int], res
     """Predicted cycles and bound: per item, the longer of its vector work and its bytes over the core's
     link ports; over the run, overlapped with the region's traffic through the DRAM ports."""
     m = ctx.machine
-    blk = Block.of(dw, min(cb, dw.c), min(rt, dw.oh), min(ct, dw.ow))
+    blk = Block.of(dw, cb, rt, ct)
     items = _items(dw, cb, rt, ct)
     run = ceil(items / len(cores))
     vec = _item_cycles(ctx, dw, blk)
@@ -344,7 +352,7 @@ def _decide(ctx: Ctx, node: Node, dw: Dw) -> Plan:
                                f"{dw.mult} (the output channels of one input channel stay in one item)")
         cb = ot // dw.mult
         check_split(om, _axes(dw, cb, rt, ct), True)
-        why = _legal(ctx, dw, Block.of(dw, min(cb, dw.c), min(rt, dw.oh), min(ct, dw.ow)))
+        why = _legal(ctx, dw, Block.of(dw, cb, rt, ct))
         if why is not None:
             raise MappingError(f"op {om.key}: tile {dict(om.tile)}: {why}; make it smaller",
                                node=node.name, shapes=node.signature(), source=node.source)
@@ -361,8 +369,7 @@ def _decide(ctx: Ctx, node: Node, dw: Dw) -> Plan:
 def _f32_copy(ctx: Ctx, arr: np.ndarray) -> np.ndarray:
     """`arr` rounded to the precision's storage type (what the matrix kernels would multiply by), as FP32."""
     dt = ctx.mxu_dtype
-    return np.asarray(formats.decode(formats.encode(arr.astype(np.float32), dt), dt), dtype=np.float32) \
-        if dt is not F32 else arr.astype(np.float32)
+    return formats.quantize(arr.astype(np.float32), dt).astype(np.float32) if dt is not F32 else arr.astype(np.float32)
 
 
 def _geometry(ctx: Ctx, node: Node, w: View, bias: View | None) -> Dw:
@@ -467,16 +474,12 @@ class _Core:
             count = self._issue(0)
             for i in range(len(self.items)):
                 nxt = self._issue(i + 1) if i + 1 < len(self.items) else 0  # prefetch into the other buffer
-                self._wait(LOADS[i % 2], count)
+                self.cc.wait(LOADS[i % 2], count)
                 count = nxt
                 self._taps(i)
                 self._epilogue(i)
-            self._wait(STORES[0], self.pending[0])
-            self._wait(STORES[1], self.pending[1])
-
-    def _wait(self, sem: int, count: int) -> None:
-        for i in range(0, count, MAX_WAIT):
-            self.cc.wait(sem, min(MAX_WAIT, count - i))
+            self.cc.wait(STORES[0], self.pending[0])
+            self.cc.wait(STORES[1], self.pending[1])
 
     def _issue(self, i: int) -> int:
         """Issue item i's phase blocks (and weights, when not resident) into parity i % 2; returns the
@@ -507,7 +510,7 @@ class _Core:
         ch = self.items[i][0]
         acc = self.accs[i % 2] if self.direct else self.accs[0]
         if self.direct:
-            self._wait(STORES[i % 2], self.pending[i % 2])  # the accumulator's previous store has left
+            self.cc.wait(STORES[i % 2], self.pending[i % 2])  # the accumulator's previous store has left
             self.pending[i % 2] = 0
         wins = []
         for k in range(len(dw.phases)):
@@ -560,7 +563,7 @@ class _Core:
         eo = self.dst.itemsize
         res = acc
         if not self.direct:
-            self._wait(STORES[q], self.pending[q])  # the output tile's previous store has left
+            self.cc.wait(STORES[q], self.pending[q])  # the output tile's previous store has left
             res = self.outs[q]
             cc.emit("vcvt", rd=cc.reg(R_D, res), ra=cc.reg(R_A, acc), rows=ol, cols=blk.pw, sd=blk.pw * eo, sa=n4,
                     dtd=self.dst, dts=F32)

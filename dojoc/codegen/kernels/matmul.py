@@ -41,7 +41,6 @@ from dojoc.codegen.kernels.mxu import (
     operand_type,
     overlapped_bound,
     param_array,
-    pointwise_epilogue_cycles,
     resident_budget,
     splits,
     weight_source,
@@ -134,8 +133,8 @@ def _item_cycles(ctx: Ctx, spec: Spec, mt: int, nt: int, k: int, kc: int, b_stre
         step += vector_cycles(nt * kc, max(eb, eop), nt * kc * eb, nt * kc * eop, m)
     eo = spec.out.itemsize
     bias = vector_cycles(mt * nt, 4, mt * nt * 4 + nt * 4, mt * nt * 4, m) if spec.col_bias else 0
-    return (ceil(k / kc) * step + bias + pointwise_epilogue_cycles(ctx, spec, mt, nt)
-            + spec.epilogue_cycles(mt * nt, m) + vector_cycles(mt * nt, 4, mt * nt * 4, mt * nt * eo, m))
+    return (ceil(k / kc) * step + bias + spec.epilogue_cycles(mt, nt, m)
+            + vector_cycles(mt * nt, 4, mt * nt * 4, mt * nt * eo, m))
 
 
 def _estimate(ctx: Ctx, p: Problem, spec: Spec, mt: int, nt: int, kc: int, cores: list[int],

@@ -48,7 +48,6 @@ F32 = DType.F32
 OPERAND = {"fp32": DType.F32, "bf16": DType.BF16, "cfp8": DType.CF8E4}
 ACT_AMAX = 64.0  # cfp8: activations are assumed to lie within +-ACT_AMAX (see the module docstring)
 R_CVT = 9  # the CFP bias register of a vcvt (R_BIAS holds the mma's pair of biases)
-MAX_WAIT = (1 << 16) - 1  # the wait instruction's count field
 
 
 @dataclass(frozen=True)
@@ -130,10 +129,11 @@ class Spec:
         stage = -(-elems * self.res_src.itemsize // 64) * 64
         return 2 * stage + (-(-elems * 4 // 64) * 64 if self.res_src is not F32 else 0)
 
-    def epilogue_cycles(self, elems: int, m: Machine) -> int:
-        """Cost-model cycles of the residual step on a tile of `elems` elements (the pointwise steps:
-        `pointwise_epilogue_cycles`)."""
-        n = 0
+    def epilogue_cycles(self, rows: int, cols: int, m: Machine) -> int:
+        """Cost-model cycles of the epilogue on a rows x cols FP32 tile: the residual step, and the pointwise
+        steps (scalar arithmetic, clamp, activation) at the cost rules of the very instructions emitted."""
+        elems = rows * cols
+        n = pointwise_cycles(self.epilogue, rows, cols, m)
         if self.residual:
             n += vector_cycles(elems, 4, elems * 8, elems * 4, m)  # the add
             if self.res_src is not F32:
@@ -246,17 +246,10 @@ def load_resident(ctx: Ctx, core: int, node: Node, loads: list[Transfer]) -> Non
     with cc.op(node.name, node.source):
         for t in loads:
             cc.dma_load(t, 0)
-        for i in range(0, len(loads), MAX_WAIT):
-            cc.wait(0, min(MAX_WAIT, len(loads) - i))
+        cc.wait(0, len(loads))
 
 
 # -- cost model -------------------------------------------------------------------------------------------
-
-def pointwise_epilogue_cycles(ctx: Ctx, spec: Spec, m: int, n: int) -> int:
-    """Cycles of the epilogue's pointwise steps (scalar arithmetic, clamp, activation) on an m x n FP32
-    accumulator tile: the cost rule of the very instructions the epilogue emits (0 without any)."""
-    return pointwise_cycles(spec.epilogue, m, n, ctx.machine)
-
 
 def overlapped_bound(ctx: Ctx, compute: float, traffic: float, steps: int, cores: list[int],
                      items: int = 1) -> tuple[int, Bound]:
@@ -382,21 +375,17 @@ class Pipeline:
             count = self._issue(seq, 0)
             for i, (j, si, st) in enumerate(seq):
                 nxt = self._issue(seq, i + 1) if i + 1 < len(seq) else 0  # prefetch into the other buffer
-                self._wait(i % 2, count)
+                self.cc.wait(i % 2, count)
                 count = nxt
                 q = j % 2
                 if si == 0 and self.direct:
-                    self._wait(2 + q, self.pending[q])  # the accumulator's previous store has left
+                    self.cc.wait(2 + q, self.pending[q])  # the accumulator's previous store has left
                     self.pending[q] = 0
                 self._mma(j, si, st, i % 2)
                 if si == len(items[j].steps) - 1:
                     self._epilogue(j)
-            self._wait(2, self.pending[0])
-            self._wait(3, self.pending[1])
-
-    def _wait(self, sem: int, count: int) -> None:
-        for i in range(0, count, MAX_WAIT):
-            self.cc.wait(sem, min(MAX_WAIT, count - i))
+            self.cc.wait(2, self.pending[0])
+            self.cc.wait(3, self.pending[1])
 
     def _issue(self, seq: list[tuple[int, int, Step]], i: int) -> int:
         """Issue step i's loads into staging parity i % 2 (and its item's bias); returns the DMA count."""
@@ -456,7 +445,7 @@ class Pipeline:
         q = j % 2
         acc = self.accs[q] if self.direct else self.accs[0]
         n4 = it.n * 4
-        self._wait(4 + q, self.item_loads.pop(j, 0))
+        self.cc.wait(4 + q, self.item_loads.pop(j, 0))
         if it.bias is not None:
             if it.bias.addr is not None:
                 bias = it.bias.addr
@@ -487,7 +476,7 @@ class Pipeline:
         if self.direct:
             res = acc
         else:
-            self._wait(2 + q, self.pending[q])  # the output tile's previous store has left
+            self.cc.wait(2 + q, self.pending[q])  # the output tile's previous store has left
             res = self.outs[q]
             cc.emit("vcvt", rd=cc.reg(R_D, res), ra=cc.reg(R_A, acc), rows=it.m, cols=it.n,
                     sd=it.n * spec.out.itemsize, sa=n4, dtd=spec.out, dts=F32)

@@ -31,7 +31,7 @@ from math import ceil
 from dojoc.codegen.builder import R_A, R_B, R_C, R_D, CoreCode
 from dojoc.codegen.context import Ctx, split
 from dojoc.codegen.epilogue import emit_pointwise
-from dojoc.codegen.kernels.mxu import F32, Spec, pointwise_epilogue_cycles
+from dojoc.codegen.kernels.mxu import F32, Spec
 from dojoc.codegen.paths import port_path
 from dojoc.codegen.view import Transfer, View, transfers
 from dojoc.errors import MappingError
@@ -179,8 +179,8 @@ def estimate(ctx: Ctx, p: Problem, spec: Spec, kc: int) -> tuple[int, Bound]:
     fill = way.latency + max(mx * kc, kc * nx) * e / m.link_bytes_per_cycle + sum(m.mesh) * m.hop_latency
     per = max(mma, dram, eject, link, fill)
     tile = mx * (nx + xx)
-    epi = vector_cycles(tile, 4, tile * 4, tile * eo, m) + pointwise_epilogue_cycles(ctx, spec, mx, nx + xx) \
-        + spec.epilogue_cycles(tile, m) + (vector_cycles(tile, 4, tile * 8, tile * 4, m) if p.bias is not None else 0)
+    epi = vector_cycles(tile, 4, tile * 4, tile * eo, m) + spec.epilogue_cycles(mx, nx + xx, m) \
+        + (vector_cycles(tile, 4, tile * 8, tile * 4, m) if p.bias is not None else 0)
     stores = p.m * p.n * eo * way.cycles_per_byte + way.latency
     total = fill + chunks * per + epi + stores
     bound = Bound.COMPUTE if per == mma else (Bound.DRAM if per == dram else Bound.LINK)
