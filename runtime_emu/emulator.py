@@ -24,7 +24,7 @@ import numpy as np
 from isa.costs import cycles as instr_cycles
 from isa.errors import DojocError
 from isa.program import Image
-from isa.table import Cast, Instr
+from isa.table import INSTRUCTIONS, Cast, Instr, Kind
 from isa.text import format_instr
 from runtime_emu import semantics
 from runtime_emu.blas import single_threaded_blas
@@ -41,6 +41,9 @@ from runtime_emu.trace import Trace
 from runtime_emu.traps import Trap, TrapKind
 
 __all__ = ["Emulator", "RunResult", "run"]
+
+# instructions whose decode depends on the length of their stream (a branch target is checked against it)
+_BRANCHES = frozenset(s.mnemonic for s in INSTRUCTIONS if any(f.kind is Kind.TARGET for f in s.fields))
 
 _DEADLOCK_LIST = 16  # waiting cores named in a deadlock message
 # Instructions that touch only the core's own registers: a core may run them past other cores' clocks
@@ -95,6 +98,7 @@ class Emulator:
         if not timing_only:
             write_weights(self.dram_mem, image)
         self._costs: dict[Instr, int] = {}
+        self._steps: dict[tuple[Instr, int], Step] = {}  # predecoded instructions, shared by every core
         self._bases = [m.dram_base(i) for i in range(len(m.dram_ports))]
         self._lines: dict[tuple[int, int], list[int]] = {}
         for cid, (r, c) in enumerate(m.coords):
@@ -120,9 +124,17 @@ class Emulator:
     def _predecode(self, code: tuple[Instr, ...]) -> list[Step]:
         n = len(code)
         steps: list[Step] = []
+        seen = self._steps
         for ins in code:
-            handler, ops = semantics.prepare(ins, self, n)
-            steps.append((handler, ops, self.cost_of(ins), UNIT_INDEX[ins.spec.unit]))
+            # a step depends only on the instruction, and for a branch on the stream's length (its target
+            # is checked against it); handlers keep no core's state, so cores whose streams repeat each
+            # other's instructions share their decode
+            key = (ins, n if ins.spec.mnemonic in _BRANCHES else 0)
+            step = seen.get(key)
+            if step is None:
+                handler, ops = semantics.prepare(ins, self, n)
+                step = seen[key] = (handler, ops, self.cost_of(ins), UNIT_INDEX[ins.spec.unit])
+            steps.append(step)
         steps.append((_off_end(n), None, 0, 0))
         return steps
 

@@ -12,6 +12,10 @@ sum_k a_ik * b_kj (+ d_ij) rounded once to float32 (RNE), whatever the host's BL
    exponent of the lowest set bit over row i of A (qb_j over column j of B), so when
    |A| @ |B| (+ |D|) < 2^(qa_i + qb_j + 53) every partial sum, in any order, is exactly representable.
    That is the common case for BF16 and CFP8 operands, whose sums are often exact float32 midpoints.
+   When the operands' type is known to have p significant bits (8 for BF16, 24 for FP32 accumulators),
+   the handler uses the cheaper lower bound e - p on that exponent, from the binary exponent e of
+   `np.frexp` (|x| = m 2^e, 1/2 <= m < 1, so x is a multiple of 2^(e - p)): a smaller q only makes
+   step 3's test stricter, never wrong, and the result is the same exact value either way.
 4. Otherwise r rounds to the same float32 as the exact sum unless a float32 rounding boundary (the midpoint
    of two neighbouring float32 values) lies within the bound of r. Those rare elements are recomputed
    exactly: `math.fsum` of the products gives the correctly rounded float64 s of the exact sum; when s is
@@ -23,6 +27,7 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, Any
 
+import ml_dtypes
 import numpy as np
 
 from isa import formats
@@ -69,6 +74,10 @@ def _exact_f32(terms: list[float]) -> np.float32:
     return f  # a true tie: RNE already chose the even neighbour
 
 
+_F32_BITS = int(np.finfo(np.float32).nmant) + 1  # significant bits, the hidden bit included
+# of the matrix unit's operand types
+_SIGNIFICANT = {DType.BF16: int(ml_dtypes.finfo(ml_dtypes.bfloat16).nmant) + 1, DType.F32: _F32_BITS,
+                **{dt: formats.layout(dt)[1] + 1 for dt in (DType.CF8E4, DType.CF8E5)}}
 _NONE = 1 << 20  # the low-bit exponent of a zero: it constrains nothing
 _BAD = -(1 << 20)  # of an inf or NaN: nothing is exact
 _U52 = np.uint64((1 << 52) - 1)
@@ -89,8 +98,19 @@ def low_bit_exponent(x: np.ndarray) -> np.ndarray:
     return np.where(m == 0, _NONE, np.where(ef == _U11, _BAD, p))
 
 
-def exact_matmul(a: np.ndarray, b: np.ndarray, acc: np.ndarray | None = None) -> np.ndarray:
-    """float32 of the exact a @ b (+ acc) for float64 a (m x k), b (k x n) whose products are exact."""
+def low_bit_bound(x: np.ndarray, bits: int | None) -> np.ndarray:
+    """A lower bound on `low_bit_exponent(x)` for values of at most `bits` significant bits (exact when
+    `bits` is None)."""
+    if bits is None:
+        return low_bit_exponent(x)
+    _, e = np.frexp(x)
+    return np.where(x == 0, _NONE, e.astype(np.int64) - bits)
+
+
+def exact_matmul(a: np.ndarray, b: np.ndarray, acc: np.ndarray | None = None,
+                 bits: tuple[int | None, int | None] = (None, None)) -> np.ndarray:
+    """float32 of the exact a @ b (+ acc) for float64 a (m x k), b (k x n) whose products are exact;
+    `bits`: the significant bits of a's and b's type when known (the accumulator is float32)."""
     k = a.shape[1]
     r = a @ b
     total = np.abs(a) @ np.abs(b)
@@ -107,12 +127,7 @@ def exact_matmul(a: np.ndarray, b: np.ndarray, acc: np.ndarray | None = None) ->
     doubt &= bound > 0
     if not doubt.any():
         return f
-    # every partial sum is a multiple of 2^q below 2^(q + 53): r is exact (margin for total's own error)
-    q = low_bit_exponent(a).min(axis=1)[:, None] + low_bit_exponent(b).min(axis=0)[None, :]
-    if acc is not None:
-        q = np.minimum(q, low_bit_exponent(acc))
-    exact = total * (1.0 + 2.0**-30) < np.ldexp(1.0, np.clip(q + 53, -1070, 1023).astype(np.int32))
-    doubt &= ~exact
+    doubt &= ~_exact(a, b, acc, total, bits)
     if doubt.any():
         for i, j in zip(*np.nonzero(doubt), strict=True):
             terms = (a[i, :] * b[:, j]).tolist()
@@ -120,6 +135,16 @@ def exact_matmul(a: np.ndarray, b: np.ndarray, acc: np.ndarray | None = None) ->
                 terms.append(float(acc[i, j]))
             f[i, j] = _exact_f32(terms)
     return f
+
+
+def _exact(a: np.ndarray, b: np.ndarray, acc: np.ndarray | None, total: np.ndarray,
+           bits: tuple[int | None, int | None]) -> np.ndarray:
+    """Where r is exact: every partial sum is a multiple of 2^q below 2^(q + 53) (a margin for total's own
+    rounding error)."""
+    q = low_bit_bound(a, bits[0]).min(axis=1)[:, None] + low_bit_bound(b, bits[1]).min(axis=0)[None, :]
+    if acc is not None:
+        q = np.minimum(q, low_bit_bound(acc, None if bits[0] is None else _F32_BITS))
+    return total * (1.0 + 2.0**-30) < np.ldexp(1.0, np.clip(q + 53, -1070, 1023).astype(np.int32))
 
 
 def _mma(ins: Instr, emu: Emulator) -> Handler:
@@ -132,6 +157,7 @@ def _mma(ins: Instr, emu: Emulator) -> Handler:
     st = dt.storage
     w = st.itemsize
     cfp = dt.is_cfp
+    p = _SIGNIFICANT[dt]
 
     def h(core: Core, ops: Any, pc: int, t: int) -> int:
         regs = core.regs
@@ -145,7 +171,7 @@ def _mma(ins: Instr, emu: Emulator) -> Handler:
         if tb:
             b64 = b64.T
         dv = sram.tile(regs[rd], m, n, sd, 4, _F32, True, "mma D")
-        dv[...] = exact_matmul(a64, b64, dv.astype(np.float64) if acc else None)
+        dv[...] = exact_matmul(a64, b64, dv.astype(np.float64) if acc else None, (p, p))
         return pc + 1
 
     return h

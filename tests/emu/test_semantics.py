@@ -20,7 +20,7 @@ from isa.asm import assemble
 from isa.dtypes import DType
 from isa.table import Round
 from runtime_emu import Emulator
-from runtime_emu.semantics.matmul import exact_matmul
+from runtime_emu.semantics.matmul import exact_matmul, low_bit_bound, low_bit_exponent
 
 BF16 = np.dtype(ml_dtypes.bfloat16)
 
@@ -331,6 +331,21 @@ def test_exact_matmul_matches_fraction_reference_on_cancellation() -> None:
     b = formats.quantize(rng.standard_normal((64, 5)), DType.F32)
     np.testing.assert_array_equal(exact_matmul(a, b), exact_ref(a, b))
     assert math.isfinite(float(exact_matmul(a, b).sum()))
+
+
+@pytest.mark.parametrize("dt, bits", [(DType.BF16, 8), (DType.F32, 24), (DType.CF8E4, 4), (DType.CF8E5, 3)])
+def test_low_bit_bound_is_a_lower_bound_and_the_typed_result_is_the_same(dt: DType, bits: int) -> None:
+    rng = np.random.default_rng(16)
+    for scale in (1.0, 2.0**-120, 2.0**100):  # normal values, subnormals (for the wide types), large ones
+        x = formats.quantize(rng.standard_normal((7, 33)) * scale * 2.0 ** rng.integers(-6, 6, (7, 33)), dt)
+        x[0, :3] = 0.0
+        lb, exact = low_bit_bound(x, bits), low_bit_exponent(x)
+        assert (lb <= exact).all() and (lb[x != 0] >= exact[x != 0] - bits).all()
+    a = formats.quantize(rng.standard_normal((9, 70)), dt)
+    b = formats.quantize(rng.standard_normal((70, 11)) * 2.0 ** rng.integers(-8, 8, (70, 11)), dt)
+    acc = formats.quantize(rng.standard_normal((9, 11)), DType.F32)
+    np.testing.assert_array_equal(exact_matmul(a, b, acc, (bits, bits)), exact_matmul(a, b, acc))
+    np.testing.assert_array_equal(exact_matmul(a, b, None, (bits, bits)), exact_ref(a, b))
 
 
 # -- DMA and puts ---------------------------------------------------------------------------------

@@ -28,11 +28,16 @@ nesting, so a core's run of items shares few weight blocks; the cost model picks
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from math import ceil
 
+import numpy as np
+
 from dojoc.codegen.context import MAX_ROWS, MAX_STRIDE, Ctx, split
-from dojoc.codegen.kernels import depthwise
+from dojoc.codegen.kernels import depthwise, summa
+from dojoc.codegen.kernels.im2col import Im2col
+from dojoc.codegen.kernels.matmul import Problem
 from dojoc.codegen.kernels.mxu import (
     F32,
     Item,
@@ -181,11 +186,12 @@ def _axes(cv: Conv, ot: int, rt: int, ct: int) -> tuple[tuple[str, int], ...]:
 _TILE = ("out_channels", "rows", "cols", "taps", "channels")
 
 
-def _decide(ctx: Ctx, node: Node, cv: Conv, spec: Spec, weight: bool) -> Plan:
-    """The op's decision (the user's, checked, or the cost model's) as a Plan."""
+def _decide(ctx: Ctx, node: Node, cv: Conv, spec: Spec, weight: bool,
+            search: Callable[[], tuple[Plan, int, Bound]]) -> Plan:
+    """The op's decision (the user's, checked, or the cost model's: `search()`) as a Plan."""
 
     def default() -> OpMapping:
-        plan, cycles, bound = _plan(ctx, node, cv, spec, weight)
+        plan, cycles, bound = search()
         return OpMapping("", "conv2d", tuple(plan.cores), _axes(cv, plan.ot, plan.rt, plan.ct),
                          tuple(zip(_TILE, (plan.ot, plan.rt, plan.ct, plan.tn, plan.cl), strict=True)),
                          plan.resident, predicted_cycles=cycles, bound=bound)
@@ -296,11 +302,56 @@ def conv2d(ctx: Ctx, node: Node) -> None:
         barr = param_array(ctx, own[2], producers)
         bias = ctx.weight(f"{node.name}_bias_f32", barr, F32) if barr is not None else ctx.views[own[2]]
     cv, spec = _geometry(ctx, node, wsrc, wbias, bias, barr is not None)
-    plan = _decide(ctx, node, cv, spec, warr is not None)
+    found: list[tuple[Plan, int, Bound]] = []
+
+    def search() -> tuple[Plan, int, Bound]:
+        """This kernel's search, run once (summa compares with it; the decision takes it)."""
+        if not found:
+            found.append(_plan(ctx, node, cv, spec, warr is not None))
+        return found[0]
+
+    if warr is not None and _implicit_gemm(ctx, node, cv, spec, warr, search):
+        return
+    plan = _decide(ctx, node, cv, spec, warr is not None, search)
     items = [(gi, ob, b, ri, ci) for gi in range(cv.g) for ob in range(0, cv.og, plan.ot) for b in range(cv.n)
              for ri in range(0, cv.oh, plan.rt) for ci in range(0, cv.ow, plan.ct)]
     for core, (first, count) in zip(plan.cores, split(len(items), len(plan.cores)), strict=False):
         _emit_core(ctx, node, core, cv, plan, spec, items[first:first + count])
+
+
+def _flat(v: View) -> bool:
+    """Whether an NCHW view's pixels are evenly spaced (rows follow each other), so that one image is an
+    [C, H * W] matrix."""
+    return v.strides[2] == v.shape[3] * v.strides[3]
+
+
+def _implicit_gemm(ctx: Ctx, node: Node, cv: Conv, spec: Spec, warr: np.ndarray,
+                   search: Callable[[], tuple[Plan, int, Bound]]) -> bool:
+    """Run the convolution as a SUMMA matmul over the whole mesh (im2col.py) when summa can take it and
+    its cost model predicts it faster than this kernel's plan (or a given mapping names it): the weights,
+    laid out [O, (tap, channel)], stay resident, each chunk on the core that multicasts it."""
+    hw = cv.oh * cv.ow
+    if cv.g != 1 or not _flat(cv.out) or (cv.residual is not None and not _flat(cv.residual)) \
+            or (cv.bias is not None and not cv.bias_const):
+        return False
+
+    def per_image(v: View) -> list[View]:
+        return [View(v.base + b * v.strides[0], (cv.o, hw), (v.strides[1], v.strides[3]), v.dtype) for b in range(cv.n)]
+
+    geo = Im2col(cv.x, cv.c, cv.h, cv.wd, cv.kw, cv.oh, cv.ow, cv.stride, cv.pad, cv.dil)
+    p = Problem([View.dense(0, (cv.o, cv.k), spec.a_src)], [], per_image(cv.out), cv.o, cv.n * hw, cv.k, False,
+                r=per_image(cv.residual) if cv.residual is not None else None, im2col=geo, per_view=hw,
+                row_bias=cv.bias)
+    if not summa.eligible(ctx, p, spec):
+        return False
+    budget = resident_budget(ctx, node, ctx.graph.producers())
+    om = summa.decide(ctx, p, spec, lambda: search()[1], "a", budget)
+    if om is None:
+        return False
+    okc = np.ascontiguousarray(warr.transpose(0, 2, 3, 1).reshape(cv.o, cv.k))  # tap-major, as X_col's rows
+    a = ctx.weight(f"{node.name}_okc", okc, spec.a_src)
+    summa.emit(ctx, node, replace(p, a=[a]), spec, om, "a")
+    return True
 
 
 def _resident(ctx: Ctx, node: Node, core: int, cv: Conv, plan: Plan, spec: Spec,

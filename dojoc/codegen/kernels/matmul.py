@@ -25,6 +25,7 @@ import numpy as np
 from dojoc.codegen.context import MAX_ROWS, Ctx, split
 from dojoc.codegen.kernels import summa
 from dojoc.codegen.kernels.eltwise import fill
+from dojoc.codegen.kernels.im2col import Im2col
 from dojoc.codegen.kernels.mxu import (
     F32,
     Item,
@@ -71,6 +72,11 @@ class Problem:
     shared_b: bool  # every batch item reads the same B
     bias: View | None = None  # the FP32 bias per column [N]
     r: list[View] | None = None  # the epilogue's residual [M, N] per batch item
+    # a convolution as implicit GEMM (summa only): B is its input's shifted windows, never a view; the
+    # output and residual are one [O, pixels] view per image of `per_view` pixels; the bias is per row
+    im2col: Im2col | None = None
+    per_view: int = 0
+    row_bias: View | None = None
 
 
 @dataclass(frozen=True)
@@ -259,9 +265,11 @@ def matmul(ctx: Ctx, node: Node) -> None:
         return found[0]
 
     if summa.eligible(ctx, p, spec):
-        om = summa.decide(ctx, p, spec, lambda: search()[1])
+        weight = "b" if arr is not None else None
+        budget = resident_budget(ctx, node, producers) if weight else 0
+        om = summa.decide(ctx, p, spec, lambda: search()[1], weight, budget)
         if om is not None:
-            summa.emit(ctx, node.name, node.source, p, spec, om)
+            summa.emit(ctx, node, p, spec, om, weight)
             return
     plan = _decide(ctx, node, p, spec, arr is not None, search)
     nb, nm, nn = len(p.a), ceil(p.m / plan.mt), ceil(p.n / plan.nt)

@@ -15,6 +15,12 @@ A disabled core's block has no owner: it is cut into slices by columns, one per 
 row, and each of those cores DMAs its slice of B[t, j] itself (a few columns) and multiplies it by the A
 chunk it has anyway.
 
+A weight operand (a parameter: `decide`'s `weight`) stays resident: each chunk of it is kept, from
+the load phase on, by the one core that multicasts it (its loader), so a call reads from DRAM only the
+activation operand, and the network carries the weight's chunks from SRAM (`put` from the resident copy
+into the others' chunk buffers; the loader multiplies its own copy in place). Each weight byte is resident
+once over the mesh. A chunk that finds no resident room is streamed from DRAM as before.
+
 Then each core applies the op's epilogue (bias per column, residual tile, scaling, activation) on its FP32
 block, converts it to the output type and stores it. The kernel needs one die whose every core takes part
 (`eligible`), operands already in the mma's type (bf16 or fp32; cfp8 converts in SRAM: matmul.py), and a
@@ -29,13 +35,15 @@ from dataclasses import dataclass, replace
 from math import ceil
 
 from dojoc.codegen.builder import R_A, R_B, R_C, R_D, CoreCode
-from dojoc.codegen.context import Ctx, split
+from dojoc.codegen.context import ALIGN, Ctx, split
 from dojoc.codegen.epilogue import emit_pointwise
-from dojoc.codegen.kernels.mxu import F32, Spec
+from dojoc.codegen.kernels.im2col import Fill
+from dojoc.codegen.kernels.mxu import F32, Load, Spec, load_resident
 from dojoc.codegen.paths import port_path
 from dojoc.codegen.view import Transfer, View, transfers
 from dojoc.errors import MappingError
 from dojoc.ir.epilogue import RESIDUAL_STEPS
+from dojoc.ir.graph import Node
 from dojoc.mapping.model import Bound, OpMapping
 from isa.costs import matmul_cycles, vector_cycles
 from isa.table import Cast
@@ -52,7 +60,7 @@ SRC_A, SRC_B = (10, 11), (12, 13)
 DMA_X = (14, 15)
 STORE, AUX = 16, 17
 KC_CHOICES = (512, 384, 256, 192, 128, 96, 64, 32)
-ALIGN = 64
+
 
 
 @dataclass(frozen=True)
@@ -107,9 +115,10 @@ def loader(line: tuple[int, ...], index: int, t: int) -> int:
     return line[(t + index) % len(line)]
 
 
-def _link_cycles(ctx: Ctx, g: Grid, kc: int, e: int) -> float:
+def _link_cycles(ctx: Ctx, g: Grid, kc: int, e: int, resident: str | None = None) -> float:
     """Cycles of one chunk on the busiest first link out of a DRAM entry router: every mesh row carries its
-    A chunk and the B chunks (and slices) its cores load for chunk 0 (the load is the same every chunk)."""
+    A chunk and the B chunks (and slices) its cores load for chunk 0 (the load is the same every chunk);
+    a resident operand's chunks come from SRAM, not from the port."""
     mach = ctx.machine
     port = mach.dram_ports[0]
     load: dict[tuple[int, int], float] = {}
@@ -121,10 +130,10 @@ def _link_cycles(ctx: Ctx, g: Grid, kc: int, e: int) -> float:
             load[entry] = load.get(entry, 0.0) + nbytes
 
     for i, row in enumerate(g.rows):
-        if row:
+        if row and resident != "a":
             add(loader(row, i, 0), g.mblocks[i][1] * kc * e)
     for j, col in enumerate(g.cols):
-        if col:
+        if col and resident != "b":
             add(loader(col, j, 0), kc * g.nblocks[j][1] * e)
     for core, (_, n) in g.extra.items():
         add(core, kc * n * e)
@@ -143,27 +152,25 @@ def eligible(ctx: Ctx, p: Problem, spec: Spec) -> bool:
 
 def _scratch(g: Grid, spec: Spec, kc: int, p: Problem) -> int:
     """Scratch bytes of one core (every core allocates the same, so buffers lie at the same addresses)."""
-    e, eo = spec.op.itemsize, spec.out.itemsize
-
-    def a(n: int) -> int:
-        return -(-n // ALIGN) * ALIGN
-
+    e, eo, a = spec.op.itemsize, spec.out.itemsize, _aligned
     m, n, x = g.m_max, g.n_max, g.x_max
     total = 2 * a(m * kc * e) + 2 * a(kc * n * e) + a(m * n * 4) + (a(m * n * eo) if spec.out is not F32 else 0)
     if x:
         total += 2 * a(kc * x * e) + a(m * x * 4) + (a(m * x * eo) if spec.out is not F32 else 0)
     if p.bias is not None:
         total += a(n * 4) + a(x * 4)
+    if p.row_bias is not None:
+        total += a(m * 4)
     if p.r is not None:
         total += a(m * n * spec.res_src.itemsize) + a(m * n * 4)
     return total + 4 * ALIGN
 
 
-def estimate(ctx: Ctx, p: Problem, spec: Spec, kc: int) -> tuple[int, Bound]:
+def estimate(ctx: Ctx, p: Problem, spec: Spec, kc: int, resident: str | None = None) -> tuple[int, Bound]:
     """Predicted cycles and bound for K chunks of `kc`: per chunk the longest of a core's multiplies, the
-    DRAM port's time for every row's A chunk and every column's B chunk, the busiest link out of the port's
-    entry routers, and a core's ejection port taking both multicasts; plus filling the pipeline (the first
-    chunk's DMA and put) and the epilogue's stores."""
+    DRAM port's time for every row's A chunk and every column's B chunk (but a `resident` operand's, "a" or
+    "b"), the busiest link out of the port's entry routers, and a core's ejection port taking both
+    multicasts; plus filling the pipeline (the first chunk's DMA and put) and the epilogue's stores."""
     m = ctx.machine
     g = grid(ctx, p.m, p.n)
     e, eo = spec.op.itemsize, spec.out.itemsize
@@ -171,9 +178,10 @@ def estimate(ctx: Ctx, p: Problem, spec: Spec, kc: int) -> tuple[int, Bound]:
     way = port_path(m, g.cores)
     chunks = ceil(p.k / kc)
     mma = matmul_cycles(mx, nx, kc, spec.op, True, m) + (matmul_cycles(mx, xx, kc, spec.op, True, m) if xx else 0)
-    dram = (p.m * kc + kc * p.n) * e * way.cycles_per_byte
+    streamed = (p.m * kc if resident != "a" else 0) + (kc * p.n if resident != "b" else 0)
+    dram = streamed * e * way.cycles_per_byte
     eject = (mx * kc + kc * nx) * e / m.eject_bytes_per_cycle
-    link = _link_cycles(ctx, g, kc, e)
+    link = _link_cycles(ctx, g, kc, e, resident)
     # a chunk's DMA is issued one chunk before the others need it: its latency, the multicast's time and
     # the hops to the far end of the line are hidden only behind a chunk's worth of work
     fill = way.latency + max(mx * kc, kc * nx) * e / m.link_bytes_per_cycle + sum(m.mesh) * m.hop_latency
@@ -187,34 +195,58 @@ def estimate(ctx: Ctx, p: Problem, spec: Spec, kc: int) -> tuple[int, Bound]:
     return round(total), bound
 
 
-def _best_kc(ctx: Ctx, p: Problem, spec: Spec) -> tuple[int, int, Bound] | None:
+def resident_bytes(ctx: Ctx, p: Problem, spec: Spec, kc: int, weight: str) -> int:
+    """SRAM bytes that keeping the weight operand resident takes over the mesh: each chunk once, as
+    `_keep` allocates it (A's chunks m x kc, B's kl x n, each rounded to the allocator's alignment)."""
+    g = grid(ctx, p.m, p.n)
+    e = spec.op.itemsize
+    lengths = [min(kc, p.k - k0) for k0 in range(0, p.k, kc)]
+    if weight == "a":
+        return sum(_aligned(n * kc * e) for _, n in g.mblocks) * len(lengths)
+    # B's column blocks, and the slices that the cores beside a disabled core keep (each its own)
+    return sum(_aligned(kl * n * e) for _, n in (*g.nblocks, *g.extra.values()) for kl in lengths)
+
+
+def _aligned(n: int) -> int:
+    return -(-n // ALIGN) * ALIGN
+
+
+def _best_kc(ctx: Ctx, p: Problem, spec: Spec, resident: str | None) -> tuple[int, int, Bound] | None:
     g = grid(ctx, p.m, p.n)
     best: tuple[int, int, Bound] | None = None
     for kc in sorted({min(c, p.k) for c in KC_CHOICES}, reverse=True):
         if _scratch(g, spec, kc, p) > ctx.scratch_bytes:
             continue
-        cyc, bound = estimate(ctx, p, spec, kc)
+        cyc, bound = estimate(ctx, p, spec, kc, resident)
         if best is None or cyc < best[1]:
             best = (kc, cyc, bound)
     return best
 
 
-def decide(ctx: Ctx, p: Problem, spec: Spec, other: Callable[[], int]) -> OpMapping | None:
+def decide(ctx: Ctx, p: Problem, spec: Spec, other: Callable[[], int], weight: str | None = None,
+           budget: int = 0) -> OpMapping | None:
     """The op's decision when it runs here: a given mapping's (kernel "summa", checked), or the cost
-    model's when it predicts this kernel faster than `other()` (the tiled kernel's estimate); else None."""
+    model's when it predicts this kernel faster than `other()` (the tiled kernel's estimate); else None.
+    `weight` names the operand ("a" or "b") that is a parameter: it stays resident when it fits `budget`
+    resident bytes over the mesh."""
     key = ctx.scope[0]
     given = ctx.given.get(key)
     if given is not None and given.kernel != KERNEL:
         return None
     g = grid(ctx, p.m, p.n)
     axes = (("rows", len(g.rows)), ("cols", len(g.cols)))
-    best = _best_kc(ctx, p, spec)
+    best = _best_kc(ctx, p, spec, None)
+    resident = False
+    if weight is not None:
+        fits = _best_kc(ctx, p, spec, weight)
+        if fits is not None and resident_bytes(ctx, p, spec, fits[0], weight) <= budget:
+            best, resident = fits, True
     if given is None and (best is None or best[1] >= other()):
         return None
 
     def default() -> OpMapping:
         assert best is not None
-        return OpMapping("", KERNEL, g.cores, axes, (("m", g.m_max), ("n", g.n_max), ("k", best[0])),
+        return OpMapping("", KERNEL, g.cores, axes, (("m", g.m_max), ("n", g.n_max), ("k", best[0])), resident,
                          predicted_cycles=best[1], bound=best[2])
 
     def check(om: OpMapping) -> OpMapping:
@@ -228,7 +260,10 @@ def decide(ctx: Ctx, p: Problem, spec: Spec, other: Callable[[], int]) -> OpMapp
         if kc is None or not 1 <= kc <= min(p.k, 4095) or _scratch(g, spec, kc, p) > ctx.scratch_bytes:
             raise MappingError(f"op {om.key}: tile k={kc}: a K chunk must be between 1 and {min(p.k, 4095)} and "
                                f"its double buffers must fit the {ctx.scratch_bytes:,} bytes of SRAM scratch")
-        cyc, bound = estimate(ctx, p, spec, kc)
+        if om.resident and weight is None:
+            raise MappingError(f"op {om.key}: resident is true but neither operand is a weight (a parameter); "
+                               "set resident to false")
+        cyc, bound = estimate(ctx, p, spec, kc, weight if om.resident else None)
         return replace(om, tile=(("m", g.m_max), ("n", g.n_max), ("k", kc)), predicted_cycles=cyc, bound=bound)
 
     return ctx.decide(KERNEL, default, check)
@@ -237,11 +272,13 @@ def decide(ctx: Ctx, p: Problem, spec: Spec, other: Callable[[], int]) -> OpMapp
 class _Core:
     """The program of one core."""
 
-    def __init__(self, ctx: Ctx, name: str, source: str | None, p: Problem, spec: Spec, g: Grid, kc: int,
-                 core: int) -> None:
+    def __init__(self, ctx: Ctx, node: Node, p: Problem, spec: Spec, g: Grid, kc: int, core: int,
+                 resident: str | None) -> None:
         self.ctx, self.p, self.spec, self.g, self.kc, self.me = ctx, p, spec, g, kc, core
         self.cc: CoreCode = ctx.core(core)
-        self.name, self.source = name, source
+        self.node, self.name, self.source = node, node.name, node.source
+        name = node.name
+        self.resident = resident
         r, c = ctx.machine.coords[core]
         self.r, self.c = r, c
         self.row, self.col = g.rows[r], g.cols[c]
@@ -261,10 +298,14 @@ class _Core:
             self.xout = sram.alloc(mm * xx * eo, f"{name} slice output") if spec.out is not F32 else self.xacc
         self.bias = sram.alloc(nn * 4, f"{name} bias") if p.bias is not None else -1
         self.xbias = sram.alloc(max(xx, 1) * 4, f"{name} slice bias") if p.bias is not None else -1
+        self.rbias = sram.alloc(mm * 4, f"{name} row bias") if p.row_bias is not None else -1
         if p.r is not None:
             self.res = sram.alloc(mm * nn * spec.res_src.itemsize, f"{name} residual")
             self.res32 = sram.alloc(mm * nn * 4, f"{name} residual f32")
         self.src_pending = {SRC_A[0]: 0, SRC_A[1]: 0, SRC_B[0]: 0, SRC_B[1]: 0}
+        self.keep: dict[tuple[str, int], int] = {}  # ("a" | "b" | "x", chunk) -> its resident copy
+        if resident is not None:
+            self._keep()
 
     # -- loads and multicasts ------------------------------------------------------------------------
     def la(self, t: int) -> int:
@@ -279,28 +320,84 @@ class _Core:
         k0 = t * self.kc
         return k0, min(self.kc, self.p.k - k0)
 
-    def _load_a(self, t: int, q: int) -> int:
+    def _a_chunk(self, t: int, dst: int) -> list[Transfer]:
         a, e = self.p.a[0], self.spec.op.itemsize
         k0, kl = self._chunk(t)
-        ts = transfers(a.base + self.m0 * a.strides[0] + k0 * a.strides[1], self.abuf[q],
-                       [(self.m, a.strides[0], self.kc * e), (kl, a.strides[1], e)], e)
-        for tr in ts:
-            self.cc.dma_load(tr, DMA_A[q])
-        return len(ts)
+        return transfers(a.base + self.m0 * a.strides[0] + k0 * a.strides[1], dst,
+                         [(self.m, a.strides[0], self.kc * e), (kl, a.strides[1], e)], e)
 
-    def _load_b(self, t: int, q: int, n0: int, n: int, dst: int, sem: int) -> int:
-        b, e = self.p.b[0], self.spec.op.itemsize
+    def _b_chunk(self, t: int, n0: int, n: int, dst: int) -> tuple[list[Load], list[Fill]]:
+        """The DMAs (and zero fills) of B's chunk t, columns n0 .. n0 + n - 1, into a tile at `dst`: from
+        B's view, or a convolution's shifted input windows (im2col.py)."""
+        e = self.spec.op.itemsize
         k0, kl = self._chunk(t)
-        ts = transfers(b.base + k0 * b.strides[0] + n0 * b.strides[1], dst,
-                       [(kl, b.strides[0], n * e), (n, b.strides[1], e)], e)
+        if self.p.im2col is not None:
+            return self.p.im2col.chunk(k0, kl, n0, n, dst, n * e)
+        b = self.p.b[0]
+        return [Load(tr) for tr in transfers(b.base + k0 * b.strides[0] + n0 * b.strides[1], dst,
+                                             [(kl, b.strides[0], n * e), (n, b.strides[1], e)], e)], []
+
+    def _b_resident(self, t: int, n0: int, n: int, dst: int) -> list[Transfer]:
+        loads, fills = self._b_chunk(t, n0, n, dst)
+        assert not fills and all(ld.pads is None for ld in loads), "a resident B is a weight's plain view"
+        return [ld.t for ld in loads]
+
+    def _keep(self) -> None:
+        """Allocate and load, in the load phase, the resident weight chunks that this core multicasts (and,
+        beside a disabled core, its own slices of B); a chunk without room stays streamed."""
+        e, sram = self.spec.op.itemsize, self.ctx.sram[self.me]
+        loads: list[Transfer] = []
+        for t in range(ceil(self.p.k / self.kc)):
+            _, kl = self._chunk(t)
+            wanted: list[tuple[str, int, int, int]] = []  # (operand, bytes, first column, columns) of B
+            if self.resident == "a" and self.me == self.la(t):
+                wanted.append(("a", self.m * self.kc * e, 0, 0))
+            if self.resident == "b" and self.me == self.lb(t):
+                wanted.append(("b", kl * self.n * e, self.n0, self.n))
+            if self.resident == "b" and self.nx:
+                wanted.append(("x", kl * self.nx * e, self.x0, self.nx))
+            for key, nbytes, n0, n in wanted:
+                addr = sram.alloc_resident(nbytes)
+                if addr is not None:
+                    self.keep[(key, t)] = addr
+                    loads += self._a_chunk(t, addr) if key == "a" else self._b_resident(t, n0, n, addr)
+        load_resident(self.ctx, self.me, self.node, loads)
+
+    def _dma(self, ts: list[Transfer], sem: int) -> int:
         for tr in ts:
             self.cc.dma_load(tr, sem)
         return len(ts)
 
-    def _put(self, addr: int, rows: int, nbytes: int, stride: int, cast: Cast, seml: int, semr: int) -> None:
+    def _dma_b(self, chunk: tuple[list[Load], list[Fill]], sem: int) -> int:
+        cc, dt = self.cc, self.spec.op
+        loads, fills = chunk
+        for f in fills:  # windows wholly in the padding
+            cc.emit("vfill", rd=cc.reg(R_D, f.dst), imm=0.0, rows=f.rows, cols=f.cols, sd=f.stride, dt=dt)
+        for ld in loads:
+            cc.dma_load(ld.t, sem, ld.pads, 0.0, dt if ld.pads else None)
+        return len(loads)
+
+    def _cols(self, views: list[View], n0: int, n: int) -> list[tuple[View, int, int, int]]:
+        """Columns n0 .. n0 + n - 1 of the output (or residual) as (view, its first column, offset in the
+        block, count): one view, or for a batched convolution one per image of `per_view` pixels each."""
+        if len(views) == 1:
+            return [(views[0], n0, 0, n)]
+        w, out, c = self.p.per_view, [], n0
+        while c < n0 + n:
+            count = min(w - c % w, n0 + n - c)
+            out.append((views[c // w], c % w, c - n0, count))
+            c += count
+        return out
+
+    def _addr(self, key: str, t: int, bufs: list[int]) -> int:
+        """Where chunk t of an operand is on this core: its resident copy, or the chunk buffer."""
+        return self.keep.get((key, t), bufs[t % 2])
+
+    def _put(self, src: int, addr: int, rows: int, nbytes: int, stride: int, cast: Cast, seml: int,
+             semr: int) -> None:
         cc = self.cc
         self.src_pending[seml] += 1
-        cc.emit("put", rc=cc.reg(R_C, self.me), rd=cc.reg(R_D, addr), rs=cc.reg(R_A, addr), rows=rows,
+        cc.emit("put", rc=cc.reg(R_C, self.me), rd=cc.reg(R_D, addr), rs=cc.reg(R_A, src), rows=rows,
                 bytes=nbytes, ss=stride, ds=stride, cast=cast, seml=seml, semr=semr)
 
     def _src_free(self, sem: int) -> None:
@@ -314,14 +411,16 @@ class _Core:
             if t >= 2 and len(self.row) > 1:
                 self.cc.wait(FREE_A, len(self.row) - 1)  # the row is done with chunk t - 2
             self._src_free(SRC_A[q])
-            dmas[("a", t)] = self._load_a(t, q)
+            dmas[("a", t)] = 0 if ("a", t) in self.keep else self._dma(self._a_chunk(t, self.abuf[q]), DMA_A[q])
         if self.me == self.lb(t):
             if t >= 2 and len(self.col) > 1:
                 self.cc.wait(FREE_B, len(self.col) - 1)
             self._src_free(SRC_B[q])
-            dmas[("b", t)] = self._load_b(t, q, self.n0, self.n, self.bbuf[q], DMA_B[q])
+            dmas[("b", t)] = 0 if ("b", t) in self.keep else \
+                self._dma_b(self._b_chunk(t, self.n0, self.n, self.bbuf[q]), DMA_B[q])
         if self.nx:
-            dmas[("x", t)] = self._load_b(t, q, self.x0, self.nx, self.xbuf[q], DMA_X[q])
+            dmas[("x", t)] = 0 if ("x", t) in self.keep else \
+                self._dma_b(self._b_chunk(t, self.x0, self.nx, self.xbuf[q]), DMA_X[q])
 
     def _publish(self, t: int, dmas: dict[tuple[str, int], int]) -> None:
         """As the loader of chunk t: wait for its DMA, multicast it to the row (A) or column (B)."""
@@ -330,11 +429,13 @@ class _Core:
         if ("a", t) in dmas:
             self.cc.wait(DMA_A[q], dmas.pop(("a", t)))
             if len(self.row) > 1:
-                self._put(self.abuf[q], self.m, kl * e, self.kc * e, Cast.ROW, SRC_A[q], ARR_A[q])
+                self._put(self._addr("a", t, self.abuf), self.abuf[q], self.m, kl * e, self.kc * e, Cast.ROW,
+                          SRC_A[q], ARR_A[q])
         if ("b", t) in dmas:
             self.cc.wait(DMA_B[q], dmas.pop(("b", t)))
             if len(self.col) > 1:
-                self._put(self.bbuf[q], kl, self.n * e, self.n * e, Cast.COL, SRC_B[q], ARR_B[q])
+                self._put(self._addr("b", t, self.bbuf), self.bbuf[q], kl, self.n * e, self.n * e, Cast.COL,
+                          SRC_B[q], ARR_B[q])
 
     # -- the program ---------------------------------------------------------------------------------
     def emit(self) -> None:
@@ -353,15 +454,18 @@ class _Core:
                 if self.me != self.lb(t):
                     cc.wait(ARR_B[q], 1)
                 _, kl = self._chunk(t)
-                half = max(8, kl // 2 // 8 * 8) if kl > 16 else kl
-                self._mma(self.acc, self.abuf[q], self.bbuf[q], self.n, 0, half, t > 0)
+                publishes = ("a", t + 1) in dmas or ("b", t + 1) in dmas
+                # a loader multiplies in two halves and multicasts the next chunk between them
+                half = max(8, kl // 2 // 8 * 8) if kl > 16 and publishes else kl
+                a, b = self._addr("a", t, self.abuf), self._addr("b", t, self.bbuf)
+                self._mma(self.acc, a, b, self.n, 0, half, t > 0)
                 if t + 1 < chunks:
                     self._publish(t + 1, dmas)  # halfway: the next chunk reaches the others in time
                 if half < kl:
-                    self._mma(self.acc, self.abuf[q], self.bbuf[q], self.n, half, kl - half, True)
+                    self._mma(self.acc, a, b, self.n, half, kl - half, True)
                 if self.nx:
                     cc.wait(DMA_X[q], dmas.pop(("x", t)))
-                    self._mma(self.xacc, self.abuf[q], self.xbuf[q], self.nx, 0, kl, t > 0)
+                    self._mma(self.xacc, a, self._addr("x", t, self.xbuf), self.nx, 0, kl, t > 0)
                 if t + 2 < chunks:  # done with buffer q: tell the loaders that will refill it
                     la, lb = self.la(t + 2), self.lb(t + 2)
                     if la != self.me:
@@ -384,6 +488,12 @@ class _Core:
         """Bias, residual, scaling and activation on the FP32 block, conversion, stores; the store count."""
         cc, spec, p = self.cc, self.spec, self.p
         n4 = n * 4
+        if p.row_bias is not None:  # a convolution's, per output channel (row), before the epilogue
+            for tr in transfers(p.row_bias.base + self.m0 * 4, self.rbias, [(self.m, 4, 4)], 4):
+                cc.dma_load(tr, AUX)
+                cc.wait(AUX, 1)
+            cc.emit("vadd", rd=cc.reg(R_D, acc), ra=cc.reg(R_A, acc), rb=cc.reg(R_B, self.rbias), rows=self.m,
+                    cols=n, sd=n4, sa=n4, sb=4, dt=F32, bcb="col")
         for step in spec.epilogue:
             if step[0] == "bias":
                 assert p.bias is not None
@@ -394,24 +504,26 @@ class _Core:
                         cols=n, sd=n4, sa=n4, sb=0, dt=F32, bcb="row")
             elif step[0] in RESIDUAL_STEPS:
                 assert p.r is not None
-                self._residual(acc, n0, n, p.r[0], "vsub" if step[0] == "sub_residual" else "vadd")
+                self._residual(acc, n0, n, "vsub" if step[0] == "sub_residual" else "vadd")
             else:
                 emit_pointwise(cc, step, acc, self.m, n, n4, F32)
         eo = spec.out.itemsize
         if out != acc:
             cc.emit("vcvt", rd=cc.reg(R_D, out), ra=cc.reg(R_A, acc), rows=self.m, cols=n, sd=n * eo, sa=n4,
                     dtd=spec.out, dts=F32)
-        o = p.o[0]
-        ts = transfers(out, o.base + self.m0 * o.strides[0] + n0 * o.strides[1],
-                       [(self.m, n * eo, o.strides[0]), (n, eo, o.strides[1])], eo)
+        ts = [tr for o, c0, off, cnt in self._cols(p.o, n0, n)
+              for tr in transfers(out + off * eo, o.base + self.m0 * o.strides[0] + c0 * o.strides[1],
+                                  [(self.m, n * eo, o.strides[0]), (cnt, eo, o.strides[1])], eo)]
         for tr in ts:
             cc.dma_store(tr, STORE)
         return len(ts)
 
-    def _residual(self, acc: int, n0: int, n: int, rv: View, mnemonic: str) -> None:
+    def _residual(self, acc: int, n0: int, n: int, mnemonic: str) -> None:
         cc, er = self.cc, self.spec.res_src.itemsize
-        ts: list[Transfer] = transfers(rv.base + self.m0 * rv.strides[0] + n0 * rv.strides[1], self.res,
-                                       [(self.m, rv.strides[0], n * er), (n, rv.strides[1], er)], er)
+        assert self.p.r is not None
+        ts = [tr for rv, c0, off, cnt in self._cols(self.p.r, n0, n)
+              for tr in transfers(rv.base + self.m0 * rv.strides[0] + c0 * rv.strides[1], self.res + off * er,
+                                  [(self.m, rv.strides[0], n * er), (cnt, rv.strides[1], er)], er)]
         for tr in ts:
             cc.dma_load(tr, AUX)
         cc.wait(AUX, len(ts))
@@ -424,9 +536,9 @@ class _Core:
                 sd=n * 4, sa=n * 4, sb=n * 4, dt=F32)
 
 
-def emit(ctx: Ctx, name: str, source: str | None, p: Problem, spec: Spec, om: OpMapping) -> None:
+def emit(ctx: Ctx, node: Node, p: Problem, spec: Spec, om: OpMapping, weight: str | None = None) -> None:
     """Emit the decided SUMMA matmul on every core of the mesh."""
     g = grid(ctx, p.m, p.n)
     kc = int(om.tile_of("k") or 0)
     for core in g.cores:
-        _Core(ctx, name, source, p, spec, g, kc, core).emit()
+        _Core(ctx, node, p, spec, g, kc, core, weight if om.resident else None).emit()

@@ -1,0 +1,126 @@
+"""Weights resident in the SUMMA kernel (each chunk on the core that multicasts it), and convolutions run
+as SUMMA over the mesh with their input's shifted windows as the B operand (kernels/im2col.py), against
+eager: strides, padding, dilation, batches whose pixel blocks cross images, bias, residual, disabled
+cores; and chosen by the cost model on a ResNet-sized convolution."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+
+import dojoc
+from dojoc.codegen.kernels.im2col import Im2col
+from dojoc.codegen.view import View
+from dojoc.mapping import format_cores
+from isa.dtypes import DType
+from isa.presets import load_machine
+
+HOLED = load_machine("mesh4x4", ["disabled=[[1,2],[3,0]]"])  # rows 1 and 3 have a disabled core
+
+
+def _forced(model: nn.Module, args: tuple[torch.Tensor, ...], kernels: tuple[str, ...], kc: int,
+            resident: bool) -> dojoc.Program:
+    """Compile with the model's first matrix op forced onto summa (resident or not) by a mapping."""
+    first = dojoc.compile(model, args, machine=HOLED, precision="fp32")
+    assert first.mapping is not None
+    op = next(o for o in first.mapping.ops if o.kernel in kernels)
+    mapping = {"ops": [{"op": op.op, "kernel": "summa", "cores": format_cores(range(HOLED.num_cores)),
+                        "split": {"rows": 4, "cols": 4}, "tile": {"k": kc}, "resident": resident}]}
+    prog = dojoc.compile(model, args, machine=HOLED, precision="fp32", mapping=mapping)
+    assert prog.mapping is not None
+    om = next(o for o in prog.mapping.ops if o.op == op.op)
+    assert om.kernel == "summa" and om.resident is resident
+    return prog
+
+
+def _dmas(prog: dojoc.Program) -> tuple[int, int]:
+    """DMA loads before and after the load barrier, over every core's code."""
+    before = after = 0
+    for s in prog.lowered.image.sections:
+        code = [ins.spec.mnemonic for ins in s.code]
+        b = code.index("barrier")
+        before += code[:b].count("dmald")
+        after += code[b:].count("dmald")
+    return before, after
+
+
+class Fc(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(40, 56)
+
+    def forward(self, x: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.fc(x) + r)
+
+
+def test_summa_weight_resident_matches_and_reads_less() -> None:
+    torch.manual_seed(0)
+    model, x, r = Fc().eval(), torch.randn(45, 40), torch.randn(45, 56)
+    want = model(x, r).detach()
+    streamed = _forced(model, (x, r), ("matmul", "summa"), 16, False)
+    kept = _forced(model, (x, r), ("matmul", "summa"), 16, True)
+    for prog in (streamed, kept):
+        torch.testing.assert_close(prog(x, r), want, rtol=1e-4, atol=1e-4)
+    (b0, a0), (b1, a1) = _dmas(streamed), _dmas(kept)
+    assert b1 > b0 and a1 < a0, ((b0, a0), (b1, a1))  # loaded once, no longer per call
+    _, s_rep = streamed.run(x, r)
+    _, k_rep = kept.run(x, r)
+    assert k_rep.dram_bytes < s_rep.dram_bytes
+
+
+class Conv(nn.Module):
+    def __init__(self, c: int, o: int, k: int, stride: int, pad: int, dil: int, bias: bool, residual: bool):
+        super().__init__()
+        self.conv = nn.Conv2d(c, o, k, stride=stride, padding=pad, dilation=dil, bias=bias)
+        self.residual = residual
+
+    def forward(self, x: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x)
+        return torch.relu(y + r) if self.residual else y
+
+
+CASES = [  # n, c, o, k, stride, pad, dil, hw, bias, residual
+    (2, 8, 40, 3, 1, 1, 1, 9, True, True),  # pixel blocks cross the images
+    (1, 12, 36, 3, 2, 1, 1, 11, True, False),
+    (2, 10, 36, 3, 2, 0, 1, 12, False, True),
+    (1, 5, 33, 3, 1, 2, 2, 10, True, False),
+    (1, 4, 40, 5, 1, 2, 1, 9, False, False),  # taps wholly in the padding at the corners
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[f"n{c[0]}c{c[1]}o{c[2]}k{c[3]}s{c[4]}p{c[5]}d{c[6]}" for c in CASES])
+@pytest.mark.parametrize("resident", [True, False])
+def test_conv_as_implicit_gemm_matches_eager(case: tuple[Any, ...], resident: bool) -> None:
+    n, c, o, k, s, p, d, hw, bias, residual = case
+    torch.manual_seed(1)
+    model = Conv(c, o, k, s, p, d, bias, residual).eval()
+    x = torch.randn(n, c, hw, hw)
+    oh = (hw + 2 * p - d * (k - 1) - 1) // s + 1
+    r = torch.randn(n, o, oh, oh)
+    prog = _forced(model, (x, r), ("conv2d",), 8, resident)
+    torch.testing.assert_close(prog(x, r), model(x, r).detach(), rtol=1e-4, atol=1e-4)
+
+
+def test_im2col_runs_cover_the_block() -> None:
+    geo = Im2col(View.dense(0, (2, 3, 7, 5), DType.F32), 3, 7, 5, 3, 7, 5, (1, 1), (1, 1), (1, 1))
+    for n0, n in [(0, 70), (3, 29), (33, 4), (34, 36), (4, 1)]:
+        runs = geo.runs(n0, n)
+        assert sum(cnt for *_, cnt, _ in runs) == n
+        offs = [off for *_, off in runs]
+        assert offs == sorted(offs) and offs[0] == 0
+        for img, q, cnt, _ in runs:
+            assert 0 <= img < 2 and q + cnt <= 35
+            assert q % 5 + cnt <= 5 or (q % 5 == 0 and cnt % 5 == 0)  # within a row, or whole rows
+
+
+def test_resnet_sized_conv_takes_summa_with_resident_weights() -> None:
+    torch.manual_seed(0)
+    model = nn.Conv2d(256, 256, 3, padding=1).eval()
+    x = torch.randn(1, 256, 14, 14)
+    prog = dojoc.compile(model, (x,), machine="d1", precision="bf16")
+    assert prog.mapping is not None
+    om = prog.mapping.ops[0]
+    assert om.kernel == "summa" and om.resident and len(om.cores) == 354
