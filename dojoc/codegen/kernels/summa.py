@@ -189,7 +189,9 @@ def estimate(ctx: Ctx, p: Problem, spec: Spec, kc: int, resident: str | None = N
     tile = mx * (nx + xx)
     epi = vector_cycles(tile, 4, tile * 4, tile * eo, m) + spec.epilogue_cycles(mx, nx + xx, m) \
         + (vector_cycles(tile, 4, tile * 8, tile * 4, m) if p.bias is not None else 0)
-    stores = p.m * p.n * eo * way.cycles_per_byte + way.latency
+    # the epilogue's DRAM traffic: the residual tiles in, the result out (every core at once)
+    res = p.m * p.n * spec.res_src.itemsize if p.r is not None else 0
+    stores = (p.m * p.n * eo + res) * way.cycles_per_byte + way.latency * (2 if res else 1)
     total = fill + chunks * per + epi + stores
     bound = Bound.COMPUTE if per == mma else (Bound.DRAM if per == dram else Bound.LINK)
     return round(total), bound
