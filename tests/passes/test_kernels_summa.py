@@ -19,13 +19,14 @@ MESH = load_machine("mesh4x4")
 HOLED = load_machine("mesh4x4", ["disabled=[[1,2],[3,0]]"])  # rows 1 and 3 have a disabled core
 
 
-def _summa(fn: Any, args: tuple[torch.Tensor, ...], machine: Machine, precision: str, kc: int) -> dojoc.Program:
+def _summa(fn: Any, args: tuple[torch.Tensor, ...], machine: Machine, precision: str, kc: int,
+           buffers: int = 2) -> dojoc.Program:
     """Compile with the matmul forced onto the summa kernel by a mapping."""
     first = dojoc.compile(fn, args, machine=machine, precision=precision)
     assert first.mapping is not None
     op = next(o for o in first.mapping.ops if o.kernel in ("matmul", "summa"))
     mapping = {"ops": [{"op": op.op, "kernel": "summa", "cores": format_cores(range(machine.num_cores)),
-                        "split": {"rows": machine.mesh[0], "cols": machine.mesh[1]}, "tile": {"k": kc}}]}
+                        "split": {"rows": machine.mesh[0], "cols": machine.mesh[1]}, "tile": {"k": kc, "buffers": buffers}}]}
     prog = dojoc.compile(fn, args, machine=machine, precision=precision, mapping=mapping)
     assert prog.mapping is not None and any(o.kernel == "summa" for o in prog.mapping.ops)
     return prog
@@ -33,11 +34,19 @@ def _summa(fn: Any, args: tuple[torch.Tensor, ...], machine: Machine, precision:
 
 @pytest.mark.parametrize("machine", [MESH, HOLED], ids=["mesh4x4", "holed"])
 @pytest.mark.parametrize("m, k, n, kc", [(64, 96, 80, 32), (37, 100, 45, 24), (40, 8, 33, 8)])
-def test_summa_matches_eager_fp32(machine: Machine, m: int, k: int, n: int, kc: int) -> None:
+@pytest.mark.parametrize("buffers", [2, 3])
+def test_summa_matches_eager_fp32(machine: Machine, m: int, k: int, n: int, kc: int, buffers: int) -> None:
     torch.manual_seed(0)
     a, b = torch.randn(m, k), torch.randn(k, n)
-    prog = _summa(lambda x, y: x @ y, (a, b), machine, "fp32", kc)
+    prog = _summa(lambda x, y: x @ y, (a, b), machine, "fp32", kc, buffers)
     torch.testing.assert_close(prog(a, b), a @ b, rtol=1e-4, atol=1e-4)
+    assert prog.mapping is not None and prog.mapping.ops[0].tile_of("buffers") == buffers
+
+
+def test_three_buffers_need_three_cores_per_line() -> None:
+    a, b = torch.randn(16, 24), torch.randn(24, 16)
+    with pytest.raises(MappingError, match="tile buffers=3: this mesh takes 2 chunk buffers"):
+        _summa(lambda x, y: x @ y, (a, b), load_machine("mesh2x2"), "fp32", 8, 3)
 
 
 class Linear(nn.Module):

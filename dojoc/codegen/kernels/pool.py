@@ -197,26 +197,31 @@ def max_pool2d(ctx: Ctx, node: Node) -> None:
     geo = _geom(node, tuple(node.attrs["dilation"]))
     x = ctx.views[node.inputs[0]]
     vals, idxs = ctx.views[node.outputs[0]], ctx.views[node.outputs[1]]
+    # inference reads only the values: the indices are computed and stored when something reads them
+    indices = bool(ctx.users.get(node.outputs[1])) or node.outputs[1] in ctx.graph.outputs
     dt = x.dtype
     es, T, OW = dt.itemsize, len(geo.taps), geo.OW
     pad = -math.inf if dt.is_float else INT_LOWEST
     # tap t's flat input index per output position: [T, OH * OW] I32, a box of it per item
     table = ctx.weight(f"{node.name}_index", np.stack([geo.flat_index(kh, kw) for kh, kw in geo.taps]),
-                       DType.I32).reshape((T, geo.OH, OW))
-    assert table is not None
+                       DType.I32).reshape((T, geo.OH, OW)) if indices else None
     m = ctx.machine
-    per_out = T * es * (3 / m.simd_bytes + 1 / m.link_bytes_per_cycle)  # SIMD passes and tap DMA
-    items, cores = _items(ctx, node, x, [vals, idxs], geo.OH, OW, per_out, MAX_COLS // OW, OW * (3 * es + 5),
-                           OW * T * 4 + 3 * ALIGN, 5 * ALIGN)
+    passes = 3 if indices else 1  # vgt, vmax, vsel per tap, or vmax alone
+    per_out = T * es * (passes / m.simd_bytes + 1 / m.link_bytes_per_cycle)  # SIMD passes and tap DMA
+    outs = [vals, idxs] if indices else [vals]
+    items, cores = _items(ctx, node, x, outs, geo.OH, OW, per_out, MAX_COLS // OW,
+                          OW * (3 * es + (5 if indices else 0)), (OW * T * 4 if indices else 0) + 3 * ALIGN,
+                          5 * ALIGN)
     for core, (first, count) in zip(cores, split(len(items), len(cores)), strict=False):
         cc = ctx.core(core)
         pn, rn = max(i.pn for i in items[first:first + count]), max(i.rn for i in items[first:first + count])
         e = pn * rn * OW
         sram = ctx.sram[core]
-        best, idx = sram.alloc(e * es, f"{node.name} max tile"), sram.alloc(e * 4, f"{node.name} index tile")
-        gt = sram.alloc(e, f"{node.name} compare tile")
+        best = sram.alloc(e * es, f"{node.name} max tile")
         cur = (sram.alloc(e * es, f"{node.name} tap tile"), sram.alloc(e * es, f"{node.name} tap tile"))
-        rows_t = sram.alloc(T * rn * OW * 4, f"{node.name} tap index rows")
+        if indices:
+            idx, gt = sram.alloc(e * 4, f"{node.name} index tile"), sram.alloc(e, f"{node.name} compare tile")
+            rows_t = sram.alloc(T * rn * OW * 4, f"{node.name} tap index rows")
         pending, have = 0, None  # have: the output rows whose index rows are in SRAM
         with cc.op(node.name, node.source):
             for it in items[first:first + count]:
@@ -224,26 +229,31 @@ def max_pool2d(ctx: Ctx, node: Node) -> None:
                 taps = _Taps(cc, geo, it, cur, pad, dt)
                 cc.wait(SEM_STORE, pending)  # best and idx are about to be overwritten
                 n = taps.issue(0, best, SEM_LOAD)
-                if have != (it.r0, it.rn):
+                if table is not None and have != (it.r0, it.rn):
                     n += load_view(cc, table.slice(1, it.r0, it.r0 + it.rn), rows_t, SEM_LOAD)
                     have = (it.r0, it.rn)
                 taps.issue(1)
                 taps.issue(2)
                 cc.wait(SEM_LOAD, n)
                 tile = {"rows": it.pn, "cols": cols}
-                cc.emit("vmov", rd=cc.reg(R_D, idx), ra=cc.reg(R_A, rows_t), sd=cols * 4, sa=0, dt=DType.I32,
-                        bca="row", **tile)
+                if indices:
+                    cc.emit("vmov", rd=cc.reg(R_D, idx), ra=cc.reg(R_A, rows_t), sd=cols * 4, sa=0, dt=DType.I32,
+                            bca="row", **tile)
                 for t in range(1, T):
                     src = taps.ready(t)
-                    cc.emit("vgt", rd=cc.reg(R_D, gt), ra=cc.reg(R_A, src), rb=cc.reg(R_B, best), sd=cols,
-                            sa=cols * es, sb=cols * es, dt=dt, **tile)
+                    if indices:
+                        cc.emit("vgt", rd=cc.reg(R_D, gt), ra=cc.reg(R_A, src), rb=cc.reg(R_B, best), sd=cols,
+                                sa=cols * es, sb=cols * es, dt=dt, **tile)
                     cc.emit("vmax", rd=cc.reg(R_D, best), ra=cc.reg(R_A, best), rb=cc.reg(R_B, src), sd=cols * es,
                             sa=cols * es, sb=cols * es, dt=dt, **tile)
-                    cc.emit("vsel", rd=cc.reg(R_D, idx), rc=cc.reg(R_C, gt), ra=cc.reg(R_A, rows_t + t * cols * 4),
-                            rb=cc.reg(R_B, idx), sd=cols * 4, sc=cols, sa=0, sb=cols * 4, dt=DType.I32, **tile)
+                    if indices:
+                        cc.emit("vsel", rd=cc.reg(R_D, idx), rc=cc.reg(R_C, gt),
+                                ra=cc.reg(R_A, rows_t + t * cols * 4), rb=cc.reg(R_B, idx), sd=cols * 4, sc=cols,
+                                sa=0, sb=cols * 4, dt=DType.I32, **tile)
                     taps.issue(t + 2)
                 pending = store_view(cc, best, it.out_box(0), SEM_STORE)
-                pending += store_view(cc, idx, it.out_box(1), SEM_STORE)
+                if indices:
+                    pending += store_view(cc, idx, it.out_box(1), SEM_STORE)
             cc.wait(SEM_STORE, pending)
 
 

@@ -54,11 +54,13 @@ if False:  # typing only, without an import cycle
 KERNEL = "summa"
 # semaphores: the loader's DMAs and the multicast arrivals per buffer parity, the free signals, the
 # source-free semaphores of the loader's puts, the DMAs of the disabled core's slice, stores, bias/residual
-DMA_A, DMA_B, ARR_A, ARR_B = (0, 1), (2, 3), (4, 5), (6, 7)
-FREE_A, FREE_B = 8, 9
-SRC_A, SRC_B = (10, 11), (12, 13)
-DMA_X = (14, 15)
-STORE, AUX = 16, 17
+# (one per chunk buffer, up to MAX_DEPTH of them)
+DMA_A, DMA_B, ARR_A, ARR_B = (0, 1, 2), (3, 4, 5), (6, 7, 8), (9, 10, 11)
+FREE_A, FREE_B = 12, 13
+SRC_A, SRC_B = (14, 15, 16), (17, 18, 19)
+DMA_X = (20, 21, 22)
+STORE, AUX = 23, 24
+MAX_DEPTH = len(DMA_A)
 KC_CHOICES = (512, 384, 256, 192, 128, 96, 64, 32)
 
 
@@ -150,13 +152,21 @@ def eligible(ctx: Ctx, p: Problem, spec: Spec) -> bool:
             and p.m >= 8 * rows_n and p.n >= 8 * cols_n and p.k >= 8 and rows_n * cols_n > 1)
 
 
-def _scratch(g: Grid, spec: Spec, kc: int, p: Problem) -> int:
+def depths(g: Grid) -> list[int]:
+    """Legal numbers of chunk buffers: 2, and 3 when every mesh line has at least 3 cores (a core's free
+    signal for chunk t then cannot be taken for an earlier chunk's: the loader of chunk t + len(line) needs
+    every core done with chunk t + len(line) - depth, so len(line) >= depth keeps the counts in order)."""
+    shortest = min(len(line) for line in (*g.rows, *g.cols) if len(line) > 1) if g.cores else 0
+    return [d for d in range(2, MAX_DEPTH + 1) if d == 2 or shortest >= d]
+
+
+def _scratch(g: Grid, spec: Spec, kc: int, p: Problem, depth: int = 2) -> int:
     """Scratch bytes of one core (every core allocates the same, so buffers lie at the same addresses)."""
     e, eo, a = spec.op.itemsize, spec.out.itemsize, _aligned
     m, n, x = g.m_max, g.n_max, g.x_max
-    total = 2 * a(m * kc * e) + 2 * a(kc * n * e) + a(m * n * 4) + (a(m * n * eo) if spec.out is not F32 else 0)
+    total = depth * (a(m * kc * e) + a(kc * n * e)) + a(m * n * 4) + (a(m * n * eo) if spec.out is not F32 else 0)
     if x:
-        total += 2 * a(kc * x * e) + a(m * x * 4) + (a(m * x * eo) if spec.out is not F32 else 0)
+        total += depth * a(kc * x * e) + a(m * x * 4) + (a(m * x * eo) if spec.out is not F32 else 0)
     if p.bias is not None:
         total += a(n * 4) + a(x * 4)
     if p.row_bias is not None:
@@ -166,11 +176,13 @@ def _scratch(g: Grid, spec: Spec, kc: int, p: Problem) -> int:
     return total + 4 * ALIGN
 
 
-def estimate(ctx: Ctx, p: Problem, spec: Spec, kc: int, resident: str | None = None) -> tuple[int, Bound]:
+def estimate(ctx: Ctx, p: Problem, spec: Spec, kc: int, resident: str | None = None,
+             depth: int = 2) -> tuple[int, Bound]:
     """Predicted cycles and bound for K chunks of `kc`: per chunk the longest of a core's multiplies, the
     DRAM port's time for every row's A chunk and every column's B chunk (but a `resident` operand's, "a" or
     "b"), the busiest link out of the port's entry routers, and a core's ejection port taking both
-    multicasts; plus filling the pipeline (the first chunk's DMA and put) and the epilogue's stores."""
+    multicasts, and the way of a chunk (DMA and multicast) shared over the `depth` - 1 chunks it is issued
+    ahead; plus filling the pipeline (the first chunk's DMA and put) and the epilogue's stores."""
     m = ctx.machine
     g = grid(ctx, p.m, p.n)
     e, eo = spec.op.itemsize, spec.out.itemsize
@@ -182,10 +194,10 @@ def estimate(ctx: Ctx, p: Problem, spec: Spec, kc: int, resident: str | None = N
     dram = streamed * e * way.cycles_per_byte
     eject = (mx * kc + kc * nx) * e / m.eject_bytes_per_cycle
     link = _link_cycles(ctx, g, kc, e, resident)
-    # a chunk's DMA is issued one chunk before the others need it: its latency, the multicast's time and
-    # the hops to the far end of the line are hidden only behind a chunk's worth of work
+    # a chunk's DMA is issued depth - 1 chunks before the others need it: its latency, the multicast's time
+    # and the hops to the far end of the line are hidden only behind that many chunks of work
     fill = way.latency + max(mx * kc, kc * nx) * e / m.link_bytes_per_cycle + sum(m.mesh) * m.hop_latency
-    per = max(mma, dram, eject, link, fill)
+    per = max(mma, dram, eject, link, fill / (depth - 1))
     tile = mx * (nx + xx)
     epi = vector_cycles(tile, 4, tile * 4, tile * eo, m) + spec.epilogue_cycles(mx, nx + xx, m) \
         + (vector_cycles(tile, 4, tile * 8, tile * 4, m) if p.bias is not None else 0)
@@ -213,15 +225,17 @@ def _aligned(n: int) -> int:
     return -(-n // ALIGN) * ALIGN
 
 
-def _best_kc(ctx: Ctx, p: Problem, spec: Spec, resident: str | None) -> tuple[int, int, Bound] | None:
+def _best_kc(ctx: Ctx, p: Problem, spec: Spec, resident: str | None) -> tuple[int, int, int, Bound] | None:
+    """The K chunk and number of chunk buffers the cost model predicts fastest: (kc, depth, cycles, bound)."""
     g = grid(ctx, p.m, p.n)
-    best: tuple[int, int, Bound] | None = None
+    best: tuple[int, int, int, Bound] | None = None
     for kc in sorted({min(c, p.k) for c in KC_CHOICES}, reverse=True):
-        if _scratch(g, spec, kc, p) > ctx.scratch_bytes:
-            continue
-        cyc, bound = estimate(ctx, p, spec, kc, resident)
-        if best is None or cyc < best[1]:
-            best = (kc, cyc, bound)
+        for depth in depths(g):
+            if _scratch(g, spec, kc, p, depth) > ctx.scratch_bytes:
+                continue
+            cyc, bound = estimate(ctx, p, spec, kc, resident, depth)
+            if best is None or cyc < best[2]:
+                best = (kc, depth, cyc, bound)
     return best
 
 
@@ -243,13 +257,14 @@ def decide(ctx: Ctx, p: Problem, spec: Spec, other: Callable[[], int], weight: s
         fits = _best_kc(ctx, p, spec, weight)
         if fits is not None and resident_bytes(ctx, p, spec, fits[0], weight) <= budget:
             best, resident = fits, True
-    if given is None and (best is None or best[1] >= other()):
+    if given is None and (best is None or best[2] >= other()):
         return None
 
     def default() -> OpMapping:
         assert best is not None
-        return OpMapping("", KERNEL, g.cores, axes, (("m", g.m_max), ("n", g.n_max), ("k", best[0])), resident,
-                         predicted_cycles=best[1], bound=best[2])
+        return OpMapping("", KERNEL, g.cores, axes, (("m", g.m_max), ("n", g.n_max), ("k", best[0]),
+                                                     ("buffers", best[1])), resident,
+                         predicted_cycles=best[2], bound=best[3])
 
     def check(om: OpMapping) -> OpMapping:
         if tuple(om.cores) != g.cores:
@@ -258,15 +273,19 @@ def decide(ctx: Ctx, p: Problem, spec: Spec, other: Callable[[], int], weight: s
         if dict(om.split) != dict(axes):
             raise MappingError(f"op {om.key}: the summa kernel splits the output as the mesh does: split "
                                f"{{\"rows\": {len(g.rows)}, \"cols\": {len(g.cols)}}}")
-        kc = om.tile_of("k")
-        if kc is None or not 1 <= kc <= min(p.k, 4095) or _scratch(g, spec, kc, p) > ctx.scratch_bytes:
+        kc, depth = om.tile_of("k"), om.tile_of("buffers") or 2
+        if depth not in depths(g):
+            raise MappingError(f"op {om.key}: tile buffers={depth}: this mesh takes {' or '.join(map(str, depths(g)))} "
+                               "chunk buffers (3 needs at least 3 cores in every mesh row and column)")
+        if kc is None or not 1 <= kc <= min(p.k, 4095) or _scratch(g, spec, kc, p, depth) > ctx.scratch_bytes:
             raise MappingError(f"op {om.key}: tile k={kc}: a K chunk must be between 1 and {min(p.k, 4095)} and "
-                               f"its double buffers must fit the {ctx.scratch_bytes:,} bytes of SRAM scratch")
+                               f"its {depth} chunk buffers must fit the {ctx.scratch_bytes:,} bytes of SRAM scratch")
         if om.resident and weight is None:
             raise MappingError(f"op {om.key}: resident is true but neither operand is a weight (a parameter); "
                                "set resident to false")
-        cyc, bound = estimate(ctx, p, spec, kc, weight if om.resident else None)
-        return replace(om, tile=(("m", g.m_max), ("n", g.n_max), ("k", kc)), predicted_cycles=cyc, bound=bound)
+        cyc, bound = estimate(ctx, p, spec, kc, weight if om.resident else None, depth)
+        return replace(om, tile=(("m", g.m_max), ("n", g.n_max), ("k", kc), ("buffers", depth)),
+                       predicted_cycles=cyc, bound=bound)
 
     return ctx.decide(KERNEL, default, check)
 
@@ -275,8 +294,9 @@ class _Core:
     """The program of one core."""
 
     def __init__(self, ctx: Ctx, node: Node, p: Problem, spec: Spec, g: Grid, kc: int, core: int,
-                 resident: str | None) -> None:
+                 resident: str | None, depth: int) -> None:
         self.ctx, self.p, self.spec, self.g, self.kc, self.me = ctx, p, spec, g, kc, core
+        self.depth = depth
         self.cc: CoreCode = ctx.core(core)
         self.node, self.name, self.source = node, node.name, node.source
         name = node.name
@@ -289,13 +309,13 @@ class _Core:
         e, eo = spec.op.itemsize, spec.out.itemsize
         sram = ctx.sram[core]
         mm, nn, xx = g.m_max, g.n_max, g.x_max  # the same sizes on every core: the same addresses
-        self.abuf = [sram.alloc(mm * kc * e, f"{name} A chunk") for _ in range(2)]
-        self.bbuf = [sram.alloc(kc * nn * e, f"{name} B chunk") for _ in range(2)]
+        self.abuf = [sram.alloc(mm * kc * e, f"{name} A chunk") for _ in range(depth)]
+        self.bbuf = [sram.alloc(kc * nn * e, f"{name} B chunk") for _ in range(depth)]
         self.acc = sram.alloc(mm * nn * 4, f"{name} accumulator")
         self.out = sram.alloc(mm * nn * eo, f"{name} output tile") if spec.out is not F32 else self.acc
         self.xbuf: list[int] = []
         if xx:
-            self.xbuf = [sram.alloc(kc * xx * e, f"{name} B slice") for _ in range(2)]
+            self.xbuf = [sram.alloc(kc * xx * e, f"{name} B slice") for _ in range(depth)]
             self.xacc = sram.alloc(mm * xx * 4, f"{name} slice accumulator")
             self.xout = sram.alloc(mm * xx * eo, f"{name} slice output") if spec.out is not F32 else self.xacc
         self.bias = sram.alloc(nn * 4, f"{name} bias") if p.bias is not None else -1
@@ -304,7 +324,7 @@ class _Core:
         if p.r is not None:
             self.res = sram.alloc(mm * nn * spec.res_src.itemsize, f"{name} residual")
             self.res32 = sram.alloc(mm * nn * 4, f"{name} residual f32")
-        self.src_pending = {SRC_A[0]: 0, SRC_A[1]: 0, SRC_B[0]: 0, SRC_B[1]: 0}
+        self.src_pending = {sem: 0 for sem in (*SRC_A[:depth], *SRC_B[:depth])}
         self.keep: dict[tuple[str, int], int] = {}  # ("a" | "b" | "x", chunk) -> its resident copy
         if resident is not None:
             self._keep()
@@ -393,7 +413,7 @@ class _Core:
 
     def _addr(self, key: str, t: int, bufs: list[int]) -> int:
         """Where chunk t of an operand is on this core: its resident copy, or the chunk buffer."""
-        return self.keep.get((key, t), bufs[t % 2])
+        return self.keep.get((key, t), bufs[t % self.depth])
 
     def _put(self, src: int, addr: int, rows: int, nbytes: int, stride: int, cast: Cast, seml: int,
              semr: int) -> None:
@@ -407,15 +427,15 @@ class _Core:
         self.src_pending[sem] = 0
 
     def _prefetch(self, t: int, dmas: dict[tuple[str, int], int]) -> None:
-        """Issue chunk t's DMAs that this core makes, into buffer parity t % 2."""
-        q = t % 2
+        """Issue chunk t's DMAs that this core makes, into buffer t % depth."""
+        q = t % self.depth
         if self.me == self.la(t):
-            if t >= 2 and len(self.row) > 1:
-                self.cc.wait(FREE_A, len(self.row) - 1)  # the row is done with chunk t - 2
+            if t >= self.depth and len(self.row) > 1:
+                self.cc.wait(FREE_A, len(self.row) - 1)  # the row is done with chunk t - depth
             self._src_free(SRC_A[q])
             dmas[("a", t)] = 0 if ("a", t) in self.keep else self._dma(self._a_chunk(t, self.abuf[q]), DMA_A[q])
         if self.me == self.lb(t):
-            if t >= 2 and len(self.col) > 1:
+            if t >= self.depth and len(self.col) > 1:
                 self.cc.wait(FREE_B, len(self.col) - 1)
             self._src_free(SRC_B[q])
             dmas[("b", t)] = 0 if ("b", t) in self.keep else \
@@ -426,7 +446,7 @@ class _Core:
 
     def _publish(self, t: int, dmas: dict[tuple[str, int], int]) -> None:
         """As the loader of chunk t: wait for its DMA, multicast it to the row (A) or column (B)."""
-        q, e = t % 2, self.spec.op.itemsize
+        q, e = t % self.depth, self.spec.op.itemsize
         _, kl = self._chunk(t)
         if ("a", t) in dmas:
             self.cc.wait(DMA_A[q], dmas.pop(("a", t)))
@@ -447,10 +467,12 @@ class _Core:
         with cc.op(self.name, self.source):
             self._prefetch(0, dmas)
             self._publish(0, dmas)
+            for t in range(1, min(self.depth - 1, chunks)):  # the DMAs of the chunks after it, but one buffer
+                self._prefetch(t, dmas)
             for t in range(chunks):
-                q = t % 2
-                if t + 1 < chunks:
-                    self._prefetch(t + 1, dmas)
+                q = t % self.depth
+                if t + self.depth - 1 < chunks:
+                    self._prefetch(t + self.depth - 1, dmas)
                 if self.me != self.la(t):
                     cc.wait(ARR_A[q], 1)
                 if self.me != self.lb(t):
@@ -468,8 +490,8 @@ class _Core:
                 if self.nx:
                     cc.wait(DMA_X[q], dmas.pop(("x", t)))
                     self._mma(self.xacc, a, self._addr("x", t, self.xbuf), self.nx, 0, kl, t > 0)
-                if t + 2 < chunks:  # done with buffer q: tell the loaders that will refill it
-                    la, lb = self.la(t + 2), self.lb(t + 2)
+                if t + self.depth < chunks:  # done with buffer q: tell the loaders that will refill it
+                    la, lb = self.la(t + self.depth), self.lb(t + self.depth)
                     if la != self.me:
                         cc.emit("signal", rc=cc.reg(R_C, la), sem=FREE_A, cast=Cast.ONE)
                     if lb != self.me:
@@ -541,6 +563,6 @@ class _Core:
 def emit(ctx: Ctx, node: Node, p: Problem, spec: Spec, om: OpMapping, weight: str | None = None) -> None:
     """Emit the decided SUMMA matmul on every core of the mesh."""
     g = grid(ctx, p.m, p.n)
-    kc = int(om.tile_of("k") or 0)
+    kc, depth = int(om.tile_of("k") or 0), int(om.tile_of("buffers") or 2)
     for core in g.cores:
-        _Core(ctx, node, p, spec, g, kc, core, weight if om.resident else None).emit()
+        _Core(ctx, node, p, spec, g, kc, core, weight if om.resident else None, depth).emit()
