@@ -260,7 +260,7 @@ def _col_bias(s: _Scan, other: Value, src: Value) -> np.ndarray | None:
     if not shape or len(shape) > len(src.type.shape) or any(d != 1 for d in shape[:-1]) or shape[-1] != n:
         return None
     arr = _constant(s, other)
-    if arr is None or not np.issubdtype(arr.dtype, np.floating) or other.type.dtype != src.type.dtype:
+    if arr is None or not other.type.dtype.is_float or other.type.dtype != src.type.dtype:
         return None
     return np.ascontiguousarray(arr.reshape(n))
 

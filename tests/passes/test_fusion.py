@@ -3,6 +3,7 @@ code generation runs them there, and the ops left unfused say why (graph.fusion_
 
 import json
 
+import ml_dtypes
 import numpy as np
 import pytest
 import torch
@@ -129,6 +130,21 @@ def test_linear_bias_and_activation_fuse_into_matmul(case: str, machine: str) ->
             np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
         else:
             assert np.corrcoef(got.ravel(), want.ravel())[0, 1] >= 0.99
+
+
+def test_a_bf16_models_bias_fuses_too() -> None:
+    """Parameters of a bfloat16 module are bf16 arrays (not numpy floating): the bias still fuses."""
+    torch.manual_seed(0)
+    m = torch.nn.Sequential(torch.nn.Linear(24, 16), torch.nn.ReLU()).eval().to(torch.bfloat16)
+    x = torch.randn(5, 24).to(torch.bfloat16)
+    graph = fuse(fold_batch_norm(from_module(m, (x,))))
+    (mm,) = graph.find(Op.MATMUL)
+    assert mm.attrs["epilogue"][0] == ("bias",) and not graph.find(Op.ADD)
+    low = lower_graph(graph, load_machine("mesh2x2"), "bf16")
+    got = run(low.image, [x.float().numpy().astype(ml_dtypes.bfloat16)]).outputs[low.output_names[0]]
+    with torch.no_grad():
+        want = m(x).float().numpy()
+    assert np.corrcoef(np.asarray(got, dtype=np.float32).ravel(), want.ravel())[0, 1] >= 0.99
 
 
 class SharedBias(torch.nn.Module):
