@@ -190,14 +190,17 @@ def estimate(ctx: Ctx, p: Problem, spec: Spec, kc: int, resident: str | None = N
     way = port_path(m, g.cores)
     chunks = ceil(p.k / kc)
     mma = matmul_cycles(mx, nx, kc, spec.op, True, m) + (matmul_cycles(mx, xx, kc, spec.op, True, m) if xx else 0)
-    streamed = (p.m * kc if resident != "a" else 0) + (kc * p.n if resident != "b" else 0)
+    extra = sum(n for _, n in g.extra.values())  # B's columns that the cores beside a disabled one fetch again
+    streamed = (p.m * kc if resident != "a" else 0) + (kc * (p.n + extra) if resident != "b" else 0)
     dram = streamed * e * way.cycles_per_byte
     eject = (mx * kc + kc * nx) * e / m.eject_bytes_per_cycle
     link = _link_cycles(ctx, g, kc, e, resident)
     # a chunk's DMA is issued depth - 1 chunks before the others need it: its latency, the multicast's time
     # and the hops to the far end of the line are hidden only behind that many chunks of work
-    fill = way.latency + max(mx * kc, kc * nx) * e / m.link_bytes_per_cycle + sum(m.mesh) * m.hop_latency
-    per = max(mma, dram, eject, link, fill / (depth - 1))
+    way_t = way.latency + max(mx * kc, kc * nx) * e / m.link_bytes_per_cycle + sum(m.mesh) * m.hop_latency
+    per = max(mma, dram, eject, link, way_t / (depth - 1))
+    # the pipeline fills with the first depth - 1 chunks' DMAs at once, through the port
+    fill = way_t + (depth - 1) * dram
     tile = mx * (nx + xx)
     epi = vector_cycles(tile, 4, tile * 4, tile * eo, m) + spec.epilogue_cycles(mx, nx + xx, m) \
         + (vector_cycles(tile, 4, tile * 8, tile * 4, m) if p.bias is not None else 0)
@@ -473,17 +476,22 @@ class _Core:
                 q = t % self.depth
                 if t + self.depth - 1 < chunks:
                     self._prefetch(t + self.depth - 1, dmas)
+                # with 3 buffers, chunk t + 1's DMA left a chunk ago and the others are done with the buffer
+                # it goes to (t + 1 - depth): multicast it now, so it arrives behind chunk t's whole multiply
+                early = self.depth > 2
+                if early and t + 1 < chunks:
+                    self._publish(t + 1, dmas)
                 if self.me != self.la(t):
                     cc.wait(ARR_A[q], 1)
                 if self.me != self.lb(t):
                     cc.wait(ARR_B[q], 1)
                 _, kl = self._chunk(t)
-                publishes = ("a", t + 1) in dmas or ("b", t + 1) in dmas
-                # a loader multiplies in two halves and multicasts the next chunk between them
+                publishes = not early and (("a", t + 1) in dmas or ("b", t + 1) in dmas)
+                # with 2, a loader multiplies in two halves and multicasts the next chunk between them
                 half = max(8, kl // 2 // 8 * 8) if kl > 16 and publishes else kl
                 a, b = self._addr("a", t, self.abuf), self._addr("b", t, self.bbuf)
                 self._mma(self.acc, a, b, self.n, 0, half, t > 0)
-                if t + 1 < chunks:
+                if not early and t + 1 < chunks:
                     self._publish(t + 1, dmas)  # halfway: the next chunk reaches the others in time
                 if half < kl:
                     self._mma(self.acc, a, b, self.n, half, kl - half, True)
