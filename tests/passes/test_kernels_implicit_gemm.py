@@ -22,17 +22,18 @@ HOLED = load_machine("mesh4x4", ["disabled=[[1,2],[3,0]]"])  # rows 1 and 3 have
 
 
 def _forced(model: nn.Module, args: tuple[torch.Tensor, ...], kernels: tuple[str, ...], kc: int,
-            resident: bool) -> dojoc.Program:
+            resident: bool, waves: int = 1, buffers: int = 2) -> dojoc.Program:
     """Compile with the model's first matrix op forced onto summa (resident or not) by a mapping."""
     first = dojoc.compile(model, args, machine=HOLED, precision="fp32")
     assert first.mapping is not None
     op = next(o for o in first.mapping.ops if o.kernel in kernels)
     mapping = {"ops": [{"op": op.op, "kernel": "summa", "cores": format_cores(range(HOLED.num_cores)),
-                        "split": {"rows": 4, "cols": 4}, "tile": {"k": kc}, "resident": resident}]}
+                        "split": {"rows": 4, "cols": 4}, "tile": {"k": kc, "waves": waves, "buffers": buffers},
+                        "resident": resident}]}
     prog = dojoc.compile(model, args, machine=HOLED, precision="fp32", mapping=mapping)
     assert prog.mapping is not None
     om = next(o for o in prog.mapping.ops if o.op == op.op)
-    assert om.kernel == "summa" and om.resident is resident
+    assert om.kernel == "summa" and om.resident is resident and om.tile_of("waves") == waves
     return prog
 
 
@@ -54,6 +55,19 @@ class Fc(nn.Module):
 
     def forward(self, x: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
         return torch.relu(self.fc(x) + r)
+
+
+@pytest.mark.parametrize("waves, buffers", [(2, 2), (2, 3)])
+def test_summa_waves_match_eager(waves: int, buffers: int) -> None:
+    """Waves cut A's rows when B is the resident weight (a linear layer), B's columns when A is (a conv)."""
+    torch.manual_seed(0)
+    model, x, r = Fc().eval(), torch.randn(45, 40), torch.randn(45, 56)
+    prog = _forced(model, (x, r), ("matmul", "summa"), 8, True, waves, buffers)
+    torch.testing.assert_close(prog(x, r), model(x, r).detach(), rtol=1e-4, atol=1e-4)
+    conv = Conv(8, 40, 3, 1, 1, 1, True, True).eval()
+    xc, rc = torch.randn(2, 8, 9, 9), torch.randn(2, 40, 9, 9)
+    prog = _forced(conv, (xc, rc), ("conv2d",), 16, True, waves, buffers)
+    torch.testing.assert_close(prog(xc, rc), conv(xc, rc).detach(), rtol=1e-4, atol=1e-4)
 
 
 def test_summa_weight_resident_matches_and_reads_less() -> None:

@@ -20,13 +20,14 @@ HOLED = load_machine("mesh4x4", ["disabled=[[1,2],[3,0]]"])  # rows 1 and 3 have
 
 
 def _summa(fn: Any, args: tuple[torch.Tensor, ...], machine: Machine, precision: str, kc: int,
-           buffers: int = 2) -> dojoc.Program:
+           buffers: int = 2, waves: int = 1) -> dojoc.Program:
     """Compile with the matmul forced onto the summa kernel by a mapping."""
     first = dojoc.compile(fn, args, machine=machine, precision=precision)
     assert first.mapping is not None
     op = next(o for o in first.mapping.ops if o.kernel in ("matmul", "summa"))
     mapping = {"ops": [{"op": op.op, "kernel": "summa", "cores": format_cores(range(machine.num_cores)),
-                        "split": {"rows": machine.mesh[0], "cols": machine.mesh[1]}, "tile": {"k": kc, "buffers": buffers}}]}
+                        "split": {"rows": machine.mesh[0], "cols": machine.mesh[1]},
+                        "tile": {"k": kc, "buffers": buffers, "waves": waves}}]}
     prog = dojoc.compile(fn, args, machine=machine, precision=precision, mapping=mapping)
     assert prog.mapping is not None and any(o.kernel == "summa" for o in prog.mapping.ops)
     return prog
@@ -43,10 +44,14 @@ def test_summa_matches_eager_fp32(machine: Machine, m: int, k: int, n: int, kc: 
     assert prog.mapping is not None and prog.mapping.ops[0].tile_of("buffers") == buffers
 
 
-def test_three_buffers_need_three_cores_per_line() -> None:
+def test_buffers_and_waves_are_checked() -> None:
     a, b = torch.randn(16, 24), torch.randn(24, 16)
-    with pytest.raises(MappingError, match="tile buffers=3: this mesh takes 2 chunk buffers"):
-        _summa(lambda x, y: x @ y, (a, b), load_machine("mesh2x2"), "fp32", 8, 3)
+    prog = _summa(lambda x, y: x @ y, (a, b), load_machine("mesh2x2"), "fp32", 8, 3)  # lines of 2 cores
+    torch.testing.assert_close(prog(a, b), a @ b, rtol=1e-4, atol=1e-4)
+    with pytest.raises(MappingError, match="tile buffers=4: give 2 or 3 chunk buffers"):
+        _summa(lambda x, y: x @ y, (a, b), load_machine("mesh2x2"), "fp32", 8, 4)
+    with pytest.raises(MappingError, match="tile waves=2: give 1"):  # two inputs: no resident weight
+        _summa(lambda x, y: x @ y, (a, b), load_machine("mesh2x2"), "fp32", 8, 2, waves=2)
 
 
 class Linear(nn.Module):

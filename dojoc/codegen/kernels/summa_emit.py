@@ -1,0 +1,385 @@
+"""The per-core program of the SUMMA kernel (summa.py plans it; this emits it).
+
+A core runs `waves` x `chunks` steps. Step s is K chunk t = s % chunks of wave w = s // chunks; a wave is
+one sub-block of the core's output block, cut along the streamed operand's dimension (rows of A when B is
+the resident weight, columns of B when A is), so each streamed byte is still read from DRAM once, the
+resident chunks are multicast again from SRAM once per wave, and wave w's stores leave while wave w + 1
+multiplies (two output buffers alternate). With one wave and no weight, this is plain SUMMA.
+
+Step s uses chunk buffer s % depth on every core. The loader of chunk t in a line (`summa.loader`) DMAs
+it (or holds it resident) and multicasts it; a core done with a buffer signals the loader of step s + depth
+on that buffer's free semaphore. Free semaphores are per buffer, so a loader's wait for "done with step
+s - depth" can only take signals for that step: a signal for a later step on the same buffer (s - depth
++ k * depth, k >= 1) needs its sender to have had that step's data, multicast only after its own loader
+saw every core done with the step before on that buffer, so every signal of step s - depth was sent first.
+"""
+
+from __future__ import annotations
+
+from math import ceil
+from typing import TYPE_CHECKING
+
+from dojoc.codegen.builder import R_A, R_B, R_C, R_D, CoreCode
+from dojoc.codegen.context import Ctx, split
+from dojoc.codegen.epilogue import emit_pointwise
+from dojoc.codegen.kernels.im2col import Fill
+from dojoc.codegen.kernels.mxu import F32, Load, Spec, load_resident
+from dojoc.codegen.view import Transfer, View, transfers
+from dojoc.ir.epilogue import RESIDUAL_STEPS
+from dojoc.ir.graph import Node
+from isa.table import Cast
+
+if TYPE_CHECKING:
+    from dojoc.codegen.kernels.matmul import Problem
+    from dojoc.codegen.kernels.summa import Grid
+
+# semaphores, one per chunk buffer (up to MAX_DEPTH): the loader's DMAs, the multicast arrivals, the source
+# of the loader's puts free, the slice DMAs beside a disabled core, the buffers free again; the stores per
+# output buffer; the epilogue's bias and residual loads
+DMA_A, DMA_B, ARR_A, ARR_B = (0, 1, 2), (3, 4, 5), (6, 7, 8), (9, 10, 11)
+SRC_A, SRC_B, DMA_X = (12, 13, 14), (15, 16, 17), (18, 19, 20)
+FREE_A, FREE_B = (21, 22, 23), (24, 25, 26)
+STORE, AUX = (27, 28), 29
+MAX_DEPTH = len(DMA_A)
+
+
+def loader(line: tuple[int, ...], index: int, t: int) -> int:
+    """The core of a mesh row (or column) `line`, the index-th, that loads chunk t: rotating with t, and
+    staggered by the line's index, so the columns' B loaders of one chunk sit in different rows and their
+    DMAs enter the mesh through different routers of the DRAM port (not all through one row's links)."""
+    return line[(t + index) % len(line)]
+
+
+class CoreProgram:
+    """The program of one core."""
+
+    def __init__(self, ctx: Ctx, node: Node, p: Problem, spec: Spec, g: Grid, kc: int, core: int,
+                 resident: str | None, depth: int, waves: int) -> None:
+        self.ctx, self.p, self.spec, self.g, self.kc, self.me = ctx, p, spec, g, kc, core
+        self.depth, self.waves, self.resident = depth, waves, resident
+        self.chunks = ceil(p.k / kc)
+        self.cc: CoreCode = ctx.core(core)
+        self.node, self.name, self.source = node, node.name, node.source
+        r, c = ctx.machine.coords[core]
+        self.r, self.c = r, c
+        self.row, self.col = g.rows[r], g.cols[c]
+        (self.m0, self.m), (self.n0, self.n) = g.mblocks[r], g.nblocks[c]
+        self.x0, self.nx = g.extra.get(core, (0, 0))
+        # waves cut the rows when B stays resident, the columns when A does
+        self.by_rows = resident == "b"
+        e, eo, name = spec.op.itemsize, spec.out.itemsize, node.name
+        sram = ctx.sram[core]
+        mm, nn, xx = wave_block(g, resident, waves)  # the same sizes on every core: the same addresses
+        self.abuf = [sram.alloc(mm * kc * e, f"{name} A chunk") for _ in range(depth)]
+        self.bbuf = [sram.alloc(kc * nn * e, f"{name} B chunk") for _ in range(depth)]
+        self.direct = spec.out is F32
+        nout = 2 if waves > 1 else 1
+        self.acc = [sram.alloc(mm * nn * 4, f"{name} accumulator") for _ in range(nout if self.direct else 1)]
+        self.out = self.acc if self.direct else [sram.alloc(mm * nn * eo, f"{name} output tile") for _ in range(nout)]
+        self.xbuf: list[int] = []
+        if xx:
+            self.xbuf = [sram.alloc(kc * xx * e, f"{name} B slice") for _ in range(depth)]
+            self.xacc = [sram.alloc(mm * xx * 4, f"{name} slice accumulator")
+                         for _ in range(nout if self.direct else 1)]
+            self.xout = self.xacc if self.direct else [sram.alloc(mm * xx * eo, f"{name} slice output")
+                                                       for _ in range(nout)]
+        # the biases of the whole block (and slice), loaded once, while the first wave multiplies
+        self.bias = sram.alloc((g.n_max + xx) * 4, f"{name} bias") if p.bias is not None else -1
+        self.rbias = sram.alloc(g.m_max * 4, f"{name} row bias") if p.row_bias is not None else -1
+        self.bias_loads = 0
+        if p.r is not None:
+            self.res = sram.alloc(mm * max(nn, xx) * spec.res_src.itemsize, f"{name} residual")
+            self.res32 = sram.alloc(mm * max(nn, xx) * 4, f"{name} residual f32")
+        self.src_pending = {sem: 0 for sem in (*SRC_A[:depth], *SRC_B[:depth])}
+        self.stores = [0] * nout  # stores in flight per output buffer
+        self.keep: dict[tuple[str, int], int] = {}  # ("a" | "b" | "x", chunk) -> its resident copy
+        if resident is not None:
+            self._keep()
+
+    # -- the geometry of a step ----------------------------------------------------------------------
+    def wave(self, w: int) -> tuple[int, int, int, int]:
+        """(first row, rows, first column, columns) of this core's output in wave w."""
+        if self.waves == 1:
+            return self.m0, self.m, self.n0, self.n
+        if self.by_rows:
+            o, cnt = split(self.m, self.waves)[w]
+            return self.m0 + o, cnt, self.n0, self.n
+        o, cnt = split(self.n, self.waves)[w]
+        return self.m0, self.m, self.n0 + o, cnt
+
+    def x_in(self, w: int) -> bool:
+        """Whether this core's slice beside a disabled core is computed in wave w: every wave when the
+        waves cut rows, the first wave when they cut columns (the slice takes all of A's rows)."""
+        return bool(self.nx) and (self.by_rows or w == 0)
+
+    def la(self, t: int) -> int:
+        """The core of this row that loads and multicasts A's chunk t."""
+        return loader(self.row, self.r, t)
+
+    def lb(self, t: int) -> int:
+        """The core of this column that loads and multicasts B's chunk t."""
+        return loader(self.col, self.c, t)
+
+    def _chunk(self, t: int) -> tuple[int, int]:
+        k0 = t * self.kc
+        return k0, min(self.kc, self.p.k - k0)
+
+    def _a_chunk(self, t: int, m0: int, m: int, dst: int) -> list[Transfer]:
+        a, e = self.p.a[0], self.spec.op.itemsize
+        k0, kl = self._chunk(t)
+        return transfers(a.base + m0 * a.strides[0] + k0 * a.strides[1], dst,
+                         [(m, a.strides[0], self.kc * e), (kl, a.strides[1], e)], e)
+
+    def _b_chunk(self, t: int, n0: int, n: int, dst: int) -> tuple[list[Load], list[Fill]]:
+        """The DMAs (and zero fills) of B's chunk t, columns n0 .. n0 + n - 1, into a tile at `dst`: from
+        B's view, or a convolution's shifted input windows (im2col.py)."""
+        e = self.spec.op.itemsize
+        k0, kl = self._chunk(t)
+        if self.p.im2col is not None:
+            return self.p.im2col.chunk(k0, kl, n0, n, dst, n * e)
+        b = self.p.b[0]
+        return [Load(tr) for tr in transfers(b.base + k0 * b.strides[0] + n0 * b.strides[1], dst,
+                                             [(kl, b.strides[0], n * e), (n, b.strides[1], e)], e)], []
+
+    def _b_resident(self, t: int, n0: int, n: int, dst: int) -> list[Transfer]:
+        loads, fills = self._b_chunk(t, n0, n, dst)
+        assert not fills and all(ld.pads is None for ld in loads), "a resident B is a weight's plain view"
+        return [ld.t for ld in loads]
+
+    def _keep(self) -> None:
+        """Allocate and load, in the load phase, the resident weight chunks that this core multicasts (and,
+        beside a disabled core, its own slices of B); a chunk without room stays streamed."""
+        e, sram = self.spec.op.itemsize, self.ctx.sram[self.me]
+        loads: list[Transfer] = []
+        for t in range(self.chunks):
+            _, kl = self._chunk(t)
+            wanted: list[tuple[str, int, int, int]] = []  # (operand, bytes, first column, columns) of B
+            if self.resident == "a" and self.me == self.la(t):
+                wanted.append(("a", self.m * self.kc * e, 0, 0))
+            if self.resident == "b" and self.me == self.lb(t):
+                wanted.append(("b", kl * self.n * e, self.n0, self.n))
+            if self.resident == "b" and self.nx:
+                wanted.append(("x", kl * self.nx * e, self.x0, self.nx))
+            for key, nbytes, n0, n in wanted:
+                addr = sram.alloc_resident(nbytes)
+                if addr is not None:
+                    self.keep[(key, t)] = addr
+                    loads += self._a_chunk(t, self.m0, self.m, addr) if key == "a" \
+                        else self._b_resident(t, n0, n, addr)
+        load_resident(self.ctx, self.me, self.node, loads)
+
+    # -- loads and multicasts ------------------------------------------------------------------------
+    def _dma(self, ts: list[Transfer], sem: int) -> int:
+        for tr in ts:
+            self.cc.dma_load(tr, sem)
+        return len(ts)
+
+    def _dma_b(self, chunk: tuple[list[Load], list[Fill]], sem: int) -> int:
+        cc, dt = self.cc, self.spec.op
+        loads, fills = chunk
+        for f in fills:  # windows wholly in the padding
+            cc.emit("vfill", rd=cc.reg(R_D, f.dst), imm=0.0, rows=f.rows, cols=f.cols, sd=f.stride, dt=dt)
+        for ld in loads:
+            cc.dma_load(ld.t, sem, ld.pads, 0.0, dt if ld.pads else None)
+        return len(loads)
+
+    def _addr(self, key: str, s: int, bufs: list[int]) -> int:
+        """Where step s's chunk of an operand is on this core: its resident copy, or the chunk buffer."""
+        return self.keep.get((key, s % self.chunks), bufs[s % self.depth])
+
+    def _put(self, src: int, addr: int, rows: int, nbytes: int, stride: int, cast: Cast, seml: int,
+             semr: int) -> None:
+        cc = self.cc
+        self.src_pending[seml] += 1
+        cc.emit("put", rc=cc.reg(R_C, self.me), rd=cc.reg(R_D, addr), rs=cc.reg(R_A, src), rows=rows,
+                bytes=nbytes, ss=stride, ds=stride, cast=cast, seml=seml, semr=semr)
+
+    def _src_free(self, sem: int) -> None:
+        self.cc.wait(sem, self.src_pending[sem])
+        self.src_pending[sem] = 0
+
+    def _prefetch(self, s: int, dmas: dict[tuple[str, int], int]) -> None:
+        """Issue step s's DMAs that this core makes, into buffer s % depth."""
+        q, (w, t) = s % self.depth, divmod(s, self.chunks)
+        m0, m, n0, n = self.wave(w)
+        if self.me == self.la(t):
+            if s >= self.depth and len(self.row) > 1:
+                self.cc.wait(FREE_A[q], len(self.row) - 1)  # the row is done with step s - depth
+            self._src_free(SRC_A[q])
+            dmas[("a", s)] = 0 if ("a", t) in self.keep else \
+                self._dma(self._a_chunk(t, m0, m, self.abuf[q]), DMA_A[q])
+        if self.me == self.lb(t):
+            if s >= self.depth and len(self.col) > 1:
+                self.cc.wait(FREE_B[q], len(self.col) - 1)
+            self._src_free(SRC_B[q])
+            dmas[("b", s)] = 0 if ("b", t) in self.keep else \
+                self._dma_b(self._b_chunk(t, n0, n, self.bbuf[q]), DMA_B[q])
+        if self.x_in(w):
+            dmas[("x", s)] = 0 if ("x", t) in self.keep else \
+                self._dma_b(self._b_chunk(t, self.x0, self.nx, self.xbuf[q]), DMA_X[q])
+
+    def _publish(self, s: int, dmas: dict[tuple[str, int], int]) -> None:
+        """As the loader of step s's chunk: wait for its DMA, multicast it to the row (A) or column (B)."""
+        q, e, (w, t) = s % self.depth, self.spec.op.itemsize, divmod(s, self.chunks)
+        _, m, _, n = self.wave(w)
+        _, kl = self._chunk(t)
+        if ("a", s) in dmas:
+            self.cc.wait(DMA_A[q], dmas.pop(("a", s)))
+            if len(self.row) > 1:
+                self._put(self._addr("a", s, self.abuf), self.abuf[q], m, kl * e, self.kc * e, Cast.ROW,
+                          SRC_A[q], ARR_A[q])
+        if ("b", s) in dmas:
+            self.cc.wait(DMA_B[q], dmas.pop(("b", s)))
+            if len(self.col) > 1:
+                self._put(self._addr("b", s, self.bbuf), self.bbuf[q], kl, n * e, n * e, Cast.COL,
+                          SRC_B[q], ARR_B[q])
+
+    # -- the program ---------------------------------------------------------------------------------
+    def emit(self) -> None:
+        cc, depth, chunks = self.cc, self.depth, self.chunks
+        steps = self.waves * chunks
+        early = depth > 2
+        dmas: dict[tuple[str, int], int] = {}
+        with cc.op(self.name, self.source):
+            self._load_biases()
+            self._prefetch(0, dmas)
+            self._publish(0, dmas)
+            for s in range(1, min(depth - 1, steps)):  # the DMAs of the steps after it, but one buffer
+                self._prefetch(s, dmas)
+            for s in range(steps):
+                q, (w, t) = s % depth, divmod(s, chunks)
+                m0, m, n0, n = self.wave(w)
+                if s + depth - 1 < steps:
+                    self._prefetch(s + depth - 1, dmas)
+                # with 3 buffers, step s + 1's DMA left a step ago and the others are done with the buffer it
+                # goes to (s + 1 - depth): multicast it now, so it arrives behind step s's whole multiply
+                if early and s + 1 < steps:
+                    self._publish(s + 1, dmas)
+                if self.me != self.la(t):
+                    cc.wait(ARR_A[q], 1)
+                if self.me != self.lb(t):
+                    cc.wait(ARR_B[q], 1)
+                o = w % len(self.out)
+                if t == 0 and self.direct:
+                    self._stored(o)  # the accumulator is the output buffer: its previous stores have left
+                acc = self.acc[o if self.direct else 0]
+                _, kl = self._chunk(t)
+                publishes = not early and (("a", s + 1) in dmas or ("b", s + 1) in dmas)
+                # with 2 buffers, a loader multiplies in two halves and multicasts the next chunk between them
+                half = max(8, kl // 2 // 8 * 8) if kl > 16 and publishes else kl
+                a, b = self._addr("a", s, self.abuf), self._addr("b", s, self.bbuf)
+                self._mma(acc, a, b, m, n, 0, half, t > 0)
+                if not early and s + 1 < steps:
+                    self._publish(s + 1, dmas)  # halfway: the next chunk reaches the others in time
+                if half < kl:
+                    self._mma(acc, a, b, m, n, half, kl - half, True)
+                if self.x_in(w):
+                    cc.wait(DMA_X[q], dmas.pop(("x", s)))
+                    self._mma(self.xacc[o if self.direct else 0], a, self._addr("x", s, self.xbuf), m, self.nx, 0,
+                              kl, t > 0)
+                if s + depth < steps:  # done with buffer q: tell the loaders that will refill it
+                    la, lb = self.la((s + depth) % chunks), self.lb((s + depth) % chunks)
+                    if la != self.me:
+                        cc.emit("signal", rc=cc.reg(R_C, la), sem=FREE_A[q], cast=Cast.ONE)
+                    if lb != self.me:
+                        cc.emit("signal", rc=cc.reg(R_C, lb), sem=FREE_B[q], cast=Cast.ONE)
+                if t == chunks - 1:  # the wave's epilogue; its stores overlap the next wave
+                    if not self.direct:
+                        self._stored(o)
+                    self._epilogue(acc, self.out[o], m0, m, n0, n, o)
+                    if self.x_in(w):
+                        self._epilogue(self.xacc[o if self.direct else 0], self.xout[o], m0, m, self.x0, self.nx, o)
+            for o in range(len(self.out)):
+                self._stored(o)
+            for sem in self.src_pending:
+                self._src_free(sem)
+
+    def _load_biases(self) -> None:
+        """DMA the column biases of the block and the slice, and the row biases, into their buffers."""
+        p, ts = self.p, []
+        if p.bias is not None:
+            ts += transfers(p.bias.base + self.n0 * 4, self.bias, [(self.n, 4, 4)], 4)
+            if self.nx:
+                ts += transfers(p.bias.base + self.x0 * 4, self.bias + self.g.n_max * 4, [(self.nx, 4, 4)], 4)
+        if p.row_bias is not None:
+            ts += transfers(p.row_bias.base + self.m0 * 4, self.rbias, [(self.m, 4, 4)], 4)
+        self.bias_loads = self._dma(ts, AUX)
+
+    def _stored(self, o: int) -> None:
+        self.cc.wait(STORE[o], self.stores[o])
+        self.stores[o] = 0
+
+    def _mma(self, acc: int, abuf: int, bbuf: int, m: int, n: int, k0: int, kl: int, accumulate: bool) -> None:
+        cc, e = self.cc, self.spec.op.itemsize
+        cc.emit("mma", rd=cc.reg(R_D, acc), ra=cc.reg(R_A, abuf + k0 * e), rb=cc.reg(R_B, bbuf + k0 * n * e),
+                m=m, n=n, k=kl, sd=n * 4, sa=self.kc * e, sb=n * e, dt=self.spec.op, acc=int(accumulate))
+
+    def _epilogue(self, acc: int, out: int, m0: int, m: int, n0: int, n: int, o: int) -> None:
+        """Bias, residual, scaling and activation on the FP32 block [m0.., n0..], conversion, its stores
+        (counted on output buffer o's semaphore)."""
+        cc, spec, p = self.cc, self.spec, self.p
+        n4 = n * 4
+        cc.wait(AUX, self.bias_loads)  # the biases, the first time
+        self.bias_loads = 0
+        if p.row_bias is not None:  # a convolution's, per output channel (row), before the epilogue
+            cc.emit("vadd", rd=cc.reg(R_D, acc), ra=cc.reg(R_A, acc), rb=cc.reg(R_B, self.rbias + (m0 - self.m0) * 4),
+                    rows=m, cols=n, sd=n4, sa=n4, sb=4, dt=F32, bcb="col")
+        for step in spec.epilogue:
+            if step[0] == "bias":
+                # the block's columns, or the slice's after them
+                at = self.bias + ((n0 - self.n0) * 4 if n0 >= self.n0 and n0 < self.n0 + self.n
+                                  else self.g.n_max * 4)
+                cc.emit("vadd", rd=cc.reg(R_D, acc), ra=cc.reg(R_A, acc), rb=cc.reg(R_B, at), rows=m,
+                        cols=n, sd=n4, sa=n4, sb=0, dt=F32, bcb="row")
+            elif step[0] in RESIDUAL_STEPS:
+                self._residual(acc, m0, m, n0, n, "vsub" if step[0] == "sub_residual" else "vadd")
+            else:
+                emit_pointwise(cc, step, acc, m, n, n4, F32)
+        eo = spec.out.itemsize
+        if out != acc:
+            cc.emit("vcvt", rd=cc.reg(R_D, out), ra=cc.reg(R_A, acc), rows=m, cols=n, sd=n * eo, sa=n4,
+                    dtd=spec.out, dts=F32)
+        ts = [tr for v, c0, off, cnt in self._cols(p.o, n0, n)
+              for tr in transfers(out + off * eo, v.base + m0 * v.strides[0] + c0 * v.strides[1],
+                                  [(m, n * eo, v.strides[0]), (cnt, eo, v.strides[1])], eo)]
+        for tr in ts:
+            cc.dma_store(tr, STORE[o])
+        self.stores[o] += len(ts)
+
+    def _cols(self, views: list[View], n0: int, n: int) -> list[tuple[View, int, int, int]]:
+        """Columns n0 .. n0 + n - 1 of the output (or residual) as (view, its first column, offset in the
+        block, count): one view, or for a batched convolution one per image of `per_view` pixels each."""
+        if len(views) == 1:
+            return [(views[0], n0, 0, n)]
+        w, out, c = self.p.per_view, [], n0
+        while c < n0 + n:
+            count = min(w - c % w, n0 + n - c)
+            out.append((views[c // w], c % w, c - n0, count))
+            c += count
+        return out
+
+    def _residual(self, acc: int, m0: int, m: int, n0: int, n: int, mnemonic: str) -> None:
+        cc, er = self.cc, self.spec.res_src.itemsize
+        assert self.p.r is not None
+        ts = [tr for rv, c0, off, cnt in self._cols(self.p.r, n0, n)
+              for tr in transfers(rv.base + m0 * rv.strides[0] + c0 * rv.strides[1], self.res + off * er,
+                                  [(m, rv.strides[0], n * er), (cnt, rv.strides[1], er)], er)]
+        for tr in ts:
+            cc.dma_load(tr, AUX)
+        cc.wait(AUX, len(ts))
+        src = self.res
+        if self.spec.res_src is not F32:
+            cc.emit("vcvt", rd=cc.reg(R_D, self.res32), ra=cc.reg(R_A, self.res), rows=m, cols=n, sd=n * 4,
+                    sa=n * er, dtd=F32, dts=self.spec.res_src)
+            src = self.res32
+        cc.emit(mnemonic, rd=cc.reg(R_D, acc), ra=cc.reg(R_A, acc), rb=cc.reg(R_B, src), rows=m, cols=n,
+                sd=n * 4, sa=n * 4, sb=n * 4, dt=F32)
+
+
+def wave_block(g: Grid, resident: str | None, waves: int) -> tuple[int, int, int]:
+    """The largest (rows, columns, slice columns) of one wave's block on any core."""
+    if waves == 1:
+        return g.m_max, g.n_max, g.x_max
+    if resident == "b":
+        return ceil(g.m_max / waves), g.n_max, g.x_max
+    return g.m_max, ceil(g.n_max / waves), g.x_max
