@@ -289,7 +289,8 @@ def encode(
     element i of the C-order flattened array using word i.
     - CF8E4, CF8E5, CF16 (with `bias`): saturate to +-max finite on overflow (and for +-inf); a NaN raises
       FormatError; -0.0 and negative values that round to zero give the negative-zero code.
-    - BF16: RNE is float64 -> float32 (RNE) -> bfloat16 (RNE), exactly what ml_dtypes and torch do; NaN stays
+    - BF16: RNE is float64 -> float32 (RNE) -> bfloat16 (RNE), as torch does (and ml_dtypes before 0.7,
+      which now rounds float64 once); NaN stays
       NaN, overflow goes to inf. SR rounds the float32-rounded value by adding 16 random bits below the kept
       half and truncating.
     - F32: RNE from float64 (overflow to inf); SR between the float32 neighbours.
