@@ -49,6 +49,8 @@ if False:  # typing only, without an import cycle
 KERNEL = "summa"
 KC_CHOICES = (512, 384, 256, 192, 128, 96, 64, 32)
 MIN_BLOCK = 4  # rows and columns of a core's block, at least
+# chunk buffers: free semaphores are per buffer, so any line length takes each of these
+DEPTHS = tuple(range(2, MAX_DEPTH + 1))
 WAVES = (1, 2)  # more measured slower than the model predicts (docs/decisions.md)
 
 
@@ -131,11 +133,6 @@ def eligible(ctx: Ctx, p: Problem, spec: Spec) -> bool:
     return (mach.die == mach.mesh and len(ctx.builder.ids) == mach.num_cores and len(p.a) == 1
             and spec.a_src is spec.op and spec.b_src is spec.op and not spec.op.is_cfp
             and p.m >= MIN_BLOCK * rows_n and p.n >= MIN_BLOCK * cols_n and p.k >= 8 and rows_n * cols_n > 1)
-
-
-def depths(g: Grid) -> list[int]:
-    """Legal numbers of chunk buffers (free semaphores are per buffer, so any line length takes them)."""
-    return list(range(2, MAX_DEPTH + 1))
 
 
 def waves_for(g: Grid, resident: str | None) -> list[int]:
@@ -234,7 +231,7 @@ def _best_kc(ctx: Ctx, p: Problem, spec: Spec, resident: str | None) -> tuple[in
     g = grid(ctx, p.m, p.n)
     best: tuple[int, int, int, int, Bound] | None = None
     for kc in sorted({min(c, p.k) for c in KC_CHOICES}, reverse=True):
-        for depth in depths(g):
+        for depth in DEPTHS:
             for waves in waves_for(g, resident):
                 if _scratch(g, spec, kc, p, depth, resident, waves) > ctx.scratch_bytes:
                     continue
@@ -283,8 +280,8 @@ def decide(ctx: Ctx, p: Problem, spec: Spec, other: Callable[[], int], weight: s
             raise MappingError(f"op {om.key}: resident is true but neither operand is a weight (a parameter); "
                                "set resident to false")
         res = weight if om.resident else None
-        if depth not in depths(g):
-            raise MappingError(f"op {om.key}: tile buffers={depth}: give {' or '.join(map(str, depths(g)))} "
+        if depth not in DEPTHS:
+            raise MappingError(f"op {om.key}: tile buffers={depth}: give {' or '.join(map(str, DEPTHS))} "
                                "chunk buffers")
         if waves not in waves_for(g, res):
             legal = " or ".join(map(str, waves_for(g, res)))

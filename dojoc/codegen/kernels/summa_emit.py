@@ -286,9 +286,10 @@ class CoreProgram:
                 if t == chunks - 1:  # the wave's epilogue; its stores overlap the next wave
                     if not self.direct:
                         self._stored(o)
-                    self._epilogue(acc, self.out[o], m0, m, n0, n, o)
-                    if self.x_in(w):
-                        self._epilogue(self.xacc[o if self.direct else 0], self.xout[o], m0, m, self.x0, self.nx, o)
+                    self._epilogue(acc, self.out[o], m0, m, n0, n, o, self.bias + (n0 - self.n0) * 4)
+                    if self.x_in(w):  # the slice's biases follow the block's in the bias buffer
+                        self._epilogue(self.xacc[o if self.direct else 0], self.xout[o], m0, m, self.x0, self.nx, o,
+                                       self.bias + self.g.n_max * 4)
             for o in range(len(self.out)):
                 self._stored(o)
             for sem in self.src_pending:
@@ -314,9 +315,9 @@ class CoreProgram:
         cc.emit("mma", rd=cc.reg(R_D, acc), ra=cc.reg(R_A, abuf + k0 * e), rb=cc.reg(R_B, bbuf + k0 * n * e),
                 m=m, n=n, k=kl, sd=n * 4, sa=self.kc * e, sb=n * e, dt=self.spec.op, acc=int(accumulate))
 
-    def _epilogue(self, acc: int, out: int, m0: int, m: int, n0: int, n: int, o: int) -> None:
-        """Bias, residual, scaling and activation on the FP32 block [m0.., n0..], conversion, its stores
-        (counted on output buffer o's semaphore)."""
+    def _epilogue(self, acc: int, out: int, m0: int, m: int, n0: int, n: int, o: int, bias: int) -> None:
+        """Bias, residual, scaling and activation on the FP32 block [m0.., n0..] (its column biases at SRAM
+        `bias`), conversion, its stores (counted on output buffer o's semaphore)."""
         cc, spec, p = self.cc, self.spec, self.p
         n4 = n * 4
         cc.wait(AUX, self.bias_loads)  # the biases, the first time
@@ -326,10 +327,7 @@ class CoreProgram:
                     rows=m, cols=n, sd=n4, sa=n4, sb=4, dt=F32, bcb="col")
         for step in spec.epilogue:
             if step[0] == "bias":
-                # the block's columns, or the slice's after them
-                at = self.bias + ((n0 - self.n0) * 4 if n0 >= self.n0 and n0 < self.n0 + self.n
-                                  else self.g.n_max * 4)
-                cc.emit("vadd", rd=cc.reg(R_D, acc), ra=cc.reg(R_A, acc), rb=cc.reg(R_B, at), rows=m,
+                cc.emit("vadd", rd=cc.reg(R_D, acc), ra=cc.reg(R_A, acc), rb=cc.reg(R_B, bias), rows=m,
                         cols=n, sd=n4, sa=n4, sb=0, dt=F32, bcb="row")
             elif step[0] in RESIDUAL_STEPS:
                 self._residual(acc, m0, m, n0, n, "vsub" if step[0] == "sub_residual" else "vadd")
