@@ -127,6 +127,19 @@ def check_field(spec: InstrSpec, f: Field, value: Any) -> Any:
     raise AssertionError(f"{where}: unknown field kind {kind}")
 
 
+def _plan(spec: InstrSpec) -> tuple[frozenset[str], tuple[tuple[Field, bool, int, int], ...]]:
+    """Per spec, once: its field names and, per field, (field, integer-valued, low, high)."""
+    plan = _PLANS.get(spec.mnemonic)
+    if plan is None:
+        plan = _PLANS[spec.mnemonic] = (
+            frozenset(f.name for f in spec.fields),
+            tuple((f, f.kind in _INTS, *(field_range(f) if f.kind in _INTS else (0, 0))) for f in spec.fields))
+    return plan
+
+
+_PLANS: dict[str, tuple[frozenset[str], tuple[tuple[Field, bool, int, int], ...]]] = {}
+
+
 def make(mnemonic: str, **fields: Any) -> Instr:
     """Build an instruction by mnemonic and field values, filling defaults and checking every range.
 
@@ -136,20 +149,19 @@ def make(mnemonic: str, **fields: Any) -> Instr:
     spec = BY_MNEMONIC.get(mnemonic)
     if spec is None:
         raise EncodingError(f"unknown mnemonic {mnemonic!r}")
-    names = {f.name for f in spec.fields}
-    for name in fields:
-        if name not in names:
-            raise EncodingError(f"{mnemonic}: unknown field {name!r}; fields are "
-                                f"{', '.join(f.name for f in spec.fields) or '(none)'}")
+    names, plan = _plan(spec)
+    if not names.issuperset(fields):
+        name = next(n for n in fields if n not in names)
+        raise EncodingError(f"{mnemonic}: unknown field {name!r}; fields are "
+                            f"{', '.join(f.name for f in spec.fields) or '(none)'}")
     args = []
-    for f in spec.fields:
-        if f.name in fields:
-            value = fields[f.name]
-        elif f.default is not None:
-            value = f.default
-        else:
+    for f, integer, lo, hi in plan:
+        value = fields.get(f.name, f.default)
+        if value is None:
             raise EncodingError(f"{mnemonic}: missing field {f.name}")
-        args.append(check_field(spec, f, value))
+        # an in-range int needs no conversion: the common case, without check_field's call
+        args.append(value if integer and type(value) is int and lo <= value <= hi
+                    else check_field(spec, f, value))
     return Instr(spec, tuple(args))
 
 

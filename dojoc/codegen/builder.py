@@ -129,13 +129,23 @@ class ProgramBuilder:
 
     def build(self, tensors: tuple[Tensor, ...], signature: Signature) -> Image:
         """Halt every stream and merge identical streams into shared sections."""
-        groups: dict[bytes, list[int]] = {}
+        by_value: dict[tuple[tuple[Instr, ...], tuple[tuple[int, str, str], ...]], list[int]] = {}
         for c in self.cores.values():
             c.emit("halt")
-            key = encode_code(c.code) + repr(c.debug).encode()
-            groups.setdefault(key, []).append(c.core)
+            by_value.setdefault((tuple(c.code), tuple(c.debug)), []).append(c.core)
+        # equal values are equal streams but for F32 fields (0.0 == -0.0): cores merged by value are split
+        # again by their encoded words, which only such groups pay for
+        groups: list[list[int]] = []
+        for cores in by_value.values():
+            if len(cores) == 1:
+                groups.append(cores)
+                continue
+            words: dict[bytes, list[int]] = {}
+            for cid in cores:
+                words.setdefault(encode_code(self.cores[cid].code), []).append(cid)
+            groups += words.values()
         sections, debug = [], []
-        for i, cores in enumerate(groups.values()):
+        for i, cores in enumerate(groups):
             cc = self.cores[cores[0]]
             sections.append(CodeSection(f"s{i}" if len(cores) > 1 else f"core{cores[0]}", tuple(cores),
                                         tuple(cc.code)))

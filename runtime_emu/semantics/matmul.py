@@ -113,9 +113,12 @@ def exact_matmul(a: np.ndarray, b: np.ndarray, acc: np.ndarray | None = None,
     `bits`: the significant bits of a's and b's type when known (the accumulator is float32)."""
     k = a.shape[1]
     r = a @ b
-    total = np.abs(a) @ np.abs(b)
     if acc is not None:
         r += acc
+    if _exact_whole(a, b, acc, bits):
+        return r.astype(np.float32)
+    total = np.abs(a) @ np.abs(b)
+    if acc is not None:
         total += np.abs(acc)
     f = r.astype(np.float32)
     bound = total * ((k + 2) * _EPS)
@@ -135,6 +138,26 @@ def exact_matmul(a: np.ndarray, b: np.ndarray, acc: np.ndarray | None = None,
                 terms.append(float(acc[i, j]))
             f[i, j] = _exact_f32(terms)
     return f
+
+
+def _exact_whole(a: np.ndarray, b: np.ndarray, acc: np.ndarray | None,
+                 bits: tuple[int | None, int | None]) -> bool:
+    """Step 3 over the whole operation at once, with scalars: whether every partial sum of every element is
+    exact, because k * max|a| * max|b| (+ max|acc|) bounds every |A| @ |B| (+ |D|) and the smallest
+    operand exponents bound every element's q from below. The common case, in a few reductions; when it
+    fails, the per-element test and the midpoint check decide as before. Only for known significand widths
+    (a zero's frexp exponent, 0, only lowers the bound: never wrong)."""
+    pa, pb = bits
+    if pa is None or pb is None:
+        return False
+    top = a.shape[1] * float(np.abs(a).max()) * float(np.abs(b).max())
+    q = int(np.frexp(a)[1].min()) - pa + int(np.frexp(b)[1].min()) - pb
+    if acc is not None:
+        top += float(np.abs(acc).max())
+        q = min(q, int(np.frexp(acc)[1].min()) - _F32_BITS)
+    if not math.isfinite(top):
+        return False  # an inf or NaN operand (frexp gives them exponent 0): the careful path decides
+    return q + 53 > 1023 or top * (1.0 + 2.0**-30) < math.ldexp(1.0, max(q + 53, -1074))
 
 
 def _exact(a: np.ndarray, b: np.ndarray, acc: np.ndarray | None, total: np.ndarray,
@@ -165,9 +188,13 @@ def _mma(ins: Instr, emu: Emulator) -> Handler:
         av = sram.tile(regs[ra], m, k, sa, w, st, False, "mma A")
         bv = sram.tile(regs[rb], n, k, sb, w, st, False, "mma B") if tb else \
             sram.tile(regs[rb], k, n, sb, w, st, False, "mma B")
-        bias = regs[rbias] if cfp else 0
-        a64 = formats.decode(av, dt, (bias & 63) if cfp else 0)
-        b64 = formats.decode(bv, dt, ((bias >> 8) & 63) if cfp else 0)
+        if cfp:
+            bias = regs[rbias]
+            a64 = formats.decode(av, dt, bias & 63)
+            b64 = formats.decode(bv, dt, (bias >> 8) & 63)
+        else:  # BF16 and F32 widen exactly (what formats.decode does, without its per-call errstate)
+            a64 = av.astype(np.float64)
+            b64 = bv.astype(np.float64)
         if tb:
             b64 = b64.T
         dv = sram.tile(regs[rd], m, n, sd, 4, _F32, True, "mma D")

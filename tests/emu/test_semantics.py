@@ -20,7 +20,7 @@ from isa.asm import assemble
 from isa.dtypes import DType
 from isa.table import Round
 from runtime_emu import Emulator
-from runtime_emu.semantics.matmul import exact_matmul, low_bit_bound, low_bit_exponent
+from runtime_emu.semantics.matmul import _exact_whole, exact_matmul, low_bit_bound, low_bit_exponent
 
 BF16 = np.dtype(ml_dtypes.bfloat16)
 
@@ -346,6 +346,25 @@ def test_low_bit_bound_is_a_lower_bound_and_the_typed_result_is_the_same(dt: DTy
     acc = formats.quantize(rng.standard_normal((9, 11)), DType.F32)
     np.testing.assert_array_equal(exact_matmul(a, b, acc, (bits, bits)), exact_matmul(a, b, acc))
     np.testing.assert_array_equal(exact_matmul(a, b, None, (bits, bits)), exact_ref(a, b))
+
+
+@pytest.mark.parametrize("spread, whole", [(0, True), (60, False)])
+def test_the_whole_operation_test_takes_the_common_case_and_leaves_wide_ranges_to_the_careful_path(
+        spread: int, whole: bool) -> None:
+    rng = np.random.default_rng(17)
+    a = formats.quantize(rng.standard_normal((7, 32)) * 2.0 ** rng.integers(-spread, spread + 1, (7, 32)),
+                         DType.BF16)
+    b = formats.quantize(rng.standard_normal((32, 9)) * 0.02, DType.BF16)
+    acc = formats.quantize(rng.standard_normal((7, 9)), DType.F32)
+    a[0, :4] = 0.0  # zeros constrain nothing
+    assert _exact_whole(a, b, acc, (8, 8)) is whole
+    assert not _exact_whole(a, b, acc, (None, 8))  # unknown widths: never by the scalar test
+    np.testing.assert_array_equal(exact_matmul(a, b, acc, (8, 8)), exact_ref(a, b, acc))
+    bad = a.copy()
+    bad[1, 1] = np.inf
+    assert not _exact_whole(bad, b, acc, (8, 8))  # inf and NaN go the careful way
+    with np.errstate(invalid="ignore"):  # as the emulator runs it
+        np.testing.assert_array_equal(exact_matmul(bad, b, acc, (8, 8)), exact_matmul(bad, b, acc))
 
 
 # -- DMA and puts ---------------------------------------------------------------------------------
