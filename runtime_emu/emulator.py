@@ -32,7 +32,7 @@ from runtime_emu.core import BARRIER, HALTED, IDLE, READY, SYNC_UNIT, UNIT_INDEX
 from runtime_emu.dram import Dram, DramMemory
 from runtime_emu.errors import ImageError
 from runtime_emu.memory import Fault, Pending, Region
-from runtime_emu.noc import Network
+from runtime_emu.noc import RC, Network
 from runtime_emu.semantics.common import skip
 from runtime_emu.semantics.move import DMA, NET
 from runtime_emu.stats import LOAD_PHASE_BARRIER, CoreStats, PhaseCounters, RunStats
@@ -114,6 +114,8 @@ class Emulator:
         self._names = [[i.spec.mnemonic for i in sec.code] + ["(end)"] for sec in image.sections]
         self._ran = False
         self._cores: dict[int, Core] = {}
+        self._casts: dict[tuple[int, int, Cast], tuple[list[Core], list[RC]]] = {}
+        self._ncores = m.num_cores
         self._pkey = 0
         self.limit = 0
 
@@ -167,20 +169,27 @@ class Emulator:
             c = self._cores[cid] = Core(cid, (r, col), self, special)
         return c
 
-    def cast_targets(self, core: Core, target: int, cast: Cast) -> list[Core]:
-        """Destination cores of a put or signal: `target` itself, or its row or column except the sender."""
-        n = self.machine.num_cores
+    def cast_targets(self, core: Core, target: int, cast: Cast) -> tuple[list[Core], list[RC]]:
+        """Destination cores of a put or signal, and their routers: `target` itself, or its row or column
+        except the sender (cached per sender, target and cast: puts and signals repeat them)."""
+        key = (core.id, target, cast)
+        hit = self._casts.get(key)
+        if hit is not None:
+            return hit
+        n = self._ncores
         if not 0 <= target < n:
             raise Fault(TrapKind.BAD_OPERAND, f"core id {target} is not on the machine (cores 0..{n - 1})")
         if cast is Cast.ONE:
-            return [self.core(target)]
-        r, c = self.machine.coords[target]
-        line = self._lines[(cast.value, r if cast is Cast.ROW else c)]
-        out = [self.core(i) for i in line if i != core.id]
-        if not out:
-            raise Fault(TrapKind.BAD_OPERAND, f"{cast.name.lower()} multicast to core {target}'s "
-                                              f"{cast.name.lower()} reaches no core but the sender")
-        return out
+            out = [self.core(target)]
+        else:
+            r, c = self.machine.coords[target]
+            line = self._lines[(cast.value, r if cast is Cast.ROW else c)]
+            out = [self.core(i) for i in line if i != core.id]
+            if not out:
+                raise Fault(TrapKind.BAD_OPERAND, f"{cast.name.lower()} multicast to core {target}'s "
+                                                  f"{cast.name.lower()} reaches no core but the sender")
+        hit = self._casts[key] = (out, [(d.rc[0], d.rc[1]) for d in out])
+        return hit
 
     def dram_port(self, addr: int, counts: tuple[int, ...], strides: tuple[int, ...], esize: int,
                   what: str) -> int:
@@ -323,6 +332,7 @@ class Emulator:
         self.dram = Dram(m, self.network)
         self.trace: Trace | None = Trace(m) if self._trace_on else None
         self._cores = {}
+        self._casts = {}
         self._events: list[tuple[Any, ...]] = []
         self._ready: list[tuple[int, int]] = []
         self._barriers: dict[int, tuple[int, list[Core]]] = {}

@@ -70,6 +70,7 @@ class Network:
         self._paths: dict[tuple[RC, RC], tuple[_Hop, ...]] = {}
         self._trees: dict[tuple[RC, tuple[RC, ...]], _Tree] = {}
         self._depths: dict[tuple[int, int, int, int], int] = {}  # combining-tree depth per bounding box
+        self._durs: dict[int, tuple[int, int, int, int]] = {}  # link, d2d link, inject, eject cycles by size
 
     # -- routes -------------------------------------------------------------------------------
     def _check(self, rc: RC) -> None:
@@ -150,14 +151,19 @@ class Network:
         if not dsts:
             raise ValueError("a transfer needs at least one destination")
         m = self.machine
-        durs = (link_cycles(nbytes, m), link_cycles(nbytes, m, d2d=True))
+        durs = self._durs.get(nbytes)
+        if durs is None:
+            if len(self._durs) >= _CACHE_LIMIT:
+                self._durs.clear()
+            durs = self._durs[nbytes] = (link_cycles(nbytes, m), link_cycles(nbytes, m, d2d=True),
+                                         inject_cycles(nbytes, m), eject_cycles(nbytes, m))
         src = (src[0], src[1])
-        uniq = tuple(dict.fromkeys((d[0], d[1]) for d in dsts))
+        uniq = ((dsts[0][0], dsts[0][1]),) if len(dsts) == 1 else tuple(dict.fromkeys((d[0], d[1]) for d in dsts))
         if inject:
-            head, tail = self._port(self._inject, src, t, inject_cycles(nbytes, m), nbytes)
+            head, tail = self._port(self._inject, src, t, durs[2], nbytes)
         else:
             head, tail = t, -1
-        dur_out = eject_cycles(nbytes, m) if eject else -1
+        dur_out = durs[3] if eject else -1
         if len(uniq) == 1:
             return self._unicast(src, uniq[0], nbytes, head, tail, durs, dur_out)
         return self._multicast(src, uniq, nbytes, head, tail, durs, dur_out)
@@ -182,19 +188,11 @@ class Network:
         end = self._port(self._eject, dst, head, dur_out, nbytes)[1]
         return end if end > tail else tail
 
-    def _reserve(self, link: Link, start: int, dur: int, nbytes: int) -> None:
-        self._free[link] = start + dur
-        st = self._stats.get(link)
-        if st is None:
-            st = self._stats[link] = LinkStats()
-        st.bytes += nbytes
-        st.busy_cycles += dur
-
-    def _unicast(self, src: RC, dst: RC, nbytes: int, ready: int, inj_end: int, durs: tuple[int, int],
+    def _unicast(self, src: RC, dst: RC, nbytes: int, ready: int, inj_end: int, durs: tuple[int, int, int, int],
                  dur_out: int) -> Delivery:
         """`ready`: when the head may enter the first link (the injection port's start, or t without
         one); `inj_end`: when the tail has left the injection port, -1 without one."""
-        free = self._free
+        free, stats = self._free, self._stats
         last_end = ready  # the latest link end
         first_end = inj_end
         after_port = inj_end  # the port's tail, carried along the route by each hop's latency
@@ -203,8 +201,12 @@ class Network:
             f = free.get(link, 0)
             start = ready if ready >= f else f
             dur = durs[d2d]
-            end = start + dur
-            self._reserve(link, start, dur, nbytes)
+            end = free[link] = start + dur
+            st = stats.get(link)
+            if st is None:
+                st = stats[link] = LinkStats()
+            st.bytes += nbytes
+            st.busy_cycles += dur
             if first_end < 0:
                 first_end = end
             if end > last_end:
@@ -220,10 +222,10 @@ class Network:
         return Delivery(first_end if first_end >= 0 else ready, {dst: arrival})
 
     def _multicast(self, src: RC, dsts: tuple[RC, ...], nbytes: int, head: int, inj_end: int,
-                   durs: tuple[int, int], dur_out: int) -> Delivery:
+                   durs: tuple[int, int, int, int], dur_out: int) -> Delivery:
         """As `_unicast`, over the tree: each link once, parent first; one ejection per destination."""
         nodes, leaves = self._tree(src, dsts)
-        free = self._free
+        free, stats = self._free, self._stats
         n = len(nodes)
         ready = [0] * n  # when the head may enter a child of node j
         tail = [0] * n  # the latest link end on the route up to and including node j
@@ -233,8 +235,12 @@ class Network:
             f = free.get(link, 0)
             start = r if r >= f else f
             dur = durs[d2d]
-            end = start + dur
-            self._reserve(link, start, dur, nbytes)
+            end = free[link] = start + dur
+            st = stats.get(link)
+            if st is None:
+                st = stats[link] = LinkStats()
+            st.bytes += nbytes
+            st.busy_cycles += dur
             ready[j] = start + lat
             if parent < 0:
                 tail[j] = end

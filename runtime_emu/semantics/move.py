@@ -179,7 +179,7 @@ def _put(core: Core, ops: tuple[Any, ...], pc: int, t: int) -> int:
     rc, rd, rs, rows, nbytes, ss, ds, cast, seml, semr = ops
     emu = core.emu
     regs = core.regs
-    dsts = emu.cast_targets(core, regs[rc], cast)
+    dsts, rcs = emu.cast_targets(core, regs[rc], cast)
     src, dst = regs[rs], regs[rd]
     sregion = Region(src, (rows,), (ss,), nbytes)
     dregion = Region(dst, (rows,), (ds,), nbytes)
@@ -195,7 +195,7 @@ def _put(core: Core, ops: tuple[Any, ...], pc: int, t: int) -> int:
         core.sram.access(sregion, False, "put source")
         for c in dsts:
             c.sram.access(dregion, True, f"put destination on core {c.id}")
-    d = emu.network.send(core.rc, [c.rc for c in dsts], total, t)
+    d = emu.network.send(core.rc, rcs, total, t)
     if timing:
         emu.complete(d.source_free, core, seml, NET)
         for c in dsts:
@@ -222,8 +222,8 @@ def _put(core: Core, ops: tuple[Any, ...], pc: int, t: int) -> int:
 def _signal(core: Core, ops: tuple[int, int, Cast], pc: int, t: int) -> int:
     rc, sem, cast = ops
     emu = core.emu
-    dsts = emu.cast_targets(core, core.regs[rc], cast)
-    d = emu.network.send(core.rc, [c.rc for c in dsts], 0, t)
+    dsts, rcs = emu.cast_targets(core, core.regs[rc], cast)
+    d = emu.network.send(core.rc, rcs, 0, t)
     for c in dsts:
         arrival = d.arrivals[c.rc]
         emu.trace_transfer("signal", core.id, c.id, t, arrival, 0)
