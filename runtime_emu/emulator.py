@@ -99,7 +99,7 @@ class Emulator:
             write_weights(self.dram_mem, image)
         self._costs: dict[Instr, int] = {}
         # predecoded instructions (step, pure), shared by every core
-        self._steps: dict[tuple[Instr, int], tuple[Step, bool]] = {}
+        self._steps: dict[tuple[Any, ...], tuple[Step, bool]] = {}
         self._bases = [m.dram_base(i) for i in range(len(m.dram_ports))]
         self._lines: dict[tuple[int, int], list[int]] = {}
         for cid, (r, c) in enumerate(m.coords):
@@ -107,6 +107,8 @@ class Emulator:
             self._lines.setdefault((Cast.COL.value, c), []).append(cid)
         self._programs: list[list[Step]] = []
         self._pure: list[list[bool]] = []  # per pc: the instruction touches nothing another core sees
+        # the pcs of each section's mma instructions, for the flop count
+        self._mmas = [[pc for pc, i in enumerate(sec.code) if i.spec.semantics == "mma"] for sec in image.sections]
         for sec in image.sections:
             steps, pure = self._predecode(sec.code)
             self._programs.append(steps)
@@ -137,7 +139,8 @@ class Emulator:
             # a step depends only on the instruction, and for a branch on the stream's length (its target
             # is checked against it); handlers keep no core's state, so cores whose streams repeat each
             # other's instructions share their decode
-            key = (ins, n if ins.spec.mnemonic in _BRANCHES else 0)
+            spec = ins.spec  # keyed by the spec (an identity) and the argument tuple: hashed and compared in C
+            key = (spec, ins.args, n if spec.mnemonic in _BRANCHES else 0)
             entry = seen.get(key)
             if entry is None:
                 handler, ops = semantics.prepare(ins, self, n)
@@ -545,14 +548,16 @@ class Emulator:
         return PhaseCounters(
             instructions=sum(c.instructions for c in self._cores.values()),
             dram_bytes=sum(p.bytes_read + p.bytes_written for p in self.dram.port_stats().values()),
-            noc_bytes=sum(link.bytes for link in self.network.link_stats().values()))
+            noc_bytes=self.network.link_bytes())
 
     def _flops(self) -> int:
         """2 x the multiply-accumulates of the mma instructions executed (at their unpadded shapes)."""
         total = 0
-        for sec, counts in zip(self.image.sections, self._counts, strict=True):
-            for ins, n in zip(sec.code, counts, strict=False):
-                if n and ins.spec.semantics == "mma":
+        for sec, counts, mmas in zip(self.image.sections, self._counts, self._mmas, strict=True):
+            for pc in mmas:
+                n = counts[pc]
+                if n:
+                    ins = sec.code[pc]
                     total += 2 * n * ins["m"] * ins["n"] * ins["k"]
         return total
 

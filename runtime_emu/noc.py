@@ -33,9 +33,9 @@ __all__ = ["RC", "Link", "RouterPort", "Delivery", "Network"]
 
 _CACHE_LIMIT = 1 << 16  # cached multicast trees (paths are cached without limit: one per pair used)
 
-# One link of a cached path or tree: (link, crosses a die edge, hop latency after it, parent index).
-_Hop = tuple[Link, bool, int]
-_Node = tuple[Link, bool, int, int]
+# One link of a cached path or tree: (link id, crosses a die edge, hop latency after it, parent index).
+_Hop = tuple[int, bool, int]
+_Node = tuple[int, bool, int, int]
 # (links parent-first, (dst, last link index, the route's total hop latency))
 _Tree = tuple[tuple[_Node, ...], tuple[tuple[RC, int, int], ...]]
 
@@ -63,10 +63,15 @@ class Network:
     def __init__(self, machine: Machine) -> None:
         self.machine = machine
         self._rows, self._cols = machine.mesh
-        self._free: dict[Link, int] = {}
+        # links by id, in the order first used: when each is next free, its bytes and reserved cycles (flat
+        # lists: a transfer's walk indexes them instead of hashing links)
+        self._ids: dict[Link, int] = {}
+        self._links: list[Link] = []
+        self._lfree: list[int] = []
+        self._lbytes: list[int] = []
+        self._lbusy: list[int] = []
         self._inject = _Port("inject")  # core -> router, one per router
         self._eject = _Port("eject")  # router -> core
-        self._stats: dict[Link, LinkStats] = {}
         self._paths: dict[tuple[RC, RC], tuple[_Hop, ...]] = {}
         self._trees: dict[tuple[RC, tuple[RC, ...]], _Tree] = {}
         self._depths: dict[tuple[int, int, int, int], int] = {}  # combining-tree depth per bounding box
@@ -92,21 +97,31 @@ class Network:
             while c != tc:  # X first, in the source row
                 a, c = (r, c), c + step
                 d2d = m.crosses_die(a, (r, c))
-                out.append(((a, (r, c)), d2d, m.d2d_latency if d2d else m.hop_latency))
+                out.append((self._link_id((a, (r, c))), d2d, m.d2d_latency if d2d else m.hop_latency))
             step = 1 if tr > r else -1
             while r != tr:  # then Y, in the destination column
                 a, r = (r, c), r + step
                 d2d = m.crosses_die(a, (r, c))
-                out.append(((a, (r, c)), d2d, m.d2d_latency if d2d else m.hop_latency))
+                out.append((self._link_id((a, (r, c))), d2d, m.d2d_latency if d2d else m.hop_latency))
             hops = self._paths[key] = tuple(out)
         return hops
+
+    def _link_id(self, link: Link) -> int:
+        i = self._ids.get(link)
+        if i is None:
+            i = self._ids[link] = len(self._links)
+            self._links.append(link)
+            self._lfree.append(0)
+            self._lbytes.append(0)
+            self._lbusy.append(0)
+        return i
 
     def xy_path(self, src: RC, dst: RC) -> list[Link]:
         """The dimension-ordered route: along the source row to the destination column, then along it.
 
         Disabled cores' routers forward like any other; an empty list when src == dst.
         """
-        return [h[0] for h in self._path((src[0], src[1]), (dst[0], dst[1]))]
+        return [self._links[h[0]] for h in self._path((src[0], src[1]), (dst[0], dst[1]))]
 
     def path_latency(self, src: RC, dst: RC) -> int:
         """Sum of the hop latencies along the XY route (what a head pays with no contention)."""
@@ -117,7 +132,7 @@ class Network:
         key = (src, dsts)
         tree = self._trees.get(key)
         if tree is None:
-            index: dict[Link, int] = {}
+            index: dict[int, int] = {}
             nodes: list[_Node] = []
             leaves: list[tuple[RC, int, int]] = []
             for dst in dsts:
@@ -192,21 +207,18 @@ class Network:
                  dur_out: int) -> Delivery:
         """`ready`: when the head may enter the first link (the injection port's start, or t without
         one); `inj_end`: when the tail has left the injection port, -1 without one."""
-        free, stats = self._free, self._stats
+        free, lbytes, lbusy = self._lfree, self._lbytes, self._lbusy
         last_end = ready  # the latest link end
         first_end = inj_end
         after_port = inj_end  # the port's tail, carried along the route by each hop's latency
         lat = 0
         for link, d2d, lat in self._path(src, dst):
-            f = free.get(link, 0)
+            f = free[link]
             start = ready if ready >= f else f
             dur = durs[d2d]
             end = free[link] = start + dur
-            st = stats.get(link)
-            if st is None:
-                st = stats[link] = LinkStats()
-            st.bytes += nbytes
-            st.busy_cycles += dur
+            lbytes[link] += nbytes
+            lbusy[link] += dur
             if first_end < 0:
                 first_end = end
             if end > last_end:
@@ -225,22 +237,19 @@ class Network:
                    durs: tuple[int, int, int, int], dur_out: int) -> Delivery:
         """As `_unicast`, over the tree: each link once, parent first; one ejection per destination."""
         nodes, leaves = self._tree(src, dsts)
-        free, stats = self._free, self._stats
+        free, lbytes, lbusy = self._lfree, self._lbytes, self._lbusy
         n = len(nodes)
         ready = [0] * n  # when the head may enter a child of node j
         tail = [0] * n  # the latest link end on the route up to and including node j
         source_free = inj_end
         for j, (link, d2d, lat, parent) in enumerate(nodes):
             r = head if parent < 0 else ready[parent]
-            f = free.get(link, 0)
+            f = free[link]
             start = r if r >= f else f
             dur = durs[d2d]
             end = free[link] = start + dur
-            st = stats.get(link)
-            if st is None:
-                st = stats[link] = LinkStats()
-            st.bytes += nbytes
-            st.busy_cycles += dur
+            lbytes[link] += nbytes
+            lbusy[link] += dur
             ready[j] = start + lat
             if parent < 0:
                 tail[j] = end
@@ -280,11 +289,17 @@ class Network:
     # -- state --------------------------------------------------------------------------------
     def link_free(self, link: Link) -> int:
         """The cycle at which `link` is next free (0 when never used)."""
-        return self._free.get(link, 0)
+        i = self._ids.get(link)
+        return 0 if i is None else self._lfree[i]
 
     def link_stats(self) -> dict[Link, LinkStats]:
-        """Bytes and busy cycles of every link used so far (the live objects, updated by later sends)."""
-        return self._stats
+        """Bytes and busy cycles of every link used so far (a snapshot: later sends do not change it)."""
+        return {link: LinkStats(b, c) for link, b, c in zip(self._links, self._lbytes, self._lbusy, strict=True)
+                if c}
+
+    def link_bytes(self) -> int:
+        """Bytes carried so far over all links (noc bytes)."""
+        return sum(self._lbytes)
 
     def port_stats(self) -> dict[RouterPort, LinkStats]:
         """Bytes and busy cycles of every router port used so far, keyed ((row, col), "inject" or "eject").
