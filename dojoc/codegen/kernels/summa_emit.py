@@ -202,15 +202,14 @@ class CoreProgram:
         """Issue step s's DMAs that this core makes, into buffer s % depth."""
         q, (w, t) = s % self.depth, divmod(s, self.chunks)
         m0, m, n0, n = self.wave(w)
+        # the DMA goes into this core's own buffer q: done with it since step s - depth (streams run in
+        # order) once its last multicast from there has left; the others' buffers q are waited for only at
+        # the multicast (`_publish`), so a loader does not stall on the slowest core of its line here
         if self.me == self.la(t):
-            if s >= self.depth and len(self.row) > 1:
-                self.cc.wait(FREE_A[q], len(self.row) - 1)  # the row is done with step s - depth
             self._src_free(SRC_A[q])
             dmas[("a", s)] = 0 if ("a", t) in self.keep else \
                 self._dma(self._a_chunk(t, m0, m, self.abuf[q]), DMA_A[q])
         if self.me == self.lb(t):
-            if s >= self.depth and len(self.col) > 1:
-                self.cc.wait(FREE_B[q], len(self.col) - 1)
             self._src_free(SRC_B[q])
             dmas[("b", s)] = 0 if ("b", t) in self.keep else \
                 self._dma_b(self._b_chunk(t, n0, n, self.bbuf[q]), DMA_B[q])
@@ -226,11 +225,15 @@ class CoreProgram:
         if ("a", s) in dmas:
             self.cc.wait(DMA_A[q], dmas.pop(("a", s)))
             if len(self.row) > 1:
+                if s >= self.depth:
+                    self.cc.wait(FREE_A[q], len(self.row) - 1)  # the row is done with step s - depth
                 self._put(self._addr("a", s, self.abuf), self.abuf[q], m, kl * e, self.kc * e, Cast.ROW,
                           SRC_A[q], ARR_A[q])
         if ("b", s) in dmas:
             self.cc.wait(DMA_B[q], dmas.pop(("b", s)))
             if len(self.col) > 1:
+                if s >= self.depth:
+                    self.cc.wait(FREE_B[q], len(self.col) - 1)  # the column is done with step s - depth
                 self._put(self._addr("b", s, self.bbuf), self.bbuf[q], kl, n * e, n * e, Cast.COL,
                           SRC_B[q], ARR_B[q])
 
