@@ -98,11 +98,35 @@ def asm(source: Path, output: Path | None, machine: str | None, overrides: tuple
 
 @cli.command()
 @click.argument("objfile", type=click.Path(path_type=Path))
-def disasm(objfile: Path) -> None:
-    """Print the assembly of an object file (it assembles back to the same bytes)."""
-    from isa.disasm import disassemble
+@click.option("-o", "--output", type=click.Path(path_type=Path), default=None,
+              help="write DIR/program.s with the weight data files (and machine TOML) it refers to")
+def disasm(objfile: Path, output: Path | None) -> None:
+    """Print the assembly of an object file, or with -o DIR write it with its data files, so that
+    `dojoc asm DIR/program.s` gives back the same bytes."""
+    from dojoc.program import write_dir_atomic
+    from isa.disasm import disassemble, write_data_files
 
-    click.echo(disassemble(_load_image(objfile)), nl=False)
+    image = _load_image(objfile)
+    text = disassemble(image)
+    if output is None:
+        if any(t.data is not None for t in image.tensors):
+            # the file= names below exist only once written: say so instead of pointing at nothing
+            click.echo(f"; weight data is inside {objfile}: `dojoc disasm {objfile} -o DIR` writes "
+                       "DIR/program.s with the data files its file= names refer to")
+        click.echo(text, nl=False)
+        return
+    taken = output.exists() and (not output.is_dir() or (any(output.iterdir())
+                                                         and not (output / "program.s").is_file()))
+    if taken:
+        raise DojocError(f"refusing to write into {output}: it exists and is not an empty folder or a "
+                         "disassembly folder; name a new folder")
+
+    def write(tmp: Path) -> None:
+        (tmp / "program.s").write_text(text)
+        write_data_files(image, tmp)
+
+    write_dir_atomic(output, write)
+    click.echo(f"wrote {output / 'program.s'} and its data files")
 
 
 def _load_image(path: Path) -> Any:

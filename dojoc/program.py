@@ -27,6 +27,7 @@ from dojoc.errors import DojocError, InputError
 from dojoc.ir import Graph, IRDType
 from dojoc.report import Report
 from isa.disasm import disassemble, write_data_files
+from isa.files import umask_mode
 from isa.objfile import save_object
 
 _TORCH = {IRDType.F32: torch.float32, IRDType.BF16: torch.bfloat16, IRDType.I32: torch.int32,
@@ -262,6 +263,7 @@ def write_dir_atomic(target: Path, write: Any) -> None:
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=parent))
     old: Path | None = None
     try:
+        os.chmod(tmp, umask_mode(directory=True))
         write(tmp)
         if target.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old.", dir=parent))

@@ -95,6 +95,16 @@ class _Assembler:
         self.cur: _Section | None = None
 
     # -- machine ----------------------------------------------------------------------------
+    def _data_path(self, file: str, tok: Token) -> Path:
+        """`file` inside the assembly's folder (subfolders included); a path that leaves it (`../`, an
+        absolute path elsewhere, a symbolic link out) is refused, so assembly only reads what it ships with."""
+        base = self.base_dir.resolve()
+        path = (self.base_dir / file).resolve()
+        if path != base and base not in path.parents:
+            raise _Err(f"weight file {file!r} is outside the assembly's folder {base}: data files are read only "
+                       "from that folder and its subfolders; copy the file there", tok)
+        return path
+
     def get_machine(self) -> Machine:
         if self.machine is None:
             self.machine = self.machine_arg or load_machine("d1")
@@ -176,14 +186,15 @@ class _Assembler:
             ftok, file = options["file"]
             if kind is not TensorKind.WEIGHT:
                 raise _Err(f"only weight tensors take file= (tensor {name} is {kind.value})", ftok)
-            path = self.base_dir / file
+            path = self._data_path(file, ftok)
             try:
-                data = path.read_bytes()
+                size = path.stat().st_size  # before reading: a file of the wrong size is never loaded
+                if size == tensor.nbytes:
+                    data = path.read_bytes()
             except OSError as e:
                 raise _Err(f"cannot read weight file {path}: {e.strerror or e}", ftok) from None
-            if len(data) != tensor.nbytes:
-                raise _Err(f"weight file {path} has {len(data)} bytes; tensor {name} needs {tensor.nbytes}",
-                           ftok)
+            if data is None or len(data) != tensor.nbytes:
+                raise _Err(f"weight file {path} has {size} bytes; tensor {name} needs {tensor.nbytes}", ftok)
             if "sha256" in options:
                 stok, want = options["sha256"]
                 got = hashlib.sha256(data).hexdigest()

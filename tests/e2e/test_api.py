@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
+import stat
 from pathlib import Path
 
 import pytest
@@ -155,6 +157,20 @@ def test_save_before_and_after_run(compiled: tuple[torch.nn.Module, torch.Tensor
     assert Report.from_dict(data) == prog.report
     prog.save(out)  # replacing a program folder is fine
     assert not [p for p in (tmp_path / "sub").iterdir() if p.name != "prog"]  # no temporary folders left
+
+
+@pytest.mark.parametrize("mask", [0o022, 0o077])
+def test_saved_files_take_the_users_umask(compiled: tuple[torch.nn.Module, torch.Tensor, dojoc.Program],
+                                          tmp_path: Path, mask: int) -> None:
+    _, _, prog = compiled
+    old = os.umask(mask)
+    try:
+        out = prog.save(tmp_path / "prog")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o777 & ~mask  # as mkdir and open would make them
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in out.iterdir()}
+    assert modes and set(modes.values()) == {0o666 & ~mask}, modes
 
 
 def test_save_is_atomic(compiled: tuple[torch.nn.Module, torch.Tensor, dojoc.Program], tmp_path: Path,

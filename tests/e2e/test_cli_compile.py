@@ -182,3 +182,23 @@ def test_dump_edit_and_explain_a_mapping(target: Path, tmp_path: Path) -> None:
     res = invoke("compile", f"{target}:pair", "--machine", "mesh4x4", "-o", str(tmp_path / "c"),
                  "--mapping", str(edited))
     assert_one_error(res, "not valid JSON")
+
+
+@pytest.mark.parametrize("machine", ["mesh4x4", "mesh2x2 --set sram_bytes=1048576"])
+def test_disasm_to_a_folder_round_trips_a_compiled_program(target: Path, tmp_path: Path, machine: str) -> None:
+    out = tmp_path / "prog"
+    name, *sets = machine.split()
+    res = invoke("compile", f"{target}:pair", "--machine", name, *sets, "--precision", "fp32", "-o", str(out))
+    assert res.exit_code == 0, res.output
+    listing = invoke("disasm", str(out / "program.dobj"))
+    assert listing.exit_code == 0 and listing.stdout.startswith("; weight data is inside"), listing.output
+    res = invoke("disasm", str(out / "program.dobj"), "-o", str(tmp_path / "d"))  # elsewhere: data comes along
+    assert res.exit_code == 0, res.output
+    assert any(p.suffix == ".bin" for p in (tmp_path / "d").iterdir())
+    res = invoke("asm", str(tmp_path / "d" / "program.s"), "-o", str(tmp_path / "again.dobj"))
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "again.dobj").read_bytes() == (out / "program.dobj").read_bytes()
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep")
+    assert_one_error(invoke("disasm", str(out / "program.dobj"), "-o", str(tmp_path / "mine")), "refusing to write")
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep"

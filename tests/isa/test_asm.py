@@ -145,6 +145,22 @@ def test_weight_file_checks(src_dir: Path) -> None:
         assemble('.tensor w weight 0 f32 [2, 3] file="w.bin"\n', base_dir=src_dir)
 
 
+def test_weight_files_are_read_only_inside_the_assembly_folder(tmp_path: Path) -> None:
+    src = tmp_path / "prog"
+    (src / "data").mkdir(parents=True)
+    outside = tmp_path / "elsewhere.bin"
+    outside.write_bytes(WEIGHT)
+    (src / "data" / "w.bin").write_bytes(WEIGHT)
+    (src / "link.bin").symlink_to(outside)
+    line = '.tensor w weight 0 bf16 [2, 3] file="{}"\n'
+    image = assemble(line.format("data/w.bin"), base_dir=src)  # a subfolder is inside
+    assert image.tensors[0].data == WEIGHT
+    for name in ("../elsewhere.bin", str(outside), "link.bin", "data/../../elsewhere.bin"):
+        with pytest.raises(AsmError, match="outside the assembly's folder") as e:
+            assemble(line.format(name), base_dir=src)
+        assert "copy the file there" in str(e.value)
+
+
 def test_filename_in_message() -> None:
     with pytest.raises(AsmError, match=r"\(in prog\.s\)"):
         assemble("  nop\n", filename="prog.s")
