@@ -173,8 +173,9 @@ class Machine:
         """Core id of each enabled (row, col)."""
         return {rc: i for i, rc in enumerate(self.coords)}
 
-    @property
+    @cached_property
     def num_cores(self) -> int:
+        """Enabled cores (computed once: the emulator asks for it on every put and signal)."""
         return self.mesh[0] * self.mesh[1] - len(set(self.disabled))
 
     def macs_per_cycle(self, kind: str) -> int:

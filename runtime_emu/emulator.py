@@ -107,17 +107,16 @@ class Emulator:
             self._lines.setdefault((Cast.COL.value, c), []).append(cid)
         self._programs: list[list[Step]] = []
         self._pure: list[list[bool]] = []  # per pc: the instruction touches nothing another core sees
-        # the pcs of each section's mma instructions, for the flop count
-        self._mmas = [[pc for pc, i in enumerate(sec.code) if i.spec.semantics == "mma"] for sec in image.sections]
+        self._mmas: list[list[int]] = []  # per section, the pcs of its mma instructions (for the flop count)
         for sec in image.sections:
-            steps, pure = self._predecode(sec.code)
+            steps, pure, mmas = self._predecode(sec.code)
             self._programs.append(steps)
             self._pure.append(pure)
+            self._mmas.append(mmas)
         self._names = [[i.spec.mnemonic for i in sec.code] + ["(end)"] for sec in image.sections]
         self._ran = False
         self._cores: dict[int, Core] = {}
         self._casts: dict[tuple[int, int, Cast], tuple[list[Core], list[RC]]] = {}
-        self._ncores = m.num_cores
         self._pkey = 0
         self.limit = 0
 
@@ -129,13 +128,15 @@ class Emulator:
             c = self._costs[ins] = instr_cycles(ins, self.machine)
         return c
 
-    def _predecode(self, code: tuple[Instr, ...]) -> tuple[list[Step], list[bool]]:
-        """The steps of a code section (with a trap past its end) and whether each is pure."""
+    def _predecode(self, code: tuple[Instr, ...]) -> tuple[list[Step], list[bool], list[int]]:
+        """The steps of a code section (with a trap past its end), whether each is pure, and the pcs of its
+        mma instructions."""
         n = len(code)
         steps: list[Step] = []
         pure: list[bool] = []
+        mmas: list[int] = []
         seen = self._steps
-        for ins in code:
+        for pc, ins in enumerate(code):
             # a step depends only on the instruction, and for a branch on the stream's length (its target
             # is checked against it); handlers keep no core's state, so cores whose streams repeat each
             # other's instructions share their decode
@@ -148,9 +149,11 @@ class Emulator:
                                      handler is skip or ins.spec.semantics in _PURE)
             steps.append(entry[0])
             pure.append(entry[1])
+            if spec.semantics == "mma":
+                mmas.append(pc)
         steps.append((_off_end(n), None, 0, 0))
         pure.append(False)
-        return steps, pure
+        return steps, pure, mmas
 
     def set_inputs(self, arrays: Sequence[np.ndarray] | Mapping[str, np.ndarray]) -> None:
         """Check host arrays against the signature (count, names, shapes) and write them into DRAM.
@@ -179,7 +182,7 @@ class Emulator:
         hit = self._casts.get(key)
         if hit is not None:
             return hit
-        n = self._ncores
+        n = self.machine.num_cores
         if not 0 <= target < n:
             raise Fault(TrapKind.BAD_OPERAND, f"core id {target} is not on the machine (cores 0..{n - 1})")
         if cast is Cast.ONE:

@@ -31,7 +31,7 @@ from runtime_emu.stats import RC, Link, LinkStats, RouterPort
 
 __all__ = ["RC", "Link", "RouterPort", "Delivery", "Network"]
 
-_CACHE_LIMIT = 1 << 16  # cached multicast trees (paths are cached without limit: one per pair used)
+_CACHE_LIMIT = 1 << 16  # cached multicast trees and transfer sizes (paths without limit: one per pair used)
 
 # One link of a cached path or tree: (link id, crosses a die edge, hop latency after it, parent index).
 _Hop = tuple[int, bool, int]
