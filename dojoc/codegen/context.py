@@ -2,7 +2,8 @@
 
 SRAM of each core is split in two (docs/compiler.md): the upper half holds resident weights, loaded
 once before the first call; the lower half is the scratch arena of the op that runs now (ops are
-separated by barriers, so every op may use all of it).
+separated by barriers, so every op may use all of it), but for the values *held* at its top: an
+activation that a producer leaves in SRAM for its consumer (kernels/held.py) is live across both ops.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from math import ceil, prod
+from typing import Any
 
 import numpy as np
 
@@ -41,12 +43,14 @@ MIN_CYCLES_PER_CORE = 1024
 
 @dataclass
 class SramPlan:
-    """One core's SRAM: resident bytes (upper half, growing up) and this op's scratch (lower half)."""
+    """One core's SRAM: resident bytes (upper half, growing up), this op's scratch (lower half, growing
+    up) and the held values (at the top of the lower half, growing down, released in reverse order)."""
 
     size: int
     resident: int = 0
     scratch: int = 0
     peak_scratch: int = 0
+    held: int = 0
 
     @property
     def half(self) -> int:
@@ -64,17 +68,33 @@ class SramPlan:
     def alloc(self, nbytes: int, what: str) -> int:
         """Scratch for the current op; SramOverflowError names the tensor when it cannot fit."""
         n = -(-nbytes // ALIGN) * ALIGN
-        if self.scratch + n > self.half:
+        if self.scratch + n > self.half - self.held:
             raise SramOverflowError(f"{what} needs {nbytes:,} bytes of SRAM scratch but only "
-                                    f"{self.half - self.scratch:,} of {self.half:,} are free; "
+                                    f"{self.half - self.held - self.scratch:,} of {self.half:,} are free; "
                                     "use a machine with more SRAM (--set sram_bytes=...) or smaller inputs")
         addr = self.scratch
         self.scratch += n
-        self.peak_scratch = max(self.peak_scratch, self.scratch)
+        self.peak_scratch = max(self.peak_scratch, self.scratch + self.held)
         return addr
 
+    def hold(self, nbytes: int, what: str) -> int:
+        """The address of `nbytes` that stay live after this op (until `release`), at the top of scratch."""
+        n = -(-nbytes // ALIGN) * ALIGN
+        if self.scratch + self.held + n > self.half:
+            raise SramOverflowError(f"{what} needs {nbytes:,} bytes of SRAM held across ops but only "
+                                    f"{self.half - self.held - self.scratch:,} are free; give its op hold=0 "
+                                    "in the mapping, or use a machine with more SRAM")
+        self.held += n
+        self.peak_scratch = max(self.peak_scratch, self.scratch + self.held)
+        return self.half - self.held
+
+    def release(self, nbytes: int) -> None:
+        """Free the last `nbytes` held (values are released in the reverse order of `hold`)."""
+        self.held -= -(-nbytes // ALIGN) * ALIGN
+        assert self.held >= 0
+
     def scratch_free(self) -> int:
-        return self.half - self.scratch
+        return self.half - self.held - self.scratch
 
     @property
     def peak(self) -> int:
@@ -104,6 +124,10 @@ class Ctx:
     resident_loads: list[tuple[int, int, int, int]] = field(default_factory=list)
     scope: tuple[str, str] = ("", "")  # (op name, source) of the kernel running now
     users: dict[Value, list[Node]] = field(default_factory=dict)  # the graph's readers of each value
+    # values kept in SRAM between their producer and their consumer (kernels/held.py), by DRAM view base
+    held: dict[int, Any] = field(default_factory=dict)
+    held_bytes: int = 0  # bytes every core holds for them
+    held_shards: dict[int, tuple[Any, ...]] = field(default_factory=dict)  # DRAM base -> its SRAM shards
     _parts: dict[str, int] = field(default_factory=dict)
     _dram_top: int = 0
 
@@ -235,8 +259,8 @@ class Ctx:
 
     @property
     def scratch_bytes(self) -> int:
-        """The scratch arena of every core (all cores have the same SRAM)."""
-        return SramPlan(self.machine.sram_bytes).half
+        """The scratch arena of every core (all cores have the same SRAM), less the values held there."""
+        return SramPlan(self.machine.sram_bytes).half - self.held_bytes
 
     def begin_op(self) -> None:
         for s in self.sram.values():

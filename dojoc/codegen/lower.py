@@ -35,7 +35,7 @@ from isa.program import Signature, TensorKind
 PRECISIONS = ("bf16", "fp32", "cfp8")
 
 
-def _view_op(ctx: Ctx, node: Node) -> View | None:
+def view_of(ctx: Ctx, node: Node) -> View | None:
     """The output view of a view op, or None when the op needs a copy (a reshape of a strided view)."""
     v = ctx.views[node.inputs[0]]
     a = node.attrs
@@ -104,6 +104,7 @@ def lower_graph(graph: Graph, machine: Machine, precision: str = "bf16",
         _note(ctx, node, d0)
         # the ops fused into this one are computed by its epilogue: they keep an entry in the mapping
         ctx.decisions += [OpMapping(name, "epilogue", fused_into=node.name) for name in node.attrs.get("fused", ())]
+        ctx.decisions += [OpMapping(name, "merged", fused_into=node.name) for name in node.attrs.get("merged", ())]
         if ctx.builder.barriers > b0:
             spans.append((node.name, b0, ctx.builder.barriers))
     out_names = tuple(graph.output_names)
@@ -169,7 +170,7 @@ def _lower_node(ctx: Ctx, node: Node, outputs: set[Value], final: dict[Node, Val
         ctx.consts[node.output] = a["value"]
         return
     if node.op in VIEW_OPS and node.output not in outputs and node.inputs[0] not in ctx.consts:
-        v = _view_op(ctx, node)
+        v = view_of(ctx, node)
         if v is not None:
             ctx.views[node.output] = v
             return
@@ -197,7 +198,7 @@ def _lower_node(ctx: Ctx, node: Node, outputs: set[Value], final: dict[Node, Val
         fill(ctx, ctx.views[node.output], float(ctx.consts[node.inputs[0]]), node.name, node.source)
     elif node.op in VIEW_OPS:  # a view op whose view must be materialised
         src = ctx.views[node.inputs[0]]
-        view = _view_op(ctx, node)
+        view = view_of(ctx, node)
         if view is None:  # reshape of a strided view: copy into the dense output in the new shape
             src_dense = ctx.dram(f"{node.name}_src", TensorKind.SCRATCH, src.shape, src.dtype)
             copy_view(ctx, src, src_dense, node.name, node.source)

@@ -23,6 +23,7 @@ def check_given(mapping: Mapping, graph: Graph, machine: Machine) -> dict[str, O
     core off the machine's mesh."""
     names = {n.name for n in graph.nodes} | {f"output {name}" for name in graph.output_names}
     names |= {f for n in graph.nodes for f in n.attrs.get("fused", ())}  # ops fused into another
+    names |= {f for n in graph.nodes for f in n.attrs.get("merged", ())}  # sibling matmuls merged into one
     for om in mapping.ops:
         if om.op not in names:
             close = sorted(n for n in names if n.startswith(om.op[:3]))[:5]
@@ -98,13 +99,14 @@ def build_mapping(ctx: Ctx, notes: tuple[str, ...] = ()) -> Mapping:
             by_tensor.setdefault(owner, []).append(Shard(core, dst, nbytes))
     values = []
     for t in ctx.tensors:
-        shards = tuple(sorted(by_tensor.get(t.name, ()), key=lambda s: (s.core, s.address)))
+        held = ctx.held_shards.get(t.address) if t.kind.value == "scratch" else None
+        shards = tuple(sorted(held or by_tensor.get(t.name, []), key=lambda s: (s.core, s.address)))
         cores = len({s.core for s in shards})
+        layout = (f"blocks of the mesh ({cores} cores), held from its producer to its reader"
+                  if held else f"tiles of its op's region on {cores} cores (a DRAM copy stays)" if shards else "")
         values.append(ValuePlacement(
             t.name, Where.SRAM if shards else Where.DRAM, t.address, t.nbytes, tuple(t.shape), t.dtype.asm,
-            t.kind.value, shards,
-            f"tiles of its op's region on {cores} cores (a DRAM copy stays)" if shards else "",
-            _lifetime(t.name, lives)))
+            t.kind.value, shards, layout, _lifetime(t.name, lives), dram_copy=held is None))
     m = ctx.machine
     nodes = {n.name: n for n in ctx.graph.nodes}
     return Mapping(m.name, m.hash, ctx.precision, tuple(_with_io(ctx, d, nodes, index) for d in ctx.decisions),

@@ -31,7 +31,7 @@ def _where(mapping: Mapping, name: str) -> str:
     if v is None:
         return name
     if v.where is Where.SRAM:
-        return f"{name} (sram x{len({s.core for s in v.shards})} + dram)"
+        return f"{name} (sram x{len({s.core for s in v.shards})}{' + dram' if v.dram_copy else ', held'})"
     return f"{name} (dram)"
 
 

@@ -191,8 +191,10 @@ class ValuePlacement:
     """Where one value (an activation, an input, an output or a parameter) lives.
 
     `where` is DRAM (at `address`, `nbytes` dense) or SRAM; a resident weight is in both: its DRAM copy
-    is loaded once into `shards` of the SRAM of its op's region (`layout` says how it is cut). `lifetime`
-    is (first op, last op) in program order: where it is written and where it is last read.
+    is loaded once into `shards` of the SRAM of its op's region (`layout` says how it is cut). An
+    activation *held* in SRAM from its producer to its reader has shards and no DRAM copy (`dram_copy`
+    false: its DRAM tensor is declared but never written). `lifetime` is (first op, last op) in program
+    order: where it is written and where it is last read.
     """
 
     value: str
@@ -205,6 +207,7 @@ class ValuePlacement:
     shards: tuple[Shard, ...] = ()
     layout: str = ""
     lifetime: tuple[int, int] = (0, 0)
+    dram_copy: bool = True
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"value": self.value, "where": self.where.value, "kind": self.kind,
@@ -213,6 +216,8 @@ class ValuePlacement:
         if self.shards:
             d["layout"] = self.layout
             d["shards"] = [[s.core, s.address, s.nbytes] for s in self.shards]
+        if not self.dram_copy:
+            d["dram_copy"] = False
         return d
 
     @classmethod
@@ -227,7 +232,7 @@ class ValuePlacement:
             shape = tuple(int(x) for x in d.get("shape", ()))
             vp = cls(d["value"], w, int(d.get("address", 0)), int(d.get("nbytes", 0)), shape,
                      str(d.get("dtype", "")), str(d.get("kind", "scratch")), shards, str(d.get("layout", "")),
-                     (life[0], life[1]))
+                     (life[0], life[1]), bool(d.get("dram_copy", True)))
         except (TypeError, ValueError, IndexError):
             raise MappingError(f"{where}: malformed placement (where: dram|sram, shards: [[core, address, "
                                "bytes], ...], lifetime: [first, last])") from None

@@ -23,7 +23,7 @@ from math import ceil, prod
 import numpy as np
 
 from dojoc.codegen.context import MAX_ROWS, Ctx, split
-from dojoc.codegen.kernels import summa
+from dojoc.codegen.kernels import held, summa
 from dojoc.codegen.kernels.eltwise import fill
 from dojoc.codegen.kernels.im2col import Im2col
 from dojoc.codegen.kernels.mxu import (
@@ -264,13 +264,18 @@ def matmul(ctx: Ctx, node: Node) -> None:
             found.append(_plan(ctx, node, p, spec, arr is not None))
         return found[0]
 
+    # A held in SRAM by its producer (held.py), which checked that this op can take it so
+    held_a = ctx.held.get(p.a[0].base)
+    assert held_a is None or p.a[0] == View.dense(held_a.base, (held_a.m, held_a.n), held_a.dtype), node.name
     if summa.eligible(ctx, p, spec):
         weight = "b" if arr is not None else None
         budget = resident_budget(ctx, node, producers) if weight else 0
-        om = summa.decide(ctx, p, spec, lambda: search()[1], weight, budget)
+        reader = held.offer(ctx, node, p, spec, summa.grid(ctx, p.m, p.n).nblocks)
+        om = summa.decide(ctx, p, spec, lambda: search()[1], weight, budget, held_a, reader)
         if om is not None:
-            summa.emit(ctx, node, p, spec, om, weight)
+            summa.emit(ctx, node, p, spec, om, weight, held_a)
             return
+    assert held_a is None, f"{node.name}: its held left operand needs the summa kernel"
     plan = _decide(ctx, node, p, spec, arr is not None, search)
     nb, nm, nn = len(p.a), ceil(p.m / plan.mt), ceil(p.n / plan.nt)
     # item order keeps the items that share a B tile together, so a core keeps few of them resident

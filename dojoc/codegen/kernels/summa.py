@@ -32,9 +32,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from math import ceil
 
 from dojoc.codegen.context import ALIGN, Ctx, split
+from dojoc.codegen.kernels import held as held_
+from dojoc.codegen.kernels.held import Held
 from dojoc.codegen.kernels.mxu import F32, Spec
 from dojoc.codegen.kernels.summa_emit import MAX_DEPTH, CoreProgram, loader, wave_block
 from dojoc.codegen.paths import port_path
@@ -100,7 +101,7 @@ def grid(ctx: Ctx, m: int, n: int) -> Grid:
     return Grid(rows, cols, mblocks, nblocks, extra)
 
 
-def _link_cycles(ctx: Ctx, g: Grid, kc: int, e: int, resident: str | None = None) -> float:
+def _link_cycles(ctx: Ctx, g: Grid, kc: int, e: int, resident: str | None = None, a_held: bool = False) -> float:
     """Cycles of one chunk on the busiest first link out of a DRAM entry router: every mesh row carries its
     A chunk and the B chunks (and slices) its cores load for chunk 0 (the load is the same every chunk);
     a resident operand's chunks come from SRAM, not from the port."""
@@ -115,7 +116,7 @@ def _link_cycles(ctx: Ctx, g: Grid, kc: int, e: int, resident: str | None = None
             load[entry] = load.get(entry, 0.0) + nbytes
 
     for i, row in enumerate(g.rows):
-        if row and resident != "a":
+        if row and resident != "a" and not a_held:
             add(loader(row, i, 0), g.mblocks[i][1] * kc * e)
     for j, col in enumerate(g.cols):
         if col and resident != "b":
@@ -166,7 +167,7 @@ def _scratch(g: Grid, spec: Spec, kc: int, p: Problem, depth: int = 2, resident:
 
 
 def estimate(ctx: Ctx, p: Problem, spec: Spec, kc: int, resident: str | None = None, depth: int = 2,
-             waves: int = 1) -> tuple[int, Bound]:
+             waves: int = 1, held: Held | None = None, holding: bool = False) -> tuple[int, Bound]:
     """Predicted cycles and bound for K chunks of `kc` in `waves` waves: per step the longest of a core's
     multiplies, the DRAM port's time for every row's A chunk and every column's B chunk (but a `resident`
     operand's, "a" or "b") and for its share of the previous wave's stores, the busiest link out of the
@@ -178,43 +179,46 @@ def estimate(ctx: Ctx, p: Problem, spec: Spec, kc: int, resident: str | None = N
     e, eo = spec.op.itemsize, spec.out.itemsize
     mx, nx, xx = wave_block(g, resident, waves)
     way = port_path(m, g.cores)
-    chunks = ceil(p.k / kc)
+    chunks = len(chunk_bounds(p.k, kc, held))
     steps = waves * chunks
     by_rows = resident == "b"
+    a_dram = resident != "a" and held is None
     # the slice beside a disabled core: in every step when waves cut rows, else in the first wave's
     xm = matmul_cycles(mx, xx, kc, spec.op, True, m) if xx else 0
     every = by_rows or waves == 1
     mma = matmul_cycles(mx, nx, kc, spec.op, True, m) + (xm if every else 0)
     x_mma = 0 if every else chunks * xm
     extra = sum(n for _, n in g.extra.values())  # B's columns that the cores beside a disabled one fetch again
-    streamed = (p.m * kc / (waves if by_rows else 1) if resident != "a" else 0) \
+    streamed = (p.m * kc / (waves if by_rows else 1) if a_dram else 0) \
         + (kc * (p.n + extra) / waves if resident != "b" else 0)
     res = p.m * p.n * spec.res_src.itemsize if p.r is not None else 0
-    out_bytes = p.m * p.n * eo + res  # the epilogue's DRAM traffic: residual tiles in, results out
+    # the epilogue's DRAM traffic: residual tiles in, results out (unless they stay in SRAM)
+    out_bytes = (0 if holding else p.m * p.n * eo) + res
     dram = (streamed * e + (out_bytes / waves / chunks if waves > 1 else 0)) * way.cycles_per_byte
     eject = (mx * kc + kc * nx) * e / m.eject_bytes_per_cycle
-    link = _link_cycles(ctx, g, kc, e, resident) / waves
+    link = _link_cycles(ctx, g, kc, e, resident, held is not None) / waves
     # a chunk's DMA is issued depth - 1 steps before the others need it: its latency, the multicast's time
     # and the hops to the far end of the line are hidden only behind that many steps of work
-    way_t = way.latency + max(mx * kc, kc * nx) * e / m.link_bytes_per_cycle + sum(m.mesh) * m.hop_latency
+    dma = way.latency if streamed else 0.0
+    way_t = dma + max(mx * kc, kc * nx) * e / m.link_bytes_per_cycle + sum(m.mesh) * m.hop_latency
     per = max(mma, dram, eject, link, way_t / (depth - 1))
     # the pipeline fills with the first depth - 1 steps' DMAs at once, through the port
     fill = way_t + (depth - 1) * streamed * e * way.cycles_per_byte
     tile = mx * (nx + xx)
     epi = vector_cycles(tile, 4, tile * 4, tile * eo, m) + spec.epilogue_cycles(mx, nx + xx, m) \
         + (vector_cycles(tile, 4, tile * 8, tile * 4, m) if p.bias is not None else 0)
-    stores = out_bytes / waves * way.cycles_per_byte + way.latency * (2 if res else 1)
+    stores = out_bytes / waves * way.cycles_per_byte + way.latency * ((2 if res else 1) - (1 if holding else 0))
     total = fill + steps * per + x_mma + waves * epi + stores
     bound = Bound.COMPUTE if per == mma else (Bound.DRAM if per == dram else Bound.LINK)
     return round(total), bound
 
 
-def resident_bytes(ctx: Ctx, p: Problem, spec: Spec, kc: int, weight: str) -> int:
+def resident_bytes(ctx: Ctx, p: Problem, spec: Spec, kc: int, weight: str, held: Held | None = None) -> int:
     """SRAM bytes that keeping the weight operand resident takes over the mesh: each chunk once, as
     `_keep` allocates it (A's chunks m x kc, B's kl x n, each rounded to the allocator's alignment)."""
     g = grid(ctx, p.m, p.n)
     e = spec.op.itemsize
-    lengths = [min(kc, p.k - k0) for k0 in range(0, p.k, kc)]
+    lengths = [kl for _, kl in chunk_bounds(p.k, kc, held)]
     if weight == "a":
         return sum(_aligned(n * kc * e) for _, n in g.mblocks) * len(lengths)
     # B's column blocks, and the slices that the cores beside a disabled core keep (each its own)
@@ -225,47 +229,85 @@ def _aligned(n: int) -> int:
     return -(-n // ALIGN) * ALIGN
 
 
-def _best_kc(ctx: Ctx, p: Problem, spec: Spec, resident: str | None) -> tuple[int, int, int, int, Bound] | None:
+def chunk_bounds(k: int, kc: int, held: Held | None = None) -> tuple[tuple[int, int], ...]:
+    """The K chunks (first, length): of kc each, or, when A is held, the producer's column blocks."""
+    if held is not None:
+        return held.kblocks
+    return tuple((k0, min(kc, k - k0)) for k0 in range(0, k, kc))
+
+
+def _best_kc(ctx: Ctx, p: Problem, spec: Spec, resident: str | None, held: Held | None = None,
+             holding: bool = False, room: int | None = None) -> tuple[int, int, int, int, Bound] | None:
     """The K chunk, chunk buffers and waves the cost model predicts fastest: (kc, depth, waves, cycles,
-    bound)."""
+    bound), their buffers within `room` bytes of scratch (default: all of it). A held A fixes the chunks."""
     g = grid(ctx, p.m, p.n)
+    room = ctx.scratch_bytes if room is None else room
     best: tuple[int, int, int, int, Bound] | None = None
-    for kc in sorted({min(c, p.k) for c in KC_CHOICES}, reverse=True):
+    kcs = [max(n for _, n in held.kblocks)] if held is not None else sorted({min(c, p.k) for c in KC_CHOICES},
+                                                                            reverse=True)
+    for kc in kcs:
         for depth in DEPTHS:
             for waves in waves_for(g, resident):
-                if _scratch(g, spec, kc, p, depth, resident, waves) > ctx.scratch_bytes:
+                if _scratch(g, spec, kc, p, depth, resident, waves) > room:
                     continue
-                cyc, bound = estimate(ctx, p, spec, kc, resident, depth, waves)
+                cyc, bound = estimate(ctx, p, spec, kc, resident, depth, waves, held, holding)
                 if best is None or cyc < best[3]:
                     best = (kc, depth, waves, cyc, bound)
     return best
 
 
+def _reader_fits(ctx: Ctx, g: Grid, spec: Spec, reader: Node, hold_bytes: int) -> bool:
+    """Whether the reader of a held output finds room for its smallest plan (2 chunk buffers of the held
+    blocks, its accumulator and output tile, a residual) beside the held bytes."""
+    e, eo = spec.out.itemsize, spec.out.itemsize
+    nc = -(-reader.output.type.shape[-1] // len(g.cols)) + 1
+    kc = g.n_max
+    need = 2 * (_aligned(g.m_max * kc * e) + _aligned(kc * nc * e)) + 3 * _aligned(g.m_max * nc * 4) \
+        + 2 * _aligned(g.m_max * nc * eo) + _aligned(nc * 4) + 8 * ALIGN
+    return need + hold_bytes <= ctx.scratch_bytes
+
+
 def decide(ctx: Ctx, p: Problem, spec: Spec, other: Callable[[], int], weight: str | None = None,
-           budget: int = 0) -> OpMapping | None:
+           budget: int = 0, held: Held | None = None, reader: tuple[Node | None, str] = (None, "")) \
+        -> OpMapping | None:
     """The op's decision when it runs here: a given mapping's (kernel "summa", checked), or the cost
     model's when it predicts this kernel faster than `other()` (the tiled kernel's estimate); else None.
     `weight` names the operand ("a" or "b") that is a parameter: it stays resident when it fits `budget`
-    resident bytes over the mesh."""
+    resident bytes over the mesh. A `held` A (held.py) must be taken here, in its producer's column blocks;
+    `reader` is (the op that may take this op's output held, or None and why not): then tile field
+    `hold` says whether the output stays in SRAM for it (by default it does)."""
     key = ctx.scope[0]
     given = ctx.given.get(key)
     if given is not None and given.kernel != KERNEL:
         return None
     g = grid(ctx, p.m, p.n)
     axes = (("rows", len(g.rows)), ("cols", len(g.cols)))
-    best = _best_kc(ctx, p, spec, None)
+    hold_bytes = 2 * _aligned(g.m_max * g.n_max * spec.out.itemsize)
+    can_hold = reader[0] is not None and _reader_fits(ctx, g, spec, reader[0], hold_bytes)
+    why_not = reader[1] if reader[0] is None else "its reader would not fit its chunk buffers beside it"
+
+    def search(res: str | None, holding: bool) -> tuple[int, int, int, int, Bound] | None:
+        return _best_kc(ctx, p, spec, res, held, holding, ctx.scratch_bytes - (hold_bytes if holding else 0))
+
+    best = search(None, can_hold)
     resident = False
     if weight is not None:
-        fits = _best_kc(ctx, p, spec, weight)
-        if fits is not None and resident_bytes(ctx, p, spec, fits[0], weight) <= budget:
+        fits = search(weight, can_hold)
+        if fits is not None and resident_bytes(ctx, p, spec, fits[0], weight, held) <= budget:
             best, resident = fits, True
-    if given is None and (best is None or best[3] >= other()):
+    if held is not None and best is None:
+        raise MappingError(f"op {key}: its left operand is held in SRAM, but no plan of the summa kernel fits "
+                           "beside it; give its producer tile hold=0")
+    if given is None and held is None and (best is None or best[3] >= other()):
         return None
+
+    def tile(kc: int, depth: int, waves: int, hold: int) -> tuple[tuple[str, int], ...]:
+        t = (("m", g.m_max), ("n", g.n_max), ("k", kc), ("buffers", depth), ("waves", waves))
+        return t + ((("hold", hold),) if can_hold else ())
 
     def default() -> OpMapping:
         assert best is not None
-        return OpMapping("", KERNEL, g.cores, axes, (("m", g.m_max), ("n", g.n_max), ("k", best[0]),
-                                                     ("buffers", best[1]), ("waves", best[2])), resident,
+        return OpMapping("", KERNEL, g.cores, axes, tile(best[0], best[1], best[2], int(can_hold)), resident,
                          predicted_cycles=best[3], bound=best[4])
 
     def check(om: OpMapping) -> OpMapping:
@@ -276,6 +318,17 @@ def decide(ctx: Ctx, p: Problem, spec: Spec, other: Callable[[], int], weight: s
             raise MappingError(f"op {om.key}: the summa kernel splits the output as the mesh does: split "
                                f"{{\"rows\": {len(g.rows)}, \"cols\": {len(g.cols)}}}")
         kc, depth, waves = om.tile_of("k"), om.tile_of("buffers") or 2, om.tile_of("waves") or 1
+        hold = om.tile_of("hold", 0)
+        if hold not in (0, 1):
+            raise MappingError(f"op {om.key}: tile hold={hold}: give 1 (the output stays in SRAM for its reader) "
+                               "or 0 (it goes to DRAM)")
+        if hold and not can_hold:
+            raise MappingError(f"op {om.key}: tile hold=1, but its output cannot stay in SRAM: {why_not}; "
+                               "set hold to 0")
+        if held is not None and kc != max(n for _, n in held.kblocks):
+            raise MappingError(f"op {om.key}: its left operand {held.name} is held in SRAM in blocks of "
+                               f"{max(n for _, n in held.kblocks)} columns: give tile k="
+                               f"{max(n for _, n in held.kblocks)}, or give the producer tile hold=0")
         if om.resident and weight is None:
             raise MappingError(f"op {om.key}: resident is true but neither operand is a weight (a parameter); "
                                "set resident to false")
@@ -287,20 +340,26 @@ def decide(ctx: Ctx, p: Problem, spec: Spec, other: Callable[[], int], weight: s
             legal = " or ".join(map(str, waves_for(g, res)))
             raise MappingError(f"op {om.key}: tile waves={waves}: give {legal} "
                                "(more than one wave needs a resident weight, and a block to cut into that many)")
-        too_big = kc is not None and _scratch(g, spec, kc, p, depth, res, waves) > ctx.scratch_bytes
+        room = ctx.scratch_bytes - (hold_bytes if hold else 0)
+        too_big = kc is not None and _scratch(g, spec, kc, p, depth, res, waves) > room
         if kc is None or not 1 <= kc <= min(p.k, 4095) or too_big:
             raise MappingError(f"op {om.key}: tile k={kc}: a K chunk must be between 1 and {min(p.k, 4095)} and "
-                               f"its {depth} chunk buffers must fit the {ctx.scratch_bytes:,} bytes of SRAM scratch")
-        cyc, bound = estimate(ctx, p, spec, kc, res, depth, waves)
-        return replace(om, tile=(("m", g.m_max), ("n", g.n_max), ("k", kc), ("buffers", depth), ("waves", waves)),
-                       predicted_cycles=cyc, bound=bound)
+                               f"its {depth} chunk buffers must fit the {room:,} bytes of SRAM scratch")
+        cyc, bound = estimate(ctx, p, spec, kc, res, depth, waves, held, bool(hold))
+        return replace(om, tile=tile(kc, depth, waves, hold), predicted_cycles=cyc, bound=bound)
 
     return ctx.decide(KERNEL, default, check)
 
 
-def emit(ctx: Ctx, node: Node, p: Problem, spec: Spec, om: OpMapping, weight: str | None = None) -> None:
-    """Emit the decided SUMMA matmul on every core of the mesh (summa_emit.py)."""
+def emit(ctx: Ctx, node: Node, p: Problem, spec: Spec, om: OpMapping, weight: str | None = None,
+         held: Held | None = None) -> None:
+    """Emit the decided SUMMA matmul on every core of the mesh (summa_emit.py): with a `held` A, which
+    it releases; holding its output for its reader when the decision says so."""
     g = grid(ctx, p.m, p.n)
     kc, depth, waves = (int(om.tile_of(f) or d) for f, d in (("k", 0), ("buffers", 2), ("waves", 1)))
+    out = held_.hold(ctx, node, p, spec, g.mblocks, g.nblocks) if om.tile_of("hold") else None
     for core in g.cores:
-        CoreProgram(ctx, node, p, spec, g, kc, core, weight if om.resident else None, depth, waves).emit()
+        CoreProgram(ctx, node, p, spec, g, kc, core, weight if om.resident else None, depth, waves,
+                    held, out).emit()
+    if held is not None:
+        held_.release(ctx, held)

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 from dojoc.codegen.builder import R_A, R_B, R_C, R_D, CoreCode
 from dojoc.codegen.context import Ctx, split
 from dojoc.codegen.epilogue import emit_pointwise
+from dojoc.codegen.kernels.held import ARRIVE, Held
 from dojoc.codegen.kernels.im2col import Fill
 from dojoc.codegen.kernels.mxu import F32, Load, Spec, load_resident
 from dojoc.codegen.view import Transfer, View, transfers
@@ -54,10 +55,15 @@ class CoreProgram:
     """The program of one core."""
 
     def __init__(self, ctx: Ctx, node: Node, p: Problem, spec: Spec, g: Grid, kc: int, core: int,
-                 resident: str | None, depth: int, waves: int) -> None:
+                 resident: str | None, depth: int, waves: int, a_held: Held | None = None,
+                 hold: Held | None = None) -> None:
+        from dojoc.codegen.kernels.summa import chunk_bounds
+
         self.ctx, self.p, self.spec, self.g, self.kc, self.me = ctx, p, spec, g, kc, core
         self.depth, self.waves, self.resident = depth, waves, resident
-        self.chunks = ceil(p.k / kc)
+        self.a_held, self.hold = a_held, hold  # A held in SRAM by its producer; this op's output held
+        self.bounds = chunk_bounds(p.k, kc, a_held)
+        self.chunks = len(self.bounds)
         self.cc: CoreCode = ctx.core(core)
         self.node, self.name, self.source = node, node.name, node.source
         r, c = ctx.machine.coords[core]
@@ -93,8 +99,16 @@ class CoreProgram:
         self.src_pending = {sem: 0 for sem in (*SRC_A[:depth], *SRC_B[:depth])}
         self.stores = [0] * nout  # stores in flight per output buffer
         self.keep: dict[tuple[str, int], int] = {}  # ("a" | "b" | "x", chunk) -> its resident copy
+        self.kstride: dict[tuple[str, int], int] = {}  # row strides of resident copies that are not kc wide
         if resident is not None:
             self._keep()
+        if a_held is not None:  # the chunks of A that this core holds: it loads (multicasts) them
+            for t in range(self.chunks):
+                owner, addr, stride = a_held.owner(r, t, ctx.machine.coords)
+                if owner == core:
+                    self.keep[("a", t)], self.kstride[("a", t)] = addr, stride
+        # the disabled position of this core's row, whose block's slices go to their holder
+        self.gone = next((j for j in range(len(g.nblocks)) if (r, j) not in ctx.machine.core_at), -1)
 
     # -- the geometry of a step ----------------------------------------------------------------------
     def wave(self, w: int) -> tuple[int, int, int, int]:
@@ -113,7 +127,9 @@ class CoreProgram:
         return bool(self.nx) and (self.by_rows or w == 0)
 
     def la(self, t: int) -> int:
-        """The core of this row that loads and multicasts A's chunk t."""
+        """The core of this row that loads and multicasts A's chunk t (a held A's: the core holding it)."""
+        if self.a_held is not None:
+            return self.a_held.cores[(self.r, t)]
         return loader(self.row, self.r, t)
 
     def lb(self, t: int) -> int:
@@ -121,8 +137,7 @@ class CoreProgram:
         return loader(self.col, self.c, t)
 
     def _chunk(self, t: int) -> tuple[int, int]:
-        k0 = t * self.kc
-        return k0, min(self.kc, self.p.k - k0)
+        return self.bounds[t]
 
     def _a_chunk(self, t: int, m0: int, m: int, dst: int) -> list[Transfer]:
         a, e = self.p.a[0], self.spec.op.itemsize
@@ -187,12 +202,22 @@ class CoreProgram:
         """Where step s's chunk of an operand is on this core: its resident copy, or the chunk buffer."""
         return self.keep.get((key, s % self.chunks), bufs[s % self.depth])
 
+    def _a_src(self, s: int) -> tuple[int, int]:
+        """(address, row stride) of step s's A chunk on this core: a held block starts at the wave's rows."""
+        w, t = divmod(s, self.chunks)
+        if ("a", t) not in self.keep:
+            return self.abuf[s % self.depth], self.kc * self.spec.op.itemsize
+        stride = self.kstride.get(("a", t), self.kc * self.spec.op.itemsize)
+        rows = self.wave(w)[0] - self.m0 if self.a_held is not None else 0
+        return self.keep[("a", t)] + rows * stride, stride
+
     def _put(self, src: int, addr: int, rows: int, nbytes: int, stride: int, cast: Cast, seml: int,
-             semr: int) -> None:
+             semr: int, src_stride: int | None = None) -> None:
         cc = self.cc
         self.src_pending[seml] += 1
         cc.emit("put", rc=cc.reg(R_C, self.me), rd=cc.reg(R_D, addr), rs=cc.reg(R_A, src), rows=rows,
-                bytes=nbytes, ss=stride, ds=stride, cast=cast, seml=seml, semr=semr)
+                bytes=nbytes, ss=stride if src_stride is None else src_stride, ds=stride, cast=cast, seml=seml,
+                semr=semr)
 
     def _src_free(self, sem: int) -> None:
         self.cc.wait(sem, self.src_pending[sem])
@@ -206,7 +231,8 @@ class CoreProgram:
         # order) once its last multicast from there has left; the others' buffers q are waited for only at
         # the multicast (`_publish`), so a loader does not stall on the slowest core of its line here
         if self.me == self.la(t):
-            self._src_free(SRC_A[q])
+            if self.a_held is None:  # (a held block is never overwritten: its puts need not have left)
+                self._src_free(SRC_A[q])
             dmas[("a", s)] = 0 if ("a", t) in self.keep else \
                 self._dma(self._a_chunk(t, m0, m, self.abuf[q]), DMA_A[q])
         if self.me == self.lb(t):
@@ -227,8 +253,8 @@ class CoreProgram:
             if len(self.row) > 1:
                 if s >= self.depth:
                     self.cc.wait(FREE_A[q], len(self.row) - 1)  # the row is done with step s - depth
-                self._put(self._addr("a", s, self.abuf), self.abuf[q], m, kl * e, self.kc * e, Cast.ROW,
-                          SRC_A[q], ARR_A[q])
+                src, stride = self._a_src(s)
+                self._put(src, self.abuf[q], m, kl * e, self.kc * e, Cast.ROW, SRC_A[q], ARR_A[q], stride)
         if ("b", s) in dmas:
             self.cc.wait(DMA_B[q], dmas.pop(("b", s)))
             if len(self.col) > 1:
@@ -270,16 +296,16 @@ class CoreProgram:
                 publishes = not early and (("a", s + 1) in dmas or ("b", s + 1) in dmas)
                 # with 2 buffers, a loader multiplies in two halves and multicasts the next chunk between them
                 half = max(8, kl // 2 // 8 * 8) if kl > 16 and publishes else kl
-                a, b = self._addr("a", s, self.abuf), self._addr("b", s, self.bbuf)
-                self._mma(acc, a, b, m, n, 0, half, t > 0)
+                (a, sa), b = self._a_src(s), self._addr("b", s, self.bbuf)
+                self._mma(acc, a, b, m, n, 0, half, t > 0, sa)
                 if not early and s + 1 < steps:
                     self._publish(s + 1, dmas)  # halfway: the next chunk reaches the others in time
                 if half < kl:
-                    self._mma(acc, a, b, m, n, half, kl - half, True)
+                    self._mma(acc, a, b, m, n, half, kl - half, True, sa)
                 if self.x_in(w):
                     cc.wait(DMA_X[q], dmas.pop(("x", s)))
                     self._mma(self.xacc[o if self.direct else 0], a, self._addr("x", s, self.xbuf), m, self.nx, 0,
-                              kl, t > 0)
+                              kl, t > 0, sa)
                 if s + depth < steps:  # done with buffer q: tell the loaders that will refill it
                     la, lb = self.la((s + depth) % chunks), self.lb((s + depth) % chunks)
                     if la != self.me:
@@ -292,9 +318,11 @@ class CoreProgram:
                     self._epilogue(acc, self.out[o], m0, m, n0, n, o, self.bias + (n0 - self.n0) * 4)
                     if self.x_in(w):  # the slice's biases follow the block's in the bias buffer
                         self._epilogue(self.xacc[o if self.direct else 0], self.xout[o], m0, m, self.x0, self.nx, o,
-                                       self.bias + self.g.n_max * 4)
+                                       self.bias + self.g.n_max * 4, True)
             for o in range(len(self.out)):
                 self._stored(o)
+            if self.hold is not None and self._arrivals():  # a holder: the row's slices are in its block
+                cc.wait(ARRIVE, self._arrivals())
             for sem in self.src_pending:
                 self._src_free(sem)
 
@@ -313,14 +341,47 @@ class CoreProgram:
         self.cc.wait(STORE[o], self.stores[o])
         self.stores[o] = 0
 
-    def _mma(self, acc: int, abuf: int, bbuf: int, m: int, n: int, k0: int, kl: int, accumulate: bool) -> None:
+    def _mma(self, acc: int, abuf: int, bbuf: int, m: int, n: int, k0: int, kl: int, accumulate: bool,
+             sa: int) -> None:
         cc, e = self.cc, self.spec.op.itemsize
         cc.emit("mma", rd=cc.reg(R_D, acc), ra=cc.reg(R_A, abuf + k0 * e), rb=cc.reg(R_B, bbuf + k0 * n * e),
-                m=m, n=n, k=kl, sd=n * 4, sa=self.kc * e, sb=n * e, dt=self.spec.op, acc=int(accumulate))
+                m=m, n=n, k=kl, sd=n * 4, sa=sa, sb=n * e, dt=self.spec.op, acc=int(accumulate))
 
-    def _epilogue(self, acc: int, out: int, m0: int, m: int, n0: int, n: int, o: int, bias: int) -> None:
+    def _arrivals(self) -> int:
+        """The slices this core receives as the holder of its row's disabled block: one per wave that
+        computes them, from every other core with a slice."""
+        if self.gone < 0 or self.hold is None or self.hold.cores[(self.r, self.gone)] != self.me:
+            return 0
+        per = self.waves if self.by_rows else 1
+        return per * sum(1 for c in self.row if c != self.me and c in self.g.extra)
+
+    def _keep_held(self, acc: int, out: int, m0: int, m: int, n0: int, n: int, o: int, is_slice: bool) -> None:
+        """Leave the converted block (or slice) in the held output (held.py) instead of storing it: a block
+        in this core's own, a slice in its holder's assembled block (a put, unless this core holds it)."""
+        cc, h, eo = self.cc, self.hold, self.spec.out.itemsize
+        assert h is not None
+        if is_slice:
+            holder, addr, stride = h.owner(self.r, self.gone, self.ctx.machine.coords)
+            dst = addr + (m0 - self.m0) * stride + (n0 - h.kblocks[self.gone][0]) * eo
+        else:
+            holder, stride = self.me, self.n * eo
+            dst = h.own + (m0 - self.m0) * stride + (n0 - self.n0) * eo
+        if holder == self.me:
+            cc.emit("vcvt", rd=cc.reg(R_D, dst), ra=cc.reg(R_A, acc), rows=m, cols=n, sd=stride, sa=n * 4,
+                    dtd=self.spec.out, dts=F32)
+            return
+        if out != acc:
+            cc.emit("vcvt", rd=cc.reg(R_D, out), ra=cc.reg(R_A, acc), rows=m, cols=n, sd=n * eo, sa=n * 4,
+                    dtd=self.spec.out, dts=F32)
+        cc.emit("put", rc=cc.reg(R_C, holder), rd=cc.reg(R_D, dst), rs=cc.reg(R_A, out), rows=m, bytes=n * eo,
+                ss=n * eo, ds=stride, cast=Cast.ONE, seml=STORE[o], semr=ARRIVE)
+        self.stores[o] += 1
+
+    def _epilogue(self, acc: int, out: int, m0: int, m: int, n0: int, n: int, o: int, bias: int,
+                  is_slice: bool = False) -> None:
         """Bias, residual, scaling and activation on the FP32 block [m0.., n0..] (its column biases at SRAM
-        `bias`), conversion, its stores (counted on output buffer o's semaphore)."""
+        `bias`), conversion, its stores (counted on output buffer o's semaphore), or its place in the held
+        output."""
         cc, spec, p = self.cc, self.spec, self.p
         n4 = n * 4
         cc.wait(AUX, self.bias_loads)  # the biases, the first time
@@ -337,6 +398,9 @@ class CoreProgram:
             else:
                 emit_pointwise(cc, step, acc, m, n, n4, F32)
         eo = spec.out.itemsize
+        if self.hold is not None:
+            self._keep_held(acc, out, m0, m, n0, n, o, is_slice)
+            return
         if out != acc:
             cc.emit("vcvt", rd=cc.reg(R_D, out), ra=cc.reg(R_A, acc), rows=m, cols=n, sd=n * eo, sa=n4,
                     dtd=spec.out, dts=F32)

@@ -1,0 +1,188 @@
+"""Activations held in SRAM between two SUMMA matmuls: the producer's output never goes to DRAM.
+
+SUMMA leaves the output block C[i, j] of a matmul on core (i, j) of the mesh, in SRAM. When the only
+reader of that output is the next op, a SUMMA matmul whose A operand it is (a transformer's two
+feed-forward layers: Linear(d -> 4d), GELU, Linear(4d -> d)), the consumer's rows of A are the producer's
+rows, and its K is the producer's N: so if the consumer cuts K into the producer's column blocks, chunk
+t of row i is exactly block (i, t), which core (i, t) already has. That core is then the loader of the
+chunk: it multicasts it from the held block along its row, as a resident weight's loader does, and
+nothing is stored to or loaded from DRAM (for BERT-base's feed-forward at 1,024 tokens, 6 MiB each way).
+
+A disabled core's block has no core: the cores of its row compute it in slices (summa.py), and put
+their slices into one *holder* (the nearest enabled core of the row), which keeps the assembled block
+beside its own and multicasts it in its turn. Every core holds the same bytes (its own block and room
+for one assembled block), so the held addresses are the same on every core.
+
+The held bytes sit at the top of the scratch half (`SramPlan.hold`) from the producer's start to the
+consumer's end, and both ops plan their scratch without them. The producer's decision says so with tile
+field `hold` (1 or 0): a user may set it to 0 to send the value through DRAM, and a mapping that asks to
+hold what cannot be held is an error naming the reason.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from math import prod
+from typing import TYPE_CHECKING
+
+from dojoc.codegen.context import ALIGN, Ctx, split
+from dojoc.codegen.view import View
+from dojoc.ir.graph import Node
+from dojoc.ir.ops import Op
+from dojoc.mapping.model import Shard
+from isa.dtypes import DType
+
+if TYPE_CHECKING:
+    from dojoc.codegen.kernels.matmul import Problem
+    from dojoc.codegen.kernels.mxu import Spec
+
+ARRIVE = 30  # the semaphore on which a holder counts the slices put into its assembled block
+
+
+@dataclass(frozen=True)
+class Held:
+    """A matmul output [m, n] held in the mesh's SRAM in SUMMA's block layout."""
+
+    name: str  # the value (its DRAM tensor is declared but never written)
+    base: int  # the DRAM view's base: the key by which its consumer finds it
+    m: int
+    n: int
+    dtype: DType
+    kblocks: tuple[tuple[int, int], ...]  # the column blocks (first, count): the consumer's K chunks
+    own: int  # SRAM address of every core's own block
+    extra: int  # SRAM address of an assembled block, on its holder
+    nbytes: int  # bytes held on every core
+    cores: dict[tuple[int, int], int]  # (mesh row, block column) -> the core that holds the block
+
+    def owner(self, r: int, j: int, coords: tuple[tuple[int, int], ...]) -> tuple[int, int, int]:
+        """(core, SRAM address, row stride in bytes) of block (r, j)."""
+        core = self.cores[(r, j)]
+        stride = self.kblocks[j][1] * self.dtype.itemsize
+        return core, (self.own if coords[core] == (r, j) else self.extra), stride
+
+
+def holders(ctx: Ctx) -> dict[tuple[int, int], int] | None:
+    """The core that holds each block of the mesh: its own core, or for a disabled position the nearest
+    enabled core of its row (the right one on a tie); None when a row has more than one disabled core
+    (the SUMMA grid gives such a row's cores one slice each, so it is not supported)."""
+    mach = ctx.machine
+    rows, cols = mach.mesh
+    at = mach.core_at
+    out: dict[tuple[int, int], int] = {}
+    for r in range(rows):
+        gone = [c for c in range(cols) if (r, c) not in at]
+        if len(gone) > 1:
+            return None
+        for c in range(cols):
+            if (r, c) in at:
+                out[(r, c)] = at[(r, c)]
+                continue
+            near = sorted((abs(d - c), -d) for d in range(cols) if (r, d) in at)
+            out[(r, c)] = at[(r, -near[0][1])]
+    return out
+
+
+def _chain(ctx: Ctx, node: Node) -> tuple[Node | None, str]:
+    """The matmul that reads `node`'s output as its A (through reshapes only), when it is the next op
+    in program order; else (None, why not)."""
+    graph, value = ctx.graph, node.output
+    between: list[Node] = []
+    while True:
+        readers = ctx.users.get(value, [])
+        if value in graph.outputs:
+            return None, "it is a graph output"
+        if len(readers) != 1:
+            return None, f"it has {len(readers)} readers"
+        reader = readers[0]
+        if reader.op is Op.RESHAPE:
+            between.append(reader)
+            value = reader.output
+            continue
+        if reader.op is not Op.MATMUL or reader.inputs[0] is not value or value in reader.inputs[1:]:
+            return None, f"its reader {reader.name} is not a matmul that takes it as its left operand"
+        break
+    from dojoc.codegen.lower import VIEW_OPS, view_of
+
+    def free(n: Node) -> bool:  # emits no code: a parameter, a constant, a view of a value in DRAM
+        if n.op in (Op.PARAM, Op.CONST) or n in between:
+            return True
+        v = n.inputs[0] if n.inputs else None
+        return (n.op in VIEW_OPS and v in ctx.views and v not in ctx.consts and n.output not in graph.outputs
+                and view_of(ctx, n) is not None)
+
+    nodes = graph.nodes
+    i, j = nodes.index(node), nodes.index(reader)
+    code = [n for n in nodes[i + 1:j] if not free(n)]
+    if code:
+        return None, f"op {code[0].name} runs between it and its reader {reader.name}"
+    return reader, ""
+
+
+def offer(ctx: Ctx, node: Node, p: Problem, spec: Spec,
+          kblocks: tuple[tuple[int, int], ...]) -> tuple[Node | None, str]:
+    """Whether the SUMMA matmul `node` (problem `p`, output column blocks `kblocks`) may hold its output
+    for its reader: (the reader, "") or (None, why not)."""
+    from dojoc.codegen.kernels.mxu import param_array
+    from dojoc.codegen.kernels.summa import MIN_BLOCK
+
+    mach = ctx.machine
+    rows, cols = mach.mesh
+    if ctx.precision == "cfp8":
+        return None, "cfp8 matmuls convert their operands in SRAM"
+    if len(p.o) != 1 or p.o[0] != View.dense(p.o[0].base, (p.m, p.n), p.o[0].dtype) or p.im2col is not None:
+        return None, "its output is not one dense [M, N] matrix"
+    if holders(ctx) is None:
+        return None, "a mesh row has more than one disabled core"
+    reader, why = _chain(ctx, node)
+    if reader is None:
+        return None, why
+    if ctx.held:
+        return None, "its own left operand is held"
+    given = ctx.given.get(reader.name)
+    if given is not None and given.kernel != "summa":
+        return None, f"the mapping gives its reader {reader.name} kernel {given.kernel!r}"
+    w = reader.inputs[1]
+    if param_array(ctx, w, ctx.graph.producers()) is None:
+        return None, f"its reader {reader.name}'s right operand is not a weight"
+    nc = w.type.shape[-1]
+    if prod(reader.output.type.shape[:-1]) != p.m or nc < MIN_BLOCK * cols or p.m < MIN_BLOCK * rows:
+        return None, f"its reader {reader.name} is too small for SUMMA"
+    if max(c for _, c in kblocks) > 4095 or spec.out is not ctx.mxu_dtype:
+        return None, "its column blocks are not chunks its reader can multiply"
+    return reader, ""
+
+
+def hold(ctx: Ctx, node: Node, p: Problem, spec: Spec, mblocks: tuple[tuple[int, int], ...],
+         kblocks: tuple[tuple[int, int], ...]) -> Held:
+    """Hold the output of `node` in every core's SRAM (see the module docstring)."""
+    cores = holders(ctx)
+    assert cores is not None
+    e = spec.out.itemsize
+    m_max, n_max = max(c for _, c in mblocks), max(c for _, c in kblocks)
+    block = -(-m_max * n_max * e // ALIGN) * ALIGN
+    addrs = {s.hold(2 * block, f"{node.name}'s output block") for s in ctx.sram.values()}
+    assert len(addrs) == 1, "every core holds the same bytes"
+    base = addrs.pop()
+    ctx.held_bytes += 2 * block
+    h = Held(node.output.name, p.o[0].base, p.m, p.n, spec.out, kblocks, base, base + block, 2 * block, cores)
+    ctx.held[h.base] = h
+    ctx.held_shards[h.base] = shards(ctx, h)
+    return h
+
+
+def release(ctx: Ctx, h: Held) -> None:
+    """The consumer is done: free the held bytes on every core."""
+    for s in ctx.sram.values():
+        s.release(h.nbytes)
+    ctx.held_bytes -= h.nbytes
+    del ctx.held[h.base]
+
+
+def shards(ctx: Ctx, h: Held) -> tuple[Shard, ...]:
+    """The held value's pieces, for the mapping: each block on the core that holds it."""
+    coords, mblocks = ctx.machine.coords, split(h.m, ctx.machine.mesh[0])
+    out = []
+    for (r, j), core in sorted(h.cores.items()):
+        _, addr, stride = h.owner(r, j, coords)
+        out.append(Shard(core, addr, mblocks[r][1] * stride))
+    return tuple(out)
