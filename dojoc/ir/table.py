@@ -115,7 +115,7 @@ _row(Op.MATMUL, K.CONTRACTION, (2, 4), E.with_epilogue(S.matmul, (2, 2), E.MATMU
      "[..., M, K] @ [..., K, N] -> [..., M, N]; batch dims broadcast; out_dtype None means the operands' dtype "
      "(accumulation is fp32 or wider); then its epilogue (bias, residual, scalar arithmetic, clamp, "
      "activation)",
-     {"out_dtype": Attr(OPT_DTYPE, None), **E.ATTRS}, ("x", "w", "*epilogue"))
+     {"out_dtype": Attr(OPT_DTYPE, None), **E.ATTRS, "merged": Attr(E.NAMES, ())}, ("x", "w", "*epilogue"))
 _row(Op.CONV2D, K.CONTRACTION, (2, 4), E.with_epilogue(S.conv2d, (2, 3), E.CONV_STEPS), R.conv2d,
      "cross-correlation of x [N,C,H,W] with w [O,C/groups,KH,KW] plus optional bias [O]; symmetric zero "
      "padding (asymmetric: pad first); depthwise is groups == C; conv1d is conv2d with H = 1; then its "

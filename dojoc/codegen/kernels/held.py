@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from math import prod
 from typing import TYPE_CHECKING
 
-from dojoc.codegen.context import ALIGN, Ctx, split
+from dojoc.codegen.context import ALIGN, Ctx
 from dojoc.codegen.view import View
 from dojoc.ir.graph import Node
 from dojoc.ir.ops import Op
@@ -48,6 +48,7 @@ class Held:
     m: int
     n: int
     dtype: DType
+    mblocks: tuple[tuple[int, int], ...]  # the row blocks (first, count), one per mesh row
     kblocks: tuple[tuple[int, int], ...]  # the column blocks (first, count): the consumer's K chunks
     own: int  # SRAM address of every core's own block
     extra: int  # SRAM address of an assembled block, on its holder
@@ -164,7 +165,8 @@ def hold(ctx: Ctx, node: Node, p: Problem, spec: Spec, mblocks: tuple[tuple[int,
     assert len(addrs) == 1, "every core holds the same bytes"
     base = addrs.pop()
     ctx.held_bytes += 2 * block
-    h = Held(node.output.name, p.o[0].base, p.m, p.n, spec.out, kblocks, base, base + block, 2 * block, cores)
+    h = Held(node.output.name, p.o[0].base, p.m, p.n, spec.out, mblocks, kblocks, base, base + block, 2 * block,
+             cores)
     ctx.held[h.base] = h
     ctx.held_shards[h.base] = shards(ctx, h)
     return h
@@ -180,9 +182,8 @@ def release(ctx: Ctx, h: Held) -> None:
 
 def shards(ctx: Ctx, h: Held) -> tuple[Shard, ...]:
     """The held value's pieces, for the mapping: each block on the core that holds it."""
-    coords, mblocks = ctx.machine.coords, split(h.m, ctx.machine.mesh[0])
     out = []
     for (r, j), core in sorted(h.cores.items()):
-        _, addr, stride = h.owner(r, j, coords)
-        out.append(Shard(core, addr, mblocks[r][1] * stride))
+        _, addr, stride = h.owner(r, j, ctx.machine.coords)
+        out.append(Shard(core, addr, h.mblocks[r][1] * stride))
     return tuple(out)

@@ -90,7 +90,9 @@ def grid(ctx: Ctx, m: int, n: int) -> Grid:
     at = {rc: i for i, rc in enumerate(mach.coords)}
     rows = tuple(tuple(at[(r, c)] for c in range(cols_n) if (r, c) in at) for r in range(rows_n))
     cols = tuple(tuple(at[(r, c)] for r in range(rows_n) if (r, c) in at) for c in range(cols_n))
-    mblocks, nblocks = tuple(split(m, rows_n)), tuple(split(n, cols_n))
+    # a row with a disabled core has fewer cores for its blocks and slices: it takes fewer rows of M, in
+    # proportion to its cores, so every core has the same work (else those rows set the op's pace)
+    mblocks, nblocks = weighted_split(m, [len(row) for row in rows]), tuple(split(n, cols_n))
     extra: dict[int, tuple[int, int]] = {}
     for r in range(rows_n):
         for c in range(cols_n):
@@ -99,6 +101,19 @@ def grid(ctx: Ctx, m: int, n: int) -> Grid:
                 for core, (s, k) in zip(rows[r], split(count, len(rows[r])), strict=False):
                     extra[core] = (first + s, k)
     return Grid(rows, cols, mblocks, nblocks, extra)
+
+
+def weighted_split(n: int, weights: list[int]) -> tuple[tuple[int, int], ...]:
+    """`n` items in contiguous (start, count) ranges in proportion to `weights` (each at least one item
+    when n allows; as `split` when the weights are equal)."""
+    if len(set(weights)) == 1 or n < len(weights):
+        return tuple(split(n, len(weights)))
+    total, cum, edges = sum(weights), 0, [0]
+    for i, w in enumerate(weights):
+        cum += w
+        edge = n * cum // total if i < len(weights) - 1 else n
+        edges.append(min(max(edge, edges[-1] + 1), n - (len(weights) - 1 - i)))
+    return tuple((a, b - a) for a, b in zip(edges, edges[1:], strict=False))
 
 
 def _link_cycles(ctx: Ctx, g: Grid, kc: int, e: int, resident: str | None = None, a_held: bool = False) -> float:
