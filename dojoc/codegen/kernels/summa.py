@@ -32,6 +32,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from math import ceil
 
 from dojoc.codegen.context import ALIGN, Ctx, split
 from dojoc.codegen.kernels import held as held_
@@ -90,9 +91,7 @@ def grid(ctx: Ctx, m: int, n: int) -> Grid:
     at = {rc: i for i, rc in enumerate(mach.coords)}
     rows = tuple(tuple(at[(r, c)] for c in range(cols_n) if (r, c) in at) for r in range(rows_n))
     cols = tuple(tuple(at[(r, c)] for r in range(rows_n) if (r, c) in at) for c in range(cols_n))
-    # a row with a disabled core has fewer cores for its blocks and slices: it takes fewer rows of M, in
-    # proportion to its cores, so every core has the same work (else those rows set the op's pace)
-    mblocks, nblocks = weighted_split(m, [len(row) for row in rows]), tuple(split(n, cols_n))
+    nblocks = tuple(split(n, cols_n))
     extra: dict[int, tuple[int, int]] = {}
     for r in range(rows_n):
         for c in range(cols_n):
@@ -100,20 +99,47 @@ def grid(ctx: Ctx, m: int, n: int) -> Grid:
                 first, count = nblocks[c]
                 for core, (s, k) in zip(rows[r], split(count, len(rows[r])), strict=False):
                     extra[core] = (first + s, k)
+    # a row beside a disabled core multiplies its slices too: it takes fewer rows of M, so that no core's
+    # step (rows and columns rounded up to the matrix unit's 8) is longer than a full row's
+    n_max = max(k for _, k in nblocks)
+    widths = [_up8(n_max) + max((_up8(extra[c][1]) for c in row if c in extra), default=0) for row in rows]
+    # the reader of a held A (the only op that runs while a value is held) takes its producer's rows
+    held = next((h.mblocks for h in ctx.held.values() if h.m == m), None)
+    mblocks = held if held is not None else balanced_rows(m, widths)
     return Grid(rows, cols, mblocks, nblocks, extra)
 
 
-def weighted_split(n: int, weights: list[int]) -> tuple[tuple[int, int], ...]:
-    """`n` items in contiguous (start, count) ranges in proportion to `weights` (each at least one item
-    when n allows; as `split` when the weights are equal)."""
-    if len(set(weights)) == 1 or n < len(weights):
-        return tuple(split(n, len(weights)))
-    total, cum, edges = sum(weights), 0, [0]
-    for i, w in enumerate(weights):
-        cum += w
-        edge = n * cum // total if i < len(weights) - 1 else n
-        edges.append(min(max(edge, edges[-1] + 1), n - (len(weights) - 1 - i)))
-    return tuple((a, b - a) for a, b in zip(edges, edges[1:], strict=False))
+def _up8(x: int) -> int:
+    return -(-x // 8) * 8
+
+
+def balanced_rows(m: int, widths: list[int]) -> tuple[tuple[int, int], ...]:
+    """Rows of M per mesh row (first, count), contiguous, so that the longest step of any row is as short
+    as it can be: a row of `width` columns (rounded to 8) with r rows costs width x (up8(r) + up8(r / 2))
+    (one wave and two). Equal widths split M evenly, as `split` does."""
+    if len(set(widths)) == 1 or m < 2 * len(widths):
+        return tuple(split(m, len(widths)))
+
+    def cost(r: int, width: int) -> int:
+        return width * (_up8(r) + _up8(-(-r // 2)))
+
+    def most(c: int, width: int) -> int:  # the most rows whose cost is within c (at least one)
+        lo, hi = 1, m
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            lo, hi = (mid, hi) if cost(mid, width) <= c else (lo, mid - 1)
+        return lo
+
+    lo, hi = 0, max(cost(m, w) for w in widths)
+    while lo < hi:  # the least cost bound at which the rows can take all of M
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if sum(most(mid, w) for w in widths) >= m else (mid + 1, hi)
+    counts = [most(lo, w) for w in widths]
+    while sum(counts) > m:  # give back the excess one row at a time, from the row with the most
+        i = max(range(len(counts)), key=lambda j: (counts[j], -j))
+        counts[i] -= 1
+    starts = [sum(counts[:i]) for i in range(len(counts))]
+    return tuple(zip(starts, counts, strict=True))
 
 
 def _link_cycles(ctx: Ctx, g: Grid, kc: int, e: int, resident: str | None = None, a_held: bool = False) -> float:
@@ -199,9 +225,13 @@ def estimate(ctx: Ctx, p: Problem, spec: Spec, kc: int, resident: str | None = N
     by_rows = resident == "b"
     a_dram = resident != "a" and held is None
     # the slice beside a disabled core: in every step when waves cut rows, else in the first wave's
+    # (the slowest row's step: rows beside a disabled core have fewer rows of M, balanced_rows)
     xm = matmul_cycles(mx, xx, kc, spec.op, True, m) if xx else 0
     every = by_rows or waves == 1
-    mma = matmul_cycles(mx, nx, kc, spec.op, True, m) + (xm if every else 0)
+    shapes = {(ceil(k / waves) if by_rows else k, max((g.extra[c][1] for c in row if c in g.extra), default=0))
+              for row, (_, k) in zip(g.rows, g.mblocks, strict=True)}
+    mma = max(matmul_cycles(r, nx, kc, spec.op, True, m)
+              + (matmul_cycles(r, x, kc, spec.op, True, m) if x and every else 0) for r, x in shapes)
     x_mma = 0 if every else chunks * xm
     extra = sum(n for _, n in g.extra.values())  # B's columns that the cores beside a disabled one fetch again
     streamed = (p.m * kc / (waves if by_rows else 1) if a_dram else 0) \
