@@ -10,6 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import dojoc
 from dojoc.codegen.lower import lower_graph
 from dojoc.errors import SramOverflowError
 from dojoc.frontend import from_module
@@ -246,3 +247,21 @@ def test_gather_of_a_transposed_input() -> None:
 def test_out_of_range_index_traps(num: int, bad: int) -> None:
     with pytest.raises(Trap, match="vgather index"):
         compile_and_run(Embed(num, 2), (torch.tensor([1, bad, 2]),), "fp32")
+
+
+def test_sdpa_cores_of_a_head_share_its_keys_and_values() -> None:
+    """One query block per core, the keys in one chunk: the two cores of each head read half of its K and
+    V each and put it to the other, so K and V leave DRAM once per head (attention._share_kv)."""
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 4, 64, 64) for _ in range(3))
+
+    def f(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.scaled_dot_product_attention(q, k, v)
+
+    prog = dojoc.compile(f, (q, k, v), machine="mesh4x4", precision="fp32")
+    out, report = prog.run(q, k, v)
+    torch.testing.assert_close(out, f(q, k, v), rtol=1e-4, atol=1e-4)
+    puts = sum(i.spec.mnemonic == "put" for s in prog.image.sections for i in s.code)
+    assert puts == 16 * 2  # each of 16 cores puts its half of K and of V to its head's other core
+    # q, k, v read once and the output written once: 4 x 2 x 4 x 64 x 64 x 4 bytes
+    assert report.dram_bytes == 4 * 2 * 4 * 64 * 64 * 4

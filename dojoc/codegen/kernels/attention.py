@@ -22,6 +22,7 @@ stride is +1 byte and column stride -1 byte. Key chunks entirely above the diago
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from math import prod
 
@@ -30,6 +31,7 @@ import numpy as np
 from dojoc.codegen.builder import R_A, R_B, R_C, R_D, CoreCode
 from dojoc.codegen.context import ALIGN, MAX_COLS, MAX_ROWS, Ctx, load_view, split, store_view
 from dojoc.codegen.kernels.eltwise import fill
+from dojoc.codegen.paths import port_path
 from dojoc.codegen.registry import kernel
 from dojoc.codegen.view import Transfer, View
 from dojoc.errors import CompileError, SramOverflowError
@@ -43,6 +45,7 @@ F32 = DType.F32
 LOWEST = float(np.finfo(np.float32).min)  # the running max never goes below this (fully masked rows)
 TINY = 1e-30  # the row sum is clamped to this, so a fully masked row divides 0 by it
 SEM_LOAD, SEM_STORE = 0, 1
+SEM_KV, SEM_SENT, SEM_MINE = 2, 3, 4  # K/V pieces from the other cores of a head; this core's sent; loaded
 Resident = tuple[tuple[int, ...], int] | None
 
 
@@ -106,17 +109,20 @@ def _plan(ctx: Ctx, node: Node, sh: _Shape, want_lb: int) -> tuple[int, int]:
     return lb, sc
 
 
-def _cores(ctx: Ctx, sh: _Shape, B: int, work: float, mask_bcast: bool, rep: int) -> tuple[int, float]:
-    """The cores and DRAM bytes of the best split of each head's queries into blocks by the cost model:
-    a core's share of the work against the DRAM port's time for Q, O, the mask and the K and V of every
-    (core, kv head) pair (a core keeps K and V across its run of blocks of one head). More blocks per head
-    spread the work but read K and V once per block. A core loads a block's operands before it computes on
-    them, and all cores load at once, so the port's time and a core's work add up rather than overlap."""
-    port = ctx.machine.dram_ports[0].bytes_per_cycle
+def _cores(ctx: Ctx, sh: _Shape, B: int, work: float, mask_bcast: bool, rep: int) -> tuple[int, float, bool]:
+    """The cores, DRAM bytes and K/V sharing of the best split of each head's queries into blocks by the
+    cost model: a core's share of the work against the DRAM port's time for Q, O, the mask and the K and V
+    of every (core, kv head) pair (a core keeps K and V across its run of blocks of one head). More blocks
+    per head spread the work but read K and V once per block, unless the cores of a head share them
+    (`_share_kv`: one block per core; each head's K and V read once, each core's ejection port taking the
+    others' pieces after its own load, a few hops away). A core loads a block's operands before it
+    computes on them, and all cores load at once, so the port's time and a core's work add up."""
+    mach = ctx.machine
+    port = mach.dram_ports[0].bytes_per_cycle
     n_max = len(ctx.builder.ids)
     mask_es = sh.mask.itemsize if sh.mask is not None else 0
     kv = sh.S * (sh.E + sh.Ev) * sh.es
-    best: tuple[float, int, float] | None = None
+    best: tuple[float, int, float, bool] | None = None
     pb = 1
     while pb <= max(1, -(-sh.L // 8)):
         lb = -(-sh.L // pb)
@@ -125,13 +131,19 @@ def _cores(ctx: Ctx, sh: _Shape, B: int, work: float, mask_bcast: bool, rep: int
         n = min(items, n_max)
         pairs = sum(len({(j // blocks) // rep for j in range(f, f + c)}) for f, c in split(items, n))
         mask = B * (blocks if mask_bcast else sh.L) * sh.S * mask_es
-        dram = pairs * kv + B * sh.L * (sh.E + sh.Ev) * sh.es + mask
-        t = work / n + dram / port
-        if best is None or t < best[0]:
-            best = (t, n, dram)
+        rest = B * sh.L * (sh.E + sh.Ev) * sh.es + mask
+        options = [(work / n + (pairs * kv + rest) / port, pairs * kv + rest, False)]
+        if blocks > 1 and n == items and rep == 1 and sh.S <= MAX_COLS and blocks <= sh.S:
+            # the pieces go out only once they are in: one DMA's way more before the Q blocks' loads
+            exchange = port_path(mach, tuple(ctx.builder.ids[:n])).latency \
+                + kv * (blocks - 1) / blocks / mach.eject_bytes_per_cycle + 2 * blocks * mach.hop_latency
+            options.append((work / n + (B * kv + rest) / port + exchange, B * kv + rest, True))
+        for t, dram, share in options:
+            if best is None or t < best[0]:
+                best = (t, n, dram, share)
         pb *= 2
     assert best is not None
-    return best[1], best[2]
+    return best[1], best[2], best[3]
 
 
 @kernel(Op.SDPA)
@@ -170,7 +182,7 @@ def sdpa(ctx: Ctx, node: Node) -> None:
     work = (macs / ctx.machine.macs_per_cycle("fp32" if dt is F32 else "bf16")
             + 8 * vector_cycles(B * L * S, 4, B * L * S * 4, B * L * S * 4, ctx.machine))
     bcast = mask is not None and ctx.views[mask].expand(batch + (L, S)).strides[-2] == 0
-    count, dram = _cores(ctx, sh, B, work, bcast, rep)
+    count, dram, share = _cores(ctx, sh, B, work, bcast, rep)
     cores = ctx.region("attention", work, B * -(-L // 8), axis="heads_queries", dram_bytes=dram, count=count,
                        overlap=False)
     per_batch = max(1, -(-len(cores) // B))
@@ -185,25 +197,65 @@ def sdpa(ctx: Ctx, node: Node) -> None:
         causal_v = ctx.weight(f"{node.name}_causal", np.arange(L + S - 1) >= S - 1, DType.BOOL)
     kv, vv, qv = ctx.views[k], ctx.views[v], ctx.views[q]
     mv = ctx.views[mask].expand(batch + (L, S)) if mask is not None else None
-    for core, (first, count) in zip(cores, split(len(items), len(cores)), strict=False):
+    runs = list(zip(cores, split(len(items), len(cores)), strict=False))
+    # one block per core and every key in one chunk: the cores of a head share its K and V (_share_kv)
+    groups: dict[tuple[int, ...], list[int]] = {}
+    if share and all(c == 1 for _, (_, c) in runs) and sc >= S:
+        for core, (first, _) in runs:
+            groups.setdefault(items[first][0], []).append(core)
+    for core, (first, count) in runs:
         cc = ctx.core(core)
         bufs = _Buffers.alloc(ctx, core, node, sh, lb, sc)
         with cc.op(node.name, node.source):
             if mask is not None or sh.causal:
                 cc.emit("vfill", rd=cc.reg(R_D, bufs.neg), imm=-math.inf, rows=1, cols=sc, sd=sc * 4, dt=F32)
             pending, resident = 0, None
+            head = items[first][0]
+            sent: list[int] = [0]
+            hook = None
+            if 1 < len(groups.get(head, ())) <= S:
+                hook = _share_kv(cc, sh, bufs, select_batch(kv, head), select_batch(vv, head), groups[head], core,
+                                 sent)
+                resident = (head, S)
             for idx, l0, n in items[first:first + count]:
                 kidx = idx[:-1] + (idx[-1] // rep,) if rep > 1 else idx
                 blk = _Block(select_batch(qv, idx).slice(0, l0, l0 + n), select_batch(kv, kidx),
                              select_batch(vv, kidx), select_batch(mv, idx) if mv is not None else None,
                              causal_v, l0, n)
-                resident = _attend(cc, sh, bufs, blk, dt, scale, sc, resident, kidx, pending)
+                resident = _attend(cc, sh, bufs, blk, dt, scale, sc, resident, kidx, pending, hook)
+                hook = None
                 src = bufs.o if dt is F32 else bufs.oc
                 if dt is not F32:
                     cc.emit("vcvt", rd=cc.reg(R_D, bufs.oc), ra=cc.reg(R_A, bufs.o), rows=n, cols=Ev,
                             sd=Ev * dt.itemsize, sa=Ev * 4, dtd=dt, dts=F32)
                 pending = store_view(cc, src, select_batch(out, idx).slice(0, l0, l0 + n), SEM_STORE)
             cc.wait(SEM_STORE, pending)
+            cc.wait(SEM_SENT, sent[0])
+
+
+def _share_kv(cc: CoreCode, sh: _Shape, b: _Buffers, k: View, v: View, group: list[int], me: int,
+              sent: list[int]) -> Callable[[], None]:
+    """The cores of one head (`group`, one query block each) read its K and V from DRAM once: each loads
+    its share of the keys into its K and V buffers and puts it into the same place on the others; the
+    returned hook, which `_attend` calls once its Q block's loads are issued (so they overlap the
+    exchange), waits for the others' pieces. `sent` counts the puts (their sources are waited for at the
+    end). The pieces are loaded before the Q blocks, so the port serves every core's piece first."""
+    es = sh.es
+    j = group.index(me)
+    s0, cnt = split(sh.S, len(group))[j]
+    loads = load_view(cc, k.slice(0, s0, s0 + cnt), b.k + s0 * sh.E * es, SEM_MINE)
+    loads += load_view(cc, v.slice(0, s0, s0 + cnt), b.v + s0 * sh.Ev * es, SEM_MINE)
+
+    cc.wait(SEM_MINE, loads)
+    for other in group:
+        if other == me:
+            continue
+        for base, width in ((b.k, sh.E), (b.v, sh.Ev)):
+            addr = base + s0 * width * es
+            cc.emit("put", rc=cc.reg(R_C, other), rd=cc.reg(R_D, addr), rs=cc.reg(R_A, addr), rows=cnt,
+                    bytes=width * es, ss=width * es, ds=width * es, seml=SEM_SENT, semr=SEM_KV)
+            sent[0] += 1
+    return lambda: cc.wait(SEM_KV, 2 * (len(group) - 1))
 
 
 @dataclass(frozen=True)
@@ -261,7 +313,8 @@ class _Block:
 
 
 def _attend(cc: CoreCode, sh: _Shape, b: _Buffers, blk: _Block, dt: DType, scale: float, sc: int,
-            resident: Resident, kidx: tuple[int, ...], pending: int) -> Resident:
+            resident: Resident, kidx: tuple[int, ...], pending: int,
+            hook: Callable[[], None] | None = None) -> Resident:
     """Emit one query block, leaving O / l in b.o. `resident` is (kv batch index, keys loaded) when K and
     V stay in SRAM across blocks (only when one chunk covers every key); returns the new one."""
     n, es, Ev, E = blk.n, dt.itemsize, sh.Ev, sh.E
@@ -291,6 +344,8 @@ def _attend(cc: CoreCode, sh: _Shape, b: _Buffers, blk: _Block, dt: DType, scale
             loads += 1
         if first:
             cc.wait(SEM_STORE, pending)  # the previous block's output has left O
+            if hook is not None:  # K and V shared with the head's other cores, while this block's loads fly
+                hook()
         cc.wait(SEM_LOAD, loads)
         tile = {"rows": n, "cols": cs, "sd": cs * 4, "sa": cs * 4}
         cc.emit("mma", rd=cc.reg(R_D, b.s), ra=cc.reg(R_A, b.q), rb=cc.reg(R_B, b.k), m=n, n=cs, k=E,
