@@ -8,9 +8,11 @@ A bigger machine must never be slower, so a compile should use only as many core
 - the kernels' cost model sees the way from the port to a region (latency across die edges, the busiest
   link: codegen/paths.py), so a region that would reach far cores through a narrow way costs what it
   costs, and the search prefers smaller regions then;
+- within a die, cores are offered nearest to the port first and one per entry router in turn (on a west
+  port that spans every row: column by column), so a small region's DMAs enter the mesh through many of
+  the port's entry links rather than through the one link of the first mesh row;
 - cores that get no work are dropped from the program after code generation (`ProgramBuilder.keep`),
   so barriers span only the cores that take part.
-On a one-die machine the order is the id order.
 """
 
 from __future__ import annotations
@@ -26,9 +28,14 @@ def usable_cores(machine: Machine) -> list[int]:
     er, ec = port.entry_router(machine, 0, 0)
     home = (er // dr, ec // dc)
 
-    def key(core: int) -> tuple[int, int, int, int]:
+    def key(core: int) -> tuple[int, int, int, int, int, int]:
         r, c = machine.coords[core]
         die = (r // dr, c // dc)
-        return abs(die[0] - home[0]) + abs(die[1] - home[1]), die[0], die[1], core
+        # within a die: nearest to the port first, one core per entry router in turn, so the first n cores
+        # of a region take their DMAs through as many of the port's entry links as they can (on a west
+        # port over every row: column by column)
+        er_, ec_ = port.entry_router(machine, r, c)
+        hops = abs(er_ - r) + abs(ec_ - c)
+        return abs(die[0] - home[0]) + abs(die[1] - home[1]), die[0], die[1], hops, er_ * 100_000 + ec_, core
 
     return sorted(range(machine.num_cores), key=key)

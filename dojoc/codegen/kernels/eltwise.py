@@ -108,9 +108,12 @@ def elementwise(ctx: Ctx, node: Node) -> None:
             fill_consts = {cv}
     loaded = [v for v in dict.fromkeys(node.inputs) if v not in consts]
     widths = [ctx.storage(v.type.dtype).itemsize for v in node.inputs] + [out_v.dtype.itemsize]
-    tiles = boxes(shape, max(1, TILE_BYTES // max(widths)))
     moved = prod(shape) * sum(widths)
     cycles = moved / ctx.machine.link_bytes_per_cycle + prod(shape) * max(widths) / ctx.machine.simd_bytes
+    # tiles small enough that every core the work asks for gets one (a [128, 768] add in 32 KiB tiles
+    # would run on 7 cores, each moving 96 KiB through its one link)
+    per_core = -(-prod(shape) // ctx.cores_for(cycles, prod(shape)))
+    tiles = boxes(shape, max(1, min(TILE_BYTES // max(widths), per_core)))
     cores = ctx.region("eltwise", cycles, len(tiles), axis="tiles", bound=Bound.LINK, dram_bytes=moved)
     for core, (first, count) in zip(cores, split(len(tiles), len(cores)), strict=False):
         cc = ctx.core(core)

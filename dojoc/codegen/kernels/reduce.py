@@ -86,8 +86,9 @@ def _split_columns(ctx: Ctx, node: Node, src: Matrix, out: Matrix, p: Plan, part
     wdt = src.view.dtype if m != "vrsum" else work_dtype(src.view.dtype)
     partials = ctx.dram(f"{node.name}_partials", TensorKind.SCRATCH, (parts,) + src.rshape, wdt)
     per_part = partials.nbytes // parts
-    for core, (first, count) in zip(p.cores, split(len(p.chunks), parts), strict=False):
-        dst = Matrix.of(View.dense(partials.base + core * per_part, src.rshape, wdt), range(src.nrow), ())
+    for i, (core, (first, count)) in enumerate(zip(p.cores, split(len(p.chunks), parts), strict=False)):
+        # the i-th part's slot (not the core id's: a region need not be cores 0 .. parts - 1)
+        dst = Matrix.of(View.dense(partials.base + i * per_part, src.rshape, wdt), range(src.nrow), ())
         sub = replace(p, chunks=p.chunks[first:first + count])
         _reduce_rows(Lane(ctx, core, node), src, dst, sub, p.blocks, m, False, None)
     ctx.builder.barrier()
