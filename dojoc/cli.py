@@ -36,6 +36,9 @@ class _Group(click.Group):
             _fail(str(e).strip())
         except (OSError, ValueError) as e:
             _fail(str(e))
+        except KeyboardInterrupt:  # Ctrl-C: outputs are written atomically, so nothing half-written is left
+            click.echo("error: interrupted; no partial output was left behind", err=True)
+            sys.exit(130)
 
 
 @click.group(cls=_Group)

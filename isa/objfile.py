@@ -44,7 +44,8 @@ def _str(s: str) -> bytes:
 
 def check_image(image: Image) -> None:
     """Check what the format relies on: core ids exist and run one section, labels and debug entries
-    point into their section, tensor names are unique and weight data has its tensor's size."""
+    point into their section, tensor names are unique, tensors lie in the machine's DRAM and weight data
+    has its tensor's size."""
     n = image.machine.num_cores
     owner: dict[int, str] = {}
     for s in image.sections:
@@ -63,7 +64,13 @@ def check_image(image: Image) -> None:
     names = [t.name for t in image.tensors]
     if len(set(names)) != len(names):
         raise ObjectFileError("two tensors have the same name")
+    dram = image.machine.dram_bytes
     for t in image.tensors:
+        # before anything is allocated: a tensor must lie in the machine's DRAM (a declared 1 TB tensor
+        # is an error here, not a gigantic allocation when inputs are set or outputs read)
+        if t.address + t.nbytes > dram:
+            raise ObjectFileError(f"tensor {t.name} declares {t.nbytes:,} bytes at DRAM address {t.address:,}, "
+                                  f"past the end of {image.machine.name}'s {dram:,} bytes of DRAM")
         if t.data is not None and len(t.data) != t.nbytes:
             raise ObjectFileError(f"tensor {t.name}: {len(t.data)} data bytes for {t.nbytes} bytes "
                                   "of storage")

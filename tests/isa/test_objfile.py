@@ -178,3 +178,22 @@ def test_write_rejects_inconsistent_images() -> None:
     bad = Image(img.machine, img.sections + (CodeSection("dup", (0,), ()),))
     with pytest.raises(ObjectFileError, match="core 0 runs both"):
         write_object(bad)
+
+
+def test_a_tensor_past_the_machines_dram_is_refused_before_allocation() -> None:
+    img = _image()
+    huge = Tensor("x", TensorKind.INPUT, 0, (1 << 20, 1 << 20), DType.F32)  # 4 TiB
+    bad = Image(img.machine, img.sections, (huge,) + img.tensors[1:], img.signature, img.debug)
+    with pytest.raises(ObjectFileError, match="tensor x declares 4,398,046,511,104 bytes at DRAM address 0, "
+                                              "past the end of mesh2x2's"):
+        write_object(bad)
+    # the same declaration in a file's TENS section: the reader refuses it before anything is allocated
+    data = write_object(img)
+    body = data[:-CHECKSUM_BYTES]
+    count = HEADER.unpack_from(body)[2]
+    entries = [ENTRY.unpack_from(body, HEADER.size + i * ENTRY.size) for i in range(count)]
+    off, n = next((o, k) for t, o, k, _ in entries if t == b"TENS")
+    tens = json.loads(body[off:off + n])
+    tens[0]["shape"] = [1 << 20, 1 << 20]
+    with pytest.raises(ObjectFileError, match="past the end of mesh2x2's"):
+        read_object(_replace_section(data, b"TENS", json.dumps(tens).encode()))
