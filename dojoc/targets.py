@@ -38,6 +38,7 @@ _NUM = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
 _SPEC = re.compile(rf"^(?P<shape>\d+(?:x\d+)*|scalar)(?::(?P<dtype>[A-Za-z0-9]+))?"
                    rf"(?:(?P<lb>[\[(])\s*(?P<lo>{_NUM})\s*,\s*(?P<hi>{_NUM})\s*(?P<rb>[\])]))?$")
 _NAME = re.compile(r"^(?P<name>[A-Za-z_]\w*)=(?P<body>.+)$")
+MAX_INPUT_BYTES = 4 << 30  # a random input larger than this is a typo, not a model input
 SPEC_HELP = ("expected [name=]SHAPE[:DTYPE][RANGE] such as 1x3x224x224, 1x128:int64[0,30522) or 1x3:float32, "
              "or [name=]x.npy")
 
@@ -86,6 +87,10 @@ def _make(body: str, spec: str, gen: torch.Generator) -> torch.Tensor:
         raise InputError(f"--input {spec}: unknown dtype {m['dtype']!r}; use one of "
                          "float32, bfloat16, int64, int32, bool")
     dtype = DTYPES[dtype_name]
+    nbytes = math.prod(shape) * dtype.itemsize
+    if nbytes > MAX_INPUT_BYTES:  # refused before anything is allocated
+        raise InputError(f"--input {spec}: {math.prod(shape):,} elements ({nbytes / 2**30:,.1f} GiB) are more "
+                         f"than an input may hold here ({MAX_INPUT_BYTES // 2**30} GiB); give a smaller shape")
     if m["lo"] is None:
         if dtype.is_floating_point:
             return torch.randn(shape, generator=gen).to(dtype)
@@ -93,16 +98,24 @@ def _make(body: str, spec: str, gen: torch.Generator) -> torch.Tensor:
             return torch.randint(0, 2, shape, generator=gen).bool()
         return torch.randint(0, 10, shape, generator=gen, dtype=dtype)
     lo, hi = float(m["lo"]), float(m["hi"])
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        raise InputError(f"--input {spec}: the range's bounds must be finite numbers")
     if dtype.is_floating_point:
         if not lo < hi:
             raise InputError(f"--input {spec}: empty range")
         return (torch.rand(shape, generator=gen) * (hi - lo) + lo).to(dtype)
     ilo = math.floor(lo) + 1 if m["lb"] == "(" else math.ceil(lo)
     ihi = math.floor(hi) + 1 if m["rb"] == "]" else math.ceil(hi)
-    if not ilo < ihi:
-        raise InputError(f"--input {spec}: the range holds no integer")
     if dtype == torch.bool:
-        return torch.randint(max(ilo, 0), min(ihi, 2), shape, generator=gen).bool()
+        ilo, ihi = max(ilo, 0), min(ihi, 2)
+    else:
+        info = torch.iinfo(dtype)
+        if ilo < info.min or ihi - 1 > info.max:
+            raise InputError(f"--input {spec}: the range does not fit {dtype_name} ({info.min}..{info.max})")
+    if not ilo < ihi:
+        raise InputError(f"--input {spec}: the range holds no integer{' in 0..1' if dtype == torch.bool else ''}")
+    if dtype == torch.bool:
+        return torch.randint(ilo, ihi, shape, generator=gen).bool()
     return torch.randint(ilo, ihi, shape, generator=gen, dtype=dtype)
 
 
