@@ -77,6 +77,10 @@ class DramPort:
         }[self.edge]
 
 
+MAX_MESH_POSITIONS = 1 << 20  # mesh rows x cols a machine description may declare
+MAX_SRAM_BYTES = 1 << 32  # per core
+
+
 @dataclass(frozen=True)
 class Machine:
     """A Dojo-like machine. Every cycle cost in the emulator and the cost model derives from these fields."""
@@ -133,6 +137,13 @@ class Machine:
         rows, cols = self.mesh
         if rows <= 0 or cols <= 0:
             raise MachineError(f"machine {self.name!r}: mesh {self.mesh} must have positive rows and cols")
+        # before anything is built per core: the emulator and the compiler hold state for every position
+        if rows * cols > MAX_MESH_POSITIONS:
+            raise MachineError(f"machine {self.name!r}: mesh {rows} x {cols} has {rows * cols:,} positions, more "
+                               f"than the {MAX_MESH_POSITIONS:,} dojoc can model (a 25-die tile has 9,000)")
+        if self.sram_bytes > MAX_SRAM_BYTES:
+            raise MachineError(f"machine {self.name!r}: sram_bytes {self.sram_bytes:,} is above the "
+                               f"{MAX_SRAM_BYTES:,} per core that dojoc can model")
         for r, c in self.disabled:
             if not (0 <= r < rows and 0 <= c < cols):
                 raise MachineError(f"machine {self.name!r}: disabled core {(r, c)} is outside mesh {self.mesh}")

@@ -3,9 +3,11 @@
 import tomllib
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from isa.errors import MachineError
-from isa.machine import Machine, assumptions
+from isa.machine import MAX_MESH_POSITIONS, Machine, assumptions
 from isa.presets import PRESETS, dump_toml, load_machine, machine_from_dict
 
 
@@ -85,3 +87,31 @@ def test_assumptions_are_listed() -> None:
 def test_machine_is_frozen() -> None:
     with pytest.raises(AttributeError):
         Machine().sram_bytes = 1  # type: ignore[misc]
+
+
+_SET_VALUES = st.one_of(st.integers(-10**12, 10**12).map(str), st.text(max_size=12), st.sampled_from([
+    "[[0,0]]", "[[99,99]]", "[[-1,0]]", "[1,2]", "[0,0]", "[100000,100000]", "[2000,600]", "[1,1]", "0", "-1",
+    "1e9", "true", '"x"', "[]", "[[1,2,3]]", "{}", "[[0,0],[0,0]]"]))
+_SET_FIELDS = st.sampled_from([
+    "mesh", "sram_bytes", "disabled", "dram_ports.0.first", "dram_ports.0.last", "dram_ports.0.capacity",
+    "dram_ports.0.bytes_per_cycle", "link_bytes_per_cycle", "hop_latency", "die_shape", "semaphores",
+    "simd_bytes", "macs_bf16", "inject_bytes_per_cycle", "barrier_latency", "dram_ports.5.first", "nope"])
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(_SET_FIELDS, _SET_VALUES), min_size=1, max_size=3))
+def test_random_set_overrides_give_a_machine_or_one_machine_error(sets: list[tuple[str, str]]) -> None:
+    """`--set field=value` under random input: a valid machine or a MachineError, nothing else, and no
+    description builds more state than a bounded mesh (a 100000 x 100000 mesh once exhausted memory)."""
+    try:
+        m = load_machine("mesh4x4", [f"{f}={v}" for f, v in sets])
+    except MachineError:
+        return
+    assert len(m.coords) == m.num_cores <= MAX_MESH_POSITIONS
+
+
+def test_machines_beyond_what_dojoc_can_model_are_refused() -> None:
+    with pytest.raises(MachineError, match="10,000,000,000 positions, more than the 1,048,576"):
+        load_machine("mesh4x4", ["mesh=[100000,100000]"])
+    with pytest.raises(MachineError, match="sram_bytes 1,000,000,000,000 is above"):
+        load_machine("mesh4x4", ["sram_bytes=1000000000000"])
