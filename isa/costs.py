@@ -17,14 +17,15 @@ from isa.table import Bcast, Cost, Instr
 _R8 = 8  # the matrix unit is four 8x8 arrays: M, N and K are rounded up to multiples of 8
 
 
-def _up8(x: int) -> int:
+def up8(x: int) -> int:
+    """`x` rounded up to the matrix unit's granularity (8)."""
     return -(-x // _R8) * _R8
 
 
 def matmul_cycles(m: int, n: int, k: int, dt: DType, acc: bool, machine: Machine) -> int:
     """Cycles of an m x k by k x n multiply-accumulate with `dt` operands and an FP32 result."""
     kind = dt.mxu_kind or "fp32"
-    compute = _up8(m) * _up8(n) * _up8(k) / machine.macs_per_cycle(kind)
+    compute = up8(m) * up8(n) * up8(k) / machine.macs_per_cycle(kind)
     read = (m * k + k * n) * dt.itemsize + (m * n * 4 if acc else 0)
     write = m * n * 4
     return ceil(max(compute, read / machine.sram_load_bytes_per_cycle,

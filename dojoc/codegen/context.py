@@ -41,6 +41,11 @@ MAX_STRIDE = (1 << STRIDE) - 1  # tile row strides in bytes
 MIN_CYCLES_PER_CORE = 1024
 
 
+def aligned(nbytes: int) -> int:
+    """`nbytes` rounded up to the SRAM allocator's alignment."""
+    return -(-nbytes // ALIGN) * ALIGN
+
+
 @dataclass
 class SramPlan:
     """One core's SRAM: resident bytes (upper half, growing up), this op's scratch (lower half, growing
@@ -58,7 +63,7 @@ class SramPlan:
 
     def alloc_resident(self, nbytes: int) -> int | None:
         """An address in the resident half, or None when it is full (then the kernel streams)."""
-        n = -(-nbytes // ALIGN) * ALIGN
+        n = aligned(nbytes)
         if self.resident + n > self.size - self.half:
             return None
         addr = self.half + self.resident
@@ -67,7 +72,7 @@ class SramPlan:
 
     def alloc(self, nbytes: int, what: str) -> int:
         """Scratch for the current op; SramOverflowError names the tensor when it cannot fit."""
-        n = -(-nbytes // ALIGN) * ALIGN
+        n = aligned(nbytes)
         if self.scratch + n > self.half - self.held:
             raise SramOverflowError(f"{what} needs {nbytes:,} bytes of SRAM scratch but only "
                                     f"{self.half - self.held - self.scratch:,} of {self.half:,} are free; "
@@ -79,7 +84,7 @@ class SramPlan:
 
     def hold(self, nbytes: int, what: str) -> int:
         """The address of `nbytes` that stay live after this op (until `release`), at the top of scratch."""
-        n = -(-nbytes // ALIGN) * ALIGN
+        n = aligned(nbytes)
         if self.scratch + self.held + n > self.half:
             raise SramOverflowError(f"{what} needs {nbytes:,} bytes of SRAM held across ops but only "
                                     f"{self.half - self.held - self.scratch:,} are free; give its op hold=0 "
@@ -90,7 +95,7 @@ class SramPlan:
 
     def release(self, nbytes: int) -> None:
         """Free the last `nbytes` held (values are released in the reverse order of `hold`)."""
-        self.held -= -(-nbytes // ALIGN) * ALIGN
+        self.held -= aligned(nbytes)
         assert self.held >= 0
 
     def scratch_free(self) -> int:
@@ -126,7 +131,6 @@ class Ctx:
     users: dict[Value, list[Node]] = field(default_factory=dict)  # the graph's readers of each value
     # values kept in SRAM between their producer and their consumer (kernels/held.py), by DRAM view base
     held: dict[int, Any] = field(default_factory=dict)
-    held_bytes: int = 0  # bytes every core holds for them
     held_shards: dict[int, tuple[Any, ...]] = field(default_factory=dict)  # DRAM base -> its SRAM shards
     _parts: dict[str, int] = field(default_factory=dict)
     _dram_top: int = 0
@@ -260,7 +264,7 @@ class Ctx:
     @property
     def scratch_bytes(self) -> int:
         """The scratch arena of every core (all cores have the same SRAM), less the values held there."""
-        return SramPlan(self.machine.sram_bytes).half - self.held_bytes
+        return SramPlan(self.machine.sram_bytes).half - sum(h.nbytes for h in self.held.values())
 
     def begin_op(self) -> None:
         for s in self.sram.values():

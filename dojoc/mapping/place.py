@@ -28,14 +28,14 @@ def usable_cores(machine: Machine) -> list[int]:
     er, ec = port.entry_router(machine, 0, 0)
     home = (er // dr, ec // dc)
 
-    def key(core: int) -> tuple[int, int, int, int, int, int]:
+    def key(core: int) -> tuple[int, int, int, int, tuple[int, int], int]:
         r, c = machine.coords[core]
         die = (r // dr, c // dc)
         # within a die: nearest to the port first, one core per entry router in turn, so the first n cores
         # of a region take their DMAs through as many of the port's entry links as they can (on a west
         # port over every row: column by column)
-        er_, ec_ = port.entry_router(machine, r, c)
-        hops = abs(er_ - r) + abs(ec_ - c)
-        return abs(die[0] - home[0]) + abs(die[1] - home[1]), die[0], die[1], hops, er_ * 100_000 + ec_, core
+        entry = port.entry_router(machine, r, c)
+        hops = abs(entry[0] - r) + abs(entry[1] - c)
+        return abs(die[0] - home[0]) + abs(die[1] - home[1]), die[0], die[1], hops, entry, core
 
     return sorted(range(machine.num_cores), key=key)

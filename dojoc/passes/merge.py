@@ -19,24 +19,22 @@ import numpy as np
 
 from dojoc.ir import Graph, Node, Op, Value
 from dojoc.ir.epilogue import RESIDUAL_STEPS, steps_of
+from dojoc.passes.consts import constant
 
 
-def _weight(g: Graph, producers: dict[Value, Node], v: Value) -> np.ndarray | None:
+def _is_param(producers: dict[Value, Node], v: Value) -> bool:
     n = producers.get(v)
-    if n is None or n.op is not Op.PARAM or len(v.type.shape) != 2:
-        return None
-    return np.asarray(g.parameters[n.attrs["name"]])
+    return n is not None and n.op is Op.PARAM
 
 
-def _key(g: Graph, producers: dict[Value, Node], n: Node) -> tuple[object, ...] | None:
-    """What siblings must share to merge, or None when this matmul cannot."""
+def _key(producers: dict[Value, Node], n: Node) -> tuple[object, ...] | None:
+    """What siblings must share to merge, or None when this matmul cannot: a 2-D parameter as its weight,
+    parameters as its biases (the fuse pass makes them so), no residual."""
     steps = steps_of(n.attrs)
     if n.op is not Op.MATMUL or n.attrs.get("merged") or any(s[0] in RESIDUAL_STEPS for s in steps):
         return None
-    if _weight(g, producers, n.inputs[1]) is None:
+    if len(n.inputs[1].type.shape) != 2 or not all(_is_param(producers, v) for v in n.inputs[1:]):
         return None
-    if any(producers.get(b) is None or producers[b].op is not Op.PARAM for b in n.inputs[2:]):
-        return None  # a bias must be a parameter (the fuse pass makes it one)
     return (n.inputs[0], steps, n.inputs[1].type.shape[0], n.inputs[1].type.dtype, n.attrs.get("out_dtype"))
 
 
@@ -46,16 +44,13 @@ def merge_siblings(graph: Graph) -> Graph:
     producers = g.producers()
     groups: dict[tuple[object, ...], list[Node]] = {}
     for n in g.nodes:
-        key = _key(g, producers, n)
+        key = _key(producers, n)
         if key is not None:
             groups.setdefault(key, []).append(n)
-    merged_any = False
-    for nodes in groups.values():
-        if len(nodes) < 2:
-            continue
+    siblings = [nodes for nodes in groups.values() if len(nodes) > 1]
+    for nodes in siblings:
         _merge(g, producers, nodes)
-        merged_any = True
-    if merged_any:
+    if siblings:
         g.eliminate_dead_code()
     return g
 
@@ -64,9 +59,8 @@ def _merge(g: Graph, producers: dict[Value, Node], nodes: list[Node]) -> None:
     first = nodes[0]
     at = g.nodes.index(first)
     widths = [n.inputs[1].type.shape[1] for n in nodes]
-    w = np.concatenate([g.parameters[producers[n.inputs[1]].attrs["name"]] for n in nodes], axis=-1)
-    biases = [np.concatenate([g.parameters[producers[n.inputs[i]].attrs["name"]] for n in nodes], axis=-1)
-              for i in range(2, len(first.inputs))]
+    w, *biases = (np.concatenate([constant(g, producers, n.inputs[i]) for n in nodes], axis=-1)
+                  for i in range(1, len(first.inputs)))
     for n in nodes:
         g.nodes.remove(n)
         g._names.discard(n.name)
@@ -74,7 +68,6 @@ def _merge(g: Graph, producers: dict[Value, Node], nodes: list[Node]) -> None:
     wv = g.param(f"{first.name}_merged_w", w, source=first.source)
     bvs = [g.param(f"{first.name}_merged_b{i}", b, source=first.source) for i, b in enumerate(biases)]
     attrs = dict(first.attrs)
-    attrs["fused"] = first.attrs.get("fused", ())
     # the other siblings, and the ops fused into them (their bias adds), by name
     attrs["merged"] = tuple(name for n in nodes[1:] for name in (n.name, *n.attrs.get("fused", ())))
     big = g.add(Op.MATMUL, (first.inputs[0], wv, *bvs), attrs, name=first.name, source=first.source)

@@ -88,23 +88,23 @@ RULES: list[tuple[Callable[[_Match, Node], Value | None], Op, dict[str, object]]
 def recognize(graph: Graph) -> Graph:
     """The graph with every subgraph that a rule of RULES matches replaced by its op."""
     g = graph.copy()
-    changed = True
-    while changed:  # one rewrite at a time: a rewrite replaces the nodes that read its result
-        changed = False
-        m = _Match(g)
-        for n in g.nodes:
-            for rule, op, attrs in RULES:
-                x = rule(m, n)
-                if x is None:
-                    continue
-                at = g.nodes.index(n)
-                new = g.add(op, (x,), attrs, name=f"{n.name}_{op.value}", source=n.source)
-                g.nodes.remove(new)
-                g.nodes.insert(at, new)
-                g.replace_uses({n.output: new.output})
-                g.eliminate_dead_code()
-                changed = True
-                break
-            if changed:
-                break
+    # one rewrite at a time: a rewrite replaces the nodes that read its result, so matching starts again
+    while (hit := _first_match(g)) is not None:
+        n, x, op, attrs = hit
+        new = g.add(op, (x,), attrs, name=f"{n.name}_{op.value}", source=n.source)
+        g.nodes.remove(new)
+        g.nodes.insert(g.nodes.index(n), new)
+        g.replace_uses({n.output: new.output})
+        g.eliminate_dead_code()
     return g
+
+
+def _first_match(g: Graph) -> tuple[Node, Value, Op, dict[str, object]] | None:
+    """The first node (in graph order) that a rule matches, with the rule's operand, op and attributes."""
+    m = _Match(g)
+    for n in g.nodes:
+        for rule, op, attrs in RULES:
+            x = rule(m, n)
+            if x is not None:
+                return n, x, op, attrs
+    return None

@@ -21,6 +21,7 @@ stride is +1 byte and column stride -1 byte. Key chunks entirely above the diago
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -211,11 +212,10 @@ def sdpa(ctx: Ctx, node: Node) -> None:
                 cc.emit("vfill", rd=cc.reg(R_D, bufs.neg), imm=-math.inf, rows=1, cols=sc, sd=sc * 4, dt=F32)
             pending, resident = 0, None
             head = items[first][0]
-            sent: list[int] = [0]
-            hook = None
+            pieces, hook = 0, None
             if 1 < len(groups.get(head, ())) <= S:
-                hook = _share_kv(cc, sh, bufs, select_batch(kv, head), select_batch(vv, head), groups[head], core,
-                                 sent)
+                pieces = _share_kv(cc, sh, bufs, select_batch(kv, head), select_batch(vv, head), groups[head], core)
+                hook = functools.partial(cc.wait, SEM_KV, pieces)  # as many pieces come in as go out
                 resident = (head, S)
             for idx, l0, n in items[first:first + count]:
                 kidx = idx[:-1] + (idx[-1] // rep,) if rep > 1 else idx
@@ -230,23 +230,22 @@ def sdpa(ctx: Ctx, node: Node) -> None:
                             sd=Ev * dt.itemsize, sa=Ev * 4, dtd=dt, dts=F32)
                 pending = store_view(cc, src, select_batch(out, idx).slice(0, l0, l0 + n), SEM_STORE)
             cc.wait(SEM_STORE, pending)
-            cc.wait(SEM_SENT, sent[0])
+            cc.wait(SEM_SENT, pieces)
 
 
-def _share_kv(cc: CoreCode, sh: _Shape, b: _Buffers, k: View, v: View, group: list[int], me: int,
-              sent: list[int]) -> Callable[[], None]:
+def _share_kv(cc: CoreCode, sh: _Shape, b: _Buffers, k: View, v: View, group: list[int], me: int) -> int:
     """The cores of one head (`group`, one query block each) read its K and V from DRAM once: each loads
-    its share of the keys into its K and V buffers and puts it into the same place on the others; the
-    returned hook, which `_attend` calls once its Q block's loads are issued (so they overlap the
-    exchange), waits for the others' pieces. `sent` counts the puts (their sources are waited for at the
-    end). The pieces are loaded before the Q blocks, so the port serves every core's piece first."""
+    its share of the keys into its K and V buffers and puts it into the same place on the others. Returns
+    the pieces put (their sources are waited for at the end); as many arrive from the others, which
+    `_attend` waits for once its Q block's loads are issued, so they overlap the exchange. The pieces are
+    loaded before the Q blocks, so the port serves every core's piece first."""
     es = sh.es
     j = group.index(me)
     s0, cnt = split(sh.S, len(group))[j]
     loads = load_view(cc, k.slice(0, s0, s0 + cnt), b.k + s0 * sh.E * es, SEM_MINE)
     loads += load_view(cc, v.slice(0, s0, s0 + cnt), b.v + s0 * sh.Ev * es, SEM_MINE)
-
     cc.wait(SEM_MINE, loads)
+    sent = 0
     for other in group:
         if other == me:
             continue
@@ -254,8 +253,8 @@ def _share_kv(cc: CoreCode, sh: _Shape, b: _Buffers, k: View, v: View, group: li
             addr = base + s0 * width * es
             cc.emit("put", rc=cc.reg(R_C, other), rd=cc.reg(R_D, addr), rs=cc.reg(R_A, addr), rows=cnt,
                     bytes=width * es, ss=width * es, ds=width * es, seml=SEM_SENT, semr=SEM_KV)
-            sent[0] += 1
-    return lambda: cc.wait(SEM_KV, 2 * (len(group) - 1))
+            sent += 1
+    return sent
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from math import prod
 from typing import TYPE_CHECKING
 
-from dojoc.codegen.context import ALIGN, Ctx
+from dojoc.codegen.context import Ctx, aligned
 from dojoc.codegen.view import View
 from dojoc.ir.graph import Node
 from dojoc.ir.ops import Op
@@ -160,11 +160,10 @@ def hold(ctx: Ctx, node: Node, p: Problem, spec: Spec, mblocks: tuple[tuple[int,
     assert cores is not None
     e = spec.out.itemsize
     m_max, n_max = max(c for _, c in mblocks), max(c for _, c in kblocks)
-    block = -(-m_max * n_max * e // ALIGN) * ALIGN
+    block = aligned(m_max * n_max * e)
     addrs = {s.hold(2 * block, f"{node.name}'s output block") for s in ctx.sram.values()}
     assert len(addrs) == 1, "every core holds the same bytes"
     base = addrs.pop()
-    ctx.held_bytes += 2 * block
     h = Held(node.output.name, p.o[0].base, p.m, p.n, spec.out, mblocks, kblocks, base, base + block, 2 * block,
              cores)
     ctx.held[h.base] = h
@@ -176,7 +175,6 @@ def release(ctx: Ctx, h: Held) -> None:
     """The consumer is done: free the held bytes on every core."""
     for s in ctx.sram.values():
         s.release(h.nbytes)
-    ctx.held_bytes -= h.nbytes
     del ctx.held[h.base]
 
 

@@ -34,7 +34,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from math import ceil
 
-from dojoc.codegen.context import ALIGN, Ctx, split
+from dojoc.codegen.context import ALIGN, Ctx, aligned, split
 from dojoc.codegen.kernels import held as held_
 from dojoc.codegen.kernels.held import Held
 from dojoc.codegen.kernels.mxu import F32, Spec
@@ -43,7 +43,7 @@ from dojoc.codegen.paths import port_path
 from dojoc.errors import MappingError
 from dojoc.ir.graph import Node
 from dojoc.mapping.model import Bound, OpMapping
-from isa.costs import matmul_cycles, vector_cycles
+from isa.costs import matmul_cycles, up8, vector_cycles
 
 if False:  # typing only, without an import cycle
     from dojoc.codegen.kernels.matmul import Problem
@@ -88,7 +88,7 @@ class Grid:
 def grid(ctx: Ctx, m: int, n: int) -> Grid:
     mach = ctx.machine
     rows_n, cols_n = mach.mesh
-    at = {rc: i for i, rc in enumerate(mach.coords)}
+    at = mach.core_at
     rows = tuple(tuple(at[(r, c)] for c in range(cols_n) if (r, c) in at) for r in range(rows_n))
     cols = tuple(tuple(at[(r, c)] for r in range(rows_n) if (r, c) in at) for c in range(cols_n))
     nblocks = tuple(split(n, cols_n))
@@ -102,15 +102,11 @@ def grid(ctx: Ctx, m: int, n: int) -> Grid:
     # a row beside a disabled core multiplies its slices too: it takes fewer rows of M, so that no core's
     # step (rows and columns rounded up to the matrix unit's 8) is longer than a full row's
     n_max = max(k for _, k in nblocks)
-    widths = [_up8(n_max) + max((_up8(extra[c][1]) for c in row if c in extra), default=0) for row in rows]
+    widths = [up8(n_max) + max((up8(extra[c][1]) for c in row if c in extra), default=0) for row in rows]
     # the reader of a held A (the only op that runs while a value is held) takes its producer's rows
     held = next((h.mblocks for h in ctx.held.values() if h.m == m), None)
     mblocks = held if held is not None else balanced_rows(m, widths)
     return Grid(rows, cols, mblocks, nblocks, extra)
-
-
-def _up8(x: int) -> int:
-    return -(-x // 8) * 8
 
 
 def balanced_rows(m: int, widths: list[int]) -> tuple[tuple[int, int], ...]:
@@ -121,7 +117,7 @@ def balanced_rows(m: int, widths: list[int]) -> tuple[tuple[int, int], ...]:
         return tuple(split(m, len(widths)))
 
     def cost(r: int, width: int) -> int:
-        return width * (_up8(r) + _up8(-(-r // 2)))
+        return width * (up8(r) + up8(-(-r // 2)))
 
     def most(c: int, width: int) -> int:  # the most rows whose cost is within c (at least one)
         lo, hi = 1, m
@@ -189,7 +185,7 @@ def waves_for(g: Grid, resident: str | None) -> list[int]:
 def _scratch(g: Grid, spec: Spec, kc: int, p: Problem, depth: int = 2, resident: str | None = None,
              waves: int = 1) -> int:
     """Scratch bytes of one core (every core allocates the same, so buffers lie at the same addresses)."""
-    e, eo, a = spec.op.itemsize, spec.out.itemsize, _aligned
+    e, eo, a = spec.op.itemsize, spec.out.itemsize, aligned
     m, n, x = wave_block(g, resident, waves)
     nout = 2 if waves > 1 else 1
     direct = spec.out is F32
@@ -265,13 +261,9 @@ def resident_bytes(ctx: Ctx, p: Problem, spec: Spec, kc: int, weight: str, held:
     e = spec.op.itemsize
     lengths = [kl for _, kl in chunk_bounds(p.k, kc, held)]
     if weight == "a":
-        return sum(_aligned(n * kc * e) for _, n in g.mblocks) * len(lengths)
+        return sum(aligned(n * kc * e) for _, n in g.mblocks) * len(lengths)
     # B's column blocks, and the slices that the cores beside a disabled core keep (each its own)
-    return sum(_aligned(kl * n * e) for _, n in (*g.nblocks, *g.extra.values()) for kl in lengths)
-
-
-def _aligned(n: int) -> int:
-    return -(-n // ALIGN) * ALIGN
+    return sum(aligned(kl * n * e) for _, n in (*g.nblocks, *g.extra.values()) for kl in lengths)
 
 
 def chunk_bounds(k: int, kc: int, held: Held | None = None) -> tuple[tuple[int, int], ...]:
@@ -304,11 +296,11 @@ def _best_kc(ctx: Ctx, p: Problem, spec: Spec, resident: str | None, held: Held 
 def _reader_fits(ctx: Ctx, g: Grid, spec: Spec, reader: Node, hold_bytes: int) -> bool:
     """Whether the reader of a held output finds room for its smallest plan (2 chunk buffers of the held
     blocks, its accumulator and output tile, a residual) beside the held bytes."""
-    e, eo = spec.out.itemsize, spec.out.itemsize
+    e = spec.out.itemsize  # (the reader's operands are this output's type)
     nc = -(-reader.output.type.shape[-1] // len(g.cols)) + 1
     kc = g.n_max
-    need = 2 * (_aligned(g.m_max * kc * e) + _aligned(kc * nc * e)) + 3 * _aligned(g.m_max * nc * 4) \
-        + 2 * _aligned(g.m_max * nc * eo) + _aligned(nc * 4) + 8 * ALIGN
+    need = 2 * (aligned(g.m_max * kc * e) + aligned(kc * nc * e)) + 3 * aligned(g.m_max * nc * 4) \
+        + 2 * aligned(g.m_max * nc * e) + aligned(nc * 4) + 8 * ALIGN
     return need + hold_bytes <= ctx.scratch_bytes
 
 
@@ -327,7 +319,7 @@ def decide(ctx: Ctx, p: Problem, spec: Spec, other: Callable[[], int], weight: s
         return None
     g = grid(ctx, p.m, p.n)
     axes = (("rows", len(g.rows)), ("cols", len(g.cols)))
-    hold_bytes = 2 * _aligned(g.m_max * g.n_max * spec.out.itemsize)
+    hold_bytes = 2 * aligned(g.m_max * g.n_max * spec.out.itemsize)
     can_hold = reader[0] is not None and _reader_fits(ctx, g, spec, reader[0], hold_bytes)
     why_not = reader[1] if reader[0] is None else "its reader would not fit its chunk buffers beside it"
 

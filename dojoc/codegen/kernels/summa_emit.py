@@ -321,8 +321,9 @@ class CoreProgram:
                                        self.bias + self.g.n_max * 4, True)
             for o in range(len(self.out)):
                 self._stored(o)
-            if self.hold is not None and self._arrivals():  # a holder: the row's slices are in its block
-                cc.wait(ARRIVE, self._arrivals())
+            arrivals = self._arrivals()
+            if arrivals:  # a holder: the row's slices are in its block
+                cc.wait(ARRIVE, arrivals)
             for sem in self.src_pending:
                 self._src_free(sem)
 
