@@ -87,10 +87,14 @@ def _make(body: str, spec: str, gen: torch.Generator) -> torch.Tensor:
         raise InputError(f"--input {spec}: unknown dtype {m['dtype']!r}; use one of "
                          "float32, bfloat16, int64, int32, bool")
     dtype = DTYPES[dtype_name]
-    nbytes = math.prod(shape) * dtype.itemsize
-    if nbytes > MAX_INPUT_BYTES:  # refused before anything is allocated
-        raise InputError(f"--input {spec}: {math.prod(shape):,} elements ({nbytes / 2**30:,.1f} GiB) are more "
-                         f"than an input may hold here ({MAX_INPUT_BYTES // 2**30} GiB); give a smaller shape")
+    # Refused before anything is allocated. An empty tensor holds nothing, but torch still computes its
+    # strides from the other sizes (and overflows int64 on absurd ones), so the sizes bound is on those.
+    span = math.prod(max(d, 1) for d in shape)
+    nbytes = span * dtype.itemsize
+    if nbytes > MAX_INPUT_BYTES:
+        what = f"{span:,} elements" if span == math.prod(shape) else f"sizes (ignoring the zero) of {span:,} elements"
+        raise InputError(f"--input {spec}: {what} ({nbytes / 2**30:,.1f} GiB) are more than an input may hold "
+                         f"here ({MAX_INPUT_BYTES // 2**30} GiB); give a smaller shape")
     if m["lo"] is None:
         if dtype.is_floating_point:
             return torch.randn(shape, generator=gen).to(dtype)
