@@ -54,3 +54,17 @@ def port_path(machine: Machine, cores: tuple[int, ...]) -> PortPath:
         width = machine.d2d_link_bytes_per_cycle if entry in far else machine.link_bytes_per_cycle
         rate = max(rate, count / n / width)
     return PortPath(port.latency + hops, rate)
+
+
+@lru_cache(maxsize=1 << 10)
+def exchange_link_bytes(machine: Machine, cores: tuple[int, ...], piece: float) -> float:
+    """The bytes on the busiest link when every core of `cores` puts `piece` bytes to every other one
+    (all to all, along the XY routes the network takes)."""
+    net = _network(machine)
+    load: Counter[object] = Counter()
+    at = [machine.coords[c] for c in cores]
+    for src in at:
+        for dst in at:
+            for link in net.xy_path(src, dst):
+                load[link] += 1
+    return max(load.values(), default=0) * piece

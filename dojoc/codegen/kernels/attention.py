@@ -32,13 +32,14 @@ import numpy as np
 from dojoc.codegen.builder import R_A, R_B, R_C, R_D, CoreCode
 from dojoc.codegen.context import ALIGN, MAX_COLS, MAX_ROWS, Ctx, load_view, split, store_view
 from dojoc.codegen.kernels.eltwise import fill
-from dojoc.codegen.paths import port_path
+from dojoc.codegen.paths import exchange_link_bytes, port_path
 from dojoc.codegen.registry import kernel
 from dojoc.codegen.view import Transfer, View
 from dojoc.errors import CompileError, SramOverflowError
 from dojoc.ir.graph import Node
 from dojoc.ir.ops import Op
 from dojoc.ir.types import IRDType
+from dojoc.mapping.place import compact_groups
 from isa.costs import vector_cycles
 from isa.dtypes import DType
 
@@ -110,20 +111,23 @@ def _plan(ctx: Ctx, node: Node, sh: _Shape, want_lb: int) -> tuple[int, int]:
     return lb, sc
 
 
-def _cores(ctx: Ctx, sh: _Shape, B: int, work: float, mask_bcast: bool, rep: int) -> tuple[int, float, bool]:
-    """The cores, DRAM bytes and K/V sharing of the best split of each head's queries into blocks by the
-    cost model: a core's share of the work against the DRAM port's time for Q, O, the mask and the K and V
-    of every (core, kv head) pair (a core keeps K and V across its run of blocks of one head). More blocks
-    per head spread the work but read K and V once per block, unless the cores of a head share them
-    (`_share_kv`: one block per core; each head's K and V read once, each core's ejection port taking the
-    others' pieces after its own load, a few hops away). A core loads a block's operands before it
-    computes on them, and all cores load at once, so the port's time and a core's work add up."""
+def _cores(ctx: Ctx, sh: _Shape, B: int, work: float, mask_bcast: bool,
+           rep: int) -> tuple[int, float, bool, float]:
+    """The cores, DRAM bytes, K/V sharing and exchange cycles of the best split of each head's queries into
+    blocks by the cost model: a core's share of the work against the DRAM port's time for Q, O, the mask
+    and the K and V of every (core, kv head) pair (a core keeps K and V across its run of blocks of one
+    head). More blocks per head spread the work but read K and V once per block, unless the cores of a head
+    share them (`_share_kv`: one block per core; each head's K and V read once, then exchanged all to all
+    within the head's group of cores, placed compact (`compact_groups`): the longer of a core's ejection
+    port taking the others' pieces and the group's busiest link carrying them). A core loads a block's
+    operands before it computes on them, and all cores load at once, so the port's time and a core's work
+    add up."""
     mach = ctx.machine
     port = mach.dram_ports[0].bytes_per_cycle
     n_max = len(ctx.builder.ids)
     mask_es = sh.mask.itemsize if sh.mask is not None else 0
     kv = sh.S * (sh.E + sh.Ev) * sh.es
-    best: tuple[float, int, float, bool] | None = None
+    best: tuple[float, int, float, bool, float] | None = None
     pb = 1
     while pb <= max(1, -(-sh.L // 8)):
         lb = -(-sh.L // pb)
@@ -133,18 +137,21 @@ def _cores(ctx: Ctx, sh: _Shape, B: int, work: float, mask_bcast: bool, rep: int
         pairs = sum(len({(j // blocks) // rep for j in range(f, f + c)}) for f, c in split(items, n))
         mask = B * (blocks if mask_bcast else sh.L) * sh.S * mask_es
         rest = B * sh.L * (sh.E + sh.Ev) * sh.es + mask
-        options = [(work / n + (pairs * kv + rest) / port, pairs * kv + rest, False)]
+        options = [(work / n + (pairs * kv + rest) / port, pairs * kv + rest, False, 0.0)]
         if blocks > 1 and n == items and rep == 1 and sh.S <= MAX_COLS and blocks <= sh.S:
             # the pieces go out only once they are in: one DMA's way more before the Q blocks' loads
-            exchange = port_path(mach, tuple(ctx.builder.ids[:n])).latency \
-                + kv * (blocks - 1) / blocks / mach.eject_bytes_per_cycle + 2 * blocks * mach.hop_latency
-            options.append((work / n + (B * kv + rest) / port + exchange, B * kv + rest, True))
-        for t, dram, share in options:
+            busiest = max(exchange_link_bytes(mach, tuple(g), kv / blocks)
+                          for g in compact_groups(mach, ctx.builder.ids[:n], blocks))
+            moved = max(kv * (blocks - 1) / blocks / mach.eject_bytes_per_cycle,
+                        busiest / mach.link_bytes_per_cycle)
+            exchange = port_path(mach, tuple(ctx.builder.ids[:n])).latency + moved + 2 * blocks * mach.hop_latency
+            options.append((work / n + (B * kv + rest) / port + exchange, B * kv + rest, True, exchange))
+        for t, dram, share, ex in options:
             if best is None or t < best[0]:
-                best = (t, n, dram, share)
+                best = (t, n, dram, share, ex)
         pb *= 2
     assert best is not None
-    return best[1], best[2], best[3]
+    return best[1], best[2], best[3], best[4]
 
 
 @kernel(Op.SDPA)
@@ -183,9 +190,9 @@ def sdpa(ctx: Ctx, node: Node) -> None:
     work = (macs / ctx.machine.macs_per_cycle("fp32" if dt is F32 else "bf16")
             + 8 * vector_cycles(B * L * S, 4, B * L * S * 4, B * L * S * 4, ctx.machine))
     bcast = mask is not None and ctx.views[mask].expand(batch + (L, S)).strides[-2] == 0
-    count, dram, share = _cores(ctx, sh, B, work, bcast, rep)
+    count, dram, share, exchange = _cores(ctx, sh, B, work, bcast, rep)
     cores = ctx.region("attention", work, B * -(-L // 8), axis="heads_queries", dram_bytes=dram, count=count,
-                       overlap=False)
+                       overlap=False, extra=exchange)
     per_batch = max(1, -(-len(cores) // B))
     want_lb = min(L, MAX_ROWS, max(8, -(-L // per_batch)))
     lb, sc = _plan(ctx, node, sh, want_lb)
@@ -199,9 +206,13 @@ def sdpa(ctx: Ctx, node: Node) -> None:
     kv, vv, qv = ctx.views[k], ctx.views[v], ctx.views[q]
     mv = ctx.views[mask].expand(batch + (L, S)) if mask is not None else None
     runs = list(zip(cores, split(len(items), len(cores)), strict=False))
-    # one block per core and every key in one chunk: the cores of a head share its K and V (_share_kv)
+    # one block per core and every key in one chunk: the cores of a head share its K and V (_share_kv),
+    # each head's on a compact group of cores
     groups: dict[tuple[int, ...], list[int]] = {}
     if share and all(c == 1 for _, (_, c) in runs) and sc >= S:
+        per_head = -(-L // lb)
+        cores = [c for g in compact_groups(ctx.machine, cores, per_head) for c in g]
+        runs = list(zip(cores, split(len(items), len(cores)), strict=False))
         for core, (first, _) in runs:
             groups.setdefault(items[first][0], []).append(core)
     for core, (first, count) in runs:

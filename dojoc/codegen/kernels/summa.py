@@ -19,7 +19,8 @@ A weight operand (a parameter: `decide`'s `weight`) stays resident: each chunk o
 the load phase on, by the one core that multicasts it (its loader), so a call reads from DRAM only the
 activation operand, and the network carries the weight's chunks from SRAM (`put` from the resident copy
 into the others' chunk buffers; the loader multiplies its own copy in place). Each weight byte is resident
-once over the mesh. A chunk that finds no resident room is streamed from DRAM as before.
+once over the mesh. A chunk that finds no resident room is streamed from DRAM in every wave, as the cost
+model counts it (`summa_emit.kept` says which chunks find room, before the kernel allocates them).
 
 Then each core applies the op's epilogue (bias per column, residual tile, scaling, activation) on its FP32
 block, converts it to the output type and stores it. The kernel needs one die whose every core takes part
@@ -38,7 +39,7 @@ from dojoc.codegen.context import ALIGN, Ctx, aligned, split
 from dojoc.codegen.kernels import held as held_
 from dojoc.codegen.kernels.held import Held
 from dojoc.codegen.kernels.mxu import F32, Spec
-from dojoc.codegen.kernels.summa_emit import MAX_DEPTH, CoreProgram, loader, wave_block
+from dojoc.codegen.kernels.summa_emit import MAX_DEPTH, CoreProgram, kept, loader, resident_wants, wave_block
 from dojoc.codegen.paths import port_path
 from dojoc.errors import MappingError
 from dojoc.ir.graph import Node
@@ -138,10 +139,12 @@ def balanced_rows(m: int, widths: list[int]) -> tuple[tuple[int, int], ...]:
     return tuple(zip(starts, counts, strict=True))
 
 
-def _link_cycles(ctx: Ctx, g: Grid, kc: int, e: int, resident: str | None = None, a_held: bool = False) -> float:
+def _link_cycles(ctx: Ctx, g: Grid, kc: int, e: int, resident: str | None = None, a_held: bool = False,
+                 missing: tuple[tuple[int, float], ...] = ()) -> float:
     """Cycles of one chunk on the busiest first link out of a DRAM entry router: every mesh row carries its
     A chunk and the B chunks (and slices) its cores load for chunk 0 (the load is the same every chunk);
-    a resident operand's chunks come from SRAM, not from the port."""
+    a resident operand's chunks come from SRAM, not from the port, but those `missing` from it, (loader,
+    bytes), which found no resident room."""
     mach = ctx.machine
     port = mach.dram_ports[0]
     load: dict[tuple[int, int], float] = {}
@@ -159,7 +162,10 @@ def _link_cycles(ctx: Ctx, g: Grid, kc: int, e: int, resident: str | None = None
         if col and resident != "b":
             add(loader(col, j, 0), kc * g.nblocks[j][1] * e)
     for core, (_, n) in g.extra.items():
-        add(core, kc * n * e)
+        if resident != "b":
+            add(core, kc * n * e)
+    for core, nbytes in missing:
+        add(core, nbytes)
     return max(load.values(), default=0.0) / mach.link_bytes_per_cycle
 
 
@@ -216,8 +222,8 @@ def estimate(ctx: Ctx, p: Problem, spec: Spec, kc: int, resident: str | None = N
     e, eo = spec.op.itemsize, spec.out.itemsize
     mx, nx, xx = wave_block(g, resident, waves)
     way = port_path(m, g.cores)
-    chunks = len(chunk_bounds(p.k, kc, held))
-    steps = waves * chunks
+    bounds = chunk_bounds(p.k, kc, held)
+    chunks = len(bounds)
     by_rows = resident == "b"
     a_dram = resident != "a" and held is None
     # the slice beside a disabled core: in every step when waves cut rows, else in the first wave's
@@ -235,23 +241,47 @@ def estimate(ctx: Ctx, p: Problem, spec: Spec, kc: int, resident: str | None = N
     res = p.m * p.n * spec.res_src.itemsize if p.r is not None else 0
     # the epilogue's DRAM traffic: residual tiles in, results out (unless they stay in SRAM)
     out_bytes = (0 if holding else p.m * p.n * eo) + res
-    dram = (streamed * e + (out_bytes / waves / chunks if waves > 1 else 0)) * way.cycles_per_byte
     eject = (mx * kc + kc * nx) * e / m.eject_bytes_per_cycle
-    link = _link_cycles(ctx, g, kc, e, resident, held is not None) / waves
-    # a chunk's DMA is issued depth - 1 steps before the others need it: its latency, the multicast's time
-    # and the hops to the far end of the line are hidden only behind that many steps of work
-    dma = way.latency if streamed else 0.0
-    way_t = dma + max(mx * kc, kc * nx) * e / m.link_bytes_per_cycle + sum(m.mesh) * m.hop_latency
-    per = max(mma, dram, eject, link, way_t / (depth - 1))
+    hops = max(mx * kc, kc * nx) * e / m.link_bytes_per_cycle + sum(m.mesh) * m.hop_latency
+    # a resident chunk that finds no room (summa_emit.kept) is streamed in every wave, by its loader
+    missing = _missing(ctx, g, bounds, kc, resident, e) if resident is not None else [() for _ in bounds]
+    base_link = _link_cycles(ctx, g, kc, e, resident, held is not None)
+    loaded = max(mx * kc if a_dram else 0, kc * nx if resident != "b" else 0) * e  # a loader's streamed chunk
+    pers: list[tuple[float, float, float]] = []  # per chunk: (step cycles, its DRAM cycles, its elements)
+    for lost in missing:
+        moved = streamed + sum(b for _, b in lost) / e
+        dram = (moved * e + (out_bytes / waves / chunks if waves > 1 else 0)) * way.cycles_per_byte
+        link = (_link_cycles(ctx, g, kc, e, resident, held is not None, lost) if lost else base_link) / waves
+        # a chunk's DMA is issued depth - 1 steps before the others need it: its latency, the multicast's
+        # time and the hops to the far end of the line are hidden only behind that many steps of work
+        # (and the DMA itself: a loader's chunk comes in through its ejection port before it goes on)
+        way_t = (way.latency + max((loaded, *(b for _, b in lost))) / m.eject_bytes_per_cycle if moved else 0.0) \
+            + hops
+        pers.append((max(mma, dram, eject, link, way_t / (depth - 1)), dram, moved))
+    per_sum = sum(pc for pc, _, _ in pers)
+    per = max(pers)[0]
+    dram, moved0 = max(d for _, d, _ in pers), pers[0][2]
     # the pipeline fills with the first depth - 1 steps' DMAs at once, through the port
-    fill = way_t + (depth - 1) * streamed * e * way.cycles_per_byte
+    fill = (way.latency if moved0 else 0.0) + hops + (depth - 1) * moved0 * e * way.cycles_per_byte
     tile = mx * (nx + xx)
     epi = vector_cycles(tile, 4, tile * 4, tile * eo, m) + spec.epilogue_cycles(mx, nx + xx, m) \
         + (vector_cycles(tile, 4, tile * 8, tile * 4, m) if p.bias is not None else 0)
     stores = out_bytes / waves * way.cycles_per_byte + way.latency * ((2 if res else 1) - (1 if holding else 0))
-    total = fill + steps * per + x_mma + waves * epi + stores
+    total = fill + waves * per_sum + x_mma + waves * epi + stores
     bound = Bound.COMPUTE if per == mma else (Bound.DRAM if per == dram else Bound.LINK)
     return round(total), bound
+
+
+def _missing(ctx: Ctx, g: Grid, bounds: tuple[tuple[int, int], ...], kc: int, resident: str,
+             e: int) -> list[tuple[tuple[int, float], ...]]:
+    """Per chunk, the resident copies that find no room: (loader core, bytes) of each."""
+    have = kept(ctx, g, bounds, kc, resident, e)
+    lost: list[list[tuple[int, float]]] = [[] for _ in bounds]
+    for core in g.cores:
+        for key, t, nbytes in resident_wants(ctx, g, core, bounds, kc, resident, e):
+            if (key, t, core) not in have:
+                lost[t].append((core, float(nbytes)))
+    return [tuple(x) for x in lost]
 
 
 def resident_bytes(ctx: Ctx, p: Problem, spec: Spec, kc: int, weight: str, held: Held | None = None) -> int:
@@ -330,7 +360,9 @@ def decide(ctx: Ctx, p: Problem, spec: Spec, other: Callable[[], int], weight: s
     resident = False
     if weight is not None:
         fits = search(weight, can_hold)
-        if fits is not None and resident_bytes(ctx, p, spec, fits[0], weight, held) <= budget:
+        # (a resident plan whose chunks partly find no room may predict slower than streaming them all)
+        if fits is not None and resident_bytes(ctx, p, spec, fits[0], weight, held) <= budget \
+                and (best is None or fits[3] <= best[3]):
             best, resident = fits, True
     if held is not None and best is None:
         raise MappingError(f"op {key}: its left operand is held in SRAM, but no plan of the summa kernel fits "

@@ -20,7 +20,7 @@ from math import ceil
 from typing import TYPE_CHECKING
 
 from dojoc.codegen.builder import R_A, R_B, R_C, R_D, CoreCode
-from dojoc.codegen.context import Ctx, split
+from dojoc.codegen.context import Ctx, aligned, split
 from dojoc.codegen.epilogue import emit_pointwise
 from dojoc.codegen.kernels.held import ARRIVE, Held
 from dojoc.codegen.kernels.im2col import Fill
@@ -163,24 +163,19 @@ class CoreProgram:
 
     def _keep(self) -> None:
         """Allocate and load, in the load phase, the resident weight chunks that this core multicasts (and,
-        beside a disabled core, its own slices of B); a chunk without room stays streamed."""
-        e, sram = self.spec.op.itemsize, self.ctx.sram[self.me]
+        beside a disabled core, its own slices of B); a chunk without room stays streamed (`kept` predicts
+        which, for the cost model)."""
+        assert self.resident is not None
+        sram = self.ctx.sram[self.me]
         loads: list[Transfer] = []
-        for t in range(self.chunks):
-            _, kl = self._chunk(t)
-            wanted: list[tuple[str, int, int, int]] = []  # (operand, bytes, first column, columns) of B
-            if self.resident == "a" and self.me == self.la(t):
-                wanted.append(("a", self.m * self.kc * e, 0, 0))
-            if self.resident == "b" and self.me == self.lb(t):
-                wanted.append(("b", kl * self.n * e, self.n0, self.n))
-            if self.resident == "b" and self.nx:
-                wanted.append(("x", kl * self.nx * e, self.x0, self.nx))
-            for key, nbytes, n0, n in wanted:
-                addr = sram.alloc_resident(nbytes)
-                if addr is not None:
-                    self.keep[(key, t)] = addr
-                    loads += self._a_chunk(t, self.m0, self.m, addr) if key == "a" \
-                        else self._b_resident(t, n0, n, addr)
+        cols = {"b": (self.n0, self.n), "x": (self.x0, self.nx)}
+        for key, t, nbytes in resident_wants(self.ctx, self.g, self.me, self.bounds, self.kc, self.resident,
+                                             self.spec.op.itemsize):
+            addr = sram.alloc_resident(nbytes)
+            if addr is not None:
+                self.keep[(key, t)] = addr
+                loads += self._a_chunk(t, self.m0, self.m, addr) if key == "a" \
+                    else self._b_resident(t, *cols[key], addr)
         load_resident(self.ctx, self.me, self.node, loads)
 
     # -- loads and multicasts ------------------------------------------------------------------------
@@ -440,6 +435,39 @@ class CoreProgram:
             src = self.res32
         cc.emit(mnemonic, rd=cc.reg(R_D, acc), ra=cc.reg(R_A, acc), rb=cc.reg(R_B, src), rows=m, cols=n,
                 sd=n * 4, sa=n * 4, sb=n * 4, dt=F32)
+
+
+def resident_wants(ctx: Ctx, g: Grid, core: int, bounds: tuple[tuple[int, int], ...], kc: int, resident: str,
+                   e: int) -> list[tuple[str, int, int]]:
+    """The resident copies a core keeps, in the order it allocates them: (operand "a" | "b" | "x", chunk,
+    bytes). The loader of a chunk keeps it (A's m x kc, B's kl x n); a core beside a disabled core keeps its
+    own slices of B too."""
+    r, c = ctx.machine.coords[core]
+    m, n, nx = g.mblocks[r][1], g.nblocks[c][1], g.extra.get(core, (0, 0))[1]
+    wants: list[tuple[str, int, int]] = []
+    for t, (_, kl) in enumerate(bounds):
+        if resident == "a" and core == loader(g.rows[r], r, t):
+            wants.append(("a", t, m * kc * e))
+        if resident == "b" and core == loader(g.cols[c], c, t):
+            wants.append(("b", t, kl * n * e))
+        if resident == "b" and nx:
+            wants.append(("x", t, kl * nx * e))
+    return wants
+
+
+def kept(ctx: Ctx, g: Grid, bounds: tuple[tuple[int, int], ...], kc: int, resident: str,
+         e: int) -> frozenset[tuple[str, int, int]]:
+    """(operand, chunk, core) of every resident copy that will find room, as `_keep` allocates them in
+    the cores' free resident SRAM now (a bump allocator: a copy fits when its aligned bytes are free)."""
+    out: set[tuple[str, int, int]] = set()
+    for core in g.cores:
+        s = ctx.sram[core]
+        free = s.size - s.half - s.resident
+        for key, t, nbytes in resident_wants(ctx, g, core, bounds, kc, resident, e):
+            if aligned(nbytes) <= free:
+                free -= aligned(nbytes)
+                out.add((key, t, core))
+    return frozenset(out)
 
 
 def wave_block(g: Grid, resident: str | None, waves: int) -> tuple[int, int, int]:
