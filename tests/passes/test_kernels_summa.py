@@ -88,3 +88,23 @@ def test_big_gemm_takes_summa_and_a_bad_region_is_named() -> None:
                     "tile": {"k": 128}}]}
     with pytest.raises(MappingError, match=f"op {om.op}: the summa kernel runs on every core"):
         dojoc.compile(lambda x, y: x @ y, (a, b), machine="d1", mapping=bad)
+
+
+@pytest.mark.parametrize("sram", [1_310_720, 163_840])
+def test_a_partly_resident_weight_is_costed_as_streamed(sram: int) -> None:
+    """A 2 MiB weight on 16 cores: with 1.25 MiB of SRAM every chunk stays resident; with 160 KiB a quarter
+    of them find no room and are streamed from DRAM in every call (summa_emit.kept says which), and the
+    prediction counts them: it tracks the emulator in both cases."""
+    torch.manual_seed(0)
+    lin, x = nn.Linear(1024, 1024, bias=False).eval(), torch.randn(16, 1024)
+    machine = load_machine("mesh4x4", [f"sram_bytes={sram}"])
+    mapping = {"ops": [{"op": "linear", "kernel": "summa", "cores": format_cores(range(16)),
+                        "split": {"rows": 4, "cols": 4}, "tile": {"k": 64, "buffers": 2, "waves": 1},
+                        "resident": True}]}
+    prog = dojoc.compile(lin, (x,), machine=machine, precision="bf16", mapping=mapping)
+    out, report = prog.run(x)
+    assert torch.corrcoef(torch.stack([out.flatten().float(), lin(x).flatten()]))[0, 1] > 0.999
+    (op,) = [r for r in report.ops if r["kernel"] == "summa"]
+    assert abs(op["predicted_cycles"] - op["emulated_cycles"]) <= 0.1 * op["emulated_cycles"]
+    streamed = report.dram_bytes - 2 * (16 * 1024 * 2)  # beyond reading x and writing the output
+    assert (streamed > 0) == (sram < 1_310_720)

@@ -6,7 +6,8 @@ import torch
 from torch import nn
 
 import dojoc
-from dojoc.mapping.place import usable_cores
+from dojoc.codegen.paths import exchange_link_bytes
+from dojoc.mapping.place import compact_groups, usable_cores
 from isa.presets import load_machine
 
 
@@ -46,3 +47,20 @@ def test_a_bigger_machine_is_not_slower() -> None:
         counts = {ins["count"] for s in prog.image.sections for ins in s.code if ins.spec.mnemonic == "barrier"}
         assert counts == {len(used)}
     assert cycles["tile"] <= cycles["d1"] <= cycles["mesh8x8"], cycles
+
+
+def test_compact_groups_cut_a_region_into_squares_where_they_fit() -> None:
+    """Attention's K/V sharing exchanges all to all within a head's group: on d1's first 192 cores (10
+    columns and a bit, column by column) the groups of 16 are 4 x 4 squares where the region allows, and
+    no group loads a link as a line of 16 would."""
+    m = load_machine("d1")
+    region = usable_cores(m)[:192]
+    groups = compact_groups(m, region, 16)
+    assert sorted(c for g in groups for c in g) == sorted(region) and all(len(g) == 16 for g in groups)
+    first = {m.coords[c] for c in groups[0]}  # d1's core (2, 3) is disabled: (4, 0) takes its place
+    assert first == {(r, c) for r in range(4) for c in range(4)} - {(2, 3)} | {(4, 0)}
+    line = exchange_link_bytes(m, tuple(region[:16]), 1.0)
+    assert line == 64  # 8 x 8 pieces cross the middle link of a line of 16
+    assert min(exchange_link_bytes(m, tuple(g), 1.0) for g in groups) == 16  # 2 x 8 pieces on a 4 x 4 square
+    assert max(exchange_link_bytes(m, tuple(g), 1.0) for g in groups) < line
+    assert compact_groups(m, region[:5], 2) == [region[:2], region[2:4], region[4:5]]  # a line stays in order
