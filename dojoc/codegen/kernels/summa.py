@@ -38,7 +38,7 @@ from math import ceil
 from dojoc.codegen.context import ALIGN, Ctx, aligned, split
 from dojoc.codegen.kernels import held as held_
 from dojoc.codegen.kernels.held import Held
-from dojoc.codegen.kernels.mxu import F32, Spec
+from dojoc.codegen.kernels.mxu import F32, Spec, resident_free
 from dojoc.codegen.kernels.summa_emit import MAX_DEPTH, CoreProgram, kept, loader, resident_wants, wave_block
 from dojoc.codegen.paths import port_path
 from dojoc.errors import MappingError
@@ -275,6 +275,15 @@ def estimate(ctx: Ctx, p: Problem, spec: Spec, kc: int, resident: str | None = N
 def _missing(ctx: Ctx, g: Grid, bounds: tuple[tuple[int, int], ...], kc: int, resident: str,
              e: int) -> list[tuple[tuple[int, float], ...]]:
     """Per chunk, the resident copies that find no room: (loader core, bytes) of each."""
+    # the common case without replaying the allocation: every core has room for the most a core keeps
+    # (a line's loaders rotate, so a core loads at most ceil(chunks / line) of them, plus its B slices)
+    lines, blocks = (g.cols, g.nblocks) if resident == "b" else (g.rows, g.mblocks)
+    widest = max(kl for _, kl in bounds) if resident == "b" else kc
+    most = -(-len(bounds) // min(len(line) for line in lines if line)) * aligned(max(n for _, n in blocks) * widest * e)
+    if resident == "b" and g.extra:
+        most += len(bounds) * aligned(widest * g.x_max * e)
+    if all(resident_free(ctx, c) >= most for c in g.cores):
+        return [() for _ in bounds]
     have = kept(ctx, g, bounds, kc, resident, e)
     lost: list[list[tuple[int, float]]] = [[] for _ in bounds]
     for core in g.cores:

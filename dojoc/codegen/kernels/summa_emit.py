@@ -24,7 +24,7 @@ from dojoc.codegen.context import Ctx, aligned, split
 from dojoc.codegen.epilogue import emit_pointwise
 from dojoc.codegen.kernels.held import ARRIVE, Held
 from dojoc.codegen.kernels.im2col import Fill
-from dojoc.codegen.kernels.mxu import F32, Load, Spec, load_resident
+from dojoc.codegen.kernels.mxu import F32, Load, Spec, load_resident, resident_free
 from dojoc.codegen.view import Transfer, View, transfers
 from dojoc.ir.epilogue import RESIDUAL_STEPS
 from dojoc.ir.graph import Node
@@ -461,8 +461,7 @@ def kept(ctx: Ctx, g: Grid, bounds: tuple[tuple[int, int], ...], kc: int, reside
     the cores' free resident SRAM now (a bump allocator: a copy fits when its aligned bytes are free)."""
     out: set[tuple[str, int, int]] = set()
     for core in g.cores:
-        s = ctx.sram[core]
-        free = s.size - s.half - s.resident
+        free = resident_free(ctx, core)
         for key, t, nbytes in resident_wants(ctx, g, core, bounds, kc, resident, e):
             if aligned(nbytes) <= free:
                 free -= aligned(nbytes)
