@@ -33,6 +33,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from functools import lru_cache
 from math import ceil
 
 from dojoc.codegen.context import ALIGN, Ctx, aligned, split
@@ -106,14 +107,16 @@ def grid(ctx: Ctx, m: int, n: int) -> Grid:
     widths = [up8(n_max) + max((up8(extra[c][1]) for c in row if c in extra), default=0) for row in rows]
     # the reader of a held A (the only op that runs while a value is held) takes its producer's rows
     held = next((h.mblocks for h in ctx.held.values() if h.m == m), None)
-    mblocks = held if held is not None else balanced_rows(m, widths)
+    mblocks = held if held is not None else balanced_rows(m, tuple(widths))
     return Grid(rows, cols, mblocks, nblocks, extra)
 
 
-def balanced_rows(m: int, widths: list[int]) -> tuple[tuple[int, int], ...]:
+@lru_cache(maxsize=1024)
+def balanced_rows(m: int, widths: tuple[int, ...]) -> tuple[tuple[int, int], ...]:
     """Rows of M per mesh row (first, count), contiguous, so that the longest step of any row is as short
     as it can be: a row of `width` columns (rounded to 8) with r rows costs width x (up8(r) + up8(r / 2))
-    (one wave and two). Equal widths split M evenly, as `split` does."""
+    (one wave and two). Equal widths split M evenly, as `split` does. (Cached: the cost model asks for
+    every candidate's grid, and the answer depends only on these numbers.)"""
     if len(set(widths)) == 1 or m < 2 * len(widths):
         return tuple(split(m, len(widths)))
 
