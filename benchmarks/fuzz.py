@@ -39,7 +39,7 @@ from isa.objfile import CHECKSUM_BYTES, HEADER, read_object, write_object
 from isa.presets import load_machine
 
 FAILURES = Path(__file__).resolve().parent / "fuzz_failures"
-DATA = Path(tempfile.mkdtemp(prefix="dojoc-fuzz-"))
+DATA = Path(".")  # where the disassembly's weight files lie (main makes a temporary folder)
 FIELDS = ("mesh", "sram_bytes", "disabled", "dram_ports.0.first", "dram_ports.0.last", "dram_ports.0.capacity",
           "dram_ports.0.bytes_per_cycle", "link_bytes_per_cycle", "hop_latency", "die_shape", "semaphores",
           "simd_bytes", "inject_bytes_per_cycle", "barrier_latency", "dram_ports.3.first", "nope")
@@ -128,6 +128,15 @@ def main() -> None:
     ap.add_argument("--only", action="append", choices=["objfile", "asm", "spec", "machine"])
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
+    global DATA
+    DATA = Path(tempfile.mkdtemp(prefix="dojoc-fuzz-"))
+    try:
+        run(args)
+    finally:
+        shutil.rmtree(DATA, ignore_errors=True)
+
+
+def run(args: argparse.Namespace) -> None:
     data = _program()
     image = read_object(data)
     text = disassemble(image)
@@ -164,7 +173,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    finally:
-        shutil.rmtree(DATA, ignore_errors=True)
+    main()
