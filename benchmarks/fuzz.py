@@ -136,19 +136,25 @@ def main() -> None:
         shutil.rmtree(DATA, ignore_errors=True)
 
 
-def run(args: argparse.Namespace) -> None:
+Target = tuple[Callable[[random.Random, Any], bytes], Callable[[bytes], None], Any]
+
+
+def targets() -> dict[str, Target]:
+    """Each target's (draw, check, what the draws mutate); the disassembly's weight files go into DATA."""
     data = _program()
     image = read_object(data)
     text = disassemble(image)
     write_data_files(image, DATA)  # the weights the disassembly names (file=)
     assemble(text, base_dir=DATA)  # the unmutated program assembles
-    targets: dict[str, tuple[Callable[[random.Random, Any], bytes], Callable[[bytes], None], Any]] = {
-        "objfile": (draw_objfile, check_objfile, data), "asm": (draw_asm, check_asm, text),
-        "spec": (draw_spec, check_spec, None), "machine": (draw_machine, check_machine, None)}
+    return {"objfile": (draw_objfile, check_objfile, data), "asm": (draw_asm, check_asm, text),
+            "spec": (draw_spec, check_spec, None), "machine": (draw_machine, check_machine, None)}
+
+
+def run(args: argparse.Namespace) -> None:
     print("| target | inputs | valid | typed errors | other exceptions | inputs/s |")
     print("|---|---:|---:|---:|---:|---:|")
     failed = 0
-    for name, (draw, check, seed_input) in targets.items():
+    for name, (draw, check, seed_input) in targets().items():
         if args.only and name not in args.only:
             continue
         rng = random.Random(f"{args.seed}-{name}")

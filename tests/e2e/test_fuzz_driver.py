@@ -30,17 +30,11 @@ def fuzz() -> ModuleType:
 def test_fuzz_targets_give_values_or_typed_errors(fuzz: ModuleType, target: str, inputs: int,
                                                   tmp_path: Path) -> None:
     fuzz.DATA = tmp_path  # the disassembly's weight files
-    data = fuzz._program()
-    image = fuzz.read_object(data)
-    text = fuzz.disassemble(image)
-    fuzz.write_data_files(image, fuzz.DATA)
-    fuzz.assemble(text, base_dir=fuzz.DATA)
-    seeds = {"objfile": data, "asm": text, "spec": None, "machine": None}
-    draw, check = getattr(fuzz, f"draw_{target}"), getattr(fuzz, f"check_{target}")
+    draw, check, seed = fuzz.targets()[target]
     rng = random.Random(f"test-{target}")
     outcomes = {"valid": 0, "typed": 0}
     for _ in range(inputs):
-        case = draw(rng, seeds[target])
+        case = draw(rng, seed)
         try:
             check(case)
             outcomes["valid"] += 1

@@ -205,14 +205,14 @@ def sdpa(ctx: Ctx, node: Node) -> None:
         causal_v = ctx.weight(f"{node.name}_causal", np.arange(L + S - 1) >= S - 1, DType.BOOL)
     kv, vv, qv = ctx.views[k], ctx.views[v], ctx.views[q]
     mv = ctx.views[mask].expand(batch + (L, S)) if mask is not None else None
-    runs = list(zip(cores, split(len(items), len(cores)), strict=False))
     # one block per core and every key in one chunk: the cores of a head share its K and V (_share_kv),
     # each head's on a compact group of cores
+    sharing = share and len(items) == len(cores) and sc >= S
+    if sharing:
+        cores = [c for g in compact_groups(ctx.machine, cores, -(-L // lb)) for c in g]
+    runs = list(zip(cores, split(len(items), len(cores)), strict=False))
     groups: dict[tuple[int, ...], list[int]] = {}
-    if share and all(c == 1 for _, (_, c) in runs) and sc >= S:
-        per_head = -(-L // lb)
-        cores = [c for g in compact_groups(ctx.machine, cores, per_head) for c in g]
-        runs = list(zip(cores, split(len(items), len(cores)), strict=False))
+    if sharing:
         for core, (first, _) in runs:
             groups.setdefault(items[first][0], []).append(core)
     for core, (first, count) in runs:

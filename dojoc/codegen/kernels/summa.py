@@ -20,7 +20,7 @@ the load phase on, by the one core that multicasts it (its loader), so a call re
 activation operand, and the network carries the weight's chunks from SRAM (`put` from the resident copy
 into the others' chunk buffers; the loader multiplies its own copy in place). Each weight byte is resident
 once over the mesh. A chunk that finds no resident room is streamed from DRAM in every wave, as the cost
-model counts it (`summa_emit.kept` says which chunks find room, before the kernel allocates them).
+model counts it (`summa_emit.unkept` says which chunks find none, before the kernel allocates them).
 
 Then each core applies the op's epilogue (bias per column, residual tile, scaling, activation) on its FP32
 block, converts it to the output type and stores it. The kernel needs one die whose every core takes part
@@ -40,7 +40,7 @@ from dojoc.codegen.context import ALIGN, Ctx, aligned, split
 from dojoc.codegen.kernels import held as held_
 from dojoc.codegen.kernels.held import Held
 from dojoc.codegen.kernels.mxu import F32, Spec, resident_free
-from dojoc.codegen.kernels.summa_emit import MAX_DEPTH, CoreProgram, kept, loader, resident_wants, wave_block
+from dojoc.codegen.kernels.summa_emit import MAX_DEPTH, CoreProgram, loader, unkept, wave_block
 from dojoc.codegen.paths import port_path
 from dojoc.errors import MappingError
 from dojoc.ir.graph import Node
@@ -246,7 +246,7 @@ def estimate(ctx: Ctx, p: Problem, spec: Spec, kc: int, resident: str | None = N
     out_bytes = (0 if holding else p.m * p.n * eo) + res
     eject = (mx * kc + kc * nx) * e / m.eject_bytes_per_cycle
     hops = max(mx * kc, kc * nx) * e / m.link_bytes_per_cycle + sum(m.mesh) * m.hop_latency
-    # a resident chunk that finds no room (summa_emit.kept) is streamed in every wave, by its loader
+    # a resident chunk that finds no room (summa_emit.unkept) is streamed in every wave, by its loader
     missing = _missing(ctx, g, bounds, kc, resident, e) if resident is not None else [() for _ in bounds]
     base_link = _link_cycles(ctx, g, kc, e, resident, held is not None)
     loaded = max(mx * kc if a_dram else 0, kc * nx if resident != "b" else 0) * e  # a loader's streamed chunk
@@ -287,13 +287,7 @@ def _missing(ctx: Ctx, g: Grid, bounds: tuple[tuple[int, int], ...], kc: int, re
         most += len(bounds) * aligned(widest * g.x_max * e)
     if all(resident_free(ctx, c) >= most for c in g.cores):
         return [() for _ in bounds]
-    have = kept(ctx, g, bounds, kc, resident, e)
-    lost: list[list[tuple[int, float]]] = [[] for _ in bounds]
-    for core in g.cores:
-        for key, t, nbytes in resident_wants(ctx, g, core, bounds, kc, resident, e):
-            if (key, t, core) not in have:
-                lost[t].append((core, float(nbytes)))
-    return [tuple(x) for x in lost]
+    return unkept(ctx, g, bounds, kc, resident, e)
 
 
 def resident_bytes(ctx: Ctx, p: Problem, spec: Spec, kc: int, weight: str, held: Held | None = None) -> int:

@@ -163,7 +163,7 @@ class CoreProgram:
 
     def _keep(self) -> None:
         """Allocate and load, in the load phase, the resident weight chunks that this core multicasts (and,
-        beside a disabled core, its own slices of B); a chunk without room stays streamed (`kept` predicts
+        beside a disabled core, its own slices of B); a chunk without room stays streamed (`unkept` predicts
         which, for the cost model)."""
         assert self.resident is not None
         sram = self.ctx.sram[self.me]
@@ -455,18 +455,20 @@ def resident_wants(ctx: Ctx, g: Grid, core: int, bounds: tuple[tuple[int, int], 
     return wants
 
 
-def kept(ctx: Ctx, g: Grid, bounds: tuple[tuple[int, int], ...], kc: int, resident: str,
-         e: int) -> frozenset[tuple[str, int, int]]:
-    """(operand, chunk, core) of every resident copy that will find room, as `_keep` allocates them in
-    the cores' free resident SRAM now (a bump allocator: a copy fits when its aligned bytes are free)."""
-    out: set[tuple[str, int, int]] = set()
+def unkept(ctx: Ctx, g: Grid, bounds: tuple[tuple[int, int], ...], kc: int, resident: str,
+           e: int) -> list[tuple[tuple[int, float], ...]]:
+    """Per chunk, the resident copies that will find no room, (loader core, bytes): `_keep`'s allocation
+    replayed on the cores' free resident SRAM now (a bump allocator: a copy fits when its aligned bytes
+    are free)."""
+    lost: list[list[tuple[int, float]]] = [[] for _ in bounds]
     for core in g.cores:
         free = resident_free(ctx, core)
-        for key, t, nbytes in resident_wants(ctx, g, core, bounds, kc, resident, e):
+        for _, t, nbytes in resident_wants(ctx, g, core, bounds, kc, resident, e):
             if aligned(nbytes) <= free:
                 free -= aligned(nbytes)
-                out.add((key, t, core))
-    return frozenset(out)
+            else:
+                lost[t].append((core, float(nbytes)))
+    return [tuple(x) for x in lost]
 
 
 def wave_block(g: Grid, resident: str | None, waves: int) -> tuple[int, int, int]:
