@@ -125,6 +125,12 @@ def link_cycles(nbytes: int, machine: Machine, d2d: bool = False) -> int:
     return max(1, ceil(nbytes / width))
 
 
+def dram_cycles(nbytes: int, bytes_per_cycle: int) -> int:
+    """Cycles one DMA request of `nbytes` occupies its DRAM port (at least one: a port serves one request
+    at a time, so many small requests waste it)."""
+    return max(1, ceil(nbytes / bytes_per_cycle))
+
+
 def inject_cycles(nbytes: int, machine: Machine) -> int:
     """Cycles a transfer of `nbytes` occupies its source router's injection port (at least one)."""
     return max(1, ceil(nbytes / machine.inject_bytes_per_cycle))

@@ -2,7 +2,7 @@
 
 Timing (docs/timing.md has the full rules). Each port serves requests first come first served, in call
 order (the engine calls in (issue cycle, core id) order). A request of n bytes occupies its port for
-`max(1, ceil(n / port.bytes_per_cycle))` cycles.
+`max(1, ceil(n / port.bytes_per_cycle))` cycles (`isa.costs.dram_cycles`).
 
 - load: port_start = max(t, port_free); the first data leaves the port at port_start + latency and
   crosses the mesh from the port's entry router to the core (`Network.send`, contending with puts),
@@ -19,11 +19,12 @@ order (the engine calls in (issue cycle, core id) order). A request of n bytes o
 
 from __future__ import annotations
 
-from math import ceil, prod
+from math import prod
 from typing import Any
 
 import numpy as np
 
+from isa.costs import dram_cycles
 from isa.machine import Machine
 from runtime_emu.noc import RC, Delivery, Network
 from runtime_emu.stats import PortStats
@@ -44,7 +45,7 @@ class Dram:
         """Reserve the port from max(t, port_free) for its transfer time; returns (start, busy)."""
         p = self.machine.dram_ports[port]
         start = max(t, self._free[port])
-        busy = max(1, ceil(nbytes / p.bytes_per_cycle))
+        busy = dram_cycles(nbytes, p.bytes_per_cycle)
         self._free[port] = start + busy
         self._stats[p.name].busy_cycles += busy
         return start, busy

@@ -39,13 +39,24 @@ from math import ceil
 from dojoc.codegen.context import ALIGN, Ctx, aligned, split
 from dojoc.codegen.kernels import held as held_
 from dojoc.codegen.kernels.held import Held
+from dojoc.codegen.kernels.im2col import Im2col
 from dojoc.codegen.kernels.mxu import F32, Spec, resident_free
-from dojoc.codegen.kernels.summa_emit import MAX_DEPTH, CoreProgram, loader, unkept, wave_block
+from dojoc.codegen.kernels.summa_emit import (
+    MAX_DEPTH,
+    CoreProgram,
+    a_chunk,
+    b_chunk,
+    b_source,
+    loader,
+    unkept,
+    wave_block,
+)
 from dojoc.codegen.paths import port_path
+from dojoc.codegen.view import View
 from dojoc.errors import MappingError
 from dojoc.ir.graph import Node
 from dojoc.mapping.model import Bound, OpMapping
-from isa.costs import matmul_cycles, up8, vector_cycles
+from isa.costs import dram_cycles, matmul_cycles, up8, vector_cycles
 
 if False:  # typing only, without an import cycle
     from dojoc.codegen.kernels.matmul import Problem
@@ -250,10 +261,15 @@ def estimate(ctx: Ctx, p: Problem, spec: Spec, kc: int, resident: str | None = N
     missing = _missing(ctx, g, bounds, kc, resident, e) if resident is not None else [() for _ in bounds]
     base_link = _link_cycles(ctx, g, kc, e, resident, held is not None)
     loaded = max(mx * kc if a_dram else 0, kc * nx if resident != "b" else 0) * e  # a loader's streamed chunk
+    # the port serves one request at a time, each in whole cycles: a step's many small DMAs (a convolution's
+    # windows, the slices beside a disabled core) take it longer than their bytes alone
+    requests = _request_cycles(ctx, p, spec, g, bounds, resident, held, waves)
+    bpc = m.dram_ports[0].bytes_per_cycle
     pers: list[tuple[float, float, float]] = []  # per chunk: (step cycles, its DRAM cycles, its elements)
     for lost in missing:
         moved = streamed + sum(b for _, b in lost) / e
-        dram = (moved * e + (out_bytes / waves / chunks if waves > 1 else 0)) * way.cycles_per_byte
+        dram = max(moved * e * way.cycles_per_byte, requests + sum(dram_cycles(round(b), bpc) for _, b in lost)) \
+            + (out_bytes / waves / chunks if waves > 1 else 0) * way.cycles_per_byte
         link = (_link_cycles(ctx, g, kc, e, resident, held is not None, lost) if lost else base_link) / waves
         # a chunk's DMA is issued depth - 1 steps before the others need it: its latency, the multicast's
         # time and the hops to the far end of the line are hidden only behind that many steps of work
@@ -273,6 +289,36 @@ def estimate(ctx: Ctx, p: Problem, spec: Spec, kc: int, resident: str | None = N
     total = fill + waves * per_sum + x_mma + waves * epi + stores
     bound = Bound.COMPUTE if per == mma else (Bound.DRAM if per == dram else Bound.LINK)
     return round(total), bound
+
+
+def _request_cycles(ctx: Ctx, p: Problem, spec: Spec, g: Grid, bounds: tuple[tuple[int, int], ...],
+                    resident: str | None, held: Held | None, waves: int) -> float:
+    """Port cycles of one step's streamed DMA requests, each rounded up to whole cycles as the port serves
+    it (`isa.costs.dram_cycles`), for a middle chunk (a border tap's windows are fewer): every row's A chunk
+    (but a resident or held A's), every column's B chunk and the slices beside disabled cores (but a
+    resident B's), with the rows or columns of one wave."""
+    bpc = ctx.machine.dram_ports[0].bytes_per_cycle
+    k0, kl = bounds[len(bounds) // 2]
+    by_rows = resident == "b"
+    total = 0.0
+    if resident != "a" and held is None:
+        for m0, rows in g.mblocks:
+            r = split(rows, waves)[0][1] if by_rows else rows
+            total += sum(dram_cycles(tr.nbytes, bpc) for tr in a_chunk(p, spec, kl, k0, kl, m0, r, 0))
+    if resident != "b":
+        src, e = b_source(p), spec.op.itemsize
+        for n0, n in g.nblocks:
+            total += _b_cycles(src, e, k0, kl, n0, split(n, waves)[0][1] if waves > 1 else n, bpc)
+        for x0, nx in g.extra.values():  # in every step with one wave, in the first wave's with more
+            total += _b_cycles(src, e, k0, kl, x0, nx, bpc) / waves
+    return total
+
+
+@lru_cache(maxsize=1 << 14)
+def _b_cycles(src: View | Im2col, e: int, k0: int, kl: int, n0: int, n: int, bpc: int) -> int:
+    """Port cycles of the DMA requests of B's rows k0 .. k0 + kl - 1, columns n0 .. n0 + n - 1 (cached: the
+    search asks for the same chunks of every candidate)."""
+    return sum(dram_cycles(ld.t.nbytes, bpc) for ld in b_chunk(src, e, k0, kl, n0, n, 0)[0])
 
 
 def _missing(ctx: Ctx, g: Grid, bounds: tuple[tuple[int, int], ...], kc: int, resident: str,

@@ -23,7 +23,7 @@ from dojoc.codegen.builder import R_A, R_B, R_C, R_D, CoreCode
 from dojoc.codegen.context import Ctx, aligned, split
 from dojoc.codegen.epilogue import emit_pointwise
 from dojoc.codegen.kernels.held import ARRIVE, Held
-from dojoc.codegen.kernels.im2col import Fill
+from dojoc.codegen.kernels.im2col import Fill, Im2col
 from dojoc.codegen.kernels.mxu import F32, Load, Spec, load_resident, resident_free
 from dojoc.codegen.view import Transfer, View, transfers
 from dojoc.ir.epilogue import RESIDUAL_STEPS
@@ -49,6 +49,28 @@ def loader(line: tuple[int, ...], index: int, t: int) -> int:
     staggered by the line's index, so the columns' B loaders of one chunk sit in different rows and their
     DMAs enter the mesh through different routers of the DRAM port (not all through one row's links)."""
     return line[(t + index) % len(line)]
+
+
+def a_chunk(p: Problem, spec: Spec, kc: int, k0: int, kl: int, m0: int, m: int, dst: int) -> list[Transfer]:
+    """The DMAs of A's rows m0 .. m0 + m - 1, K elements k0 .. k0 + kl - 1, into a tile at `dst` (rows kc
+    wide)."""
+    a, e = p.a[0], spec.op.itemsize
+    return transfers(a.base + m0 * a.strides[0] + k0 * a.strides[1], dst,
+                     [(m, a.strides[0], kc * e), (kl, a.strides[1], e)], e)
+
+
+def b_chunk(src: View | Im2col, e: int, k0: int, kl: int, n0: int, n: int, dst: int) -> tuple[list[Load], list[Fill]]:
+    """The DMAs (and zero fills) of B's K rows k0 .. k0 + kl - 1, columns n0 .. n0 + n - 1 (elements of `e`
+    bytes), into a tile at `dst`: from B's view, or a convolution's shifted input windows (im2col.py)."""
+    if isinstance(src, Im2col):
+        return src.chunk(k0, kl, n0, n, dst, n * e)
+    return [Load(tr) for tr in transfers(src.base + k0 * src.strides[0] + n0 * src.strides[1], dst,
+                                         [(kl, src.strides[0], n * e), (n, src.strides[1], e)], e)], []
+
+
+def b_source(p: Problem) -> View | Im2col:
+    """Where B's chunks come from: the convolution's input windows, or B's view."""
+    return p.im2col if p.im2col is not None else p.b[0]
 
 
 class CoreProgram:
@@ -140,21 +162,10 @@ class CoreProgram:
         return self.bounds[t]
 
     def _a_chunk(self, t: int, m0: int, m: int, dst: int) -> list[Transfer]:
-        a, e = self.p.a[0], self.spec.op.itemsize
-        k0, kl = self._chunk(t)
-        return transfers(a.base + m0 * a.strides[0] + k0 * a.strides[1], dst,
-                         [(m, a.strides[0], self.kc * e), (kl, a.strides[1], e)], e)
+        return a_chunk(self.p, self.spec, self.kc, *self._chunk(t), m0, m, dst)
 
     def _b_chunk(self, t: int, n0: int, n: int, dst: int) -> tuple[list[Load], list[Fill]]:
-        """The DMAs (and zero fills) of B's chunk t, columns n0 .. n0 + n - 1, into a tile at `dst`: from
-        B's view, or a convolution's shifted input windows (im2col.py)."""
-        e = self.spec.op.itemsize
-        k0, kl = self._chunk(t)
-        if self.p.im2col is not None:
-            return self.p.im2col.chunk(k0, kl, n0, n, dst, n * e)
-        b = self.p.b[0]
-        return [Load(tr) for tr in transfers(b.base + k0 * b.strides[0] + n0 * b.strides[1], dst,
-                                             [(kl, b.strides[0], n * e), (n, b.strides[1], e)], e)], []
+        return b_chunk(b_source(self.p), self.spec.op.itemsize, *self._chunk(t), n0, n, dst)
 
     def _b_resident(self, t: int, n0: int, n: int, dst: int) -> list[Transfer]:
         loads, fills = self._b_chunk(t, n0, n, dst)
