@@ -291,17 +291,12 @@ class Emulator:
         entry[1].append(core)
         if len(entry[1]) == count:
             del self._barriers[bid]
-            release = max(c.wait_start for c in entry[1]) + self.barrier_span(entry[1]) \
-                + self.machine.barrier_latency
+            release = max(c.wait_start for c in entry[1]) + self.network.barrier_cycles([c.rc for c in entry[1]])
             self.barrier_releases.append((bid, release))
             if bid in self.snapshot_barriers and bid not in self.snapshots:
                 self.snapshots[bid] = self._counters()
             for c in entry[1]:
                 self._resume(c, release, "barrier")
-
-    def barrier_span(self, cores: Sequence[Core]) -> int:
-        """Cycles of a barrier's combining tree over its participants: up to the root and back down."""
-        return 2 * self.network.combining_depth([c.rc for c in cores])
 
     def on_halt(self, core: Core, pc: int, t: int, cost: int) -> None:
         if self.trace is not None:

@@ -286,6 +286,11 @@ class Network:
                                             for corner in ((r0, c0), (r0, c1), (r1, c0), (r1, c1)))
         return depth
 
+    def barrier_cycles(self, routers: Sequence[RC]) -> int:
+        """Cycles from a barrier's last arrival to its release over cores at `routers`: the combining
+        tree's round trip (up to the root and back down) plus the machine's constant `barrier_latency`."""
+        return 2 * self.combining_depth(routers) + self.machine.barrier_latency
+
     # -- state --------------------------------------------------------------------------------
     def link_free(self, link: Link) -> int:
         """The cycle at which `link` is next free (0 when never used)."""

@@ -18,6 +18,7 @@ from dojoc.codegen.builder import CoreCode, ProgramBuilder
 from dojoc.codegen.context import Ctx, SramPlan
 from dojoc.codegen.kernels.copy import copy_view
 from dojoc.codegen.kernels.eltwise import fill
+from dojoc.codegen.paths import barrier_cycles
 from dojoc.codegen.registry import KERNELS
 from dojoc.codegen.result import LOAD_BARRIER, Lowered
 from dojoc.codegen.view import View
@@ -120,6 +121,7 @@ def lower_graph(graph: Graph, machine: Machine, precision: str = "bf16",
             ctx.builder.barrier()
             spans.append((f"output {name}", b0, ctx.builder.barriers))
     ctx.builder.keep(ctx.used | {c for c, load in ctx.load.items() if load.code})
+    _add_sync(ctx, spans)
     _prepend_load_phase(ctx)
     in_names = tuple(str(v.name) for v in graph.inputs)
     image = ctx.builder.build(tuple(ctx.tensors), Signature(in_names, out_names, graph.out_spec or ""))
@@ -129,6 +131,22 @@ def lower_graph(graph: Graph, machine: Machine, precision: str = "bf16",
                            f"(the op takes fewer decisions, or is a view or is fused); remove it")
     return Lowered(image, in_names, out_names, flops_of(graph), precision, max(len(ctx.used), 1),
                    max(s.peak for s in ctx.sram.values()), build_mapping(ctx), tuple(spans))
+
+
+def _add_sync(ctx: Ctx, spans: list[tuple[str, int, int]]) -> None:
+    """Add to each op's prediction the release of the barriers that end it (every kept core joins each):
+    an op's emulated cycles run from one barrier's release to the next, so its prediction covers them too.
+    Known only now, once idle cores have left the program (a barrier's tree spans the cores kept)."""
+    sync = barrier_cycles(ctx.machine, tuple(ctx.builder.ids))
+    count: dict[str, int] = {}
+    for op, b0, b1 in spans:
+        count[op] = count.get(op, 0) + b1 - b0
+    last = {om.op: i for i, om in enumerate(ctx.decisions) if om.fused_into is None}
+    for op, n in count.items():
+        i = last.get(op)
+        if i is not None:
+            om = ctx.decisions[i]
+            ctx.decisions[i] = replace(om, predicted_cycles=om.predicted_cycles + n * sync)
 
 
 def write_through(graph: Graph, outputs: set[Value], users: dict[Value, list[Node]]) -> dict[Node, Value]:

@@ -56,6 +56,13 @@ def port_path(machine: Machine, cores: tuple[int, ...]) -> PortPath:
     return PortPath(port.latency + hops, rate)
 
 
+def barrier_cycles(machine: Machine, cores: tuple[int, ...]) -> int:
+    """Cycles from the last arrival at a barrier over `cores` (ids) to its release, as the emulator's
+    barrier takes them (`Network.barrier_cycles`: the combining tree's round trip over their bounding box,
+    plus `barrier_latency`)."""
+    return _network(machine).barrier_cycles([machine.coords[c] for c in cores])
+
+
 @lru_cache(maxsize=1 << 10)
 def exchange_link_bytes(machine: Machine, cores: tuple[int, ...], piece: float) -> float:
     """The bytes on the busiest link when every core of `cores` puts `piece` bytes to every other one
