@@ -296,28 +296,31 @@ def _request_cycles(ctx: Ctx, p: Problem, spec: Spec, g: Grid, bounds: tuple[tup
     """Port cycles of one step's streamed DMA requests, each rounded up to whole cycles as the port serves
     it (`isa.costs.dram_cycles`), for a middle chunk (a border tap's windows are fewer): every row's A chunk
     (but a resident or held A's), every column's B chunk and the slices beside disabled cores (but a
-    resident B's), with the rows or columns of one wave."""
+    resident B's), with the rows or columns of one wave (waves cut the streamed operand only)."""
     bpc = ctx.machine.dram_ports[0].bytes_per_cycle
     k0, kl = bounds[len(bounds) // 2]
-    by_rows = resident == "b"
+    e = spec.op.itemsize
     total = 0.0
     if resident != "a" and held is None:
-        for m0, rows in g.mblocks:
-            r = split(rows, waves)[0][1] if by_rows else rows
-            total += sum(dram_cycles(tr.nbytes, bpc) for tr in a_chunk(p, spec, kl, k0, kl, m0, r, 0))
+        total += sum(_a_cycles(p.a[0], e, k0, kl, m0, split(rows, waves)[0][1], bpc) for m0, rows in g.mblocks)
     if resident != "b":
-        src, e = b_source(p), spec.op.itemsize
-        for n0, n in g.nblocks:
-            total += _b_cycles(src, e, k0, kl, n0, split(n, waves)[0][1] if waves > 1 else n, bpc)
-        for x0, nx in g.extra.values():  # in every step with one wave, in the first wave's with more
-            total += _b_cycles(src, e, k0, kl, x0, nx, bpc) / waves
+        src = b_source(p)
+        total += sum(_b_cycles(src, e, k0, kl, n0, split(n, waves)[0][1], bpc) for n0, n in g.nblocks)
+        # the slices: in every step with one wave, in the first wave's with more
+        total += sum(_b_cycles(src, e, k0, kl, x0, nx, bpc) for x0, nx in g.extra.values()) / waves
     return total
+
+
+# (cached: the search asks for the same chunks of every candidate)
+@lru_cache(maxsize=1 << 14)
+def _a_cycles(a: View, e: int, k0: int, kl: int, m0: int, m: int, bpc: int) -> int:
+    """Port cycles of the DMA requests of A's rows m0 .. m0 + m - 1, K elements k0 .. k0 + kl - 1."""
+    return sum(dram_cycles(tr.nbytes, bpc) for tr in a_chunk(a, e, kl, k0, kl, m0, m, 0))
 
 
 @lru_cache(maxsize=1 << 14)
 def _b_cycles(src: View | Im2col, e: int, k0: int, kl: int, n0: int, n: int, bpc: int) -> int:
-    """Port cycles of the DMA requests of B's rows k0 .. k0 + kl - 1, columns n0 .. n0 + n - 1 (cached: the
-    search asks for the same chunks of every candidate)."""
+    """Port cycles of the DMA requests of B's rows k0 .. k0 + kl - 1, columns n0 .. n0 + n - 1."""
     return sum(dram_cycles(ld.t.nbytes, bpc) for ld in b_chunk(src, e, k0, kl, n0, n, 0)[0])
 
 

@@ -51,10 +51,9 @@ def loader(line: tuple[int, ...], index: int, t: int) -> int:
     return line[(t + index) % len(line)]
 
 
-def a_chunk(p: Problem, spec: Spec, kc: int, k0: int, kl: int, m0: int, m: int, dst: int) -> list[Transfer]:
-    """The DMAs of A's rows m0 .. m0 + m - 1, K elements k0 .. k0 + kl - 1, into a tile at `dst` (rows kc
-    wide)."""
-    a, e = p.a[0], spec.op.itemsize
+def a_chunk(a: View, e: int, kc: int, k0: int, kl: int, m0: int, m: int, dst: int) -> list[Transfer]:
+    """The DMAs of A's rows m0 .. m0 + m - 1, K elements k0 .. k0 + kl - 1 (elements of `e` bytes), into a
+    tile at `dst` (rows kc wide)."""
     return transfers(a.base + m0 * a.strides[0] + k0 * a.strides[1], dst,
                      [(m, a.strides[0], kc * e), (kl, a.strides[1], e)], e)
 
@@ -162,7 +161,7 @@ class CoreProgram:
         return self.bounds[t]
 
     def _a_chunk(self, t: int, m0: int, m: int, dst: int) -> list[Transfer]:
-        return a_chunk(self.p, self.spec, self.kc, *self._chunk(t), m0, m, dst)
+        return a_chunk(self.p.a[0], self.spec.op.itemsize, self.kc, *self._chunk(t), m0, m, dst)
 
     def _b_chunk(self, t: int, n0: int, n: int, dst: int) -> tuple[list[Load], list[Fill]]:
         return b_chunk(b_source(self.p), self.spec.op.itemsize, *self._chunk(t), n0, n, dst)
