@@ -91,8 +91,13 @@ class Cast(Enum):
     """Destinations of a network put."""
 
     ONE = 0  # the core named by the register
-    ROW = 1  # every enabled core in that core's mesh row, except the sender
-    COL = 2  # every enabled core in that core's mesh column, except the sender
+    ROW = 1  # every enabled core in that core's mesh row (or a segment of it: `span`), except the sender
+    COL = 2  # every enabled core in that core's mesh column (or a segment of it: `span`), except the sender
+
+
+SPAN_BITS = 12
+SPAN_DOC = ("mesh positions of the row or column a multicast reaches, from the named core's on (toward "
+            "higher columns or rows); 0: the whole line")
 
 
 class Axis(Enum):
@@ -369,10 +374,12 @@ _decl("put", (R("rc", "destination core id"), R("rd", "remote SRAM address"), R(
                                                                   default=0),
               E("cast", Cast, 2, "one, row or col multicast", default=Cast.ONE),
               U("seml", 5, "local semaphore signalled when the source is free"),
-              U("semr", 5, "remote semaphore signalled on arrival")),
+              U("semr", 5, "remote semaphore signalled on arrival"),
+              U("span", SPAN_BITS, SPAN_DOC, default=0)),
       Unit.NET, Cost.ISSUE, "put", "Asynchronous network put of a 2-D block into other cores' SRAM.")
 _decl("signal", (R("rc", "core id"), U("sem", 5, "its semaphore", positional=True),
-                 E("cast", Cast, 2, "one, row or col multicast", default=Cast.ONE)),
+                 E("cast", Cast, 2, "one, row or col multicast", default=Cast.ONE),
+                 U("span", SPAN_BITS, SPAN_DOC, default=0)),
       Unit.NET, Cost.ISSUE, "signal", "Increment a semaphore of another core (a zero-byte message).")
 _decl("wait", (U("sem", 5, "semaphore", positional=True), U("count", 16, "count to take", positional=True)),
       Unit.SYNC, Cost.SEM, "wait", "Wait until sem >= count, then subtract count.")

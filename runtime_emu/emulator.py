@@ -116,7 +116,7 @@ class Emulator:
         self._names = [[i.spec.mnemonic for i in sec.code] + ["(end)"] for sec in image.sections]
         self._ran = False
         self._cores: dict[int, Core] = {}
-        self._casts: dict[tuple[int, int, Cast], tuple[list[Core], list[RC]]] = {}
+        self._casts: dict[tuple[int, int, Cast, int], tuple[list[Core], list[RC]]] = {}
         self._pkey = 0
         self.limit = 0
 
@@ -175,22 +175,34 @@ class Emulator:
             c = self._cores[cid] = Core(cid, (r, col), self, special)
         return c
 
-    def cast_targets(self, core: Core, target: int, cast: Cast) -> tuple[list[Core], list[RC]]:
+    def cast_targets(self, core: Core, target: int, cast: Cast, span: int = 0) -> tuple[list[Core], list[RC]]:
         """Destination cores of a put or signal, and their routers: `target` itself, or its row or column
-        except the sender (cached per sender, target and cast: puts and signals repeat them)."""
-        key = (core.id, target, cast)
+        except the sender; with a `span`, only that line's cores at positions from the target's to the
+        target's + span - 1 (cached per sender, target, cast and span: puts and signals repeat them)."""
+        key = (core.id, target, cast, span)
         hit = self._casts.get(key)
         if hit is not None:
             return hit
-        n = self.machine.num_cores
+        m = self.machine
+        n = m.num_cores
         if not 0 <= target < n:
             raise Fault(TrapKind.BAD_OPERAND, f"core id {target} is not on the machine (cores 0..{n - 1})")
         if cast is Cast.ONE:
+            if span:
+                raise Fault(TrapKind.BAD_OPERAND, f"span={span} on a put or signal to one core: a span "
+                                                  "applies to row and col multicasts only")
             out = [self.core(target)]
         else:
-            r, c = self.machine.coords[target]
+            r, c = m.coords[target]
+            at, length = (c, m.mesh[1]) if cast is Cast.ROW else (r, m.mesh[0])
+            if span and at + span > length:
+                raise Fault(TrapKind.BAD_OPERAND, f"{cast.name.lower()} multicast from core {target} at "
+                                                  f"position {at} with span={span} runs past the mesh "
+                                                  f"edge ({length} positions)")
             line = self._lines[(cast.value, r if cast is Cast.ROW else c)]
-            out = [self.core(i) for i in line if i != core.id]
+            lo, hi = (at, at + span) if span else (0, length)
+            pos = 1 if cast is Cast.ROW else 0
+            out = [self.core(i) for i in line if i != core.id and lo <= m.coords[i][pos] < hi]
             if not out:
                 raise Fault(TrapKind.BAD_OPERAND, f"{cast.name.lower()} multicast to core {target}'s "
                                                   f"{cast.name.lower()} reaches no core but the sender")

@@ -17,7 +17,43 @@ A bigger machine must never be slower, so a compile should use only as many core
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from isa.machine import Machine
+
+
+@dataclass(frozen=True)
+class Rect:
+    """A rectangle of mesh positions: rows r0 .. r0 + rows - 1, columns c0 .. c0 + cols - 1. Kernels that
+    lay a grid of blocks over the mesh (SUMMA) run on one, in its own coordinates (row 0 is r0)."""
+
+    r0: int
+    c0: int
+    rows: int
+    cols: int
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.rows, self.cols
+
+    def local(self, rc: tuple[int, int]) -> tuple[int, int]:
+        """Mesh position `rc` in the rectangle's coordinates."""
+        return rc[0] - self.r0, rc[1] - self.c0
+
+    def mesh(self, i: int, j: int) -> tuple[int, int]:
+        """The mesh position of the rectangle's (i, j)."""
+        return self.r0 + i, self.c0 + j
+
+    def covers(self, machine: Machine) -> tuple[bool, bool]:
+        """Whether the rectangle spans the mesh's whole rows, and its whole columns."""
+        return (self.c0 == 0 and self.cols == machine.mesh[1]), (self.r0 == 0 and self.rows == machine.mesh[0])
+
+
+def home_die(machine: Machine) -> Rect:
+    """The die that DRAM port 0 enters (where every tensor lies): the whole mesh on a one-die machine."""
+    dr, dc = machine.die
+    er, ec = machine.dram_ports[0].entry_router(machine, 0, 0)
+    return Rect(er // dr * dr, ec // dc * dc, dr, dc)
 
 
 def usable_cores(machine: Machine) -> list[int]:
@@ -25,8 +61,8 @@ def usable_cores(machine: Machine) -> list[int]:
     a given mapping names is among them."""
     dr, dc = machine.die
     port = machine.dram_ports[0]
-    er, ec = port.entry_router(machine, 0, 0)
-    home = (er // dr, ec // dc)
+    h = home_die(machine)
+    home = (h.r0 // dr, h.c0 // dc)
 
     def key(core: int) -> tuple[int, int, int, int, tuple[int, int], int]:
         r, c = machine.coords[core]

@@ -437,6 +437,60 @@ def test_put_multicast_row_delivers_to_every_other_core() -> None:
     np.testing.assert_array_equal(res.outputs["y"][0], x)
 
 
+def test_put_multicast_with_a_span_reaches_only_that_segment_of_the_row() -> None:
+    """Core 1 multicasts along row 0 of mesh4x4 from core 1's position, span 2: only core 2 (positions 1
+    and 2, less the sender) gets the data. Cores 0 and 3 store what they have once core 2 has it."""
+    text = """
+.machine mesh4x4
+.tensor x input 0x0 f32 [4]
+.tensor y output 0x100 f32 [3, 4]
+.section src cores=1
+    li r1, 0x0
+    dmadim 0, 4, sstride=4, dstride=4
+    dmald r1, r1, esize=4, ndim=1, sem=0, dt=f32
+    wait 0, 1
+    li r2, 1
+    li r3, 0x40
+    put r2, r3, r1, rows=1, bytes=16, cast=row, seml=1, semr=2, span=2
+    wait 1, 1
+    halt
+.section seg cores=2
+    wait 2, 1
+    li r5, 0
+    signal r5, 3
+    li r5, 3
+    signal r5, 3
+    li r3, 0x40
+    li r4, 0x110
+    dmadim 0, 4, sstride=4, dstride=4
+    dmast r4, r3, esize=4, ndim=1, sem=0
+    wait 0, 1
+    halt
+.section left cores=0
+    wait 3, 1
+    li r3, 0x40
+    li r4, 0x100
+    dmadim 0, 4, sstride=4, dstride=4
+    dmast r4, r3, esize=4, ndim=1, sem=0
+    wait 0, 1
+    halt
+.section right cores=3
+    wait 3, 1
+    li r3, 0x40
+    li r4, 0x120
+    dmadim 0, 4, sstride=4, dstride=4
+    dmast r4, r3, esize=4, ndim=1, sem=0
+    wait 0, 1
+    halt
+"""
+    x = np.array([1.5, -2.0, 3.0, 4.25], dtype=np.float32)
+    emu = Emulator(assemble(text))
+    emu.set_inputs([x])
+    y = emu.run().outputs["y"]
+    np.testing.assert_array_equal(y[1], x)
+    np.testing.assert_array_equal(y[[0, 2]], 0)
+
+
 # -- scalar ---------------------------------------------------------------------------------------
 
 def test_scalar_alu_registers() -> None:

@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 
 import dojoc
 from dojoc.codegen.paths import exchange_link_bytes
-from dojoc.mapping.place import compact_groups, usable_cores
+from dojoc.mapping.place import compact_groups, home_die, usable_cores
 from isa.presets import load_machine
 
 
-def _mlp() -> tuple[nn.Module, torch.Tensor]:
+def _mlp(rows: int = 64) -> tuple[nn.Module, torch.Tensor]:
     torch.manual_seed(0)
-    return nn.Sequential(nn.Linear(256, 1024), nn.GELU(), nn.Linear(1024, 256)).eval(), torch.randn(64, 256)
+    return nn.Sequential(nn.Linear(256, 1024), nn.GELU(), nn.Linear(1024, 256)).eval(), torch.randn(rows, 256)
 
 
 def test_cores_are_offered_die_by_die_from_the_dram_port() -> None:
@@ -32,20 +33,30 @@ def test_cores_are_offered_die_by_die_from_the_dram_port() -> None:
     assert len(first) == sum(1 for r, c in tile.coords if r < dr and c < dc)
 
 
-def test_a_bigger_machine_is_not_slower() -> None:
-    model, x = _mlp()
+@pytest.mark.parametrize("rows", [64, 128])
+def test_a_bigger_machine_is_not_slower(rows: int) -> None:
+    """64 rows take the tiled kernel; 128 take SUMMA, which on `tile` runs on the home die (the die that
+    DRAM port 0 enters), its multicasts kept to that die's rows and columns (put span)."""
+    model, x = _mlp(rows)
     want = model(x).detach()
-    cycles = {}
+    cycles, kernels = {}, {}
     for name in ("mesh8x8", "d1", "tile"):
         prog = dojoc.compile(model, (x,), machine=name, precision="bf16")
         y, report = prog.run(x)
         assert torch.corrcoef(torch.stack([y.flatten(), want.flatten()]))[0, 1] > 0.99
         cycles[name] = report.cycles
+        kernels[name] = {r["kernel"] for r in report.ops if "predicted_cycles" in r}
         # every core of the program runs code and joins its barriers; no idle core waits at them
         used = {c for s in prog.image.sections for c in s.cores}
         assert len(used) == report.cores_used
         counts = {ins["count"] for s in prog.image.sections for ins in s.code if ins.spec.mnemonic == "barrier"}
         assert counts == {len(used)}
+        if name == "tile" and rows == 128:
+            home = home_die(prog.machine)
+            assert kernels[name] == {"summa"}
+            inside = [home.local(prog.machine.coords[c]) for c in used]
+            assert all(0 <= i < home.rows and 0 <= j < home.cols for i, j in inside)
+            assert len(used) == load_machine("d1").num_cores
     assert cycles["tile"] <= cycles["d1"] <= cycles["mesh8x8"], cycles
 
 

@@ -53,22 +53,22 @@ class Held:
     own: int  # SRAM address of every core's own block
     extra: int  # SRAM address of an assembled block, on its holder
     nbytes: int  # bytes held on every core
-    cores: dict[tuple[int, int], int]  # (mesh row, block column) -> the core that holds the block
+    cores: dict[tuple[int, int], int]  # (grid row, block column) -> the core that holds the block
+    at: dict[tuple[int, int], int]  # (grid row, grid column) -> the enabled core there (Grid.at)
 
-    def owner(self, r: int, j: int, coords: tuple[tuple[int, int], ...]) -> tuple[int, int, int]:
+    def owner(self, r: int, j: int) -> tuple[int, int, int]:
         """(core, SRAM address, row stride in bytes) of block (r, j)."""
         core = self.cores[(r, j)]
         stride = self.kblocks[j][1] * self.dtype.itemsize
-        return core, (self.own if coords[core] == (r, j) else self.extra), stride
+        return core, (self.own if self.at.get((r, j)) == core else self.extra), stride
 
 
-def holders(ctx: Ctx) -> dict[tuple[int, int], int] | None:
-    """The core that holds each block of the mesh: its own core, or for a disabled position the nearest
-    enabled core of its row (the right one on a tie); None when a row has more than one disabled core
-    (the SUMMA grid gives such a row's cores one slice each, so it is not supported)."""
-    mach = ctx.machine
-    rows, cols = mach.mesh
-    at = mach.core_at
+def holders(at: dict[tuple[int, int], int], shape: tuple[int, int]) -> dict[tuple[int, int], int] | None:
+    """The core that holds each block of a SUMMA grid of `shape` whose enabled cores are `at` (Grid.at):
+    its own core, or for a disabled position the nearest enabled core of its row (the right one on a tie);
+    None when a row has more than one disabled core (the SUMMA grid gives such a row's cores one slice
+    each, so it is not supported)."""
+    rows, cols = shape
     out: dict[tuple[int, int], int] = {}
     for r in range(rows):
         gone = [c for c in range(cols) if (r, c) not in at]
@@ -124,15 +124,15 @@ def offer(ctx: Ctx, node: Node, p: Problem, spec: Spec,
     """Whether the SUMMA matmul `node` (problem `p`, output column blocks `kblocks`) may hold its output
     for its reader: (the reader, "") or (None, why not)."""
     from dojoc.codegen.kernels.mxu import param_array
-    from dojoc.codegen.kernels.summa import MIN_BLOCK
+    from dojoc.codegen.kernels.summa import MIN_BLOCK, grid
 
-    mach = ctx.machine
-    rows, cols = mach.mesh
+    g = grid(ctx, p.m, p.n)
+    rows, cols = g.rect.shape
     if ctx.precision == "cfp8":
         return None, "cfp8 matmuls convert their operands in SRAM"
     if len(p.o) != 1 or p.o[0] != View.dense(p.o[0].base, (p.m, p.n), p.o[0].dtype) or p.im2col is not None:
         return None, "its output is not one dense [M, N] matrix"
-    if holders(ctx) is None:
+    if holders(g.at, g.rect.shape) is None:
         return None, "a mesh row has more than one disabled core"
     reader, why = _chain(ctx, node)
     if reader is None:
@@ -153,28 +153,29 @@ def offer(ctx: Ctx, node: Node, p: Problem, spec: Spec,
     return reader, ""
 
 
-def hold(ctx: Ctx, node: Node, p: Problem, spec: Spec, mblocks: tuple[tuple[int, int], ...],
-         kblocks: tuple[tuple[int, int], ...]) -> Held:
-    """Hold the output of `node` in every core's SRAM (see the module docstring)."""
-    cores = holders(ctx)
+def hold(ctx: Ctx, node: Node, p: Problem, spec: Spec, at: dict[tuple[int, int], int],
+         mblocks: tuple[tuple[int, int], ...], kblocks: tuple[tuple[int, int], ...]) -> Held:
+    """Hold the output of `node` in the SRAM of every core of its SUMMA grid, whose enabled cores are `at`
+    (see the module docstring)."""
+    cores = holders(at, (len(mblocks), len(kblocks)))
     assert cores is not None
     e = spec.out.itemsize
     m_max, n_max = max(c for _, c in mblocks), max(c for _, c in kblocks)
     block = aligned(m_max * n_max * e)
-    addrs = {s.hold(2 * block, f"{node.name}'s output block") for s in ctx.sram.values()}
+    addrs = {ctx.sram[c].hold(2 * block, f"{node.name}'s output block") for c in at.values()}
     assert len(addrs) == 1, "every core holds the same bytes"
     base = addrs.pop()
     h = Held(node.output.name, p.o[0].base, p.m, p.n, spec.out, mblocks, kblocks, base, base + block, 2 * block,
-             cores)
+             cores, at)
     ctx.held[h.base] = h
     ctx.held_shards[h.base] = shards(ctx, h)
     return h
 
 
 def release(ctx: Ctx, h: Held) -> None:
-    """The consumer is done: free the held bytes on every core."""
-    for s in ctx.sram.values():
-        s.release(h.nbytes)
+    """The consumer is done: free the held bytes on every core of the grid."""
+    for c in h.at.values():
+        ctx.sram[c].release(h.nbytes)
     del ctx.held[h.base]
 
 
@@ -182,6 +183,6 @@ def shards(ctx: Ctx, h: Held) -> tuple[Shard, ...]:
     """The held value's pieces, for the mapping: each block on the core that holds it."""
     out = []
     for (r, j), core in sorted(h.cores.items()):
-        _, addr, stride = h.owner(r, j, ctx.machine.coords)
+        _, addr, stride = h.owner(r, j)
         out.append(Shard(core, addr, h.mblocks[r][1] * stride))
     return tuple(out)

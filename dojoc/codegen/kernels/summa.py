@@ -1,4 +1,4 @@
-"""Matrix multiplication over the whole mesh as SUMMA: each operand byte read from DRAM once, panels
+"""Matrix multiplication over a die as SUMMA: each operand byte read from DRAM once, panels
 multicast along mesh rows and columns.
 
 The output C [M, N] is cut into a grid of blocks that matches the mesh: row block i of M for mesh row i,
@@ -23,9 +23,12 @@ once over the mesh. A chunk that finds no resident room is streamed from DRAM in
 model counts it (`summa_emit.unkept` says which chunks find none, before the kernel allocates them).
 
 Then each core applies the op's epilogue (bias per column, residual tile, scaling, activation) on its FP32
-block, converts it to the output type and stores it. The kernel needs one die whose every core takes part
-(`eligible`), operands already in the mma's type (bf16 or fp32; cfp8 converts in SRAM: matmul.py), and a
-problem big enough for every core to get at least MIN_BLOCK (4) rows and columns. `matmul.py` chooses it over
+block, converts it to the output type and stores it. The kernel runs on one die, the home die that DRAM
+port 0 enters (`place.home_die`: the whole mesh of a one-die machine), whose every core takes part
+(`eligible`); on a machine of many dies its multicasts stop at the die's edge (`put ... span`, `Grid.cast`),
+so it runs there as on a machine of one die. It needs operands already in the mma's type (bf16 or fp32;
+cfp8 converts in SRAM: matmul.py), and a problem big enough for every core to get at least MIN_BLOCK (4)
+rows and columns. `matmul.py` chooses it over
 its own tiled kernel when the cost model (`estimate`) predicts it faster, or when a given mapping names it.
 """
 
@@ -56,6 +59,7 @@ from dojoc.codegen.view import View
 from dojoc.errors import MappingError
 from dojoc.ir.graph import Node
 from dojoc.mapping.model import Bound, OpMapping
+from dojoc.mapping.place import Rect, home_die
 from isa.costs import dram_cycles, matmul_cycles, up8, vector_cycles
 
 if False:  # typing only, without an import cycle
@@ -72,14 +76,17 @@ WAVES = (1, 2)  # more measured slower than the model predicts (docs/decisions.m
 
 @dataclass(frozen=True)
 class Grid:
-    """The mesh as a grid of blocks: the enabled cores of each mesh row and column (ids in order), the
-    row blocks of M and column blocks of N (start, count), and each disabled position's column slices."""
+    """A rectangle of the mesh (`rect`: the home die) as a grid of blocks: the enabled cores of each of its
+    rows and columns (ids in order), the row blocks of M and column blocks of N (start, count), and each
+    disabled position's column slices. Rows and columns are counted in the rectangle (`local`)."""
 
+    rect: Rect
     rows: tuple[tuple[int, ...], ...]
     cols: tuple[tuple[int, ...], ...]
     mblocks: tuple[tuple[int, int], ...]
     nblocks: tuple[tuple[int, int], ...]
     extra: dict[int, tuple[int, int]]  # core -> (first column, count) of the slice it takes, in N
+    at: dict[tuple[int, int], int]  # (row, column) in the rectangle -> the enabled core there
 
     @property
     def cores(self) -> tuple[int, ...]:
@@ -97,11 +104,28 @@ class Grid:
     def x_max(self) -> int:
         return max((n for _, n in self.extra.values()), default=0)
 
+    def local(self, ctx: Ctx, core: int) -> tuple[int, int]:
+        """The (row, column) of `core` in the grid."""
+        return self.rect.local(ctx.machine.coords[core])
+
+    def cast(self, ctx: Ctx, line: tuple[int, ...], row: bool) -> tuple[int, int]:
+        """(target core, span) of a put that multicasts to grid row (or column) `line`: the put's own core
+        and span 0 (the whole mesh line) when the rectangle spans it, else the line's first core and the
+        positions from it to the rectangle's edge."""
+        whole_rows, whole_cols = self.rect.covers(ctx.machine)
+        if whole_rows if row else whole_cols:
+            return -1, 0
+        first = line[0]
+        i, j = self.local(ctx, first)
+        return first, (self.rect.cols - j) if row else (self.rect.rows - i)
+
 
 def grid(ctx: Ctx, m: int, n: int) -> Grid:
     mach = ctx.machine
-    rows_n, cols_n = mach.mesh
-    at = mach.core_at
+    rect = home_die(mach)
+    rows_n, cols_n = rect.shape
+    at = {(i, j): mach.core_at[rect.mesh(i, j)] for i in range(rows_n) for j in range(cols_n)
+          if rect.mesh(i, j) in mach.core_at}
     rows = tuple(tuple(at[(r, c)] for c in range(cols_n) if (r, c) in at) for r in range(rows_n))
     cols = tuple(tuple(at[(r, c)] for r in range(rows_n) if (r, c) in at) for c in range(cols_n))
     nblocks = tuple(split(n, cols_n))
@@ -119,7 +143,7 @@ def grid(ctx: Ctx, m: int, n: int) -> Grid:
     # the reader of a held A (the only op that runs while a value is held) takes its producer's rows
     held = next((h.mblocks for h in ctx.held.values() if h.m == m), None)
     mblocks = held if held is not None else balanced_rows(m, tuple(widths))
-    return Grid(rows, cols, mblocks, nblocks, extra)
+    return Grid(rect, rows, cols, mblocks, nblocks, extra, at)
 
 
 @lru_cache(maxsize=1024)
@@ -184,13 +208,15 @@ def _link_cycles(ctx: Ctx, g: Grid, kc: int, e: int, resident: str | None = None
 
 
 def eligible(ctx: Ctx, p: Problem, spec: Spec) -> bool:
-    """Whether this kernel can take the problem: one die, every one of its cores in the compile, one batch
-    item (or a batch folded into M), operands in the mma's type, at least MIN_BLOCK rows and columns per block."""
-    mach = ctx.machine
-    rows_n, cols_n = mach.mesh
-    return (mach.die == mach.mesh and len(ctx.builder.ids) == mach.num_cores and len(p.a) == 1
-            and spec.a_src is spec.op and spec.b_src is spec.op and not spec.op.is_cfp
-            and p.m >= MIN_BLOCK * rows_n and p.n >= MIN_BLOCK * cols_n and p.k >= 8 and rows_n * cols_n > 1)
+    """Whether this kernel can take the problem: the home die (`place.home_die`: the whole mesh on a
+    one-die machine) with every one of its cores in the compile, one batch item (or a batch folded into
+    M), operands in the mma's type, at least MIN_BLOCK rows and columns per block."""
+    rect = home_die(ctx.machine)
+    rows_n, cols_n = rect.shape
+    ids = set(ctx.builder.ids)
+    return (len(p.a) == 1 and spec.a_src is spec.op and spec.b_src is spec.op and not spec.op.is_cfp
+            and p.m >= MIN_BLOCK * rows_n and p.n >= MIN_BLOCK * cols_n and p.k >= 8 and rows_n * cols_n > 1
+            and all(c in ids for c in grid(ctx, p.m, p.n).cores))
 
 
 def waves_for(g: Grid, resident: str | None) -> list[int]:
@@ -256,7 +282,7 @@ def estimate(ctx: Ctx, p: Problem, spec: Spec, kc: int, resident: str | None = N
     # the epilogue's DRAM traffic: residual tiles in, results out (unless they stay in SRAM)
     out_bytes = (0 if holding else p.m * p.n * eo) + res
     eject = (mx * kc + kc * nx) * e / m.eject_bytes_per_cycle
-    hops = max(mx * kc, kc * nx) * e / m.link_bytes_per_cycle + sum(m.mesh) * m.hop_latency
+    hops = max(mx * kc, kc * nx) * e / m.link_bytes_per_cycle + sum(g.rect.shape) * m.hop_latency
     # a resident chunk that finds no room (summa_emit.unkept) is streamed in every wave, by its loader
     missing = _missing(ctx, g, bounds, kc, resident, e) if resident is not None else [() for _ in bounds]
     base_link = _link_cycles(ctx, g, kc, e, resident, held is not None)
@@ -436,7 +462,7 @@ def decide(ctx: Ctx, p: Problem, spec: Spec, other: Callable[[], int], weight: s
 
     def check(om: OpMapping) -> OpMapping:
         if tuple(om.cores) != g.cores:
-            raise MappingError(f"op {om.key}: the summa kernel runs on every core of the mesh, in order "
+            raise MappingError(f"op {om.key}: the summa kernel runs on every core of the home die, in order "
                                f"({len(g.cores)} cores); give that region or kernel \"matmul\"")
         if dict(om.split) != dict(axes):
             raise MappingError(f"op {om.key}: the summa kernel splits the output as the mesh does: split "
@@ -481,7 +507,7 @@ def emit(ctx: Ctx, node: Node, p: Problem, spec: Spec, om: OpMapping, weight: st
     it releases; holding its output for its reader when the decision says so."""
     g = grid(ctx, p.m, p.n)
     kc, depth, waves = (int(om.tile_of(f) or d) for f, d in (("k", 0), ("buffers", 2), ("waves", 1)))
-    out = held_.hold(ctx, node, p, spec, g.mblocks, g.nblocks) if om.tile_of("hold") else None
+    out = held_.hold(ctx, node, p, spec, g.at, g.mblocks, g.nblocks) if om.tile_of("hold") else None
     for core in g.cores:
         CoreProgram(ctx, node, p, spec, g, kc, core, weight if om.resident else None, depth, waves,
                     held, out).emit()

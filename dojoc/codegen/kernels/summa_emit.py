@@ -87,7 +87,7 @@ class CoreProgram:
         self.chunks = len(self.bounds)
         self.cc: CoreCode = ctx.core(core)
         self.node, self.name, self.source = node, node.name, node.source
-        r, c = ctx.machine.coords[core]
+        r, c = g.local(ctx, core)
         self.r, self.c = r, c
         self.row, self.col = g.rows[r], g.cols[c]
         (self.m0, self.m), (self.n0, self.n) = g.mblocks[r], g.nblocks[c]
@@ -125,11 +125,11 @@ class CoreProgram:
             self._keep()
         if a_held is not None:  # the chunks of A that this core holds: it loads (multicasts) them
             for t in range(self.chunks):
-                owner, addr, stride = a_held.owner(r, t, ctx.machine.coords)
+                owner, addr, stride = a_held.owner(r, t)
                 if owner == core:
                     self.keep[("a", t)], self.kstride[("a", t)] = addr, stride
         # the disabled position of this core's row, whose block's slices go to their holder
-        self.gone = next((j for j in range(len(g.nblocks)) if (r, j) not in ctx.machine.core_at), -1)
+        self.gone = next((j for j in range(len(g.nblocks)) if (r, j) not in g.at), -1)
 
     # -- the geometry of a step ----------------------------------------------------------------------
     def wave(self, w: int) -> tuple[int, int, int, int]:
@@ -218,11 +218,14 @@ class CoreProgram:
 
     def _put(self, src: int, addr: int, rows: int, nbytes: int, stride: int, cast: Cast, seml: int,
              semr: int, src_stride: int | None = None) -> None:
+        """Multicast to this core's grid row (`cast` row) or column: the grid's own, even when the mesh
+        line runs on past the grid's rectangle (`Grid.cast`)."""
         cc = self.cc
         self.src_pending[seml] += 1
-        cc.emit("put", rc=cc.reg(R_C, self.me), rd=cc.reg(R_D, addr), rs=cc.reg(R_A, src), rows=rows,
-                bytes=nbytes, ss=stride if src_stride is None else src_stride, ds=stride, cast=cast, seml=seml,
-                semr=semr)
+        target, span = self.g.cast(self.ctx, self.row if cast is Cast.ROW else self.col, cast is Cast.ROW)
+        cc.emit("put", rc=cc.reg(R_C, self.me if target < 0 else target), rd=cc.reg(R_D, addr),
+                rs=cc.reg(R_A, src), rows=rows, bytes=nbytes, ss=stride if src_stride is None else src_stride,
+                ds=stride, cast=cast, seml=seml, semr=semr, span=span)
 
     def _src_free(self, sem: int) -> None:
         self.cc.wait(sem, self.src_pending[sem])
@@ -367,7 +370,7 @@ class CoreProgram:
         cc, h, eo = self.cc, self.hold, self.spec.out.itemsize
         assert h is not None
         if is_slice:
-            holder, addr, stride = h.owner(self.r, self.gone, self.ctx.machine.coords)
+            holder, addr, stride = h.owner(self.r, self.gone)
             dst = addr + (m0 - self.m0) * stride + (n0 - h.kblocks[self.gone][0]) * eo
         else:
             holder, stride = self.me, self.n * eo
@@ -452,7 +455,7 @@ def resident_wants(ctx: Ctx, g: Grid, core: int, bounds: tuple[tuple[int, int], 
     """The resident copies a core keeps, in the order it allocates them: (operand "a" | "b" | "x", chunk,
     bytes). The loader of a chunk keeps it (A's m x kc, B's kl x n); a core beside a disabled core keeps its
     own slices of B too."""
-    r, c = ctx.machine.coords[core]
+    r, c = g.local(ctx, core)
     m, n, nx = g.mblocks[r][1], g.nblocks[c][1], g.extra.get(core, (0, 0))[1]
     wants: list[tuple[str, int, int]] = []
     for t, (_, kl) in enumerate(bounds):
