@@ -91,13 +91,19 @@ class Cast(Enum):
     """Destinations of a network put."""
 
     ONE = 0  # the core named by the register
-    ROW = 1  # every enabled core in that core's mesh row (or a segment of it: `span`), except the sender
-    COL = 2  # every enabled core in that core's mesh column (or a segment of it: `span`), except the sender
+    ROW = 1  # every enabled core in that core's mesh row (or a segment of it: `first`, `span`), except the sender
+    COL = 2  # every enabled core in that core's mesh column (or a segment of it: `first`, `span`), except the sender
 
 
-SPAN_BITS = 12
-SPAN_DOC = ("mesh positions of the row or column a multicast reaches, from the named core's on (toward "
-            "higher columns or rows); 0: the whole line")
+SPAN_BITS = 12  # a mesh line of up to 4,095 positions
+
+
+def _segment() -> tuple[Field, Field]:
+    """The segment of its row or column that a multicast reaches (put and signal)."""
+    return (U("first", SPAN_BITS, "first mesh position (column of a row, row of a column) a multicast "
+              "reaches", default=0),
+            U("span", SPAN_BITS, "mesh positions a multicast reaches from `first` on; 0: the whole line",
+              default=0))
 
 
 class Axis(Enum):
@@ -375,11 +381,11 @@ _decl("put", (R("rc", "destination core id"), R("rd", "remote SRAM address"), R(
               E("cast", Cast, 2, "one, row or col multicast", default=Cast.ONE),
               U("seml", 5, "local semaphore signalled when the source is free"),
               U("semr", 5, "remote semaphore signalled on arrival"),
-              U("span", SPAN_BITS, SPAN_DOC, default=0)),
+              *_segment()),
       Unit.NET, Cost.ISSUE, "put", "Asynchronous network put of a 2-D block into other cores' SRAM.")
 _decl("signal", (R("rc", "core id"), U("sem", 5, "its semaphore", positional=True),
                  E("cast", Cast, 2, "one, row or col multicast", default=Cast.ONE),
-                 U("span", SPAN_BITS, SPAN_DOC, default=0)),
+                 *_segment()),
       Unit.NET, Cost.ISSUE, "signal", "Increment a semaphore of another core (a zero-byte message).")
 _decl("wait", (U("sem", 5, "semaphore", positional=True), U("count", 16, "count to take", positional=True)),
       Unit.SYNC, Cost.SEM, "wait", "Wait until sem >= count, then subtract count.")

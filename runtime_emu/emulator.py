@@ -116,7 +116,7 @@ class Emulator:
         self._names = [[i.spec.mnemonic for i in sec.code] + ["(end)"] for sec in image.sections]
         self._ran = False
         self._cores: dict[int, Core] = {}
-        self._casts: dict[tuple[int, int, Cast, int], tuple[list[Core], list[RC]]] = {}
+        self._casts: dict[tuple[int, int, Cast, int, int], tuple[list[Core], list[RC]]] = {}
         self._pkey = 0
         self.limit = 0
 
@@ -175,11 +175,12 @@ class Emulator:
             c = self._cores[cid] = Core(cid, (r, col), self, special)
         return c
 
-    def cast_targets(self, core: Core, target: int, cast: Cast, span: int = 0) -> tuple[list[Core], list[RC]]:
+    def cast_targets(self, core: Core, target: int, cast: Cast, first: int = 0,
+                     span: int = 0) -> tuple[list[Core], list[RC]]:
         """Destination cores of a put or signal, and their routers: `target` itself, or its row or column
-        except the sender; with a `span`, only that line's cores at positions from the target's to the
-        target's + span - 1 (cached per sender, target, cast and span: puts and signals repeat them)."""
-        key = (core.id, target, cast, span)
+        except the sender; with a `span`, only that line's cores at positions first .. first + span - 1
+        (cached per sender, target, cast and segment: puts and signals repeat them)."""
+        key = (core.id, target, cast, first, span)
         hit = self._casts.get(key)
         if hit is not None:
             return hit
@@ -187,20 +188,23 @@ class Emulator:
         n = m.num_cores
         if not 0 <= target < n:
             raise Fault(TrapKind.BAD_OPERAND, f"core id {target} is not on the machine (cores 0..{n - 1})")
+        if span == 0 and first:
+            raise Fault(TrapKind.BAD_OPERAND, f"first={first} without a span: give the segment's span, or "
+                                              "first=0 for the whole line")
         if cast is Cast.ONE:
             if span:
-                raise Fault(TrapKind.BAD_OPERAND, f"span={span} on a put or signal to one core: a span "
+                raise Fault(TrapKind.BAD_OPERAND, f"span={span} on a put or signal to one core: a segment "
                                                   "applies to row and col multicasts only")
             out = [self.core(target)]
         else:
             r, c = m.coords[target]
-            at, length = (c, m.mesh[1]) if cast is Cast.ROW else (r, m.mesh[0])
-            if span and at + span > length:
-                raise Fault(TrapKind.BAD_OPERAND, f"{cast.name.lower()} multicast from core {target} at "
-                                                  f"position {at} with span={span} runs past the mesh "
-                                                  f"edge ({length} positions)")
+            length = m.mesh[1] if cast is Cast.ROW else m.mesh[0]
+            if first + span > length:
+                raise Fault(TrapKind.BAD_OPERAND, f"{cast.name.lower()} multicast to positions {first}.."
+                                                  f"{first + span - 1} runs past the mesh edge ({length} "
+                                                  "positions)")
             line = self._lines[(cast.value, r if cast is Cast.ROW else c)]
-            lo, hi = (at, at + span) if span else (0, length)
+            lo, hi = (first, first + span) if span else (0, length)
             pos = 1 if cast is Cast.ROW else 0
             out = [self.core(i) for i in line if i != core.id and lo <= m.coords[i][pos] < hi]
             if not out:

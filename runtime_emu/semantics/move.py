@@ -176,10 +176,10 @@ def _dmagat(core: Core, ops: tuple[int, ...], pc: int, t: int) -> int:
 
 
 def _put(core: Core, ops: tuple[Any, ...], pc: int, t: int) -> int:
-    rc, rd, rs, rows, nbytes, ss, ds, cast, seml, semr, span = ops
+    rc, rd, rs, rows, nbytes, ss, ds, cast, seml, semr, first, span = ops
     emu = core.emu
     regs = core.regs
-    dsts, rcs = emu.cast_targets(core, regs[rc], cast, span)
+    dsts, rcs = emu.cast_targets(core, regs[rc], cast, first, span)
     src, dst = regs[rs], regs[rd]
     sregion = Region(src, (rows,), (ss,), nbytes)
     dregion = Region(dst, (rows,), (ds,), nbytes)
@@ -219,10 +219,10 @@ def _put(core: Core, ops: tuple[Any, ...], pc: int, t: int) -> int:
     return pc + 1
 
 
-def _signal(core: Core, ops: tuple[int, int, Cast, int], pc: int, t: int) -> int:
-    rc, sem, cast, span = ops
+def _signal(core: Core, ops: tuple[int, int, Cast, int, int], pc: int, t: int) -> int:
+    rc, sem, cast, first, span = ops
     emu = core.emu
-    dsts, rcs = emu.cast_targets(core, core.regs[rc], cast, span)
+    dsts, rcs = emu.cast_targets(core, core.regs[rc], cast, first, span)
     d = emu.network.send(core.rc, rcs, 0, t)
     for c in dsts:
         arrival = d.arrivals[c.rc]
@@ -271,9 +271,9 @@ def prepare(ins: Instr, emu: Emulator, ncode: int) -> tuple[Handler, Any]:
         if msg := _sem_check(emu, d["seml"], d["semr"]):
             return raiser(bad, msg), None
         return _put, (d["rc"], d["rd"], d["rs"], d["rows"], d["bytes"], d["ss"], d["ds"], d["cast"],
-                      d["seml"], d["semr"], d["span"])
+                      d["seml"], d["semr"], d["first"], d["span"])
     if sem == "signal":
         if msg := _sem_check(emu, d["sem"]):
             return raiser(bad, msg), None
-        return _signal, (d["rc"], d["sem"], d["cast"], d["span"])
+        return _signal, (d["rc"], d["sem"], d["cast"], d["first"], d["span"])
     raise AssertionError(f"no data-movement handler for {ins.spec.mnemonic}")

@@ -438,8 +438,8 @@ def test_put_multicast_row_delivers_to_every_other_core() -> None:
 
 
 def test_put_multicast_with_a_span_reaches_only_that_segment_of_the_row() -> None:
-    """Core 1 multicasts along row 0 of mesh4x4 from core 1's position, span 2: only core 2 (positions 1
-    and 2, less the sender) gets the data. Cores 0 and 3 store what they have once core 2 has it."""
+    """Core 1 multicasts along row 0 of mesh4x4 to positions 1 and 2 (first 1, span 2): only core 2 (the
+    segment less the sender) gets the data. Cores 0 and 3 store what they have once core 2 has it."""
     text = """
 .machine mesh4x4
 .tensor x input 0x0 f32 [4]
@@ -451,7 +451,7 @@ def test_put_multicast_with_a_span_reaches_only_that_segment_of_the_row() -> Non
     wait 0, 1
     li r2, 1
     li r3, 0x40
-    put r2, r3, r1, rows=1, bytes=16, cast=row, seml=1, semr=2, span=2
+    put r2, r3, r1, rows=1, bytes=16, cast=row, seml=1, semr=2, first=1, span=2
     wait 1, 1
     halt
 .section seg cores=2

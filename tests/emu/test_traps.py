@@ -102,6 +102,7 @@ def test_illegal_branch_target_and_running_off_the_end() -> None:
     ("li r1, 0\nput r1, r1, r1, rows=1, bytes=4, cast=row, seml=0, semr=0\nhalt", 1, "no core"),
     ("li r1, 0\nput r1, r1, r1, rows=1, bytes=4, cast=row, seml=0, semr=0, span=2\nhalt", 1, "past the mesh edge"),
     ("li r1, 0\nsignal r1, 0, span=1\nhalt", 1, "row and col multicasts only"),
+    ("li r1, 0\nsignal r1, 0, cast=row, first=1\nhalt", 1, "without a span"),
     ("li r1, 0\ndmadim 0, 4, sstride=4, dstride=4\ndmald r1, r1, esize=3, ndim=1, sem=0, dt=f32\nhalt", 2,
      "element size 3"),
     ("li r1, 0\ndmadim 0, 4, sstride=4, dstride=4\ndmald r1, r1, esize=4, ndim=2, sem=0, dt=f32\nhalt", 2,

@@ -182,8 +182,9 @@ def test_weights_stream_when_resident_sram_is_full() -> None:
     low, _ = check(torch.nn.Linear(512, 512, bias=False), (torch.randn(16, 512),), "bf16", m)
     assert load_and_call_dmas(low)[0] == 0
     # 4 x 64 KiB resident < the 288 KiB weight even when each byte is resident once (summa's way); the
-    # small scratch also forces the tiled kernel's steps of one tap and channel chunks
-    low, _ = check(torch.nn.Conv2d(128, 64, 3, padding=1), (torch.randn(1, 128, 16, 16),), "fp32",
+    # small scratch also forces the tiled kernel's steps of one tap and channel chunks. (Without a bias:
+    # a bias of 256 bytes finds room and stays resident, loaded in the load phase.)
+    low, _ = check(torch.nn.Conv2d(128, 64, 3, padding=1, bias=False), (torch.randn(1, 128, 16, 16),), "fp32",
                    small_sram("mesh2x2", 128 * 1024))
     assert load_and_call_dmas(low)[0] == 0
 

@@ -27,7 +27,7 @@ block, converts it to the output type and stores it. The kernel runs on one die,
 port 0 enters (`place.home_die`: the whole mesh of a one-die machine), whose every core takes part
 (`eligible`); on a machine of many dies its multicasts stop at the die's edge (`put ... span`, `Grid.cast`),
 so it runs there as on a machine of one die. It needs operands already in the mma's type (bf16 or fp32;
-cfp8 converts in SRAM: matmul.py), and a problem big enough for every core to get at least MIN_BLOCK (4)
+cfp8 converts in SRAM: matmul.py), and a problem big enough for every core to get at least MIN_BLOCK (3)
 rows and columns. `matmul.py` chooses it over
 its own tiled kernel when the cost model (`estimate`) predicts it faster, or when a given mapping names it.
 """
@@ -67,7 +67,7 @@ if False:  # typing only, without an import cycle
 
 KERNEL = "summa"
 KC_CHOICES = (512, 384, 256, 192, 128, 96, 64, 32)
-MIN_BLOCK = 4  # rows and columns of a core's block, at least
+MIN_BLOCK = 3  # rows and columns of a core's block, at least
 # chunk buffers: free semaphores are per buffer, so any line length takes each of these
 DEPTHS = tuple(range(2, MAX_DEPTH + 1))
 WAVES = (1, 2)  # more measured slower than the model predicts (docs/decisions.md)
@@ -108,16 +108,13 @@ class Grid:
         """The (row, column) of `core` in the grid."""
         return self.rect.local(ctx.machine.coords[core])
 
-    def cast(self, ctx: Ctx, line: tuple[int, ...], row: bool) -> tuple[int, int]:
-        """(target core, span) of a put that multicasts to grid row (or column) `line`: the put's own core
-        and span 0 (the whole mesh line) when the rectangle spans it, else the line's first core and the
-        positions from it to the rectangle's edge."""
+    def cast(self, ctx: Ctx, row: bool) -> tuple[int, int]:
+        """(first, span) of a put that multicasts along a grid row (`row`) or column: 0, 0 (the whole mesh
+        line) when the rectangle spans it, else the rectangle's positions along it."""
         whole_rows, whole_cols = self.rect.covers(ctx.machine)
         if whole_rows if row else whole_cols:
-            return -1, 0
-        first = line[0]
-        i, j = self.local(ctx, first)
-        return first, (self.rect.cols - j) if row else (self.rect.rows - i)
+            return 0, 0
+        return (self.rect.c0, self.rect.cols) if row else (self.rect.r0, self.rect.rows)
 
 
 def grid(ctx: Ctx, m: int, n: int) -> Grid:

@@ -110,10 +110,13 @@ class CoreProgram:
                          for _ in range(nout if self.direct else 1)]
             self.xout = self.xacc if self.direct else [sram.alloc(mm * xx * eo, f"{name} slice output")
                                                        for _ in range(nout)]
-        # the biases of the whole block (and slice), loaded once, while the first wave multiplies
+        # the biases of the whole block (and slice): resident when they find room (`_keep_biases`), else
+        # loaded once per call, after the first chunks' DMAs; the scratch is taken either way, so that every
+        # core's buffers lie at the same addresses
         self.bias = sram.alloc((g.n_max + xx) * 4, f"{name} bias") if p.bias is not None else -1
         self.rbias = sram.alloc(g.m_max * 4, f"{name} row bias") if p.row_bias is not None else -1
         self.bias_loads = 0
+        self.bias_resident = False
         if p.r is not None:
             self.res = sram.alloc(mm * max(nn, xx) * spec.res_src.itemsize, f"{name} residual")
             self.res32 = sram.alloc(mm * max(nn, xx) * 4, f"{name} residual f32")
@@ -121,13 +124,15 @@ class CoreProgram:
         self.stores = [0] * nout  # stores in flight per output buffer
         self.keep: dict[tuple[str, int], int] = {}  # ("a" | "b" | "x", chunk) -> its resident copy
         self.kstride: dict[tuple[str, int], int] = {}  # row strides of resident copies that are not kc wide
-        if resident is not None:
-            self._keep()
+        loads = self._keep() if resident is not None else []
         if a_held is not None:  # the chunks of A that this core holds: it loads (multicasts) them
             for t in range(self.chunks):
                 owner, addr, stride = a_held.owner(r, t)
                 if owner == core:
                     self.keep[("a", t)], self.kstride[("a", t)] = addr, stride
+        loads += self._keep_biases()
+        if loads or resident is not None:  # one load phase for the op's resident chunks and biases
+            load_resident(ctx, self.me, node, loads)
         # the disabled position of this core's row, whose block's slices go to their holder
         self.gone = next((j for j in range(len(g.nblocks)) if (r, j) not in g.at), -1)
 
@@ -171,8 +176,8 @@ class CoreProgram:
         assert not fills and all(ld.pads is None for ld in loads), "a resident B is a weight's plain view"
         return [ld.t for ld in loads]
 
-    def _keep(self) -> None:
-        """Allocate and load, in the load phase, the resident weight chunks that this core multicasts (and,
+    def _keep(self) -> list[Transfer]:
+        """Allocate, and return the load-phase DMAs of, the resident weight chunks that this core multicasts (and,
         beside a disabled core, its own slices of B); a chunk without room stays streamed (`unkept` predicts
         which, for the cost model)."""
         assert self.resident is not None
@@ -186,7 +191,7 @@ class CoreProgram:
                 self.keep[(key, t)] = addr
                 loads += self._a_chunk(t, self.m0, self.m, addr) if key == "a" \
                     else self._b_resident(t, *cols[key], addr)
-        load_resident(self.ctx, self.me, self.node, loads)
+        return loads
 
     # -- loads and multicasts ------------------------------------------------------------------------
     def _dma(self, ts: list[Transfer], sem: int) -> int:
@@ -222,10 +227,10 @@ class CoreProgram:
         line runs on past the grid's rectangle (`Grid.cast`)."""
         cc = self.cc
         self.src_pending[seml] += 1
-        target, span = self.g.cast(self.ctx, self.row if cast is Cast.ROW else self.col, cast is Cast.ROW)
-        cc.emit("put", rc=cc.reg(R_C, self.me if target < 0 else target), rd=cc.reg(R_D, addr),
-                rs=cc.reg(R_A, src), rows=rows, bytes=nbytes, ss=stride if src_stride is None else src_stride,
-                ds=stride, cast=cast, seml=seml, semr=semr, span=span)
+        first, span = self.g.cast(self.ctx, cast is Cast.ROW)
+        cc.emit("put", rc=cc.reg(R_C, self.me), rd=cc.reg(R_D, addr), rs=cc.reg(R_A, src), rows=rows,
+                bytes=nbytes, ss=stride if src_stride is None else src_stride, ds=stride, cast=cast, seml=seml,
+                semr=semr, first=first, span=span)
 
     def _src_free(self, sem: int) -> None:
         self.cc.wait(sem, self.src_pending[sem])
@@ -278,11 +283,11 @@ class CoreProgram:
         early = depth > 2
         dmas: dict[tuple[str, int], int] = {}
         with cc.op(self.name, self.source):
-            self._load_biases()
             self._prefetch(0, dmas)
             self._publish(0, dmas)
             for s in range(1, min(depth - 1, steps)):  # the DMAs of the steps after it, but one buffer
                 self._prefetch(s, dmas)
+            self._load_biases()  # needed only by the first epilogue
             for s in range(steps):
                 q, (w, t) = s % depth, divmod(s, chunks)
                 m0, m, n0, n = self.wave(w)
@@ -335,16 +340,38 @@ class CoreProgram:
             for sem in self.src_pending:
                 self._src_free(sem)
 
-    def _load_biases(self) -> None:
-        """DMA the column biases of the block and the slice, and the row biases, into their buffers."""
+    def _bias_transfers(self, bias: int, rbias: int) -> list[Transfer]:
+        """The DMAs of the column biases of the block and the slice, and of the row biases, into SRAM at
+        `bias` and `rbias`."""
         p, ts = self.p, []
         if p.bias is not None:
-            ts += transfers(p.bias.base + self.n0 * 4, self.bias, [(self.n, 4, 4)], 4)
+            ts += transfers(p.bias.base + self.n0 * 4, bias, [(self.n, 4, 4)], 4)
             if self.nx:
-                ts += transfers(p.bias.base + self.x0 * 4, self.bias + self.g.n_max * 4, [(self.nx, 4, 4)], 4)
+                ts += transfers(p.bias.base + self.x0 * 4, bias + self.g.n_max * 4, [(self.nx, 4, 4)], 4)
         if p.row_bias is not None:
-            ts += transfers(p.row_bias.base + self.m0 * 4, self.rbias, [(self.m, 4, 4)], 4)
-        self.bias_loads = self._dma(ts, AUX)
+            ts += transfers(p.row_bias.base + self.m0 * 4, rbias, [(self.m, 4, 4)], 4)
+        return ts
+
+    def _keep_biases(self) -> list[Transfer]:
+        """Keep the biases (parameters: FP32 copies made at compile time) resident, loaded in the load phase,
+        when the core has room after the weight's chunks (which come first: `unkept` replays only them):
+        otherwise every call's first DMAs would queue behind one tiny request per core at the port."""
+        p = self.p
+        if p.bias is None and p.row_bias is None:
+            return []
+        cols = (self.g.n_max + self.nx) * 4 if p.bias is not None else 0
+        rows = self.g.m_max * 4 if p.row_bias is not None else 0
+        addr = self.ctx.sram[self.me].alloc_resident(aligned(cols) + rows)
+        if addr is None:
+            return []
+        self.bias, self.rbias = (addr if cols else -1), (addr + aligned(cols) if rows else -1)
+        self.bias_resident = True
+        return self._bias_transfers(self.bias, self.rbias)
+
+    def _load_biases(self) -> None:
+        """DMA the biases into their scratch buffers, when they are not resident."""
+        if not self.bias_resident:
+            self.bias_loads = self._dma(self._bias_transfers(self.bias, self.rbias), AUX)
 
     def _stored(self, o: int) -> None:
         self.cc.wait(STORE[o], self.stores[o])
