@@ -86,8 +86,26 @@ def test_big_gemm_takes_summa_and_a_bad_region_is_named() -> None:
     assert om.kernel == "summa" and len(om.cores) == 354 and dict(om.split) == {"rows": 18, "cols": 20}
     bad = {"ops": [{"op": om.op, "kernel": "summa", "cores": "0-99", "split": {"rows": 18, "cols": 20},
                     "tile": {"k": 128}}]}
-    with pytest.raises(MappingError, match=f"op {om.op}: the summa kernel runs on every core"):
+    with pytest.raises(MappingError, match=f"op {om.op}: the summa kernel runs on every enabled core of a "
+                                           "rectangle"):
         dojoc.compile(lambda x, y: x @ y, (a, b), machine="d1", mapping=bad)
+
+
+def test_a_given_rectangle_of_the_die_runs_summa_there() -> None:
+    """d1's first five mesh rows (99 enabled cores: (2, 3) is disabled), given as the region: SUMMA runs on
+    them as a 5 x 20 grid, its multicasts kept to that rectangle, and the result is right."""
+    torch.manual_seed(0)
+    a, b = torch.randn(96, 256), torch.randn(256, 160)
+    op = dojoc.compile(lambda x, y: x @ y, (a, b), machine="d1", precision="fp32").mapping.ops[0].op  # type: ignore[union-attr]
+    part = {"ops": [{"op": op, "kernel": "summa", "cores": "0-98", "split": {"rows": 5, "cols": 20},
+                     "tile": {"k": 64}}]}
+    prog = dojoc.compile(lambda x, y: x @ y, (a, b), machine="d1", precision="fp32", mapping=part)
+    assert prog.mapping is not None
+    om = prog.mapping.ops[0]
+    assert om.kernel == "summa" and len(om.cores) == 99 and dict(om.split) == {"rows": 5, "cols": 20}
+    torch.testing.assert_close(prog(a, b), a @ b, rtol=1e-4, atol=1e-4)
+    used = {c for s in prog.image.sections for c in s.cores}
+    assert used <= set(range(99))
 
 
 @pytest.mark.parametrize("sram", [1_310_720, 163_840])

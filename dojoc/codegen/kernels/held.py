@@ -30,6 +30,7 @@ from dojoc.codegen.view import View
 from dojoc.ir.graph import Node
 from dojoc.ir.ops import Op
 from dojoc.mapping.model import Shard
+from dojoc.mapping.place import Rect, home_die
 from isa.dtypes import DType
 
 if TYPE_CHECKING:
@@ -54,6 +55,7 @@ class Held:
     extra: int  # SRAM address of an assembled block, on its holder
     nbytes: int  # bytes held on every core
     cores: dict[tuple[int, int], int]  # (grid row, block column) -> the core that holds the block
+    rect: Rect  # the grid's rectangle of the mesh
     at: dict[tuple[int, int], int]  # (grid row, grid column) -> the enabled core there (Grid.at)
 
     def owner(self, r: int, j: int) -> tuple[int, int, int]:
@@ -119,15 +121,17 @@ def _chain(ctx: Ctx, node: Node) -> tuple[Node | None, str]:
     return reader, ""
 
 
-def offer(ctx: Ctx, node: Node, p: Problem, spec: Spec,
-          kblocks: tuple[tuple[int, int], ...]) -> tuple[Node | None, str]:
-    """Whether the SUMMA matmul `node` (problem `p`, output column blocks `kblocks`) may hold its output
-    for its reader: (the reader, "") or (None, why not)."""
+def offer(ctx: Ctx, node: Node, p: Problem, spec: Spec) -> tuple[Node | None, str]:
+    """Whether the SUMMA matmul `node` (problem `p`) may hold its output for its reader: (the reader, "")
+    or (None, why not). A held value lives on the home die's grid (the reader runs there too)."""
     from dojoc.codegen.kernels.mxu import param_array
     from dojoc.codegen.kernels.summa import MIN_BLOCK, grid
 
+    rows, cols = home_die(ctx.machine).shape
+    if p.m < MIN_BLOCK * rows or p.n < MIN_BLOCK * cols:
+        return None, "it is too small to run on the whole die"
     g = grid(ctx, p.m, p.n)
-    rows, cols = g.rect.shape
+    kblocks = g.nblocks
     if ctx.precision == "cfp8":
         return None, "cfp8 matmuls convert their operands in SRAM"
     if len(p.o) != 1 or p.o[0] != View.dense(p.o[0].base, (p.m, p.n), p.o[0].dtype) or p.im2col is not None:
@@ -153,7 +157,7 @@ def offer(ctx: Ctx, node: Node, p: Problem, spec: Spec,
     return reader, ""
 
 
-def hold(ctx: Ctx, node: Node, p: Problem, spec: Spec, at: dict[tuple[int, int], int],
+def hold(ctx: Ctx, node: Node, p: Problem, spec: Spec, rect: Rect, at: dict[tuple[int, int], int],
          mblocks: tuple[tuple[int, int], ...], kblocks: tuple[tuple[int, int], ...]) -> Held:
     """Hold the output of `node` in the SRAM of every core of its SUMMA grid, whose enabled cores are `at`
     (see the module docstring)."""
@@ -166,7 +170,7 @@ def hold(ctx: Ctx, node: Node, p: Problem, spec: Spec, at: dict[tuple[int, int],
     assert len(addrs) == 1, "every core holds the same bytes"
     base = addrs.pop()
     h = Held(node.output.name, p.o[0].base, p.m, p.n, spec.out, mblocks, kblocks, base, base + block, 2 * block,
-             cores, at)
+             cores, rect, at)
     ctx.held[h.base] = h
     ctx.held_shards[h.base] = shards(ctx, h)
     return h

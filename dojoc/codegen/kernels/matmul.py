@@ -270,7 +270,7 @@ def matmul(ctx: Ctx, node: Node) -> None:
     if summa.eligible(ctx, p, spec):
         weight = "b" if arr is not None else None
         budget = resident_budget(ctx, node, producers) if weight else 0
-        reader = held.offer(ctx, node, p, spec, summa.grid(ctx, p.m, p.n).nblocks)
+        reader = held.offer(ctx, node, p, spec)
         om = summa.decide(ctx, p, spec, lambda: search()[1], weight, budget, held_a, reader)
         if om is not None:
             summa.emit(ctx, node, p, spec, om, weight, held_a)

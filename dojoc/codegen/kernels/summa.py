@@ -117,9 +117,10 @@ class Grid:
         return (self.rect.c0, self.rect.cols) if row else (self.rect.r0, self.rect.rows)
 
 
-def grid(ctx: Ctx, m: int, n: int) -> Grid:
+def grid(ctx: Ctx, m: int, n: int, rect: Rect | None = None) -> Grid:
+    """The grid of blocks of an [m, n] output over `rect` (default: the home die)."""
     mach = ctx.machine
-    rect = home_die(mach)
+    rect = rect or home_die(mach)
     rows_n, cols_n = rect.shape
     at = {(i, j): mach.core_at[rect.mesh(i, j)] for i in range(rows_n) for j in range(cols_n)
           if rect.mesh(i, j) in mach.core_at}
@@ -204,16 +205,51 @@ def _link_cycles(ctx: Ctx, g: Grid, kc: int, e: int, resident: str | None = None
     return max(load.values(), default=0.0) / mach.link_bytes_per_cycle
 
 
-def eligible(ctx: Ctx, p: Problem, spec: Spec) -> bool:
-    """Whether this kernel can take the problem: the home die (`place.home_die`: the whole mesh on a
-    one-die machine) with every one of its cores in the compile, one batch item (or a batch folded into
-    M), operands in the mma's type, at least MIN_BLOCK rows and columns per block."""
-    rect = home_die(ctx.machine)
-    rows_n, cols_n = rect.shape
+def rects(ctx: Ctx, p: Problem) -> list[Rect]:
+    """The rectangles the kernel may run the problem on: the home die (`place.home_die`: the whole mesh on
+    a one-die machine) when each of its cores gets at least MIN_BLOCK rows and columns; else rectangles of
+    it, from its corner at the port, that are as many rows and columns as M and N allow at MIN_BLOCK, or at
+    the matrix unit's 8 (fewer cores, fuller mma steps: the cost model chooses). A held A's reader takes its
+    producer's. Every one of a rectangle's cores must be in the compile, and each of its rows and columns
+    must have one (a disabled core can leave a line of a thin rectangle empty)."""
+    held = next((h for h in ctx.held.values() if h.m == p.m), None)
+    if held is not None:
+        return [held.rect]
+    home = home_die(ctx.machine)
+    rows_n, cols_n = home.shape
+    if p.m >= MIN_BLOCK * rows_n and p.n >= MIN_BLOCK * cols_n:
+        out = [home]
+    else:
+        rs = sorted({min(rows_n, max(1, x)) for x in (p.m // MIN_BLOCK, p.m // 8)}, reverse=True)
+        cs = sorted({min(cols_n, max(1, x)) for x in (p.n // MIN_BLOCK, p.n // 8)}, reverse=True)
+        out = [Rect(home.r0, home.c0, r, c) for r in rs for c in cs if r * c > 1]
     ids = set(ctx.builder.ids)
+
+    def usable(rect: Rect) -> bool:
+        g = grid(ctx, p.m, p.n, rect)
+        return all(g.rows) and all(g.cols) and all(c in ids for c in g.cores)
+
+    return [r for r in out if usable(r)]
+
+
+def rect_of(ctx: Ctx, cores: tuple[int, ...]) -> Rect | None:
+    """The rectangle whose enabled cores, row by row, are `cores` (a given mapping's region), or None."""
+    mach = ctx.machine
+    if not cores or any(not 0 <= c < mach.num_cores for c in cores):
+        return None
+    pos = [mach.coords[c] for c in cores]
+    r0, c0 = min(r for r, _ in pos), min(c for _, c in pos)
+    rect = Rect(r0, c0, max(r for r, _ in pos) - r0 + 1, max(c for _, c in pos) - c0 + 1)
+    inside = tuple(mach.core_at[rect.mesh(i, j)] for i in range(rect.rows) for j in range(rect.cols)
+                   if rect.mesh(i, j) in mach.core_at)
+    return rect if inside == tuple(cores) else None
+
+
+def eligible(ctx: Ctx, p: Problem, spec: Spec) -> bool:
+    """Whether this kernel can take the problem: a rectangle to run on (`rects`), one batch item (or a
+    batch folded into M), operands in the mma's type."""
     return (len(p.a) == 1 and spec.a_src is spec.op and spec.b_src is spec.op and not spec.op.is_cfp
-            and p.m >= MIN_BLOCK * rows_n and p.n >= MIN_BLOCK * cols_n and p.k >= 8 and rows_n * cols_n > 1
-            and all(c in ids for c in grid(ctx, p.m, p.n).cores))
+            and p.k >= 8 and bool(rects(ctx, p)))
 
 
 def waves_for(g: Grid, resident: str | None) -> list[int]:
@@ -247,7 +283,8 @@ def _scratch(g: Grid, spec: Spec, kc: int, p: Problem, depth: int = 2, resident:
 
 
 def estimate(ctx: Ctx, p: Problem, spec: Spec, kc: int, resident: str | None = None, depth: int = 2,
-             waves: int = 1, held: Held | None = None, holding: bool = False) -> tuple[int, Bound]:
+             waves: int = 1, held: Held | None = None, holding: bool = False,
+             rect: Rect | None = None) -> tuple[int, Bound]:
     """Predicted cycles and bound for K chunks of `kc` in `waves` waves: per step the longest of a core's
     multiplies, the DRAM port's time for every row's A chunk and every column's B chunk (but a `resident`
     operand's, "a" or "b") and for its share of the previous wave's stores, the busiest link out of the
@@ -255,7 +292,7 @@ def estimate(ctx: Ctx, p: Problem, spec: Spec, kc: int, resident: str | None = N
     multicast) shared over the `depth` - 1 steps it is issued ahead; plus filling the pipeline (the first
     steps' DMAs at once), the epilogues, and the last wave's stores."""
     m = ctx.machine
-    g = grid(ctx, p.m, p.n)
+    g = grid(ctx, p.m, p.n, rect)
     e, eo = spec.op.itemsize, spec.out.itemsize
     mx, nx, xx = wave_block(g, resident, waves)
     way = port_path(m, g.cores)
@@ -362,10 +399,11 @@ def _missing(ctx: Ctx, g: Grid, bounds: tuple[tuple[int, int], ...], kc: int, re
     return unkept(ctx, g, bounds, kc, resident, e)
 
 
-def resident_bytes(ctx: Ctx, p: Problem, spec: Spec, kc: int, weight: str, held: Held | None = None) -> int:
+def resident_bytes(ctx: Ctx, p: Problem, spec: Spec, kc: int, weight: str, held: Held | None = None,
+                   rect: Rect | None = None) -> int:
     """SRAM bytes that keeping the weight operand resident takes over the mesh: each chunk once, as
     `_keep` allocates it (A's chunks m x kc, B's kl x n, each rounded to the allocator's alignment)."""
-    g = grid(ctx, p.m, p.n)
+    g = grid(ctx, p.m, p.n, rect)
     e = spec.op.itemsize
     lengths = [kl for _, kl in chunk_bounds(p.k, kc, held)]
     if weight == "a":
@@ -382,10 +420,12 @@ def chunk_bounds(k: int, kc: int, held: Held | None = None) -> tuple[tuple[int, 
 
 
 def _best_kc(ctx: Ctx, p: Problem, spec: Spec, resident: str | None, held: Held | None = None,
-             holding: bool = False, room: int | None = None) -> tuple[int, int, int, int, Bound] | None:
-    """The K chunk, chunk buffers and waves the cost model predicts fastest: (kc, depth, waves, cycles,
-    bound), their buffers within `room` bytes of scratch (default: all of it). A held A fixes the chunks."""
-    g = grid(ctx, p.m, p.n)
+             holding: bool = False, room: int | None = None,
+             rect: Rect | None = None) -> tuple[int, int, int, int, Bound] | None:
+    """The K chunk, chunk buffers and waves the cost model predicts fastest on `rect`: (kc, depth, waves,
+    cycles, bound), their buffers within `room` bytes of scratch (default: all of it). A held A fixes the
+    chunks."""
+    g = grid(ctx, p.m, p.n, rect)
     room = ctx.scratch_bytes if room is None else room
     best: tuple[int, int, int, int, Bound] | None = None
     kcs = [max(n for _, n in held.kblocks)] if held is not None else sorted({min(c, p.k) for c in KC_CHOICES},
@@ -395,7 +435,7 @@ def _best_kc(ctx: Ctx, p: Problem, spec: Spec, resident: str | None, held: Held 
             for waves in waves_for(g, resident):
                 if _scratch(g, spec, kc, p, depth, resident, waves) > room:
                     continue
-                cyc, bound = estimate(ctx, p, spec, kc, resident, depth, waves, held, holding)
+                cyc, bound = estimate(ctx, p, spec, kc, resident, depth, waves, held, holding, rect)
                 if best is None or cyc < best[3]:
                     best = (kc, depth, waves, cyc, bound)
     return best
@@ -425,52 +465,82 @@ def decide(ctx: Ctx, p: Problem, spec: Spec, other: Callable[[], int], weight: s
     given = ctx.given.get(key)
     if given is not None and given.kernel != KERNEL:
         return None
-    g = grid(ctx, p.m, p.n)
-    axes = (("rows", len(g.rows)), ("cols", len(g.cols)))
-    hold_bytes = 2 * aligned(g.m_max * g.n_max * spec.out.itemsize)
-    can_hold = reader[0] is not None and _reader_fits(ctx, g, spec, reader[0], hold_bytes)
-    why_not = reader[1] if reader[0] is None else "its reader would not fit its chunk buffers beside it"
+    home = home_die(ctx.machine)
 
-    def search(res: str | None, holding: bool) -> tuple[int, int, int, int, Bound] | None:
-        return _best_kc(ctx, p, spec, res, held, holding, ctx.scratch_bytes - (hold_bytes if holding else 0))
+    def plan_on(rect: Rect) -> _OnRect:
+        """The kernel on one rectangle: its grid, whether its output may be held, its best plan."""
+        g = grid(ctx, p.m, p.n, rect)
+        hold_bytes = 2 * aligned(g.m_max * g.n_max * spec.out.itemsize)
+        # (a held output lives on the reader's grid: the home die's, where a reader that can take it runs)
+        can_hold = reader[0] is not None and rect == home and _reader_fits(ctx, g, spec, reader[0], hold_bytes)
+        why_not = reader[1] if reader[0] is None else "its reader would not fit its chunk buffers beside it" \
+            if rect == home else "it runs on part of the die, and a held value lives on the whole die"
 
-    best = search(None, can_hold)
-    resident = False
-    if weight is not None:
-        fits = search(weight, can_hold)
-        # (a resident plan whose chunks partly find no room may predict slower than streaming them all)
-        if fits is not None and resident_bytes(ctx, p, spec, fits[0], weight, held) <= budget \
-                and (best is None or fits[3] <= best[3]):
-            best, resident = fits, True
-    if held is not None and best is None:
+        def search(res: str | None) -> tuple[int, int, int, int, Bound] | None:
+            room = ctx.scratch_bytes - (hold_bytes if can_hold else 0)
+            return _best_kc(ctx, p, spec, res, held, can_hold, room, rect)
+
+        best = search(None)
+        resident = False
+        if weight is not None:
+            fits = search(weight)
+            # (a resident plan whose chunks partly find no room may predict slower than streaming them all)
+            if fits is not None and resident_bytes(ctx, p, spec, fits[0], weight, held, rect) <= budget \
+                    and (best is None or fits[3] <= best[3]):
+                best, resident = fits, True
+        return _OnRect(rect, g, hold_bytes, can_hold, why_not, best, resident)
+
+    def legal(rect: Rect) -> bool:
+        """Whether a given region's rectangle can take the problem: each core at least MIN_BLOCK rows and
+        columns, a core on every line, every core in the compile; a held A's reader on its producer's."""
+        g = grid(ctx, p.m, p.n, rect)
+        ids = set(ctx.builder.ids)
+        return (p.m >= MIN_BLOCK * rect.rows and p.n >= MIN_BLOCK * rect.cols and rect.rows * rect.cols > 1
+                and all(g.rows) and all(g.cols) and all(c in ids for c in g.cores)
+                and (held is None or rect == held.rect))
+
+    def cycles(o: _OnRect) -> int:
+        assert o.best is not None
+        return o.best[3]
+
+    viable = [o for o in (plan_on(r) for r in rects(ctx, p)) if o.best is not None]
+    on = min(viable, key=cycles) if viable else None
+    if held is not None and (on is None or on.best is None):
         raise MappingError(f"op {key}: its left operand is held in SRAM, but no plan of the summa kernel fits "
                            "beside it; give its producer tile hold=0")
-    if given is None and held is None and (best is None or best[3] >= other()):
+    if given is None and held is None and (on is None or on.best is None or on.best[3] >= other()):
         return None
 
-    def tile(kc: int, depth: int, waves: int, hold: int) -> tuple[tuple[str, int], ...]:
-        t = (("m", g.m_max), ("n", g.n_max), ("k", kc), ("buffers", depth), ("waves", waves))
-        return t + ((("hold", hold),) if can_hold else ())
+    def tile(o: _OnRect, kc: int, depth: int, waves: int, hold: int) -> tuple[tuple[str, int], ...]:
+        t = (("m", o.g.m_max), ("n", o.g.n_max), ("k", kc), ("buffers", depth), ("waves", waves))
+        return t + ((("hold", hold),) if o.can_hold else ())
 
     def default() -> OpMapping:
-        assert best is not None
-        return OpMapping("", KERNEL, g.cores, axes, tile(best[0], best[1], best[2], int(can_hold)), resident,
-                         predicted_cycles=best[3], bound=best[4])
+        assert on is not None and on.best is not None
+        kc, depth, waves, cycles, bound = on.best
+        return OpMapping("", KERNEL, on.g.cores, on.axes, tile(on, kc, depth, waves, int(on.can_hold)),
+                         on.resident, predicted_cycles=cycles, bound=bound)
 
     def check(om: OpMapping) -> OpMapping:
-        if tuple(om.cores) != g.cores:
-            raise MappingError(f"op {om.key}: the summa kernel runs on every core of the home die, in order "
-                               f"({len(g.cores)} cores); give that region or kernel \"matmul\"")
-        if dict(om.split) != dict(axes):
-            raise MappingError(f"op {om.key}: the summa kernel splits the output as the mesh does: split "
-                               f"{{\"rows\": {len(g.rows)}, \"cols\": {len(g.cols)}}}")
+        rect = rect_of(ctx, tuple(om.cores))
+        if rect is None or not legal(rect):
+            hint = f"the home die's {len(grid(ctx, p.m, p.n, home).cores)} cores" if held is None \
+                else "its held left operand's cores"
+            raise MappingError(f"op {om.key}: the summa kernel runs on every enabled core of a rectangle of the "
+                               f"mesh, row by row, with at least {MIN_BLOCK} rows of M ({p.m}) and columns of N "
+                               f"({p.n}) per core; give such a region (for example {hint}) or kernel \"matmul\"")
+        o = plan_on(rect)
+        g = o.g
+        if dict(om.split) != dict(o.axes):
+            raise MappingError(f"op {om.key}: the summa kernel splits the output as its region's rows and "
+                               f"columns: split {{\"rows\": {len(g.rows)}, \"cols\": {len(g.cols)}}}")
         kc, depth, waves = om.tile_of("k"), om.tile_of("buffers") or 2, om.tile_of("waves") or 1
         hold = om.tile_of("hold", 0)
         if hold not in (0, 1):
             raise MappingError(f"op {om.key}: tile hold={hold}: give 1 (the output stays in SRAM for its reader) "
                                "or 0 (it goes to DRAM)")
-        if hold and not can_hold:
-            raise MappingError(f"op {om.key}: tile hold=1, but its output cannot stay in SRAM: {why_not}; "
+        if hold and not o.can_hold:
+            raise MappingError(f"op {om.key}: tile hold=1, but its output cannot stay in SRAM: {o.why_not}; "
                                "set hold to 0")
         if held is not None and kc != max(n for _, n in held.kblocks):
             raise MappingError(f"op {om.key}: its left operand {held.name} is held in SRAM in blocks of "
@@ -484,27 +554,46 @@ def decide(ctx: Ctx, p: Problem, spec: Spec, other: Callable[[], int], weight: s
             raise MappingError(f"op {om.key}: tile buffers={depth}: give {' or '.join(map(str, DEPTHS))} "
                                "chunk buffers")
         if waves not in waves_for(g, res):
-            legal = " or ".join(map(str, waves_for(g, res)))
-            raise MappingError(f"op {om.key}: tile waves={waves}: give {legal} "
+            legal_waves = " or ".join(map(str, waves_for(g, res)))
+            raise MappingError(f"op {om.key}: tile waves={waves}: give {legal_waves} "
                                "(more than one wave needs a resident weight, and a block to cut into that many)")
-        room = ctx.scratch_bytes - (hold_bytes if hold else 0)
+        room = ctx.scratch_bytes - (o.hold_bytes if hold else 0)
         too_big = kc is not None and _scratch(g, spec, kc, p, depth, res, waves) > room
         if kc is None or not 1 <= kc <= min(p.k, 4095) or too_big:
             raise MappingError(f"op {om.key}: tile k={kc}: a K chunk must be between 1 and {min(p.k, 4095)} and "
                                f"its {depth} chunk buffers must fit the {room:,} bytes of SRAM scratch")
-        cyc, bound = estimate(ctx, p, spec, kc, res, depth, waves, held, bool(hold))
-        return replace(om, tile=tile(kc, depth, waves, hold), predicted_cycles=cyc, bound=bound)
+        cyc, bound = estimate(ctx, p, spec, kc, res, depth, waves, held, bool(hold), rect)
+        return replace(om, tile=tile(o, kc, depth, waves, hold), predicted_cycles=cyc, bound=bound)
 
     return ctx.decide(KERNEL, default, check)
 
 
+@dataclass(frozen=True)
+class _OnRect:
+    """`decide`'s view of the kernel on one rectangle."""
+
+    rect: Rect
+    g: Grid
+    hold_bytes: int  # SRAM an output held for its reader takes on every core
+    can_hold: bool
+    why_not: str  # why the output cannot be held, when it cannot
+    best: tuple[int, int, int, int, Bound] | None  # (kc, depth, waves, cycles, bound)
+    resident: bool
+
+    @property
+    def axes(self) -> tuple[tuple[str, int], ...]:
+        return ("rows", len(self.g.rows)), ("cols", len(self.g.cols))
+
+
 def emit(ctx: Ctx, node: Node, p: Problem, spec: Spec, om: OpMapping, weight: str | None = None,
          held: Held | None = None) -> None:
-    """Emit the decided SUMMA matmul on every core of the mesh (summa_emit.py): with a `held` A, which
+    """Emit the decided SUMMA matmul on every core of its region (summa_emit.py): with a `held` A, which
     it releases; holding its output for its reader when the decision says so."""
-    g = grid(ctx, p.m, p.n)
+    rect = rect_of(ctx, tuple(om.cores))
+    assert rect is not None, "decide checked the region"
+    g = grid(ctx, p.m, p.n, rect)
     kc, depth, waves = (int(om.tile_of(f) or d) for f, d in (("k", 0), ("buffers", 2), ("waves", 1)))
-    out = held_.hold(ctx, node, p, spec, g.at, g.mblocks, g.nblocks) if om.tile_of("hold") else None
+    out = held_.hold(ctx, node, p, spec, g.rect, g.at, g.mblocks, g.nblocks) if om.tile_of("hold") else None
     for core in g.cores:
         CoreProgram(ctx, node, p, spec, g, kc, core, weight if om.resident else None, depth, waves,
                     held, out).emit()
