@@ -43,6 +43,7 @@ from dojoc.codegen.kernels.mxu import (
     Item,
     Load,
     Operand,
+    Part,
     Pipeline,
     Region,
     Spec,
@@ -119,6 +120,20 @@ class Plan:
     cl: int  # channels per step
     cores: list[int]
     resident: bool
+    window: bool = False  # a step loads the input rows its taps share once (`_halo`), not a window per tap
+
+
+def _can_window(cv: Conv, tn: int) -> bool:
+    """Whether a step of tn taps may load its input rows once and read each tap's window from them at an
+    offset: all the taps (a row of several), and a column stride of 1 (so a window's columns lie side by
+    side in the loaded rows), no dilation and a row stride at most the kernel's height (so the rows staged
+    are no more than the taps' windows would be)."""
+    return tn == cv.taps and cv.taps > 1 and cv.stride[1] == 1 and cv.dil == (1, 1) and cv.stride[0] <= cv.kh
+
+
+def _halo(cv: Conv, rl: int, wl: int) -> tuple[int, int]:
+    """(input rows, input columns) that rl output rows of wl columns read over all taps."""
+    return (rl - 1) * cv.stride[0] + (cv.kh - 1) * cv.dil[0] + 1, wl + (cv.kw - 1) * cv.dil[1]
 
 
 def _kmax(ctx: Ctx, spec: Spec, ot: int, pt: int, a_streamed: bool) -> int:
@@ -131,6 +146,28 @@ def _kmax(ctx: Ctx, spec: Spec, ot: int, pt: int, a_streamed: bool) -> int:
         per_k += 2 * ot * spec.a_src.itemsize + (ot * spec.op.itemsize if spec.a_src is not spec.op else 0)
     room = ctx.scratch_bytes - fixed
     return min(MAX_TILE, room // per_k if room > 0 else 0)
+
+
+def _fits(ctx: Ctx, cv: Conv, spec: Spec, ot: int, rt: int, ct: int, tn: int, cl: int, a_streamed: bool,
+          win: bool) -> bool:
+    """Whether a step of tn taps x cl channels and its double buffers fit the scratch SRAM: its K within
+    `_kmax`, or with `win` its staged input rows within the room that K's windows would have (and a
+    streamed weight tile of every tap within `_kmax`)."""
+    kmax = _kmax(ctx, spec, ot, rt * ct, a_streamed)
+    if not win:
+        return tn * cl <= kmax
+    hr, hc = _halo(cv, rt, ct)
+    return cl * hr * hc <= _kmax(ctx, spec, ot, rt * ct, False) * rt * ct and (not a_streamed or tn * cl <= kmax)
+
+
+def _window_options(ctx: Ctx, cv: Conv, spec: Spec, ot: int, rt: int, ct: int, options: list[tuple[int, int]],
+                    a_streamed: bool) -> list[tuple[int, int]]:
+    """Steps of every tap that load their input rows once: all of a group's channels, or the chunks of
+    them that the one-tap steps take (several steps per item, so that loads overlap the multiplies)."""
+    if not _can_window(cv, cv.taps):
+        return []
+    chunks = sorted({cl for _, cl in options} | {cv.cg}, reverse=True)
+    return [(cv.taps, cl) for cl in chunks if _fits(ctx, cv, spec, ot, rt, ct, cv.taps, cl, a_streamed, True)]
 
 
 def _steps(cv: Conv, kmax: int) -> list[tuple[int, int]]:
@@ -147,14 +184,23 @@ def _steps(cv: Conv, kmax: int) -> list[tuple[int, int]]:
     return sorted(set(out), key=lambda tc: -tc[0] * tc[1])
 
 
-def _item_cycles(ctx: Ctx, cv: Conv, spec: Spec, ot: int, pt: int, tn: int, cl: int, a_streamed: bool) -> int:
-    """Core cycles of one item: per step its DMA issues, conversions (cfp8) and mma; then the epilogue."""
+def _item_cycles(ctx: Ctx, cv: Conv, spec: Spec, ot: int, pt: int, tn: int, cl: int, a_streamed: bool,
+                 rt: int = 1, win: bool = False) -> int:
+    """Core cycles of one item: per step its DMA issues, conversions (cfp8) and mma (with `win`, one load
+    of rt output rows' input rows and one mma per output row and tap); then the epilogue."""
     m = ctx.machine
     k = tn * cl
-    step = matmul_cycles(ot, pt, k, spec.op, True, m) + tn * (m.issue_cycles + 3 * m.scalar_cycles)
+    if win:
+        hr, hc = _halo(cv, rt, pt // rt)
+        staged = cl * hr * hc
+        step = rt * tn * (matmul_cycles(ot, pt // rt, cl, spec.op, True, m) + 3 * m.scalar_cycles) \
+            + m.issue_cycles + 3 * m.scalar_cycles
+    else:
+        staged = k * pt
+        step = matmul_cycles(ot, pt, k, spec.op, True, m) + tn * (m.issue_cycles + 3 * m.scalar_cycles)
     ex, ew, eop = spec.b_src.itemsize, spec.a_src.itemsize, spec.op.itemsize
     if spec.b_src is not spec.op:
-        step += vector_cycles(k * pt, max(ex, eop), k * pt * ex, k * pt * eop, m)
+        step += vector_cycles(staged, max(ex, eop), staged * ex, staged * eop, m)
     if a_streamed and spec.a_src is not spec.op:
         step += vector_cycles(k * ot, max(ew, eop), k * ot * ew, k * ot * eop, m)
     steps = ceil(cv.taps / tn) * ceil(cv.cg / cl)
@@ -164,16 +210,19 @@ def _item_cycles(ctx: Ctx, cv: Conv, spec: Spec, ot: int, pt: int, tn: int, cl: 
 
 
 def _estimate(ctx: Ctx, cv: Conv, spec: Spec, ot: int, rt: int, ct: int, tn: int, cl: int, cores: list[int],
-              resident: bool) -> tuple[int, Bound]:
+              resident: bool, win: bool = False) -> tuple[int, Bound]:
     """The cost model's cycles and bound: compute per core against DRAM traffic (the input windows are
-    re-read once per output-channel block; streamed weights once per item)."""
+    re-read once per output-channel block, and once per tap unless a step loads its taps' input rows
+    once (`win`); streamed weights once per item)."""
     ex, ew, eo = spec.b_src.itemsize, spec.a_src.itemsize, spec.out.itemsize
     pt = rt * ct
     items = cv.g * ceil(cv.og / ot) * cv.n * ceil(cv.oh / rt) * ceil(cv.ow / ct)
     run = ceil(items / len(cores))
-    traffic = items * pt * (cv.k * ex + ot * eo) + (0 if resident else items * ot * cv.k * ew) \
+    hr, hc = _halo(cv, rt, ct)
+    read = cv.cg * hr * hc if win else pt * cv.k
+    traffic = items * (read * ex + pt * ot * eo) + (0 if resident else items * ot * cv.k * ew) \
         + (items * pt * ot * spec.res_src.itemsize if spec.residual else 0)
-    compute = run * _item_cycles(ctx, cv, spec, ot, pt, tn, cl, not resident)
+    compute = run * _item_cycles(ctx, cv, spec, ot, pt, tn, cl, not resident, rt, win)
     steps = run * ceil(cv.taps / tn) * ceil(cv.cg / cl)
     return overlapped_bound(ctx, compute, traffic, steps, cores, run)
 
@@ -192,9 +241,10 @@ def _decide(ctx: Ctx, node: Node, cv: Conv, spec: Spec, weight: bool,
 
     def default() -> OpMapping:
         plan, cycles, bound = search()
+        tile = tuple(zip(_TILE, (plan.ot, plan.rt, plan.ct, plan.tn, plan.cl), strict=True))
         return OpMapping("", "conv2d", tuple(plan.cores), _axes(cv, plan.ot, plan.rt, plan.ct),
-                         tuple(zip(_TILE, (plan.ot, plan.rt, plan.ct, plan.tn, plan.cl), strict=True)),
-                         plan.resident, predicted_cycles=cycles, bound=bound)
+                         tile + ((("window", 1),) if plan.window else ()), plan.resident,
+                         predicted_cycles=cycles, bound=bound)
 
     def check(om: OpMapping) -> OpMapping:
         ot, rt, ct, tn, cl = check_tile(om, dict(zip(_TILE, (min(cv.og, MAX_TILE), cv.oh, min(cv.ow, MAX_TILE),
@@ -203,19 +253,26 @@ def _decide(ctx: Ctx, node: Node, cv: Conv, spec: Spec, weight: bool,
         if rt * ct > MAX_TILE:
             raise MappingError(f"op {om.key}: tile rows x cols = {rt * ct} output pixels is above the "
                                f"{MAX_TILE} columns of an mma; make them smaller")
-        if tn > 1 and cl != cv.cg:
+        win = om.tile_of("window", 0)
+        if win not in (0, 1) or (win and not _can_window(cv, tn)):
+            raise MappingError(f"op {om.key}: tile window={win}: give 0 (a load per tap), or 1 (one load of the "
+                               "input rows of a step's taps), which needs a step of every tap (taps="
+                               f"{cv.taps}), a column stride of 1, no dilation and a row stride at most the "
+                               "kernel's height")
+        if tn > 1 and cl != cv.cg and not win:
             raise MappingError(f"op {om.key}: a step of several taps ({tn}) must take all {cv.cg} channels of "
-                               "its group; set channels to that or taps to 1")
-        if tn * cl > _kmax(ctx, spec, ot, rt * ct, not om.resident):
+                               "its group, unless it loads their input rows once (window=1); set channels to "
+                               "that, taps to 1, or window to 1")
+        if not _fits(ctx, cv, spec, ot, rt, ct, tn, cl, not om.resident, bool(win)):
             raise MappingError(f"op {om.key}: a step of {tn} taps x {cl} channels and its double buffers do not "
                                f"fit the {ctx.scratch_bytes:,} bytes of SRAM scratch; take fewer",
                                node=node.name, shapes=node.signature(), source=node.source)
-        cycles, bound = _estimate(ctx, cv, spec, ot, rt, ct, tn, cl, list(om.cores), om.resident)
+        cycles, bound = _estimate(ctx, cv, spec, ot, rt, ct, tn, cl, list(om.cores), om.resident, bool(win))
         return replace(om, predicted_cycles=cycles, bound=bound)
 
     om = ctx.decide("conv2d", default, check)
     ot, rt, ct, tn, cl = (int(om.tile_of(a) or 0) for a in _TILE)
-    return Plan(ot, rt, ct, tn, cl, list(om.cores), om.resident)
+    return Plan(ot, rt, ct, tn, cl, list(om.cores), om.resident, bool(om.tile_of("window", 0)))
 
 
 def _plan(ctx: Ctx, node: Node, cv: Conv, spec: Spec, weight: bool) -> tuple[Plan, int, Bound]:
@@ -243,11 +300,12 @@ def _plan(ctx: Ctx, node: Node, cv: Conv, spec: Spec, weight: bool) -> tuple[Pla
                 if not resident:
                     options = _steps(cv, _kmax(ctx, spec, ot, pt, True))
                 cores = region.pick(ncores, need if resident else 0)
-                for tn, cl in options:
-                    cycles, bound = _estimate(ctx, cv, spec, ot, rt, ct, tn, cl, cores, resident)
+                wins = _window_options(ctx, cv, spec, ot, rt, ct, options, not resident)
+                for tn, cl, win in [(tn, cl, False) for tn, cl in options] + [(tn, cl, True) for tn, cl in wins]:
+                    cycles, bound = _estimate(ctx, cv, spec, ot, rt, ct, tn, cl, cores, resident, win)
                     key = (cycles, ncores)
                     if best is None or key < best[0]:
-                        best = (key, Plan(ot, rt, ct, tn, cl, cores, resident), bound)
+                        best = (key, Plan(ot, rt, ct, tn, cl, cores, resident, win), bound)
     if best is None:
         raise node.error(f"conv2d {node.name} fits no tile in {ctx.scratch_bytes:,} bytes of SRAM scratch",
                          SramOverflowError)
@@ -407,18 +465,48 @@ def _weights(cv: Conv, spec: Spec, o0: int, ol: int, t0: int, tn: int, c0: int, 
     return out
 
 
+def _window_steps(cv: Conv, spec: Spec, plan: Plan, b: int, gi: int, o0: int, ol: int, r0: int, rl: int,
+                  c0: int, wl: int, cl: int, res: int | None) -> list[Step]:
+    """The steps of one item that load, per chunk of channels, the input rows all its taps read once
+    ([channels, rows, columns], padded with zeros outside the image), and multiply each tap's window out
+    of them: one mma per output row and tap, B at the tap's offset into the staged rows."""
+    hr, hc = _halo(cv, rl, wl)
+    ex, ew = spec.b_src.itemsize, spec.a_src.itemsize
+    rows = Span(0, hr, 1, r0 * cv.stride[0] - cv.pad[0], cv.h)
+    cols = Span(0, hc, 1, c0 - cv.pad[1], cv.wd)
+    steps = []
+    for ch in range(0, cv.cg, cl):
+        ncl = min(cl, cv.cg - ch)
+        bop = Operand(ncl * hr, hc)
+        lds = window(cv.x, b, gi * cv.cg + ch, ncl, rows, cols, 0, hr * hc * ex, "conv2d")
+        if lds is None:
+            bop.zero.append((0, ncl * hr))
+        else:
+            bop.loads += lds
+        if res is not None:  # A's columns (tap, channel) at a0: resident rows hold every tap's channels
+            aop, a_tap = Operand(ol, cv.k, addr=res + ch * ew, stride=cv.k * ew), cv.cg
+        else:
+            aop, a_tap = Operand(ol, cv.taps * ncl, loads=_weights(cv, spec, o0, ol, 0, cv.taps, ch, ncl)), ncl
+        parts = tuple(Part(t * a_tap, ncl, (r * cv.stride[0] + kh) * hc + kw, hr * hc, r * wl, wl)
+                      for r in range(rl) for t, (kh, kw) in enumerate(divmod(t, cv.kw) for t in range(cv.taps)))
+        steps.append(Step(aop, bop, parts))
+    return steps
+
+
 def _emit_core(ctx: Ctx, node: Node, core: int, cv: Conv, plan: Plan, spec: Spec,
                run: list[tuple[int, int, int, int, int]]) -> None:
     resident = _resident(ctx, node, core, cv, plan, spec, run)
     streamed = any((gi, ob) not in resident for gi, ob, *_ in run)
     tn, cl = plan.tn, plan.cl
     kmax = _kmax(ctx, spec, plan.ot, plan.rt * plan.ct, streamed)
-    if tn * cl > kmax:  # some weight blocks did not fit the resident SRAM: smaller steps for streaming them
+    if not _fits(ctx, cv, spec, plan.ot, plan.rt, plan.ct, tn, cl, streamed, plan.window):
+        # some weight blocks did not fit the resident SRAM: smaller steps for streaming them
         options = _steps(cv, kmax)
         if not options:
             raise node.error(f"conv2d {node.name}: tiles of {plan.ot} channels x {plan.rt * plan.ct} pixels do "
                              "not fit SRAM scratch", SramOverflowError)
         tn, cl = options[0]
+        plan = replace(plan, window=False)
     ex, ew, eo = spec.b_src.itemsize, spec.a_src.itemsize, spec.out.itemsize
     sn, so, sh, sw = cv.out.strides
     items = []
@@ -427,7 +515,9 @@ def _emit_core(ctx: Ctx, node: Node, core: int, cv: Conv, plan: Plan, spec: Spec
         pt, o0 = rl * wl, gi * cv.og + ob
         res = resident.get((gi, ob))
         steps: list[Step] = []
-        for t0 in range(0, cv.taps, tn):
+        if plan.window:
+            steps = _window_steps(cv, spec, plan, b, gi, o0, ol, r0, rl, c0, wl, cl, res)
+        for t0 in range(0, cv.taps if not plan.window else 0, tn):
             nt = min(tn, cv.taps - t0)
             for ch in range(0, cv.cg, cl):
                 ncl = min(cl, cv.cg - ch)

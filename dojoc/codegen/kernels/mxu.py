@@ -71,12 +71,28 @@ class Operand:
     zero: list[tuple[int, int]] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class Part:
+    """One mma of a step that reads its staged B tile at several offsets (a convolution's taps, from one
+    load of the input rows they share): A's columns a0 .. a0 + k - 1, B from element `b_off` of the B
+    tile with rows `b_stride` elements apart, into the accumulator's columns d0 .. d0 + n - 1."""
+
+    a0: int
+    k: int
+    b_off: int
+    b_stride: int
+    d0: int
+    n: int
+
+
 @dataclass
 class Step:
-    """One mma: D[m, n] (+)= A[m, k] @ B[k, n]."""
+    """One mma: D[m, n] (+)= A[m, k] @ B[k, n]; or, with `parts`, one mma per part, B being a staged
+    window (rows x cols of `b` are its shape) that each part reads at its own offset and stride."""
 
     a: Operand
     b: Operand
+    parts: tuple[Part, ...] = ()
 
 
 @dataclass
@@ -433,8 +449,17 @@ class Pipeline:
         a, sa = self._operand("a", st.a, p)
         b, sb = self._operand("b", st.b, p)
         acc = self.accs[j % 2] if self.direct else self.accs[0]
-        assert st.a.rows == it.m and st.b.cols == it.n and st.a.cols == st.b.rows, (it.m, it.n, st)
         rbias = cc.reg(R_BIAS, spec.a_bias | spec.b_bias << 8) if spec.op.is_cfp else 0
+        if st.parts:
+            e = spec.op.itemsize  # (the mma reads both operands in its own type, converted or not)
+            written: set[int] = set()  # the accumulator column ranges this step has begun
+            for pt in st.parts:
+                cc.emit("mma", rd=cc.reg(R_D, acc + pt.d0 * 4), ra=cc.reg(R_A, a + pt.a0 * e),
+                        rb=cc.reg(R_B, b + pt.b_off * e), m=it.m, n=pt.n, k=pt.k, sd=it.n * 4, sa=sa,
+                        sb=pt.b_stride * e, dt=spec.op, acc=int(si > 0 or pt.d0 in written), rbias=rbias)
+                written.add(pt.d0)
+            return
+        assert st.a.rows == it.m and st.b.cols == it.n and st.a.cols == st.b.rows, (it.m, it.n, st)
         cc.emit("mma", rd=cc.reg(R_D, acc), ra=cc.reg(R_A, a), rb=cc.reg(R_B, b), m=it.m, n=it.n, k=st.a.cols,
                 sd=it.n * 4, sa=sa, sb=sb, dt=spec.op, acc=int(si > 0), rbias=rbias)
 
