@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import inspect
 import re
+import signal
+import threading
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -140,11 +143,31 @@ def from_exported(ep: ExportedProgram, *, name: str = "model", fold: bool = True
     return fold_constants(graph) if fold else verify(graph)
 
 
+@contextmanager
+def deferred_interrupt() -> Iterator[None]:
+    """Ctrl-C inside the block is taken when it ends: a KeyboardInterrupt raised while torch's C++ calls back
+    into Python (export, decompositions) aborts the process (pybind11 cannot carry it through), so the
+    interrupt is recorded and raised after. Only in the main thread, and only over Python's own handler."""
+    if threading.current_thread() is not threading.main_thread() \
+            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        yield
+        return
+    hit: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: hit.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if hit:
+        raise KeyboardInterrupt
+
+
 def from_module(model: Any, example_inputs: Sequence[Any] | Any, example_kwargs: Mapping[str, Any] | None = None,
                 *, name: str | None = None, fold: bool = True) -> Graph:
-    """`export_module` then `from_exported`."""
-    ep = export_module(model, example_inputs, example_kwargs)
-    if name is None:
-        inner = getattr(model, "fn", model)
-        name = type(inner).__name__ if isinstance(inner, torch.nn.Module) else getattr(inner, "__name__", "model")
-    return from_exported(ep, name=name, fold=fold)
+    """`export_module` then `from_exported` (an interrupt is taken after them: `deferred_interrupt`)."""
+    with deferred_interrupt():
+        ep = export_module(model, example_inputs, example_kwargs)
+        if name is None:
+            inner = getattr(model, "fn", model)
+            name = type(inner).__name__ if isinstance(inner, torch.nn.Module) else getattr(inner, "__name__", "model")
+        return from_exported(ep, name=name, fold=fold)

@@ -47,3 +47,19 @@ def test_sigint_during_compile_leaves_all_or_nothing(tmp_path: Path) -> None:
                 assert "interrupted; no partial output was left behind" in err
         time.sleep(0.1)
     assert outcomes == {"done", "interrupted"}, outcomes  # the delays cover both ends
+
+
+@pytest.mark.skipif(os.name != "posix", reason="SIGINT to this process")
+def test_an_interrupt_during_export_is_taken_after_it() -> None:
+    """torch's C++ cannot carry a KeyboardInterrupt raised in a Python callback (pybind11 aborts the
+    process), so the frontend records Ctrl-C during export and raises it once export returns."""
+    from dojoc.frontend.export import deferred_interrupt
+
+    reached = False
+    with pytest.raises(KeyboardInterrupt):
+        with deferred_interrupt():
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.05)  # the handler runs here, and only records the signal
+            reached = True
+    assert reached
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
