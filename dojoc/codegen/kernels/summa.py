@@ -23,13 +23,13 @@ once over the mesh. A chunk that finds no resident room is streamed from DRAM in
 model counts it (`summa_emit.unkept` says which chunks find none, before the kernel allocates them).
 
 Then each core applies the op's epilogue (bias per column, residual tile, scaling, activation) on its FP32
-block, converts it to the output type and stores it. The kernel runs on one die, the home die that DRAM
-port 0 enters (`place.home_die`: the whole mesh of a one-die machine), whose every core takes part
-(`eligible`); on a machine of many dies its multicasts stop at the die's edge (`put ... span`, `Grid.cast`),
-so it runs there as on a machine of one die. It needs operands already in the mma's type (bf16 or fp32;
-cfp8 converts in SRAM: matmul.py), and a problem big enough for every core to get at least MIN_BLOCK (3)
-rows and columns. `matmul.py` chooses it over
-its own tiled kernel when the cost model (`estimate`) predicts it faster, or when a given mapping names it.
+block, converts it to the output type and stores it. The kernel runs on the home die that DRAM port 0
+enters (`place.home_die`: the whole mesh of a one-die machine), or on a rectangle of it when the problem is
+too small for every core of the die to get MIN_BLOCK (3) rows and columns (`rects`); on a machine of many
+dies, or on a rectangle, its multicasts stop at the rectangle's edge (`put ... first, span`, `Grid.cast`).
+It needs operands already in the mma's type (bf16 or fp32; cfp8 converts in SRAM: matmul.py).
+`matmul.py` chooses it over its own tiled kernel when the cost model (`estimate`) predicts it faster, or
+when a given mapping names it.
 """
 
 from __future__ import annotations
