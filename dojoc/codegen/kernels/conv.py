@@ -465,7 +465,7 @@ def _weights(cv: Conv, spec: Spec, o0: int, ol: int, t0: int, tn: int, c0: int, 
     return out
 
 
-def _window_steps(cv: Conv, spec: Spec, plan: Plan, b: int, gi: int, o0: int, ol: int, r0: int, rl: int,
+def _window_steps(cv: Conv, spec: Spec, b: int, gi: int, o0: int, ol: int, r0: int, rl: int,
                   c0: int, wl: int, cl: int, res: int | None) -> list[Step]:
     """The steps of one item that load, per chunk of channels, the input rows all its taps read once
     ([channels, rows, columns], padded with zeros outside the image), and multiply each tap's window out
@@ -516,7 +516,7 @@ def _emit_core(ctx: Ctx, node: Node, core: int, cv: Conv, plan: Plan, spec: Spec
         res = resident.get((gi, ob))
         steps: list[Step] = []
         if plan.window:
-            steps = _window_steps(cv, spec, plan, b, gi, o0, ol, r0, rl, c0, wl, cl, res)
+            steps = _window_steps(cv, spec, b, gi, o0, ol, r0, rl, c0, wl, cl, res)
         for t0 in range(0, cv.taps if not plan.window else 0, tn):
             nt = min(tn, cv.taps - t0)
             for ch in range(0, cv.cg, cl):
