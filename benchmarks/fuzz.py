@@ -6,7 +6,11 @@ and never a hang. Targets, each fed from a seeded generator so a run repeats:
   resealed checksum (so the reader gets past its checksum), then read and, when it reads, disassembled;
 - asm: that program's disassembly with random characters replaced, inserted or deleted, then assembled;
 - spec: random `--input` SPECs (shapes, dtypes, ranges, garbage), parsed with a 1 MiB input limit;
-- machine: random `--set field=value` overrides on mesh4x4.
+- machine: random `--set field=value` overrides on mesh4x4;
+- emu: random *valid* programs for mesh2x2, drawn from the instruction table (every field in its range, the
+  cores' registers first set to small SRAM addresses so that loads, stores and puts land), run on the
+  emulator with a cycle watchdog: each ends in its outputs or a Trap that names the core, the pc and the
+  instruction.
 A failure is kept in benchmarks/fuzz_failures/TARGET-SEED-N.bin (the input) and .txt (the traceback), for a
 regression case. The exit status is 1 when any input failed.
 
@@ -35,8 +39,14 @@ import dojoc.targets
 from dojoc.errors import DojocError
 from isa.asm import assemble
 from isa.disasm import disassemble, write_data_files
+from isa.dtypes import DType
+from isa.encoding import make
+from isa.errors import EncodingError
 from isa.objfile import CHECKSUM_BYTES, HEADER, read_object, write_object
 from isa.presets import load_machine
+from isa.program import CodeSection, Image
+from isa.table import INSTRUCTIONS, Field, Kind
+from runtime_emu import Emulator
 
 FAILURES = Path(__file__).resolve().parent / "fuzz_failures"
 DATA = Path(".")  # where the disassembly's weight files lie (main makes a temporary folder)
@@ -122,10 +132,61 @@ def check_machine(sets: bytes) -> None:
     load_machine("mesh4x4", sets.decode().split("\n"))
 
 
+EMU_MACHINE = load_machine("mesh2x2")
+EMU_CYCLES = 20_000  # the watchdog: a program still running then traps (a hang is a failure)
+SMALL = (0, 1, 2, 3, 4, 7, 8, 16, 31, 64, 100, 256, 1024, 4096)
+
+
+def _field(rng: random.Random, f: Field, length: int) -> Any:
+    """A random in-range value of field `f` (small values most of the time, so instructions do work)."""
+    if f.kind is Kind.REG:
+        return rng.randrange(32)
+    if f.kind is Kind.TARGET:
+        return rng.randrange(length + 1)
+    if f.kind is Kind.ENUM:
+        assert f.enum is not None
+        return rng.choice(list(f.enum))
+    if f.kind is Kind.DTYPE:
+        return rng.choice(list(DType))
+    if f.kind is Kind.F32:
+        return rng.choice((0.0, 1.0, -2.5, 3.0e38, float("inf"), float("nan"), rng.uniform(-9, 9)))
+    top = (1 << f.bits) - 1 if f.kind is Kind.UIMM else (1 << (f.bits - 1)) - 1
+    v = rng.choice(SMALL) if rng.random() < 0.85 else rng.randrange(top + 1)
+    v = min(v, top)
+    return -v if f.kind is Kind.SIMM and rng.random() < 0.2 else v
+
+
+def draw_emu(rng: random.Random, _: Any) -> bytes:
+    """A random valid program for mesh2x2 as assembly text: 1-4 sections over the 4 cores, each setting
+    registers r1-r8 to small SRAM addresses, then 1-24 random instructions, then `halt`."""
+    cores = list(range(EMU_MACHINE.num_cores))
+    rng.shuffle(cores)
+    cuts = sorted(rng.sample(range(1, len(cores)), rng.randrange(len(cores))))
+    groups = [cores[a:b] for a, b in zip([0, *cuts], [*cuts, len(cores)], strict=True)]
+    sections = []
+    for i, group in enumerate(groups):
+        code = [make("li", rd=r, imm=rng.choice((0, 64, 256, 1024, 4096, 65536))) for r in range(1, 9)]
+        length = rng.randint(1, 24)
+        while len(code) < 8 + length:
+            spec = rng.choice(INSTRUCTIONS)
+            try:
+                code.append(make(spec.mnemonic, **{f.name: _field(rng, f, 8 + length) for f in spec.fields}))
+            except EncodingError:  # a value the field's checks refuse (a NaN where a type forbids it, say)
+                continue
+        code.append(make("halt"))
+        sections.append(CodeSection(f"s{i}", tuple(sorted(group)), tuple(code)))
+    return disassemble(Image(EMU_MACHINE, tuple(sections))).encode()
+
+
+def check_emu(text: bytes) -> None:
+    """Assemble and run: its outputs, or a typed error (a Trap is one) naming where it stopped."""
+    Emulator(assemble(text.decode()), max_cycles=EMU_CYCLES).run()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--inputs", type=int, default=20_000, help="inputs per target")
-    ap.add_argument("--only", action="append", choices=["objfile", "asm", "spec", "machine"])
+    ap.add_argument("--only", action="append", choices=["objfile", "asm", "spec", "machine", "emu"])
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     global DATA
@@ -147,7 +208,8 @@ def targets() -> dict[str, Target]:
     write_data_files(image, DATA)  # the weights the disassembly names (file=)
     assemble(text, base_dir=DATA)  # the unmutated program assembles
     return {"objfile": (draw_objfile, check_objfile, data), "asm": (draw_asm, check_asm, text),
-            "spec": (draw_spec, check_spec, None), "machine": (draw_machine, check_machine, None)}
+            "spec": (draw_spec, check_spec, None), "machine": (draw_machine, check_machine, None),
+            "emu": (draw_emu, check_emu, None)}
 
 
 def run(args: argparse.Namespace) -> None:

@@ -132,6 +132,9 @@ def _scalar(imm: float, dt: DType) -> Any:
         return np.bool_(imm != 0)
     if not np.isfinite(imm):
         raise _Bad(f"immediate {imm} is not an integer for a {dt.asm} tile")
+    info = np.iinfo(np.dtype(view_dtype(dt)))
+    if not info.min <= int(imm) <= info.max:  # (found by benchmarks/fuzz.py's emu target: 3e38 on an i32 tile)
+        raise _Bad(f"immediate {imm} does not fit a {dt.asm} tile ({info.min}..{info.max})")
     return np.int64(int(imm))
 
 

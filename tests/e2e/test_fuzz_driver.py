@@ -26,7 +26,8 @@ def fuzz() -> ModuleType:
     return module
 
 
-@pytest.mark.parametrize("target, inputs", [("objfile", 300), ("asm", 100), ("spec", 300), ("machine", 300)])
+@pytest.mark.parametrize("target, inputs", [("objfile", 300), ("asm", 100), ("spec", 300), ("machine", 300),
+                                            ("emu", 150)])
 def test_fuzz_targets_give_values_or_typed_errors(fuzz: ModuleType, target: str, inputs: int,
                                                   tmp_path: Path) -> None:
     fuzz.DATA = tmp_path  # the disassembly's weight files

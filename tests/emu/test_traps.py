@@ -103,6 +103,8 @@ def test_illegal_branch_target_and_running_off_the_end() -> None:
     ("li r1, 0\nput r1, r1, r1, rows=1, bytes=4, cast=row, seml=0, semr=0, span=2\nhalt", 1, "past the mesh edge"),
     ("li r1, 0\nsignal r1, 0, span=1\nhalt", 1, "row and col multicasts only"),
     ("li r1, 0\nsignal r1, 0, cast=row, first=1\nhalt", 1, "without a span"),
+    # found by benchmarks/fuzz.py's emu target: an immediate beyond an integer tile's type was a bare OverflowError
+    ("li r1, 0\nvadds r1, r1, 3e38, rows=1, cols=4, sd=16, sa=16, dt=i32\nhalt", 1, "does not fit a i32 tile"),
     ("li r1, 0\ndmadim 0, 4, sstride=4, dstride=4\ndmald r1, r1, esize=3, ndim=1, sem=0, dt=f32\nhalt", 2,
      "element size 3"),
     ("li r1, 0\ndmadim 0, 4, sstride=4, dstride=4\ndmald r1, r1, esize=4, ndim=2, sem=0, dt=f32\nhalt", 2,
