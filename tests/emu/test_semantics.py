@@ -439,7 +439,15 @@ def test_put_multicast_row_delivers_to_every_other_core() -> None:
 
 def test_put_multicast_with_a_span_reaches_only_that_segment_of_the_row() -> None:
     """Core 1 multicasts along row 0 of mesh4x4 to positions 1 and 2 (first 1, span 2): only core 2 (the
-    segment less the sender) gets the data. Cores 0 and 3 store what they have once core 2 has it."""
+    segment less the sender) gets the data. Cores 0, 2 and 3 store what they have (row i of y from core
+    i's SRAM) once core 2 has it."""
+
+    def store(name: str, core: int, wait: str) -> str:  # core's 16 bytes at 0x40 to y's row of that core
+        row = {0: 0, 2: 1, 3: 2}[core]
+        return (f".section {name} cores={core}\n{wait}    li r3, 0x40\n    li r4, {0x100 + 16 * row:#x}\n"
+                "    dmadim 0, 4, sstride=4, dstride=4\n    dmast r4, r3, esize=4, ndim=1, sem=0\n    wait 0, 1\n"
+                "    halt\n")
+
     text = """
 .machine mesh4x4
 .tensor x input 0x0 f32 [4]
@@ -454,35 +462,8 @@ def test_put_multicast_with_a_span_reaches_only_that_segment_of_the_row() -> Non
     put r2, r3, r1, rows=1, bytes=16, cast=row, seml=1, semr=2, first=1, span=2
     wait 1, 1
     halt
-.section seg cores=2
-    wait 2, 1
-    li r5, 0
-    signal r5, 3
-    li r5, 3
-    signal r5, 3
-    li r3, 0x40
-    li r4, 0x110
-    dmadim 0, 4, sstride=4, dstride=4
-    dmast r4, r3, esize=4, ndim=1, sem=0
-    wait 0, 1
-    halt
-.section left cores=0
-    wait 3, 1
-    li r3, 0x40
-    li r4, 0x100
-    dmadim 0, 4, sstride=4, dstride=4
-    dmast r4, r3, esize=4, ndim=1, sem=0
-    wait 0, 1
-    halt
-.section right cores=3
-    wait 3, 1
-    li r3, 0x40
-    li r4, 0x120
-    dmadim 0, 4, sstride=4, dstride=4
-    dmast r4, r3, esize=4, ndim=1, sem=0
-    wait 0, 1
-    halt
-"""
+""" + store("seg", 2, "    wait 2, 1\n    li r5, 0\n    signal r5, 3\n    li r5, 3\n    signal r5, 3\n") \
+        + store("left", 0, "    wait 3, 1\n") + store("right", 3, "    wait 3, 1\n")
     x = np.array([1.5, -2.0, 3.0, 4.25], dtype=np.float32)
     emu = Emulator(assemble(text))
     emu.set_inputs([x])

@@ -125,7 +125,7 @@ def offer(ctx: Ctx, node: Node, p: Problem, spec: Spec) -> tuple[Node | None, st
     """Whether the SUMMA matmul `node` (problem `p`) may hold its output for its reader: (the reader, "")
     or (None, why not). A held value lives on the home die's grid (the reader runs there too)."""
     from dojoc.codegen.kernels.mxu import param_array
-    from dojoc.codegen.kernels.summa import MIN_BLOCK, grid
+    from dojoc.codegen.kernels.summa_grid import MIN_BLOCK, grid
 
     rows, cols = home_die(ctx.machine).shape
     if p.m < MIN_BLOCK * rows or p.n < MIN_BLOCK * cols:
@@ -161,7 +161,7 @@ def hold(ctx: Ctx, node: Node, p: Problem, spec: Spec, rect: Rect, at: dict[tupl
          mblocks: tuple[tuple[int, int], ...], kblocks: tuple[tuple[int, int], ...]) -> Held:
     """Hold the output of `node` in the SRAM of every core of its SUMMA grid, whose enabled cores are `at`
     (see the module docstring)."""
-    cores = holders(at, (len(mblocks), len(kblocks)))
+    cores = holders(at, rect.shape)
     assert cores is not None
     e = spec.out.itemsize
     m_max, n_max = max(c for _, c in mblocks), max(c for _, c in kblocks)

@@ -32,7 +32,7 @@ from isa.table import Cast
 
 if TYPE_CHECKING:
     from dojoc.codegen.kernels.matmul import Problem
-    from dojoc.codegen.kernels.summa import Grid
+    from dojoc.codegen.kernels.summa_grid import Grid
 
 # semaphores, one per chunk buffer (up to MAX_DEPTH): the loader's DMAs, the multicast arrivals, the source
 # of the loader's puts free, the slice DMAs beside a disabled core, the buffers free again; the stores per

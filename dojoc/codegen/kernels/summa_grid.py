@@ -1,0 +1,161 @@
+"""SUMMA's geometry: the rectangle of the mesh it runs on and the grid of output blocks laid over it.
+
+The home die (`place.home_die`) by default; a rectangle of it when the problem is too small for the whole
+die (`rects`); any rectangle a given mapping names (`rect_of`). summa.py plans and costs the kernel on a
+grid, summa_emit.py emits each core's program from it, held.py keeps an output in its blocks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+from dojoc.codegen.context import Ctx, split
+from dojoc.mapping.place import Rect, home_die
+from isa.costs import up8
+
+if False:  # typing only, without an import cycle
+    from dojoc.codegen.kernels.matmul import Problem
+
+MIN_BLOCK = 3  # rows and columns of a core's block, at least
+
+
+@dataclass(frozen=True)
+class Grid:
+    """A rectangle of the mesh (`rect`: the home die) as a grid of blocks: the enabled cores of each of its
+    rows and columns (ids in order), the row blocks of M and column blocks of N (start, count), and each
+    disabled position's column slices. Rows and columns are counted in the rectangle (`local`)."""
+
+    rect: Rect
+    rows: tuple[tuple[int, ...], ...]
+    cols: tuple[tuple[int, ...], ...]
+    mblocks: tuple[tuple[int, int], ...]
+    nblocks: tuple[tuple[int, int], ...]
+    extra: dict[int, tuple[int, int]]  # core -> (first column, count) of the slice it takes, in N
+    at: dict[tuple[int, int], int]  # (row, column) in the rectangle -> the enabled core there
+
+    @property
+    def cores(self) -> tuple[int, ...]:
+        return tuple(c for row in self.rows for c in row)
+
+    @property
+    def m_max(self) -> int:
+        return max(n for _, n in self.mblocks)
+
+    @property
+    def n_max(self) -> int:
+        return max(n for _, n in self.nblocks)
+
+    @property
+    def x_max(self) -> int:
+        return max((n for _, n in self.extra.values()), default=0)
+
+    def local(self, ctx: Ctx, core: int) -> tuple[int, int]:
+        """The (row, column) of `core` in the grid."""
+        return self.rect.local(ctx.machine.coords[core])
+
+    def cast(self, ctx: Ctx, row: bool) -> tuple[int, int]:
+        """(first, span) of a put that multicasts along a grid row (`row`) or column: 0, 0 (the whole mesh
+        line) when the rectangle spans it, else the rectangle's positions along it."""
+        whole_rows, whole_cols = self.rect.covers(ctx.machine)
+        if whole_rows if row else whole_cols:
+            return 0, 0
+        return (self.rect.c0, self.rect.cols) if row else (self.rect.r0, self.rect.rows)
+
+
+def grid(ctx: Ctx, m: int, n: int, rect: Rect | None = None) -> Grid:
+    """The grid of blocks of an [m, n] output over `rect` (default: the home die)."""
+    mach = ctx.machine
+    rect = rect or home_die(mach)
+    rows_n, cols_n = rect.shape
+    at = {(i, j): mach.core_at[rect.mesh(i, j)] for i in range(rows_n) for j in range(cols_n)
+          if rect.mesh(i, j) in mach.core_at}
+    rows = tuple(tuple(at[(r, c)] for c in range(cols_n) if (r, c) in at) for r in range(rows_n))
+    cols = tuple(tuple(at[(r, c)] for r in range(rows_n) if (r, c) in at) for c in range(cols_n))
+    nblocks = tuple(split(n, cols_n))
+    extra: dict[int, tuple[int, int]] = {}
+    for r in range(rows_n):
+        for c in range(cols_n):
+            if (r, c) not in at:  # a disabled core's block: its columns, sliced over the row's cores
+                first, count = nblocks[c]
+                for core, (s, k) in zip(rows[r], split(count, len(rows[r])), strict=False):
+                    extra[core] = (first + s, k)
+    # a row beside a disabled core multiplies its slices too: it takes fewer rows of M, so that no core's
+    # step (rows and columns rounded up to the matrix unit's 8) is longer than a full row's
+    n_max = max(k for _, k in nblocks)
+    widths = [up8(n_max) + max((up8(extra[c][1]) for c in row if c in extra), default=0) for row in rows]
+    # the reader of a held A (the only op that runs while a value is held) takes its producer's rows
+    held = next((h.mblocks for h in ctx.held.values() if h.m == m), None)
+    mblocks = held if held is not None else balanced_rows(m, tuple(widths))
+    return Grid(rect, rows, cols, mblocks, nblocks, extra, at)
+
+
+@lru_cache(maxsize=1024)
+def balanced_rows(m: int, widths: tuple[int, ...]) -> tuple[tuple[int, int], ...]:
+    """Rows of M per mesh row (first, count), contiguous, so that the longest step of any row is as short
+    as it can be: a row of `width` columns (rounded to 8) with r rows costs width x (up8(r) + up8(r / 2))
+    (one wave and two). Equal widths split M evenly, as `split` does. (Cached: the cost model asks for
+    every candidate's grid, and the answer depends only on these numbers.)"""
+    if len(set(widths)) == 1 or m < 2 * len(widths):
+        return tuple(split(m, len(widths)))
+
+    def cost(r: int, width: int) -> int:
+        return width * (up8(r) + up8(-(-r // 2)))
+
+    def most(c: int, width: int) -> int:  # the most rows whose cost is within c (at least one)
+        lo, hi = 1, m
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            lo, hi = (mid, hi) if cost(mid, width) <= c else (lo, mid - 1)
+        return lo
+
+    lo, hi = 0, max(cost(m, w) for w in widths)
+    while lo < hi:  # the least cost bound at which the rows can take all of M
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if sum(most(mid, w) for w in widths) >= m else (mid + 1, hi)
+    counts = [most(lo, w) for w in widths]
+    while sum(counts) > m:  # give back the excess one row at a time, from the row with the most
+        i = max(range(len(counts)), key=lambda j: (counts[j], -j))
+        counts[i] -= 1
+    starts = [sum(counts[:i]) for i in range(len(counts))]
+    return tuple(zip(starts, counts, strict=True))
+
+
+def rects(ctx: Ctx, p: Problem) -> list[Rect]:
+    """The rectangles the kernel may run the problem on: the home die (`place.home_die`: the whole mesh on
+    a one-die machine) when each of its cores gets at least MIN_BLOCK rows and columns; else rectangles of
+    it, from its corner at the port, that are as many rows and columns as M and N allow at MIN_BLOCK, or at
+    the matrix unit's 8 (fewer cores, fuller mma steps: the cost model chooses). A held A's reader takes its
+    producer's. Every one of a rectangle's cores must be in the compile, and each of its rows and columns
+    must have one (a disabled core can leave a line of a thin rectangle empty)."""
+    held = next((h for h in ctx.held.values() if h.m == p.m), None)
+    if held is not None:
+        return [held.rect]
+    home = home_die(ctx.machine)
+    rows_n, cols_n = home.shape
+    if p.m >= MIN_BLOCK * rows_n and p.n >= MIN_BLOCK * cols_n:
+        out = [home]
+    else:
+        rs = sorted({min(rows_n, max(1, x)) for x in (p.m // MIN_BLOCK, p.m // 8)}, reverse=True)
+        cs = sorted({min(cols_n, max(1, x)) for x in (p.n // MIN_BLOCK, p.n // 8)}, reverse=True)
+        out = [Rect(home.r0, home.c0, r, c) for r in rs for c in cs if r * c > 1]
+    ids = set(ctx.builder.ids)
+
+    def usable(rect: Rect) -> bool:
+        g = grid(ctx, p.m, p.n, rect)
+        return all(g.rows) and all(g.cols) and all(c in ids for c in g.cores)
+
+    return [r for r in out if usable(r)]
+
+
+def rect_of(ctx: Ctx, cores: tuple[int, ...]) -> Rect | None:
+    """The rectangle whose enabled cores, row by row, are `cores` (a given mapping's region), or None."""
+    mach = ctx.machine
+    if not cores or any(not 0 <= c < mach.num_cores for c in cores):
+        return None
+    pos = [mach.coords[c] for c in cores]
+    r0, c0 = min(r for r, _ in pos), min(c for _, c in pos)
+    rect = Rect(r0, c0, max(r for r, _ in pos) - r0 + 1, max(c for _, c in pos) - c0 + 1)
+    inside = tuple(mach.core_at[rect.mesh(i, j)] for i in range(rect.rows) for j in range(rect.cols)
+                   if rect.mesh(i, j) in mach.core_at)
+    return rect if inside == tuple(cores) else None
