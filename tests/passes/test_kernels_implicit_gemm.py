@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 import dojoc
-from dojoc.codegen.kernels.im2col import Im2col
+from dojoc.codegen.kernels.im2col import Im2col, Shifted
 from dojoc.codegen.view import View
 from dojoc.mapping import format_cores
 from isa.dtypes import DType
@@ -22,18 +22,21 @@ HOLED = load_machine("mesh4x4", ["disabled=[[1,2],[3,0]]"])  # rows 1 and 3 have
 
 
 def _forced(model: nn.Module, args: tuple[torch.Tensor, ...], kernels: tuple[str, ...], kc: int,
-            resident: bool, waves: int = 1, buffers: int = 2) -> dojoc.Program:
-    """Compile with the model's first matrix op forced onto summa (resident or not) by a mapping."""
+            resident: bool, waves: int = 1, buffers: int = 2, shift: int | None = None) -> dojoc.Program:
+    """Compile with the model's first matrix op forced onto summa (resident or not; a convolution's
+    shifted form or not) by a mapping."""
     first = dojoc.compile(model, args, machine=HOLED, precision="fp32")
     assert first.mapping is not None
     op = next(o for o in first.mapping.ops if o.kernel in (*kernels, "summa"))  # (the cost model may pick it)
     mapping = {"ops": [{"op": op.op, "kernel": "summa", "cores": format_cores(range(HOLED.num_cores)),
-                        "split": {"rows": 4, "cols": 4}, "tile": {"k": kc, "waves": waves, "buffers": buffers},
+                        "split": {"rows": 4, "cols": 4}, "tile": {"k": kc, "waves": waves, "buffers": buffers,
+                                                                 **({"shift": shift} if shift is not None else {})},
                         "resident": resident}]}
     prog = dojoc.compile(model, args, machine=HOLED, precision="fp32", mapping=mapping)
     assert prog.mapping is not None
     om = next(o for o in prog.mapping.ops if o.op == op.op)
     assert om.kernel == "summa" and om.resident is resident and om.tile_of("waves") == waves
+    assert shift is None or (om.tile_of("shift") or 0) == shift
     return prog
 
 
@@ -107,15 +110,49 @@ CASES = [  # n, c, o, k, stride, pad, dil, hw, bias, residual
 
 @pytest.mark.parametrize("case", CASES, ids=[f"n{c[0]}c{c[1]}o{c[2]}k{c[3]}s{c[4]}p{c[5]}d{c[6]}" for c in CASES])
 @pytest.mark.parametrize("resident", [True, False])
-def test_conv_as_implicit_gemm_matches_eager(case: tuple[Any, ...], resident: bool) -> None:
+@pytest.mark.parametrize("shift", [0, 1])
+def test_conv_as_implicit_gemm_matches_eager(case: tuple[Any, ...], resident: bool, shift: int) -> None:
+    """Both forms: a window per tap (shift 0), and the padded input read once for every tap (shift 1,
+    stride 1 only: a strided convolution's mapping that asks for it is an error naming the reason)."""
     n, c, o, k, s, p, d, hw, bias, residual = case
     torch.manual_seed(1)
     model = Conv(c, o, k, s, p, d, bias, residual).eval()
     x = torch.randn(n, c, hw, hw)
     oh = (hw + 2 * p - d * (k - 1) - 1) // s + 1
     r = torch.randn(n, o, oh, oh)
-    prog = _forced(model, (x, r), ("conv2d",), 8, resident)
+    if shift and s != 1:
+        with pytest.raises(dojoc.MappingError, match="tile shift=1.*stride 1"):
+            _forced(model, (x, r), ("conv2d",), 8, resident, shift=shift)
+        return
+    prog = _forced(model, (x, r), ("conv2d",), min(8, c) if shift else 8, resident, shift=shift)  # (K: channels)
     torch.testing.assert_close(prog(x, r), model(x, r).detach(), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("waves", [1, 2])
+def test_shifted_conv_reads_its_input_once_for_every_tap(waves: int) -> None:
+    """The shifted form reads each input pixel about once (plus the halo of each column block and the
+    slices beside the disabled cores), where a window per tap reads it once per tap."""
+    torch.manual_seed(0)
+    model = Conv(16, 40, 3, 1, 1, 1, True, False).eval()
+    x, r = torch.randn(2, 16, 12, 12), torch.randn(2, 40, 12, 12)
+    want = model(x, r).detach()
+    moved = []
+    for shift in (0, 1):
+        prog = _forced(model, (x, r), ("conv2d",), 16, True, waves, shift=shift)
+        got, rep = prog.run(x, r)
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+        moved.append(rep.dram_bytes)
+    assert moved[1] < 0.6 * moved[0], moved
+
+
+def test_shifted_segments_are_the_output_pixels() -> None:
+    geo = Im2col(View.dense(0, (2, 3, 6, 5), DType.F32), 3, 6, 5, 3, 6, 5, (1, 1), (1, 1), (1, 1))
+    sh = Shifted.of(geo, 3, 2)
+    assert sh is not None and (sh.hp, sh.wp, sh.halo) == (8, 7, 16) and sh.n == 8 * 7 + 5 * 7 + 5
+    seen = [(img, first + i) for n0 in range(0, sh.n, 11)
+            for img, first, count, _ in sh.segments(n0, min(11, sh.n - n0)) for i in range(count)]
+    assert seen == [(img, q) for img in range(2) for q in range(30)]  # every output pixel once, in order
+    assert Shifted.of(Im2col(geo.x, 3, 6, 5, 3, 3, 3, (2, 2), (1, 1), (1, 1)), 3, 2) is None  # strided
 
 
 def test_im2col_runs_cover_the_block() -> None:
@@ -128,6 +165,18 @@ def test_im2col_runs_cover_the_block() -> None:
         for img, q, cnt, _ in runs:
             assert 0 <= img < 2 and q + cnt <= 35
             assert q % 5 + cnt <= 5 or (q % 5 == 0 and cnt % 5 == 0)  # within a row, or whole rows
+
+
+def test_resnet_stage_two_conv_takes_the_shifted_form() -> None:
+    """A 3 x 3 convolution at 28 x 28 (ResNet-50's second stage, batch 1): its windows per tap would read
+    the input 9 times through the one port; the cost model takes the shifted form."""
+    torch.manual_seed(0)
+    model = nn.Conv2d(128, 128, 3, padding=1).eval()
+    x = torch.randn(1, 128, 28, 28)
+    prog = dojoc.compile(model, (x,), machine="d1", precision="bf16")
+    assert prog.mapping is not None
+    om = prog.mapping.ops[0]
+    assert om.kernel == "summa" and om.tile_of("shift") == 1
 
 
 def test_resnet_sized_conv_takes_summa_with_resident_weights() -> None:

@@ -150,6 +150,26 @@ def test_max_pool2d_with_indices_fp32(kw: dict) -> None:  # type: ignore[type-ar
     np.testing.assert_array_equal(got[1], want[1])  # the first maximum's flat index, as torch
 
 
+@pytest.mark.parametrize("kw", MAX_POOLS, ids=str)
+def test_max_pool2d_values_fp32(kw: dict) -> None:  # type: ignore[type-arg]
+    """The values alone (nothing reads the indices): each input row staged once per item, in column
+    phases, and every tap reduced from the staged rows."""
+    x = torch.randn(2, 3, 11, 13, generator=torch.Generator().manual_seed(0))
+    got, want, _ = compile_and_run(Fn(F.max_pool2d, **kw), (x,), "fp32")
+    np.testing.assert_array_equal(got[0], want[0])
+
+
+def test_max_pool2d_values_read_the_input_once() -> None:
+    """ResNet's stem pool reads its input from DRAM about once (not once per tap) and writes the values."""
+    x = torch.randn(1, 64, 112, 112, generator=torch.Generator().manual_seed(0))
+    model = Fn(F.max_pool2d, kernel_size=3, stride=2, padding=1).eval()
+    prog = dojoc.compile(model, (x,), machine="d1", precision="bf16")
+    got, rep = prog.run(x)
+    np.testing.assert_array_equal(got.float().numpy(), model(x.bfloat16().float()).numpy())
+    stored = x.numel() // 4 * 2
+    assert rep.dram_bytes < 1.2 * (x.numel() * 2 + stored), rep.dram_bytes
+
+
 def test_max_pool2d_bf16_resnet_stem_on_many_cores() -> None:
     x = torch.randn(1, 64, 112, 112, generator=torch.Generator().manual_seed(0))
     got, want, cores = compile_and_run(Fn(F.max_pool2d, return_indices=True, kernel_size=3, stride=2, padding=1),

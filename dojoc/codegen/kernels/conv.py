@@ -36,7 +36,7 @@ import numpy as np
 
 from dojoc.codegen.context import MAX_ROWS, MAX_STRIDE, Ctx, split
 from dojoc.codegen.kernels import depthwise, summa
-from dojoc.codegen.kernels.im2col import Im2col
+from dojoc.codegen.kernels.im2col import Im2col, Shifted
 from dojoc.codegen.kernels.matmul import Problem
 from dojoc.codegen.kernels.mxu import (
     F32,
@@ -400,15 +400,20 @@ def _implicit_gemm(ctx: Ctx, node: Node, cv: Conv, spec: Spec, warr: np.ndarray,
     p = Problem([View.dense(0, (cv.o, cv.k), spec.a_src)], [], per_image(cv.out), cv.o, cv.n * hw, cv.k, False,
                 r=per_image(cv.residual) if cv.residual is not None else None, im2col=geo, per_view=hw,
                 row_bias=cv.bias)
+    sh = Shifted.of(geo, cv.kh, cv.n)
+    ps = replace(p, n=sh.n, k=cv.c, im2col=None, per_view=sh.hp * sh.wp, shift=sh) if sh is not None else None
+    if ps is not None and not summa.eligible(ctx, ps, spec):
+        ps = None
     if not summa.eligible(ctx, p, spec):
         return False
     budget = resident_budget(ctx, node, ctx.graph.producers())
-    om = summa.decide(ctx, p, spec, lambda: search()[1], "a", budget)
+    om = summa.decide(ctx, p, spec, lambda: search()[1], "a", budget, shifted=ps)
     if om is None:
         return False
     okc = np.ascontiguousarray(warr.transpose(0, 2, 3, 1).reshape(cv.o, cv.k))  # tap-major, as X_col's rows
     a = ctx.weight(f"{node.name}_okc", okc, spec.a_src)
-    summa.emit(ctx, node, replace(p, a=[a]), spec, om, "a")
+    run = ps if om.tile_of("shift", 0) and ps is not None else p
+    summa.emit(ctx, node, replace(run, a=[a]), spec, om, "a")
     return True
 
 

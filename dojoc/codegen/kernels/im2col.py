@@ -89,3 +89,82 @@ class Im2col:
                     loads += got
             k += cl
         return loads, fills
+
+
+@dataclass(frozen=True)
+class Shifted:
+    """A stride-1 convolution whose B is the padded input itself (`summa` tile field `shift`): the output
+    is computed over the padded grid (hp x wp pixels an image, image-major), where tap (i, j) reads the
+    padded input at a fixed offset i * dh * wp + j * dw. So a K chunk is a range of input channels for
+    every tap: its loader DMAs the channels' padded pixels n0 .. n0 + n + halo - 1 once (`pad`, a 1 x 1
+    window over the padded grid, zeros from the DMA's padding), and each core multiplies it once per tap,
+    at the tap's offset, by that tap's columns of the weight chunk. The padded grid's extra columns (and
+    rows) are computed and never stored (`segments`); they cost (hp x wp) / (oh x ow) of the multiplies,
+    against the input read once instead of once per tap. A slice beside a disabled core so narrow that
+    its halo would outweigh its columns comes as a window per tap instead (`win`, over the padded grid)."""
+
+    pad: Im2col  # the padded input grid, as the windows of one tap at offset -padding
+    win: Im2col  # the windows of every tap, over the padded grid's columns
+    offsets: tuple[int, ...]  # per tap, tap-major as the weights' columns: its window's offset in pixels
+    hp: int
+    wp: int
+    oh: int
+    ow: int
+    images: int
+
+    @staticmethod
+    def of(g: Im2col, kh: int, images: int) -> Shifted | None:
+        """The shifted form of a convolution's implicit GEMM, or None when it has a stride or one tap."""
+        (ph, pw), (dh, dw) = g.pad, g.dil
+        if g.stride != (1, 1) or kh * g.kw == 1:
+            return None
+        hp, wp = g.h + 2 * ph, g.wd + 2 * pw
+        pad = Im2col(g.x, g.c, g.h, g.wd, 1, hp, wp, (1, 1), g.pad, (1, 1))
+        win = Im2col(g.x, g.c, g.h, g.wd, g.kw, hp, wp, (1, 1), g.pad, g.dil)
+        offsets = tuple(i * dh * wp + j * dw for i in range(kh) for j in range(g.kw))
+        return Shifted(pad, win, offsets, hp, wp, g.oh, g.ow, images)
+
+    def slice_windows(self, n: int) -> bool:
+        """Whether a slice of n columns comes as a window per tap (fewer columns than its halo would add)."""
+        return self.taps * n < n + self.halo
+
+    def windows(self, e: int, k0: int, kl: int, n0: int, n: int, dst: int) -> tuple[list[Load], list[Fill]]:
+        """DMAs and zero fills of channels k0 .. k0 + kl - 1 of every tap's window for columns n0 .. n0 + n - 1,
+        tap after tap, at SRAM `dst` (rows n elements apart)."""
+        loads: list[Load] = []
+        fills: list[Fill] = []
+        for t in range(self.taps):
+            got = self.win.chunk(t * self.pad.c + k0, kl, n0, n, dst + t * kl * n * e, n * e)
+            loads += got[0]
+            fills += got[1]
+        return loads, fills
+
+    @property
+    def taps(self) -> int:
+        return len(self.offsets)
+
+    @property
+    def halo(self) -> int:
+        """Padded pixels a block of columns reads past its last one (the last tap's offset)."""
+        return self.offsets[-1]
+
+    @property
+    def n(self) -> int:
+        """Columns of the matmul: every image's padded grid, but the last image's rows and columns past its
+        last output pixel (whose windows would run past the input)."""
+        return (self.images - 1) * self.hp * self.wp + (self.oh - 1) * self.wp + self.ow
+
+    def segments(self, n0: int, n: int) -> list[tuple[int, int, int, int]]:
+        """The output pixels among columns n0 .. n0 + n - 1: runs within one output row, as (image, first
+        pixel in the image, pixels, offset of the run in the block)."""
+        out = []
+        per = self.hp * self.wp
+        q = n0
+        while q < n0 + n:
+            img, r = divmod(q, per)
+            y, x = divmod(r, self.wp)
+            end = min(n0 + n, q + self.wp - x)  # the rest of this padded row
+            if y < self.oh and x < self.ow:
+                out.append((img, y * self.ow + x, min(end, q + self.ow - x) - q, q - n0))
+            q = end
+        return out

@@ -25,7 +25,7 @@ import numpy as np
 from dojoc.codegen.context import MAX_ROWS, Ctx, split
 from dojoc.codegen.kernels import held, summa
 from dojoc.codegen.kernels.eltwise import fill
-from dojoc.codegen.kernels.im2col import Im2col
+from dojoc.codegen.kernels.im2col import Im2col, Shifted
 from dojoc.codegen.kernels.mxu import (
     F32,
     Item,
@@ -77,6 +77,19 @@ class Problem:
     im2col: Im2col | None = None
     per_view: int = 0
     row_bias: View | None = None
+    # a stride-1 convolution whose B is its padded input, read once for every tap (im2col.Shifted): K is
+    # its input channels, A [M, taps x K] its weights tap-major, N its padded grid
+    shift: Shifted | None = None
+
+    @property
+    def taps(self) -> int:
+        """Multiplies per K chunk: one per tap of a shifted convolution, else one."""
+        return self.shift.taps if self.shift is not None else 1
+
+    @property
+    def halo(self) -> int:
+        """Columns a B chunk carries past its block's (a shifted convolution's last tap offset)."""
+        return self.shift.halo if self.shift is not None else 0
 
 
 @dataclass(frozen=True)

@@ -23,11 +23,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from math import prod
 
 import numpy as np
 
 from dojoc.codegen.builder import R_A, R_B, R_C, R_D, CoreCode
 from dojoc.codegen.context import ALIGN, MAX_COLS, MAX_ROWS, Ctx, load_view, split, store_view
+from dojoc.codegen.kernels.window import Span, window
 from dojoc.codegen.registry import kernel
 from dojoc.codegen.view import Transfer, View
 from dojoc.errors import CompileError, SramOverflowError
@@ -112,14 +114,16 @@ def _planes(o: View) -> View:
 
 
 def _items(ctx: Ctx, node: Node, x: View, outs: list[View], OH: int, OW: int, cost_per_out: float,
-           fits: int, per_plane: int, per_row: int, fixed: int) -> tuple[list[_Item], list[int]]:
+           fits: int, per_plane: int, per_row: int, fixed: int, dram_bytes: float = 0.0) \
+        -> tuple[list[_Item], list[int]]:
     """Work items and the cores of the region. A tile of pn planes and rn rows needs
-    fixed + rn * per_row + pn * rn * per_plane bytes (per_row and per_plane per output row of OW)."""
+    fixed + rn * per_row + pn * rn * per_plane bytes (per_row and per_plane per output row of OW); the
+    op moves `dram_bytes` between DRAM and its cores (the region's prediction counts them)."""
     groups = _groups(x, outs)
     P = sum(g.shape[0] for g, _ in groups)
     if OW > MAX_COLS:
         raise node.error(f"pooling output width {OW} above {MAX_COLS} is not supported", CompileError)
-    cores = ctx.region("pool", P * OH * OW * cost_per_out, P * OH, axis="planes_rows")
+    cores = ctx.region("pool", P * OH * OW * cost_per_out, P * OH, axis="planes_rows", dram_bytes=dram_bytes)
     ncores = len(cores)
     row_blocks = max(-(-OH // min(OH, fits)), min(OH, -(-ncores // P)))
     rn = -(-OH // row_blocks)
@@ -199,6 +203,9 @@ def max_pool2d(ctx: Ctx, node: Node) -> None:
     vals, idxs = ctx.views[node.outputs[0]], ctx.views[node.outputs[1]]
     # inference reads only the values: the indices are computed and stored when something reads them
     indices = bool(ctx.users.get(node.outputs[1])) or node.outputs[1] in ctx.graph.outputs
+    if not indices:
+        _max_staged(ctx, node, geo, x, vals)
+        return
     dt = x.dtype
     es, T, OW = dt.itemsize, len(geo.taps), geo.OW
     pad = -math.inf if dt.is_float else INT_LOWEST
@@ -209,9 +216,11 @@ def max_pool2d(ctx: Ctx, node: Node) -> None:
     passes = 3 if indices else 1  # vgt, vmax, vsel per tap, or vmax alone
     per_out = T * es * (passes / m.simd_bytes + 1 / m.link_bytes_per_cycle)  # SIMD passes and tap DMA
     outs = [vals, idxs] if indices else [vals]
+    # every tap's window comes from DRAM; the values and indices go back
+    moved = prod(vals.shape) * (T * es + es + (4 if indices else 0))
     items, cores = _items(ctx, node, x, outs, geo.OH, OW, per_out, MAX_COLS // OW,
                           OW * (3 * es + (5 if indices else 0)), (OW * T * 4 if indices else 0) + 3 * ALIGN,
-                          5 * ALIGN)
+                          5 * ALIGN, moved)
     for core, (first, count) in zip(cores, split(len(items), len(cores)), strict=False):
         cc = ctx.core(core)
         pn, rn = max(i.pn for i in items[first:first + count]), max(i.rn for i in items[first:first + count])
@@ -255,6 +264,78 @@ def max_pool2d(ctx: Ctx, node: Node) -> None:
                 if indices:
                     pending += store_view(cc, idx, it.out_box(1), SEM_STORE)
             cc.wait(SEM_STORE, pending)
+
+
+def _max_staged(ctx: Ctx, node: Node, geo: _Geom, x: View, vals: View) -> None:
+    """max_pool2d's values alone, each input pixel read from DRAM once (not once per tap): an item's input
+    rows come in with one 3-D DMA per column phase (stride s_w: phase f holds the padded columns
+    j * s_w + f, -inf where they fall outside the input), so every tap's window is a dense run of a
+    phase's columns, and a tap's rows are every s_h-th staged row. Per output row, one vmov or vmax per
+    tap over [planes, OW], planes a staged plane apart. Items are double-buffered: the next item's rows
+    come in while this one is reduced, and each buffer's stores have their own semaphore."""
+    dt, (kh, kw), (sh, sw), (dh, dw) = x.dtype, geo.k, geo.s, geo.d
+    es, T, OW, OH = dt.itemsize, len(geo.taps), geo.OW, geo.OH
+    pad = -math.inf if dt.is_float else INT_LOWEST
+    wf = OW + ((kw - 1) * dw) // sw  # the columns of a phase that the taps read
+    m = ctx.machine
+    per_out = T * es / m.simd_bytes + (sh * sw * wf / OW) * es / m.link_bytes_per_cycle
+    moved = prod(x.shape) * es + prod(vals.shape) * es  # (a row block's halo rows aside)
+    rows_per_out = sh + (kh - 1) * dh  # staged rows per output row, halo included (an upper bound)
+    items, cores = _items(ctx, node, x, [vals], OH, OW, per_out, MAX_COLS // OW,
+                          2 * OW * es + 2 * sw * wf * rows_per_out * es, 0, 6 * ALIGN, moved)
+    stores = (SEM_LOAD, SEM_STORE)  # per output buffer
+    for core, (first, count) in zip(cores, split(len(items), len(cores)), strict=False):
+        run = items[first:first + count]
+        cc = ctx.core(core)
+        pn, rn = max(i.pn for i in run), max(i.rn for i in run)
+        plane = ((rn - 1) * sh + (kh - 1) * dh + 1) * wf * es  # a staged plane of one phase
+        sram = ctx.sram[core]
+        best = [sram.alloc(pn * rn * OW * es, f"{node.name} max tile") for _ in range(2)]
+        stage = [[sram.alloc(pn * plane, f"{node.name} staged rows") for _ in range(sw)] for _ in range(2)]
+        what = f"max_pool2d {node.name}"
+        with cc.op(node.name, node.source):
+            issued, pending = [_stage(cc, geo, run[0], stage[0], plane, SEM_TAP, pad, dt, what), 0], [0, 0]
+            for i, it in enumerate(run):
+                b = i % 2
+                if i + 1 < len(run):
+                    issued[1 - b] = _stage(cc, geo, run[i + 1], stage[1 - b], plane, SEM_TAP + 1 - b, pad, dt, what)
+                cc.wait(SEM_TAP + b, issued[b])
+                cc.wait(stores[b], pending[b])  # best[b]'s last stores have left
+                cols = it.rn * OW * es  # the output tile's row (one plane) in bytes
+                for r in range(it.rn):
+                    dst = best[b] + r * OW * es
+                    for t, (i_h, i_w) in enumerate(geo.taps):
+                        off = i_w * dw
+                        src = stage[b][off % sw] + ((r * sh + i_h * dh) * wf + off // sw) * es
+                        if t == 0:
+                            cc.emit("vmov", rd=cc.reg(R_D, dst), ra=cc.reg(R_A, src), rows=it.pn, cols=OW, sd=cols,
+                                    sa=plane, dt=dt)
+                        else:
+                            cc.emit("vmax", rd=cc.reg(R_D, dst), ra=cc.reg(R_A, dst), rb=cc.reg(R_B, src), rows=it.pn,
+                                    cols=OW, sd=cols, sa=cols, sb=plane, dt=dt)
+                pending[b] = store_view(cc, best[b], it.out_box(0), stores[b])
+            for b in range(2):
+                cc.wait(stores[b], pending[b])
+
+
+def _stage(cc: CoreCode, geo: _Geom, it: _Item, dsts: list[int], plane: int, sem: int, pad: float, dt: DType,
+           what: str) -> int:
+    """DMA an item's input rows into its column phases' buffers `dsts` (each plane `plane` bytes apart),
+    padded with `pad`; returns the DMAs to wait for on `sem`."""
+    (kh, _), (sh, sw), (dh, dw) = geo.k, geo.s, geo.d
+    wf = geo.OW + ((geo.k[1] - 1) * dw) // sw
+    planes = View(it.x.base, (1, *it.x.shape), (0, *it.x.strides), dt)  # as NCHW, one image
+    rows = Span(0, (it.rn - 1) * sh + (kh - 1) * dh + 1, 1, it.r0 * sh - geo.p[0], geo.H)
+    n = 0
+    for f, dst in enumerate(dsts):
+        got = window(planes, 0, it.p0, it.pn, rows, Span(0, wf, sw, f - geo.p[1], geo.W), dst, plane, what)
+        if got is None:  # a phase wholly in the padding
+            cc.emit("vfill", rd=cc.reg(R_D, dst), imm=pad, rows=it.pn, cols=plane // dt.itemsize, sd=plane, dt=dt)
+            continue
+        for ld in got:
+            cc.dma_load(ld.t, sem, ld.pads, pad, dt if ld.pads else None)
+        n += len(got)
+    return n
 
 
 def _divisor(node: Node, geo: _Geom) -> float | np.ndarray:

@@ -49,11 +49,14 @@ from dojoc.codegen.kernels.summa_emit import (
     MAX_DEPTH,
     CoreProgram,
     a_chunk,
+    a_width,
     b_chunk,
     b_source,
     loader,
     unkept,
     wave_block,
+    x_cols,
+    x_windows,
 )
 from dojoc.codegen.kernels.summa_grid import MIN_BLOCK, Grid, grid, rect_of, rects
 from dojoc.codegen.paths import port_path
@@ -75,12 +78,14 @@ WAVES = (1, 2)  # more measured slower than the model predicts (docs/decisions.m
 
 
 
-def _link_cycles(ctx: Ctx, g: Grid, kc: int, e: int, resident: str | None = None, a_held: bool = False,
-                 missing: tuple[tuple[int, float], ...] = ()) -> float:
+def _link_cycles(ctx: Ctx, p: Problem, g: Grid, kc: int, e: int, resident: str | None = None,
+                 a_held: bool = False, missing: tuple[tuple[int, float], ...] = ()) -> float:
     """Cycles of one chunk on the busiest first link out of a DRAM entry router: every mesh row carries its
     A chunk and the B chunks (and slices) its cores load for chunk 0 (the load is the same every chunk);
     a resident operand's chunks come from SRAM, not from the port, but those `missing` from it, (loader,
-    bytes), which found no resident room."""
+    bytes), which found no resident room. A shifted convolution's A chunks are taps x kc wide, and its B
+    chunks carry its halo."""
+    taps, halo = p.taps, p.halo
     mach = ctx.machine
     port = mach.dram_ports[0]
     load: dict[tuple[int, int], float] = {}
@@ -93,13 +98,13 @@ def _link_cycles(ctx: Ctx, g: Grid, kc: int, e: int, resident: str | None = None
 
     for i, row in enumerate(g.rows):
         if row and resident != "a" and not a_held:
-            add(loader(row, i, 0), g.mblocks[i][1] * kc * e)
+            add(loader(row, i, 0), g.mblocks[i][1] * taps * kc * e)
     for j, col in enumerate(g.cols):
         if col and resident != "b":
-            add(loader(col, j, 0), kc * g.nblocks[j][1] * e)
+            add(loader(col, j, 0), kc * (g.nblocks[j][1] + halo) * e)
     for core, (_, n) in g.extra.items():
         if resident != "b":
-            add(core, kc * n * e)
+            add(core, kc * x_cols(p, n, x_windows(p, g.x_max)) * e)
     for core, nbytes in missing:
         add(core, nbytes)
     return max(load.values(), default=0.0) / mach.link_bytes_per_cycle
@@ -109,7 +114,7 @@ def eligible(ctx: Ctx, p: Problem, spec: Spec) -> bool:
     """Whether this kernel can take the problem: a rectangle to run on (`rects`), one batch item (or a
     batch folded into M), operands in the mma's type."""
     return (len(p.a) == 1 and spec.a_src is spec.op and spec.b_src is spec.op and not spec.op.is_cfp
-            and p.k >= 8 and bool(rects(ctx, p)))
+            and p.k * p.taps >= 8 and bool(rects(ctx, p)))
 
 
 def waves_for(g: Grid, resident: str | None) -> list[int]:
@@ -128,10 +133,11 @@ def _scratch(g: Grid, spec: Spec, kc: int, p: Problem, depth: int = 2, resident:
     m, n, x = wave_block(g, resident, waves)
     nout = 2 if waves > 1 else 1
     direct = spec.out is F32
-    total = depth * (a(m * kc * e) + a(kc * n * e)) + (nout if direct else 1) * a(m * n * 4) \
+    aw, h = a_width(p, kc), p.halo
+    total = depth * (a(m * aw * e) + a(kc * (n + h) * e)) + (nout if direct else 1) * a(m * n * 4) \
         + (0 if direct else nout * a(m * n * eo))
     if x:
-        total += depth * a(kc * x * e) + (nout if direct else 1) * a(m * x * 4) \
+        total += depth * a(kc * x_cols(p, x, x_windows(p, x)) * e) + (nout if direct else 1) * a(m * x * 4) \
             + (0 if direct else nout * a(m * x * eo))
     if p.bias is not None:
         total += a((g.n_max + x) * 4)
@@ -162,25 +168,29 @@ def estimate(ctx: Ctx, p: Problem, spec: Spec, kc: int, resident: str | None = N
     a_dram = resident != "a" and held is None
     # the slice beside a disabled core: in every step when waves cut rows, else in the first wave's
     # (the slowest row's step: rows beside a disabled core have fewer rows of M, balanced_rows)
-    xm = matmul_cycles(mx, xx, kc, spec.op, True, m) if xx else 0
+    taps, halo = p.taps, p.halo  # a shifted convolution multiplies each chunk once per tap
+    xm = taps * matmul_cycles(mx, xx, kc, spec.op, True, m) if xx else 0
     every = by_rows or waves == 1
     shapes = {(ceil(k / waves) if by_rows else k, max((g.extra[c][1] for c in row if c in g.extra), default=0))
               for row, (_, k) in zip(g.rows, g.mblocks, strict=True)}
-    mma = max(matmul_cycles(r, nx, kc, spec.op, True, m)
-              + (matmul_cycles(r, x, kc, spec.op, True, m) if x and every else 0) for r, x in shapes)
+    mma = taps * max(matmul_cycles(r, nx, kc, spec.op, True, m)
+                     + (matmul_cycles(r, x, kc, spec.op, True, m) if x and every else 0) for r, x in shapes)
     x_mma = 0 if every else chunks * xm
-    extra = sum(n for _, n in g.extra.values())  # B's columns that the cores beside a disabled one fetch again
-    streamed = (p.m * kc / (waves if by_rows else 1) if a_dram else 0) \
-        + (kc * (p.n + extra) / waves if resident != "b" else 0)
+    # B's columns that the cores beside a disabled one fetch again (a shifted convolution's with their halo or
+    # a window per tap), and the halo of every column block's chunk in every wave
+    extra = sum(x_cols(p, n, x_windows(p, xx)) for _, n in g.extra.values())
+    streamed = (p.m * taps * kc / (waves if by_rows else 1) if a_dram else 0) \
+        + (kc * (p.n + extra + halo * len(g.cols) * waves) / waves if resident != "b" else 0)
     res = p.m * p.n * spec.res_src.itemsize if p.r is not None else 0
     # the epilogue's DRAM traffic: residual tiles in, results out (unless they stay in SRAM)
     out_bytes = (0 if holding else p.m * p.n * eo) + res
-    eject = (mx * kc + kc * nx) * e / m.eject_bytes_per_cycle
-    hops = max(mx * kc, kc * nx) * e / m.link_bytes_per_cycle + sum(g.rect.shape) * m.hop_latency
+    eject = (mx * taps * kc + kc * (nx + halo)) * e / m.eject_bytes_per_cycle
+    hops = max(mx * taps * kc, kc * (nx + halo)) * e / m.link_bytes_per_cycle + sum(g.rect.shape) * m.hop_latency
     # a resident chunk that finds no room (summa_emit.unkept) is streamed in every wave, by its loader
-    missing = _missing(ctx, g, bounds, kc, resident, e) if resident is not None else [() for _ in bounds]
-    base_link = _link_cycles(ctx, g, kc, e, resident, held is not None)
-    loaded = max(mx * kc if a_dram else 0, kc * nx if resident != "b" else 0) * e  # a loader's streamed chunk
+    missing = _missing(ctx, g, bounds, kc, resident, e, taps) if resident is not None else [() for _ in bounds]
+    base_link = _link_cycles(ctx, p, g, kc, e, resident, held is not None)
+    # a loader's streamed chunk
+    loaded = max(mx * taps * kc if a_dram else 0, kc * (nx + halo) if resident != "b" else 0) * e
     # the port serves one request at a time, each in whole cycles: a step's many small DMAs (a convolution's
     # windows, the slices beside a disabled core) take it longer than their bytes alone
     requests = _request_cycles(ctx, p, spec, g, bounds, resident, held, waves)
@@ -190,7 +200,7 @@ def estimate(ctx: Ctx, p: Problem, spec: Spec, kc: int, resident: str | None = N
         moved = streamed + sum(b for _, b in lost) / e
         dram = max(moved * e * way.cycles_per_byte, requests + sum(dram_cycles(round(b), bpc) for _, b in lost)) \
             + (out_bytes / waves / chunks if waves > 1 else 0) * way.cycles_per_byte
-        link = (_link_cycles(ctx, g, kc, e, resident, held is not None, lost) if lost else base_link) / waves
+        link = (_link_cycles(ctx, p, g, kc, e, resident, held is not None, lost) if lost else base_link) / waves
         # a chunk's DMA is issued depth - 1 steps before the others need it: its latency, the multicast's
         # time and the hops to the far end of the line are hidden only behind that many steps of work
         # (and the DMA itself: a loader's chunk comes in through its ejection port before it goes on)
@@ -222,20 +232,23 @@ def _request_cycles(ctx: Ctx, p: Problem, spec: Spec, g: Grid, bounds: tuple[tup
     e = spec.op.itemsize
     total = 0.0
     if resident != "a" and held is None:
-        total += sum(_a_cycles(p.a[0], e, k0, kl, m0, split(rows, waves)[0][1], bpc) for m0, rows in g.mblocks)
+        total += sum(_a_cycles(p.a[0], e, k0, kl, m0, split(rows, waves)[0][1], bpc, p.taps, p.k)
+                     for m0, rows in g.mblocks)
     if resident != "b":
-        src = b_source(p)
-        total += sum(_b_cycles(src, e, k0, kl, n0, split(n, waves)[0][1], bpc) for n0, n in g.nblocks)
+        src, h = b_source(p), p.halo
+        total += sum(_b_cycles(src, e, k0, kl, n0, split(n, waves)[0][1] + h, bpc) for n0, n in g.nblocks)
         # the slices: in every step with one wave, in the first wave's with more
-        total += sum(_b_cycles(src, e, k0, kl, x0, nx, bpc) for x0, nx in g.extra.values()) / waves
+        total += sum(_x_cycles(p, e, k0, kl, x0, nx, bpc, x_windows(p, g.x_max)) for x0, nx in g.extra.values()) \
+            / waves
     return total
 
 
 # (cached: the search asks for the same chunks of every candidate)
 @lru_cache(maxsize=1 << 14)
-def _a_cycles(a: View, e: int, k0: int, kl: int, m0: int, m: int, bpc: int) -> int:
-    """Port cycles of the DMA requests of A's rows m0 .. m0 + m - 1, K elements k0 .. k0 + kl - 1."""
-    return sum(dram_cycles(tr.nbytes, bpc) for tr in a_chunk(a, e, kl, k0, kl, m0, m, 0))
+def _a_cycles(a: View, e: int, k0: int, kl: int, m0: int, m: int, bpc: int, taps: int = 1, k: int = 0) -> int:
+    """Port cycles of the DMA requests of A's rows m0 .. m0 + m - 1, K elements k0 .. k0 + kl - 1 (of
+    every tap of a shifted convolution)."""
+    return sum(dram_cycles(tr.nbytes, bpc) for tr in a_chunk(a, e, kl, k0, kl, m0, m, 0, taps, k))
 
 
 @lru_cache(maxsize=1 << 14)
@@ -244,19 +257,27 @@ def _b_cycles(src: View | Im2col, e: int, k0: int, kl: int, n0: int, n: int, bpc
     return sum(dram_cycles(ld.t.nbytes, bpc) for ld in b_chunk(src, e, k0, kl, n0, n, 0)[0])
 
 
+def _x_cycles(p: Problem, e: int, k0: int, kl: int, x0: int, nx: int, bpc: int, windows: bool) -> int:
+    """Port cycles of the DMA requests of a slice beside a disabled core (with `windows`, a shifted
+    convolution's window per tap)."""
+    if not windows or p.shift is None:
+        return _b_cycles(b_source(p), e, k0, kl, x0, nx + p.halo, bpc)
+    return sum(_b_cycles(p.shift.win, e, t * p.k + k0, kl, x0, nx, bpc) for t in range(p.taps))
+
+
 def _missing(ctx: Ctx, g: Grid, bounds: tuple[tuple[int, int], ...], kc: int, resident: str,
-             e: int) -> list[tuple[tuple[int, float], ...]]:
+             e: int, taps: int = 1) -> list[tuple[tuple[int, float], ...]]:
     """Per chunk, the resident copies that find no room: (loader core, bytes) of each."""
     # the common case without replaying the allocation: every core has room for the most a core keeps
     # (a line's loaders rotate, so a core loads at most ceil(chunks / line) of them, plus its B slices)
     lines, blocks = (g.cols, g.nblocks) if resident == "b" else (g.rows, g.mblocks)
-    widest = max(kl for _, kl in bounds) if resident == "b" else kc
+    widest = max(kl for _, kl in bounds) if resident == "b" else taps * kc
     most = -(-len(bounds) // min(len(line) for line in lines if line)) * aligned(max(n for _, n in blocks) * widest * e)
     if resident == "b" and g.extra:
         most += len(bounds) * aligned(widest * g.x_max * e)
     if all(resident_free(ctx, c) >= most for c in g.cores):
         return [() for _ in bounds]
-    return unkept(ctx, g, bounds, kc, resident, e)
+    return unkept(ctx, g, bounds, kc, resident, e, taps)
 
 
 def resident_bytes(ctx: Ctx, p: Problem, spec: Spec, kc: int, weight: str, held: Held | None = None,
@@ -267,7 +288,7 @@ def resident_bytes(ctx: Ctx, p: Problem, spec: Spec, kc: int, weight: str, held:
     e = spec.op.itemsize
     lengths = [kl for _, kl in chunk_bounds(p.k, kc, held)]
     if weight == "a":
-        return sum(aligned(n * kc * e) for _, n in g.mblocks) * len(lengths)
+        return sum(aligned(n * a_width(p, kc) * e) for _, n in g.mblocks) * len(lengths)
     # B's column blocks, and the slices that the cores beside a disabled core keep (each its own)
     return sum(aligned(kl * n * e) for _, n in (*g.nblocks, *g.extra.values()) for kl in lengths)
 
@@ -313,21 +334,25 @@ def _reader_fits(ctx: Ctx, g: Grid, spec: Spec, reader: Node, hold_bytes: int) -
 
 
 def decide(ctx: Ctx, p: Problem, spec: Spec, other: Callable[[], int], weight: str | None = None,
-           budget: int = 0, held: Held | None = None, reader: tuple[Node | None, str] = (None, "")) \
-        -> OpMapping | None:
+           budget: int = 0, held: Held | None = None, reader: tuple[Node | None, str] = (None, ""),
+           shifted: Problem | None = None) -> OpMapping | None:
     """The op's decision when it runs here: a given mapping's (kernel "summa", checked), or the cost
     model's when it predicts this kernel faster than `other()` (the tiled kernel's estimate); else None.
     `weight` names the operand ("a" or "b") that is a parameter: it stays resident when it fits `budget`
     resident bytes over the mesh. A `held` A (held.py) must be taken here, in its producer's column blocks;
     `reader` is (the op that may take this op's output held, or None and why not): then tile field
-    `hold` says whether the output stays in SRAM for it (by default it does)."""
+    `hold` says whether the output stays in SRAM for it (by default it does). A convolution may also be
+    `shifted` (im2col.Shifted): then tile field `shift` says which form runs (1: the padded input read once
+    for every tap; 0: a window per tap), whichever the cost model predicts faster by default."""
     key = ctx.scope[0]
     given = ctx.given.get(key)
     if given is not None and given.kernel != KERNEL:
         return None
     home = home_die(ctx.machine)
 
-    def plan_on(rect: Rect) -> _OnRect:
+    variants = [p] if shifted is None else [p, shifted]
+
+    def plan_on(rect: Rect, p: Problem) -> _OnRect:
         """The kernel on one rectangle: its grid, whether its output may be held, its best plan."""
         g = grid(ctx, p.m, p.n, rect)
         hold_bytes = 2 * aligned(g.m_max * g.n_max * spec.out.itemsize)
@@ -348,9 +373,9 @@ def decide(ctx: Ctx, p: Problem, spec: Spec, other: Callable[[], int], weight: s
             if fits is not None and resident_bytes(ctx, p, spec, fits[0], weight, held, rect) <= budget \
                     and (best is None or fits[3] <= best[3]):
                 best, resident = fits, True
-        return _OnRect(rect, g, hold_bytes, can_hold, why_not, best, resident)
+        return _OnRect(rect, g, hold_bytes, can_hold, why_not, best, resident, p)
 
-    def legal(rect: Rect) -> bool:
+    def legal(rect: Rect, p: Problem) -> bool:
         """Whether a given region's rectangle can take the problem: each core at least MIN_BLOCK rows and
         columns, a core on every line, every core in the compile; a held A's reader on its producer's."""
         g = grid(ctx, p.m, p.n, rect)
@@ -363,7 +388,7 @@ def decide(ctx: Ctx, p: Problem, spec: Spec, other: Callable[[], int], weight: s
         assert o.best is not None
         return o.best[3]
 
-    viable = [o for o in (plan_on(r) for r in rects(ctx, p)) if o.best is not None]
+    viable = [o for o in (plan_on(r, q) for q in variants for r in rects(ctx, q)) if o.best is not None]
     on = min(viable, key=cycles) if viable else None
     if held is not None and (on is None or on.best is None):
         raise MappingError(f"op {key}: its left operand is held in SRAM, but no plan of the summa kernel fits "
@@ -373,7 +398,8 @@ def decide(ctx: Ctx, p: Problem, spec: Spec, other: Callable[[], int], weight: s
 
     def tile(o: _OnRect, kc: int, depth: int, waves: int, hold: int) -> tuple[tuple[str, int], ...]:
         t = (("m", o.g.m_max), ("n", o.g.n_max), ("k", kc), ("buffers", depth), ("waves", waves))
-        return t + ((("hold", hold),) if o.can_hold else ())
+        return t + ((("hold", hold),) if o.can_hold else ()) \
+            + ((("shift", int(o.p is shifted)),) if shifted is not None else ())
 
     def default() -> OpMapping:
         assert on is not None and on.best is not None
@@ -382,14 +408,21 @@ def decide(ctx: Ctx, p: Problem, spec: Spec, other: Callable[[], int], weight: s
                          on.resident, predicted_cycles=cycles, bound=bound)
 
     def check(om: OpMapping) -> OpMapping:
+        shift = om.tile_of("shift", 0)
+        if shift not in (0, 1) or (shift and shifted is None):
+            raise MappingError(f"op {om.key}: tile shift={shift}: give 0 (a window of the input per tap)"
+                               + (", or 1 (the padded input, read once for every tap)" if shifted is not None else
+                                  "; reading the input once for every tap needs a convolution of stride 1 with "
+                                  "more than one tap"))
+        p = shifted if shift and shifted is not None else variants[0]
         rect = rect_of(ctx, tuple(om.cores))
-        if rect is None or not legal(rect):
+        if rect is None or not legal(rect, p):
             hint = f"the home die's {len(grid(ctx, p.m, p.n, home).cores)} cores" if held is None \
                 else "its held left operand's cores"
             raise MappingError(f"op {om.key}: the summa kernel runs on every enabled core of a rectangle of the "
                                f"mesh, row by row, with at least {MIN_BLOCK} rows of M ({p.m}) and columns of N "
                                f"({p.n}) per core; give such a region (for example {hint}) or kernel \"matmul\"")
-        o = plan_on(rect)
+        o = plan_on(rect, p)
         g = o.g
         if dict(om.split) != dict(o.axes):
             raise MappingError(f"op {om.key}: the summa kernel splits the output as its region's rows and "
@@ -439,6 +472,7 @@ class _OnRect:
     why_not: str  # why the output cannot be held, when it cannot
     best: tuple[int, int, int, int, Bound] | None  # (kc, depth, waves, cycles, bound)
     resident: bool
+    p: Problem  # the problem it runs (a convolution's shifted form, or not)
 
     @property
     def axes(self) -> tuple[tuple[str, int], ...]:

@@ -51,11 +51,21 @@ def loader(line: tuple[int, ...], index: int, t: int) -> int:
     return line[(t + index) % len(line)]
 
 
-def a_chunk(a: View, e: int, kc: int, k0: int, kl: int, m0: int, m: int, dst: int) -> list[Transfer]:
+def a_chunk(a: View, e: int, kc: int, k0: int, kl: int, m0: int, m: int, dst: int, taps: int = 1,
+            k: int = 0) -> list[Transfer]:
     """The DMAs of A's rows m0 .. m0 + m - 1, K elements k0 .. k0 + kl - 1 (elements of `e` bytes), into a
-    tile at `dst` (rows kc wide)."""
+    tile at `dst` (rows kc wide); for a shifted convolution (`taps` > 1, K = `k` channels), those channels
+    of every tap, each tap's kc columns after the last's (rows taps x kc wide)."""
+    if taps == 1:
+        return transfers(a.base + m0 * a.strides[0] + k0 * a.strides[1], dst,
+                         [(m, a.strides[0], kc * e), (kl, a.strides[1], e)], e)
     return transfers(a.base + m0 * a.strides[0] + k0 * a.strides[1], dst,
-                     [(m, a.strides[0], kc * e), (kl, a.strides[1], e)], e)
+                     [(m, a.strides[0], taps * kc * e), (taps, k * a.strides[1], kc * e), (kl, a.strides[1], e)], e)
+
+
+def a_width(p: Problem, kc: int) -> int:
+    """Elements of a row of A's chunk tile: kc, or kc per tap of a shifted convolution."""
+    return p.taps * kc
 
 
 def b_chunk(src: View | Im2col, e: int, k0: int, kl: int, n0: int, n: int, dst: int) -> tuple[list[Load], list[Fill]]:
@@ -67,8 +77,22 @@ def b_chunk(src: View | Im2col, e: int, k0: int, kl: int, n0: int, n: int, dst: 
                                          [(kl, src.strides[0], n * e), (n, src.strides[1], e)], e)], []
 
 
+def x_windows(p: Problem, x_max: int) -> bool:
+    """Whether the slices beside a disabled core (at most x_max columns) come as a window per tap: a shifted
+    convolution's, when that is fewer columns than their halo would add."""
+    return p.shift is not None and p.shift.slice_windows(x_max)
+
+
+def x_cols(p: Problem, n: int, windows: bool) -> int:
+    """Columns per row of K that a slice of n columns loads: a window of n per tap, or n and the halo."""
+    return p.taps * n if windows else n + p.halo
+
+
 def b_source(p: Problem) -> View | Im2col:
-    """Where B's chunks come from: the convolution's input windows, or B's view."""
+    """Where B's chunks come from: the convolution's input windows (a shifted one's padded input), or B's
+    view."""
+    if p.shift is not None:
+        return p.shift.pad
     return p.im2col if p.im2col is not None else p.b[0]
 
 
@@ -97,15 +121,17 @@ class CoreProgram:
         e, eo, name = spec.op.itemsize, spec.out.itemsize, node.name
         sram = ctx.sram[core]
         mm, nn, xx = wave_block(g, resident, waves)  # the same sizes on every core: the same addresses
-        self.abuf = [sram.alloc(mm * kc * e, f"{name} A chunk") for _ in range(depth)]
-        self.bbuf = [sram.alloc(kc * nn * e, f"{name} B chunk") for _ in range(depth)]
+        self.aw, self.halo = a_width(p, kc), p.halo  # A's chunk row; B's columns past a block's
+        self.abuf = [sram.alloc(mm * self.aw * e, f"{name} A chunk") for _ in range(depth)]
+        self.bbuf = [sram.alloc(kc * (nn + self.halo) * e, f"{name} B chunk") for _ in range(depth)]
         self.direct = spec.out is F32
         nout = 2 if waves > 1 else 1
         self.acc = [sram.alloc(mm * nn * 4, f"{name} accumulator") for _ in range(nout if self.direct else 1)]
         self.out = self.acc if self.direct else [sram.alloc(mm * nn * eo, f"{name} output tile") for _ in range(nout)]
         self.xbuf: list[int] = []
         if xx:
-            self.xbuf = [sram.alloc(kc * xx * e, f"{name} B slice") for _ in range(depth)]
+            self.x_windows = x_windows(p, xx)
+            self.xbuf = [sram.alloc(kc * x_cols(p, xx, self.x_windows) * e, f"{name} B slice") for _ in range(depth)]
             self.xacc = [sram.alloc(mm * xx * 4, f"{name} slice accumulator")
                          for _ in range(nout if self.direct else 1)]
             self.xout = self.xacc if self.direct else [sram.alloc(mm * xx * eo, f"{name} slice output")
@@ -166,10 +192,18 @@ class CoreProgram:
         return self.bounds[t]
 
     def _a_chunk(self, t: int, m0: int, m: int, dst: int) -> list[Transfer]:
-        return a_chunk(self.p.a[0], self.spec.op.itemsize, self.kc, *self._chunk(t), m0, m, dst)
+        return a_chunk(self.p.a[0], self.spec.op.itemsize, self.kc, *self._chunk(t), m0, m, dst, self.p.taps,
+                       self.p.k)
 
     def _b_chunk(self, t: int, n0: int, n: int, dst: int) -> tuple[list[Load], list[Fill]]:
-        return b_chunk(b_source(self.p), self.spec.op.itemsize, *self._chunk(t), n0, n, dst)
+        return b_chunk(b_source(self.p), self.spec.op.itemsize, *self._chunk(t), n0, n + self.halo, dst)
+
+    def _x_chunk(self, t: int, dst: int) -> tuple[list[Load], list[Fill]]:
+        """The B slice beside a disabled core: its columns of chunk t (a shifted convolution's: a window
+        per tap, tap after tap, since the halo would outweigh its few columns)."""
+        if self.p.shift is not None and self.x_windows:
+            return self.p.shift.windows(self.spec.op.itemsize, *self._chunk(t), self.x0, self.nx, dst)
+        return b_chunk(b_source(self.p), self.spec.op.itemsize, *self._chunk(t), self.x0, self.nx + self.halo, dst)
 
     def _b_resident(self, t: int, n0: int, n: int, dst: int) -> list[Transfer]:
         loads, fills = self._b_chunk(t, n0, n, dst)
@@ -185,7 +219,7 @@ class CoreProgram:
         loads: list[Transfer] = []
         cols = {"b": (self.n0, self.n), "x": (self.x0, self.nx)}
         for key, t, nbytes in resident_wants(self.ctx, self.g, self.me, self.bounds, self.kc, self.resident,
-                                             self.spec.op.itemsize):
+                                             self.spec.op.itemsize, self.p.taps):
             addr = sram.alloc_resident(nbytes)
             if addr is not None:
                 self.keep[(key, t)] = addr
@@ -216,8 +250,8 @@ class CoreProgram:
         """(address, row stride) of step s's A chunk on this core: a held block starts at the wave's rows."""
         w, t = divmod(s, self.chunks)
         if ("a", t) not in self.keep:
-            return self.abuf[s % self.depth], self.kc * self.spec.op.itemsize
-        stride = self.kstride.get(("a", t), self.kc * self.spec.op.itemsize)
+            return self.abuf[s % self.depth], self.aw * self.spec.op.itemsize
+        stride = self.kstride.get(("a", t), self.aw * self.spec.op.itemsize)
         rows = self.wave(w)[0] - self.m0 if self.a_held is not None else 0
         return self.keep[("a", t)] + rows * stride, stride
 
@@ -253,8 +287,7 @@ class CoreProgram:
             dmas[("b", s)] = 0 if ("b", t) in self.keep else \
                 self._dma_b(self._b_chunk(t, n0, n, self.bbuf[q]), DMA_B[q])
         if self.x_in(w):
-            dmas[("x", s)] = 0 if ("x", t) in self.keep else \
-                self._dma_b(self._b_chunk(t, self.x0, self.nx, self.xbuf[q]), DMA_X[q])
+            dmas[("x", s)] = 0 if ("x", t) in self.keep else self._dma_b(self._x_chunk(t, self.xbuf[q]), DMA_X[q])
 
     def _publish(self, s: int, dmas: dict[tuple[str, int], int]) -> None:
         """As the loader of step s's chunk: wait for its DMA, multicast it to the row (A) or column (B)."""
@@ -267,14 +300,15 @@ class CoreProgram:
                 if s >= self.depth:
                     self.cc.wait(FREE_A[q], len(self.row) - 1)  # the row is done with step s - depth
                 src, stride = self._a_src(s)
-                self._put(src, self.abuf[q], m, kl * e, self.kc * e, Cast.ROW, SRC_A[q], ARR_A[q], stride)
+                self._put(src, self.abuf[q], m, (self.aw - self.kc + kl) * e, self.aw * e, Cast.ROW, SRC_A[q],
+                          ARR_A[q], stride)
         if ("b", s) in dmas:
             self.cc.wait(DMA_B[q], dmas.pop(("b", s)))
             if len(self.col) > 1:
                 if s >= self.depth:
                     self.cc.wait(FREE_B[q], len(self.col) - 1)  # the column is done with step s - depth
-                self._put(self._addr("b", s, self.bbuf), self.bbuf[q], kl, n * e, n * e, Cast.COL,
-                          SRC_B[q], ARR_B[q])
+                nb = (n + self.halo) * e
+                self._put(self._addr("b", s, self.bbuf), self.bbuf[q], kl, nb, nb, Cast.COL, SRC_B[q], ARR_B[q])
 
     # -- the program ---------------------------------------------------------------------------------
     def emit(self) -> None:
@@ -308,17 +342,20 @@ class CoreProgram:
                 _, kl = self._chunk(t)
                 publishes = not early and (("a", s + 1) in dmas or ("b", s + 1) in dmas)
                 # with 2 buffers, a loader multiplies in two halves and multicasts the next chunk between them
-                half = max(8, kl // 2 // 8 * 8) if kl > 16 and publishes else kl
+                pieces = self._pieces(kl, publishes)
+                half = max(1, len(pieces) // 2) if publishes else len(pieces)
                 (a, sa), b = self._a_src(s), self._addr("b", s, self.bbuf)
-                self._mma(acc, a, b, m, n, 0, half, t > 0, sa)
-                if not early and s + 1 < steps:
-                    self._publish(s + 1, dmas)  # halfway: the next chunk reaches the others in time
-                if half < kl:
-                    self._mma(acc, a, b, m, n, half, kl - half, True, sa)
+                for i, piece in enumerate(pieces):
+                    if i == half and not early and s + 1 < steps:
+                        self._publish(s + 1, dmas)  # halfway: the next chunk reaches the others in time
+                    self._mma(acc, a, b, m, n, *piece, t > 0 or i > 0, sa)
+                if half == len(pieces) and not early and s + 1 < steps:
+                    self._publish(s + 1, dmas)
                 if self.x_in(w):
                     cc.wait(DMA_X[q], dmas.pop(("x", s)))
-                    self._mma(self.xacc[o if self.direct else 0], a, self._addr("x", s, self.xbuf), m, self.nx, 0,
-                              kl, t > 0, sa)
+                    for i, piece in enumerate(self._pieces(kl, False)):
+                        self._mma(self.xacc[o if self.direct else 0], a, self._addr("x", s, self.xbuf), m, self.nx,
+                                  *piece, t > 0 or i > 0, sa, self.x_windows)
                 if s + depth < steps:  # done with buffer q: tell the loaders that will refill it
                     la, lb = self.la((s + depth) % chunks), self.lb((s + depth) % chunks)
                     if la != self.me:
@@ -377,11 +414,26 @@ class CoreProgram:
         self.cc.wait(STORE[o], self.stores[o])
         self.stores[o] = 0
 
-    def _mma(self, acc: int, abuf: int, bbuf: int, m: int, n: int, k0: int, kl: int, accumulate: bool,
-             sa: int) -> None:
+    def _pieces(self, kl: int, halves: bool = True) -> list[tuple[int, int, int]]:
+        """A chunk's mma pieces (tap, first K row, K rows): one per tap of a shifted convolution; else the
+        chunk, or with `halves` (for a loader that multicasts between them) its two halves."""
+        if self.p.taps > 1:
+            return [(i, 0, kl) for i in range(self.p.taps)]
+        half = max(8, kl // 2 // 8 * 8) if kl > 16 and halves else kl
+        return [(0, 0, half)] + ([(0, half, kl - half)] if half < kl else [])
+
+    def _mma(self, acc: int, abuf: int, bbuf: int, m: int, n: int, tap: int, k0: int, kl: int, accumulate: bool,
+             sa: int, windows: bool = False) -> None:
+        """acc (+)= A[:, tap's k0 ..] @ B[k0 .., tap's window]: B's rows carry the shifted taps' halo, or with
+        `windows` (a shifted convolution's slice) B holds each tap's window, kl rows after the last's."""
         cc, e = self.cc, self.spec.op.itemsize
-        cc.emit("mma", rd=cc.reg(R_D, acc), ra=cc.reg(R_A, abuf + k0 * e), rb=cc.reg(R_B, bbuf + k0 * n * e),
-                m=m, n=n, k=kl, sd=n * 4, sa=sa, sb=n * e, dt=self.spec.op, acc=int(accumulate))
+        if windows:
+            nb, b = n, bbuf + (tap * kl + k0) * n * e
+        else:
+            nb = n + self.halo
+            b = bbuf + (k0 * nb + (self.p.shift.offsets[tap] if self.p.shift is not None else 0)) * e
+        cc.emit("mma", rd=cc.reg(R_D, acc), ra=cc.reg(R_A, abuf + (tap * self.kc + k0) * e), rb=cc.reg(R_B, b),
+                m=m, n=n, k=kl, sd=n * 4, sa=sa, sb=nb * e, dt=self.spec.op, acc=int(accumulate))
 
     def _arrivals(self) -> int:
         """The slices this core receives as the holder of its row's disabled block: one per wave that
@@ -450,6 +502,8 @@ class CoreProgram:
     def _cols(self, views: list[View], n0: int, n: int) -> list[tuple[View, int, int, int]]:
         """Columns n0 .. n0 + n - 1 of the output (or residual) as (view, its first column, offset in the
         block, count): one view, or for a batched convolution one per image of `per_view` pixels each."""
+        if self.p.shift is not None:  # the output pixels among the padded grid's
+            return [(views[img], first, off, count) for img, first, count, off in self.p.shift.segments(n0, n)]
         if len(views) == 1:
             return [(views[0], n0, 0, n)]
         w, out, c = self.p.per_view, [], n0
@@ -478,16 +532,16 @@ class CoreProgram:
 
 
 def resident_wants(ctx: Ctx, g: Grid, core: int, bounds: tuple[tuple[int, int], ...], kc: int, resident: str,
-                   e: int) -> list[tuple[str, int, int]]:
+                   e: int, taps: int = 1) -> list[tuple[str, int, int]]:
     """The resident copies a core keeps, in the order it allocates them: (operand "a" | "b" | "x", chunk,
     bytes). The loader of a chunk keeps it (A's m x kc, B's kl x n); a core beside a disabled core keeps its
-    own slices of B too."""
+    own slices of B too (A's chunks are taps x kc wide for a shifted convolution)."""
     r, c = g.local(ctx, core)
     m, n, nx = g.mblocks[r][1], g.nblocks[c][1], g.extra.get(core, (0, 0))[1]
     wants: list[tuple[str, int, int]] = []
     for t, (_, kl) in enumerate(bounds):
         if resident == "a" and core == loader(g.rows[r], r, t):
-            wants.append(("a", t, m * kc * e))
+            wants.append(("a", t, m * taps * kc * e))
         if resident == "b" and core == loader(g.cols[c], c, t):
             wants.append(("b", t, kl * n * e))
         if resident == "b" and nx:
@@ -496,14 +550,14 @@ def resident_wants(ctx: Ctx, g: Grid, core: int, bounds: tuple[tuple[int, int], 
 
 
 def unkept(ctx: Ctx, g: Grid, bounds: tuple[tuple[int, int], ...], kc: int, resident: str,
-           e: int) -> list[tuple[tuple[int, float], ...]]:
+           e: int, taps: int = 1) -> list[tuple[tuple[int, float], ...]]:
     """Per chunk, the resident copies that will find no room, (loader core, bytes): `_keep`'s allocation
     replayed on the cores' free resident SRAM now (a bump allocator: a copy fits when its aligned bytes
     are free)."""
     lost: list[list[tuple[int, float]]] = [[] for _ in bounds]
     for core in g.cores:
         free = resident_free(ctx, core)
-        for _, t, nbytes in resident_wants(ctx, g, core, bounds, kc, resident, e):
+        for _, t, nbytes in resident_wants(ctx, g, core, bounds, kc, resident, e, taps):
             if aligned(nbytes) <= free:
                 free -= aligned(nbytes)
             else:
