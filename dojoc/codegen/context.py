@@ -49,13 +49,19 @@ def aligned(nbytes: int) -> int:
 @dataclass
 class SramPlan:
     """One core's SRAM: resident bytes (upper half, growing up), this op's scratch (lower half, growing
-    up) and the held values (at the top of the lower half, growing down, released in reverse order)."""
+    up) and the held values (at the top of the lower half, growing down; a value released while one
+    below it is still held leaves its gap until that one is released too)."""
 
     size: int
     resident: int = 0
     scratch: int = 0
     peak_scratch: int = 0
-    held: int = 0
+    blocks: list[tuple[int, int]] = field(default_factory=list)  # the held values: (address, bytes)
+
+    @property
+    def held(self) -> int:
+        """Bytes from the lowest held value to the top of the scratch half."""
+        return self.half - min(a for a, _ in self.blocks) if self.blocks else 0
 
     @property
     def half(self) -> int:
@@ -89,14 +95,14 @@ class SramPlan:
             raise SramOverflowError(f"{what} needs {nbytes:,} bytes of SRAM held across ops but only "
                                     f"{self.half - self.held - self.scratch:,} are free; give its op hold=0 "
                                     "in the mapping, or use a machine with more SRAM")
-        self.held += n
+        addr = self.half - self.held - n
+        self.blocks.append((addr, n))
         self.peak_scratch = max(self.peak_scratch, self.scratch + self.held)
-        return self.half - self.held
+        return addr
 
-    def release(self, nbytes: int) -> None:
-        """Free the last `nbytes` held (values are released in the reverse order of `hold`)."""
-        self.held -= aligned(nbytes)
-        assert self.held >= 0
+    def release(self, addr: int) -> None:
+        """Free the value held at `addr`."""
+        self.blocks = [b for b in self.blocks if b[0] != addr]
 
     def scratch_free(self) -> int:
         return self.half - self.held - self.scratch
@@ -132,6 +138,9 @@ class Ctx:
     # values kept in SRAM between their producer and their consumer (kernels/held.py), by DRAM view base
     held: dict[int, Any] = field(default_factory=dict)
     held_shards: dict[int, tuple[Any, ...]] = field(default_factory=dict)  # DRAM base -> its SRAM shards
+    # SUMMA outputs also kept in SRAM for a later op's epilogue residual (kernels/held.py), by reader name
+    kept: dict[str, Any] = field(default_factory=dict)
+    kept_shards: dict[int, tuple[str, tuple[Any, ...]]] = field(default_factory=dict)  # DRAM base -> (reader, shards)
     _parts: dict[str, int] = field(default_factory=dict)
     _dram_top: int = 0
 

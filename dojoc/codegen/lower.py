@@ -18,6 +18,7 @@ from dojoc.codegen.builder import CoreCode, ProgramBuilder
 from dojoc.codegen.context import Ctx, SramPlan
 from dojoc.codegen.kernels.copy import copy_view
 from dojoc.codegen.kernels.eltwise import fill
+from dojoc.codegen.kernels.held import release_kept
 from dojoc.codegen.paths import barrier_cycles
 from dojoc.codegen.registry import KERNELS
 from dojoc.codegen.result import LOAD_BARRIER, Lowered
@@ -102,6 +103,7 @@ def lower_graph(graph: Graph, machine: Machine, precision: str = "bf16",
         b0, d0 = ctx.builder.barriers, len(ctx.decisions)
         with ctx.op_scope(node.name, node.source):
             _lower_node(ctx, node, outputs, final)
+        release_kept(ctx, node.name)
         _note(ctx, node, d0)
         # the ops fused into this one are computed by its epilogue: they keep an entry in the mapping
         ctx.decisions += [OpMapping(name, "epilogue", fused_into=node.name) for name in node.attrs.get("fused", ())]

@@ -92,3 +92,56 @@ def test_illegal_holds_are_one_clear_error() -> None:
                               "split": {"batch": 1, "rows": 5, "cols": 3}, "tile": {"m": 16, "n": 16, "k": 24}}
     with pytest.raises(MappingError, match="the mapping gives its reader linear_1_matmul kernel 'matmul'"):
         _compile(MESH, "fp32", reader_tiled)
+
+
+# -- a residual kept in SRAM for a later op ----------------------------------------------------------------
+
+class Bottleneck(nn.Module):
+    """Two 1 x 1 convolutions; the second adds the first's output back (ResNet's shortcut)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b, self.c = nn.Conv2d(8, 16, 1), nn.Conv2d(16, 12, 1), nn.Conv2d(12, 16, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.relu(self.a(x))
+        return torch.relu(self.c(torch.relu(self.b(y))) + y)
+
+
+def _kept(machine: Machine, keep: int, waves: int = 1) -> tuple[dojoc.Program, torch.Tensor, torch.Tensor]:
+    """The first and last convolutions on summa over the whole mesh; the first keeps its output when `keep`."""
+    torch.manual_seed(0)
+    model, x = Bottleneck().eval(), torch.randn(2, 8, 9, 9)
+    cores, split = format_cores(range(machine.num_cores)), {"rows": machine.mesh[0], "cols": machine.mesh[1]}
+    tile = {"k": 8, "buffers": 2, "waves": waves}
+    mapping = {"ops": [
+        {"op": "convolution", "kernel": "summa", "cores": cores, "split": split, "resident": True,
+         "tile": {**tile, "keep": keep}},
+        {"op": "convolution_2", "kernel": "summa", "cores": cores, "split": split, "resident": True, "tile": tile}]}
+    prog = dojoc.compile(model, (x,), machine=machine, precision="fp32", mapping=mapping)
+    return prog, x, model(x).detach()
+
+
+@pytest.mark.parametrize("machine", [MESH, HOLED], ids=["mesh4x4", "holed"])
+@pytest.mark.parametrize("waves", [1, 2])
+def test_kept_residual_matches_eager_and_is_not_loaded(machine: Machine, waves: int) -> None:
+    """Kept, the residual is added from each core's SRAM (slices beside a disabled core still load theirs):
+    the same result, fewer DRAM bytes; the mapping records the choice."""
+    moved = []
+    for keep in (0, 1):
+        prog, x, want = _kept(machine, keep, waves)
+        assert prog.mapping is not None
+        assert prog.mapping.by_key()["convolution"].tile_of("keep") == keep
+        kept = [v for v in prog.mapping.values if "kept for convolution_2" in v.layout]
+        assert len(kept) == keep and all(v.where is Where.SRAM and v.dram_copy for v in kept)
+        got, report = prog.run(x)
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+        moved.append(report.dram_bytes)
+    assert moved[1] < moved[0], moved
+
+
+def test_keep_without_a_residual_reader_is_an_error() -> None:
+    mapping = _mapping(MESH, 0)
+    mapping["ops"][1]["tile"]["keep"] = 1
+    with pytest.raises(MappingError, match="tile keep=1.*no later matrix op adds it as its residual"):
+        _compile(MESH, "fp32", mapping)

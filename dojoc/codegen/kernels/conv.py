@@ -35,7 +35,7 @@ from math import ceil
 import numpy as np
 
 from dojoc.codegen.context import MAX_ROWS, MAX_STRIDE, Ctx, split
-from dojoc.codegen.kernels import depthwise, summa
+from dojoc.codegen.kernels import depthwise, gather, summa
 from dojoc.codegen.kernels.im2col import Im2col, Shifted
 from dojoc.codegen.kernels.matmul import Problem
 from dojoc.codegen.kernels.mxu import (
@@ -120,7 +120,9 @@ class Plan:
     cl: int  # channels per step
     cores: list[int]
     resident: bool
-    window: bool = False  # a step loads the input rows its taps share once (`_halo`), not a window per tap
+    # 1: a step loads the input rows its taps share once (`_halo`), not a window per tap, and multiplies
+    # each tap; 2: it copies every tap's window out of them into one im2col tile (gather.py)
+    window: int = 0
 
 
 def _can_window(cv: Conv, tn: int) -> bool:
@@ -129,6 +131,12 @@ def _can_window(cv: Conv, tn: int) -> bool:
     side in the loaded rows), no dilation and a row stride at most the kernel's height (so the rows staged
     are no more than the taps' windows would be)."""
     return tn == cv.taps and cv.taps > 1 and cv.stride[1] == 1 and cv.dil == (1, 1) and cv.stride[0] <= cv.kh
+
+
+def _can_gather(cv: Conv, spec: Spec) -> bool:
+    """Whether a step may gather its taps' windows out of its staged input rows (gather.py): more than one
+    tap, and an input staged in the mma's type (the copies do not convert)."""
+    return cv.taps > 1 and spec.b_src is spec.op
 
 
 def _halo(cv: Conv, rl: int, wl: int) -> tuple[int, int]:
@@ -149,13 +157,17 @@ def _kmax(ctx: Ctx, spec: Spec, ot: int, pt: int, a_streamed: bool) -> int:
 
 
 def _fits(ctx: Ctx, cv: Conv, spec: Spec, ot: int, rt: int, ct: int, tn: int, cl: int, a_streamed: bool,
-          win: bool) -> bool:
+          win: int) -> bool:
     """Whether a step of tn taps x cl channels and its double buffers fit the scratch SRAM: its K within
-    `_kmax`, or with `win` its staged input rows within the room that K's windows would have (and a
-    streamed weight tile of every tap within `_kmax`)."""
+    `_kmax`, or with `win` its staged input rows (and with 2 its gathered tile) within the room that K's
+    windows would have (and a streamed weight tile of every tap within `_kmax`)."""
     kmax = _kmax(ctx, spec, ot, rt * ct, a_streamed)
     if not win:
         return tn * cl <= kmax
+    if win == 2:
+        ph, hr, hc = gather.staged(cv, rt, ct)
+        return tn * cl * rt * ct + cl * ph * hr * hc <= _kmax(ctx, spec, ot, rt * ct, False) * rt * ct \
+            and (not a_streamed or tn * cl <= kmax)
     hr, hc = _halo(cv, rt, ct)
     return cl * hr * hc <= _kmax(ctx, spec, ot, rt * ct, False) * rt * ct and (not a_streamed or tn * cl <= kmax)
 
@@ -185,12 +197,19 @@ def _steps(cv: Conv, kmax: int) -> list[tuple[int, int]]:
 
 
 def _item_cycles(ctx: Ctx, cv: Conv, spec: Spec, ot: int, pt: int, tn: int, cl: int, a_streamed: bool,
-                 rt: int = 1, win: bool = False) -> int:
-    """Core cycles of one item: per step its DMA issues, conversions (cfp8) and mma (with `win`, one load
-    of rt output rows' input rows and one mma per output row and tap); then the epilogue."""
+                 rt: int = 1, win: int = 0) -> int:
+    """Core cycles of one item: per step its DMA issues, conversions (cfp8) and mma (with `win` 1, one load
+    of rt output rows' input rows and one mma per output row and tap; with 2, that load, a copy per output
+    row and tap, and one mma); then the epilogue."""
     m = ctx.machine
     k = tn * cl
-    if win:
+    if win == 2:
+        ph, hr, hc = gather.staged(cv, rt, pt // rt)
+        staged = cl * ph * hr * hc
+        e = spec.op.itemsize
+        copy = vector_cycles(cl * (pt // rt), e, cl * (pt // rt) * e, cl * (pt // rt) * e, m) + 3 * m.scalar_cycles
+        step = matmul_cycles(ot, pt, k, spec.op, True, m) + rt * tn * copy + ph * (m.issue_cycles + 3 * m.scalar_cycles)
+    elif win:
         hr, hc = _halo(cv, rt, pt // rt)
         staged = cl * hr * hc
         step = rt * tn * (matmul_cycles(ot, pt // rt, cl, spec.op, True, m) + 3 * m.scalar_cycles) \
@@ -210,7 +229,7 @@ def _item_cycles(ctx: Ctx, cv: Conv, spec: Spec, ot: int, pt: int, tn: int, cl: 
 
 
 def _estimate(ctx: Ctx, cv: Conv, spec: Spec, ot: int, rt: int, ct: int, tn: int, cl: int, cores: list[int],
-              resident: bool, win: bool = False) -> tuple[int, Bound]:
+              resident: bool, win: int = 0) -> tuple[int, Bound]:
     """The cost model's cycles and bound: compute per core against DRAM traffic (the input windows are
     re-read once per output-channel block, and once per tap unless a step loads its taps' input rows
     once (`win`); streamed weights once per item)."""
@@ -219,7 +238,8 @@ def _estimate(ctx: Ctx, cv: Conv, spec: Spec, ot: int, rt: int, ct: int, tn: int
     items = cv.g * ceil(cv.og / ot) * cv.n * ceil(cv.oh / rt) * ceil(cv.ow / ct)
     run = ceil(items / len(cores))
     hr, hc = _halo(cv, rt, ct)
-    read = cv.cg * hr * hc if win else pt * cv.k
+    ph, gr, gc = gather.staged(cv, rt, ct)
+    read = cv.cg * ph * gr * gc if win == 2 else cv.cg * hr * hc if win else pt * cv.k
     traffic = items * (read * ex + pt * ot * eo) + (0 if resident else items * ot * cv.k * ew) \
         + (items * pt * ot * spec.res_src.itemsize if spec.residual else 0)
     compute = run * _item_cycles(ctx, cv, spec, ot, pt, tn, cl, not resident, rt, win)
@@ -243,7 +263,7 @@ def _decide(ctx: Ctx, node: Node, cv: Conv, spec: Spec, weight: bool,
         plan, cycles, bound = search()
         tile = tuple(zip(_TILE, (plan.ot, plan.rt, plan.ct, plan.tn, plan.cl), strict=True))
         return OpMapping("", "conv2d", tuple(plan.cores), _axes(cv, plan.ot, plan.rt, plan.ct),
-                         tile + ((("window", 1),) if plan.window else ()), plan.resident,
+                         tile + ((("window", plan.window),) if plan.window else ()), plan.resident,
                          predicted_cycles=cycles, bound=bound)
 
     def check(om: OpMapping) -> OpMapping:
@@ -254,25 +274,28 @@ def _decide(ctx: Ctx, node: Node, cv: Conv, spec: Spec, weight: bool,
             raise MappingError(f"op {om.key}: tile rows x cols = {rt * ct} output pixels is above the "
                                f"{MAX_TILE} columns of an mma; make them smaller")
         win = om.tile_of("window", 0)
-        if win not in (0, 1) or (win and not _can_window(cv, tn)):
-            raise MappingError(f"op {om.key}: tile window={win}: give 0 (a load per tap), or 1 (one load of the "
+        if win not in (0, 1, 2) or (win == 1 and not _can_window(cv, tn)) \
+                or (win == 2 and not (_can_gather(cv, spec) and tn == cv.taps and cl == cv.cg)):
+            raise MappingError(f"op {om.key}: tile window={win}: give 0 (a load per tap), 1 (one load of the "
                                "input rows of a step's taps), which needs a step of every tap (taps="
                                f"{cv.taps}), a column stride of 1, no dilation and a row stride at most the "
-                               "kernel's height")
+                               "kernel's height, or 2 (those rows, and every tap's window copied out of them for "
+                               f"one mma), which needs a step of every tap and all {cv.cg} channels, in bf16 or "
+                               "fp32")
         if tn > 1 and cl != cv.cg and not win:
             raise MappingError(f"op {om.key}: a step of several taps ({tn}) must take all {cv.cg} channels of "
                                "its group, unless it loads their input rows once (window=1); set channels to "
                                "that, taps to 1, or window to 1")
-        if not _fits(ctx, cv, spec, ot, rt, ct, tn, cl, not om.resident, bool(win)):
+        if not _fits(ctx, cv, spec, ot, rt, ct, tn, cl, not om.resident, win):
             raise MappingError(f"op {om.key}: a step of {tn} taps x {cl} channels and its double buffers do not "
                                f"fit the {ctx.scratch_bytes:,} bytes of SRAM scratch; take fewer",
                                node=node.name, shapes=node.signature(), source=node.source)
-        cycles, bound = _estimate(ctx, cv, spec, ot, rt, ct, tn, cl, list(om.cores), om.resident, bool(win))
+        cycles, bound = _estimate(ctx, cv, spec, ot, rt, ct, tn, cl, list(om.cores), om.resident, win)
         return replace(om, predicted_cycles=cycles, bound=bound)
 
     om = ctx.decide("conv2d", default, check)
     ot, rt, ct, tn, cl = (int(om.tile_of(a) or 0) for a in _TILE)
-    return Plan(ot, rt, ct, tn, cl, list(om.cores), om.resident, bool(om.tile_of("window", 0)))
+    return Plan(ot, rt, ct, tn, cl, list(om.cores), om.resident, int(om.tile_of("window", 0) or 0))
 
 
 def _plan(ctx: Ctx, node: Node, cv: Conv, spec: Spec, weight: bool) -> tuple[Plan, int, Bound]:
@@ -281,9 +304,13 @@ def _plan(ctx: Ctx, node: Node, cv: Conv, spec: Spec, weight: bool) -> tuple[Pla
     budget = resident_budget(ctx, node, ctx.graph.producers()) if weight else 0
     ew = spec.a_src.itemsize
     cts = [cv.ow] if cv.ow <= MAX_TILE else [c for c in splits(cv.ow) if c <= MAX_TILE]
+    # a gathered step of a strided convolution stages its rows' input rows once for all their taps, so more
+    # output rows of fewer columns re-read fewer input rows (those steps alone are searched there)
+    can_gather = _can_gather(cv, spec)
+    narrow = [c for c in splits(cv.ow) if 16 <= c < min(cts)] if can_gather and cv.stride[0] > 1 else []
     best: tuple[tuple[int, int], Plan, Bound] | None = None
     for ot in [c for c in splits(cv.og) if c <= MAX_TILE]:
-        for ct in cts:
+        for ct in cts + narrow:
             for rt in [r for r in splits(cv.oh, 1) if r * ct <= MAX_TILE]:
                 pt = rt * ct
                 options = _steps(cv, _kmax(ctx, spec, ot, pt, False))
@@ -301,7 +328,10 @@ def _plan(ctx: Ctx, node: Node, cv: Conv, spec: Spec, weight: bool) -> tuple[Pla
                     options = _steps(cv, _kmax(ctx, spec, ot, pt, True))
                 cores = region.pick(ncores, need if resident else 0)
                 wins = _window_options(ctx, cv, spec, ot, rt, ct, options, not resident)
-                for tn, cl, win in [(tn, cl, False) for tn, cl in options] + [(tn, cl, True) for tn, cl in wins]:
+                cands = [] if ct in narrow else [(tn, cl, 0) for tn, cl in options] + [(tn, cl, 1) for tn, cl in wins]
+                if can_gather and _fits(ctx, cv, spec, ot, rt, ct, cv.taps, cv.cg, not resident, 2):
+                    cands.append((cv.taps, cv.cg, 2))
+                for tn, cl, win in cands:
                     cycles, bound = _estimate(ctx, cv, spec, ot, rt, ct, tn, cl, cores, resident, win)
                     key = (cycles, ncores)
                     if best is None or key < best[0]:
@@ -511,7 +541,7 @@ def _emit_core(ctx: Ctx, node: Node, core: int, cv: Conv, plan: Plan, spec: Spec
             raise node.error(f"conv2d {node.name}: tiles of {plan.ot} channels x {plan.rt * plan.ct} pixels do "
                              "not fit SRAM scratch", SramOverflowError)
         tn, cl = options[0]
-        plan = replace(plan, window=False)
+        plan = replace(plan, window=0)
     ex, ew, eo = spec.b_src.itemsize, spec.a_src.itemsize, spec.out.itemsize
     sn, so, sh, sw = cv.out.strides
     items = []
@@ -520,7 +550,11 @@ def _emit_core(ctx: Ctx, node: Node, core: int, cv: Conv, plan: Plan, spec: Spec
         pt, o0 = rl * wl, gi * cv.og + ob
         res = resident.get((gi, ob))
         steps: list[Step] = []
-        if plan.window:
+        if plan.window == 2:
+            aop = Operand(ol, cv.k, addr=res, stride=cv.k * ew) if res is not None \
+                else Operand(ol, cv.k, loads=_weights(cv, spec, o0, ol, 0, cv.taps, 0, cv.cg))
+            steps = [gather.gathered_step(cv, b, gi, r0, rl, c0, wl, aop)]
+        elif plan.window:
             steps = _window_steps(cv, spec, b, gi, o0, ol, r0, rl, c0, wl, cl, res)
         for t0 in range(0, cv.taps if not plan.window else 0, tn):
             nt = min(tn, cv.taps - t0)

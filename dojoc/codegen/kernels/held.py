@@ -17,6 +17,12 @@ The held bytes sit at the top of the scratch half (`SramPlan.hold`) from the pro
 consumer's end, and both ops plan their scratch without them. The producer's decision says so with tile
 field `hold` (1 or 0): a user may set it to 0 to send the value through DRAM, and a mapping that asks to
 hold what cannot be held is an error naming the reason.
+
+A SUMMA output that a later matrix op adds as its epilogue residual (ResNet's shortcut) may also be
+*kept*: it is still stored to DRAM for its other readers, and each core copies its block into SRAM held
+until that reader has run (`Kept`, tile field `keep`). When the reader runs SUMMA on the same grid, core
+(i, j) adds block (i, j) from its own SRAM instead of loading it (a slice beside a disabled core still
+loads its columns); otherwise it loads the residual from DRAM as before.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from typing import TYPE_CHECKING
 
 from dojoc.codegen.context import Ctx, aligned
 from dojoc.codegen.view import View
+from dojoc.ir.epilogue import split_inputs
 from dojoc.ir.graph import Node
 from dojoc.ir.ops import Op
 from dojoc.mapping.model import Shard
@@ -179,7 +186,7 @@ def hold(ctx: Ctx, node: Node, p: Problem, spec: Spec, rect: Rect, at: dict[tupl
 def release(ctx: Ctx, h: Held) -> None:
     """The consumer is done: free the held bytes on every core of the grid."""
     for c in h.at.values():
-        ctx.sram[c].release(h.nbytes)
+        ctx.sram[c].release(h.own)
     del ctx.held[h.base]
 
 
@@ -190,3 +197,71 @@ def shards(ctx: Ctx, h: Held) -> tuple[Shard, ...]:
         _, addr, stride = h.owner(r, j)
         out.append(Shard(core, addr, h.mblocks[r][1] * stride))
     return tuple(out)
+
+
+@dataclass(frozen=True)
+class Kept:
+    """A SUMMA output kept in SRAM, beside its DRAM copy, for `reader`'s epilogue residual: each core's
+    block at `addr` (the same on every core of the grid), rows n of its column block wide."""
+
+    name: str
+    reader: str
+    views: tuple[View, ...]  # the output's DRAM views (the reader's residual views, when they match)
+    rect: Rect
+    mblocks: tuple[tuple[int, int], ...]
+    nblocks: tuple[tuple[int, int], ...]
+    addr: int
+    cores: tuple[int, ...]
+
+
+def residual_reader(ctx: Ctx, name: str) -> tuple[Node | None, str]:
+    """The later matrix op (matmul or convolution) that adds op `name`'s output as its epilogue residual,
+    or (None, why not)."""
+    node = next((n for n in ctx.graph.nodes if n.name == name), None)
+    if node is None:
+        return None, "it is a later phase of its op"
+    values, seen = [node.output], 0
+    while seen < len(values):  # the output, and its reshapes (views of the same bytes)
+        value, seen = values[seen], seen + 1
+        for reader in ctx.users.get(value, []):
+            if reader.op is Op.RESHAPE:
+                values.append(reader.output)
+            elif reader.op in (Op.MATMUL, Op.CONV2D) \
+                    and split_inputs(reader.inputs, reader.attrs)[1].get("residual") is value:
+                return reader, ""
+    return None, "no later matrix op adds it as its residual"
+
+
+def keep(ctx: Ctx, name: str, reader: str, views: list[View], spec: Spec, rect: Rect,
+         at: dict[tuple[int, int], int], mblocks: tuple[tuple[int, int], ...],
+         nblocks: tuple[tuple[int, int], ...]) -> Kept:
+    """Hold a block of the output of op `name` on every core of its grid, for `reader` (see the module
+    docstring)."""
+    block = aligned(max(c for _, c in mblocks) * max(c for _, c in nblocks) * spec.out.itemsize)
+    cores = tuple(at.values())
+    addrs = {ctx.sram[c].hold(block, f"{name}'s output block kept for {reader}") for c in cores}
+    assert len(addrs) == 1, "every core holds the same bytes"
+    k = Kept(name, reader, tuple(views), rect, mblocks, nblocks, addrs.pop(), cores)
+    ctx.kept[reader] = k
+    rows = {c: (r, j) for (r, j), c in at.items()}
+    ctx.kept_shards[views[0].base] = (reader, tuple(
+        Shard(c, k.addr, mblocks[rows[c][0]][1] * nblocks[rows[c][1]][1] * spec.out.itemsize) for c in sorted(cores)))
+    return k
+
+
+def kept_for(ctx: Ctx, views: list[View] | None, rect: Rect, mblocks: tuple[tuple[int, int], ...],
+             nblocks: tuple[tuple[int, int], ...]) -> Kept | None:
+    """The residual kept in SRAM for the op in scope, when it lies in this grid's blocks."""
+    k: Kept | None = ctx.kept.get(ctx.scope[0])
+    if k is None or views is None or tuple(views) != k.views \
+            or (k.rect, k.mblocks, k.nblocks) != (rect, mblocks, nblocks):
+        return None
+    return k
+
+
+def release_kept(ctx: Ctx, reader: str) -> None:
+    """`reader` has run: free the residual kept for it."""
+    k = ctx.kept.pop(reader, None)
+    if k is not None:
+        for c in k.cores:
+            ctx.sram[c].release(k.addr)

@@ -58,10 +58,24 @@ class Load:
     pads: tuple[tuple[int, int], ...] | None = None
 
 
+@dataclass(frozen=True)
+class Move:
+    """A copy of `rows` x `cols` elements from a staged tile (element `src`, rows `src_stride` elements
+    apart) into a gathered operand tile (element `dst`, rows the gathered tile's columns apart)."""
+
+    src: int
+    rows: int
+    src_stride: int
+    dst: int
+    cols: int
+
+
 @dataclass
 class Operand:
     """An mma operand tile of rows x cols: resident at `addr` (row stride `stride` bytes), or streamed by
-    `loads` into a dense staging tile after zero-filling the row ranges in `zero`."""
+    `loads` into a dense staging tile after zero-filling the row ranges in `zero`; with `gathered`
+    (rows, cols), the mma reads a dense tile of that shape that `moves` copy out of the staged one (a
+    convolution's taps, out of the input rows they share: gather.py)."""
 
     rows: int
     cols: int
@@ -69,6 +83,13 @@ class Operand:
     stride: int = 0
     loads: list[Load] = field(default_factory=list)
     zero: list[tuple[int, int]] = field(default_factory=list)
+    gathered: tuple[int, int] | None = None
+    moves: tuple[Move, ...] = ()
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(rows, cols) as the mma reads it."""
+        return self.gathered if self.gathered is not None else (self.rows, self.cols)
 
 
 @dataclass(frozen=True)
@@ -367,6 +388,10 @@ class Pipeline:
                 if n else []
             self.cvt[key] = sram.alloc(n * spec.op.itemsize, f"{what} {key.upper()} converted tile") \
                 if n and src is not spec.op else None
+        ng = max((s.b.gathered[0] * s.b.gathered[1] for it in items for s in it.steps if s.b.gathered), default=0)
+        assert not ng or spec.b_src is spec.op, "a gathered operand is staged in the mma's type"
+        # two, so that the next step's copies never write the tile this step's mma reads
+        self.gather = [sram.alloc(ng * spec.op.itemsize, f"{what} gathered B tile") for _ in range(2)] if ng else []
         self.direct = spec.out is F32  # the FP32 accumulator is itself the result tile
         macc = max(it.m * it.n for it in items)
         self.accs = [sram.alloc(macc * 4, f"{what} accumulator") for _ in range(2 if self.direct else 1)]
@@ -435,6 +460,12 @@ class Pipeline:
         cc, spec = self.cc, self.spec
         src = spec.a_src if key == "a" else spec.b_src
         base = self.stage[key][p]
+        if opnd.gathered is not None:
+            e, g, gcols = spec.op.itemsize, self.gather[p], opnd.gathered[1]
+            for mv in opnd.moves:
+                cc.emit("vmov", rd=cc.reg(R_D, g + mv.dst * e), ra=cc.reg(R_A, base + mv.src * e), rows=mv.rows,
+                        cols=mv.cols, sd=gcols * e, sa=mv.src_stride * e, dt=spec.op)
+            return g, gcols * e
         cvt = self.cvt[key]
         if cvt is None:
             return base, opnd.cols * src.itemsize
@@ -459,7 +490,7 @@ class Pipeline:
                         sb=pt.b_stride * e, dt=spec.op, acc=int(si > 0 or pt.d0 in written), rbias=rbias)
                 written.add(pt.d0)
             return
-        assert st.a.rows == it.m and st.b.cols == it.n and st.a.cols == st.b.rows, (it.m, it.n, st)
+        assert st.a.rows == it.m and st.b.shape[1] == it.n and st.a.cols == st.b.shape[0], (it.m, it.n, st)
         cc.emit("mma", rd=cc.reg(R_D, acc), ra=cc.reg(R_A, a), rb=cc.reg(R_B, b), m=it.m, n=it.n, k=st.a.cols,
                 sd=it.n * 4, sa=sa, sb=sb, dt=spec.op, acc=int(si > 0), rbias=rbias)
 

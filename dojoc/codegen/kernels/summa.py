@@ -182,6 +182,8 @@ def estimate(ctx: Ctx, p: Problem, spec: Spec, kc: int, resident: str | None = N
     streamed = (p.m * taps * kc / (waves if by_rows else 1) if a_dram else 0) \
         + (kc * (p.n + extra + halo * len(g.cols) * waves) / waves if resident != "b" else 0)
     res = p.m * p.n * spec.res_src.itemsize if p.r is not None else 0
+    if res and held_.kept_for(ctx, p.r, g.rect, g.mblocks, g.nblocks) is not None:  # but the slices', in SRAM
+        res = p.m * sum(n for _, n in g.extra.values()) * spec.res_src.itemsize
     # the epilogue's DRAM traffic: residual tiles in, results out (unless they stay in SRAM)
     out_bytes = (0 if holding else p.m * p.n * eo) + res
     eject = (mx * taps * kc + kc * (nx + halo)) * e / m.eject_bytes_per_cycle
@@ -351,6 +353,7 @@ def decide(ctx: Ctx, p: Problem, spec: Spec, other: Callable[[], int], weight: s
     home = home_die(ctx.machine)
 
     variants = [p] if shifted is None else [p, shifted]
+    keeper = held_.residual_reader(ctx, key) if held is None and reader[0] is None else (None, "")
 
     def plan_on(rect: Rect, p: Problem) -> _OnRect:
         """The kernel on one rectangle: its grid, whether its output may be held, its best plan."""
@@ -361,8 +364,12 @@ def decide(ctx: Ctx, p: Problem, spec: Spec, other: Callable[[], int], weight: s
         why_not = reader[1] if reader[0] is None else "its reader would not fit its chunk buffers beside it" \
             if rect == home else "it runs on part of the die, and a held value lives on the whole die"
 
+        # (a residual kept for a later op lives in the block layout of the home die's grid, unpadded)
+        can_keep = keeper[0] is not None and rect == home and p.shift is None
+        keep_bytes = aligned(g.m_max * g.n_max * spec.out.itemsize) if can_keep else 0
+
         def search(res: str | None) -> tuple[int, int, int, int, Bound] | None:
-            room = ctx.scratch_bytes - (hold_bytes if can_hold else 0)
+            room = ctx.scratch_bytes - (hold_bytes if can_hold else 0) - keep_bytes
             return _best_kc(ctx, p, spec, res, held, can_hold, room, rect)
 
         best = search(None)
@@ -373,7 +380,7 @@ def decide(ctx: Ctx, p: Problem, spec: Spec, other: Callable[[], int], weight: s
             if fits is not None and resident_bytes(ctx, p, spec, fits[0], weight, held, rect) <= budget \
                     and (best is None or fits[3] <= best[3]):
                 best, resident = fits, True
-        return _OnRect(rect, g, hold_bytes, can_hold, why_not, best, resident, p)
+        return _OnRect(rect, g, hold_bytes, can_hold, why_not, best, resident, p, keep_bytes)
 
     def legal(rect: Rect, p: Problem) -> bool:
         """Whether a given region's rectangle can take the problem: each core at least MIN_BLOCK rows and
@@ -396,16 +403,18 @@ def decide(ctx: Ctx, p: Problem, spec: Spec, other: Callable[[], int], weight: s
     if given is None and held is None and (on is None or on.best is None or on.best[3] >= other()):
         return None
 
-    def tile(o: _OnRect, kc: int, depth: int, waves: int, hold: int) -> tuple[tuple[str, int], ...]:
+    def tile(o: _OnRect, kc: int, depth: int, waves: int, hold: int, keep: int = 0) -> tuple[tuple[str, int], ...]:
         t = (("m", o.g.m_max), ("n", o.g.n_max), ("k", kc), ("buffers", depth), ("waves", waves))
         return t + ((("hold", hold),) if o.can_hold else ()) \
-            + ((("shift", int(o.p is shifted)),) if shifted is not None else ())
+            + ((("shift", int(o.p is shifted)),) if shifted is not None else ()) \
+            + ((("keep", keep),) if keeper[0] is not None else ())
 
     def default() -> OpMapping:
         assert on is not None and on.best is not None
         kc, depth, waves, cycles, bound = on.best
-        return OpMapping("", KERNEL, on.g.cores, on.axes, tile(on, kc, depth, waves, int(on.can_hold)),
-                         on.resident, predicted_cycles=cycles, bound=bound)
+        return OpMapping("", KERNEL, on.g.cores, on.axes,
+                         tile(on, kc, depth, waves, int(on.can_hold), int(on.keep_bytes > 0)), on.resident,
+                         predicted_cycles=cycles, bound=bound)
 
     def check(om: OpMapping) -> OpMapping:
         shift = om.tile_of("shift", 0)
@@ -435,6 +444,12 @@ def decide(ctx: Ctx, p: Problem, spec: Spec, other: Callable[[], int], weight: s
         if hold and not o.can_hold:
             raise MappingError(f"op {om.key}: tile hold=1, but its output cannot stay in SRAM: {o.why_not}; "
                                "set hold to 0")
+        keep = om.tile_of("keep", 0)
+        if keep not in (0, 1) or (keep and not o.keep_bytes):
+            why = keeper[1] if keeper[0] is None else "it runs on part of the die, or in its shifted form"
+            raise MappingError(f"op {om.key}: tile keep={keep}: give 0 (its output goes to DRAM only)"
+                               + (", or 1 (a copy stays in SRAM for its reader's residual)" if keeper[0] is not None
+                                  else f"; a copy cannot stay in SRAM: {why}"))
         if held is not None and kc != max(n for _, n in held.kblocks):
             raise MappingError(f"op {om.key}: its left operand {held.name} is held in SRAM in blocks of "
                                f"{max(n for _, n in held.kblocks)} columns: give tile k="
@@ -450,13 +465,13 @@ def decide(ctx: Ctx, p: Problem, spec: Spec, other: Callable[[], int], weight: s
             legal_waves = " or ".join(map(str, waves_for(g, res)))
             raise MappingError(f"op {om.key}: tile waves={waves}: give {legal_waves} "
                                "(more than one wave needs a resident weight, and a block to cut into that many)")
-        room = ctx.scratch_bytes - (o.hold_bytes if hold else 0)
+        room = ctx.scratch_bytes - (o.hold_bytes if hold else 0) - (o.keep_bytes if keep else 0)
         too_big = kc is not None and _scratch(g, spec, kc, p, depth, res, waves) > room
         if kc is None or not 1 <= kc <= min(p.k, 4095) or too_big:
             raise MappingError(f"op {om.key}: tile k={kc}: a K chunk must be between 1 and {min(p.k, 4095)} and "
                                f"its {depth} chunk buffers must fit the {room:,} bytes of SRAM scratch")
         cyc, bound = estimate(ctx, p, spec, kc, res, depth, waves, held, bool(hold), rect)
-        return replace(om, tile=tile(o, kc, depth, waves, hold), predicted_cycles=cyc, bound=bound)
+        return replace(om, tile=tile(o, kc, depth, waves, hold, keep), predicted_cycles=cyc, bound=bound)
 
     return ctx.decide(KERNEL, default, check)
 
@@ -473,6 +488,7 @@ class _OnRect:
     best: tuple[int, int, int, int, Bound] | None  # (kc, depth, waves, cycles, bound)
     resident: bool
     p: Problem  # the problem it runs (a convolution's shifted form, or not)
+    keep_bytes: int  # SRAM a copy of the output kept for a later op's residual takes on every core (or 0)
 
     @property
     def axes(self) -> tuple[tuple[str, int], ...]:
@@ -488,8 +504,11 @@ def emit(ctx: Ctx, node: Node, p: Problem, spec: Spec, om: OpMapping, weight: st
     g = grid(ctx, p.m, p.n, rect)
     kc, depth, waves = (int(om.tile_of(f) or d) for f, d in (("k", 0), ("buffers", 2), ("waves", 1)))
     out = held_.hold(ctx, node, p, spec, g.rect, g.at, g.mblocks, g.nblocks) if om.tile_of("hold") else None
+    reader = held_.residual_reader(ctx, node.name)[0] if om.tile_of("keep") else None
+    kept = held_.keep(ctx, node.name, reader.name, p.o, spec, g.rect, g.at, g.mblocks, g.nblocks) \
+        if reader is not None else None
     for core in g.cores:
         CoreProgram(ctx, node, p, spec, g, kc, core, weight if om.resident else None, depth, waves,
-                    held, out).emit()
+                    held, out, kept).emit()
     if held is not None:
         held_.release(ctx, held)

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 from dojoc.codegen.builder import R_A, R_B, R_C, R_D, CoreCode
 from dojoc.codegen.context import Ctx, aligned, split
 from dojoc.codegen.epilogue import emit_pointwise
-from dojoc.codegen.kernels.held import ARRIVE, Held
+from dojoc.codegen.kernels.held import ARRIVE, Held, Kept, kept_for
 from dojoc.codegen.kernels.im2col import Fill, Im2col
 from dojoc.codegen.kernels.mxu import F32, Load, Spec, load_resident, resident_free
 from dojoc.codegen.view import Transfer, View, transfers
@@ -101,12 +101,14 @@ class CoreProgram:
 
     def __init__(self, ctx: Ctx, node: Node, p: Problem, spec: Spec, g: Grid, kc: int, core: int,
                  resident: str | None, depth: int, waves: int, a_held: Held | None = None,
-                 hold: Held | None = None) -> None:
+                 hold: Held | None = None, keep: Kept | None = None) -> None:
         from dojoc.codegen.kernels.summa import chunk_bounds
 
         self.ctx, self.p, self.spec, self.g, self.kc, self.me = ctx, p, spec, g, kc, core
         self.depth, self.waves, self.resident = depth, waves, resident
         self.a_held, self.hold = a_held, hold  # A held in SRAM by its producer; this op's output held
+        self.kept_out = keep  # this op's output also kept in SRAM for a later op's residual
+        self.res_kept = kept_for(ctx, p.r, g.rect, g.mblocks, g.nblocks)  # this op's residual, kept so
         self.bounds = chunk_bounds(p.k, kc, a_held)
         self.chunks = len(self.bounds)
         self.cc: CoreCode = ctx.core(core)
@@ -482,7 +484,7 @@ class CoreProgram:
                 cc.emit("vadd", rd=cc.reg(R_D, acc), ra=cc.reg(R_A, acc), rb=cc.reg(R_B, bias), rows=m,
                         cols=n, sd=n4, sa=n4, sb=0, dt=F32, bcb="row")
             elif step[0] in RESIDUAL_STEPS:
-                self._residual(acc, m0, m, n0, n, "vsub" if step[0] == "sub_residual" else "vadd")
+                self._residual(acc, m0, m, n0, n, "vsub" if step[0] == "sub_residual" else "vadd", is_slice)
             else:
                 emit_pointwise(cc, step, acc, m, n, n4, F32)
         eo = spec.out.itemsize
@@ -492,6 +494,10 @@ class CoreProgram:
         if out != acc:
             cc.emit("vcvt", rd=cc.reg(R_D, out), ra=cc.reg(R_A, acc), rows=m, cols=n, sd=n * eo, sa=n4,
                     dtd=spec.out, dts=F32)
+        if self.kept_out is not None and not is_slice:  # a copy of the block stays for a later op's residual
+            dst = self.kept_out.addr + ((m0 - self.m0) * self.n + n0 - self.n0) * eo
+            cc.emit("vmov", rd=cc.reg(R_D, dst), ra=cc.reg(R_A, out), rows=m, cols=n, sd=self.n * eo, sa=n * eo,
+                    dt=spec.out)
         ts = [tr for v, c0, off, cnt in self._cols(p.o, n0, n)
               for tr in transfers(out + off * eo, v.base + m0 * v.strides[0] + c0 * v.strides[1],
                                   [(m, n * eo, v.strides[0]), (cnt, eo, v.strides[1])], eo)]
@@ -513,9 +519,20 @@ class CoreProgram:
             c += count
         return out
 
-    def _residual(self, acc: int, m0: int, m: int, n0: int, n: int, mnemonic: str) -> None:
+    def _residual(self, acc: int, m0: int, m: int, n0: int, n: int, mnemonic: str, is_slice: bool) -> None:
+        """Add (subtract) the residual block: from this core's SRAM when its producer kept it here, else
+        DMA'd from DRAM."""
         cc, er = self.cc, self.spec.res_src.itemsize
         assert self.p.r is not None
+        if self.res_kept is not None and not is_slice:
+            src, stride = self.res_kept.addr + ((m0 - self.m0) * self.n + n0 - self.n0) * er, self.n * er
+            if self.spec.res_src is not F32:
+                cc.emit("vcvt", rd=cc.reg(R_D, self.res32), ra=cc.reg(R_A, src), rows=m, cols=n, sd=n * 4,
+                        sa=stride, dtd=F32, dts=self.spec.res_src)
+                src, stride = self.res32, n * 4
+            cc.emit(mnemonic, rd=cc.reg(R_D, acc), ra=cc.reg(R_A, acc), rb=cc.reg(R_B, src), rows=m, cols=n,
+                    sd=n * 4, sa=n * 4, sb=stride, dt=F32)
+            return
         ts = [tr for rv, c0, off, cnt in self._cols(self.p.r, n0, n)
               for tr in transfers(rv.base + m0 * rv.strides[0] + c0 * rv.strides[1], self.res + off * er,
                                   [(m, rv.strides[0], n * er), (cnt, rv.strides[1], er)], er)]
