@@ -140,6 +140,7 @@ class Ctx:
     held_shards: dict[int, tuple[Any, ...]] = field(default_factory=dict)  # DRAM base -> its SRAM shards
     # SUMMA outputs also kept in SRAM for a later op's epilogue residual (kernels/held.py), by reader name
     kept: dict[str, Any] = field(default_factory=dict)
+    kept_used: set[str] = field(default_factory=set)  # readers whose code takes their kept residual
     kept_shards: dict[int, tuple[str, tuple[Any, ...]]] = field(default_factory=dict)  # DRAM base -> (reader, shards)
     _parts: dict[str, int] = field(default_factory=dict)
     _dram_top: int = 0

@@ -145,3 +145,50 @@ def test_keep_without_a_residual_reader_is_an_error() -> None:
     mapping["ops"][1]["tile"]["keep"] = 1
     with pytest.raises(MappingError, match="tile keep=1.*no later matrix op adds it as its residual"):
         _compile(MESH, "fp32", mapping)
+
+
+class Shortcut(nn.Module):
+    """ResNet's first bottleneck of a stage: the shortcut convolution's output is read only as the residual."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b, self.c = nn.Conv2d(8, 16, 1), nn.Conv2d(8, 12, 1), nn.Conv2d(12, 16, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.a(x)
+        return torch.relu(self.c(torch.relu(self.b(x))) + y)
+
+
+def _only(machine: Machine, keep: int, reader: str = "summa") -> tuple[dojoc.Program, torch.Tensor, torch.Tensor]:
+    torch.manual_seed(0)
+    model, x = Shortcut().eval(), torch.randn(2, 8, 9, 9)
+    cores, split = format_cores(range(machine.num_cores)), {"rows": machine.mesh[0], "cols": machine.mesh[1]}
+    tile = {"k": 8, "buffers": 2, "waves": 1}
+    last: dict[str, Any] = {"op": "convolution_2", "kernel": "summa", "cores": cores, "split": split,
+                            "resident": True, "tile": tile}
+    if reader != "summa":  # the tiled kernel, a row of output pixels a core
+        last = {"op": "convolution_2", "kernel": reader, "cores": cores, "resident": True,
+                "split": {"groups": 1, "out_channels": 1, "batch": 2, "rows": 9, "cols": 1},
+                "tile": {"out_channels": 16, "rows": 1, "cols": 9, "taps": 1, "channels": 12}}
+    mapping = {"ops": [{"op": "convolution", "kernel": "summa", "cores": cores, "split": split, "resident": True,
+                        "tile": {**tile, "keep": keep}}, last]}
+    prog = dojoc.compile(model, (x,), machine=machine, precision="fp32", mapping=mapping)
+    return prog, x, model(x).detach()
+
+
+@pytest.mark.parametrize("machine", [MESH, HOLED], ids=["mesh4x4", "holed"])
+def test_a_residual_kept_only_never_goes_to_dram(machine: Machine) -> None:
+    """Kept only (its sole reader adds it), the shortcut's output is not stored at all."""
+    moved = {}
+    for keep in (1, 2):
+        prog, x, want = _only(machine, keep)
+        got, report = prog.run(x)
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+        moved[keep] = report.dram_bytes
+    assert moved[2] < moved[1], moved
+    assert _only(machine, 0)[0].mapping.by_key()["convolution"].tile_of("keep") == 0  # type: ignore[union-attr]
+
+
+def test_a_residual_kept_only_must_be_taken_by_summa() -> None:
+    with pytest.raises(MappingError, match="kept in SRAM only.*keep=1"):
+        _only(MESH, 2, reader="conv2d")

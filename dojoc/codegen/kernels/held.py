@@ -20,9 +20,11 @@ hold what cannot be held is an error naming the reason.
 
 A SUMMA output that a later matrix op adds as its epilogue residual (ResNet's shortcut) may also be
 *kept*: it is still stored to DRAM for its other readers, and each core copies its block into SRAM held
-until that reader has run (`Kept`, tile field `keep`). When the reader runs SUMMA on the same grid, core
-(i, j) adds block (i, j) from its own SRAM instead of loading it (a slice beside a disabled core still
-loads its columns); otherwise it loads the residual from DRAM as before.
+until that reader has run (`Kept`, tile field `keep` = 1). When the reader runs SUMMA on the same grid,
+core (i, j) adds block (i, j) from its own SRAM instead of loading it, and a core beside a disabled core
+its slice (the same core computes the same slice in both ops); otherwise it loads the residual from DRAM
+as before. When that reader is the output's only one and a convolution that SUMMA can take, the output
+is kept only (`keep` = 2): nothing is stored, and the reader must run SUMMA on the producer's grid.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from typing import TYPE_CHECKING
 
 from dojoc.codegen.context import Ctx, aligned
 from dojoc.codegen.view import View
+from dojoc.errors import CompileError
 from dojoc.ir.epilogue import split_inputs
 from dojoc.ir.graph import Node
 from dojoc.ir.ops import Op
@@ -212,6 +215,8 @@ class Kept:
     nblocks: tuple[tuple[int, int], ...]
     addr: int
     cores: tuple[int, ...]
+    slices: int  # SRAM address of a core's slice beside a disabled core (after its block)
+    only: bool  # no DRAM copy: the reader must take it
 
 
 def residual_reader(ctx: Ctx, name: str) -> tuple[Node | None, str]:
@@ -232,16 +237,40 @@ def residual_reader(ctx: Ctx, name: str) -> tuple[Node | None, str]:
     return None, "no later matrix op adds it as its residual"
 
 
+def sole_reader(ctx: Ctx, name: str, reader: Node) -> bool:
+    """Whether `reader` (residual_reader's) is the only reader of op `name`'s output, which is no graph
+    output, and a convolution that runs as SUMMA when its residual is kept (conv.py's implicit GEMM: one
+    group, its weights and bias parameters): then the output need not go to DRAM at all."""
+    producers = ctx.graph.producers()
+    node = next(n for n in ctx.graph.nodes if n.name == name)
+    values, readers = [node.output], list[Node]()
+    for value in values:  # the output, and its reshapes
+        if value in ctx.graph.outputs:
+            return False
+        for r in ctx.users.get(value, []):
+            if r.op is Op.RESHAPE:
+                values.append(r.output)
+            else:
+                readers.append(r)
+    own, _ = split_inputs(reader.inputs, reader.attrs)
+    params = all(producers.get(v) is not None and producers[v].op is Op.PARAM for v in own[1:])
+    return readers == [reader] and reader.op is Op.CONV2D and reader.attrs.get("groups", 1) == 1 and params \
+        and ctx.precision != "cfp8"
+
+
 def keep(ctx: Ctx, name: str, reader: str, views: list[View], spec: Spec, rect: Rect,
          at: dict[tuple[int, int], int], mblocks: tuple[tuple[int, int], ...],
-         nblocks: tuple[tuple[int, int], ...]) -> Kept:
-    """Hold a block of the output of op `name` on every core of its grid, for `reader` (see the module
-    docstring)."""
-    block = aligned(max(c for _, c in mblocks) * max(c for _, c in nblocks) * spec.out.itemsize)
+         nblocks: tuple[tuple[int, int], ...], x_max: int, only: bool) -> Kept:
+    """Hold a block (and a slice of x_max columns) of the output of op `name` on every core of its grid, for
+    `reader` (see the module docstring)."""
+    m_max, eo = max(c for _, c in mblocks), spec.out.itemsize
+    block = aligned(m_max * max(c for _, c in nblocks) * eo)
     cores = tuple(at.values())
-    addrs = {ctx.sram[c].hold(block, f"{name}'s output block kept for {reader}") for c in cores}
+    addrs = {ctx.sram[c].hold(block + aligned(m_max * x_max * eo), f"{name}'s output block kept for {reader}")
+             for c in cores}
     assert len(addrs) == 1, "every core holds the same bytes"
-    k = Kept(name, reader, tuple(views), rect, mblocks, nblocks, addrs.pop(), cores)
+    base = addrs.pop()
+    k = Kept(name, reader, tuple(views), rect, mblocks, nblocks, base, cores, base + block, only)
     ctx.kept[reader] = k
     rows = {c: (r, j) for (r, j), c in at.items()}
     ctx.kept_shards[views[0].base] = (reader, tuple(
@@ -260,8 +289,13 @@ def kept_for(ctx: Ctx, views: list[View] | None, rect: Rect, mblocks: tuple[tupl
 
 
 def release_kept(ctx: Ctx, reader: str) -> None:
-    """`reader` has run: free the residual kept for it."""
+    """`reader` has run: free the residual kept for it (which it must have taken, if it was kept only)."""
     k = ctx.kept.pop(reader, None)
+    used = reader in ctx.kept_used
+    ctx.kept_used.discard(reader)
     if k is not None:
+        if k.only and not used:
+            raise CompileError(f"internal error: {k.name}'s output was kept in SRAM only for {reader}, which did "
+                               "not take it; give the producer tile keep=1 in the mapping, and report this")
         for c in k.cores:
             ctx.sram[c].release(k.addr)

@@ -182,8 +182,8 @@ def estimate(ctx: Ctx, p: Problem, spec: Spec, kc: int, resident: str | None = N
     streamed = (p.m * taps * kc / (waves if by_rows else 1) if a_dram else 0) \
         + (kc * (p.n + extra + halo * len(g.cols) * waves) / waves if resident != "b" else 0)
     res = p.m * p.n * spec.res_src.itemsize if p.r is not None else 0
-    if res and held_.kept_for(ctx, p.r, g.rect, g.mblocks, g.nblocks) is not None:  # but the slices', in SRAM
-        res = p.m * sum(n for _, n in g.extra.values()) * spec.res_src.itemsize
+    if res and held_.kept_for(ctx, p.r, g.rect, g.mblocks, g.nblocks) is not None:  # in SRAM already
+        res = 0
     # the epilogue's DRAM traffic: residual tiles in, results out (unless they stay in SRAM)
     out_bytes = (0 if holding else p.m * p.n * eo) + res
     eject = (mx * taps * kc + kc * (nx + halo)) * e / m.eject_bytes_per_cycle
@@ -348,12 +348,18 @@ def decide(ctx: Ctx, p: Problem, spec: Spec, other: Callable[[], int], weight: s
     for every tap; 0: a window per tap), whichever the cost model predicts faster by default."""
     key = ctx.scope[0]
     given = ctx.given.get(key)
+    only: held_.Kept | None = ctx.kept.get(key)
+    only = only if only is not None and only.only else None  # a residual in SRAM alone: this op must take it
     if given is not None and given.kernel != KERNEL:
+        if only is not None:
+            raise MappingError(f"op {key}: its residual is kept in SRAM only, by {only.name}, for the summa kernel "
+                               f"on that op's cores; give it kernel \"summa\", or {only.name} tile keep=1")
         return None
     home = home_die(ctx.machine)
 
-    variants = [p] if shifted is None else [p, shifted]
+    variants = [p] if shifted is None or only is not None else [p, shifted]
     keeper = held_.residual_reader(ctx, key) if held is None and reader[0] is None else (None, "")
+    sole = keeper[0] is not None and held_.sole_reader(ctx, key, keeper[0])
 
     def plan_on(rect: Rect, p: Problem) -> _OnRect:
         """The kernel on one rectangle: its grid, whether its output may be held, its best plan."""
@@ -366,11 +372,12 @@ def decide(ctx: Ctx, p: Problem, spec: Spec, other: Callable[[], int], weight: s
 
         # (a residual kept for a later op lives in the block layout of the home die's grid, unpadded)
         can_keep = keeper[0] is not None and rect == home and p.shift is None
-        keep_bytes = aligned(g.m_max * g.n_max * spec.out.itemsize) if can_keep else 0
+        keep_bytes = aligned(g.m_max * g.n_max * spec.out.itemsize) + aligned(g.m_max * g.x_max * spec.out.itemsize) \
+            if can_keep else 0
 
         def search(res: str | None) -> tuple[int, int, int, int, Bound] | None:
             room = ctx.scratch_bytes - (hold_bytes if can_hold else 0) - keep_bytes
-            return _best_kc(ctx, p, spec, res, held, can_hold, room, rect)
+            return _best_kc(ctx, p, spec, res, held, can_hold or (can_keep and sole), room, rect)
 
         best = search(None)
         resident = False
@@ -389,18 +396,22 @@ def decide(ctx: Ctx, p: Problem, spec: Spec, other: Callable[[], int], weight: s
         ids = set(ctx.builder.ids)
         return (p.m >= MIN_BLOCK * rect.rows and p.n >= MIN_BLOCK * rect.cols and rect.rows * rect.cols > 1
                 and all(g.rows) and all(g.cols) and all(c in ids for c in g.cores)
-                and (held is None or rect == held.rect))
+                and (held is None or rect == held.rect) and (only is None or rect == only.rect))
 
     def cycles(o: _OnRect) -> int:
         assert o.best is not None
         return o.best[3]
 
-    viable = [o for o in (plan_on(r, q) for q in variants for r in rects(ctx, q)) if o.best is not None]
+    areas = [only.rect] if only is not None else None
+    viable = [o for o in (plan_on(r, q) for q in variants for r in (areas or rects(ctx, q))) if o.best is not None]
     on = min(viable, key=cycles) if viable else None
     if held is not None and (on is None or on.best is None):
         raise MappingError(f"op {key}: its left operand is held in SRAM, but no plan of the summa kernel fits "
                            "beside it; give its producer tile hold=0")
-    if given is None and held is None and (on is None or on.best is None or on.best[3] >= other()):
+    if only is not None and (on is None or on.best is None):
+        raise MappingError(f"op {key}: its residual is kept in SRAM only, by {only.name}, but no plan of the summa "
+                           f"kernel fits beside it on that op's cores; give {only.name} tile keep=1")
+    if given is None and held is None and only is None and (on is None or on.best is None or on.best[3] >= other()):
         return None
 
     def tile(o: _OnRect, kc: int, depth: int, waves: int, hold: int, keep: int = 0) -> tuple[tuple[str, int], ...]:
@@ -413,7 +424,8 @@ def decide(ctx: Ctx, p: Problem, spec: Spec, other: Callable[[], int], weight: s
         assert on is not None and on.best is not None
         kc, depth, waves, cycles, bound = on.best
         return OpMapping("", KERNEL, on.g.cores, on.axes,
-                         tile(on, kc, depth, waves, int(on.can_hold), int(on.keep_bytes > 0)), on.resident,
+                         tile(on, kc, depth, waves, int(on.can_hold), (2 if sole else 1) if on.keep_bytes else 0),
+                         on.resident,
                          predicted_cycles=cycles, bound=bound)
 
     def check(om: OpMapping) -> OpMapping:
@@ -445,11 +457,13 @@ def decide(ctx: Ctx, p: Problem, spec: Spec, other: Callable[[], int], weight: s
             raise MappingError(f"op {om.key}: tile hold=1, but its output cannot stay in SRAM: {o.why_not}; "
                                "set hold to 0")
         keep = om.tile_of("keep", 0)
-        if keep not in (0, 1) or (keep and not o.keep_bytes):
-            why = keeper[1] if keeper[0] is None else "it runs on part of the die, or in its shifted form"
+        if keep not in (0, 1, 2) or (keep and not o.keep_bytes) or (keep == 2 and not sole):
+            why = keeper[1] if keeper[0] is None else "it runs on part of the die, or in its shifted form" \
+                if not o.keep_bytes else "its reader is not its only reader, or not a convolution that summa takes"
             raise MappingError(f"op {om.key}: tile keep={keep}: give 0 (its output goes to DRAM only)"
-                               + (", or 1 (a copy stays in SRAM for its reader's residual)" if keeper[0] is not None
-                                  else f"; a copy cannot stay in SRAM: {why}"))
+                               + (", 1 (a copy stays in SRAM for its reader's residual)" if o.keep_bytes else "")
+                               + (", 2 (it stays in SRAM only)" if o.keep_bytes and sole else "")
+                               + ("" if o.keep_bytes and sole else f"; {why}"))
         if held is not None and kc != max(n for _, n in held.kblocks):
             raise MappingError(f"op {om.key}: its left operand {held.name} is held in SRAM in blocks of "
                                f"{max(n for _, n in held.kblocks)} columns: give tile k="
@@ -470,7 +484,7 @@ def decide(ctx: Ctx, p: Problem, spec: Spec, other: Callable[[], int], weight: s
         if kc is None or not 1 <= kc <= min(p.k, 4095) or too_big:
             raise MappingError(f"op {om.key}: tile k={kc}: a K chunk must be between 1 and {min(p.k, 4095)} and "
                                f"its {depth} chunk buffers must fit the {room:,} bytes of SRAM scratch")
-        cyc, bound = estimate(ctx, p, spec, kc, res, depth, waves, held, bool(hold), rect)
+        cyc, bound = estimate(ctx, p, spec, kc, res, depth, waves, held, bool(hold) or keep == 2, rect)
         return replace(om, tile=tile(o, kc, depth, waves, hold, keep), predicted_cycles=cyc, bound=bound)
 
     return ctx.decide(KERNEL, default, check)
@@ -505,8 +519,8 @@ def emit(ctx: Ctx, node: Node, p: Problem, spec: Spec, om: OpMapping, weight: st
     kc, depth, waves = (int(om.tile_of(f) or d) for f, d in (("k", 0), ("buffers", 2), ("waves", 1)))
     out = held_.hold(ctx, node, p, spec, g.rect, g.at, g.mblocks, g.nblocks) if om.tile_of("hold") else None
     reader = held_.residual_reader(ctx, node.name)[0] if om.tile_of("keep") else None
-    kept = held_.keep(ctx, node.name, reader.name, p.o, spec, g.rect, g.at, g.mblocks, g.nblocks) \
-        if reader is not None else None
+    kept = held_.keep(ctx, node.name, reader.name, p.o, spec, g.rect, g.at, g.mblocks, g.nblocks, g.x_max,
+                      om.tile_of("keep") == 2) if reader is not None else None
     for core in g.cores:
         CoreProgram(ctx, node, p, spec, g, kc, core, weight if om.resident else None, depth, waves,
                     held, out, kept).emit()

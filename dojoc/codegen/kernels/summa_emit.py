@@ -109,6 +109,8 @@ class CoreProgram:
         self.a_held, self.hold = a_held, hold  # A held in SRAM by its producer; this op's output held
         self.kept_out = keep  # this op's output also kept in SRAM for a later op's residual
         self.res_kept = kept_for(ctx, p.r, g.rect, g.mblocks, g.nblocks)  # this op's residual, kept so
+        if self.res_kept is not None:
+            ctx.kept_used.add(node.name)
         self.bounds = chunk_bounds(p.k, kc, a_held)
         self.chunks = len(self.bounds)
         self.cc: CoreCode = ctx.core(core)
@@ -494,10 +496,12 @@ class CoreProgram:
         if out != acc:
             cc.emit("vcvt", rd=cc.reg(R_D, out), ra=cc.reg(R_A, acc), rows=m, cols=n, sd=n * eo, sa=n4,
                     dtd=spec.out, dts=F32)
-        if self.kept_out is not None and not is_slice:  # a copy of the block stays for a later op's residual
-            dst = self.kept_out.addr + ((m0 - self.m0) * self.n + n0 - self.n0) * eo
-            cc.emit("vmov", rd=cc.reg(R_D, dst), ra=cc.reg(R_A, out), rows=m, cols=n, sd=self.n * eo, sa=n * eo,
+        if self.kept_out is not None:  # a copy of the block (or slice) stays for a later op's residual
+            dst, stride = self._kept_at(self.kept_out, m0, n0, is_slice, eo)
+            cc.emit("vmov", rd=cc.reg(R_D, dst), ra=cc.reg(R_A, out), rows=m, cols=n, sd=stride, sa=n * eo,
                     dt=spec.out)
+            if self.kept_out.only:  # nothing else reads it: it never goes to DRAM
+                return
         ts = [tr for v, c0, off, cnt in self._cols(p.o, n0, n)
               for tr in transfers(out + off * eo, v.base + m0 * v.strides[0] + c0 * v.strides[1],
                                   [(m, n * eo, v.strides[0]), (cnt, eo, v.strides[1])], eo)]
@@ -519,13 +523,19 @@ class CoreProgram:
             c += count
         return out
 
+    def _kept_at(self, k: Kept, m0: int, n0: int, is_slice: bool, e: int) -> tuple[int, int]:
+        """(SRAM address, row stride) of element (m0, n0) of this core's block, or slice, of a kept value."""
+        if is_slice:
+            return k.slices + ((m0 - self.m0) * self.nx + n0 - self.x0) * e, self.nx * e
+        return k.addr + ((m0 - self.m0) * self.n + n0 - self.n0) * e, self.n * e
+
     def _residual(self, acc: int, m0: int, m: int, n0: int, n: int, mnemonic: str, is_slice: bool) -> None:
         """Add (subtract) the residual block: from this core's SRAM when its producer kept it here, else
         DMA'd from DRAM."""
         cc, er = self.cc, self.spec.res_src.itemsize
         assert self.p.r is not None
-        if self.res_kept is not None and not is_slice:
-            src, stride = self.res_kept.addr + ((m0 - self.m0) * self.n + n0 - self.n0) * er, self.n * er
+        if self.res_kept is not None:
+            src, stride = self._kept_at(self.res_kept, m0, n0, is_slice, er)
             if self.spec.res_src is not F32:
                 cc.emit("vcvt", rd=cc.reg(R_D, self.res32), ra=cc.reg(R_A, src), rows=m, cols=n, sd=n * 4,
                         sa=stride, dtd=F32, dts=self.spec.res_src)
