@@ -97,27 +97,35 @@ def test_illegal_holds_are_one_clear_error() -> None:
 # -- a residual kept in SRAM for a later op ----------------------------------------------------------------
 
 class Bottleneck(nn.Module):
-    """Two 1 x 1 convolutions; the second adds the first's output back (ResNet's shortcut)."""
+    """Three 1 x 1 convolutions; the last adds the first's output back (ResNet's shortcut), which the second
+    reads too, or with `shortcut` only the last reads (the first bottleneck of a stage: the second reads x)."""
 
-    def __init__(self) -> None:
+    def __init__(self, shortcut: bool = False) -> None:
         super().__init__()
-        self.a, self.b, self.c = nn.Conv2d(8, 16, 1), nn.Conv2d(16, 12, 1), nn.Conv2d(12, 16, 1)
+        self.shortcut = shortcut
+        self.a, self.b, self.c = nn.Conv2d(8, 16, 1), nn.Conv2d(8 if shortcut else 16, 12, 1), nn.Conv2d(12, 16, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = torch.relu(self.a(x))
-        return torch.relu(self.c(torch.relu(self.b(y))) + y)
+        y = self.a(x) if self.shortcut else torch.relu(self.a(x))
+        return torch.relu(self.c(torch.relu(self.b(x if self.shortcut else y))) + y)
 
 
-def _kept(machine: Machine, keep: int, waves: int = 1) -> tuple[dojoc.Program, torch.Tensor, torch.Tensor]:
-    """The first and last convolutions on summa over the whole mesh; the first keeps its output when `keep`."""
+def _kept(machine: Machine, keep: int, waves: int = 1, shortcut: bool = False,
+          reader: str = "summa") -> tuple[dojoc.Program, torch.Tensor, torch.Tensor]:
+    """The first convolution on summa over the whole mesh, keeping its output when `keep`; the last on summa
+    there too, or on the tiled kernel `reader` (a row of output pixels a core)."""
     torch.manual_seed(0)
-    model, x = Bottleneck().eval(), torch.randn(2, 8, 9, 9)
+    model, x = Bottleneck(shortcut).eval(), torch.randn(2, 8, 9, 9)
     cores, split = format_cores(range(machine.num_cores)), {"rows": machine.mesh[0], "cols": machine.mesh[1]}
     tile = {"k": 8, "buffers": 2, "waves": waves}
-    mapping = {"ops": [
-        {"op": "convolution", "kernel": "summa", "cores": cores, "split": split, "resident": True,
-         "tile": {**tile, "keep": keep}},
-        {"op": "convolution_2", "kernel": "summa", "cores": cores, "split": split, "resident": True, "tile": tile}]}
+    last: dict[str, Any] = {"op": "convolution_2", "kernel": "summa", "cores": cores, "split": split,
+                            "resident": True, "tile": tile}
+    if reader != "summa":
+        last = {"op": "convolution_2", "kernel": reader, "cores": cores, "resident": True,
+                "split": {"groups": 1, "out_channels": 1, "batch": 2, "rows": 9, "cols": 1},
+                "tile": {"out_channels": 16, "rows": 1, "cols": 9, "taps": 1, "channels": 12}}
+    mapping = {"ops": [{"op": "convolution", "kernel": "summa", "cores": cores, "split": split, "resident": True,
+                        "tile": {**tile, "keep": keep}}, last]}
     prog = dojoc.compile(model, (x,), machine=machine, precision="fp32", mapping=mapping)
     return prog, x, model(x).detach()
 
@@ -147,48 +155,19 @@ def test_keep_without_a_residual_reader_is_an_error() -> None:
         _compile(MESH, "fp32", mapping)
 
 
-class Shortcut(nn.Module):
-    """ResNet's first bottleneck of a stage: the shortcut convolution's output is read only as the residual."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.a, self.b, self.c = nn.Conv2d(8, 16, 1), nn.Conv2d(8, 12, 1), nn.Conv2d(12, 16, 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.a(x)
-        return torch.relu(self.c(torch.relu(self.b(x))) + y)
-
-
-def _only(machine: Machine, keep: int, reader: str = "summa") -> tuple[dojoc.Program, torch.Tensor, torch.Tensor]:
-    torch.manual_seed(0)
-    model, x = Shortcut().eval(), torch.randn(2, 8, 9, 9)
-    cores, split = format_cores(range(machine.num_cores)), {"rows": machine.mesh[0], "cols": machine.mesh[1]}
-    tile = {"k": 8, "buffers": 2, "waves": 1}
-    last: dict[str, Any] = {"op": "convolution_2", "kernel": "summa", "cores": cores, "split": split,
-                            "resident": True, "tile": tile}
-    if reader != "summa":  # the tiled kernel, a row of output pixels a core
-        last = {"op": "convolution_2", "kernel": reader, "cores": cores, "resident": True,
-                "split": {"groups": 1, "out_channels": 1, "batch": 2, "rows": 9, "cols": 1},
-                "tile": {"out_channels": 16, "rows": 1, "cols": 9, "taps": 1, "channels": 12}}
-    mapping = {"ops": [{"op": "convolution", "kernel": "summa", "cores": cores, "split": split, "resident": True,
-                        "tile": {**tile, "keep": keep}}, last]}
-    prog = dojoc.compile(model, (x,), machine=machine, precision="fp32", mapping=mapping)
-    return prog, x, model(x).detach()
-
-
 @pytest.mark.parametrize("machine", [MESH, HOLED], ids=["mesh4x4", "holed"])
 def test_a_residual_kept_only_never_goes_to_dram(machine: Machine) -> None:
     """Kept only (its sole reader adds it), the shortcut's output is not stored at all."""
     moved = {}
     for keep in (1, 2):
-        prog, x, want = _only(machine, keep)
+        prog, x, want = _kept(machine, keep, shortcut=True)
         got, report = prog.run(x)
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
         moved[keep] = report.dram_bytes
     assert moved[2] < moved[1], moved
-    assert _only(machine, 0)[0].mapping.by_key()["convolution"].tile_of("keep") == 0  # type: ignore[union-attr]
+    assert _kept(machine, 0, shortcut=True)[0].mapping.by_key()["convolution"].tile_of("keep") == 0  # type: ignore[union-attr]
 
 
 def test_a_residual_kept_only_must_be_taken_by_summa() -> None:
     with pytest.raises(MappingError, match="kept in SRAM only.*keep=1"):
-        _only(MESH, 2, reader="conv2d")
+        _kept(MESH, 2, shortcut=True, reader="conv2d")

@@ -14,7 +14,7 @@ from torch import nn
 import dojoc
 from dojoc.codegen.kernels.im2col import Im2col, Shifted
 from dojoc.codegen.view import View
-from dojoc.mapping import format_cores
+from dojoc.mapping import OpMapping, format_cores
 from isa.dtypes import DType
 from isa.presets import load_machine
 
@@ -167,23 +167,22 @@ def test_im2col_runs_cover_the_block() -> None:
             assert q % 5 + cnt <= 5 or (q % 5 == 0 and cnt % 5 == 0)  # within a row, or whole rows
 
 
+def _decided(channels: int, hw: int) -> OpMapping:
+    """The cost model's decision for a 3 x 3 convolution of `channels` at hw x hw, batch 1, on d1 in bf16."""
+    torch.manual_seed(0)
+    model, x = nn.Conv2d(channels, channels, 3, padding=1).eval(), torch.randn(1, channels, hw, hw)
+    prog = dojoc.compile(model, (x,), machine="d1", precision="bf16")
+    assert prog.mapping is not None
+    return prog.mapping.ops[0]
+
+
 def test_resnet_stage_two_conv_takes_the_shifted_form() -> None:
     """A 3 x 3 convolution at 28 x 28 (ResNet-50's second stage, batch 1): its windows per tap would read
     the input 9 times through the one port; the cost model takes the shifted form."""
-    torch.manual_seed(0)
-    model = nn.Conv2d(128, 128, 3, padding=1).eval()
-    x = torch.randn(1, 128, 28, 28)
-    prog = dojoc.compile(model, (x,), machine="d1", precision="bf16")
-    assert prog.mapping is not None
-    om = prog.mapping.ops[0]
+    om = _decided(128, 28)
     assert om.kernel == "summa" and om.tile_of("shift") == 1
 
 
 def test_resnet_sized_conv_takes_summa_with_resident_weights() -> None:
-    torch.manual_seed(0)
-    model = nn.Conv2d(256, 256, 3, padding=1).eval()
-    x = torch.randn(1, 256, 14, 14)
-    prog = dojoc.compile(model, (x,), machine="d1", precision="bf16")
-    assert prog.mapping is not None
-    om = prog.mapping.ops[0]
+    om = _decided(256, 14)
     assert om.kernel == "summa" and om.resident and len(om.cores) == 354

@@ -165,9 +165,8 @@ def _fits(ctx: Ctx, cv: Conv, spec: Spec, ot: int, rt: int, ct: int, tn: int, cl
     if not win:
         return tn * cl <= kmax
     if win == 2:
-        ph, hr, hc = gather.staged(cv, rt, ct)
-        return tn * cl * rt * ct + cl * ph * hr * hc <= _kmax(ctx, spec, ot, rt * ct, False) * rt * ct \
-            and (not a_streamed or tn * cl <= kmax)
+        room = _kmax(ctx, spec, ot, rt * ct, False) * rt * ct
+        return tn * cl * rt * ct + cl * gather.staged(cv, rt, ct).size <= room and (not a_streamed or tn * cl <= kmax)
     hr, hc = _halo(cv, rt, ct)
     return cl * hr * hc <= _kmax(ctx, spec, ot, rt * ct, False) * rt * ct and (not a_streamed or tn * cl <= kmax)
 
@@ -204,11 +203,12 @@ def _item_cycles(ctx: Ctx, cv: Conv, spec: Spec, ot: int, pt: int, tn: int, cl: 
     m = ctx.machine
     k = tn * cl
     if win == 2:
-        ph, hr, hc = gather.staged(cv, rt, pt // rt)
-        staged = cl * ph * hr * hc
+        st = gather.staged(cv, rt, pt // rt)
+        staged = cl * st.size
         e = spec.op.itemsize
         copy = vector_cycles(cl * (pt // rt), e, cl * (pt // rt) * e, cl * (pt // rt) * e, m) + 3 * m.scalar_cycles
-        step = matmul_cycles(ot, pt, k, spec.op, True, m) + rt * tn * copy + ph * (m.issue_cycles + 3 * m.scalar_cycles)
+        dmas = st.stride[1] * (m.issue_cycles + 3 * m.scalar_cycles)  # one per column phase
+        step = matmul_cycles(ot, pt, k, spec.op, True, m) + rt * tn * copy + dmas
     elif win:
         hr, hc = _halo(cv, rt, pt // rt)
         staged = cl * hr * hc
@@ -238,8 +238,7 @@ def _estimate(ctx: Ctx, cv: Conv, spec: Spec, ot: int, rt: int, ct: int, tn: int
     items = cv.g * ceil(cv.og / ot) * cv.n * ceil(cv.oh / rt) * ceil(cv.ow / ct)
     run = ceil(items / len(cores))
     hr, hc = _halo(cv, rt, ct)
-    ph, gr, gc = gather.staged(cv, rt, ct)
-    read = cv.cg * ph * gr * gc if win == 2 else cv.cg * hr * hc if win else pt * cv.k
+    read = cv.cg * gather.staged(cv, rt, ct).size if win == 2 else cv.cg * hr * hc if win else pt * cv.k
     traffic = items * (read * ex + pt * ot * eo) + (0 if resident else items * ot * cv.k * ew) \
         + (items * pt * ot * spec.res_src.itemsize if spec.residual else 0)
     compute = run * _item_cycles(ctx, cv, spec, ot, pt, tn, cl, not resident, rt, win)

@@ -23,45 +23,33 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from dojoc.codegen.kernels.mxu import Move, Operand, Step
-from dojoc.codegen.kernels.window import Span, window
+from dojoc.codegen.kernels.window import Phases
 
 if TYPE_CHECKING:
     from dojoc.codegen.kernels.conv import Conv
 
 
-def staged(cv: Conv, rl: int, wl: int) -> tuple[int, int, int]:
-    """(phases, rows, columns) of the staged input of rl output rows of wl columns."""
-    (sh, sw), (dh, dw) = cv.stride, cv.dil
-    return sw, (rl - 1) * sh + (cv.kh - 1) * dh + 1, wl + ((cv.kw - 1) * dw) // sw
+def staged(cv: Conv, rl: int, wl: int) -> Phases:
+    """The staged input of rl output rows of wl columns."""
+    return Phases.of((cv.kh, cv.kw), cv.stride, cv.dil, rl, wl)
 
 
 def moves(cv: Conv, rl: int, wl: int) -> tuple[Move, ...]:
     """The copies that build the gathered tile out of the staged one: one per output row and tap, each the
     tap's window of every channel."""
-    ph, hr, hc = staged(cv, rl, wl)
-    (sh, sw), (dh, dw) = cv.stride, cv.dil
-    pt = rl * wl
-    out = []
-    for r in range(rl):
-        for t in range(cv.taps):
-            kh, kw = divmod(t, cv.kw)
-            f, j0 = divmod(kw * dw, sw)[::-1]
-            out.append(Move((f * hr + r * sh + kh * dh) * hc + j0, cv.cg, ph * hr * hc, t * cv.cg * pt + r * wl, wl))
-    return tuple(out)
+    ph, pt = staged(cv, rl, wl), rl * wl
+    return tuple(Move(ph.tap(r, *divmod(t, cv.kw)), cv.cg, ph.size, t * cv.cg * pt + r * wl, wl)
+                 for r in range(rl) for t in range(cv.taps))
 
 
 def gathered_step(cv: Conv, b: int, gi: int, r0: int, rl: int, c0: int, wl: int, aop: Operand) -> Step:
     """The one step of an item (image b, group gi, output rows r0.., columns c0..): its staged input rows,
     the copies of every tap's window, and A = `aop`, the weights of every tap and channel."""
-    ph, hr, hc = staged(cv, rl, wl)
-    ex = cv.x.dtype.itemsize
-    rows = Span(0, hr, 1, r0 * cv.stride[0] - cv.pad[0], cv.h)
-    bop = Operand(cv.cg * ph * hr, hc, gathered=(cv.taps * cv.cg, rl * wl), moves=moves(cv, rl, wl))
-    for f in range(ph):
-        cols = Span(c0, hc, cv.stride[1], f - cv.pad[1], cv.wd)
-        lds = window(cv.x, b, gi * cv.cg, cv.cg, rows, cols, f * hr * hc * ex, ph * hr * hc * ex, "conv2d")
+    ph = staged(cv, rl, wl)
+    bop = Operand(cv.cg * ph.size // ph.cols, ph.cols, gathered=(cv.taps * cv.cg, rl * wl), moves=moves(cv, rl, wl))
+    for f, lds in enumerate(ph.loads(cv.x, b, gi * cv.cg, cv.cg, cv.kh, r0, rl, c0, cv.pad, 0, "conv2d")):
         if lds is None:  # the phase lies wholly in the padding: its rows of every channel are zeros
-            bop.zero.extend(((c * ph + f) * hr, hr) for c in range(cv.cg))
+            bop.zero.extend(((c * ph.stride[1] + f) * ph.rows, ph.rows) for c in range(cv.cg))
         else:
             bop.loads += lds
     return Step(aop, bop)

@@ -37,7 +37,7 @@ from dojoc.codegen.context import Ctx, aligned
 from dojoc.codegen.view import View
 from dojoc.errors import CompileError
 from dojoc.ir.epilogue import split_inputs
-from dojoc.ir.graph import Node
+from dojoc.ir.graph import Node, Value
 from dojoc.ir.ops import Op
 from dojoc.mapping.model import Shard
 from dojoc.mapping.place import Rect, home_die
@@ -219,43 +219,38 @@ class Kept:
     only: bool  # no DRAM copy: the reader must take it
 
 
-def residual_reader(ctx: Ctx, name: str) -> tuple[Node | None, str]:
-    """The later matrix op (matmul or convolution) that adds op `name`'s output as its epilogue residual,
-    or (None, why not)."""
-    node = next((n for n in ctx.graph.nodes if n.name == name), None)
-    if node is None:
-        return None, "it is a later phase of its op"
-    values, seen = [node.output], 0
-    while seen < len(values):  # the output, and its reshapes (views of the same bytes)
-        value, seen = values[seen], seen + 1
-        for reader in ctx.users.get(value, []):
-            if reader.op is Op.RESHAPE:
-                values.append(reader.output)
-            elif reader.op in (Op.MATMUL, Op.CONV2D) \
-                    and split_inputs(reader.inputs, reader.attrs)[1].get("residual") is value:
-                return reader, ""
-    return None, "no later matrix op adds it as its residual"
-
-
-def sole_reader(ctx: Ctx, name: str, reader: Node) -> bool:
-    """Whether `reader` (residual_reader's) is the only reader of op `name`'s output, which is no graph
-    output, and a convolution that runs as SUMMA when its residual is kept (conv.py's implicit GEMM: one
-    group, its weights and bias parameters): then the output need not go to DRAM at all."""
-    producers = ctx.graph.producers()
-    node = next(n for n in ctx.graph.nodes if n.name == name)
-    values, readers = [node.output], list[Node]()
-    for value in values:  # the output, and its reshapes
-        if value in ctx.graph.outputs:
-            return False
+def _readers(ctx: Ctx, node: Node) -> tuple[list[tuple[Node, Value]], bool]:
+    """The ops that read `node`'s output or one of its reshapes (views of the same bytes), each with the
+    value it reads; and whether any of those values is a graph output."""
+    values, out = [node.output], []
+    for value in values:  # (grows as reshapes are found)
         for r in ctx.users.get(value, []):
             if r.op is Op.RESHAPE:
                 values.append(r.output)
             else:
-                readers.append(r)
+                out.append((r, value))
+    return out, any(v in ctx.graph.outputs for v in values)
+
+
+def residual_reader(ctx: Ctx, name: str) -> tuple[Node | None, str, bool]:
+    """The later matrix op (matmul or convolution) that adds op `name`'s output as its epilogue residual,
+    or (None, why not); and whether it is the output's only reader, the output no graph output, and the
+    reader a convolution that runs as SUMMA when its residual is kept (conv.py's implicit GEMM: one group,
+    its weights and bias parameters): then the output need not go to DRAM at all."""
+    node = next((n for n in ctx.graph.nodes if n.name == name), None)
+    if node is None:
+        return None, "it is a later phase of its op", False
+    readers, output = _readers(ctx, node)
+    reader = next((r for r, v in readers if r.op in (Op.MATMUL, Op.CONV2D)
+                   and split_inputs(r.inputs, r.attrs)[1].get("residual") is v), None)
+    if reader is None:
+        return None, "no later matrix op adds it as its residual", False
+    producers = ctx.graph.producers()
     own, _ = split_inputs(reader.inputs, reader.attrs)
     params = all(producers.get(v) is not None and producers[v].op is Op.PARAM for v in own[1:])
-    return readers == [reader] and reader.op is Op.CONV2D and reader.attrs.get("groups", 1) == 1 and params \
-        and ctx.precision != "cfp8"
+    sole = len(readers) == 1 and not output and reader.op is Op.CONV2D and reader.attrs.get("groups", 1) == 1 \
+        and params and ctx.precision != "cfp8"
+    return reader, "", sole
 
 
 def keep(ctx: Ctx, name: str, reader: str, views: list[View], spec: Spec, rect: Rect,

@@ -29,7 +29,7 @@ import numpy as np
 
 from dojoc.codegen.builder import R_A, R_B, R_C, R_D, CoreCode
 from dojoc.codegen.context import ALIGN, MAX_COLS, MAX_ROWS, Ctx, load_view, split, store_view
-from dojoc.codegen.kernels.window import Span, window
+from dojoc.codegen.kernels.window import Phases
 from dojoc.codegen.registry import kernel
 from dojoc.codegen.view import Transfer, View
 from dojoc.errors import CompileError, SramOverflowError
@@ -268,15 +268,15 @@ def max_pool2d(ctx: Ctx, node: Node) -> None:
 
 def _max_staged(ctx: Ctx, node: Node, geo: _Geom, x: View, vals: View) -> None:
     """max_pool2d's values alone, each input pixel read from DRAM once (not once per tap): an item's input
-    rows come in with one 3-D DMA per column phase (stride s_w: phase f holds the padded columns
-    j * s_w + f, -inf where they fall outside the input), so every tap's window is a dense run of a
-    phase's columns, and a tap's rows are every s_h-th staged row. Per output row, one vmov or vmax per
-    tap over [planes, OW], planes a staged plane apart. Items are double-buffered: the next item's rows
-    come in while this one is reduced, and each buffer's stores have their own semaphore."""
-    dt, (kh, kw), (sh, sw), (dh, dw) = x.dtype, geo.k, geo.s, geo.d
+    rows come in with one 3-D DMA per column phase (window.Phases: -inf where they fall outside the input),
+    so every tap's window is a dense run of a phase's columns, and its rows every s_h-th staged row. Per
+    output row, one vmov or vmax per tap over [planes, OW], planes a staged plane apart. Items are
+    double-buffered: the next item's rows come in while this one is reduced, and each buffer's stores have
+    their own semaphore."""
+    dt, (kh, _), (sh, sw), (dh, _) = x.dtype, geo.k, geo.s, geo.d
     es, T, OW, OH = dt.itemsize, len(geo.taps), geo.OW, geo.OH
     pad = -math.inf if dt.is_float else INT_LOWEST
-    wf = OW + ((kw - 1) * dw) // sw  # the columns of a phase that the taps read
+    wf = Phases.of(geo.k, geo.s, geo.d, 1, OW).cols  # the columns of a phase that the taps read
     m = ctx.machine
     per_out = T * es / m.simd_bytes + (sh * sw * wf / OW) * es / m.link_bytes_per_cycle
     moved = prod(x.shape) * es + prod(vals.shape) * es  # (a row block's halo rows aside)
@@ -284,29 +284,29 @@ def _max_staged(ctx: Ctx, node: Node, geo: _Geom, x: View, vals: View) -> None:
     items, cores = _items(ctx, node, x, [vals], OH, OW, per_out, MAX_COLS // OW,
                           2 * OW * es + 2 * sw * wf * rows_per_out * es, 0, 6 * ALIGN, moved)
     stores = (SEM_LOAD, SEM_STORE)  # per output buffer
+    what = f"max_pool2d {node.name}"
     for core, (first, count) in zip(cores, split(len(items), len(cores)), strict=False):
         run = items[first:first + count]
         cc = ctx.core(core)
         pn, rn = max(i.pn for i in run), max(i.rn for i in run)
-        plane = ((rn - 1) * sh + (kh - 1) * dh + 1) * wf * es  # a staged plane of one phase
+        ph = Phases.of(geo.k, geo.s, geo.d, rn, OW)
+        plane = ph.size * es  # one plane's staged rows, every phase
         sram = ctx.sram[core]
         best = [sram.alloc(pn * rn * OW * es, f"{node.name} max tile") for _ in range(2)]
-        stage = [[sram.alloc(pn * plane, f"{node.name} staged rows") for _ in range(sw)] for _ in range(2)]
-        what = f"max_pool2d {node.name}"
+        stage = [sram.alloc(pn * plane, f"{node.name} staged rows") for _ in range(2)]
         with cc.op(node.name, node.source):
-            issued, pending = [_stage(cc, geo, run[0], stage[0], plane, SEM_TAP, pad, dt, what), 0], [0, 0]
+            issued, pending = [_stage(cc, geo, ph, run[0], stage[0], SEM_TAP, pad, dt, what), 0], [0, 0]
             for i, it in enumerate(run):
                 b = i % 2
                 if i + 1 < len(run):
-                    issued[1 - b] = _stage(cc, geo, run[i + 1], stage[1 - b], plane, SEM_TAP + 1 - b, pad, dt, what)
+                    issued[1 - b] = _stage(cc, geo, ph, run[i + 1], stage[1 - b], SEM_TAP + 1 - b, pad, dt, what)
                 cc.wait(SEM_TAP + b, issued[b])
                 cc.wait(stores[b], pending[b])  # best[b]'s last stores have left
                 cols = it.rn * OW * es  # the output tile's row (one plane) in bytes
                 for r in range(it.rn):
                     dst = best[b] + r * OW * es
                     for t, (i_h, i_w) in enumerate(geo.taps):
-                        off = i_w * dw
-                        src = stage[b][off % sw] + ((r * sh + i_h * dh) * wf + off // sw) * es
+                        src = stage[b] + ph.tap(r, i_h, i_w) * es
                         if t == 0:
                             cc.emit("vmov", rd=cc.reg(R_D, dst), ra=cc.reg(R_A, src), rows=it.pn, cols=OW, sd=cols,
                                     sa=plane, dt=dt)
@@ -318,19 +318,15 @@ def _max_staged(ctx: Ctx, node: Node, geo: _Geom, x: View, vals: View) -> None:
                 cc.wait(stores[b], pending[b])
 
 
-def _stage(cc: CoreCode, geo: _Geom, it: _Item, dsts: list[int], plane: int, sem: int, pad: float, dt: DType,
+def _stage(cc: CoreCode, geo: _Geom, ph: Phases, it: _Item, dst: int, sem: int, pad: float, dt: DType,
            what: str) -> int:
-    """DMA an item's input rows into its column phases' buffers `dsts` (each plane `plane` bytes apart),
-    padded with `pad`; returns the DMAs to wait for on `sem`."""
-    (kh, _), (sh, sw), (dh, dw) = geo.k, geo.s, geo.d
-    wf = geo.OW + ((geo.k[1] - 1) * dw) // sw
+    """DMA an item's input rows into its staged rows at `dst`, padded with `pad`; the DMAs to wait for."""
     planes = View(it.x.base, (1, *it.x.shape), (0, *it.x.strides), dt)  # as NCHW, one image
-    rows = Span(0, (it.rn - 1) * sh + (kh - 1) * dh + 1, 1, it.r0 * sh - geo.p[0], geo.H)
-    n = 0
-    for f, dst in enumerate(dsts):
-        got = window(planes, 0, it.p0, it.pn, rows, Span(0, wf, sw, f - geo.p[1], geo.W), dst, plane, what)
+    n, es = 0, dt.itemsize
+    for f, got in enumerate(ph.loads(planes, 0, it.p0, it.pn, geo.k[0], it.r0, it.rn, 0, geo.p, dst, what)):
         if got is None:  # a phase wholly in the padding
-            cc.emit("vfill", rd=cc.reg(R_D, dst), imm=pad, rows=it.pn, cols=plane // dt.itemsize, sd=plane, dt=dt)
+            cc.emit("vfill", rd=cc.reg(R_D, dst + f * ph.rows * ph.cols * es), imm=pad, rows=it.pn,
+                    cols=ph.rows * ph.cols, sd=ph.size * es, dt=dt)
             continue
         for ld in got:
             cc.dma_load(ld.t, sem, ld.pads, pad, dt if ld.pads else None)

@@ -54,11 +54,10 @@ from dojoc.codegen.kernels.summa_emit import (
     b_source,
     loader,
     unkept,
-    wave_block,
     x_cols,
     x_windows,
 )
-from dojoc.codegen.kernels.summa_grid import MIN_BLOCK, Grid, grid, rect_of, rects
+from dojoc.codegen.kernels.summa_grid import MIN_BLOCK, Grid, grid, rect_of, rects, wave_block
 from dojoc.codegen.paths import port_path
 from dojoc.codegen.view import View
 from dojoc.errors import MappingError
@@ -181,9 +180,9 @@ def estimate(ctx: Ctx, p: Problem, spec: Spec, kc: int, resident: str | None = N
     extra = sum(x_cols(p, n, x_windows(p, xx)) for _, n in g.extra.values())
     streamed = (p.m * taps * kc / (waves if by_rows else 1) if a_dram else 0) \
         + (kc * (p.n + extra + halo * len(g.cols) * waves) / waves if resident != "b" else 0)
-    res = p.m * p.n * spec.res_src.itemsize if p.r is not None else 0
-    if res and held_.kept_for(ctx, p.r, g.rect, g.mblocks, g.nblocks) is not None:  # in SRAM already
-        res = 0
+    # (a residual kept in SRAM for this op, in this grid's blocks, costs no DRAM)
+    kept = p.r is None or held_.kept_for(ctx, p.r, g.rect, g.mblocks, g.nblocks) is not None
+    res = 0 if kept else p.m * p.n * spec.res_src.itemsize
     # the epilogue's DRAM traffic: residual tiles in, results out (unless they stay in SRAM)
     out_bytes = (0 if holding else p.m * p.n * eo) + res
     eject = (mx * taps * kc + kc * (nx + halo)) * e / m.eject_bytes_per_cycle
@@ -358,8 +357,8 @@ def decide(ctx: Ctx, p: Problem, spec: Spec, other: Callable[[], int], weight: s
     home = home_die(ctx.machine)
 
     variants = [p] if shifted is None or only is not None else [p, shifted]
-    keeper = held_.residual_reader(ctx, key) if held is None and reader[0] is None else (None, "")
-    sole = keeper[0] is not None and held_.sole_reader(ctx, key, keeper[0])
+    keeper, why_no_keep, sole = held_.residual_reader(ctx, key) if held is None and reader[0] is None \
+        else (None, "", False)
 
     def plan_on(rect: Rect, p: Problem) -> _OnRect:
         """The kernel on one rectangle: its grid, whether its output may be held, its best plan."""
@@ -371,7 +370,7 @@ def decide(ctx: Ctx, p: Problem, spec: Spec, other: Callable[[], int], weight: s
             if rect == home else "it runs on part of the die, and a held value lives on the whole die"
 
         # (a residual kept for a later op lives in the block layout of the home die's grid, unpadded)
-        can_keep = keeper[0] is not None and rect == home and p.shift is None
+        can_keep = keeper is not None and rect == home and p.shift is None
         keep_bytes = aligned(g.m_max * g.n_max * spec.out.itemsize) + aligned(g.m_max * g.x_max * spec.out.itemsize) \
             if can_keep else 0
 
@@ -418,7 +417,7 @@ def decide(ctx: Ctx, p: Problem, spec: Spec, other: Callable[[], int], weight: s
         t = (("m", o.g.m_max), ("n", o.g.n_max), ("k", kc), ("buffers", depth), ("waves", waves))
         return t + ((("hold", hold),) if o.can_hold else ()) \
             + ((("shift", int(o.p is shifted)),) if shifted is not None else ()) \
-            + ((("keep", keep),) if keeper[0] is not None else ())
+            + ((("keep", keep),) if keeper is not None else ())
 
     def default() -> OpMapping:
         assert on is not None and on.best is not None
@@ -458,7 +457,7 @@ def decide(ctx: Ctx, p: Problem, spec: Spec, other: Callable[[], int], weight: s
                                "set hold to 0")
         keep = om.tile_of("keep", 0)
         if keep not in (0, 1, 2) or (keep and not o.keep_bytes) or (keep == 2 and not sole):
-            why = keeper[1] if keeper[0] is None else "it runs on part of the die, or in its shifted form" \
+            why = why_no_keep if keeper is None else "it runs on part of the die, or in its shifted form" \
                 if not o.keep_bytes else "its reader is not its only reader, or not a convolution that summa takes"
             raise MappingError(f"op {om.key}: tile keep={keep}: give 0 (its output goes to DRAM only)"
                                + (", 1 (a copy stays in SRAM for its reader's residual)" if o.keep_bytes else "")
@@ -518,7 +517,7 @@ def emit(ctx: Ctx, node: Node, p: Problem, spec: Spec, om: OpMapping, weight: st
     g = grid(ctx, p.m, p.n, rect)
     kc, depth, waves = (int(om.tile_of(f) or d) for f, d in (("k", 0), ("buffers", 2), ("waves", 1)))
     out = held_.hold(ctx, node, p, spec, g.rect, g.at, g.mblocks, g.nblocks) if om.tile_of("hold") else None
-    reader = held_.residual_reader(ctx, node.name)[0] if om.tile_of("keep") else None
+    reader = held_.residual_reader(ctx, node.name)[0] if om.tile_of("keep") else None  # (decide checked it)
     kept = held_.keep(ctx, node.name, reader.name, p.o, spec, g.rect, g.at, g.mblocks, g.nblocks, g.x_max,
                       om.tile_of("keep") == 2) if reader is not None else None
     for core in g.cores:

@@ -16,7 +16,6 @@ saw every core done with the step before on that buffer, so every signal of step
 
 from __future__ import annotations
 
-from math import ceil
 from typing import TYPE_CHECKING
 
 from dojoc.codegen.builder import R_A, R_B, R_C, R_D, CoreCode
@@ -25,6 +24,7 @@ from dojoc.codegen.epilogue import emit_pointwise
 from dojoc.codegen.kernels.held import ARRIVE, Held, Kept, kept_for
 from dojoc.codegen.kernels.im2col import Fill, Im2col
 from dojoc.codegen.kernels.mxu import F32, Load, Spec, load_resident, resident_free
+from dojoc.codegen.kernels.summa_grid import wave_block
 from dojoc.codegen.view import Transfer, View, transfers
 from dojoc.ir.epilogue import RESIDUAL_STEPS
 from dojoc.ir.graph import Node
@@ -133,8 +133,8 @@ class CoreProgram:
         self.acc = [sram.alloc(mm * nn * 4, f"{name} accumulator") for _ in range(nout if self.direct else 1)]
         self.out = self.acc if self.direct else [sram.alloc(mm * nn * eo, f"{name} output tile") for _ in range(nout)]
         self.xbuf: list[int] = []
+        self.x_windows = x_windows(p, xx)  # (a slice beside a disabled core, as a window per tap)
         if xx:
-            self.x_windows = x_windows(p, xx)
             self.xbuf = [sram.alloc(kc * x_cols(p, xx, self.x_windows) * e, f"{name} B slice") for _ in range(depth)]
             self.xacc = [sram.alloc(mm * xx * 4, f"{name} slice accumulator")
                          for _ in range(nout if self.direct else 1)]
@@ -591,11 +591,3 @@ def unkept(ctx: Ctx, g: Grid, bounds: tuple[tuple[int, int], ...], kc: int, resi
                 lost[t].append((core, float(nbytes)))
     return [tuple(x) for x in lost]
 
-
-def wave_block(g: Grid, resident: str | None, waves: int) -> tuple[int, int, int]:
-    """The largest (rows, columns, slice columns) of one wave's block on any core."""
-    if waves == 1:
-        return g.m_max, g.n_max, g.x_max
-    if resident == "b":
-        return ceil(g.m_max / waves), g.n_max, g.x_max
-    return g.m_max, ceil(g.n_max / waves), g.x_max

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
+from math import ceil
 
 from dojoc.codegen.context import Ctx, split
 from dojoc.mapping.place import Rect, home_die
@@ -159,3 +160,12 @@ def rect_of(ctx: Ctx, cores: tuple[int, ...]) -> Rect | None:
     inside = tuple(mach.core_at[rect.mesh(i, j)] for i in range(rect.rows) for j in range(rect.cols)
                    if rect.mesh(i, j) in mach.core_at)
     return rect if inside == tuple(cores) else None
+
+
+def wave_block(g: Grid, resident: str | None, waves: int) -> tuple[int, int, int]:
+    """The largest (rows, columns, slice columns) of one wave's block on any core."""
+    if waves == 1:
+        return g.m_max, g.n_max, g.x_max
+    if resident == "b":
+        return ceil(g.m_max / waves), g.n_max, g.x_max
+    return g.m_max, ceil(g.n_max / waves), g.x_max

@@ -61,3 +61,48 @@ def window(x: View, b: int, ch: int, cl: int, rows: Span, cols: Span, dst: int, 
     if max(max(p) for p in pads) > MAX_PAD:
         raise CompileError(f"{what}: padding of more than {MAX_PAD} rows or columns in one tile")
     return [Load(Transfer(src, dst, tuple(dims), e), pads)]
+
+
+@dataclass(frozen=True)
+class Phases:
+    """The input rows that rl output rows of wl columns read over every tap, staged once in SRAM in column
+    phases, [channel, phase, row, column]: phase f holds the padded input columns c * s_w + f of the output
+    columns c, so a tap's window is a dense run of one phase's columns, and its rows are every s_h-th staged
+    row. With s_w = 1 there is one phase. Shared by gather.py (a convolution's im2col tile built in SRAM)
+    and pool.py (max_pool2d's values)."""
+
+    stride: tuple[int, int]
+    dil: tuple[int, int]
+    rows: int  # staged rows
+    cols: int  # columns of a phase
+
+    @staticmethod
+    def reach(rl: int, k: int, s: int, d: int) -> int:
+        """Input rows (or columns) that rl consecutive outputs read over a kernel of k taps."""
+        return (rl - 1) * s + (k - 1) * d + 1
+
+    @staticmethod
+    def of(kernel: tuple[int, int], stride: tuple[int, int], dil: tuple[int, int], rl: int, wl: int) -> Phases:
+        return Phases(stride, dil, Phases.reach(rl, kernel[0], stride[0], dil[0]),
+                      wl + ((kernel[1] - 1) * dil[1]) // stride[1])
+
+    @property
+    def size(self) -> int:
+        """Elements of one channel's staged rows, every phase."""
+        return self.stride[1] * self.rows * self.cols
+
+    def tap(self, r: int, kh: int, kw: int) -> int:
+        """The element (in a channel's staged rows) where output row r's window of tap (kh, kw) begins."""
+        (sh, sw), (dh, dw) = self.stride, self.dil
+        f, j0 = (kw * dw) % sw, (kw * dw) // sw
+        return (f * self.rows + r * sh + kh * dh) * self.cols + j0
+
+    def loads(self, x: View, b: int, ch: int, cl: int, kh: int, r0: int, rl: int, c0: int, pad: tuple[int, int],
+              dst: int, what: str) -> list[list[Load] | None]:
+        """Per phase, the DMA of channels ch .. ch + cl - 1 of image b of NCHW view `x` for output rows
+        r0 .. r0 + rl - 1 and columns from c0 (a kernel of kh rows, padding `pad`) into the staged rows at
+        SRAM `dst`, padded outside the image; None for a phase wholly in the padding."""
+        (sh, sw), e = self.stride, x.dtype.itemsize
+        rows = Span(0, Phases.reach(rl, kh, sh, self.dil[0]), 1, r0 * sh - pad[0], x.shape[2])
+        return [window(x, b, ch, cl, rows, Span(c0, self.cols, sw, f - pad[1], x.shape[3]),
+                       dst + f * self.rows * self.cols * e, self.size * e, what) for f in range(sw)]
