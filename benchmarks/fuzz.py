@@ -21,6 +21,7 @@ Not collected by pytest (the tests hold each reader on a few hundred inputs per 
 from __future__ import annotations
 
 import argparse
+import ast
 import hashlib
 import random
 import shutil
@@ -39,15 +40,12 @@ import dojoc.targets
 from dojoc.errors import DojocError
 from isa.asm import assemble
 from isa.disasm import disassemble, write_data_files
-from isa.dtypes import DType
-from isa.encoding import make
-from isa.errors import EncodingError
 from isa.objfile import CHECKSUM_BYTES, HEADER, read_object, write_object
 from isa.presets import load_machine
-from isa.program import CodeSection, Image
-from isa.table import INSTRUCTIONS, Field, Kind
+from isa.random_programs import any_program, local_program
 from runtime_emu import Emulator
 
+ROOT = Path(__file__).resolve().parents[1]
 FAILURES = Path(__file__).resolve().parent / "fuzz_failures"
 DATA = Path(".")  # where the disassembly's weight files lie (main makes a temporary folder)
 FIELDS = ("mesh", "sram_bytes", "disabled", "dram_ports.0.first", "dram_ports.0.last", "dram_ports.0.capacity",
@@ -134,48 +132,11 @@ def check_machine(sets: bytes) -> None:
 
 EMU_MACHINE = load_machine("mesh2x2")
 EMU_CYCLES = 20_000  # the watchdog: a program still running then traps (a hang is a failure)
-SMALL = (0, 1, 2, 3, 4, 7, 8, 16, 31, 64, 100, 256, 1024, 4096)
-
-
-def _field(rng: random.Random, f: Field, length: int) -> Any:
-    """A random in-range value of field `f` (small values most of the time, so instructions do work)."""
-    if f.kind is Kind.REG:
-        return rng.randrange(32)
-    if f.kind is Kind.TARGET:
-        return rng.randrange(length + 1)
-    if f.kind is Kind.ENUM:
-        assert f.enum is not None
-        return rng.choice(list(f.enum))
-    if f.kind is Kind.DTYPE:
-        return rng.choice(list(DType))
-    if f.kind is Kind.F32:
-        return rng.choice((0.0, 1.0, -2.5, 3.0e38, float("inf"), float("nan"), rng.uniform(-9, 9)))
-    top = (1 << f.bits) - 1 if f.kind is Kind.UIMM else (1 << (f.bits - 1)) - 1
-    v = rng.choice(SMALL) if rng.random() < 0.85 else rng.randrange(top + 1)
-    v = min(v, top)
-    return -v if f.kind is Kind.SIMM and rng.random() < 0.2 else v
 
 
 def draw_emu(rng: random.Random, _: Any) -> bytes:
-    """A random valid program for mesh2x2 as assembly text: 1-4 sections over the 4 cores, each setting
-    registers r1-r8 to small SRAM addresses, then 1-24 random instructions, then `halt`."""
-    cores = list(range(EMU_MACHINE.num_cores))
-    rng.shuffle(cores)
-    cuts = sorted(rng.sample(range(1, len(cores)), rng.randrange(len(cores))))
-    groups = [cores[a:b] for a, b in zip([0, *cuts], [*cuts, len(cores)], strict=True)]
-    sections = []
-    for i, group in enumerate(groups):
-        code = [make("li", rd=r, imm=rng.choice((0, 64, 256, 1024, 4096, 65536))) for r in range(1, 9)]
-        length = rng.randint(1, 24)
-        while len(code) < 8 + length:
-            spec = rng.choice(INSTRUCTIONS)
-            try:
-                code.append(make(spec.mnemonic, **{f.name: _field(rng, f, 8 + length) for f in spec.fields}))
-            except EncodingError:  # a value the field's checks refuse (a NaN where a type forbids it, say)
-                continue
-        code.append(make("halt"))
-        sections.append(CodeSection(f"s{i}", tuple(sorted(group)), tuple(code)))
-    return disassemble(Image(EMU_MACHINE, tuple(sections))).encode()
+    """A random valid program for mesh2x2 (`isa.random_programs.any_program`) as assembly text."""
+    return disassemble(any_program(rng, EMU_MACHINE)).encode()
 
 
 def check_emu(text: bytes) -> None:
@@ -183,11 +144,28 @@ def check_emu(text: bytes) -> None:
     Emulator(assemble(text.decode()), max_cycles=EMU_CYCLES).run()
 
 
+def draw_emu_diff(rng: random.Random, _: Any) -> bytes:
+    """A random local program for mesh2x2 (`isa.random_programs.local_program`: most run to their end)."""
+    return disassemble(local_program(rng, EMU_MACHINE)).encode()
+
+
+def check_emu_diff(text: bytes) -> None:
+    """Run in full and, when it ends, timing-only: the same cycles, or a failure (the property of
+    tests/emu/test_timing_differential.py)."""
+    image = assemble(text.decode())
+    full = Emulator(image, max_cycles=EMU_CYCLES).run().cycles  # (a Trap is a typed outcome)
+    timed = Emulator(image, timing_only=True, max_cycles=EMU_CYCLES).run().cycles
+    if timed != full:
+        raise AssertionError(f"timing-only emulation took {timed:,} cycles, a full run {full:,}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--inputs", type=int, default=20_000, help="inputs per target")
-    ap.add_argument("--only", action="append", choices=["objfile", "asm", "spec", "machine", "emu"])
+    ap.add_argument("--only", action="append", choices=list(COVERS))
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--coverage", action="store_true", help="also measure the lines of each target's source "
+                    "that its inputs run (coverage.py; several times slower)")
     args = ap.parse_args()
     global DATA
     DATA = Path(tempfile.mkdtemp(prefix="dojoc-fuzz-"))
@@ -209,18 +187,54 @@ def targets() -> dict[str, Target]:
     assemble(text, base_dir=DATA)  # the unmutated program assembles
     return {"objfile": (draw_objfile, check_objfile, data), "asm": (draw_asm, check_asm, text),
             "spec": (draw_spec, check_spec, None), "machine": (draw_machine, check_machine, None),
-            "emu": (draw_emu, check_emu, None)}
+            "emu": (draw_emu, check_emu, None), "emu-diff": (draw_emu_diff, check_emu_diff, None)}
+
+
+# the source each target exercises, for --coverage
+COVERS = {"objfile": ("isa/objfile.py", "isa/disasm.py"), "asm": ("isa/asm.py", "isa/encoding.py"),
+          "spec": ("dojoc/targets.py",), "machine": ("isa/presets.py", "isa/machine.py"),
+          "emu": ("runtime_emu/**/*.py",), "emu-diff": ("runtime_emu/**/*.py",)}
+
+
+def _body_lines(path: Path) -> set[int]:
+    """Lines of the statements inside function bodies: those that only a call runs (module and class level
+    statements run at import, before the fuzzer measures anything)."""
+    out: set[int] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+            for stmt in node.body:
+                out.update(n.lineno for n in ast.walk(stmt) if isinstance(n, ast.stmt))
+    return out
+
+
+def coverage_of(cov: Any, name: str) -> str:
+    """"N/M lines (P %)": the statements in function bodies of the target's source that its inputs ran."""
+    ran = total = 0
+    for pattern in COVERS[name]:
+        for path in sorted(ROOT.glob(pattern)):
+            _, statements, _, missing, _ = cov.analysis2(str(path))
+            body = _body_lines(path) & set(statements)
+            total += len(body)
+            ran += len(body - set(missing))
+    return f"{ran:,}/{total:,} lines ({ran / max(total, 1):.0%})"
 
 
 def run(args: argparse.Namespace) -> None:
-    print("| target | inputs | valid | typed errors | other exceptions | inputs/s |")
-    print("|---|---:|---:|---:|---:|---:|")
+    extra = (" coverage |", "---|") if args.coverage else ("", "")
+    print(f"| target | inputs | valid | typed errors | other exceptions | inputs/s |{extra[0]}")
+    print(f"|---|---:|---:|---:|---:|---:|{extra[1]}")
     failed = 0
     for name, (draw, check, seed_input) in targets().items():
         if args.only and name not in args.only:
             continue
         rng = random.Random(f"{args.seed}-{name}")
         valid = typed = other = 0
+        cov = None
+        if args.coverage:
+            import coverage  # (only here: measuring slows the run several times)
+
+            cov = coverage.Coverage(data_file=None, include=[str(ROOT / p) for p in COVERS[name]])
+            cov.start()
         t0 = time.perf_counter()
         for i in range(args.inputs):
             case = draw(rng, seed_input)
@@ -236,7 +250,11 @@ def run(args: argparse.Namespace) -> None:
                 (FAILURES / f"{name}-{args.seed}-{i}.txt").write_text(traceback.format_exc())
         rate = args.inputs / (time.perf_counter() - t0)
         failed += other
-        print(f"| {name} | {args.inputs:,} | {valid:,} | {typed:,} | {other:,} | {rate:,.0f} |", flush=True)
+        covered = ""
+        if cov is not None:
+            cov.stop()
+            covered = f" {coverage_of(cov, name)} |"
+        print(f"| {name} | {args.inputs:,} | {valid:,} | {typed:,} | {other:,} | {rate:,.0f} |{covered}", flush=True)
     sys.exit(1 if failed else 0)
 
 

@@ -26,9 +26,10 @@ def fuzz() -> ModuleType:
     return module
 
 
-@pytest.mark.parametrize("target, inputs", [("objfile", 300), ("asm", 100), ("spec", 300), ("machine", 300),
-                                            ("emu", 150)])
-def test_fuzz_targets_give_values_or_typed_errors(fuzz: ModuleType, target: str, inputs: int,
+@pytest.mark.parametrize("target, inputs, reached", [
+    ("objfile", 300, "typed"), ("asm", 100, "typed"), ("spec", 300, "typed"), ("machine", 300, "typed"),
+    ("emu", 150, "typed"), ("emu-diff", 60, "valid")])
+def test_fuzz_targets_give_values_or_typed_errors(fuzz: ModuleType, target: str, inputs: int, reached: str,
                                                   tmp_path: Path) -> None:
     fuzz.DATA = tmp_path  # the disassembly's weight files
     draw, check, seed = fuzz.targets()[target]
@@ -41,4 +42,16 @@ def test_fuzz_targets_give_values_or_typed_errors(fuzz: ModuleType, target: str,
             outcomes["valid"] += 1
         except DojocError:
             outcomes["typed"] += 1
-    assert outcomes["typed"] > 0  # the mutations do reach the readers' checks
+    # the mutations reach the readers' checks; emu-diff's programs run to their end (and both modes agree)
+    assert outcomes[reached] > inputs // 2, outcomes
+
+
+def test_fuzz_coverage_counts_lines_that_only_calls_run(fuzz: ModuleType) -> None:
+    import coverage
+
+    cov = coverage.Coverage(data_file=None, include=[str(ROOT / p) for p in fuzz.COVERS["spec"]])
+    cov.start()
+    fuzz.check_spec(b"2x3:float32")
+    cov.stop()
+    ran, total = (int(x.replace(",", "")) for x in fuzz.coverage_of(cov, "spec").split(" ")[0].split("/"))
+    assert 0 < ran < total
