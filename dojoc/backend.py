@@ -9,10 +9,13 @@ Registered through the `torch_dynamo_backends` entry point, so no import is need
 
 How a dynamo graph runs: compilation is lazy, at the first call with real tensors, once per concrete
 signature (the shapes and dtypes of the tensors and the values of symbolic sizes, so a graph with
-symbolic sizes is specialised per shape). Parameters and buffers are frozen from the real tensors dynamo
-passes; the compiled code is guarded on their identity and version (`_version`, bumped by in-place
-updates), and recompiled when either changes. In grad mode (grad enabled and an input or parameter that
-requires grad) the graph runs eagerly with a warning: training is not supported yet.
+symbolic sizes is specialised per shape). A graph keeps the programs of its CACHED most recently used
+signatures: a model called with ever new shapes (dynamo's dynamic batch dimension) does not accumulate
+programs, and a signature evicted compiles again when it comes back. Parameters and buffers are frozen
+from the real tensors dynamo passes; the compiled code is guarded on their identity and version
+(`_version`, bumped by in-place updates), and recompiled when either changes. In grad mode (grad enabled
+and an input or parameter that requires grad) the graph runs eagerly with a warning: training is not
+supported yet.
 
 With fallback, an unsupported op splits the graph (after AOTAutograd, so the partitioner sees the ATen ops
 that `dojoc.frontend.supported_ops()` names): the supported parts are compiled and run on the emulator,
@@ -26,6 +29,7 @@ import operator
 import re
 import time
 import warnings
+from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -97,6 +101,9 @@ def _warn(message: str) -> None:
     warnings.warn(message, FallbackWarning, stacklevel=3)
 
 
+CACHED = 8  # programs kept per dynamo graph, most recently used first (as dynamo's own recompile limit)
+
+
 @dataclass
 class _Entry:
     """The compiled form of one concrete signature, with the frozen tensors it is guarded on."""
@@ -129,7 +136,7 @@ class DojoGraph:
         out = next(n for n in gm.graph.nodes if n.op == "output")
         self.out_spec = pytree.tree_structure(out.args[0])
         self._options: BackendOptions | None = None
-        self._cache: dict[tuple[Any, ...], _Entry] = {}
+        self._cache: OrderedDict[tuple[Any, ...], _Entry] = OrderedDict()
 
     @property
     def options(self) -> BackendOptions:
@@ -150,6 +157,9 @@ class DojoGraph:
         if entry is None or not entry.valid(args, self.gm):
             entry = self._compile(args, opts)
             self._cache[key] = entry
+            while len(self._cache) > CACHED:  # the least recently used program goes
+                self._cache.popitem(last=False)
+        self._cache.move_to_end(key)
         out, reports = entry.run(args)
         total = Report.sum(reports)
         previous = last_report()

@@ -110,6 +110,28 @@ def test_parameter_updates_and_new_shapes_recompile() -> None:
         torch.testing.assert_close(compiled(x), model(x), rtol=1e-4, atol=1e-4)
 
 
+def test_many_new_shapes_keep_a_bounded_number_of_programs() -> None:
+    """Dynamo makes the batch dimension symbolic after the second shape; each new batch size is then a
+    new signature, compiled once, and a graph keeps only its CACHED most recent programs."""
+    import gc
+
+    from dojoc.backend import CACHED
+    from dojoc.program import Program
+
+    model = MLP().eval()
+    compiled = torch.compile(model, backend="dojo", options={"machine": "mesh2x2", "precision": "fp32"})
+    live = []
+    with torch.no_grad():
+        for batch in range(1, 3 * CACHED + 1):
+            x = torch.randn(batch, 16)
+            torch.testing.assert_close(compiled(x), model(x), rtol=1e-4, atol=1e-4)
+            gc.collect()
+            live.append(sum(isinstance(o, Program) for o in gc.get_objects()))
+        torch.testing.assert_close(compiled(x), model(x), rtol=1e-4, atol=1e-4)  # the last one, cached
+    assert max(live) <= CACHED + 2, live  # (the first, static graph's program, and this graph's CACHED)
+    assert live[-1] == live[CACHED + 2], live  # flat once the cache is full
+
+
 def test_graph_break_reports_are_summed() -> None:
     class Broken(MLP):
         def forward(self, x: torch.Tensor) -> torch.Tensor:
