@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import random
 from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from isa.asm import assemble
 from isa.encoding import make
 from isa.machine import DramPort, Edge, Machine
 from isa.presets import load_machine
 from isa.program import CodeSection, Image
+from isa.random_programs import any_program
 from isa.text import format_instr
 from runtime_emu import Emulator, Trap, TrapKind
 
@@ -207,3 +211,16 @@ def test_every_kind_is_covered() -> None:
     src = open(__file__).read()
     for kind in TrapKind:
         assert f"TrapKind.{kind.name}" in src
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.randoms(use_true_random=False))
+def test_random_valid_programs_end_in_outputs_or_a_trap(rng: random.Random) -> None:
+    """Programs of every instruction with every field in range (`isa.random_programs.any_program`, the
+    fuzzer's emu target) run to their end or trap naming the core, the pc and the instruction; a watchdog
+    bounds a program that spins."""
+    image = any_program(rng, load_machine("mesh2x2"))
+    try:
+        Emulator(image, max_cycles=20_000).run()
+    except Trap as t:
+        assert t.kind in TrapKind and str(t)

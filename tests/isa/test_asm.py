@@ -6,6 +6,8 @@ import hashlib
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from isa.asm import assemble
 from isa.disasm import disassemble, format_cores, write_data_files
@@ -204,3 +206,20 @@ def test_disassemble_built_image(tmp_path: Path) -> None:
     )
     text = _roundtrip(img, tmp_path)
     assert '.machine "my_machine.toml"' in text
+
+
+_PROGRAM = disassemble(Image(load_machine("mesh2x2"), (CodeSection("s0", (0, 1), (
+    make("li", rd=1, imm=64), make("vadds", rd=1, ra=1, imm=1.0, rows=2, cols=8, sd=32, sa=32, dt=DType.F32),
+    make("halt"))),)))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(0, len(_PROGRAM)), st.integers(0, 8), st.text(max_size=12))
+def test_assembler_on_mutated_text_gives_an_image_or_an_asm_error(at: int, cut: int, insert: str) -> None:
+    """A real program's text with a span cut out and random text put in: an Image, or one AsmError naming
+    the problem (never another exception)."""
+    text = _PROGRAM[:at] + insert + _PROGRAM[at + cut:]
+    try:
+        assemble(text)
+    except AsmError as e:
+        assert str(e)  # (the line and column, when the text has them)
