@@ -20,7 +20,7 @@ the load phase on, by the one core that multicasts it (its loader), so a call re
 activation operand, and the network carries the weight's chunks from SRAM (`put` from the resident copy
 into the others' chunk buffers; the loader multiplies its own copy in place). Each weight byte is resident
 once over the mesh. A chunk that finds no resident room is streamed from DRAM in every wave, as the cost
-model counts it (`summa_emit.unkept` says which chunks find none, before the kernel allocates them).
+model counts it (`summa_grid.unkept` says which chunks find none, before the kernel allocates them).
 
 Then each core applies the op's epilogue (bias per column, residual tile, scaling, activation) on its FP32
 block, converts it to the output type and stores it. The kernel runs on the home die that DRAM port 0
@@ -52,12 +52,10 @@ from dojoc.codegen.kernels.summa_emit import (
     a_width,
     b_chunk,
     b_source,
-    loader,
-    unkept,
     x_cols,
     x_windows,
 )
-from dojoc.codegen.kernels.summa_grid import MIN_BLOCK, Grid, grid, rect_of, rects, wave_block
+from dojoc.codegen.kernels.summa_grid import MIN_BLOCK, Grid, grid, loader, rect_of, rects, unkept, wave_block
 from dojoc.codegen.paths import port_path
 from dojoc.codegen.view import View
 from dojoc.errors import MappingError
@@ -152,10 +150,10 @@ def estimate(ctx: Ctx, p: Problem, spec: Spec, kc: int, resident: str | None = N
              rect: Rect | None = None) -> tuple[int, Bound]:
     """Predicted cycles and bound for K chunks of `kc` in `waves` waves: per step the longest of a core's
     multiplies, the DRAM port's time for every row's A chunk and every column's B chunk (but a `resident`
-    operand's, "a" or "b") and for its share of the previous wave's stores, the busiest link out of the
-    port's entry routers, a core's ejection port taking both multicasts, and the way of a chunk (DMA and
-    multicast) shared over the `depth` - 1 steps it is issued ahead; plus filling the pipeline (the first
-    steps' DMAs at once), the epilogues, and the last wave's stores."""
+    operand's, "a" or "b") and for its share of the previous wave's stores and of its own residual tiles,
+    the busiest link out of the port's entry routers, a core's ejection port taking both multicasts, and
+    the way of a chunk (DMA and multicast) shared over the `depth` - 1 steps it is issued ahead; plus
+    filling the pipeline (the first steps' DMAs at once), the epilogues, and the last wave's stores."""
     m = ctx.machine
     g = grid(ctx, p.m, p.n, rect)
     e, eo = spec.op.itemsize, spec.out.itemsize
@@ -183,11 +181,12 @@ def estimate(ctx: Ctx, p: Problem, spec: Spec, kc: int, resident: str | None = N
     # (a residual kept in SRAM for this op, in this grid's blocks, costs no DRAM)
     kept = p.r is None or held_.kept_for(ctx, p.r, g.rect, g.mblocks, g.nblocks) is not None
     res = 0 if kept else p.m * p.n * spec.res_src.itemsize
-    # the epilogue's DRAM traffic: residual tiles in, results out (unless they stay in SRAM)
-    out_bytes = (0 if holding else p.m * p.n * eo) + res
+    # the epilogue's DRAM traffic: results out (unless they stay in SRAM), each wave's after it; a wave's
+    # residual tiles come in during its steps (summa_emit._prefetch_residual)
+    out_bytes = 0 if holding else p.m * p.n * eo
     eject = (mx * taps * kc + kc * (nx + halo)) * e / m.eject_bytes_per_cycle
     hops = max(mx * taps * kc, kc * (nx + halo)) * e / m.link_bytes_per_cycle + sum(g.rect.shape) * m.hop_latency
-    # a resident chunk that finds no room (summa_emit.unkept) is streamed in every wave, by its loader
+    # a resident chunk that finds no room (summa_grid.unkept) is streamed in every wave, by its loader
     missing = _missing(ctx, g, bounds, kc, resident, e, taps) if resident is not None else [() for _ in bounds]
     base_link = _link_cycles(ctx, p, g, kc, e, resident, held is not None)
     # a loader's streamed chunk
@@ -200,7 +199,7 @@ def estimate(ctx: Ctx, p: Problem, spec: Spec, kc: int, resident: str | None = N
     for lost in missing:
         moved = streamed + sum(b for _, b in lost) / e
         dram = max(moved * e * way.cycles_per_byte, requests + sum(dram_cycles(round(b), bpc) for _, b in lost)) \
-            + (out_bytes / waves / chunks if waves > 1 else 0) * way.cycles_per_byte
+            + ((out_bytes / waves / chunks if waves > 1 else 0) + res / waves / chunks) * way.cycles_per_byte
         link = (_link_cycles(ctx, p, g, kc, e, resident, held is not None, lost) if lost else base_link) / waves
         # a chunk's DMA is issued depth - 1 steps before the others need it: its latency, the multicast's
         # time and the hops to the far end of the line are hidden only behind that many steps of work
@@ -216,7 +215,7 @@ def estimate(ctx: Ctx, p: Problem, spec: Spec, kc: int, resident: str | None = N
     tile = mx * (nx + xx)
     epi = vector_cycles(tile, 4, tile * 4, tile * eo, m) + spec.epilogue_cycles(mx, nx + xx, m) \
         + (vector_cycles(tile, 4, tile * 8, tile * 4, m) if p.bias is not None else 0)
-    stores = out_bytes / waves * way.cycles_per_byte + way.latency * ((2 if res else 1) - (1 if holding else 0))
+    stores = out_bytes / waves * way.cycles_per_byte + (0 if holding else way.latency)
     total = fill + waves * per_sum + x_mma + waves * epi + stores
     bound = Bound.COMPUTE if per == mma else (Bound.DRAM if per == dram else Bound.LINK)
     return round(total), bound

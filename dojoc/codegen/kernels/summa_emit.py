@@ -23,8 +23,8 @@ from dojoc.codegen.context import Ctx, aligned, split
 from dojoc.codegen.epilogue import emit_pointwise
 from dojoc.codegen.kernels.held import ARRIVE, Held, Kept, kept_for
 from dojoc.codegen.kernels.im2col import Fill, Im2col
-from dojoc.codegen.kernels.mxu import F32, Load, Spec, load_resident, resident_free
-from dojoc.codegen.kernels.summa_grid import wave_block
+from dojoc.codegen.kernels.mxu import F32, Load, Spec, load_resident
+from dojoc.codegen.kernels.summa_grid import loader, resident_wants, wave_block
 from dojoc.codegen.view import Transfer, View, transfers
 from dojoc.ir.epilogue import RESIDUAL_STEPS
 from dojoc.ir.graph import Node
@@ -42,13 +42,6 @@ SRC_A, SRC_B, DMA_X = (12, 13, 14), (15, 16, 17), (18, 19, 20)
 FREE_A, FREE_B = (21, 22, 23), (24, 25, 26)
 STORE, AUX = (27, 28), 29
 MAX_DEPTH = len(DMA_A)
-
-
-def loader(line: tuple[int, ...], index: int, t: int) -> int:
-    """The core of a mesh row (or column) `line`, the index-th, that loads chunk t: rotating with t, and
-    staggered by the line's index, so the columns' B loaders of one chunk sit in different rows and their
-    DMAs enter the mesh through different routers of the DRAM port (not all through one row's links)."""
-    return line[(t + index) % len(line)]
 
 
 def a_chunk(a: View, e: int, kc: int, k0: int, kl: int, m0: int, m: int, dst: int, taps: int = 1,
@@ -150,6 +143,7 @@ class CoreProgram:
         if p.r is not None:
             self.res = sram.alloc(mm * max(nn, xx) * spec.res_src.itemsize, f"{name} residual")
             self.res32 = sram.alloc(mm * max(nn, xx) * 4, f"{name} residual f32")
+        self.res_loads = 0  # the DMAs of the wave's residual block in flight (on AUX)
         self.src_pending = {sem: 0 for sem in (*SRC_A[:depth], *SRC_B[:depth])}
         self.stores = [0] * nout  # stores in flight per output buffer
         self.keep: dict[tuple[str, int], int] = {}  # ("a" | "b" | "x", chunk) -> its resident copy
@@ -331,6 +325,7 @@ class CoreProgram:
                 m0, m, n0, n = self.wave(w)
                 if s + depth - 1 < steps:
                     self._prefetch(s + depth - 1, dmas)
+                self._prefetch_residual(w, t)  # the wave's residual block comes in while it multiplies
                 # with 3 buffers, step s + 1's DMA left a step ago and the others are done with the buffer it
                 # goes to (s + 1 - depth): multicast it now, so it arrives behind step s's whole multiply
                 if early and s + 1 < steps:
@@ -529,6 +524,29 @@ class CoreProgram:
             return k.slices + ((m0 - self.m0) * self.nx + n0 - self.x0) * e, self.nx * e
         return k.addr + ((m0 - self.m0) * self.n + n0 - self.n0) * e, self.n * e
 
+    def _res_transfers(self, m0: int, m: int, n0: int, n: int, dst: int) -> list[Transfer]:
+        """The DMAs of the residual's rows m0.., columns n0.. from DRAM into the residual buffer at `dst`."""
+        er = self.spec.res_src.itemsize
+        assert self.p.r is not None
+        return [tr for rv, c0, off, cnt in self._cols(self.p.r, n0, n)
+                for tr in transfers(rv.base + m0 * rv.strides[0] + c0 * rv.strides[1], dst + off * er,
+                                    [(m, rv.strides[0], n * er), (cnt, rv.strides[1], er)], er)]
+
+    def _prefetch_residual(self, w: int, t: int) -> None:
+        """In step t of wave w, DMA a share of the wave's residual block (unless it is kept in SRAM): its rows
+        spread over the wave's steps, each share after the step's chunk DMAs, so that no burst holds up the
+        chunks' multicasts on the links (finer than shares of some minimum size: measured on BERT and
+        ResNet-50, docs/decisions.md). The previous wave's epilogue is done with the buffer; this wave's
+        waits for every share."""
+        if self.p.r is None or self.res_kept is not None:
+            return
+        m0, m, n0, n = self.wave(w)
+        shares = split(m, self.chunks)  # (fewer than the steps when the block has fewer rows)
+        if t < len(shares) and m:
+            r0, rows = shares[t]
+            dst = self.res + r0 * n * self.spec.res_src.itemsize
+            self.res_loads += self._dma(self._res_transfers(m0 + r0, rows, n0, n, dst), AUX)
+
     def _residual(self, acc: int, m0: int, m: int, n0: int, n: int, mnemonic: str, is_slice: bool) -> None:
         """Add (subtract) the residual block: from this core's SRAM when its producer kept it here, else
         DMA'd from DRAM."""
@@ -543,12 +561,10 @@ class CoreProgram:
             cc.emit(mnemonic, rd=cc.reg(R_D, acc), ra=cc.reg(R_A, acc), rb=cc.reg(R_B, src), rows=m, cols=n,
                     sd=n * 4, sa=n * 4, sb=stride, dt=F32)
             return
-        ts = [tr for rv, c0, off, cnt in self._cols(self.p.r, n0, n)
-              for tr in transfers(rv.base + m0 * rv.strides[0] + c0 * rv.strides[1], self.res + off * er,
-                                  [(m, rv.strides[0], n * er), (cnt, rv.strides[1], er)], er)]
-        for tr in ts:
-            cc.dma_load(tr, AUX)
-        cc.wait(AUX, len(ts))
+        if is_slice:  # (the block's came in during the wave's steps: _prefetch_residual)
+            self.res_loads = self._dma(self._res_transfers(m0, m, n0, n, self.res), AUX)
+        cc.wait(AUX, self.res_loads)
+        self.res_loads = 0
         src = self.res
         if self.spec.res_src is not F32:
             cc.emit("vcvt", rd=cc.reg(R_D, self.res32), ra=cc.reg(R_A, self.res), rows=m, cols=n, sd=n * 4,
@@ -556,38 +572,3 @@ class CoreProgram:
             src = self.res32
         cc.emit(mnemonic, rd=cc.reg(R_D, acc), ra=cc.reg(R_A, acc), rb=cc.reg(R_B, src), rows=m, cols=n,
                 sd=n * 4, sa=n * 4, sb=n * 4, dt=F32)
-
-
-def resident_wants(ctx: Ctx, g: Grid, core: int, bounds: tuple[tuple[int, int], ...], kc: int, resident: str,
-                   e: int, taps: int = 1) -> list[tuple[str, int, int]]:
-    """The resident copies a core keeps, in the order it allocates them: (operand "a" | "b" | "x", chunk,
-    bytes). The loader of a chunk keeps it (A's m x kc, B's kl x n); a core beside a disabled core keeps its
-    own slices of B too (A's chunks are taps x kc wide for a shifted convolution)."""
-    r, c = g.local(ctx, core)
-    m, n, nx = g.mblocks[r][1], g.nblocks[c][1], g.extra.get(core, (0, 0))[1]
-    wants: list[tuple[str, int, int]] = []
-    for t, (_, kl) in enumerate(bounds):
-        if resident == "a" and core == loader(g.rows[r], r, t):
-            wants.append(("a", t, m * taps * kc * e))
-        if resident == "b" and core == loader(g.cols[c], c, t):
-            wants.append(("b", t, kl * n * e))
-        if resident == "b" and nx:
-            wants.append(("x", t, kl * nx * e))
-    return wants
-
-
-def unkept(ctx: Ctx, g: Grid, bounds: tuple[tuple[int, int], ...], kc: int, resident: str,
-           e: int, taps: int = 1) -> list[tuple[tuple[int, float], ...]]:
-    """Per chunk, the resident copies that will find no room, (loader core, bytes): `_keep`'s allocation
-    replayed on the cores' free resident SRAM now (a bump allocator: a copy fits when its aligned bytes
-    are free)."""
-    lost: list[list[tuple[int, float]]] = [[] for _ in bounds]
-    for core in g.cores:
-        free = resident_free(ctx, core)
-        for _, t, nbytes in resident_wants(ctx, g, core, bounds, kc, resident, e, taps):
-            if aligned(nbytes) <= free:
-                free -= aligned(nbytes)
-            else:
-                lost[t].append((core, float(nbytes)))
-    return [tuple(x) for x in lost]
-

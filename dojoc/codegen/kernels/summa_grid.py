@@ -1,8 +1,9 @@
 """SUMMA's geometry: the rectangle of the mesh it runs on and the grid of output blocks laid over it.
 
 The home die (`place.home_die`) by default; a rectangle of it when the problem is too small for the whole
-die (`rects`); any rectangle a given mapping names (`rect_of`). summa.py plans and costs the kernel on a
-grid, summa_emit.py emits each core's program from it, held.py keeps an output in its blocks.
+die (`rects`); any rectangle a given mapping names (`rect_of`); the cores that load each chunk (`loader`)
+and keep a resident weight's (`resident_wants`, `unkept`). summa.py plans and costs the kernel on a grid,
+summa_emit.py emits each core's program from it, held.py keeps an output in its blocks.
 """
 
 from __future__ import annotations
@@ -11,7 +12,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 from math import ceil
 
-from dojoc.codegen.context import Ctx, split
+from dojoc.codegen.context import Ctx, aligned, split
+from dojoc.codegen.kernels.mxu import resident_free
 from dojoc.mapping.place import Rect, home_die
 from isa.costs import up8
 
@@ -169,3 +171,45 @@ def wave_block(g: Grid, resident: str | None, waves: int) -> tuple[int, int, int
     if resident == "b":
         return ceil(g.m_max / waves), g.n_max, g.x_max
     return g.m_max, ceil(g.n_max / waves), g.x_max
+
+
+def loader(line: tuple[int, ...], index: int, t: int) -> int:
+    """The core of a mesh row (or column) `line`, the index-th, that loads chunk t: rotating with t, and
+    staggered by the line's index, so the columns' B loaders of one chunk sit in different rows and their
+    DMAs enter the mesh through different routers of the DRAM port (not all through one row's links)."""
+    return line[(t + index) % len(line)]
+
+
+def resident_wants(ctx: Ctx, g: Grid, core: int, bounds: tuple[tuple[int, int], ...], kc: int, resident: str,
+                   e: int, taps: int = 1) -> list[tuple[str, int, int]]:
+    """The resident copies a core keeps, in the order it allocates them: (operand "a" | "b" | "x", chunk,
+    bytes). The loader of a chunk keeps it (A's m x kc, B's kl x n); a core beside a disabled core keeps its
+    own slices of B too (A's chunks are taps x kc wide for a shifted convolution)."""
+    r, c = g.local(ctx, core)
+    m, n, nx = g.mblocks[r][1], g.nblocks[c][1], g.extra.get(core, (0, 0))[1]
+    wants: list[tuple[str, int, int]] = []
+    for t, (_, kl) in enumerate(bounds):
+        if resident == "a" and core == loader(g.rows[r], r, t):
+            wants.append(("a", t, m * taps * kc * e))
+        if resident == "b" and core == loader(g.cols[c], c, t):
+            wants.append(("b", t, kl * n * e))
+        if resident == "b" and nx:
+            wants.append(("x", t, kl * nx * e))
+    return wants
+
+
+def unkept(ctx: Ctx, g: Grid, bounds: tuple[tuple[int, int], ...], kc: int, resident: str,
+           e: int, taps: int = 1) -> list[tuple[tuple[int, float], ...]]:
+    """Per chunk, the resident copies that will find no room, (loader core, bytes): `_keep`'s allocation
+    replayed on the cores' free resident SRAM now (a bump allocator: a copy fits when its aligned bytes
+    are free)."""
+    lost: list[list[tuple[int, float]]] = [[] for _ in bounds]
+    for core in g.cores:
+        free = resident_free(ctx, core)
+        for _, t, nbytes in resident_wants(ctx, g, core, bounds, kc, resident, e, taps):
+            if aligned(nbytes) <= free:
+                free -= aligned(nbytes)
+            else:
+                lost[t].append((core, float(nbytes)))
+    return [tuple(x) for x in lost]
+
