@@ -40,7 +40,7 @@ from dojoc.ir.graph import Node
 from dojoc.ir.ops import Op
 from dojoc.ir.types import IRDType
 from dojoc.mapping.place import compact_groups
-from isa.costs import vector_cycles
+from isa.costs import up8, vector_cycles
 from isa.dtypes import DType
 
 F32 = DType.F32
@@ -111,27 +111,29 @@ def _plan(ctx: Ctx, node: Node, sh: _Shape, want_lb: int) -> tuple[int, int]:
     return lb, sc
 
 
-def _cores(ctx: Ctx, sh: _Shape, B: int, work: float, mask_bcast: bool,
-           rep: int) -> tuple[int, float, bool, float]:
-    """The cores, DRAM bytes, K/V sharing and exchange cycles of the best split of each head's queries into
-    blocks by the cost model: a core's share of the work against the DRAM port's time for Q, O, the mask
-    and the K and V of every (core, kv head) pair (a core keeps K and V across its run of blocks of one
-    head). More blocks per head spread the work but read K and V once per block, unless the cores of a head
-    share them (`_share_kv`: one block per core; each head's K and V read once, then exchanged all to all
-    within the head's group of cores, placed compact (`compact_groups`): the longer of a core's ejection
-    port taking the others' pieces and the group's busiest link carrying them). A core loads a block's
-    operands before it computes on them, and all cores load at once, so the port's time and a core's work
-    add up."""
+def _cores(ctx: Ctx, sh: _Shape, B: int, mma: float, vec: float, mask_bcast: bool,
+           rep: int) -> tuple[int, float, bool, float, float]:
+    """The cores, DRAM bytes, K/V sharing, exchange cycles and work of the best split of each head's queries into
+    blocks (any number, 1 to L / 8) by the cost model: a core's share of the work (the matrix unit's `mma`
+    cycles of the whole op, for blocks of rows padded to its 8, and the SIMD unit's `vec`) against the DRAM
+    port's time for Q, O, the mask and the K and V of every (core, kv head) pair (a core keeps K and V across
+    its run of blocks of one head). More blocks per head spread the work but read K and V once per block, unless
+    the cores of a head share them (`_share_kv`: one block per core; each head's K and V read once, then
+    exchanged all to all within the head's group of cores, placed compact (`compact_groups`): the longer of a
+    core's ejection port taking the others' pieces and the group's busiest link carrying them). A core loads a
+    block's operands before it computes on them, and all cores load at once, so the port's time and a core's
+    work add up."""
     mach = ctx.machine
     port = mach.dram_ports[0].bytes_per_cycle
     n_max = len(ctx.builder.ids)
     mask_es = sh.mask.itemsize if sh.mask is not None else 0
     kv = sh.S * (sh.E + sh.Ev) * sh.es
-    best: tuple[float, int, float, bool, float] | None = None
+    best: tuple[float, int, float, bool, float, float] | None = None
     pb = 1
     while pb <= max(1, -(-sh.L // 8)):
         lb = -(-sh.L // pb)
         blocks = -(-sh.L // lb)
+        work = mma * up8(lb) / lb + vec
         items = B * blocks
         n = min(items, n_max)
         pairs = sum(len({(j // blocks) // rep for j in range(f, f + c)}) for f, c in split(items, n))
@@ -148,10 +150,10 @@ def _cores(ctx: Ctx, sh: _Shape, B: int, work: float, mask_bcast: bool,
             options.append((work / n + (B * kv + rest) / port + exchange, B * kv + rest, True, exchange))
         for t, dram, share, ex in options:
             if best is None or t < best[0]:
-                best = (t, n, dram, share, ex)
-        pb *= 2
+                best = (t, n, dram, share, ex, work)
+        pb += 1
     assert best is not None
-    return best[1], best[2], best[3], best[4]
+    return best[1], best[2], best[3], best[4], best[5]
 
 
 @kernel(Op.SDPA)
@@ -187,10 +189,10 @@ def sdpa(ctx: Ctx, node: Node) -> None:
 
     # Cores: by the total work, then query blocks sized so the (batch, block) items cover them.
     macs = B * L * S * (E + Ev)
-    work = (macs / ctx.machine.macs_per_cycle("fp32" if dt is F32 else "bf16")
-            + 8 * vector_cycles(B * L * S, 4, B * L * S * 4, B * L * S * 4, ctx.machine))
+    mma = macs / ctx.machine.macs_per_cycle("fp32" if dt is F32 else "bf16")
+    vec = 8 * vector_cycles(B * L * S, 4, B * L * S * 4, B * L * S * 4, ctx.machine)
     bcast = mask is not None and ctx.views[mask].expand(batch + (L, S)).strides[-2] == 0
-    count, dram, share, exchange = _cores(ctx, sh, B, work, bcast, rep)
+    count, dram, share, exchange, work = _cores(ctx, sh, B, mma, vec, bcast, rep)
     cores = ctx.region("attention", work, B * -(-L // 8), axis="heads_queries", dram_bytes=dram, count=count,
                        overlap=False, extra=exchange)
     per_batch = max(1, -(-len(cores) // B))
