@@ -225,20 +225,21 @@ class Ctx:
 
     def region(self, kernel: str, cycles: float, items: int, *, axis: str = "rows",
                bound: Bound = Bound.COMPUTE, dram_bytes: float = 0.0, count: int | None = None,
-               overlap: bool = True, extra: float = 0.0) -> list[int]:
+               overlap: bool = True, extra: float = 0.0, hidden: float = 0.0) -> list[int]:
         """The cores of an op whose work (`cycles` in all) is `items` pieces cut along `axis` into one run
         per core: by default the first `cores_for` cores; a given decision may name any cores, at most one
         per piece, with split {axis: its number of cores}. Its prediction: the larger of a core's share of
         the work and the time `dram_bytes` take on the way from DRAM (codegen/paths.py), plus the latency
         of a load and of a store (each core's first load and last store overlap nothing). A kernel
         whose own cost model sizes the region passes its `count` of cores; one that loads its operands
-        before computing on them says `overlap=False`, and its work and DRAM time add up; `extra` cycles
-        (an exchange between its cores) add to either."""
+        before computing on them says `overlap=False`, and its work and DRAM time add up, but for the
+        `hidden` cycles of them that overlap (a kernel that pipelines its items); `extra` cycles (an exchange
+        between its cores) add to either."""
 
         def predict(cores: tuple[int, ...]) -> tuple[int, Bound]:
             way = port_path(self.machine, cores)
             work, dram = cycles / len(cores), dram_bytes * way.cycles_per_byte
-            busy = max(work, dram) if overlap else work + dram
+            busy = max(work, dram) if overlap else max(work, dram, work + dram - hidden)
             return ceil(busy + extra + 2 * way.latency), (Bound.DRAM if dram > work else bound)
 
         def default() -> OpMapping:

@@ -1,7 +1,11 @@
 """Scaled dot-product attention: softmax(Q K^T * scale + mask) V, flash-style, one query block at a time.
 
 Work items are (batch x head, query block) pairs, dealt to cores in contiguous runs (so a core mostly
-walks the query blocks of one head and keeps its K and V in SRAM). For each item a core loads the Q
+walks the query blocks of one head and keeps its K and V in SRAM). When the cost model gives a core two
+blocks of one head (and every key fits one chunk, without a causal mask), the core pipelines them: the
+second block's Q and mask are loaded into a second set of buffers once the first's are in, so the port
+serves every core's first block before the second ones while the cores compute, and the first block's
+output is stored while the second is computed. For each item a core loads the Q
 block, then walks the keys in chunks that fit SRAM:
 
     S  = Q @ K_chunk^T            mma tb=1 (K is stored [S, E], i.e. already "n x k"), FP32 accumulator
@@ -24,7 +28,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from math import prod
 
 import numpy as np
@@ -46,8 +50,10 @@ from isa.dtypes import DType
 F32 = DType.F32
 LOWEST = float(np.finfo(np.float32).min)  # the running max never goes below this (fully masked rows)
 TINY = 1e-30  # the row sum is clamped to this, so a fully masked row divides 0 by it
-SEM_LOAD, SEM_STORE = 0, 1
 SEM_KV, SEM_SENT, SEM_MINE = 2, 3, 4  # K/V pieces from the other cores of a head; this core's sent; loaded
+# the loads and the stores of a query block, per buffer set (two alternate when a core's blocks pipeline)
+SEM_LOADS, SEM_STORES = (0, 5), (1, 6)
+SEM_LOAD, SEM_STORE = SEM_LOADS[0], SEM_STORES[0]
 Resident = tuple[tuple[int, ...], int] | None
 
 
@@ -112,7 +118,7 @@ def _plan(ctx: Ctx, node: Node, sh: _Shape, want_lb: int) -> tuple[int, int]:
 
 
 def _cores(ctx: Ctx, sh: _Shape, B: int, mma: float, vec: float, mask_bcast: bool,
-           rep: int) -> tuple[int, float, bool, float, float]:
+           rep: int) -> tuple[int, float, bool, float, float, int, float]:
     """The cores, DRAM bytes, K/V sharing, exchange cycles and work of the best split of each head's queries into
     blocks (any number, 1 to L / 8) by the cost model: a core's share of the work (the matrix unit's `mma`
     cycles of the whole op, for blocks of rows padded to its 8, and the SIMD unit's `vec`) against the DRAM
@@ -122,13 +128,16 @@ def _cores(ctx: Ctx, sh: _Shape, B: int, mma: float, vec: float, mask_bcast: boo
     exchanged all to all within the head's group of cores, placed compact (`compact_groups`): the longer of a
     core's ejection port taking the others' pieces and the group's busiest link carrying them). A core loads a
     block's operands before it computes on them, and all cores load at once, so the port's time and a core's
-    work add up."""
+    work add up; with two blocks per core (pipelined: K and V, then every core's first Q block, then the
+    second ones) a core computes its first block while the port brings the rest, and only its last block's
+    work and store are exposed. Also returns the blocks per core and the cycles of work the port's time
+    hides."""
     mach = ctx.machine
     port = mach.dram_ports[0].bytes_per_cycle
     n_max = len(ctx.builder.ids)
     mask_es = sh.mask.itemsize if sh.mask is not None else 0
     kv = sh.S * (sh.E + sh.Ev) * sh.es
-    best: tuple[float, int, float, bool, float, float] | None = None
+    best: tuple[float, int, float, bool, float, float, int, float] | None = None
     pb = 1
     while pb <= max(1, -(-sh.L // 8)):
         lb = -(-sh.L // pb)
@@ -139,21 +148,33 @@ def _cores(ctx: Ctx, sh: _Shape, B: int, mma: float, vec: float, mask_bcast: boo
         pairs = sum(len({(j // blocks) // rep for j in range(f, f + c)}) for f, c in split(items, n))
         mask = B * (blocks if mask_bcast else sh.L) * sh.S * mask_es
         rest = B * sh.L * (sh.E + sh.Ev) * sh.es + mask
-        options = [(work / n + (pairs * kv + rest) / port, pairs * kv + rest, False, 0.0)]
-        if blocks > 1 and n == items and rep == 1 and sh.S <= MAX_COLS and blocks <= sh.S:
-            # the pieces go out only once they are in: one DMA's way more before the Q blocks' loads
-            busiest = max(exchange_link_bytes(mach, tuple(g), kv / blocks)
-                          for g in compact_groups(mach, ctx.builder.ids[:n], blocks))
-            moved = max(kv * (blocks - 1) / blocks / mach.eject_bytes_per_cycle,
-                        busiest / mach.link_bytes_per_cycle)
-            exchange = port_path(mach, tuple(ctx.builder.ids[:n])).latency + moved + 2 * blocks * mach.hop_latency
-            options.append((work / n + (B * kv + rest) / port + exchange, B * kv + rest, True, exchange))
-        for t, dram, share, ex in options:
+        options = [(work / n + (pairs * kv + rest) / port, n, pairs * kv + rest, False, 0.0, 1, 0.0)]
+        for per in (1, 2):  # a head's cores share its K and V, with one block each or two (pipelined)
+            g = blocks // per  # the head's cores
+            if blocks % per or B * g > n_max or rep != 1 or sh.S > MAX_COLS or g > sh.S \
+                    or (per == 1 and (blocks == 1 or n != items)) or (per > 1 and sh.causal):
+                continue
+            exchange = 0.0
+            if g > 1:  # the pieces go out only once they are in: one DMA's way more before the Q blocks' loads
+                busiest = max(exchange_link_bytes(mach, tuple(grp), kv / g)
+                              for grp in compact_groups(mach, ctx.builder.ids[:B * g], g))
+                moved = max(kv * (g - 1) / g / mach.eject_bytes_per_cycle, busiest / mach.link_bytes_per_cycle)
+                exchange = port_path(mach, tuple(ctx.builder.ids[:B * g])).latency + moved + 2 * g * mach.hop_latency
+            # K and V first, then the Q blocks in order: a core computes its first block while the port
+            # brings the others' (and its own next), and its stores leave while it computes the next
+            lkv, lq, lo = B * kv / port, (B * sh.L * sh.E * sh.es + mask) / port, B * sh.L * sh.Ev * sh.es / port
+            w = work / (B * g * per)
+            t = max(lkv + lq + lo, lkv + lq / per + per * w + lo / per) + exchange
+            hidden = lkv + lq + lo + per * w - (t - exchange)  # the work the port's time hides
+            if per == 1 and g == 1:
+                continue  # (the plain option above)
+            options.append((t, B * g, B * kv + rest, g > 1, exchange, per, hidden))
+        for t, cores, dram, share, ex, per, hidden in options:
             if best is None or t < best[0]:
-                best = (t, n, dram, share, ex, work)
+                best = (t, cores, dram, share, ex, work, per, hidden)
         pb += 1
     assert best is not None
-    return best[1], best[2], best[3], best[4], best[5]
+    return best[1:]
 
 
 @kernel(Op.SDPA)
@@ -192,11 +213,11 @@ def sdpa(ctx: Ctx, node: Node) -> None:
     mma = macs / ctx.machine.macs_per_cycle("fp32" if dt is F32 else "bf16")
     vec = 8 * vector_cycles(B * L * S, 4, B * L * S * 4, B * L * S * 4, ctx.machine)
     bcast = mask is not None and ctx.views[mask].expand(batch + (L, S)).strides[-2] == 0
-    count, dram, share, exchange, work = _cores(ctx, sh, B, mma, vec, bcast, rep)
+    count, dram, share, exchange, work, per, hidden = _cores(ctx, sh, B, mma, vec, bcast, rep)
     cores = ctx.region("attention", work, B * -(-L // 8), axis="heads_queries", dram_bytes=dram, count=count,
-                       overlap=False, extra=exchange)
+                       overlap=False, extra=exchange, hidden=hidden)
     per_batch = max(1, -(-len(cores) // B))
-    want_lb = min(L, MAX_ROWS, max(8, -(-L // per_batch)))
+    want_lb = min(L, MAX_ROWS, max(8, -(-L // (per_batch * per))))
     lb, sc = _plan(ctx, node, sh, want_lb)
     items = [(idx, l0, min(lb, L - l0)) for idx in np.ndindex(*batch) for l0 in range(0, L, lb)]
     ctx.shrink_region(len(items))
@@ -207,42 +228,64 @@ def sdpa(ctx: Ctx, node: Node) -> None:
         causal_v = ctx.weight(f"{node.name}_causal", np.arange(L + S - 1) >= S - 1, DType.BOOL)
     kv, vv, qv = ctx.views[k], ctx.views[v], ctx.views[q]
     mv = ctx.views[mask].expand(batch + (L, S)) if mask is not None else None
-    # one block per core and every key in one chunk: the cores of a head share its K and V (_share_kv),
-    # each head's on a compact group of cores
-    sharing = share and len(items) == len(cores) and sc >= S
+    # `per` blocks per core, all of one head, and every key in one chunk: the cores of a head share its K and
+    # V (_share_kv), each head's on a compact group of cores
+    blocks = -(-L // lb)
+    sharing = share and len(items) == per * len(cores) and blocks % per == 0 and sc >= S
     if sharing:
-        cores = [c for g in compact_groups(ctx.machine, cores, -(-L // lb)) for c in g]
+        cores = [c for g in compact_groups(ctx.machine, cores, blocks // per) for c in g]
     runs = list(zip(cores, split(len(items), len(cores)), strict=False))
     groups: dict[tuple[int, ...], list[int]] = {}
     if sharing:
         for core, (first, _) in runs:
             groups.setdefault(items[first][0], []).append(core)
+    def kidx_of(idx: tuple[int, ...]) -> tuple[int, ...]:
+        return idx[:-1] + (idx[-1] // rep,) if rep > 1 else idx
+
+    def block(idx: tuple[int, ...], l0: int, n: int) -> _Block:
+        kidx = kidx_of(idx)
+        return _Block(select_batch(qv, idx).slice(0, l0, l0 + n), select_batch(kv, kidx), select_batch(vv, kidx),
+                      select_batch(mv, idx) if mv is not None else None, causal_v, l0, n)
+
     for core, (first, count) in runs:
         cc = ctx.core(core)
+        run = items[first:first + count]
+        # a run of one head's blocks, every key in one chunk, no causal mask (its blocks need more keys each):
+        # the next block's loads go out before this one computes, into the other buffer set
+        pipelined = count > 1 and sc >= S and not sh.causal and len({kidx_of(i) for i, _, _ in run}) == 1
         bufs = _Buffers.alloc(ctx, core, node, sh, lb, sc)
+        sets = (bufs, bufs.second(ctx, core, node, sh, lb) if pipelined else bufs)
         with cc.op(node.name, node.source):
             if mask is not None or sh.causal:
                 cc.emit("vfill", rd=cc.reg(R_D, bufs.neg), imm=-math.inf, rows=1, cols=sc, sd=sc * 4, dt=F32)
-            pending, resident = 0, None
+            pending, resident = [0, 0], None
             head = items[first][0]
             pieces, hook = 0, None
             if 1 < len(groups.get(head, ())) <= S:
                 pieces = _share_kv(cc, sh, bufs, select_batch(kv, head), select_batch(vv, head), groups[head], core)
                 hook = functools.partial(cc.wait, SEM_KV, pieces)  # as many pieces come in as go out
                 resident = (head, S)
-            for idx, l0, n in items[first:first + count]:
-                kidx = idx[:-1] + (idx[-1] // rep,) if rep > 1 else idx
-                blk = _Block(select_batch(qv, idx).slice(0, l0, l0 + n), select_batch(kv, kidx),
-                             select_batch(vv, kidx), select_batch(mv, idx) if mv is not None else None,
-                             causal_v, l0, n)
-                resident = _attend(cc, sh, bufs, blk, dt, scale, sc, resident, kidx, pending, hook)
+            issued: dict[int, int] = {}
+            if pipelined:  # the first block's loads (with K and V, unless shared), then each next one's early
+                issued[0] = _loads(cc, sh, bufs, block(*run[0]), 0, S, True, resident is None, SEM_LOADS[0])
+                resident = (kidx_of(run[0][0]), S)
+            for j, (idx, l0, n) in enumerate(run):
+                s = j % 2 if pipelined else 0
+                then = None
+                if pipelined and j + 1 < len(run):  # the next block's loads, once this one's are in
+                    then = functools.partial(_load_next, issued, j + 1, cc, sh, sets[1 - s], block(*run[j + 1]),
+                                             SEM_LOADS[1 - s])
+                b = sets[s]
+                resident = _attend(cc, sh, b, block(idx, l0, n), dt, scale, sc, resident, kidx_of(idx),
+                                   pending[s], hook, issued.get(j), SEM_LOADS[s], SEM_STORES[s], then)
                 hook = None
-                src = bufs.o if dt is F32 else bufs.oc
+                src = b.o if dt is F32 else b.oc
                 if dt is not F32:
-                    cc.emit("vcvt", rd=cc.reg(R_D, bufs.oc), ra=cc.reg(R_A, bufs.o), rows=n, cols=Ev,
+                    cc.emit("vcvt", rd=cc.reg(R_D, b.oc), ra=cc.reg(R_A, b.o), rows=n, cols=Ev,
                             sd=Ev * dt.itemsize, sa=Ev * 4, dtd=dt, dts=F32)
-                pending = store_view(cc, src, select_batch(out, idx).slice(0, l0, l0 + n), SEM_STORE)
-            cc.wait(SEM_STORE, pending)
+                pending[s] = store_view(cc, src, select_batch(out, idx).slice(0, l0, l0 + n), SEM_STORES[s])
+            for s in (0, 1):
+                cc.wait(SEM_STORES[s], pending[s])
             cc.wait(SEM_SENT, pieces)
 
 
@@ -311,6 +354,19 @@ class _Buffers:
             cm=a(lb * sc if sh.causal else 0, "causal mask"), neg=a(sc * 4, "-inf row"))
 
 
+    def second(self, ctx: Ctx, core: int, node: Node, sh: _Shape, lb: int) -> _Buffers:
+        """A second set of the tiles that a query block loads or stores (Q, mask, output), sharing the rest:
+        a pipelined core loads the next block into one set while it computes on the other."""
+        sram, es, wide = ctx.sram[core], sh.es, sh.es != 4
+
+        def a(n: int, what: str) -> int:
+            return sram.alloc(n, f"sdpa {node.name} {what}") if n else -1
+
+        mask_es = sh.mask.itemsize if sh.mask is not None else 0
+        return replace(self, q=a(lb * sh.E * es, "query block"), o=a(lb * sh.Ev * 4, "accumulator"),
+                       oc=a(lb * sh.Ev * es if wide else 0, "output tile"), mask=a(lb * sh.S * mask_es, "mask tile"))
+
+
 @dataclass(frozen=True)
 class _Block:
     """One work item's DRAM views: Q rows [n, E], the whole K [S, E] and V [S, Ev], the mask [L, S]."""
@@ -324,11 +380,40 @@ class _Block:
     n: int
 
 
+def _load_next(issued: dict[int, int], j: int, cc: CoreCode, sh: _Shape, b: _Buffers, blk: _Block,
+               sem: int) -> None:
+    """Issue a pipelined core's block j's loads (K and V are in already), counting them in `issued`."""
+    issued[j] = _loads(cc, sh, b, blk, 0, sh.S, True, False, sem)
+
+
+def _loads(cc: CoreCode, sh: _Shape, b: _Buffers, blk: _Block, c0: int, cs: int, first: bool, kv: bool,
+           sem: int) -> int:
+    """Issue the DMAs of one key chunk of a query block (keys c0 .. c0 + cs - 1): its Q block the first time,
+    K and V (`kv`), its mask and causal mask tiles; returns their count (on `sem`)."""
+    n = blk.n
+    mrows = 1 if blk.mask is not None and blk.mask.strides[0] == 0 else n
+    loads = load_view(cc, blk.q, b.q, sem) if first else 0
+    if kv:
+        loads += load_view(cc, blk.k.slice(0, c0, c0 + cs), b.k, sem)
+        loads += load_view(cc, blk.v.slice(0, c0, c0 + cs), b.v, sem)
+    if blk.mask is not None:
+        loads += load_view(cc, blk.mask.slice(0, blk.l0, blk.l0 + mrows).slice(1, c0, c0 + cs), b.mask, sem)
+    if sh.causal and c0 + cs - 1 > blk.l0:
+        assert blk.causal is not None
+        src = blk.causal.base + (blk.l0 - c0 + sh.S - 1)
+        cc.dma_load(Transfer(src, b.cm, ((n, 1, cs), (cs, -1, 1)), 1), sem)
+        loads += 1
+    return loads
+
+
 def _attend(cc: CoreCode, sh: _Shape, b: _Buffers, blk: _Block, dt: DType, scale: float, sc: int,
             resident: Resident, kidx: tuple[int, ...], pending: int,
-            hook: Callable[[], None] | None = None) -> Resident:
+            hook: Callable[[], None] | None = None, issued: int | None = None, sem_load: int = SEM_LOAD,
+            sem_store: int = SEM_STORE, then: Callable[[], None] | None = None) -> Resident:
     """Emit one query block, leaving O / l in b.o. `resident` is (kv batch index, keys loaded) when K and
-    V stay in SRAM across blocks (only when one chunk covers every key); returns the new one."""
+    V stay in SRAM across blocks (only when one chunk covers every key); returns the new one. The first
+    chunk's loads were `issued` already when given (a pipelined block's, on `sem_load`); `pending` stores
+    of the block before it in these buffers are counted on `sem_store`."""
     n, es, Ev, E = blk.n, dt.itemsize, sh.Ev, sh.E
     one_chunk = sc >= sh.S
     m, mn = b.m, b.mn
@@ -341,24 +426,19 @@ def _attend(cc: CoreCode, sh: _Shape, b: _Buffers, blk: _Block, dt: DType, scale
     mrows = 1 if bcast else n
     for ci, (c0, cs) in enumerate(chunks):
         first = ci == 0
-        loads = load_view(cc, blk.q, b.q, SEM_LOAD) if first else 0
-        if not (one_chunk and resident is not None and resident[0] == kidx and resident[1] >= end):
-            loads += load_view(cc, blk.k.slice(0, c0, c0 + cs), b.k, SEM_LOAD)
-            loads += load_view(cc, blk.v.slice(0, c0, c0 + cs), b.v, SEM_LOAD)
-        if blk.mask is not None:
-            loads += load_view(cc, blk.mask.slice(0, blk.l0, blk.l0 + mrows).slice(1, c0, c0 + cs), b.mask,
-                               SEM_LOAD)
         crossing = sh.causal and c0 + cs - 1 > blk.l0
-        if crossing:
-            assert blk.causal is not None
-            src = blk.causal.base + (blk.l0 - c0 + sh.S - 1)
-            cc.dma_load(Transfer(src, b.cm, ((n, 1, cs), (cs, -1, 1)), 1), SEM_LOAD)
-            loads += 1
+        if first and issued is not None:
+            loads = issued
+        else:
+            kv = not (one_chunk and resident is not None and resident[0] == kidx and resident[1] >= end)
+            loads = _loads(cc, sh, b, blk, c0, cs, first, kv, sem_load)
         if first:
-            cc.wait(SEM_STORE, pending)  # the previous block's output has left O
+            cc.wait(sem_store, pending)  # the previous block's output has left O
             if hook is not None:  # K and V shared with the head's other cores, while this block's loads fly
                 hook()
-        cc.wait(SEM_LOAD, loads)
+        cc.wait(sem_load, loads)
+        if first and then is not None:  # (the next block's loads, issued once this one's are in)
+            then()
         tile = {"rows": n, "cols": cs, "sd": cs * 4, "sa": cs * 4}
         cc.emit("mma", rd=cc.reg(R_D, b.s), ra=cc.reg(R_A, b.q), rb=cc.reg(R_B, b.k), m=n, n=cs, k=E,
                 sd=cs * 4, sa=E * es, sb=E * es, dt=dt, tb=1)
