@@ -52,6 +52,7 @@ from dojoc.codegen.kernels.summa_emit import (
     a_width,
     b_chunk,
     b_source,
+    prefetches_residual,
     x_cols,
     x_windows,
 )
@@ -184,6 +185,9 @@ def estimate(ctx: Ctx, p: Problem, spec: Spec, kc: int, resident: str | None = N
     # the epilogue's DRAM traffic: results out (unless they stay in SRAM), each wave's after it; a wave's
     # residual tiles come in during its steps (summa_emit._prefetch_residual)
     out_bytes = 0 if holding else p.m * p.n * eo
+    early = res > 0 and prefetches_residual(g, resident, waves, spec.res_src.itemsize)
+    res_steps, res_tail = (res, 0) if early else (0, res)
+    out_bytes += res_tail
     eject = (mx * taps * kc + kc * (nx + halo)) * e / m.eject_bytes_per_cycle
     hops = max(mx * taps * kc, kc * (nx + halo)) * e / m.link_bytes_per_cycle + sum(g.rect.shape) * m.hop_latency
     # a resident chunk that finds no room (summa_grid.unkept) is streamed in every wave, by its loader
@@ -199,7 +203,7 @@ def estimate(ctx: Ctx, p: Problem, spec: Spec, kc: int, resident: str | None = N
     for lost in missing:
         moved = streamed + sum(b for _, b in lost) / e
         dram = max(moved * e * way.cycles_per_byte, requests + sum(dram_cycles(round(b), bpc) for _, b in lost)) \
-            + ((out_bytes / waves / chunks if waves > 1 else 0) + res / waves / chunks) * way.cycles_per_byte
+            + ((out_bytes / waves / chunks if waves > 1 else 0) + res_steps / waves / chunks) * way.cycles_per_byte
         link = (_link_cycles(ctx, p, g, kc, e, resident, held is not None, lost) if lost else base_link) / waves
         # a chunk's DMA is issued depth - 1 steps before the others need it: its latency, the multicast's
         # time and the hops to the far end of the line are hidden only behind that many steps of work
@@ -215,7 +219,7 @@ def estimate(ctx: Ctx, p: Problem, spec: Spec, kc: int, resident: str | None = N
     tile = mx * (nx + xx)
     epi = vector_cycles(tile, 4, tile * 4, tile * eo, m) + spec.epilogue_cycles(mx, nx + xx, m) \
         + (vector_cycles(tile, 4, tile * 8, tile * 4, m) if p.bias is not None else 0)
-    stores = out_bytes / waves * way.cycles_per_byte + (0 if holding else way.latency)
+    stores = out_bytes / waves * way.cycles_per_byte + way.latency * ((2 if res_tail else 1) - (1 if holding else 0))
     total = fill + waves * per_sum + x_mma + waves * epi + stores
     bound = Bound.COMPUTE if per == mma else (Bound.DRAM if per == dram else Bound.LINK)
     return round(total), bound

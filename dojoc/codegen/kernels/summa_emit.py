@@ -42,6 +42,16 @@ SRC_A, SRC_B, DMA_X = (12, 13, 14), (15, 16, 17), (18, 19, 20)
 FREE_A, FREE_B = (21, 22, 23), (24, 25, 26)
 STORE, AUX = (27, 28), 29
 MAX_DEPTH = len(DMA_A)
+# a wave's residual block of at least this many bytes (on the largest core) comes in during the wave's steps
+# (_prefetch_residual); a smaller one is loaded by the epilogue, as its shares would be requests of tens of
+# bytes that cost the port more than they hide (BERT at batch 1: 624-byte blocks, docs/decisions.md)
+RES_PREFETCH = 2048
+
+
+def prefetches_residual(g: Grid, resident: str | None, waves: int, er: int) -> bool:
+    """Whether the SUMMA program on grid `g` DMAs its residual during the steps (`er`: its element bytes)."""
+    mm, nn, _ = wave_block(g, resident, waves)
+    return mm * nn * er >= RES_PREFETCH
 
 
 def a_chunk(a: View, e: int, kc: int, k0: int, kl: int, m0: int, m: int, dst: int, taps: int = 1,
@@ -144,6 +154,7 @@ class CoreProgram:
             self.res = sram.alloc(mm * max(nn, xx) * spec.res_src.itemsize, f"{name} residual")
             self.res32 = sram.alloc(mm * max(nn, xx) * 4, f"{name} residual f32")
         self.res_loads = 0  # the DMAs of the wave's residual block in flight (on AUX)
+        self.res_early = p.r is not None and prefetches_residual(g, resident, waves, spec.res_src.itemsize)
         self.src_pending = {sem: 0 for sem in (*SRC_A[:depth], *SRC_B[:depth])}
         self.stores = [0] * nout  # stores in flight per output buffer
         self.keep: dict[tuple[str, int], int] = {}  # ("a" | "b" | "x", chunk) -> its resident copy
@@ -538,7 +549,7 @@ class CoreProgram:
         chunks' multicasts on the links (finer than shares of some minimum size: measured on BERT and
         ResNet-50, docs/decisions.md). The previous wave's epilogue is done with the buffer; this wave's
         waits for every share."""
-        if self.p.r is None or self.res_kept is not None:
+        if not self.res_early or self.res_kept is not None:
             return
         m0, m, n0, n = self.wave(w)
         shares = split(m, self.chunks)  # (fewer than the steps when the block has fewer rows)
@@ -561,7 +572,7 @@ class CoreProgram:
             cc.emit(mnemonic, rd=cc.reg(R_D, acc), ra=cc.reg(R_A, acc), rb=cc.reg(R_B, src), rows=m, cols=n,
                     sd=n * 4, sa=n * 4, sb=stride, dt=F32)
             return
-        if is_slice:  # (the block's came in during the wave's steps: _prefetch_residual)
+        if is_slice or not self.res_early:  # (else the block's came in during the steps: _prefetch_residual)
             self.res_loads = self._dma(self._res_transfers(m0, m, n0, n, self.res), AUX)
         cc.wait(AUX, self.res_loads)
         self.res_loads = 0
