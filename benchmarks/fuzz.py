@@ -207,8 +207,8 @@ def _body_lines(path: Path) -> set[int]:
     return out
 
 
-def coverage_of(cov: Any, name: str) -> str:
-    """"N/M lines (P %)": the statements in function bodies of the target's source that its inputs ran."""
+def coverage_of(cov: Any, name: str) -> tuple[int, int]:
+    """(ran, of): the statements in function bodies of the target's source, and those its inputs ran."""
     ran = total = 0
     for pattern in COVERS[name]:
         for path in sorted(ROOT.glob(pattern)):
@@ -216,7 +216,7 @@ def coverage_of(cov: Any, name: str) -> str:
             body = _body_lines(path) & set(statements)
             total += len(body)
             ran += len(body - set(missing))
-    return f"{ran:,}/{total:,} lines ({ran / max(total, 1):.0%})"
+    return ran, total
 
 
 def run(args: argparse.Namespace) -> None:
@@ -253,7 +253,8 @@ def run(args: argparse.Namespace) -> None:
         covered = ""
         if cov is not None:
             cov.stop()
-            covered = f" {coverage_of(cov, name)} |"
+            ran, total = coverage_of(cov, name)
+            covered = f" {ran:,}/{total:,} lines ({ran / max(total, 1):.0%}) |"
         print(f"| {name} | {args.inputs:,} | {valid:,} | {typed:,} | {other:,} | {rate:,.0f} |{covered}", flush=True)
     sys.exit(1 if failed else 0)
 

@@ -18,7 +18,9 @@ checks refuse is drawn again.
 
 from __future__ import annotations
 
+import functools
 import random
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from isa.dtypes import DType
@@ -26,7 +28,7 @@ from isa.encoding import make
 from isa.errors import EncodingError
 from isa.machine import Machine
 from isa.program import CodeSection, Image
-from isa.table import INSTRUCTIONS, Field, InstrSpec, Kind, Unit
+from isa.table import INSTRUCTIONS, Field, Instr, InstrSpec, Kind, Unit
 
 SMALL = (0, 1, 2, 3, 4, 7, 8, 16, 31, 64, 100, 256, 1024, 4096)  # any_program's usual field values
 ANY_ADDRS = (0, 64, 256, 1024, 4096, 65536)  # r1-r8 of an any_program section start at one of these
@@ -40,10 +42,10 @@ LOCAL_SPECS = tuple(s for s in INSTRUCTIONS if s.unit in LOCAL_UNITS and s.mnemo
 BITWISE = {"vand", "vands", "vor", "vors", "vxor", "vxors", "vnot"}
 
 
-def _draw(rng: random.Random, specs: tuple[InstrSpec, ...] | list[InstrSpec], count: int,
-          value: Any) -> list[Any]:
+def _draw(rng: random.Random, specs: Sequence[InstrSpec], count: int,
+          value: Callable[[InstrSpec, Field], Any]) -> list[Instr]:
     """`count` instructions of `specs`, each field from `value(spec, field)`; refused values are redrawn."""
-    code: list[Any] = []
+    code: list[Instr] = []
     while len(code) < count:
         spec = rng.choice(specs)
         try:
@@ -72,6 +74,10 @@ def any_field(rng: random.Random, f: Field, length: int) -> Any:
     return -v if f.kind is Kind.SIMM and rng.random() < 0.2 else v
 
 
+def _any_value(rng: random.Random, length: int, _spec: InstrSpec, f: Field) -> Any:
+    return any_field(rng, f, length)
+
+
 def any_program(rng: random.Random, machine: Machine, max_len: int = 24) -> Image:
     """1 to all-cores sections over the machine's cores, each setting r1-r8 to small SRAM addresses, then 1
     to `max_len` random instructions of the whole table, then `halt`."""
@@ -83,7 +89,7 @@ def any_program(rng: random.Random, machine: Machine, max_len: int = 24) -> Imag
     for i, group in enumerate(groups):
         code = [make("li", rd=r, imm=rng.choice(ANY_ADDRS)) for r in range(1, 9)]
         length = rng.randint(1, max_len)
-        code += _draw(rng, INSTRUCTIONS, length, lambda _s, f, n=8 + length: any_field(rng, f, n))
+        code += _draw(rng, INSTRUCTIONS, length, functools.partial(_any_value, rng, 8 + length))
         code.append(make("halt"))
         sections.append(CodeSection(f"s{i}", tuple(sorted(group)), tuple(code)))
     return Image(machine, tuple(sections))

@@ -5,8 +5,9 @@ walks the query blocks of one head and keeps its K and V in SRAM). When the cost
 blocks of one head (and every key fits one chunk, without a causal mask), the core pipelines them: the
 second block's Q and mask are loaded into a second set of buffers once the first's are in, so the port
 serves every core's first block before the second ones while the cores compute, and the first block's
-output is stored while the second is computed. For each item a core loads the Q
-block, then walks the keys in chunks that fit SRAM:
+output is stored while the second is computed.
+
+For each item a core loads the Q block, then walks the keys in chunks that fit SRAM:
 
     S  = Q @ K_chunk^T            mma tb=1 (K is stored [S, E], i.e. already "n x k"), FP32 accumulator
     S *= scale; S = mask ? S : -inf (bool) or S += mask (float); causal keeps key <= query
@@ -149,25 +150,23 @@ def _cores(ctx: Ctx, sh: _Shape, B: int, mma: float, vec: float, mask_bcast: boo
         mask = B * (blocks if mask_bcast else sh.L) * sh.S * mask_es
         rest = B * sh.L * (sh.E + sh.Ev) * sh.es + mask
         options = [(work / n + (pairs * kv + rest) / port, n, pairs * kv + rest, False, 0.0, 1, 0.0)]
+        # K and V first, then the Q blocks in order: a core computes its first block while the port brings the
+        # others' (and its own next), and its stores leave while it computes the next
+        lkv, lq, lo = B * kv / port, (B * sh.L * sh.E * sh.es + mask) / port, B * sh.L * sh.Ev * sh.es / port
         for per in (1, 2):  # a head's cores share its K and V, with one block each or two (pipelined)
             g = blocks // per  # the head's cores
             if blocks % per or B * g > n_max or rep != 1 or sh.S > MAX_COLS or g > sh.S \
                     or (per == 1 and (blocks == 1 or n != items)) or (per > 1 and sh.causal):
-                continue
+                continue  # (one block on one core per head is the plain option above)
             exchange = 0.0
             if g > 1:  # the pieces go out only once they are in: one DMA's way more before the Q blocks' loads
                 busiest = max(exchange_link_bytes(mach, tuple(grp), kv / g)
                               for grp in compact_groups(mach, ctx.builder.ids[:B * g], g))
                 moved = max(kv * (g - 1) / g / mach.eject_bytes_per_cycle, busiest / mach.link_bytes_per_cycle)
                 exchange = port_path(mach, tuple(ctx.builder.ids[:B * g])).latency + moved + 2 * g * mach.hop_latency
-            # K and V first, then the Q blocks in order: a core computes its first block while the port
-            # brings the others' (and its own next), and its stores leave while it computes the next
-            lkv, lq, lo = B * kv / port, (B * sh.L * sh.E * sh.es + mask) / port, B * sh.L * sh.Ev * sh.es / port
             w = work / (B * g * per)
             t = max(lkv + lq + lo, lkv + lq / per + per * w + lo / per) + exchange
             hidden = lkv + lq + lo + per * w - (t - exchange)  # the work the port's time hides
-            if per == 1 and g == 1:
-                continue  # (the plain option above)
             options.append((t, B * g, B * kv + rest, g > 1, exchange, per, hidden))
         for t, cores, dram, share, ex, per, hidden in options:
             if best is None or t < best[0]:
@@ -239,6 +238,7 @@ def sdpa(ctx: Ctx, node: Node) -> None:
     if sharing:
         for core, (first, _) in runs:
             groups.setdefault(items[first][0], []).append(core)
+
     def kidx_of(idx: tuple[int, ...]) -> tuple[int, ...]:
         return idx[:-1] + (idx[-1] // rep,) if rep > 1 else idx
 
@@ -254,7 +254,7 @@ def sdpa(ctx: Ctx, node: Node) -> None:
         # the next block's loads go out before this one computes, into the other buffer set
         pipelined = count > 1 and sc >= S and not sh.causal and len({kidx_of(i) for i, _, _ in run}) == 1
         bufs = _Buffers.alloc(ctx, core, node, sh, lb, sc)
-        sets = (bufs, bufs.second(ctx, core, node, sh, lb) if pipelined else bufs)
+        sets = (bufs, bufs.second(ctx, core, node, sh, lb, sc) if pipelined else bufs)
         with cc.op(node.name, node.source):
             if mask is not None or sh.causal:
                 cc.emit("vfill", rd=cc.reg(R_D, bufs.neg), imm=-math.inf, rows=1, cols=sc, sd=sc * 4, dt=F32)
@@ -335,36 +335,35 @@ class _Buffers:
     neg: int  # one row of -inf (read with row stride 0)
 
     @staticmethod
-    def alloc(ctx: Ctx, core: int, node: Node, sh: _Shape, lb: int, sc: int) -> _Buffers:
-        sram = ctx.sram[core]
+    def tiles(sh: _Shape, lb: int, sc: int) -> dict[str, tuple[int, str]]:
+        """Each tile's bytes and name, in the order of the fields (0 bytes: not needed)."""
         es, wide = sh.es, sh.es != 4
-
-        def a(n: int, what: str) -> int:
-            return sram.alloc(n, f"sdpa {node.name} {what}") if n else -1
-
         mask_es = sh.mask.itemsize if sh.mask is not None else 0
-        return _Buffers(
-            q=a(lb * sh.E * es, "query block"), k=a(sc * sh.E * es, "key chunk"),
-            v=a(sc * sh.Ev * es, "value chunk"), s=a(lb * sc * 4, "score tile"),
-            p=a(lb * sc * es if wide else 0, "probabilities"), o=a(lb * sh.Ev * 4, "accumulator"),
-            oc=a(lb * sh.Ev * es if wide else 0, "output tile"), m=a(lb * 4, "row max"), mn=a(lb * 4, "row max"),
-            l=a(lb * 4, "row sum"), t=a(lb * 4, "row statistic"), alpha=a(lb * 4, "rescale"),
-            mask=a(lb * sc * mask_es, "mask tile"),
-            maskf=a(lb * sc * 4 if sh.mask is not None and sh.mask.is_float and wide else 0, "mask tile"),
-            cm=a(lb * sc if sh.causal else 0, "causal mask"), neg=a(sc * 4, "-inf row"))
+        return {"q": (lb * sh.E * es, "query block"), "k": (sc * sh.E * es, "key chunk"),
+                "v": (sc * sh.Ev * es, "value chunk"), "s": (lb * sc * 4, "score tile"),
+                "p": (lb * sc * es if wide else 0, "probabilities"), "o": (lb * sh.Ev * 4, "accumulator"),
+                "oc": (lb * sh.Ev * es if wide else 0, "output tile"), "m": (lb * 4, "row max"),
+                "mn": (lb * 4, "row max"), "l": (lb * 4, "row sum"), "t": (lb * 4, "row statistic"),
+                "alpha": (lb * 4, "rescale"), "mask": (lb * sc * mask_es, "mask tile"),
+                "maskf": (lb * sc * 4 if sh.mask is not None and sh.mask.is_float and wide else 0, "mask tile"),
+                "cm": (lb * sc if sh.causal else 0, "causal mask"), "neg": (sc * 4, "-inf row")}
 
+    @staticmethod
+    def _alloc(ctx: Ctx, core: int, node: Node, tiles: dict[str, tuple[int, str]],
+               names: tuple[str, ...]) -> dict[str, int]:
+        sram = ctx.sram[core]
+        return {f: sram.alloc(n, f"sdpa {node.name} {what}") if n else -1
+                for f in names for n, what in [tiles[f]]}
 
-    def second(self, ctx: Ctx, core: int, node: Node, sh: _Shape, lb: int) -> _Buffers:
+    @staticmethod
+    def alloc(ctx: Ctx, core: int, node: Node, sh: _Shape, lb: int, sc: int) -> _Buffers:
+        tiles = _Buffers.tiles(sh, lb, sc)
+        return _Buffers(**_Buffers._alloc(ctx, core, node, tiles, tuple(tiles)))
+
+    def second(self, ctx: Ctx, core: int, node: Node, sh: _Shape, lb: int, sc: int) -> _Buffers:
         """A second set of the tiles that a query block loads or stores (Q, mask, output), sharing the rest:
         a pipelined core loads the next block into one set while it computes on the other."""
-        sram, es, wide = ctx.sram[core], sh.es, sh.es != 4
-
-        def a(n: int, what: str) -> int:
-            return sram.alloc(n, f"sdpa {node.name} {what}") if n else -1
-
-        mask_es = sh.mask.itemsize if sh.mask is not None else 0
-        return replace(self, q=a(lb * sh.E * es, "query block"), o=a(lb * sh.Ev * 4, "accumulator"),
-                       oc=a(lb * sh.Ev * es if wide else 0, "output tile"), mask=a(lb * sh.S * mask_es, "mask tile"))
+        return replace(self, **self._alloc(ctx, core, node, self.tiles(sh, lb, sc), ("q", "o", "oc", "mask")))
 
 
 @dataclass(frozen=True)
@@ -379,6 +378,12 @@ class _Block:
     l0: int
     n: int
 
+    @property
+    def mask_rows(self) -> int:
+        """Rows of the mask tile: one when the mask is broadcast over the queries (BERT's padding mask
+        [B, 1, 1, S], read with row stride 0), else the block's."""
+        return 1 if self.mask is not None and self.mask.strides[0] == 0 else self.n
+
 
 def _load_next(issued: dict[int, int], j: int, cc: CoreCode, sh: _Shape, b: _Buffers, blk: _Block,
                sem: int) -> None:
@@ -390,8 +395,7 @@ def _loads(cc: CoreCode, sh: _Shape, b: _Buffers, blk: _Block, c0: int, cs: int,
            sem: int) -> int:
     """Issue the DMAs of one key chunk of a query block (keys c0 .. c0 + cs - 1): its Q block the first time,
     K and V (`kv`), its mask and causal mask tiles; returns their count (on `sem`)."""
-    n = blk.n
-    mrows = 1 if blk.mask is not None and blk.mask.strides[0] == 0 else n
+    n, mrows = blk.n, blk.mask_rows
     loads = load_view(cc, blk.q, b.q, sem) if first else 0
     if kv:
         loads += load_view(cc, blk.k.slice(0, c0, c0 + cs), b.k, sem)
@@ -420,10 +424,9 @@ def _attend(cc: CoreCode, sh: _Shape, b: _Buffers, blk: _Block, dt: DType, scale
     last_row = blk.l0 + n - 1
     end = min(sh.S, last_row + 1) if sh.causal else sh.S  # keys past the diagonal are all masked
     chunks = [(c0, min(sc, end - c0)) for c0 in range(0, end, sc)]
-    # a mask broadcast over the queries (BERT's padding mask [B, 1, 1, S]) is loaded as one row and read
-    # with row stride 0, not as n copies of it
+    # a mask broadcast over the queries is loaded as one row and read with row stride 0, not as n copies
     bcast = blk.mask is not None and blk.mask.strides[0] == 0
-    mrows = 1 if bcast else n
+    mrows = blk.mask_rows
     for ci, (c0, cs) in enumerate(chunks):
         first = ci == 0
         crossing = sh.causal and c0 + cs - 1 > blk.l0

@@ -154,7 +154,9 @@ class CoreProgram:
             self.res = sram.alloc(mm * max(nn, xx) * spec.res_src.itemsize, f"{name} residual")
             self.res32 = sram.alloc(mm * max(nn, xx) * 4, f"{name} residual f32")
         self.res_loads = 0  # the DMAs of the wave's residual block in flight (on AUX)
-        self.res_early = p.r is not None and prefetches_residual(g, resident, waves, spec.res_src.itemsize)
+        # (a residual kept in SRAM is not loaded at all)
+        self.res_early = p.r is not None and self.res_kept is None \
+            and prefetches_residual(g, resident, waves, spec.res_src.itemsize)
         self.src_pending = {sem: 0 for sem in (*SRC_A[:depth], *SRC_B[:depth])}
         self.stores = [0] * nout  # stores in flight per output buffer
         self.keep: dict[tuple[str, int], int] = {}  # ("a" | "b" | "x", chunk) -> its resident copy
@@ -544,12 +546,11 @@ class CoreProgram:
                                     [(m, rv.strides[0], n * er), (cnt, rv.strides[1], er)], er)]
 
     def _prefetch_residual(self, w: int, t: int) -> None:
-        """In step t of wave w, DMA a share of the wave's residual block (unless it is kept in SRAM): its rows
-        spread over the wave's steps, each share after the step's chunk DMAs, so that no burst holds up the
-        chunks' multicasts on the links (finer than shares of some minimum size: measured on BERT and
-        ResNet-50, docs/decisions.md). The previous wave's epilogue is done with the buffer; this wave's
-        waits for every share."""
-        if not self.res_early or self.res_kept is not None:
+        """In step t of wave w, DMA a share of the wave's residual block (when `prefetches_residual`): its
+        rows spread over the wave's steps, one share per step after the step's chunk DMAs, so that no burst
+        holds up the chunks' multicasts on the links (docs/decisions.md). The previous wave's epilogue is
+        done with the buffer; this wave's waits for every share."""
+        if not self.res_early:
             return
         m0, m, n0, n = self.wave(w)
         shares = split(m, self.chunks)  # (fewer than the steps when the block has fewer rows)
