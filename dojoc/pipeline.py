@@ -19,7 +19,7 @@ from dojoc.passes.calibrate import activation_ranges
 from dojoc.passes.fold_bn import fold_batch_norm
 from dojoc.passes.fuse import fuse
 from dojoc.passes.merge import merge_siblings
-from dojoc.passes.patterns import recognize
+from dojoc.passes.patterns import combine_constants, recognize
 from isa.machine import Machine
 
 Pass = Callable[[Graph], Graph]
@@ -30,6 +30,7 @@ Pass = Callable[[Graph], Graph]
 PASSES: list[tuple[str, Pass]] = [
     ("fold_batch_norm", fold_batch_norm),  # first: a batch norm folded into a conv leaves its relu next to it
     ("recognize", recognize),  # before fuse: a hand-written gelu becomes one op, which fuses as one step
+    ("combine_constants", combine_constants),  # before fuse: two constant adds become one
     ("fuse", fuse),
     ("merge_siblings", merge_siblings),  # after fuse: siblings' biases are epilogue inputs by then
 ]

@@ -12,7 +12,11 @@ elementwise arithmetic op into that op's `epilogue` attribute, a tuple of steps 
   scalar constant c (a float);
 - `("clamp", lo, hi)`: min(max(x, lo), hi), each bound a float or None for absent (clamp, hardtanh,
   relu6, clamp_min, clamp_max);
-- `("act", name)`: an activation, one of ACTIVATIONS (`gelu` is the erf form, `gelu_tanh` the tanh one).
+- `("act", name)`: an activation, one of ACTIVATIONS (`gelu` is the erf form, `gelu_tanh` the tanh one);
+- `("layer_norm", eps)`: layer norm over the last dim (biased variance), then the next two extra inputs,
+  its weight and bias, vectors [N] along the last dim (BERT's LayerNorm after a residual add). Matmul
+  only, and the last step: it needs whole rows, which the matmul kernels gather (summa.py reduces each
+  row's statistics over its mesh row).
 
 The extra inputs of `bias` and `residual` steps follow the op's own inputs, in step order; `fused` names
 the node each step came from (one per step), so the mapping still lists the fused ops by name. The
@@ -34,7 +38,11 @@ from dojoc.ir.types import TensorType
 
 ACTIVATIONS = ("relu", "gelu", "gelu_tanh", "silu", "sigmoid", "tanh")
 RESIDUAL_STEPS = ("residual", "sub_residual")  # a tensor of the result's type, added or subtracted
-INPUT_STEPS = ("bias", *RESIDUAL_STEPS)  # the steps that read an extra input
+NORM = "layer_norm"
+# the steps that read extra inputs, and the names of those inputs (`split_inputs`), in order
+EXTRAS = {"bias": ("bias",), "residual": ("residual",), "sub_residual": ("residual",),
+          NORM: ("norm_weight", "norm_bias")}
+INPUT_STEPS = tuple(EXTRAS)
 SCALAR_STEPS = ("add", "sub", "mul", "div")  # with a scalar constant
 # the steps that read nothing but the result: one or two vector instructions on the tile, in place
 POINTWISE_STEPS = (*SCALAR_STEPS, "clamp", "act")
@@ -42,6 +50,7 @@ POINTWISE_STEPS = (*SCALAR_STEPS, "clamp", "act")
 # an elementwise op applies its steps to its result tile, which holds no extra operand
 MATMUL_STEPS = (*INPUT_STEPS, *POINTWISE_STEPS)
 CONV_STEPS = (*RESIDUAL_STEPS, *POINTWISE_STEPS)
+VECTOR_INPUTS = ("bias", "norm_weight", "norm_bias")  # extra inputs that are vectors [N], not tensors
 ELEMENTWISE_STEPS = POINTWISE_STEPS
 
 Step = tuple[Any, ...]
@@ -52,6 +61,8 @@ def _is_step(s: Any) -> bool:
     if not isinstance(s, tuple) or not s or not isinstance(s[0], str):
         return False
     kind, args = s[0], s[1:]
+    if kind == NORM:
+        return len(args) == 1 and _is_num(args[0]) and args[0] > 0
     if kind in INPUT_STEPS:
         return not args
     if kind in SCALAR_STEPS:
@@ -73,15 +84,16 @@ def steps_of(attrs: Attrs) -> tuple[Step, ...]:
 
 def extra_count(steps: Sequence[Step]) -> int:
     """How many extra inputs the steps read."""
-    return sum(1 for s in steps if s[0] in INPUT_STEPS)
+    return sum(len(EXTRAS.get(s[0], ())) for s in steps)
 
 
 def split_inputs(inputs: Sequence[V], attrs: Attrs) -> tuple[tuple[V, ...], dict[str, V]]:
-    """(the op's own inputs, {"bias" or "residual": its extra input}) of a node's inputs (at most one of
-    each; a `sub_residual` step's input is the "residual" too: the kernels load it the same way)."""
+    """(the op's own inputs, {"bias", "residual", "norm_weight" or "norm_bias": its extra input}) of a
+    node's inputs (at most one of each; a `sub_residual` step's input is the "residual" too: the kernels
+    load it the same way)."""
     steps = steps_of(attrs)
     n = len(inputs) - extra_count(steps)
-    kinds = ["bias" if s[0] == "bias" else "residual" for s in steps if s[0] in INPUT_STEPS]
+    kinds = [k for s in steps for k in EXTRAS.get(s[0], ())]
     return tuple(inputs[:n]), dict(zip(kinds, inputs[n:], strict=True))
 
 
@@ -97,20 +109,21 @@ def with_epilogue(rule: ShapeRule, arity: tuple[int, int], kinds: tuple[str, ...
         require(sum(s[0] == "bias" for s in steps) <= 1, "an epilogue takes at most one bias step")
         require(sum(s[0] in RESIDUAL_STEPS for s in steps) <= 1,
                 "an epilogue takes at most one residual or sub_residual step")
+        require(all(s[0] != NORM for s in steps[:-1]), "a layer_norm step must be an epilogue's last")
         n = len(ins) - extra_count(steps)
         require(arity[0] <= n <= arity[1], f"takes {arity[0]}..{arity[1]} inputs besides the "
                 f"{extra_count(steps)} of its epilogue, got {n}")
         out = rule(ins[:n], a)
         t = out[0]
         require(not steps or t.dtype.is_float, f"an epilogue needs a floating-point result, got {t}")
-        extras = [s[0] for s in steps if s[0] in INPUT_STEPS]
+        extras = [k for s in steps for k in EXTRAS.get(s[0], ())]
         for kind, v in zip(extras, ins[n:], strict=True):
-            want = TensorType((t.shape[-1],), t.dtype) if kind == "bias" else t
+            want = TensorType((t.shape[-1],), t.dtype) if kind in VECTOR_INPUTS else t
             require(bool(t.shape) and v == want, f"the epilogue's {kind} must be {want}, got {v}")
         return out
 
-    extra_doc = dict.fromkeys({"bias": "bias [N]"}.get(k, "residual of the result's type") for k in kinds
-                              if k in INPUT_STEPS)
+    extra_doc = dict.fromkeys({"bias": "bias [N]", NORM: "layer norm weight and bias [N]"}.get(
+        k, "residual of the result's type") for k in kinds if k in INPUT_STEPS)
     shape.__doc__ = (rule.__doc__ or "").strip() + (
         "; epilogue steps keep the type" + ("; extra inputs: " + ", ".join(extra_doc) if extra_doc else ""))
     return shape
@@ -141,6 +154,9 @@ def apply(x: np.ndarray, extras: Sequence[np.ndarray], steps: Sequence[Step],
             kind = s[0]
             if kind == "sub_residual":
                 x = np.subtract(x, next(rest))
+            elif kind == NORM:  # over the last dim, in float64 as the layer_norm op's reference
+                w, b = next(rest), next(rest)
+                x = R.layer_norm([x, w, b], Attrs(normalized_ndim=1, eps=s[1])).astype(np.float32)
             elif kind in INPUT_STEPS:  # a bias [N] broadcasts along the last dim
                 x = np.add(x, next(rest))
             elif kind in SCALAR_STEPS:

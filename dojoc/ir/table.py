@@ -111,7 +111,7 @@ _row(Op.DIV, K.BINARY, (2, 2), E.with_epilogue(S.div, (2, 2), E.ELEMENTWISE_STEP
 _row(Op.WHERE, K.TERNARY, (3, 3), S.where, R.where, "cond ? x : y, broadcast", inputs=("cond", "x", "y"))
 
 # -- contractions -----------------------------------------------------------------------------------
-_row(Op.MATMUL, K.CONTRACTION, (2, 4), E.with_epilogue(S.matmul, (2, 2), E.MATMUL_STEPS), R.matmul,
+_row(Op.MATMUL, K.CONTRACTION, (2, 6), E.with_epilogue(S.matmul, (2, 2), E.MATMUL_STEPS), R.matmul,
      "[..., M, K] @ [..., K, N] -> [..., M, N]; batch dims broadcast; out_dtype None means the operands' dtype "
      "(accumulation is fp32 or wider); then its epilogue (bias, residual, scalar arithmetic, clamp, "
      "activation)",

@@ -12,7 +12,11 @@ reader and is not a graph output, and takes the reader into the producer's `epil
 - the subtraction of such a tensor from the result (x - y, x the result): step `sub_residual`;
 - an add, sub (x - c), mul or div (x / c) by a scalar constant: step `add` / `sub` / `mul` / `div`;
 - a clamp (clamp, hardtanh, relu6, clamp_min, clamp_max): step `clamp` with its two bounds;
-- an activation (relu, gelu, silu, sigmoid, tanh): step `act`.
+- an activation (relu, gelu, silu, sigmoid, tanh): step `act`;
+- a layer norm over the last dim with constant weight and bias (BERT's LayerNorm after the residual
+  add), after a matmul: step `layer_norm`, its weight and bias vectors [N] as extra inputs. It ends the
+  chain (the kernels normalise whole rows, then convert and store), and a row longer than a matrix
+  tile (4,095 columns) does not fuse.
 
 The result may pass through a reshape that nothing else reads (elementwise steps commute with it; a bias
 only when the reshape keeps the last dim). The fused node keeps the producer's name and output value; its
@@ -33,25 +37,27 @@ from dataclasses import dataclass
 import numpy as np
 
 from dojoc.ir import Graph, Node, Op, Value, maybe_dump, verify
-from dojoc.ir.epilogue import RESIDUAL_STEPS, Step, steps_of
+from dojoc.ir.epilogue import NORM, RESIDUAL_STEPS, Step, steps_of
 from dojoc.passes.consts import constant
+from isa.table import COLS
 
 MATRIX = (Op.MATMUL, Op.CONV2D)
 ELEMENTWISE = (Op.ADD, Op.SUB, Op.MUL, Op.DIV, Op.MAXIMUM, Op.MINIMUM)
 ACTS = {Op.RELU: "relu", Op.SILU: "silu", Op.SIGMOID: "sigmoid", Op.TANH: "tanh"}
-CANDIDATES = (Op.ADD, Op.SUB, Op.MUL, Op.DIV, Op.CLAMP, Op.GELU, *ACTS)
+MAX_COLS = (1 << COLS) - 1  # the longest row of a matrix tile (the mma's n field)
+CANDIDATES = (Op.ADD, Op.SUB, Op.MUL, Op.DIV, Op.CLAMP, Op.GELU, Op.LAYER_NORM, *ACTS)
 
 
 @dataclass(frozen=True)
 class Link:
-    """One fused op: the node, the chain value it reads, its step, and its extra operand (bias vector or
-    residual tensor, as the graph has it)."""
+    """One fused op: the node, the chain value it reads, its step, and its extra operands (a bias vector,
+    a residual tensor, a layer norm's weight and bias, as the graph has them), each with its values [N]
+    when it is a constant vector along the last dim (else None)."""
 
     node: Node
     src: Value
     step: Step
-    extra: Value | None = None
-    bias: np.ndarray | None = None  # the bias [N] when `extra` is a view of a parameter
+    extras: tuple[tuple[Value, np.ndarray | None], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -173,6 +179,8 @@ def _chain(s: _Scan, p: Node) -> Chain | None:
         if reshape is not None:
             reshapes.append(reshape)
         cur = reader.output
+        if link.step[0] == NORM:  # the kernels store right after normalising
+            break
     return Chain(p, tuple(links), tuple(reshapes)) if links else None
 
 
@@ -186,6 +194,8 @@ def _link(s: _Scan, p: Node, n: Node, src: Value, links: list[Link]) -> Link | s
         return Link(n, src, ("act", "gelu_tanh" if n.attrs["approximate"] == "tanh" else "gelu"))
     if n.op is Op.CLAMP:
         return Link(n, src, ("clamp", n.attrs["min"], n.attrs["max"]))
+    if n.op is Op.LAYER_NORM:
+        return _norm_link(s, p, n, src)
     x, y = n.inputs
     other = y if x is src else x
     if n.op is Op.DIV and x is not src:
@@ -205,7 +215,7 @@ def _link(s: _Scan, p: Node, n: Node, src: Value, links: list[Link]) -> Link | s
             and src.type.shape[-1:] == p.output.type.shape[-1:]:
         vec = _col_bias(s, other, src)
         if vec is not None:
-            return Link(n, src, ("bias",), other, vec)
+            return Link(n, src, ("bias",), ((other, vec),))
     c = _scalar(s, other)
     if c is not None:
         return Link(n, src, (n.op.value, c))
@@ -219,11 +229,31 @@ def _link(s: _Scan, p: Node, n: Node, src: Value, links: list[Link]) -> Link | s
     if kinds & set(RESIDUAL_STEPS):
         return "the epilogue already adds a residual"
     if n.op is Op.SUB:  # x - y with y from a later matrix op: fusing into that op would need y - x
-        return Link(n, src, ("sub_residual",), other)
+        return Link(n, src, ("sub_residual",), ((other, None),))
     q = s.producers.get(other)
     if q is not None and s.order[q] > s.order[p] and _takes_residual(s, q, n):
         raise _Defer
-    return Link(n, src, ("residual",), other)
+    return Link(n, src, ("residual",), ((other, None),))
+
+
+def _norm_link(s: _Scan, p: Node, n: Node, src: Value) -> Link | str:
+    """A layer norm reading the chain value src as p's last step, or why it cannot be."""
+    if p.op is not Op.MATMUL:
+        return f"a layer norm fuses into a matmul, not a {p.op}"
+    if n.inputs[0] is not src:
+        return f"it normalises %{n.inputs[0].name}, not %{src.name}"
+    width = src.type.shape[-1] if src.type.shape else 0
+    if n.attrs["normalized_ndim"] != 1 or src.type.shape[-1:] != p.output.type.shape[-1:]:
+        return "it normalises more than the matmul's last dim (only a layer norm over N fuses)"
+    if width > MAX_COLS:
+        return f"its rows of {width} elements are longer than a matrix tile ({MAX_COLS} columns)"
+    extras = []
+    for what, v in zip(("weight", "bias"), n.inputs[1:], strict=True):
+        vec = _col_bias(s, v, src)
+        if vec is None:
+            return f"its {what} %{v.name} {v.type} is not a constant vector of the result's type"
+        extras.append((v, vec))
+    return Link(n, src, (NORM, float(n.attrs["eps"])), tuple(extras))
 
 
 def _takes_residual(s: _Scan, q: Node, add: Node) -> bool:
@@ -287,26 +317,25 @@ def _rewrite(g: Graph, s: _Scan, chain: Chain) -> tuple[Value, Value]:
     moved: list[Node] = []  # parameters defined after the producer: moved to right before the fused node
     late = False  # a computed extra input is defined after the producer: the node goes where its last step was
     for lk in chain.links:
-        if lk.extra is None:
-            continue
-        q = s.producers.get(lk.extra)
-        after = q is not None and s.order[q] > s.order[p]
-        if lk.step[0] == "bias":
-            if q is not None and q.op is Op.PARAM and lk.extra.type.shape == (shape[-1],):
-                extras.append(lk.extra)
-                moved += [q] if after else []
+        for i, (extra, vec) in enumerate(lk.extras):
+            q = s.producers.get(extra)
+            after = q is not None and s.order[q] > s.order[p]
+            if vec is not None:  # a vector [N]: the parameter itself, or a new one with its values
+                if q is not None and q.op is Op.PARAM and extra.type.shape == (shape[-1],):
+                    extras.append(extra)
+                    moved += [q] if after and q not in moved else []
+                    continue
+                suffix = "bias" if lk.step[0] == "bias" else ("weight", "bias")[i]
+                extras.append(g.param(f"{lk.node.name}.{suffix}", vec, source=lk.node.source))
+            elif extra.type.shape == shape:
+                extras.append(extra)
+                late |= after
                 continue
-            assert lk.bias is not None
-            extras.append(g.param(f"{lk.node.name}.bias", lk.bias, source=lk.node.source))
-        elif lk.extra.type.shape == shape:
-            extras.append(lk.extra)
-            late |= after
-            continue
-        else:
-            late |= after  # a residual of the chain's shape: seen in the producer's shape
-            extras.append(g.call(Op.RESHAPE, lk.extra, name=f"{lk.extra.name}_as_{p.name}", source=lk.node.source,
-                                 shape=shape))
-        before.append(g.nodes.pop())  # g.param and g.call append at the end
+            else:
+                late |= after  # a residual of the chain's shape: seen in the producer's shape
+                extras.append(g.call(Op.RESHAPE, extra, name=f"{extra.name}_as_{p.name}", source=lk.node.source,
+                                     shape=shape))
+            before.append(g.nodes.pop())  # g.param and g.call append at the end
     steps = tuple(lk.step for lk in chain.links)
     names = tuple(lk.node.name for lk in chain.links)
     node = Node(p.name, p.op, p.inputs + tuple(extras), p.attrs.replace(epilogue=steps, fused=names), p.outputs,

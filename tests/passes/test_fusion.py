@@ -280,7 +280,7 @@ def test_matmul_residual_through_a_reshape_and_scaling(precision: str) -> None:
     graph = fuse(before)
     steps = sorted(n.attrs["epilogue"] for n in graph.find(Op.MATMUL))
     assert steps == [(("bias",), ("mul", 0.5), ("residual",), ("act", "gelu"), ("div", 4.0)),
-                     (("bias",), ("residual",))]
+                     (("bias",), ("residual",), ("layer_norm", 1e-5))]
     assert not graph.find(Op.ADD) and not graph.find(Op.MUL) and not graph.find(Op.DIV)
     _same_numbers(before, graph, h.numpy(), res.numpy())
     prog = dojoc.compile(m, (h, res), machine="mesh4x4", precision=precision)
@@ -586,3 +586,80 @@ def test_new_steps_are_verified_and_interpreted_bit_for_bit_in_bf16() -> None:
         g2.nodes = [node if m is mm else m for m in fused.nodes]
         with pytest.raises((IRError, ShapeError), match=msg):
             verify(g2)
+
+
+# -- layer norm after a matmul ----------------------------------------------------------------------------
+
+class PostNorm(torch.nn.Module):
+    """BERT's output sublayer: Linear, residual add, LayerNorm; and three layer norms that cannot fuse."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = torch.nn.Linear(48, 32)
+        self.ln = torch.nn.LayerNorm(32)
+        self.ln2 = torch.nn.LayerNorm((8, 32))
+        self.ln3 = torch.nn.LayerNorm(32)
+        with torch.no_grad():
+            for ln in (self.ln, self.ln2, self.ln3):
+                ln.weight.uniform_(0.5, 1.5)
+                ln.bias.uniform_(-1.0, 1.0)
+
+    def forward(self, h, res):
+        y = self.ln(self.fc(h) + res)
+        z = self.fc(h)
+        return y, self.ln2(self.fc(h) * 2.0), self.ln3(z) + z, self.ln3(res)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_layer_norm_fuses_into_the_matmul_before_it(precision: str) -> None:
+    torch.manual_seed(0)
+    m = PostNorm().eval()
+    h, res = torch.randn(2, 8, 48), torch.randn(2, 8, 32)
+    before = fold_batch_norm(from_module(m, (h, res)))
+    graph = fuse(before)
+    steps = sorted(n.attrs["epilogue"] for n in graph.find(Op.MATMUL))
+    assert (("bias",), ("residual",), ("layer_norm", 1e-5)) in steps
+    assert len(graph.find(Op.LAYER_NORM)) == 3
+    text = " | ".join(graph.fusion_notes[n.name] for n in graph.find(Op.LAYER_NORM))
+    for why in ("normalises more than the matmul's last dim", "has 2 readers", "is a graph input"):
+        assert why in text, (why, graph.fusion_notes)
+    _same_numbers(before, graph, h.numpy(), res.numpy())
+    prog = dojoc.compile(m, (h, res), machine="mesh4x4", precision=precision)
+    got = prog(h, res)
+    with torch.no_grad():
+        want = m(h, res)
+    for g, w in zip(got, want, strict=True):
+        if precision == "fp32":
+            np.testing.assert_allclose(g.numpy(), w.numpy(), rtol=1e-4, atol=1e-4)
+        else:
+            assert np.corrcoef(g.numpy().ravel(), w.numpy().ravel())[0, 1] >= 0.99
+
+
+def test_a_layer_norm_step_is_verified_and_interpreted() -> None:
+    g = Graph("ln")
+    x = g.input("x", TensorType((3, 4), F32))
+    w = g.param("w", np.arange(20, dtype=np.float32).reshape(4, 5) / 7)
+    gamma = g.param("gamma", np.linspace(0.5, 1.5, 5, dtype=np.float32))
+    beta = g.param("beta", np.linspace(-1, 1, 5, dtype=np.float32))
+    n = g.add(Op.MATMUL, (x, w, gamma, beta), {"epilogue": (("layer_norm", 1e-5),), "fused": ("ln",)})
+    g.set_outputs([n.output])
+    verify(g)
+    xs = np.arange(12, dtype=np.float32).reshape(3, 4) - 6
+    (out,) = Interpreter(g).run(xs)
+    y = xs.astype(np.float64) @ (np.arange(20).reshape(4, 5) / 7)
+    want = (y - y.mean(-1, keepdims=True)) / np.sqrt(y.var(-1, keepdims=True) + 1e-5) \
+        * np.linspace(0.5, 1.5, 5) + np.linspace(-1, 1, 5)
+    np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-5)
+    bad = [({"epilogue": (("layer_norm", 1e-5), ("act", "relu")), "fused": ("ln", "r")}, "must be an epilogue's last"),
+           ({"epilogue": (("layer_norm", -1.0),), "fused": ("ln",)}, "is not tuple\\[step")]
+    for attrs, msg in bad:
+        node = Node(n.name, n.op, n.inputs, n.attrs.replace(**attrs), n.outputs)
+        g2 = g.copy()
+        g2.nodes = [node if m is n else m for m in g.nodes]
+        with pytest.raises((IRError, ShapeError), match=msg):
+            verify(g2)
+    short = Node(n.name, n.op, n.inputs[:3], n.attrs, n.outputs)
+    g3 = g.copy()
+    g3.nodes = [short if m is n else m for m in g.nodes]
+    with pytest.raises((IRError, ShapeError), match="inputs besides the 2 of its epilogue"):
+        verify(g3)

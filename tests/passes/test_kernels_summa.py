@@ -20,14 +20,14 @@ HOLED = load_machine("mesh4x4", ["disabled=[[1,2],[3,0]]"])  # rows 1 and 3 have
 
 
 def _summa(fn: Any, args: tuple[torch.Tensor, ...], machine: Machine, precision: str, kc: int,
-           buffers: int = 2, waves: int = 1) -> dojoc.Program:
-    """Compile with the matmul forced onto the summa kernel by a mapping."""
+           buffers: int = 2, waves: int = 1, resident: bool = False) -> dojoc.Program:
+    """Compile with the matmul forced onto the summa kernel by a mapping (its weight resident or not)."""
     first = dojoc.compile(fn, args, machine=machine, precision=precision)
     assert first.mapping is not None
     op = next(o for o in first.mapping.ops if o.kernel in ("matmul", "summa"))
     mapping = {"ops": [{"op": op.op, "kernel": "summa", "cores": format_cores(range(machine.num_cores)),
                         "split": {"rows": machine.mesh[0], "cols": machine.mesh[1]},
-                        "tile": {"k": kc, "buffers": buffers, "waves": waves}}]}
+                        "tile": {"k": kc, "buffers": buffers, "waves": waves}, "resident": resident}]}
     prog = dojoc.compile(fn, args, machine=machine, precision=precision, mapping=mapping)
     assert prog.mapping is not None and any(o.kernel == "summa" for o in prog.mapping.ops)
     return prog
@@ -126,3 +126,47 @@ def test_a_partly_resident_weight_is_costed_as_streamed(sram: int) -> None:
     assert abs(op["predicted_cycles"] - op["emulated_cycles"]) <= 0.1 * op["emulated_cycles"]
     streamed = report.dram_bytes - 2 * (16 * 1024 * 2)  # beyond reading x and writing the output
     assert (streamed > 0) == (sram < 1_310_720)
+
+
+class PostNorm(nn.Module):
+    """A linear layer, a residual and a layer norm (BERT's output sublayer): the epilogue normalises rows
+    whose columns lie on every core of a mesh row, and on the slices beside a disabled core."""
+
+    def __init__(self, k: int = 48, n: int = 40) -> None:
+        super().__init__()
+        self.fc, self.ln = nn.Linear(k, n), nn.LayerNorm(n)
+        with torch.no_grad():
+            self.ln.weight.uniform_(0.5, 1.5)
+            self.ln.bias.uniform_(-1.0, 1.0)
+
+    def forward(self, x: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+        return self.ln(self.fc(x) + r)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+@pytest.mark.parametrize("waves", [1, 2])
+def test_summa_layer_norm_epilogue(precision: str, waves: int) -> None:
+    torch.manual_seed(0)
+    model, x, r = PostNorm().eval(), torch.randn(2, 40, 48), torch.randn(2, 40, 40)
+    prog = _summa(model, (x, r), HOLED, precision, 16, waves=waves, resident=True)
+    assert prog.mapping is not None
+    om = next(o for o in prog.mapping.ops if o.kernel == "summa")
+    assert om.tile_of("waves") == waves
+    got, want = prog(x, r), model(x, r).detach()
+    if precision == "fp32":
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    else:
+        assert torch.corrcoef(torch.stack([got.flatten(), want.flatten()]))[0, 1] > 0.99
+
+
+def test_the_tiled_kernel_normalises_whole_rows() -> None:
+    torch.manual_seed(0)
+    model, x, r = PostNorm(32, 72).eval(), torch.randn(24, 32), torch.randn(24, 72)
+    first = dojoc.compile(model, (x, r), machine=MESH, precision="fp32")
+    assert first.mapping is not None
+    op = next(o for o in first.mapping.ops if o.kernel in ("matmul", "summa")).op
+    mapping = {"ops": [{"op": op, "kernel": "matmul", "cores": "0-2", "split": {"batch": 1, "rows": 3, "cols": 1},
+                        "tile": {"m": 8, "n": 72, "k": 32}}]}
+    prog = dojoc.compile(model, (x, r), machine=MESH, precision="fp32", mapping=mapping)
+    assert prog.mapping is not None and prog.mapping.ops[0].kernel == "matmul"
+    torch.testing.assert_close(prog(x, r), model(x, r).detach(), rtol=1e-4, atol=1e-4)

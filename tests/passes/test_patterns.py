@@ -60,3 +60,33 @@ def test_near_misses_are_left_alone() -> None:
     for act in (wrong_constant, inner_value_read_twice):
         graph = recognize(from_module(MLP(act).eval(), (torch.randn(4, 8, 32),)))
         assert not any(n.op is Op.GELU for n in graph.nodes), act.__name__
+
+
+class Embeddings(torch.nn.Module):
+    """BERT's embeddings: a gathered activation plus two constant tables, then a layer norm; and an add of
+    a constant to an add of two activations, which stays."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tok, self.pos = torch.nn.Parameter(torch.randn(1, 6, 16)), torch.nn.Parameter(torch.randn(6, 16))
+        self.ln = torch.nn.LayerNorm(16)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.ln((x + self.tok) + self.pos), (x + y) + self.pos
+
+
+def test_two_constant_adds_become_one() -> None:
+    from dojoc.passes.patterns import combine_constants
+
+    torch.manual_seed(0)
+    model, x, y = Embeddings().eval(), torch.randn(2, 6, 16), torch.randn(2, 6, 16)
+    before = from_module(model, (x, y))
+    after = combine_constants(before)
+    assert len(before.find(Op.ADD)) == 4 and len(after.find(Op.ADD)) == 3
+    for a, b in zip(Interpreter(before).run(x.numpy(), y.numpy()), Interpreter(after).run(x.numpy(), y.numpy()),
+                    strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
+    prog = dojoc.compile(model, (x, y), machine="mesh4x4", precision="fp32")
+    with torch.no_grad():
+        for got, want in zip(prog(x, y), model(x, y), strict=True):
+            torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)

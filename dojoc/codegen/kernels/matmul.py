@@ -71,6 +71,7 @@ class Problem:
     k: int
     shared_b: bool  # every batch item reads the same B
     bias: View | None = None  # the FP32 bias per column [N]
+    norm: View | None = None  # a layer_norm step's FP32 weights then biases [2, N]
     r: list[View] | None = None  # the epilogue's residual [M, N] per batch item
     # a convolution as implicit GEMM (summa only): B is its input's shifted windows, never a view; the
     # output and residual are one [O, pixels] view per image of `per_view` pixels; the bias is per row
@@ -130,7 +131,7 @@ def _fit_kc(ctx: Ctx, spec: Spec, mt: int, nt: int, k: int, b_streamed: bool) ->
     fixed = mt * nt * 4 * (2 if direct else 1) + (0 if direct else 2 * mt * nt * spec.out.itemsize)
     if spec.col_bias:  # the two staging buffers of streamed column biases
         fixed += 2 * (-(-nt * 4 // 64) * 64)
-    fixed += spec.epilogue_bytes(mt * nt)
+    fixed += spec.epilogue_bytes(mt * nt, mt, nt)
     per_k = 2 * mt * spec.a_src.itemsize + (mt * spec.op.itemsize if spec.a_src is not spec.op else 0)
     if b_streamed:
         per_k += 2 * nt * spec.b_src.itemsize + (nt * spec.op.itemsize if spec.b_src is not spec.op else 0)
@@ -209,7 +210,8 @@ def _plan(ctx: Ctx, node: Node, p: Problem, spec: Spec, weight: bool) -> tuple[P
     eb = spec.b_src.itemsize
     best: tuple[tuple[int, int], Plan, Bound] | None = None
     for mt in [c for c in splits(p.m) if c <= MAX_TILE]:
-        for nt in [c for c in splits(p.n) if c <= MAX_TILE]:
+        # (a layer norm in the epilogue normalises whole rows: one tile spans N)
+        for nt in [c for c in splits(p.n) if c <= MAX_TILE and (spec.norm is None or c == p.n)]:
             nm, nn = ceil(p.m / mt), ceil(p.n / nt)
             items = nb * nm * nn
             kc = _fit_kc(ctx, spec, mt, nt, p.k, False)
@@ -219,7 +221,8 @@ def _plan(ctx: Ctx, node: Node, p: Problem, spec: Spec, weight: bool) -> tuple[P
             run = ceil(items / ncores)
             per_block = (nb if p.shared_b else 1) * nm  # consecutive items that share one B tile
             blocks = min(ceil((run - 1) / per_block) + 1, nn * (1 if p.shared_b else nb))
-            need = blocks * (p.k * nt * eb + (nt * 4 if p.bias is not None else 0))
+            need = blocks * (p.k * nt * eb + (nt * 4 if p.bias is not None else 0)
+                             + (2 * nt * 4 if p.norm is not None else 0))
             resident = weight and region.fits(ncores, need) and need * ncores <= budget
             if not resident:
                 kc = _fit_kc(ctx, spec, mt, nt, p.k, True)
@@ -267,6 +270,13 @@ def matmul(ctx: Ctx, node: Node) -> None:
         if col is None:
             raise node.error("the bias of a matmul's epilogue must be a parameter (the fuse pass makes it one)")
         p = replace(p, bias=ctx.weight(f"{node.name}_bias_f32", col.astype(np.float32), F32))
+    if "norm_weight" in extra:
+        vecs = [param_array(ctx, extra[k], producers) for k in ("norm_weight", "norm_bias")]
+        got = [np.ravel(v) for v in vecs if v is not None]
+        if len(got) != 2:
+            raise node.error("the layer norm weight and bias of a matmul's epilogue must be parameters "
+                             "(the fuse pass makes them so)")
+        p = replace(p, norm=ctx.weight(f"{node.name}_norm_f32", np.concatenate(got).astype(np.float32), F32))
     spec = Spec(op, av.dtype, bsrc.dtype, ov.dtype, abias, bbias, epilogue=steps_of(node.attrs),
                 res_src=rv.dtype if rv is not None else F32)
     found: list[tuple[Plan, int, Bound]] = []
@@ -313,7 +323,8 @@ def _emit_core(ctx: Ctx, node: Node, core: int, p: Problem, plan: Plan, spec: Sp
                 continue
             nl = min(plan.nt, p.n - n0)
             wbytes = -(-p.k * nl * eb // 64) * 64
-            addr = ctx.sram[core].alloc_resident(wbytes + (nl * 4 if p.bias is not None else 0))
+            vbytes = (nl * 4 if p.bias is not None else 0) + (2 * nl * 4 if p.norm is not None else 0)
+            addr = ctx.sram[core].alloc_resident(wbytes + vbytes)
             if addr is None:
                 break
             resident[key] = addr
@@ -321,6 +332,9 @@ def _emit_core(ctx: Ctx, node: Node, core: int, p: Problem, plan: Plan, spec: Sp
                                [(p.k, bv.strides[0], nl * eb), (nl, bv.strides[1], eb)], eb)
             if p.bias is not None:
                 loads += transfers(p.bias.base + n0 * 4, addr + wbytes, [(nl, 4, 4)], 4)
+            if p.norm is not None:  # (whole rows: the weights then the biases, as in DRAM)
+                loads += transfers(p.norm.base, addr + wbytes + (nl * 4 if p.bias is not None else 0),
+                                   [(2 * nl, 4, 4)], 4)
         load_resident(ctx, core, node, loads)
     streamed = any((p.b[b].base, ni * plan.nt) not in resident for b, _, ni in run)
     kc = plan.kc
@@ -363,6 +377,12 @@ def _emit_core(ctx: Ctx, node: Node, core: int, p: Problem, plan: Plan, spec: Sp
                 cb = Operand(1, nl, addr=res + -(-p.k * nl * eb // 64) * 64)
             else:
                 cb = Operand(1, nl, loads=[Load(t) for t in transfers(p.bias.base + n0 * 4, 0, [(nl, 4, 4)], 4)])
-        items.append(Item(ml, nl, steps, stores, col_bias=cb, residual=rop))
+        nop = None
+        if p.norm is not None:
+            if res is not None:
+                nop = Operand(2, nl, addr=res + -(-p.k * nl * eb // 64) * 64 + (nl * 4 if p.bias is not None else 0))
+            else:
+                nop = Operand(2, nl, loads=[Load(t) for t in transfers(p.norm.base, 0, [(2 * nl, 4, 4)], 4)])
+        items.append(Item(ml, nl, steps, stores, col_bias=cb, residual=rop, norm=nop))
     Pipeline(ctx, core, node, spec, items).emit()
 

@@ -28,11 +28,11 @@ import numpy as np
 
 from dojoc.codegen.builder import R_A, R_B, R_BIAS, R_D, CoreCode
 from dojoc.codegen.context import Ctx
-from dojoc.codegen.epilogue import emit_pointwise, pointwise_cycles
+from dojoc.codegen.epilogue import NormTile, emit_norm, emit_pointwise, norm_cycles, pointwise_cycles
 from dojoc.codegen.paths import port_path
 from dojoc.codegen.view import Transfer, View
 from dojoc.errors import MappingError
-from dojoc.ir.epilogue import RESIDUAL_STEPS, split_inputs
+from dojoc.ir.epilogue import NORM, RESIDUAL_STEPS, split_inputs
 from dojoc.ir.epilogue import Step as EpiStep
 from dojoc.ir.graph import Node, Value
 from dojoc.ir.ops import Op
@@ -130,6 +130,7 @@ class Item:
     bias: Operand | None = None
     col_bias: Operand | None = None
     residual: Operand | None = None
+    norm: Operand | None = None  # a layer_norm step's FP32 weights then biases [2, n] (whole rows: n = N)
 
 
 @dataclass(frozen=True)
@@ -158,19 +159,33 @@ class Spec:
         """Items add (or subtract) a residual tile."""
         return any(s[0] in RESIDUAL_STEPS for s in self.epilogue)
 
-    def epilogue_bytes(self, elems: int) -> int:
-        """Scratch bytes of the epilogue's residual buffers for a tile of `elems` elements: two staging
-        buffers and, when the residual is not FP32, the tile converted to FP32."""
-        if not self.residual:
-            return 0
-        stage = -(-elems * self.res_src.itemsize // 64) * 64
-        return 2 * stage + (-(-elems * 4 // 64) * 64 if self.res_src is not F32 else 0)
+    @property
+    def norm(self) -> float | None:
+        """The eps of the epilogue's layer_norm step, or None without one."""
+        return next((float(s[1]) for s in self.epilogue if s[0] == NORM), None)
+
+    def epilogue_bytes(self, elems: int, rows: int = 0, cols: int = 0) -> int:
+        """Scratch bytes of the epilogue's buffers for a tile of `elems` elements (`rows` x `cols`): the
+        residual's two staging buffers and, when it is not FP32, the tile converted to FP32; a layer norm's
+        squares tile, its three row statistics and two staging buffers of its weights and biases."""
+        def up(n: int) -> int:
+            return -(-n // 64) * 64
+
+        out = 0
+        if self.residual:
+            out += 2 * up(elems * self.res_src.itemsize) + (up(elems * 4) if self.res_src is not F32 else 0)
+        if self.norm is not None:
+            out += up(elems * 4) + 3 * up(rows * 4) + 2 * up(2 * cols * 4)
+        return out
 
     def epilogue_cycles(self, rows: int, cols: int, m: Machine) -> int:
-        """Cost-model cycles of the epilogue on a rows x cols FP32 tile: the residual step, and the pointwise
-        steps (scalar arithmetic, clamp, activation) at the cost rules of the very instructions emitted."""
+        """Cost-model cycles of the epilogue on a rows x cols FP32 tile: the residual step, the pointwise
+        steps (scalar arithmetic, clamp, activation) and a layer norm at the cost rules of the very
+        instructions emitted."""
         elems = rows * cols
         n = pointwise_cycles(self.epilogue, rows, cols, m)
+        if self.norm is not None:
+            n += norm_cycles([cols], rows, m)
         if self.residual:
             n += vector_cycles(elems, 4, elems * 8, elems * 4, m)  # the add
             if self.res_src is not F32:
@@ -406,6 +421,15 @@ class Pipeline:
         self.res_stage = [sram.alloc(nres * spec.res_src.itemsize, f"{what} residual tile") for _ in range(2)] \
             if nres else []
         self.res_f32 = sram.alloc(nres * 4, f"{what} residual f32") if nres and spec.res_src is not F32 else None
+        normed = [it for it in items if it.norm is not None]
+        self.norm_stage: list[int] = []
+        if normed:  # a layer norm: its weights' staging, a squares tile, three row statistics
+            nn = max((it.n for it in normed if it.norm is not None and it.norm.addr is None), default=0)
+            self.norm_stage = [sram.alloc(2 * nn * 4, f"{what} norm weights") for _ in range(2)] if nn else []
+            self.norm_sq = sram.alloc(macc * 4, f"{what} norm squares")
+            rows = max(it.m for it in normed)
+            self.norm_stats = (sram.alloc(rows * 4, f"{what} row means"), sram.alloc(rows * 4, f"{what} row variances"),
+                               sram.alloc(rows * 4, f"{what} row partial sums"))
         self.pending = [0, 0]  # stores in flight per result parity
         self.item_loads: dict[int, int] = {}  # item -> its epilogue operands' DMAs (semaphore 4 + parity)
 
@@ -446,7 +470,7 @@ class Pipeline:
         if si == 0:
             q = j % 2
             for extra, stage in ((it.bias, self.bias_stage), (it.col_bias, self.col_stage),
-                                 (it.residual, self.res_stage)):
+                                 (it.residual, self.res_stage), (it.norm, self.norm_stage)):
                 if extra is not None and extra.addr is None:
                     for ld in extra.loads:
                         cc.dma_load(_shift_dst(ld.t, stage[q]), 4 + q)
@@ -527,6 +551,11 @@ class Pipeline:
                     res = self.res_f32
                 cc.emit("vadd" if step[0] == "residual" else "vsub", rd=cc.reg(R_D, acc), ra=cc.reg(R_A, acc),
                         rb=cc.reg(R_B, res), rows=it.m, cols=it.n, sd=n4, sa=n4, sb=n4, dt=F32)
+            elif step[0] == NORM:  # the tile holds whole rows: its statistics need no other core
+                assert it.norm is not None
+                nw = it.norm.addr if it.norm.addr is not None else self.norm_stage[q]
+                emit_norm(cc, [NormTile(acc, it.n, nw, nw + it.n * 4)], it.m, it.n, float(step[1]), self.norm_stats,
+                          self.norm_sq)
             else:
                 emit_pointwise(cc, step, acc, it.m, it.n, n4, F32)
         if self.direct:

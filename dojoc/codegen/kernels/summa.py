@@ -53,6 +53,7 @@ from dojoc.codegen.kernels.summa_emit import (
     b_chunk,
     b_source,
     prefetches_residual,
+    vectors,
     x_cols,
     x_windows,
 )
@@ -115,10 +116,11 @@ def eligible(ctx: Ctx, p: Problem, spec: Spec) -> bool:
             and p.k * p.taps >= 8 and bool(rects(ctx, p)))
 
 
-def waves_for(g: Grid, resident: str | None) -> list[int]:
+def waves_for(g: Grid, resident: str | None, norm: bool = False) -> list[int]:
     """Legal numbers of waves: more than one only with a resident weight (the waves cut the other
-    operand's dimension), and only as many as every core's block has rows (or columns) to cut."""
-    if resident is None:
+    operand's dimension), and only as many as every core's block has rows (or columns) to cut. A layer
+    norm in the epilogue (`norm`) needs whole rows in each wave: waves may not cut columns."""
+    if resident is None or (norm and resident == "a"):
         return [1]
     least = min(n for _, n in (g.mblocks if resident == "b" else g.nblocks))
     return [w for w in WAVES if w <= least]
@@ -137,8 +139,10 @@ def _scratch(g: Grid, spec: Spec, kc: int, p: Problem, depth: int = 2, resident:
     if x:
         total += depth * a(kc * x_cols(p, x, x_windows(p, x)) * e) + (nout if direct else 1) * a(m * x * 4) \
             + (0 if direct else nout * a(m * x * eo))
-    if p.bias is not None:
-        total += a((g.n_max + x) * 4)
+    if p.bias is not None or p.norm is not None:  # the column biases, a layer norm's weights and biases
+        total += a(vectors(p) * (g.n_max + x) * 4)
+    if p.norm is not None:  # its squares, row statistics and the row's partial sums (summa_emit._row_sum)
+        total += a(m * max(n, x) * 4) + 3 * a(m * 4) + 2 * a(m * max(len(r) for r in g.rows) * 4)
     if p.row_bias is not None:
         total += a(g.m_max * 4)
     if p.r is not None:
@@ -217,7 +221,11 @@ def estimate(ctx: Ctx, p: Problem, spec: Spec, kc: int, resident: str | None = N
     # the pipeline fills with the first depth - 1 steps' DMAs at once, through the port
     fill = (way.latency if moved0 else 0.0) + hops + (depth - 1) * moved0 * e * way.cycles_per_byte
     tile = mx * (nx + xx)
-    epi = vector_cycles(tile, 4, tile * 4, tile * eo, m) + spec.epilogue_cycles(mx, nx + xx, m) \
+    # a layer norm's two exchanges of row sums along the grid row (summa_emit._row_sum): a put to the far
+    # end of the row, then the slots added
+    exchange = 0 if spec.norm is None or len(g.cols) < 2 else 2 * (
+        m.hop_latency * g.rect.cols + vector_cycles(mx * len(g.cols), 4, mx * len(g.cols) * 4, mx * 4, m))
+    epi = exchange + vector_cycles(tile, 4, tile * 4, tile * eo, m) + spec.epilogue_cycles(mx, nx + xx, m) \
         + (vector_cycles(tile, 4, tile * 8, tile * 4, m) if p.bias is not None else 0)
     stores = out_bytes / waves * way.cycles_per_byte + way.latency * ((2 if res_tail else 1) - (1 if holding else 0))
     total = fill + waves * per_sum + x_mma + waves * epi + stores
@@ -317,7 +325,7 @@ def _best_kc(ctx: Ctx, p: Problem, spec: Spec, resident: str | None, held: Held 
                                                                             reverse=True)
     for kc in kcs:
         for depth in DEPTHS:
-            for waves in waves_for(g, resident):
+            for waves in waves_for(g, resident, spec.norm is not None):
                 if _scratch(g, spec, kc, p, depth, resident, waves) > room:
                     continue
                 cyc, bound = estimate(ctx, p, spec, kc, resident, depth, waves, held, holding, rect)
@@ -360,8 +368,7 @@ def decide(ctx: Ctx, p: Problem, spec: Spec, other: Callable[[], int], weight: s
     home = home_die(ctx.machine)
 
     variants = [p] if shifted is None or only is not None else [p, shifted]
-    keeper, why_no_keep, sole = held_.residual_reader(ctx, key) if held is None and reader[0] is None \
-        else (None, "", False)
+    keeper, why_no_keep, sole = held_.residual_reader(ctx, key) if reader[0] is None else (None, "", False)
 
     def plan_on(rect: Rect, p: Problem) -> _OnRect:
         """The kernel on one rectangle: its grid, whether its output may be held, its best plan."""
@@ -477,10 +484,11 @@ def decide(ctx: Ctx, p: Problem, spec: Spec, other: Callable[[], int], weight: s
         if depth not in DEPTHS:
             raise MappingError(f"op {om.key}: tile buffers={depth}: give {' or '.join(map(str, DEPTHS))} "
                                "chunk buffers")
-        if waves not in waves_for(g, res):
-            legal_waves = " or ".join(map(str, waves_for(g, res)))
+        if waves not in waves_for(g, res, spec.norm is not None):
+            legal_waves = " or ".join(map(str, waves_for(g, res, spec.norm is not None)))
             raise MappingError(f"op {om.key}: tile waves={waves}: give {legal_waves} "
-                               "(more than one wave needs a resident weight, and a block to cut into that many)")
+                               "(more than one wave needs a resident weight, and a block to cut into that many; "
+                               "a layer norm in the epilogue needs waves that cut rows)")
         room = ctx.scratch_bytes - (o.hold_bytes if hold else 0) - (o.keep_bytes if keep else 0)
         too_big = kc is not None and _scratch(g, spec, kc, p, depth, res, waves) > room
         if kc is None or not 1 <= kc <= min(p.k, 4095) or too_big:

@@ -12,6 +12,14 @@ on that buffer's free semaphore. Free semaphores are per buffer, so a loader's w
 s - depth" can only take signals for that step: a signal for a later step on the same buffer (s - depth
 + k * depth, k >= 1) needs its sender to have had that step's data, multicast only after its own loader
 saw every core done with the step before on that buffer, so every signal of step s - depth was sent first.
+
+A layer norm in the epilogue (`_norm`) needs each row's sum and sum of squares over all of N, whose
+columns the cores of a grid row share (with the slices beside a disabled core): each core multicasts its
+partial sums of the wave's rows to its row (`_row_sum`), into its own slot of every core's gather buffer,
+and adds up the slots. The two passes (the mean, then the centred squares) count their arrivals on
+different semaphores (NORM_SEMS), so a core that finishes the first pass early cannot have its second
+pass's partial taken for the first's; a pass's gather buffer is reused only by the same pass of the next
+wave, which no core reaches before every core of its row has read the last one.
 """
 
 from __future__ import annotations
@@ -20,13 +28,13 @@ from typing import TYPE_CHECKING
 
 from dojoc.codegen.builder import R_A, R_B, R_C, R_D, CoreCode
 from dojoc.codegen.context import Ctx, aligned, split
-from dojoc.codegen.epilogue import emit_pointwise
+from dojoc.codegen.epilogue import NormTile, emit_norm, emit_pointwise
 from dojoc.codegen.kernels.held import ARRIVE, Held, Kept, kept_for
 from dojoc.codegen.kernels.im2col import Fill, Im2col
 from dojoc.codegen.kernels.mxu import F32, Load, Spec, load_resident
 from dojoc.codegen.kernels.summa_grid import loader, resident_wants, wave_block
 from dojoc.codegen.view import Transfer, View, transfers
-from dojoc.ir.epilogue import RESIDUAL_STEPS
+from dojoc.ir.epilogue import NORM, RESIDUAL_STEPS
 from dojoc.ir.graph import Node
 from isa.table import Cast
 
@@ -42,6 +50,10 @@ SRC_A, SRC_B, DMA_X = (12, 13, 14), (15, 16, 17), (18, 19, 20)
 FREE_A, FREE_B = (21, 22, 23), (24, 25, 26)
 STORE, AUX = (27, 28), 29
 MAX_DEPTH = len(DMA_A)
+# a layer norm's two exchanges of row sums, arrivals and sources on one semaphore each: the first on 31
+# (held.ARRIVE is 30); the second on AUX, whose bias and residual loads are all waited for before it and
+# issued again only after it
+NORM_SEMS = (31, AUX)
 # a wave's residual block of at least this many bytes (on the largest core) comes in during the wave's steps
 # (_prefetch_residual); a smaller one is loaded by the epilogue, as its shares would be requests of tens of
 # bytes that cost the port more than they hide (BERT at batch 1: 624-byte blocks, docs/decisions.md)
@@ -52,6 +64,11 @@ def prefetches_residual(g: Grid, resident: str | None, waves: int, er: int) -> b
     """Whether the SUMMA program on grid `g` DMAs its residual during the steps (`er`: its element bytes)."""
     mm, nn, _ = wave_block(g, resident, waves)
     return mm * nn * er >= RES_PREFETCH
+
+
+def vectors(p: Problem) -> int:
+    """FP32 vectors per output column in the column-vector buffer: the bias, a layer norm's weight and bias."""
+    return (p.bias is not None) + 2 * (p.norm is not None)
 
 
 def a_chunk(a: View, e: int, kc: int, k0: int, kl: int, m0: int, m: int, dst: int, taps: int = 1,
@@ -146,10 +163,19 @@ class CoreProgram:
         # the biases of the whole block (and slice): resident when they find room (`_keep_biases`), else
         # loaded once per call, after the first chunks' DMAs; the scratch is taken either way, so that every
         # core's buffers lie at the same addresses
-        self.bias = sram.alloc((g.n_max + xx) * 4, f"{name} bias") if p.bias is not None else -1
+        # (with a layer norm's weights and biases after them: `vectors` per column, `vstride` apart)
+        self.vstride = g.n_max + xx
+        self.bias = sram.alloc(vectors(p) * self.vstride * 4, f"{name} bias") if vectors(p) else -1
         self.rbias = sram.alloc(g.m_max * 4, f"{name} row bias") if p.row_bias is not None else -1
+        if p.norm is not None:  # a layer norm's scratch (summa._scratch counts it)
+            self.rmax = max(len(row) for row in g.rows)
+            self.norm_sq = sram.alloc(mm * max(nn, xx) * 4, f"{name} norm squares")
+            self.norm_stats = (sram.alloc(mm * 4, f"{name} row means"), sram.alloc(mm * 4, f"{name} row variances"),
+                               sram.alloc(mm * 4, f"{name} row partial sums"))
+            self.gather = [sram.alloc(mm * self.rmax * 4, f"{name} row sums of the mesh row") for _ in NORM_SEMS]
         self.bias_loads = 0
         self.bias_resident = False
+        self.norm_pass = 0  # which of a layer norm's two exchanges comes next (_row_sum)
         if p.r is not None:
             self.res = sram.alloc(mm * max(nn, xx) * spec.res_src.itemsize, f"{name} residual")
             self.res32 = sram.alloc(mm * max(nn, xx) * 4, f"{name} residual f32")
@@ -377,10 +403,21 @@ class CoreProgram:
                 if t == chunks - 1:  # the wave's epilogue; its stores overlap the next wave
                     if not self.direct:
                         self._stored(o)
-                    self._epilogue(acc, self.out[o], m0, m, n0, n, o, self.bias + (n0 - self.n0) * 4)
-                    if self.x_in(w):  # the slice's biases follow the block's in the bias buffer
-                        self._epilogue(self.xacc[o if self.direct else 0], self.xout[o], m0, m, self.x0, self.nx, o,
-                                       self.bias + self.g.n_max * 4, True)
+                    block = (acc, self.out[o], n0, n, self.bias + (n0 - self.n0) * 4, False)
+                    # (the slice's column vectors follow the block's in the bias buffer)
+                    tiles = [block] + ([(self.xacc[o if self.direct else 0], self.xout[o], self.x0, self.nx,
+                                         self.bias + self.g.n_max * 4, True)] if self.x_in(w) else [])
+                    if self.spec.norm is None:
+                        for t_acc, t_out, c0, cn, vec, is_slice in tiles:
+                            self._epilogue(t_acc, t_out, m0, m, c0, cn, o, vec, is_slice)
+                    else:  # the whole row's statistics, over block and slice, before either is stored
+                        for t_acc, _, c0, cn, vec, is_slice in tiles:
+                            self._steps(t_acc, m0, m, c0, cn, vec, is_slice)
+                        w_off = self.vstride * 4 * (self.p.bias is not None)  # (its weights, then biases)
+                        self._norm([NormTile(t[0], t[3], t[4] + w_off, t[4] + w_off + self.vstride * 4)
+                                    for t in tiles], m)
+                        for t_acc, t_out, c0, cn, _, is_slice in tiles:
+                            self._finish(t_acc, t_out, m0, m, c0, cn, o, is_slice)
             for o in range(len(self.out)):
                 self._stored(o)
             arrivals = self._arrivals()
@@ -393,10 +430,12 @@ class CoreProgram:
         """The DMAs of the column biases of the block and the slice, and of the row biases, into SRAM at
         `bias` and `rbias`."""
         p, ts = self.p, []
-        if p.bias is not None:
-            ts += transfers(p.bias.base + self.n0 * 4, bias, [(self.n, 4, 4)], 4)
+        vecs = ([p.bias.base] if p.bias is not None else []) \
+            + ([p.norm.base, p.norm.base + p.n * 4] if p.norm is not None else [])
+        for i, base in enumerate(vecs):  # vector i of the block's columns, then of the slice's
+            ts += transfers(base + self.n0 * 4, bias + i * self.vstride * 4, [(self.n, 4, 4)], 4)
             if self.nx:
-                ts += transfers(p.bias.base + self.x0 * 4, bias + self.g.n_max * 4, [(self.nx, 4, 4)], 4)
+                ts += transfers(base + self.x0 * 4, bias + (i * self.vstride + self.g.n_max) * 4, [(self.nx, 4, 4)], 4)
         if p.row_bias is not None:
             ts += transfers(p.row_bias.base + self.m0 * 4, rbias, [(self.m, 4, 4)], 4)
         return ts
@@ -406,15 +445,16 @@ class CoreProgram:
         when the core has room after the weight's chunks (which come first: `unkept` replays only them):
         otherwise every call's first DMAs would queue behind one tiny request per core at the port."""
         p = self.p
-        if p.bias is None and p.row_bias is None:
+        if not vectors(p) and p.row_bias is None:
             return []
-        cols = (self.g.n_max + self.nx) * 4 if p.bias is not None else 0
+        cols = vectors(p) * (self.g.n_max + self.nx) * 4
         rows = self.g.m_max * 4 if p.row_bias is not None else 0
         addr = self.ctx.sram[self.me].alloc_resident(aligned(cols) + rows)
         if addr is None:
             return []
         self.bias, self.rbias = (addr if cols else -1), (addr + aligned(cols) if rows else -1)
         self.bias_resident = True
+        self.vstride = self.g.n_max + self.nx  # (this core's slice only)
         return self._bias_transfers(self.bias, self.rbias)
 
     def _load_biases(self) -> None:
@@ -482,6 +522,36 @@ class CoreProgram:
         """Bias, residual, scaling and activation on the FP32 block [m0.., n0..] (its column biases at SRAM
         `bias`), conversion, its stores (counted on output buffer o's semaphore), or its place in the held
         output."""
+        self._steps(acc, m0, m, n0, n, bias, is_slice)
+        self._finish(acc, out, m0, m, n0, n, o, is_slice)
+
+    def _norm(self, tiles: list[NormTile], m: int) -> None:
+        """The epilogue's layer norm over the wave's m rows, whose columns are `tiles` here and the rest on
+        the other cores of the grid row."""
+        eps = self.spec.norm
+        assert eps is not None
+        emit_norm(self.cc, tiles, m, self.p.n, eps, self.norm_stats, self.norm_sq,
+                  (lambda vec: self._row_sum(vec, m)) if len(self.row) > 1 else None)
+
+    def _row_sum(self, vec: int, m: int) -> None:
+        """vec (m FP32 partial sums, one per row) summed over the grid row's cores, in place: this core's
+        slot of every core's gather buffer, a multicast to the row, the slots added once all are in."""
+        cc = self.cc
+        sem = NORM_SEMS[self.norm_pass]
+        slots = self.gather[self.norm_pass]
+        self.norm_pass = 1 - self.norm_pass
+        mine = slots + self.row.index(self.me) * 4
+        stride = self.rmax * 4
+        cc.emit("vmov", rd=cc.reg(R_D, mine), ra=cc.reg(R_A, vec), rows=m, cols=1, sd=stride, sa=4, dt=F32)
+        first, span = self.g.cast(self.ctx, True)
+        cc.emit("put", rc=cc.reg(R_C, self.me), rd=cc.reg(R_D, mine), rs=cc.reg(R_A, vec), rows=m, bytes=4, ss=4,
+                ds=stride, cast=Cast.ROW, seml=sem, semr=sem, first=first, span=span)
+        cc.wait(sem, len(self.row))  # the others' partial sums, and this one's left (vec is written next)
+        cc.emit("vrsum", rd=cc.reg(R_D, vec), ra=cc.reg(R_A, slots), rows=m, cols=len(self.row), sd=4, sa=stride,
+                dt=F32, axis="row")
+
+    def _steps(self, acc: int, m0: int, m: int, n0: int, n: int, bias: int, is_slice: bool) -> None:
+        """The epilogue's steps but a layer norm on the FP32 block [m0.., n0..] (column biases at `bias`)."""
         cc, spec, p = self.cc, self.spec, self.p
         n4 = n * 4
         cc.wait(AUX, self.bias_loads)  # the biases, the first time
@@ -495,8 +565,14 @@ class CoreProgram:
                         cols=n, sd=n4, sa=n4, sb=0, dt=F32, bcb="row")
             elif step[0] in RESIDUAL_STEPS:
                 self._residual(acc, m0, m, n0, n, "vsub" if step[0] == "sub_residual" else "vadd", is_slice)
-            else:
+            elif step[0] != NORM:
                 emit_pointwise(cc, step, acc, m, n, n4, F32)
+
+    def _finish(self, acc: int, out: int, m0: int, m: int, n0: int, n: int, o: int, is_slice: bool) -> None:
+        """The FP32 block converted and stored (counted on output buffer o's semaphore), kept, or left in
+        the held output."""
+        cc, spec, p = self.cc, self.spec, self.p
+        n4 = n * 4
         eo = spec.out.itemsize
         if self.hold is not None:
             self._keep_held(acc, out, m0, m, n0, n, o, is_slice)
