@@ -13,7 +13,7 @@ their slices into one *holder* (the nearest enabled core of the row), which keep
 beside its own and multicasts it in its turn. Every core holds the same bytes (its own block and room
 for one assembled block), so the held addresses are the same on every core.
 
-The held bytes sit at the top of the scratch half (`SramPlan.hold`) from the producer's start to the
+The held bytes sit at the top of the scratch arena (`SramPlan.hold`) from the producer's start to the
 consumer's end, and both ops plan their scratch without them. The producer's decision says so with tile
 field `hold` (1 or 0): a user may set it to 0 to send the value through DRAM, and a mapping that asks to
 hold what cannot be held is an error naming the reason.

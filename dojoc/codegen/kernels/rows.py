@@ -374,11 +374,11 @@ def constant(ctx: Ctx, v: Value) -> np.ndarray | None:
 
 
 def resident_or_scratch(lane: Lane, view: View, resident: bool, what: str) -> int:
-    """Put dense FP32 DRAM vector `view` in this core's SRAM: in the resident half, loaded once before
+    """Put dense FP32 DRAM vector `view` in this core's SRAM: in the resident region, loaded once before
     the first call, when `resident` (a constant) and it fits; otherwise in scratch, loaded now."""
     nbytes = view.nbytes
     plan_ = lane.ctx.sram[lane.core]
-    # small vectors only: the resident half is mostly for the matrix ops' weights
+    # small vectors only: the resident region is mostly for the matrix ops' weights
     if resident and nbytes <= (plan_.size - plan_.half - plan_.resident) // 8:
         addr = plan_.alloc_resident(nbytes)
         if addr is not None:
