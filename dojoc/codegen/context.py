@@ -46,40 +46,32 @@ def aligned(nbytes: int) -> int:
     return -(-nbytes // ALIGN) * ALIGN
 
 
-def default_arena(sram_bytes: int) -> int:
-    """The scratch arena of every core: half of its SRAM (resident weights take the other half)."""
-    return (sram_bytes // 2) // ALIGN * ALIGN
-
-
 @dataclass
 class SramPlan:
     """One core's SRAM: the scratch arena [0, half) holds this op's scratch (growing up) and the held values
     (at its top, growing down; a value released while one below it is still held leaves its gap until that
-    one is released too); resident bytes lie above it, growing up. `half` is the arena's size (by default
-    half the SRAM: `default_arena`)."""
+    one is released too); resident bytes lie above it, growing up, in the other half."""
 
     size: int
-    half: int = -1
     resident: int = 0
     scratch: int = 0
     peak_scratch: int = 0
-    refused: int = 0  # resident bytes asked for that did not fit (their kernels stream them)
     blocks: list[tuple[int, int]] = field(default_factory=list)  # the held values: (address, bytes)
-
-    def __post_init__(self) -> None:
-        if self.half < 0:
-            self.half = default_arena(self.size)
 
     @property
     def held(self) -> int:
         """Bytes from the lowest held value to the top of the scratch arena."""
         return self.half - min(a for a, _ in self.blocks) if self.blocks else 0
 
+    @property
+    def half(self) -> int:
+        """The scratch arena's bytes: half the SRAM."""
+        return (self.size // 2) // ALIGN * ALIGN
+
     def alloc_resident(self, nbytes: int) -> int | None:
         """An address in the resident region, or None when it is full (then the kernel streams)."""
         n = aligned(nbytes)
         if self.resident + n > self.size - self.half:
-            self.refused += n
             return None
         addr = self.half + self.resident
         self.resident += n
@@ -133,7 +125,6 @@ class Ctx:
     consts: dict[Value, float | int | bool] = field(default_factory=dict)
     tensors: list[Tensor] = field(default_factory=list)
     sram: dict[int, SramPlan] = field(default_factory=dict)  # by core id
-    arena: int = 0  # every core's scratch arena (SramPlan.half)
     load: dict[int, CoreCode] = field(default_factory=dict)  # resident-weight loading, before the first call
     used: set[int] = field(default_factory=set)
     ranges: dict[str, float] = field(default_factory=dict)  # value name -> max |x| on calibration inputs
@@ -285,9 +276,9 @@ class Ctx:
 
     @property
     def scratch_bytes(self) -> int:
-        """The scratch arena of every core (all cores have the same SRAM and arena), less the values held
-    there (held for a reader, kept for a residual: the most on any core)."""
-        return self.arena - max((s.held for s in self.sram.values()), default=0)
+        """The scratch arena of every core (all cores have the same SRAM), less the values held there (held
+        for a reader or kept for a residual: the most any core holds)."""
+        return SramPlan(self.machine.sram_bytes).half - max((s.held for s in self.sram.values()), default=0)
 
     def begin_op(self) -> None:
         for s in self.sram.values():

@@ -85,12 +85,12 @@ def norm_program(tiles: list[NormTile], rows: int, n: int, eps: float,
     mean, var, part = stats
     col = {"rows": rows, "cols": 1, "sd": 4, "sa": 4, "dt": F32}
 
-    def sums(dst: int, src: Callable[[NormTile], int]) -> Iterator[Instr]:
-        for i, t in enumerate(tiles):
-            yield ("vrsum", {"rd": dst if i == 0 else part, "ra": src(t)},
-                   {"rows": rows, "cols": t.cols, "sd": 4, "sa": t.cols * 4, "dt": F32, "axis": "row"})
-            if i:
-                yield ("vadd", {"rd": dst, "ra": dst, "rb": part}, {**col, "sb": 4})
+    def rsum(i: int, dst: int, src: int, cols: int) -> Iterator[Instr]:
+        """Tile i's row sums at `src` into dst (the first tile) or added to it (through `part`)."""
+        yield ("vrsum", {"rd": dst if i == 0 else part, "ra": src},
+               {"rows": rows, "cols": cols, "sd": 4, "sa": cols * 4, "dt": F32, "axis": "row"})
+        if i:
+            yield ("vadd", {"rd": dst, "ra": dst, "rb": part}, {**col, "sb": 4})
 
     def each(mnemonic: str, operand: Callable[[NormTile], int], bcb: str) -> Iterator[Instr]:
         for t in tiles:
@@ -98,20 +98,16 @@ def norm_program(tiles: list[NormTile], rows: int, n: int, eps: float,
                    {"rows": rows, "cols": t.cols, "sd": t.cols * 4, "sa": t.cols * 4, "sb": 4 if bcb == "col" else 0,
                     "dt": F32, "bcb": bcb})
 
-    def squares(t: NormTile) -> int:
-        return sq
-
-    yield from sums(mean, lambda t: t.addr)
+    for i, t in enumerate(tiles):
+        yield from rsum(i, mean, t.addr, t.cols)
     yield (REDUCE, {"rd": mean}, {})
     yield ("vdivs", {"rd": mean, "ra": mean}, {**col, "imm": float(n)})
     yield from each("vsub", lambda t: mean, "col")
     for i, t in enumerate(tiles):  # each tile's squares, summed as they are made (sq holds one tile)
-        dense = {"rows": rows, "cols": t.cols, "sd": t.cols * 4, "sa": t.cols * 4, "dt": F32}
-        yield ("vmul", {"rd": sq, "ra": t.addr, "rb": t.addr}, {**dense, "sb": t.cols * 4, "bcb": "none"})
-        yield ("vrsum", {"rd": var if i == 0 else part, "ra": sq},
-               {"rows": rows, "cols": t.cols, "sd": 4, "sa": t.cols * 4, "dt": F32, "axis": "row"})
-        if i:
-            yield ("vadd", {"rd": var, "ra": var, "rb": part}, {**col, "sb": 4})
+        yield ("vmul", {"rd": sq, "ra": t.addr, "rb": t.addr},
+               {"rows": rows, "cols": t.cols, "sd": t.cols * 4, "sa": t.cols * 4, "sb": t.cols * 4, "dt": F32,
+                "bcb": "none"})
+        yield from rsum(i, var, sq, t.cols)
     yield (REDUCE, {"rd": var}, {})
     yield ("vdivs", {"rd": var, "ra": var}, {**col, "imm": float(n)})
     yield ("vadds", {"rd": var, "ra": var}, {**col, "imm": float(eps)})

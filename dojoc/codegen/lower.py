@@ -15,7 +15,7 @@ from math import prod
 
 import dojoc.codegen.kernels  # noqa: F401  (registers the kernels)
 from dojoc.codegen.builder import CoreCode, ProgramBuilder
-from dojoc.codegen.context import Ctx, SramPlan, default_arena
+from dojoc.codegen.context import Ctx, SramPlan
 from dojoc.codegen.kernels.copy import copy_view
 from dojoc.codegen.kernels.eltwise import fill
 from dojoc.codegen.kernels.held import release_kept
@@ -90,8 +90,7 @@ def lower_graph(graph: Graph, machine: Machine, precision: str = "bf16",
     ctx = Ctx(graph, machine, precision, ProgramBuilder(machine, ids))
     ctx.given = given
     ctx.ranges = dict(ranges or {})
-    ctx.arena = default_arena(machine.sram_bytes)
-    ctx.sram = {c: SramPlan(machine.sram_bytes, ctx.arena) for c in ids}
+    ctx.sram = {c: SramPlan(machine.sram_bytes) for c in ids}
     ctx.load = {c: CoreCode(c) for c in ids}
     outputs = set(graph.outputs)
     ctx.users = graph.users()

@@ -7,6 +7,7 @@ import ml_dtypes
 import numpy as np
 import pytest
 import torch
+from graph_checks import fused_matmuls, same_numbers
 
 import dojoc
 from dojoc.codegen.lower import lower_graph
@@ -28,12 +29,6 @@ def _fused(graph: Graph) -> dict[str, tuple[object, ...]]:
     """{fused node name: (its producer, its step)} over the graph's epilogues."""
     return {name: (n.name, step) for n in graph.nodes for name, step in zip(n.attrs.get("fused", ()),
                                                                            n.attrs.get("epilogue", ()), strict=True)}
-
-
-def _same_numbers(before: Graph, after: Graph, *inputs: np.ndarray) -> None:
-    """The interpreter computes the fused graph exactly as the unfused one."""
-    for a, b in zip(Interpreter(before).run(*inputs), Interpreter(after).run(*inputs), strict=True):
-        np.testing.assert_array_equal(a, b)
 
 
 class ConvAct(torch.nn.Module):
@@ -61,7 +56,7 @@ def test_activations_fuse_into_conv_and_matmul_and_match_eager() -> None:
     graph = run_passes(from_module(m, (x,)))
     assert not graph.find(Op.BATCH_NORM) and not graph.find(Op.RELU) and not graph.find(Op.ADD)
     assert len(acts) == 4 and set(acts) <= set(_fused(graph)), "every activation is in a matrix op's epilogue"
-    _same_numbers(folded, graph, x.numpy())
+    same_numbers(folded, graph, x.numpy())
     low = lower_graph(graph, load_machine("mesh2x2"), "fp32")
     ops = {e.op for e in low.image.debug}
     assert not ops & set(acts), "the fused ops emit no code of their own"
@@ -116,7 +111,7 @@ def test_linear_bias_and_activation_fuse_into_matmul(case: str, machine: str) ->
     assert all(n.attrs["epilogue"][0] == ("bias",) for n in matmuls), "one bias per linear, in its epilogue"
     assert not graph.find(Op.ADD) and not graph.find(Op.RELU) and not graph.find(Op.GELU)
     fused = set(_fused(graph))
-    _same_numbers(before, graph, x.numpy())
+    same_numbers(before, graph, x.numpy())
     with torch.no_grad():
         want = m(x).numpy()
     for precision in ("fp32", "bf16"):
@@ -236,7 +231,7 @@ def test_residual_and_relu_fuse_into_the_convolution_and_no_op_moves() -> None:
     assert res[0].name == a_short and res[0].inputs[-1].name == a_last
     assert res[1].inputs[-1] is res[0].output
     assert graph.fusion_notes == {}
-    _same_numbers(before, graph, x.numpy())
+    same_numbers(before, graph, x.numpy())
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
@@ -276,13 +271,11 @@ def test_matmul_residual_through_a_reshape_and_scaling(precision: str) -> None:
     torch.manual_seed(0)
     m = BertOutput().eval()
     h, res = torch.randn(2, 8, 48), torch.randn(2, 8, 32)
-    before = fold_batch_norm(from_module(m, (h, res)))
-    graph = fuse(before)
-    steps = sorted(n.attrs["epilogue"] for n in graph.find(Op.MATMUL))
+    before, graph, steps = fused_matmuls(m, h, res)
     assert steps == [(("bias",), ("mul", 0.5), ("residual",), ("act", "gelu"), ("div", 4.0)),
                      (("bias",), ("residual",), ("layer_norm", 1e-5))]
     assert not graph.find(Op.ADD) and not graph.find(Op.MUL) and not graph.find(Op.DIV)
-    _same_numbers(before, graph, h.numpy(), res.numpy())
+    same_numbers(before, graph, h.numpy(), res.numpy())
     prog = dojoc.compile(m, (h, res), machine="mesh4x4", precision=precision)
     got = prog(h, res)
     with torch.no_grad():
@@ -329,7 +322,7 @@ def test_the_ops_left_unfused_say_why() -> None:
         assert why in text, (why, notes)
     # the add of relu and sigmoid (both fused into nothing: two readers) is an elementwise producer itself
     assert len([n for n in notes if by_op[n].op in (Op.RELU, Op.SIGMOID)]) == 3
-    _same_numbers(before, graph, x.numpy(), z.numpy())
+    same_numbers(before, graph, x.numpy(), z.numpy())
 
 
 def test_notes_reach_the_mapping_and_explain() -> None:
@@ -434,7 +427,7 @@ def test_clamp_fuses_into_conv_matmul_and_elementwise_ops() -> None:
     assert mm.attrs["epilogue"] == (("bias",), ("clamp", None, 0.3))
     (mul,) = graph.find(Op.MUL)
     assert mul.attrs["epilogue"] == (("clamp", 0.0, 6.0),)
-    _same_numbers(before, graph, x.numpy())
+    same_numbers(before, graph, x.numpy())
     low = lower_graph(graph, load_machine("mesh2x2"), "fp32")
     assert not {e.op for e in low.image.debug} & set(_fused(graph)), "the clamps emit no code of their own"
     got = run(low.image, [x.numpy()]).outputs
@@ -477,7 +470,7 @@ def test_scalar_add_sub_and_residual_subtract_fuse(precision: str) -> None:
     sub = next(n for n in convs if n.attrs["epilogue"] == (("sub_residual",),))
     assert sub.inputs[-1] is convs[convs.index(sub) - 1].output
     assert [n.attrs["epilogue"] for n in graph.find(Op.MUL)] == [(("sub", 1.0),)]
-    _same_numbers(before, graph, h.numpy(), x.numpy(), z.numpy())
+    same_numbers(before, graph, h.numpy(), x.numpy(), z.numpy())
     prog = dojoc.compile(m, (h, x, z), machine="mesh4x4", precision=precision)
     got = prog(h, x, z)
     with torch.no_grad():
@@ -514,7 +507,7 @@ def test_the_clamps_and_subtractions_left_say_why() -> None:
     assert any("comes from softmax" in notes[n] for n in clamps)
     subs = sorted(notes[n] for n in notes if by_op[n].op is Op.SUB)
     assert len(subs) == 1 and all("only x - y with x the result is a step" in why for why in subs), notes
-    _same_numbers(before, graph, x.numpy(), z.numpy())
+    same_numbers(before, graph, x.numpy(), z.numpy())
 
 
 class InvertedResidual(torch.nn.Module):
@@ -576,7 +569,7 @@ def test_new_steps_are_verified_and_interpreted_bit_for_bit_in_bf16() -> None:
                                     ("sub", 0.050048828125))
     rng = np.random.default_rng(0)
     xs = [rng.standard_normal(s).astype(np.float32).astype(bf16.numpy) for s in ((4, 8), (4, 6))]
-    _same_numbers(g, fused, *xs)
+    same_numbers(g, fused, *xs)
     bad = [((("clamp", "0", 1.0),), ("c",), "is not tuple\\[step"),
            ((("residual",), ("sub_residual",)), ("a", "b"), "at most one residual or sub_residual")]
     for steps, names, msg in bad:
@@ -586,80 +579,3 @@ def test_new_steps_are_verified_and_interpreted_bit_for_bit_in_bf16() -> None:
         g2.nodes = [node if m is mm else m for m in fused.nodes]
         with pytest.raises((IRError, ShapeError), match=msg):
             verify(g2)
-
-
-# -- layer norm after a matmul ----------------------------------------------------------------------------
-
-class PostNorm(torch.nn.Module):
-    """BERT's output sublayer: Linear, residual add, LayerNorm; and three layer norms that cannot fuse."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.fc = torch.nn.Linear(48, 32)
-        self.ln = torch.nn.LayerNorm(32)
-        self.ln2 = torch.nn.LayerNorm((8, 32))
-        self.ln3 = torch.nn.LayerNorm(32)
-        with torch.no_grad():
-            for ln in (self.ln, self.ln2, self.ln3):
-                ln.weight.uniform_(0.5, 1.5)
-                ln.bias.uniform_(-1.0, 1.0)
-
-    def forward(self, h, res):
-        y = self.ln(self.fc(h) + res)
-        z = self.fc(h)
-        return y, self.ln2(self.fc(h) * 2.0), self.ln3(z) + z, self.ln3(res)
-
-
-@pytest.mark.parametrize("precision", ["fp32", "bf16"])
-def test_layer_norm_fuses_into_the_matmul_before_it(precision: str) -> None:
-    torch.manual_seed(0)
-    m = PostNorm().eval()
-    h, res = torch.randn(2, 8, 48), torch.randn(2, 8, 32)
-    before = fold_batch_norm(from_module(m, (h, res)))
-    graph = fuse(before)
-    steps = sorted(n.attrs["epilogue"] for n in graph.find(Op.MATMUL))
-    assert (("bias",), ("residual",), ("layer_norm", 1e-5)) in steps
-    assert len(graph.find(Op.LAYER_NORM)) == 3
-    text = " | ".join(graph.fusion_notes[n.name] for n in graph.find(Op.LAYER_NORM))
-    for why in ("normalises more than the matmul's last dim", "has 2 readers", "is a graph input"):
-        assert why in text, (why, graph.fusion_notes)
-    _same_numbers(before, graph, h.numpy(), res.numpy())
-    prog = dojoc.compile(m, (h, res), machine="mesh4x4", precision=precision)
-    got = prog(h, res)
-    with torch.no_grad():
-        want = m(h, res)
-    for g, w in zip(got, want, strict=True):
-        if precision == "fp32":
-            np.testing.assert_allclose(g.numpy(), w.numpy(), rtol=1e-4, atol=1e-4)
-        else:
-            assert np.corrcoef(g.numpy().ravel(), w.numpy().ravel())[0, 1] >= 0.99
-
-
-def test_a_layer_norm_step_is_verified_and_interpreted() -> None:
-    g = Graph("ln")
-    x = g.input("x", TensorType((3, 4), F32))
-    w = g.param("w", np.arange(20, dtype=np.float32).reshape(4, 5) / 7)
-    gamma = g.param("gamma", np.linspace(0.5, 1.5, 5, dtype=np.float32))
-    beta = g.param("beta", np.linspace(-1, 1, 5, dtype=np.float32))
-    n = g.add(Op.MATMUL, (x, w, gamma, beta), {"epilogue": (("layer_norm", 1e-5),), "fused": ("ln",)})
-    g.set_outputs([n.output])
-    verify(g)
-    xs = np.arange(12, dtype=np.float32).reshape(3, 4) - 6
-    (out,) = Interpreter(g).run(xs)
-    y = xs.astype(np.float64) @ (np.arange(20).reshape(4, 5) / 7)
-    want = (y - y.mean(-1, keepdims=True)) / np.sqrt(y.var(-1, keepdims=True) + 1e-5) \
-        * np.linspace(0.5, 1.5, 5) + np.linspace(-1, 1, 5)
-    np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-5)
-    bad = [({"epilogue": (("layer_norm", 1e-5), ("act", "relu")), "fused": ("ln", "r")}, "must be an epilogue's last"),
-           ({"epilogue": (("layer_norm", -1.0),), "fused": ("ln",)}, "is not tuple\\[step")]
-    for attrs, msg in bad:
-        node = Node(n.name, n.op, n.inputs, n.attrs.replace(**attrs), n.outputs)
-        g2 = g.copy()
-        g2.nodes = [node if m is n else m for m in g.nodes]
-        with pytest.raises((IRError, ShapeError), match=msg):
-            verify(g2)
-    short = Node(n.name, n.op, n.inputs[:3], n.attrs, n.outputs)
-    g3 = g.copy()
-    g3.nodes = [short if m is n else m for m in g.nodes]
-    with pytest.raises((IRError, ShapeError), match="inputs besides the 2 of its epilogue"):
-        verify(g3)

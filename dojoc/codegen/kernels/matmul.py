@@ -310,6 +310,16 @@ def matmul(ctx: Ctx, node: Node) -> None:
         _emit_core(ctx, node, core, p, plan, spec, order[first:first + count])
 
 
+def _vector(v: View | None, rows: int, nl: int, n0: int, addr: int | None) -> Operand | None:
+    """An item's FP32 column vectors (`rows` of them, its nl columns from n0: the bias; a layer norm's
+    weights then biases, whole rows): resident at `addr`, or streamed with the item (None)."""
+    if v is None:
+        return None
+    if addr is not None:
+        return Operand(rows, nl, addr=addr)
+    return Operand(rows, nl, loads=[Load(t) for t in transfers(v.base + n0 * 4, 0, [(rows * nl, 4, 4)], 4)])
+
+
 def _emit_core(ctx: Ctx, node: Node, core: int, p: Problem, plan: Plan, spec: Spec,
                run: list[tuple[int, int, int]]) -> None:
     ea, eb, eo = spec.a_src.itemsize, spec.b_src.itemsize, spec.out.itemsize
@@ -371,18 +381,9 @@ def _emit_core(ctx: Ctx, node: Node, core: int, p: Problem, plan: Plan, spec: Sp
             rop = Operand(ml, nl, loads=[Load(t) for t in transfers(
                 rv.base + m0 * rv.strides[0] + n0 * rv.strides[1], 0,
                 [(ml, rv.strides[0], nl * er), (nl, rv.strides[1], er)], er)])
-        cb = None
-        if p.bias is not None:
-            if res is not None:
-                cb = Operand(1, nl, addr=res + -(-p.k * nl * eb // 64) * 64)
-            else:
-                cb = Operand(1, nl, loads=[Load(t) for t in transfers(p.bias.base + n0 * 4, 0, [(nl, 4, 4)], 4)])
-        nop = None
-        if p.norm is not None:
-            if res is not None:
-                nop = Operand(2, nl, addr=res + -(-p.k * nl * eb // 64) * 64 + (nl * 4 if p.bias is not None else 0))
-            else:
-                nop = Operand(2, nl, loads=[Load(t) for t in transfers(p.norm.base, 0, [(2 * nl, 4, 4)], 4)])
+        vecs = res + -(-p.k * nl * eb // 64) * 64 if res is not None else None  # (after the resident B tile)
+        cb = _vector(p.bias, 1, nl, n0, vecs)
+        nop = _vector(p.norm, 2, nl, n0, vecs + nl * 4 * (p.bias is not None) if vecs is not None else None)
         items.append(Item(ml, nl, steps, stores, col_bias=cb, residual=rop, norm=nop))
     Pipeline(ctx, core, node, spec, items).emit()
 

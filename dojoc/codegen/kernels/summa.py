@@ -45,9 +45,7 @@ from dojoc.codegen.kernels import held as held_
 from dojoc.codegen.kernels.held import Held
 from dojoc.codegen.kernels.im2col import Im2col
 from dojoc.codegen.kernels.mxu import F32, Spec, resident_free
-from dojoc.codegen.kernels.summa_emit import (
-    MAX_DEPTH,
-    CoreProgram,
+from dojoc.codegen.kernels.summa_chunks import (
     a_chunk,
     a_width,
     b_chunk,
@@ -57,6 +55,7 @@ from dojoc.codegen.kernels.summa_emit import (
     x_cols,
     x_windows,
 )
+from dojoc.codegen.kernels.summa_emit import MAX_DEPTH, CoreProgram
 from dojoc.codegen.kernels.summa_grid import MIN_BLOCK, Grid, grid, loader, rect_of, rects, unkept, wave_block
 from dojoc.codegen.paths import port_path
 from dojoc.codegen.view import View
@@ -484,9 +483,9 @@ def decide(ctx: Ctx, p: Problem, spec: Spec, other: Callable[[], int], weight: s
         if depth not in DEPTHS:
             raise MappingError(f"op {om.key}: tile buffers={depth}: give {' or '.join(map(str, DEPTHS))} "
                                "chunk buffers")
-        if waves not in waves_for(g, res, spec.norm is not None):
-            legal_waves = " or ".join(map(str, waves_for(g, res, spec.norm is not None)))
-            raise MappingError(f"op {om.key}: tile waves={waves}: give {legal_waves} "
+        legal_waves = waves_for(g, res, spec.norm is not None)
+        if waves not in legal_waves:
+            raise MappingError(f"op {om.key}: tile waves={waves}: give {' or '.join(map(str, legal_waves))} "
                                "(more than one wave needs a resident weight, and a block to cut into that many; "
                                "a layer norm in the epilogue needs waves that cut rows)")
         room = ctx.scratch_bytes - (o.hold_bytes if hold else 0) - (o.keep_bytes if keep else 0)

@@ -13,13 +13,10 @@ s - depth" can only take signals for that step: a signal for a later step on the
 + k * depth, k >= 1) needs its sender to have had that step's data, multicast only after its own loader
 saw every core done with the step before on that buffer, so every signal of step s - depth was sent first.
 
-A layer norm in the epilogue (`_norm`) needs each row's sum and sum of squares over all of N, whose
-columns the cores of a grid row share (with the slices beside a disabled core): each core multicasts its
-partial sums of the wave's rows to its row (`_row_sum`), into its own slot of every core's gather buffer,
-and adds up the slots. The two passes (the mean, then the centred squares) count their arrivals on
-different semaphores (NORM_SEMS), so a core that finishes the first pass early cannot have its second
-pass's partial taken for the first's; a pass's gather buffer is reused only by the same pass of the next
-wave, which no core reaches before every core of its row has read the last one.
+A layer norm in the epilogue (`_norm`) sums each row over the cores of its grid row (`_row_sum`): each
+multicasts its partial sums into its slot of every core's gather buffer and adds the slots. Its two passes
+count on different semaphores (NORM_SEMS), so a fast core's second partial is never taken for the first's;
+a gather buffer is reused only by the next wave's same pass, after every core of the row has read it.
 """
 
 from __future__ import annotations
@@ -30,8 +27,18 @@ from dojoc.codegen.builder import R_A, R_B, R_C, R_D, CoreCode
 from dojoc.codegen.context import Ctx, aligned, split
 from dojoc.codegen.epilogue import NormTile, emit_norm, emit_pointwise
 from dojoc.codegen.kernels.held import ARRIVE, Held, Kept, kept_for
-from dojoc.codegen.kernels.im2col import Fill, Im2col
+from dojoc.codegen.kernels.im2col import Fill
 from dojoc.codegen.kernels.mxu import F32, Load, Spec, load_resident
+from dojoc.codegen.kernels.summa_chunks import (
+    a_chunk,
+    a_width,
+    b_chunk,
+    b_source,
+    prefetches_residual,
+    vectors,
+    x_cols,
+    x_windows,
+)
 from dojoc.codegen.kernels.summa_grid import loader, resident_wants, wave_block
 from dojoc.codegen.view import Transfer, View, transfers
 from dojoc.ir.epilogue import NORM, RESIDUAL_STEPS
@@ -50,70 +57,9 @@ SRC_A, SRC_B, DMA_X = (12, 13, 14), (15, 16, 17), (18, 19, 20)
 FREE_A, FREE_B = (21, 22, 23), (24, 25, 26)
 STORE, AUX = (27, 28), 29
 MAX_DEPTH = len(DMA_A)
-# a layer norm's two exchanges of row sums, arrivals and sources on one semaphore each: the first on 31
-# (held.ARRIVE is 30); the second on AUX, whose bias and residual loads are all waited for before it and
-# issued again only after it
+# a layer norm's two exchanges (arrivals and sources): 31 (held.ARRIVE is 30), and AUX, whose loads are
+# all waited for before the norm and issued again only after it
 NORM_SEMS = (31, AUX)
-# a wave's residual block of at least this many bytes (on the largest core) comes in during the wave's steps
-# (_prefetch_residual); a smaller one is loaded by the epilogue, as its shares would be requests of tens of
-# bytes that cost the port more than they hide (BERT at batch 1: 624-byte blocks, docs/decisions.md)
-RES_PREFETCH = 2048
-
-
-def prefetches_residual(g: Grid, resident: str | None, waves: int, er: int) -> bool:
-    """Whether the SUMMA program on grid `g` DMAs its residual during the steps (`er`: its element bytes)."""
-    mm, nn, _ = wave_block(g, resident, waves)
-    return mm * nn * er >= RES_PREFETCH
-
-
-def vectors(p: Problem) -> int:
-    """FP32 vectors per output column in the column-vector buffer: the bias, a layer norm's weight and bias."""
-    return (p.bias is not None) + 2 * (p.norm is not None)
-
-
-def a_chunk(a: View, e: int, kc: int, k0: int, kl: int, m0: int, m: int, dst: int, taps: int = 1,
-            k: int = 0) -> list[Transfer]:
-    """The DMAs of A's rows m0 .. m0 + m - 1, K elements k0 .. k0 + kl - 1 (elements of `e` bytes), into a
-    tile at `dst` (rows kc wide); for a shifted convolution (`taps` > 1, K = `k` channels), those channels
-    of every tap, each tap's kc columns after the last's (rows taps x kc wide)."""
-    if taps == 1:
-        return transfers(a.base + m0 * a.strides[0] + k0 * a.strides[1], dst,
-                         [(m, a.strides[0], kc * e), (kl, a.strides[1], e)], e)
-    return transfers(a.base + m0 * a.strides[0] + k0 * a.strides[1], dst,
-                     [(m, a.strides[0], taps * kc * e), (taps, k * a.strides[1], kc * e), (kl, a.strides[1], e)], e)
-
-
-def a_width(p: Problem, kc: int) -> int:
-    """Elements of a row of A's chunk tile: kc, or kc per tap of a shifted convolution."""
-    return p.taps * kc
-
-
-def b_chunk(src: View | Im2col, e: int, k0: int, kl: int, n0: int, n: int, dst: int) -> tuple[list[Load], list[Fill]]:
-    """The DMAs (and zero fills) of B's K rows k0 .. k0 + kl - 1, columns n0 .. n0 + n - 1 (elements of `e`
-    bytes), into a tile at `dst`: from B's view, or a convolution's shifted input windows (im2col.py)."""
-    if isinstance(src, Im2col):
-        return src.chunk(k0, kl, n0, n, dst, n * e)
-    return [Load(tr) for tr in transfers(src.base + k0 * src.strides[0] + n0 * src.strides[1], dst,
-                                         [(kl, src.strides[0], n * e), (n, src.strides[1], e)], e)], []
-
-
-def x_windows(p: Problem, x_max: int) -> bool:
-    """Whether the slices beside a disabled core (at most x_max columns) come as a window per tap: a shifted
-    convolution's, when that is fewer columns than their halo would add."""
-    return p.shift is not None and p.shift.slice_windows(x_max)
-
-
-def x_cols(p: Problem, n: int, windows: bool) -> int:
-    """Columns per row of K that a slice of n columns loads: a window of n per tap, or n and the halo."""
-    return p.taps * n if windows else n + p.halo
-
-
-def b_source(p: Problem) -> View | Im2col:
-    """Where B's chunks come from: the convolution's input windows (a shifted one's padded input), or B's
-    view."""
-    if p.shift is not None:
-        return p.shift.pad
-    return p.im2col if p.im2col is not None else p.b[0]
 
 
 class CoreProgram:
@@ -175,7 +121,6 @@ class CoreProgram:
             self.gather = [sram.alloc(mm * self.rmax * 4, f"{name} row sums of the mesh row") for _ in NORM_SEMS]
         self.bias_loads = 0
         self.bias_resident = False
-        self.norm_pass = 0  # which of a layer norm's two exchanges comes next (_row_sum)
         if p.r is not None:
             self.res = sram.alloc(mm * max(nn, xx) * spec.res_src.itemsize, f"{name} residual")
             self.res32 = sram.alloc(mm * max(nn, xx) * 4, f"{name} residual f32")
@@ -403,19 +348,20 @@ class CoreProgram:
                 if t == chunks - 1:  # the wave's epilogue; its stores overlap the next wave
                     if not self.direct:
                         self._stored(o)
-                    block = (acc, self.out[o], n0, n, self.bias + (n0 - self.n0) * 4, False)
-                    # (the slice's column vectors follow the block's in the bias buffer)
-                    tiles = [block] + ([(self.xacc[o if self.direct else 0], self.xout[o], self.x0, self.nx,
-                                         self.bias + self.g.n_max * 4, True)] if self.x_in(w) else [])
-                    if self.spec.norm is None:
-                        for t_acc, t_out, c0, cn, vec, is_slice in tiles:
-                            self._epilogue(t_acc, t_out, m0, m, c0, cn, o, vec, is_slice)
-                    else:  # the whole row's statistics, over block and slice, before either is stored
-                        for t_acc, _, c0, cn, vec, is_slice in tiles:
-                            self._steps(t_acc, m0, m, c0, cn, vec, is_slice)
+                    # the block, and the slice, whose column vectors follow the block's in the bias buffer:
+                    # (accumulator, output buffer, first column, columns, column vectors, is the slice)
+                    tiles = [(acc, self.out[o], n0, n, self.bias + (n0 - self.n0) * 4, False)] \
+                        + ([(self.xacc[o if self.direct else 0], self.xout[o], self.x0, self.nx,
+                             self.bias + self.g.n_max * 4, True)] if self.x_in(w) else [])
+                    norm = self.spec.norm is not None  # (the whole row's statistics before either is stored)
+                    for t_acc, t_out, c0, cn, vec, is_slice in tiles:
+                        self._steps(t_acc, m0, m, c0, cn, vec, is_slice)
+                        if not norm:
+                            self._finish(t_acc, t_out, m0, m, c0, cn, o, is_slice)
+                    if norm:
                         w_off = self.vstride * 4 * (self.p.bias is not None)  # (its weights, then biases)
-                        self._norm([NormTile(t[0], t[3], t[4] + w_off, t[4] + w_off + self.vstride * 4)
-                                    for t in tiles], m)
+                        self._norm([NormTile(t_acc, cn, vec + w_off, vec + w_off + self.vstride * 4)
+                                    for t_acc, _, _, cn, vec, _ in tiles], m)
                         for t_acc, t_out, c0, cn, _, is_slice in tiles:
                             self._finish(t_acc, t_out, m0, m, c0, cn, o, is_slice)
             for o in range(len(self.out)):
@@ -517,14 +463,6 @@ class CoreProgram:
                 ss=n * eo, ds=stride, cast=Cast.ONE, seml=STORE[o], semr=ARRIVE)
         self.stores[o] += 1
 
-    def _epilogue(self, acc: int, out: int, m0: int, m: int, n0: int, n: int, o: int, bias: int,
-                  is_slice: bool = False) -> None:
-        """Bias, residual, scaling and activation on the FP32 block [m0.., n0..] (its column biases at SRAM
-        `bias`), conversion, its stores (counted on output buffer o's semaphore), or its place in the held
-        output."""
-        self._steps(acc, m0, m, n0, n, bias, is_slice)
-        self._finish(acc, out, m0, m, n0, n, o, is_slice)
-
     def _norm(self, tiles: list[NormTile], m: int) -> None:
         """The epilogue's layer norm over the wave's m rows, whose columns are `tiles` here and the rest on
         the other cores of the grid row."""
@@ -537,9 +475,8 @@ class CoreProgram:
         """vec (m FP32 partial sums, one per row) summed over the grid row's cores, in place: this core's
         slot of every core's gather buffer, a multicast to the row, the slots added once all are in."""
         cc = self.cc
-        sem = NORM_SEMS[self.norm_pass]
-        slots = self.gather[self.norm_pass]
-        self.norm_pass = 1 - self.norm_pass
+        i = self.norm_stats.index(vec)  # the pass: 0 sums the means, 1 the variances
+        sem, slots = NORM_SEMS[i], self.gather[i]
         mine = slots + self.row.index(self.me) * 4
         stride = self.rmax * 4
         cc.emit("vmov", rd=cc.reg(R_D, mine), ra=cc.reg(R_A, vec), rows=m, cols=1, sd=stride, sa=4, dt=F32)
@@ -551,7 +488,8 @@ class CoreProgram:
                 dt=F32, axis="row")
 
     def _steps(self, acc: int, m0: int, m: int, n0: int, n: int, bias: int, is_slice: bool) -> None:
-        """The epilogue's steps but a layer norm on the FP32 block [m0.., n0..] (column biases at `bias`)."""
+        """The epilogue's steps but a layer norm (`_norm`) on the FP32 block [m0.., n0..]: bias (its column
+        biases at SRAM `bias`), residual, scaling and activation; `_finish` stores it."""
         cc, spec, p = self.cc, self.spec, self.p
         n4 = n * 4
         cc.wait(AUX, self.bias_loads)  # the biases, the first time

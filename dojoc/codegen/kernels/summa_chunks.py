@@ -1,0 +1,79 @@
+"""SUMMA's chunks: the DMAs that bring A's and B's K chunks into a core's buffers (from a view, or a
+convolution's input windows), the slices beside a disabled core, the column vectors of the epilogue, and
+whether a wave's residual comes in during its steps. summa.py costs them and summa_emit.py emits them,
+with these very functions.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from dojoc.codegen.kernels.im2col import Fill, Im2col
+from dojoc.codegen.kernels.mxu import Load
+from dojoc.codegen.kernels.summa_grid import wave_block
+from dojoc.codegen.view import Transfer, View, transfers
+
+if TYPE_CHECKING:
+    from dojoc.codegen.kernels.matmul import Problem
+    from dojoc.codegen.kernels.summa_grid import Grid
+
+# a wave's residual block of at least this many bytes (on the largest core) comes in during the wave's steps
+# (_prefetch_residual); a smaller one is loaded by the epilogue, as its shares would be requests of tens of
+# bytes that cost the port more than they hide (BERT at batch 1: 624-byte blocks, docs/decisions.md)
+RES_PREFETCH = 2048
+
+
+def prefetches_residual(g: Grid, resident: str | None, waves: int, er: int) -> bool:
+    """Whether the SUMMA program on grid `g` DMAs its residual during the steps (`er`: its element bytes)."""
+    mm, nn, _ = wave_block(g, resident, waves)
+    return mm * nn * er >= RES_PREFETCH
+
+
+def vectors(p: Problem) -> int:
+    """FP32 vectors per output column in the column-vector buffer: the bias, a layer norm's weight and bias."""
+    return (p.bias is not None) + 2 * (p.norm is not None)
+
+
+def a_chunk(a: View, e: int, kc: int, k0: int, kl: int, m0: int, m: int, dst: int, taps: int = 1,
+            k: int = 0) -> list[Transfer]:
+    """The DMAs of A's rows m0 .. m0 + m - 1, K elements k0 .. k0 + kl - 1 (elements of `e` bytes), into a
+    tile at `dst` (rows kc wide); for a shifted convolution (`taps` > 1, K = `k` channels), those channels
+    of every tap, each tap's kc columns after the last's (rows taps x kc wide)."""
+    if taps == 1:
+        return transfers(a.base + m0 * a.strides[0] + k0 * a.strides[1], dst,
+                         [(m, a.strides[0], kc * e), (kl, a.strides[1], e)], e)
+    return transfers(a.base + m0 * a.strides[0] + k0 * a.strides[1], dst,
+                     [(m, a.strides[0], taps * kc * e), (taps, k * a.strides[1], kc * e), (kl, a.strides[1], e)], e)
+
+
+def a_width(p: Problem, kc: int) -> int:
+    """Elements of a row of A's chunk tile: kc, or kc per tap of a shifted convolution."""
+    return p.taps * kc
+
+
+def b_chunk(src: View | Im2col, e: int, k0: int, kl: int, n0: int, n: int, dst: int) -> tuple[list[Load], list[Fill]]:
+    """The DMAs (and zero fills) of B's K rows k0 .. k0 + kl - 1, columns n0 .. n0 + n - 1 (elements of `e`
+    bytes), into a tile at `dst`: from B's view, or a convolution's shifted input windows (im2col.py)."""
+    if isinstance(src, Im2col):
+        return src.chunk(k0, kl, n0, n, dst, n * e)
+    return [Load(tr) for tr in transfers(src.base + k0 * src.strides[0] + n0 * src.strides[1], dst,
+                                         [(kl, src.strides[0], n * e), (n, src.strides[1], e)], e)], []
+
+
+def x_windows(p: Problem, x_max: int) -> bool:
+    """Whether the slices beside a disabled core (at most x_max columns) come as a window per tap: a shifted
+    convolution's, when that is fewer columns than their halo would add."""
+    return p.shift is not None and p.shift.slice_windows(x_max)
+
+
+def x_cols(p: Problem, n: int, windows: bool) -> int:
+    """Columns per row of K that a slice of n columns loads: a window of n per tap, or n and the halo."""
+    return p.taps * n if windows else n + p.halo
+
+
+def b_source(p: Problem) -> View | Im2col:
+    """Where B's chunks come from: the convolution's input windows (a shifted one's padded input), or B's
+    view."""
+    if p.shift is not None:
+        return p.shift.pad
+    return p.im2col if p.im2col is not None else p.b[0]
