@@ -92,11 +92,21 @@ class SramPlan:
     def hold(self, nbytes: int, what: str) -> int:
         """The address of `nbytes` that stay live after this op (until `release`), at the top of scratch."""
         n = aligned(nbytes)
-        if self.scratch + self.held + n > self.half:
-            raise SramOverflowError(f"{what} needs {nbytes:,} bytes of SRAM held across ops but only "
-                                    f"{self.half - self.held - self.scratch:,} are free; give its op hold=0 "
-                                    "in the mapping, or use a machine with more SRAM")
-        addr = self.half - self.held - n
+        # the highest gap that takes it: a value released above a live one leaves a gap that the next
+        # value fills, so a chain of values each released after its successor is held (a transformer's
+        # residual kept from layer to layer) does not walk down the arena
+        top, addr = self.half, None
+        for a, size in sorted(self.blocks, key=lambda b: -b[0]):
+            if top - (a + size) >= n:
+                addr = top - n
+                break
+            top = a
+        if addr is None:
+            if self.scratch + self.held + n > self.half:
+                raise SramOverflowError(f"{what} needs {nbytes:,} bytes of SRAM held across ops but only "
+                                        f"{self.half - self.held - self.scratch:,} are free; give its op hold=0 "
+                                        "in the mapping, or use a machine with more SRAM")
+            addr = self.half - self.held - n
         self.blocks.append((addr, n))
         self.peak_scratch = max(self.peak_scratch, self.scratch + self.held)
         return addr

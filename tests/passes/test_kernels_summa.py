@@ -170,3 +170,43 @@ def test_the_tiled_kernel_normalises_whole_rows() -> None:
     prog = dojoc.compile(model, (x, r), machine=MESH, precision="fp32", mapping=mapping)
     assert prog.mapping is not None and prog.mapping.ops[0].kernel == "matmul"
     torch.testing.assert_close(prog(x, r), model(x, r).detach(), rtol=1e-4, atol=1e-4)
+
+
+def _two_linears(rotate: tuple[int | None, int | None]) -> tuple[nn.Module, torch.Tensor, dict[str, Any]]:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 64)).eval()
+    ops = []
+    for name, rot in zip(("linear_matmul", "linear_1_matmul"), rotate, strict=True):
+        # (the first one's output goes through DRAM: held, it would fix the second's chunks to its blocks)
+        tile: dict[str, int] = {"k": 32, "buffers": 2, "waves": 1} | ({"hold": 0} if name == "linear_matmul" else {})
+        if rot is not None:
+            tile["rotate"] = rot
+        ops.append({"op": name, "kernel": "summa", "cores": format_cores(range(16)), "split": {"rows": 4, "cols": 4},
+                    "tile": tile, "resident": True})
+    return model, torch.randn(16, 64), {"ops": ops}
+
+
+def test_resident_chunks_rotate_onto_the_emptiest_cores() -> None:
+    """Each column of 4 cores keeps 2 chunks of each weight: the first linear's on rows c and c + 1 of
+    column c, and by default the second's on the two cores the first left empty (rotate 2), so a stack of
+    layers fills every core's resident SRAM evenly; any rotation given runs and matches eager."""
+    model, x, mapping = _two_linears((None, None))
+    prog = dojoc.compile(model, (x,), machine=MESH, precision="fp32", mapping=mapping)
+    assert prog.mapping is not None
+    assert [o.tile_of("rotate") for o in prog.mapping.ops if o.kernel == "summa"] == [0, 2]
+    torch.testing.assert_close(prog(x), model(x), rtol=1e-4, atol=1e-4)
+    model, x, mapping = _two_linears((3, 1))
+    prog = dojoc.compile(model, (x,), machine=MESH, precision="fp32", mapping=mapping)
+    assert prog.mapping is not None
+    assert [o.tile_of("rotate") for o in prog.mapping.ops if o.kernel == "summa"] == [3, 1]
+    torch.testing.assert_close(prog(x), model(x), rtol=1e-4, atol=1e-4)
+
+
+def test_a_bad_rotation_is_named() -> None:
+    model, x, mapping = _two_linears((4, None))
+    with pytest.raises(MappingError, match=r"op linear_matmul: tile rotate=4: .* give 0 to 3"):
+        dojoc.compile(model, (x,), machine=MESH, precision="fp32", mapping=mapping)
+    mapping["ops"][0]["tile"]["rotate"], mapping["ops"][0]["resident"] = 1, False
+    with pytest.raises(MappingError, match="op linear_matmul: tile rotate=1 places a resident weight's chunks, but "
+                                           "resident is false"):
+        dojoc.compile(model, (x,), machine=MESH, precision="fp32", mapping=mapping)

@@ -56,7 +56,17 @@ from dojoc.codegen.kernels.summa_chunks import (
     x_windows,
 )
 from dojoc.codegen.kernels.summa_emit import MAX_DEPTH, CoreProgram
-from dojoc.codegen.kernels.summa_grid import MIN_BLOCK, Grid, grid, loader, rect_of, rects, unkept, wave_block
+from dojoc.codegen.kernels.summa_grid import (
+    MIN_BLOCK,
+    Grid,
+    grid,
+    loader,
+    rect_of,
+    rects,
+    rotation,
+    unkept,
+    wave_block,
+)
 from dojoc.codegen.paths import port_path
 from dojoc.codegen.view import View
 from dojoc.errors import MappingError
@@ -151,7 +161,7 @@ def _scratch(g: Grid, spec: Spec, kc: int, p: Problem, depth: int = 2, resident:
 
 def estimate(ctx: Ctx, p: Problem, spec: Spec, kc: int, resident: str | None = None, depth: int = 2,
              waves: int = 1, held: Held | None = None, holding: bool = False,
-             rect: Rect | None = None) -> tuple[int, Bound]:
+             rect: Rect | None = None, rot: int = 0) -> tuple[int, Bound]:
     """Predicted cycles and bound for K chunks of `kc` in `waves` waves: per step the longest of a core's
     multiplies, the DRAM port's time for every row's A chunk and every column's B chunk (but a `resident`
     operand's, "a" or "b") and for its share of the previous wave's stores and of its own residual tiles,
@@ -194,7 +204,7 @@ def estimate(ctx: Ctx, p: Problem, spec: Spec, kc: int, resident: str | None = N
     eject = (mx * taps * kc + kc * (nx + halo)) * e / m.eject_bytes_per_cycle
     hops = max(mx * taps * kc, kc * (nx + halo)) * e / m.link_bytes_per_cycle + sum(g.rect.shape) * m.hop_latency
     # a resident chunk that finds no room (summa_grid.unkept) is streamed in every wave, by its loader
-    missing = _missing(ctx, g, bounds, kc, resident, e, taps) if resident is not None else [() for _ in bounds]
+    missing = _missing(ctx, g, bounds, kc, resident, e, taps, rot) if resident is not None else [() for _ in bounds]
     base_link = _link_cycles(ctx, p, g, kc, e, resident, held is not None)
     # a loader's streamed chunk
     loaded = max(mx * taps * kc if a_dram else 0, kc * (nx + halo) if resident != "b" else 0) * e
@@ -277,7 +287,7 @@ def _x_cycles(p: Problem, e: int, k0: int, kl: int, x0: int, nx: int, bpc: int, 
 
 
 def _missing(ctx: Ctx, g: Grid, bounds: tuple[tuple[int, int], ...], kc: int, resident: str,
-             e: int, taps: int = 1) -> list[tuple[tuple[int, float], ...]]:
+             e: int, taps: int = 1, rot: int = 0) -> list[tuple[tuple[int, float], ...]]:
     """Per chunk, the resident copies that find no room: (loader core, bytes) of each."""
     # the common case without replaying the allocation: every core has room for the most a core keeps
     # (a line's loaders rotate, so a core loads at most ceil(chunks / line) of them, plus its B slices)
@@ -288,7 +298,7 @@ def _missing(ctx: Ctx, g: Grid, bounds: tuple[tuple[int, int], ...], kc: int, re
         most += len(bounds) * aligned(widest * g.x_max * e)
     if all(resident_free(ctx, c) >= most for c in g.cores):
         return [() for _ in bounds]
-    return unkept(ctx, g, bounds, kc, resident, e, taps)
+    return unkept(ctx, g, bounds, kc, resident, e, taps, rot)
 
 
 def resident_bytes(ctx: Ctx, p: Problem, spec: Spec, kc: int, weight: str, held: Held | None = None,
@@ -311,6 +321,16 @@ def chunk_bounds(k: int, kc: int, held: Held | None = None) -> tuple[tuple[int, 
     return tuple((k0, min(kc, k - k0)) for k0 in range(0, k, kc))
 
 
+def rotate(ctx: Ctx, p: Problem, spec: Spec, kc: int, resident: str | None, held: Held | None = None,
+           rect: Rect | None = None) -> int:
+    """The default rotation of a resident operand's loaders for K chunks of `kc` (summa_grid.rotation);
+    0 without one."""
+    if resident is None:
+        return 0
+    return rotation(ctx, grid(ctx, p.m, p.n, rect), chunk_bounds(p.k, kc, held), kc, resident, spec.op.itemsize,
+                    p.taps)
+
+
 def _best_kc(ctx: Ctx, p: Problem, spec: Spec, resident: str | None, held: Held | None = None,
              holding: bool = False, room: int | None = None,
              rect: Rect | None = None) -> tuple[int, int, int, int, Bound] | None:
@@ -323,11 +343,12 @@ def _best_kc(ctx: Ctx, p: Problem, spec: Spec, resident: str | None, held: Held 
     kcs = [max(n for _, n in held.kblocks)] if held is not None else sorted({min(c, p.k) for c in KC_CHOICES},
                                                                             reverse=True)
     for kc in kcs:
+        rot = rotate(ctx, p, spec, kc, resident, held, rect)
         for depth in DEPTHS:
             for waves in waves_for(g, resident, spec.norm is not None):
                 if _scratch(g, spec, kc, p, depth, resident, waves) > room:
                     continue
-                cyc, bound = estimate(ctx, p, spec, kc, resident, depth, waves, held, holding, rect)
+                cyc, bound = estimate(ctx, p, spec, kc, resident, depth, waves, held, holding, rect, rot)
                 if best is None or cyc < best[3]:
                     best = (kc, depth, waves, cyc, bound)
     return best
@@ -422,17 +443,20 @@ def decide(ctx: Ctx, p: Problem, spec: Spec, other: Callable[[], int], weight: s
     if given is None and held is None and only is None and (on is None or on.best is None or on.best[3] >= other()):
         return None
 
-    def tile(o: _OnRect, kc: int, depth: int, waves: int, hold: int, keep: int = 0) -> tuple[tuple[str, int], ...]:
+    def tile(o: _OnRect, kc: int, depth: int, waves: int, hold: int, keep: int = 0,
+             rot: int | None = None) -> tuple[tuple[str, int], ...]:
         t = (("m", o.g.m_max), ("n", o.g.n_max), ("k", kc), ("buffers", depth), ("waves", waves))
-        return t + ((("hold", hold),) if o.can_hold else ()) \
+        return t + ((("rotate", rot),) if rot is not None else ()) + ((("hold", hold),) if o.can_hold else ()) \
             + ((("shift", int(o.p is shifted)),) if shifted is not None else ()) \
             + ((("keep", keep),) if keeper is not None else ())
 
     def default() -> OpMapping:
         assert on is not None and on.best is not None
         kc, depth, waves, cycles, bound = on.best
+        rot = rotate(ctx, on.p, spec, kc, weight, held, on.rect) if on.resident else None
         return OpMapping("", KERNEL, on.g.cores, on.axes,
-                         tile(on, kc, depth, waves, int(on.can_hold), (2 if sole else 1) if on.keep_bytes else 0),
+                         tile(on, kc, depth, waves, int(on.can_hold), (2 if sole else 1) if on.keep_bytes else 0,
+                              rot),
                          on.resident,
                          predicted_cycles=cycles, bound=bound)
 
@@ -493,8 +517,18 @@ def decide(ctx: Ctx, p: Problem, spec: Spec, other: Callable[[], int], weight: s
         if kc is None or not 1 <= kc <= min(p.k, 4095) or too_big:
             raise MappingError(f"op {om.key}: tile k={kc}: a K chunk must be between 1 and {min(p.k, 4095)} and "
                                f"its {depth} chunk buffers must fit the {room:,} bytes of SRAM scratch")
-        cyc, bound = estimate(ctx, p, spec, kc, res, depth, waves, held, bool(hold) or keep == 2, rect)
-        return replace(om, tile=tile(o, kc, depth, waves, hold, keep), predicted_cycles=cyc, bound=bound)
+        rot = om.tile_of("rotate")
+        if res is None and rot is not None:
+            raise MappingError(f"op {om.key}: tile rotate={rot} places a resident weight's chunks, but resident is "
+                               "false: remove rotate")
+        if res is not None and rot is None:
+            rot = rotate(ctx, p, spec, kc, res, held, rect)
+        span = max(len(line) for line in (g.cols if res == "b" else g.rows))
+        if rot is not None and not 0 <= rot < span:
+            raise MappingError(f"op {om.key}: tile rotate={rot}: the resident weight's chunk t of line i is kept "
+                               f"by the line's core (t + i + rotate) mod its length: give 0 to {span - 1}")
+        cyc, bound = estimate(ctx, p, spec, kc, res, depth, waves, held, bool(hold) or keep == 2, rect, rot or 0)
+        return replace(om, tile=tile(o, kc, depth, waves, hold, keep, rot), predicted_cycles=cyc, bound=bound)
 
     return ctx.decide(KERNEL, default, check)
 
@@ -525,13 +559,14 @@ def emit(ctx: Ctx, node: Node, p: Problem, spec: Spec, om: OpMapping, weight: st
     rect = rect_of(ctx, tuple(om.cores))
     assert rect is not None, "decide checked the region"
     g = grid(ctx, p.m, p.n, rect)
-    kc, depth, waves = (int(om.tile_of(f) or d) for f, d in (("k", 0), ("buffers", 2), ("waves", 1)))
+    kc, depth, waves, rot = (int(om.tile_of(f) or d) for f, d in (("k", 0), ("buffers", 2), ("waves", 1),
+                                                                    ("rotate", 0)))
     out = held_.hold(ctx, node, p, spec, g.rect, g.at, g.mblocks, g.nblocks) if om.tile_of("hold") else None
     reader = held_.residual_reader(ctx, node.name)[0] if om.tile_of("keep") else None  # (decide checked it)
     kept = held_.keep(ctx, node.name, reader.name, p.o, spec, g.rect, g.at, g.mblocks, g.nblocks, g.x_max,
                       om.tile_of("keep") == 2) if reader is not None else None
     for core in g.cores:
         CoreProgram(ctx, node, p, spec, g, kc, core, weight if om.resident else None, depth, waves,
-                    held, out, kept).emit()
+                    held, out, kept, rot).emit()
     if held is not None:
         held_.release(ctx, held)

@@ -67,11 +67,11 @@ class CoreProgram:
 
     def __init__(self, ctx: Ctx, node: Node, p: Problem, spec: Spec, g: Grid, kc: int, core: int,
                  resident: str | None, depth: int, waves: int, a_held: Held | None = None,
-                 hold: Held | None = None, keep: Kept | None = None) -> None:
+                 hold: Held | None = None, keep: Kept | None = None, rot: int = 0) -> None:
         from dojoc.codegen.kernels.summa import chunk_bounds
 
         self.ctx, self.p, self.spec, self.g, self.kc, self.me = ctx, p, spec, g, kc, core
-        self.depth, self.waves, self.resident = depth, waves, resident
+        self.depth, self.waves, self.resident, self.rot = depth, waves, resident, rot
         self.a_held, self.hold = a_held, hold  # A held in SRAM by its producer; this op's output held
         self.kept_out = keep  # this op's output also kept in SRAM for a later op's residual
         self.res_kept = kept_for(ctx, p.r, g.rect, g.mblocks, g.nblocks)  # this op's residual, kept so
@@ -164,11 +164,11 @@ class CoreProgram:
         """The core of this row that loads and multicasts A's chunk t (a held A's: the core holding it)."""
         if self.a_held is not None:
             return self.a_held.cores[(self.r, t)]
-        return loader(self.row, self.r, t)
+        return loader(self.row, self.r, t, self.rot if self.resident == "a" else 0)
 
     def lb(self, t: int) -> int:
         """The core of this column that loads and multicasts B's chunk t."""
-        return loader(self.col, self.c, t)
+        return loader(self.col, self.c, t, self.rot if self.resident == "b" else 0)
 
     def _chunk(self, t: int) -> tuple[int, int]:
         return self.bounds[t]
@@ -201,7 +201,7 @@ class CoreProgram:
         loads: list[Transfer] = []
         cols = {"b": (self.n0, self.n), "x": (self.x0, self.nx)}
         for key, t, nbytes in resident_wants(self.ctx, self.g, self.me, self.bounds, self.kc, self.resident,
-                                             self.spec.op.itemsize, self.p.taps):
+                                             self.spec.op.itemsize, self.p.taps, self.rot):
             addr = sram.alloc_resident(nbytes)
             if addr is not None:
                 self.keep[(key, t)] = addr

@@ -173,15 +173,46 @@ def wave_block(g: Grid, resident: str | None, waves: int) -> tuple[int, int, int
     return g.m_max, ceil(g.n_max / waves), g.x_max
 
 
-def loader(line: tuple[int, ...], index: int, t: int) -> int:
+def loader(line: tuple[int, ...], index: int, t: int, rot: int = 0) -> int:
     """The core of a mesh row (or column) `line`, the index-th, that loads chunk t: rotating with t, and
     staggered by the line's index, so the columns' B loaders of one chunk sit in different rows and their
-    DMAs enter the mesh through different routers of the DRAM port (not all through one row's links)."""
-    return line[(t + index) % len(line)]
+    DMAs enter the mesh through different routers of the DRAM port (not all through one row's links);
+    a resident operand's rotation starts `rot` cores on (`rotation`)."""
+    return line[(t + index + rot) % len(line)]
+
+
+def rotation(ctx: Ctx, g: Grid, bounds: tuple[tuple[int, int], ...], kc: int, resident: str, e: int,
+             taps: int = 1) -> int:
+    """The offset of a resident operand's loader rotation (tile field `rotate`) that keeps the most of its
+    chunks and leaves the fullest core the most room: a line whose chunks are fewer than its cores puts them
+    on a run of its cores, and with the same run for every op (a transformer's twelve layers) those cores
+    fill while the others stay empty, and later layers' chunks find no room."""
+    lines = g.cols if resident == "b" else g.rows
+    blocks = g.nblocks if resident == "b" else g.mblocks
+    free = {c: resident_free(ctx, c) for c in g.cores}
+    best: tuple[tuple[int, int], int] | None = None
+    for rot in range(max(len(line) for line in lines)):
+        left = dict(free)
+        lost = 0
+        for i, line in enumerate(lines):
+            if not line:
+                continue
+            for t, (_, kl) in enumerate(bounds):
+                core = loader(line, i, t, rot)
+                nbytes = aligned((kl * blocks[i][1] if resident == "b" else blocks[i][1] * taps * kc) * e)
+                if nbytes <= left[core]:
+                    left[core] -= nbytes
+                else:
+                    lost += nbytes
+        score = (lost, -min(left.values()))
+        if best is None or score < best[0]:
+            best = (score, rot)
+    assert best is not None
+    return best[1]
 
 
 def resident_wants(ctx: Ctx, g: Grid, core: int, bounds: tuple[tuple[int, int], ...], kc: int, resident: str,
-                   e: int, taps: int = 1) -> list[tuple[str, int, int]]:
+                   e: int, taps: int = 1, rot: int = 0) -> list[tuple[str, int, int]]:
     """The resident copies a core keeps, in the order it allocates them: (operand "a" | "b" | "x", chunk,
     bytes). The loader of a chunk keeps it (A's m x kc, B's kl x n); a core beside a disabled core keeps its
     own slices of B too (A's chunks are taps x kc wide for a shifted convolution)."""
@@ -189,9 +220,9 @@ def resident_wants(ctx: Ctx, g: Grid, core: int, bounds: tuple[tuple[int, int], 
     m, n, nx = g.mblocks[r][1], g.nblocks[c][1], g.extra.get(core, (0, 0))[1]
     wants: list[tuple[str, int, int]] = []
     for t, (_, kl) in enumerate(bounds):
-        if resident == "a" and core == loader(g.rows[r], r, t):
+        if resident == "a" and core == loader(g.rows[r], r, t, rot):
             wants.append(("a", t, m * taps * kc * e))
-        if resident == "b" and core == loader(g.cols[c], c, t):
+        if resident == "b" and core == loader(g.cols[c], c, t, rot):
             wants.append(("b", t, kl * n * e))
         if resident == "b" and nx:
             wants.append(("x", t, kl * nx * e))
@@ -199,14 +230,14 @@ def resident_wants(ctx: Ctx, g: Grid, core: int, bounds: tuple[tuple[int, int], 
 
 
 def unkept(ctx: Ctx, g: Grid, bounds: tuple[tuple[int, int], ...], kc: int, resident: str,
-           e: int, taps: int = 1) -> list[tuple[tuple[int, float], ...]]:
+           e: int, taps: int = 1, rot: int = 0) -> list[tuple[tuple[int, float], ...]]:
     """Per chunk, the resident copies that will find no room, (loader core, bytes): `_keep`'s allocation
     replayed on the cores' free resident SRAM now (a bump allocator: a copy fits when its aligned bytes
     are free)."""
     lost: list[list[tuple[int, float]]] = [[] for _ in bounds]
     for core in g.cores:
         free = resident_free(ctx, core)
-        for _, t, nbytes in resident_wants(ctx, g, core, bounds, kc, resident, e, taps):
+        for _, t, nbytes in resident_wants(ctx, g, core, bounds, kc, resident, e, taps, rot):
             if aligned(nbytes) <= free:
                 free -= aligned(nbytes)
             else:
