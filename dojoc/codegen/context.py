@@ -152,6 +152,8 @@ class Ctx:
     # SUMMA outputs also kept in SRAM for a later op's epilogue residual (kernels/held.py), by reader name
     kept: dict[str, Any] = field(default_factory=dict)
     kept_used: set[str] = field(default_factory=set)  # readers whose code takes their kept residual
+    # convolution outputs kept in SRAM as a later 1 x 1 convolution's B (kernels/held.py), by reader name
+    kept_b: dict[str, Any] = field(default_factory=dict)
     kept_shards: dict[int, tuple[str, tuple[Any, ...]]] = field(default_factory=dict)  # DRAM base -> (reader, shards)
     _parts: dict[str, int] = field(default_factory=dict)
     _dram_top: int = 0

@@ -100,11 +100,11 @@ def build_mapping(ctx: Ctx, notes: tuple[str, ...] = ()) -> Mapping:
     values = []
     for t in ctx.tensors:
         held = ctx.held_shards.get(t.address) if t.kind.value == "scratch" else None
-        reader, kept = ctx.kept_shards.get(t.address, ("", ())) if t.kind.value == "scratch" else ("", ())
+        purpose, kept = ctx.kept_shards.get(t.address, ("", ())) if t.kind.value == "scratch" else ("", ())
         shards = tuple(sorted(held or kept or by_tensor.get(t.name, []), key=lambda s: (s.core, s.address)))
         cores = len({s.core for s in shards})
         layout = (f"blocks of the mesh ({cores} cores), held from its producer to its reader" if held
-                  else f"blocks of the mesh ({cores} cores), kept for {reader}'s residual (a DRAM copy stays)"
+                  else f"blocks of the mesh ({cores} cores), kept for {purpose} (a DRAM copy stays)"
                   if kept else f"tiles of its op's region on {cores} cores (a DRAM copy stays)" if shards else "")
         values.append(ValuePlacement(
             t.name, Where.SRAM if shards else Where.DRAM, t.address, t.nbytes, tuple(t.shape), t.dtype.asm,

@@ -140,7 +140,7 @@ def test_kept_residual_matches_eager_and_is_not_loaded(machine: Machine, waves: 
         prog, x, want = _kept(machine, keep, waves)
         assert prog.mapping is not None
         assert prog.mapping.by_key()["convolution"].tile_of("keep") == keep
-        kept = [v for v in prog.mapping.values if "kept for convolution_2" in v.layout]
+        kept = [v for v in prog.mapping.values if "kept for convolution_2's residual" in v.layout]
         assert len(kept) == keep and all(v.where is Where.SRAM and v.dram_copy for v in kept)
         got, report = prog.run(x)
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)

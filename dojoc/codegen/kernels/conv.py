@@ -59,6 +59,7 @@ from dojoc.codegen.kernels.mxu import (
     splits,
     weight_source,
 )
+from dojoc.codegen.kernels.summa_chunks import with_kept_b
 from dojoc.codegen.kernels.window import Span, window
 from dojoc.codegen.registry import kernel
 from dojoc.codegen.view import Transfer, View, transfers
@@ -441,7 +442,8 @@ def _implicit_gemm(ctx: Ctx, node: Node, cv: Conv, spec: Spec, warr: np.ndarray,
         return False
     okc = np.ascontiguousarray(warr.transpose(0, 2, 3, 1).reshape(cv.o, cv.k))  # tap-major, as X_col's rows
     a = ctx.weight(f"{node.name}_okc", okc, spec.a_src)
-    run = ps if om.tile_of("shift", 0) and ps is not None else p
+    kb = with_kept_b(ctx, p) if om.tile_of("sram_b", 0) else None
+    run = ps if om.tile_of("shift", 0) and ps is not None else kb if kb is not None else p
     summa.emit(ctx, node, replace(run, a=[a]), spec, om, "a")
     return True
 

@@ -25,11 +25,19 @@ core (i, j) adds block (i, j) from its own SRAM instead of loading it, and a cor
 its slice (the same core computes the same slice in both ops); otherwise it loads the residual from DRAM
 as before. When that reader is the output's only one and a convolution that SUMMA can take, the output
 is kept only (`keep` = 2): nothing is stored, and the reader must run SUMMA on the producer's grid.
+
+A convolution's output that a later 1 x 1 convolution (stride 1, unpadded, one group) reads as its input is
+kept too (`b_reader`), for that reader's B operand: its B is the output itself, [channels, pixels], so
+when it runs SUMMA on the same grid with the producer's row blocks as its K chunks (`Problem.b_kept`, tile
+field `sram_b`), chunk t of column block j is block (t, j), which core (t, j) already has: that core
+multicasts it down its column, and nothing is read from DRAM. A block at a disabled position has no core
+(its slices lie on its row); its chunk, and the reader's own slices beside a disabled core, come from the
+DRAM copy, which is therefore always written (`keep` = 1).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from math import prod
 from typing import TYPE_CHECKING
 
@@ -208,7 +216,7 @@ class Kept:
     block at `addr` (the same on every core of the grid), rows n of its column block wide."""
 
     name: str
-    reader: str
+    reader: str  # the op that adds it as its residual ("" when it is kept for a B reader only)
     views: tuple[View, ...]  # the output's DRAM views (the reader's residual views, when they match)
     rect: Rect
     mblocks: tuple[tuple[int, int], ...]
@@ -217,6 +225,13 @@ class Kept:
     cores: tuple[int, ...]
     slices: int  # SRAM address of a core's slice beside a disabled core (after its block)
     only: bool  # no DRAM copy: the reader must take it
+    b_reader: str = ""  # the 1 x 1 convolution that multiplies it as its B (`b_reader`), if any
+    at: dict[tuple[int, int], int] = field(default_factory=dict)  # (grid row, column) -> the core there
+
+    def owner(self, t: int, j: int) -> int | None:
+        """The core that has block (t, j) whole (a B reader's chunk t of column block j), or None at a
+        disabled position (its slices lie on its row's cores)."""
+        return self.at.get((t, j))
 
 
 def _readers(ctx: Ctx, node: Node) -> tuple[list[tuple[Node, Value]], bool]:
@@ -255,20 +270,25 @@ def residual_reader(ctx: Ctx, name: str) -> tuple[Node | None, str, bool]:
 
 def keep(ctx: Ctx, name: str, reader: str, views: list[View], spec: Spec, rect: Rect,
          at: dict[tuple[int, int], int], mblocks: tuple[tuple[int, int], ...],
-         nblocks: tuple[tuple[int, int], ...], x_max: int, only: bool) -> Kept:
+         nblocks: tuple[tuple[int, int], ...], x_max: int, only: bool, b_reader: str = "") -> Kept:
     """Hold a block (and a slice of x_max columns) of the output of op `name` on every core of its grid, for
-    `reader` (see the module docstring)."""
+    `reader`'s residual and `b_reader`'s B (either may be ""; see the module docstring)."""
     m_max, eo = max(c for _, c in mblocks), spec.out.itemsize
     block = aligned(m_max * max(c for _, c in nblocks) * eo)
     cores = tuple(at.values())
-    addrs = {ctx.sram[c].hold(block + aligned(m_max * x_max * eo), f"{name}'s output block kept for {reader}")
+    who = " and ".join(r for r in (reader, b_reader) if r)
+    addrs = {ctx.sram[c].hold(block + aligned(m_max * x_max * eo), f"{name}'s output block kept for {who}")
              for c in cores}
     assert len(addrs) == 1, "every core holds the same bytes"
     base = addrs.pop()
-    k = Kept(name, reader, tuple(views), rect, mblocks, nblocks, base, cores, base + block, only)
-    ctx.kept[reader] = k
+    k = Kept(name, reader, tuple(views), rect, mblocks, nblocks, base, cores, base + block, only, b_reader, dict(at))
+    if reader:
+        ctx.kept[reader] = k
+    if b_reader:
+        ctx.kept_b[b_reader] = k
     rows = {c: (r, j) for (r, j), c in at.items()}
-    ctx.kept_shards[views[0].base] = (reader, tuple(
+    purpose = " and ".join([f"{reader}'s residual"] * bool(reader) + [f"{b_reader}'s B"] * bool(b_reader))
+    ctx.kept_shards[views[0].base] = (purpose, tuple(
         Shard(c, k.addr, mblocks[rows[c][0]][1] * nblocks[rows[c][1]][1] * spec.out.itemsize) for c in sorted(cores)))
     return k
 
@@ -284,13 +304,62 @@ def kept_for(ctx: Ctx, views: list[View] | None, rect: Rect, mblocks: tuple[tupl
 
 
 def release_kept(ctx: Ctx, reader: str) -> None:
-    """`reader` has run: free the residual kept for it (which it must have taken, if it was kept only)."""
+    """`reader` has run: free the residual and the B kept for it (a residual kept only it must have taken),
+    each once no other reader still waits for it."""
     k = ctx.kept.pop(reader, None)
     used = reader in ctx.kept_used
     ctx.kept_used.discard(reader)
-    if k is not None:
-        if k.only and not used:
-            raise CompileError(f"internal error: {k.name}'s output was kept in SRAM only for {reader}, which did "
-                               "not take it; give the producer tile keep=1 in the mapping, and report this")
-        for c in k.cores:
-            ctx.sram[c].release(k.addr)
+    if k is not None and k.only and not used:
+        raise CompileError(f"internal error: {k.name}'s output was kept in SRAM only for {reader}, which did "
+                           "not take it; give the producer tile keep=1 in the mapping, and report this")
+    for value in (k, ctx.kept_b.pop(reader, None)):
+        if value is None or any(v is value for v in (*ctx.kept.values(), *ctx.kept_b.values())):
+            continue
+        for c in value.cores:
+            ctx.sram[c].release(value.addr)
+
+
+def owned(keep: dict[tuple[str, int], int], stride: dict[tuple[str, int], int], a: Held | None, b: Kept | None,
+          r: int, c: int, core: int, chunks: int) -> None:
+    """Record in `keep` (and `stride`) where the SUMMA core at grid position (r, c) has the chunks of a held
+    A (its row's blocks) or of a kept B (its column's blocks, rows n wide as B's chunk buffers) that it
+    multicasts."""
+    for t in range(chunks):
+        if a is not None:
+            owner, addr, row = a.owner(r, t)
+            if owner == core:
+                keep[("a", t)], stride[("a", t)] = addr, row
+        if b is not None and b.owner(t, c) == core:
+            keep[("b", t)] = b.addr
+
+
+def b_reader(ctx: Ctx, name: str, p: Problem) -> tuple[Node | None, str]:
+    """The later convolution that reads the output of op `name` (a convolution run as SUMMA, problem `p`)
+    as its input and can multiply its kept blocks as its B: 1 x 1, stride 1, unpadded, one group, its
+    weights parameters, in the same type; else (None, why not)."""
+    if p.im2col is None or p.shift is not None:
+        return None, "it is not an unshifted convolution"
+    if ctx.precision == "cfp8":
+        return None, "cfp8 matmuls convert their operands in SRAM"
+    node = next((n for n in ctx.graph.nodes if n.name == name), None)
+    if node is None:
+        return None, "it is a later phase of its op"
+    producers = ctx.graph.producers()
+    for r, v in _readers(ctx, node)[0]:
+        own, _ = split_inputs(r.inputs, r.attrs)
+        if r.op is not Op.CONV2D or own[0] is not v or len(own) < 2:
+            continue
+        a = r.attrs
+        w = own[1].type.shape
+        if tuple(w[2:]) == (1, 1) and tuple(a.get("stride", (1, 1))) == (1, 1) \
+                and tuple(a.get("padding", (0, 0))) == (0, 0) and a.get("groups", 1) == 1 \
+                and all(producers.get(x) is not None and producers[x].op is Op.PARAM for x in own[1:]) \
+                and prod(v.type.shape[2:]) * v.type.shape[0] == p.n and v.type.shape[1] == p.m:
+            return r, ""
+    return None, "no later 1 x 1 convolution reads it"
+
+
+def kept_b(ctx: Ctx) -> Kept | None:
+    """The output kept in SRAM as the B of the op in scope (`b_reader`), if any."""
+    k: Kept | None = ctx.kept_b.get(ctx.scope[0])
+    return k

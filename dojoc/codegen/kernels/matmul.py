@@ -81,6 +81,9 @@ class Problem:
     # a stride-1 convolution whose B is its padded input, read once for every tap (im2col.Shifted): K is
     # its input channels, A [M, taps x K] its weights tap-major, N its padded grid
     shift: Shifted | None = None
+    # a 1 x 1 convolution whose input its producer keeps in SRAM in SUMMA's blocks (held.b_reader): K's chunks
+    # are the producer's row blocks, and chunk t of column block j comes from the core that has block (t, j)
+    b_kept: held.Kept | None = None
 
     @property
     def taps(self) -> int:

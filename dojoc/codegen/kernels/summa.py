@@ -49,9 +49,12 @@ from dojoc.codegen.kernels.summa_chunks import (
     a_chunk,
     a_width,
     b_chunk,
+    b_dram_share,
     b_source,
+    chunk_bounds,
     prefetches_residual,
     vectors,
+    with_kept_b,
     x_cols,
     x_windows,
 )
@@ -107,8 +110,9 @@ def _link_cycles(ctx: Ctx, p: Problem, g: Grid, kc: int, e: int, resident: str |
     for i, row in enumerate(g.rows):
         if row and resident != "a" and not a_held:
             add(loader(row, i, 0), g.mblocks[i][1] * taps * kc * e)
+    kept = p.b_kept
     for j, col in enumerate(g.cols):
-        if col and resident != "b":
+        if col and resident != "b" and (kept is None or kept.owner(0, j) is None):
             add(loader(col, j, 0), kc * (g.nblocks[j][1] + halo) * e)
     for core, (_, n) in g.extra.items():
         if resident != "b":
@@ -125,11 +129,12 @@ def eligible(ctx: Ctx, p: Problem, spec: Spec) -> bool:
             and p.k * p.taps >= 8 and bool(rects(ctx, p)))
 
 
-def waves_for(g: Grid, resident: str | None, norm: bool = False) -> list[int]:
+def waves_for(g: Grid, resident: str | None, norm: bool = False, p: Problem | None = None) -> list[int]:
     """Legal numbers of waves: more than one only with a resident weight (the waves cut the other
     operand's dimension), and only as many as every core's block has rows (or columns) to cut. A layer
-    norm in the epilogue (`norm`) needs whole rows in each wave: waves may not cut columns."""
-    if resident is None or (norm and resident == "a"):
+    norm in the epilogue (`norm`) needs whole rows in each wave: waves may not cut columns; nor may a B
+    kept in its producer's blocks (`p.b_kept`), which its owners multicast whole."""
+    if resident is None or (norm and resident == "a") or (p is not None and p.b_kept is not None):
         return [1]
     least = min(n for _, n in (g.mblocks if resident == "b" else g.nblocks))
     return [w for w in WAVES if w <= least]
@@ -173,7 +178,7 @@ def estimate(ctx: Ctx, p: Problem, spec: Spec, kc: int, resident: str | None = N
     e, eo = spec.op.itemsize, spec.out.itemsize
     mx, nx, xx = wave_block(g, resident, waves)
     way = port_path(m, g.cores)
-    bounds = chunk_bounds(p.k, kc, held)
+    bounds = chunk_bounds(p.k, kc, held, p.b_kept)
     chunks = len(bounds)
     by_rows = resident == "b"
     a_dram = resident != "a" and held is None
@@ -190,8 +195,10 @@ def estimate(ctx: Ctx, p: Problem, spec: Spec, kc: int, resident: str | None = N
     # B's columns that the cores beside a disabled one fetch again (a shifted convolution's with their halo or
     # a window per tap), and the halo of every column block's chunk in every wave
     extra = sum(x_cols(p, n, x_windows(p, xx)) for _, n in g.extra.values())
+    # (a B kept in its producer's blocks comes from DRAM only at disabled positions: `b_share` of it)
+    b_share = b_dram_share(g, p)
     streamed = (p.m * taps * kc / (waves if by_rows else 1) if a_dram else 0) \
-        + (kc * (p.n + extra + halo * len(g.cols) * waves) / waves if resident != "b" else 0)
+        + (kc * (p.n * b_share + extra + halo * len(g.cols) * waves) / waves if resident != "b" else 0)
     # (a residual kept in SRAM for this op, in this grid's blocks, costs no DRAM)
     kept = p.r is None or held_.kept_for(ctx, p.r, g.rect, g.mblocks, g.nblocks) is not None
     res = 0 if kept else p.m * p.n * spec.res_src.itemsize
@@ -207,10 +214,10 @@ def estimate(ctx: Ctx, p: Problem, spec: Spec, kc: int, resident: str | None = N
     missing = _missing(ctx, g, bounds, kc, resident, e, taps, rot) if resident is not None else [() for _ in bounds]
     base_link = _link_cycles(ctx, p, g, kc, e, resident, held is not None)
     # a loader's streamed chunk
-    loaded = max(mx * taps * kc if a_dram else 0, kc * (nx + halo) if resident != "b" else 0) * e
+    loaded = max(mx * taps * kc if a_dram else 0, kc * (nx + halo) if resident != "b" and b_share else 0) * e
     # the port serves one request at a time, each in whole cycles: a step's many small DMAs (a convolution's
     # windows, the slices beside a disabled core) take it longer than their bytes alone
-    requests = _request_cycles(ctx, p, spec, g, bounds, resident, held, waves)
+    requests = _request_cycles(ctx, p, spec, g, bounds, resident, held, waves, b_share)
     bpc = m.dram_ports[0].bytes_per_cycle
     pers: list[tuple[float, float, float]] = []  # per chunk: (step cycles, its DRAM cycles, its elements)
     for lost in missing:
@@ -243,7 +250,7 @@ def estimate(ctx: Ctx, p: Problem, spec: Spec, kc: int, resident: str | None = N
 
 
 def _request_cycles(ctx: Ctx, p: Problem, spec: Spec, g: Grid, bounds: tuple[tuple[int, int], ...],
-                    resident: str | None, held: Held | None, waves: int) -> float:
+                    resident: str | None, held: Held | None, waves: int, b_share: float = 1.0) -> float:
     """Port cycles of one step's streamed DMA requests, each rounded up to whole cycles as the port serves
     it (`isa.costs.dram_cycles`), for a middle chunk (a border tap's windows are fewer): every row's A chunk
     (but a resident or held A's), every column's B chunk and the slices beside disabled cores (but a
@@ -257,7 +264,7 @@ def _request_cycles(ctx: Ctx, p: Problem, spec: Spec, g: Grid, bounds: tuple[tup
                      for m0, rows in g.mblocks)
     if resident != "b":
         src, h = b_source(p), p.halo
-        total += sum(_b_cycles(src, e, k0, kl, n0, split(n, waves)[0][1] + h, bpc) for n0, n in g.nblocks)
+        total += b_share * sum(_b_cycles(src, e, k0, kl, n0, split(n, waves)[0][1] + h, bpc) for n0, n in g.nblocks)
         # the slices: in every step with one wave, in the first wave's with more
         total += sum(_x_cycles(p, e, k0, kl, x0, nx, bpc, x_windows(p, g.x_max)) for x0, nx in g.extra.values()) \
             / waves
@@ -307,18 +314,11 @@ def resident_bytes(ctx: Ctx, p: Problem, spec: Spec, kc: int, weight: str, held:
     `_keep` allocates it (A's chunks m x kc, B's kl x n, each rounded to the allocator's alignment)."""
     g = grid(ctx, p.m, p.n, rect)
     e = spec.op.itemsize
-    lengths = [kl for _, kl in chunk_bounds(p.k, kc, held)]
+    lengths = [kl for _, kl in chunk_bounds(p.k, kc, held, p.b_kept)]
     if weight == "a":
         return sum(aligned(n * a_width(p, kc) * e) for _, n in g.mblocks) * len(lengths)
     # B's column blocks, and the slices that the cores beside a disabled core keep (each its own)
     return sum(aligned(kl * n * e) for _, n in (*g.nblocks, *g.extra.values()) for kl in lengths)
-
-
-def chunk_bounds(k: int, kc: int, held: Held | None = None) -> tuple[tuple[int, int], ...]:
-    """The K chunks (first, length): of kc each, or, when A is held, the producer's column blocks."""
-    if held is not None:
-        return held.kblocks
-    return tuple((k0, min(kc, k - k0)) for k0 in range(0, k, kc))
 
 
 def rotate(ctx: Ctx, p: Problem, spec: Spec, kc: int, resident: str | None, held: Held | None = None,
@@ -327,8 +327,8 @@ def rotate(ctx: Ctx, p: Problem, spec: Spec, kc: int, resident: str | None, held
     0 without one."""
     if resident is None:
         return 0
-    return rotation(ctx, grid(ctx, p.m, p.n, rect), chunk_bounds(p.k, kc, held), kc, resident, spec.op.itemsize,
-                    p.taps)
+    bounds = chunk_bounds(p.k, kc, held, p.b_kept)
+    return rotation(ctx, grid(ctx, p.m, p.n, rect), bounds, kc, resident, spec.op.itemsize, p.taps)
 
 
 def _best_kc(ctx: Ctx, p: Problem, spec: Spec, resident: str | None, held: Held | None = None,
@@ -340,12 +340,12 @@ def _best_kc(ctx: Ctx, p: Problem, spec: Spec, resident: str | None, held: Held 
     g = grid(ctx, p.m, p.n, rect)
     room = ctx.scratch_bytes if room is None else room
     best: tuple[int, int, int, int, Bound] | None = None
-    kcs = [max(n for _, n in held.kblocks)] if held is not None else sorted({min(c, p.k) for c in KC_CHOICES},
-                                                                            reverse=True)
+    fixed = held.kblocks if held is not None else p.b_kept.mblocks if p.b_kept is not None else None
+    kcs = [max(n for _, n in fixed)] if fixed is not None else sorted({min(c, p.k) for c in KC_CHOICES}, reverse=True)
     for kc in kcs:
         rot = rotate(ctx, p, spec, kc, resident, held, rect)
         for depth in DEPTHS:
-            for waves in waves_for(g, resident, spec.norm is not None):
+            for waves in waves_for(g, resident, spec.norm is not None, p):
                 if _scratch(g, spec, kc, p, depth, resident, waves) > room:
                     continue
                 cyc, bound = estimate(ctx, p, spec, kc, resident, depth, waves, held, holding, rect, rot)
@@ -388,7 +388,14 @@ def decide(ctx: Ctx, p: Problem, spec: Spec, other: Callable[[], int], weight: s
     home = home_die(ctx.machine)
 
     variants = [p] if shifted is None or only is not None else [p, shifted]
+    kb = with_kept_b(ctx, p)
+    if kb is not None:
+        variants.append(kb)
     keeper, why_no_keep, sole = held_.residual_reader(ctx, key) if reader[0] is None else (None, "", False)
+    # (a later 1 x 1 convolution may multiply this output from SRAM as its B: the DRAM copy stays, for its
+    # chunks at disabled positions)
+    breader = held_.b_reader(ctx, key, p)[0] if reader[0] is None else None
+    sole = sole and breader is None
 
     def plan_on(rect: Rect, p: Problem) -> _OnRect:
         """The kernel on one rectangle: its grid, whether its output may be held, its best plan."""
@@ -400,7 +407,7 @@ def decide(ctx: Ctx, p: Problem, spec: Spec, other: Callable[[], int], weight: s
             if rect == home else "it runs on part of the die, and a held value lives on the whole die"
 
         # (a residual kept for a later op lives in the block layout of the home die's grid, unpadded)
-        can_keep = keeper is not None and rect == home and p.shift is None
+        can_keep = (keeper is not None or breader is not None) and rect == home and p.shift is None
         keep_bytes = aligned(g.m_max * g.n_max * spec.out.itemsize) + aligned(g.m_max * g.x_max * spec.out.itemsize) \
             if can_keep else 0
 
@@ -425,14 +432,17 @@ def decide(ctx: Ctx, p: Problem, spec: Spec, other: Callable[[], int], weight: s
         ids = set(ctx.builder.ids)
         return (p.m >= MIN_BLOCK * rect.rows and p.n >= MIN_BLOCK * rect.cols and rect.rows * rect.cols > 1
                 and all(g.rows) and all(g.cols) and all(c in ids for c in g.cores)
-                and (held is None or rect == held.rect) and (only is None or rect == only.rect))
+                and (held is None or rect == held.rect) and (only is None or rect == only.rect)
+                and (p.b_kept is None or rect == p.b_kept.rect))
 
     def cycles(o: _OnRect) -> int:
         assert o.best is not None
         return o.best[3]
 
     areas = [only.rect] if only is not None else None
-    viable = [o for o in (plan_on(r, q) for q in variants for r in (areas or rects(ctx, q))) if o.best is not None]
+    viable = [o for o in (plan_on(r, q) for q in variants
+                          for r in (areas or ([q.b_kept.rect] if q.b_kept is not None else rects(ctx, q))))
+              if o.best is not None]
     on = min(viable, key=cycles) if viable else None
     if held is not None and (on is None or on.best is None):
         raise MappingError(f"op {key}: its left operand is held in SRAM, but no plan of the summa kernel fits "
@@ -448,7 +458,8 @@ def decide(ctx: Ctx, p: Problem, spec: Spec, other: Callable[[], int], weight: s
         t = (("m", o.g.m_max), ("n", o.g.n_max), ("k", kc), ("buffers", depth), ("waves", waves))
         return t + ((("rotate", rot),) if rot is not None else ()) + ((("hold", hold),) if o.can_hold else ()) \
             + ((("shift", int(o.p is shifted)),) if shifted is not None else ()) \
-            + ((("keep", keep),) if keeper is not None else ())
+            + ((("sram_b", int(o.p is kb)),) if kb is not None else ()) \
+            + ((("keep", keep),) if keeper is not None or breader is not None else ())
 
     def default() -> OpMapping:
         assert on is not None and on.best is not None
@@ -467,7 +478,13 @@ def decide(ctx: Ctx, p: Problem, spec: Spec, other: Callable[[], int], weight: s
                                + (", or 1 (the padded input, read once for every tap)" if shifted is not None else
                                   "; reading the input once for every tap needs a convolution of stride 1 with "
                                   "more than one tap"))
-        p = shifted if shift and shifted is not None else variants[0]
+        sram_b = om.tile_of("sram_b", 0)
+        if sram_b not in (0, 1) or (sram_b and kb is None) or (sram_b and shift):
+            raise MappingError(f"op {om.key}: tile sram_b={sram_b}: give 0 (B comes from DRAM)"
+                               + (", or 1 (B's chunks come from its producer's blocks kept in SRAM) with shift 0"
+                                  if kb is not None else "; its input is not kept in SRAM by its producer (a "
+                                  "convolution that summa runs with keep=1, read by this 1 x 1 convolution)"))
+        p = shifted if shift and shifted is not None else kb if sram_b and kb is not None else variants[0]
         rect = rect_of(ctx, tuple(om.cores))
         if rect is None or not legal(rect, p):
             hint = f"the home die's {len(grid(ctx, p.m, p.n, home).cores)} cores" if held is None \
@@ -490,16 +507,21 @@ def decide(ctx: Ctx, p: Problem, spec: Spec, other: Callable[[], int], weight: s
                                "set hold to 0")
         keep = om.tile_of("keep", 0)
         if keep not in (0, 1, 2) or (keep and not o.keep_bytes) or (keep == 2 and not sole):
-            why = why_no_keep if keeper is None else "it runs on part of the die, or in its shifted form" \
-                if not o.keep_bytes else "its reader is not its only reader, or not a convolution that summa takes"
+            why = why_no_keep if keeper is None and breader is None \
+                else "it runs on part of the die, or in its shifted form" if not o.keep_bytes \
+                else "its reader is not its only reader, or not a convolution that summa takes"
             raise MappingError(f"op {om.key}: tile keep={keep}: give 0 (its output goes to DRAM only)"
-                               + (", 1 (a copy stays in SRAM for its reader's residual)" if o.keep_bytes else "")
+                               + (", 1 (a copy stays in SRAM for its reader's residual or B)" if o.keep_bytes else "")
                                + (", 2 (it stays in SRAM only)" if o.keep_bytes and sole else "")
                                + ("" if o.keep_bytes and sole else f"; {why}"))
         if held is not None and kc != max(n for _, n in held.kblocks):
             raise MappingError(f"op {om.key}: its left operand {held.name} is held in SRAM in blocks of "
                                f"{max(n for _, n in held.kblocks)} columns: give tile k="
                                f"{max(n for _, n in held.kblocks)}, or give the producer tile hold=0")
+        if p.b_kept is not None and kc != max(n for _, n in p.b_kept.mblocks):
+            k = max(n for _, n in p.b_kept.mblocks)
+            raise MappingError(f"op {om.key}: its input {p.b_kept.name} is kept in SRAM in blocks of {k} rows: give "
+                               f"tile k={k}, or sram_b=0")
         if om.resident and weight is None:
             raise MappingError(f"op {om.key}: resident is true but neither operand is a weight (a parameter); "
                                "set resident to false")
@@ -507,7 +529,7 @@ def decide(ctx: Ctx, p: Problem, spec: Spec, other: Callable[[], int], weight: s
         if depth not in DEPTHS:
             raise MappingError(f"op {om.key}: tile buffers={depth}: give {' or '.join(map(str, DEPTHS))} "
                                "chunk buffers")
-        legal_waves = waves_for(g, res, spec.norm is not None)
+        legal_waves = waves_for(g, res, spec.norm is not None, p)
         if waves not in legal_waves:
             raise MappingError(f"op {om.key}: tile waves={waves}: give {' or '.join(map(str, legal_waves))} "
                                "(more than one wave needs a resident weight, and a block to cut into that many; "
@@ -562,9 +584,12 @@ def emit(ctx: Ctx, node: Node, p: Problem, spec: Spec, om: OpMapping, weight: st
     kc, depth, waves, rot = (int(om.tile_of(f) or d) for f, d in (("k", 0), ("buffers", 2), ("waves", 1),
                                                                     ("rotate", 0)))
     out = held_.hold(ctx, node, p, spec, g.rect, g.at, g.mblocks, g.nblocks) if om.tile_of("hold") else None
-    reader = held_.residual_reader(ctx, node.name)[0] if om.tile_of("keep") else None  # (decide checked it)
-    kept = held_.keep(ctx, node.name, reader.name, p.o, spec, g.rect, g.at, g.mblocks, g.nblocks, g.x_max,
-                      om.tile_of("keep") == 2) if reader is not None else None
+    # (decide checked that there is a reader to keep it for)
+    reader = held_.residual_reader(ctx, node.name)[0] if om.tile_of("keep") else None
+    breader = held_.b_reader(ctx, node.name, p)[0] if om.tile_of("keep") else None
+    kept = held_.keep(ctx, node.name, reader.name if reader else "", p.o, spec, g.rect, g.at, g.mblocks, g.nblocks,
+                      g.x_max, om.tile_of("keep") == 2, breader.name if breader else "") \
+        if reader is not None or breader is not None else None
     for core in g.cores:
         CoreProgram(ctx, node, p, spec, g, kc, core, weight if om.resident else None, depth, waves,
                     held, out, kept, rot).emit()

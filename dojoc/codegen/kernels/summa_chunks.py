@@ -1,19 +1,24 @@
-"""SUMMA's chunks: the DMAs that bring A's and B's K chunks into a core's buffers (from a view, or a
-convolution's input windows), the slices beside a disabled core, the column vectors of the epilogue, and
-whether a wave's residual comes in during its steps. summa.py costs them and summa_emit.py emits them,
+"""SUMMA's chunks: where K is cut (`chunk_bounds`: into chunks of k, or a held A's or kept B's blocks), the
+DMAs that bring A's and B's K chunks into a core's buffers (from a view, or a convolution's input windows),
+the share of a kept B that still comes from DRAM, the slices beside a disabled core, the column vectors of
+the epilogue, and whether a wave's residual comes in during its steps. summa.py costs them and summa_emit.py emits them,
 with these very functions.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
+from dojoc.codegen.context import Ctx
+from dojoc.codegen.kernels import held as held_
 from dojoc.codegen.kernels.im2col import Fill, Im2col
 from dojoc.codegen.kernels.mxu import Load
 from dojoc.codegen.kernels.summa_grid import wave_block
 from dojoc.codegen.view import Transfer, View, transfers
 
 if TYPE_CHECKING:
+    from dojoc.codegen.kernels.held import Held
     from dojoc.codegen.kernels.matmul import Problem
     from dojoc.codegen.kernels.summa_grid import Grid
 
@@ -77,3 +82,33 @@ def b_source(p: Problem) -> View | Im2col:
     if p.shift is not None:
         return p.shift.pad
     return p.im2col if p.im2col is not None else p.b[0]
+
+
+def chunk_bounds(k: int, kc: int, held: Held | None = None,
+                 b_kept: held_.Kept | None = None) -> tuple[tuple[int, int], ...]:
+    """The K chunks (first, length): of kc each, or, when A is held, the producer's column blocks, or when
+    B is kept (Problem.b_kept), the producer's row blocks."""
+    if held is not None:
+        return held.kblocks
+    if b_kept is not None:
+        return b_kept.mblocks
+    return tuple((k0, min(kc, k - k0)) for k0 in range(0, k, kc))
+
+
+def b_dram_share(g: Grid, p: Problem) -> float:
+    """The share of B's chunks that come from DRAM: all of them, or with a kept B (`Problem.b_kept`) those
+    whose producer block lies at a disabled position."""
+    if p.b_kept is None:
+        return 1.0
+    blocks = [(t, j) for t in range(len(p.b_kept.mblocks)) for j in range(len(g.cols))]
+    return sum(p.b_kept.owner(t, j) is None for t, j in blocks) / len(blocks)
+
+
+def with_kept_b(ctx: Ctx, p: Problem) -> Problem | None:
+    """The problem with its B taken from its producer's blocks kept in SRAM (held.b_reader), when the op in
+    scope is such a reader and its B is exactly the kept output ([channels, pixels], unshifted)."""
+    k = held_.kept_b(ctx)
+    if k is None or p.im2col is None or p.shift is not None or p.k != sum(n for _, n in k.mblocks) \
+            or p.n != sum(n for _, n in k.nblocks):
+        return None
+    return replace(p, b_kept=k)

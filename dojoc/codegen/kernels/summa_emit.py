@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 from dojoc.codegen.builder import R_A, R_B, R_C, R_D, CoreCode
 from dojoc.codegen.context import Ctx, aligned, split
 from dojoc.codegen.epilogue import NormTile, emit_norm, emit_pointwise
-from dojoc.codegen.kernels.held import ARRIVE, Held, Kept, kept_for
+from dojoc.codegen.kernels.held import ARRIVE, Held, Kept, kept_for, owned
 from dojoc.codegen.kernels.im2col import Fill
 from dojoc.codegen.kernels.mxu import F32, Load, Spec, load_resident
 from dojoc.codegen.kernels.summa_chunks import (
@@ -34,6 +34,7 @@ from dojoc.codegen.kernels.summa_chunks import (
     a_width,
     b_chunk,
     b_source,
+    chunk_bounds,
     prefetches_residual,
     vectors,
     x_cols,
@@ -68,8 +69,6 @@ class CoreProgram:
     def __init__(self, ctx: Ctx, node: Node, p: Problem, spec: Spec, g: Grid, kc: int, core: int,
                  resident: str | None, depth: int, waves: int, a_held: Held | None = None,
                  hold: Held | None = None, keep: Kept | None = None, rot: int = 0) -> None:
-        from dojoc.codegen.kernels.summa import chunk_bounds
-
         self.ctx, self.p, self.spec, self.g, self.kc, self.me = ctx, p, spec, g, kc, core
         self.depth, self.waves, self.resident, self.rot = depth, waves, resident, rot
         self.a_held, self.hold = a_held, hold  # A held in SRAM by its producer; this op's output held
@@ -77,7 +76,7 @@ class CoreProgram:
         self.res_kept = kept_for(ctx, p.r, g.rect, g.mblocks, g.nblocks)  # this op's residual, kept so
         if self.res_kept is not None:
             ctx.kept_used.add(node.name)
-        self.bounds = chunk_bounds(p.k, kc, a_held)
+        self.bounds = chunk_bounds(p.k, kc, a_held, p.b_kept)
         self.chunks = len(self.bounds)
         self.cc: CoreCode = ctx.core(core)
         self.node, self.name, self.source = node, node.name, node.source
@@ -133,11 +132,8 @@ class CoreProgram:
         self.keep: dict[tuple[str, int], int] = {}  # ("a" | "b" | "x", chunk) -> its resident copy
         self.kstride: dict[tuple[str, int], int] = {}  # row strides of resident copies that are not kc wide
         loads = self._keep() if resident is not None else []
-        if a_held is not None:  # the chunks of A that this core holds: it loads (multicasts) them
-            for t in range(self.chunks):
-                owner, addr, stride = a_held.owner(r, t)
-                if owner == core:
-                    self.keep[("a", t)], self.kstride[("a", t)] = addr, stride
+        # the chunks of a held A, or of a kept B, that this core has: it multicasts them from there
+        owned(self.keep, self.kstride, a_held, p.b_kept, r, c, core, self.chunks)
         loads += self._keep_biases()
         if loads or resident is not None:  # one load phase for the op's resident chunks and biases
             load_resident(ctx, self.me, node, loads)
@@ -167,8 +163,10 @@ class CoreProgram:
         return loader(self.row, self.r, t, self.rot if self.resident == "a" else 0)
 
     def lb(self, t: int) -> int:
-        """The core of this column that loads and multicasts B's chunk t."""
-        return loader(self.col, self.c, t, self.rot if self.resident == "b" else 0)
+        """The core of this column that loads and multicasts B's chunk t (a kept B's: the core that has the
+        producer's block, unless that lies at a disabled position)."""
+        owner = self.p.b_kept.owner(t, self.c) if self.p.b_kept is not None else None
+        return owner if owner is not None else loader(self.col, self.c, t, self.rot if self.resident == "b" else 0)
 
     def _chunk(self, t: int) -> tuple[int, int]:
         return self.bounds[t]

@@ -1,0 +1,103 @@
+"""A convolution's output kept in SRAM as the B operand of the 1 x 1 convolution that reads it (held.b_reader,
+tile fields `keep` and `sram_b`): each chunk of B is multicast from the core that has the producer's block,
+and only the blocks at disabled positions (and the reader's slices beside a disabled core) come from DRAM."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+
+import dojoc
+from dojoc.errors import MappingError
+from dojoc.mapping import format_cores
+from isa.machine import Machine
+from isa.presets import load_machine
+
+MESH = load_machine("mesh4x4")
+HOLED = load_machine("mesh4x4", ["disabled=[[1,2],[3,0]]"])  # rows 1 and 3 have a disabled core
+
+
+class Pair(nn.Module):
+    """A 1 x 1 convolution and ReLU, then a 1 x 1 convolution of its output (ResNet's bottleneck entry)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Conv2d(8, 24, 1), nn.Conv2d(24, 16, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.b(torch.relu(self.a(x)))
+
+
+def _mapping(machine: Machine, sram_b: int, k: int | None = None, keep: int = 1) -> dict[str, Any]:
+    cores, split = format_cores(range(machine.num_cores)), {"rows": machine.mesh[0], "cols": machine.mesh[1]}
+    reader: dict[str, Any] = {"buffers": 2, "waves": 1, "sram_b": sram_b}
+    reader["k"] = k if k is not None else 8
+    return {"ops": [{"op": "convolution", "kernel": "summa", "cores": cores, "split": split, "resident": True,
+                     "tile": {"k": 8, "buffers": 2, "waves": 1, "keep": keep}},
+                    {"op": "convolution_1", "kernel": "summa", "cores": cores, "split": split, "resident": True,
+                     "tile": reader}]}
+
+
+def _compile(machine: Machine, mapping: dict[str, Any]) -> tuple[dojoc.Program, torch.Tensor, torch.Tensor]:
+    torch.manual_seed(0)
+    model, x = Pair().eval(), torch.randn(2, 8, 7, 9)
+    prog = dojoc.compile(model, (x,), machine=machine, precision="fp32", mapping=mapping)
+    return prog, x, model(x).detach()
+
+
+def _block_rows(machine: Machine) -> int:
+    """The producer's largest row block: the reader's K chunk when it takes B from SRAM."""
+    prog, _, _ = _compile(machine, _mapping(machine, 0))
+    assert prog.mapping is not None
+    m = prog.mapping.by_key()["convolution"].tile_of("m")
+    assert isinstance(m, int)
+    return m
+
+
+@pytest.mark.parametrize("machine", [MESH, HOLED], ids=["mesh4x4", "holed"])
+def test_a_kept_b_matches_eager_and_is_not_loaded(machine: Machine) -> None:
+    """From SRAM, the reader's B reads only the blocks at disabled positions from DRAM: the same result,
+    fewer DRAM bytes; the mapping records the choice."""
+    rows = _block_rows(machine)
+    moved = {}
+    for sram_b in (0, 1):
+        prog, x, want = _compile(machine, _mapping(machine, sram_b, rows if sram_b else None))
+        assert prog.mapping is not None
+        assert prog.mapping.by_key()["convolution_1"].tile_of("sram_b") == sram_b
+        assert any("kept for convolution_1's B" in v.layout for v in prog.mapping.values)
+        got, report = prog.run(x)
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+        moved[sram_b] = report.dram_bytes
+    b_bytes = 2 * 24 * 7 * 9 * 4  # the whole B in fp32
+    if machine is MESH:
+        assert moved[0] - moved[1] == b_bytes, moved
+    else:  # two of the 16 blocks, and the reader's slices beside them, still come from DRAM
+        assert 0 < moved[0] - moved[1] < b_bytes, moved
+
+
+def test_the_default_takes_b_from_sram_when_it_predicts_faster() -> None:
+    """Without a mapping, the producer keeps its output for its 1 x 1 reader, and the reader's choice
+    follows the cost model; its prediction stays within 25 % of the emulator either way."""
+    torch.manual_seed(0)
+    model, x = Pair().eval(), torch.randn(2, 8, 16, 16)
+    prog = dojoc.compile(model, (x,), machine=MESH, precision="bf16")
+    assert prog.mapping is not None
+    ops = prog.mapping.by_key()
+    assert ops["convolution"].tile_of("keep") == 1 and ops["convolution_1"].tile_of("sram_b") == 1
+    got, report = prog.run(x)
+    assert torch.corrcoef(torch.stack([got.flatten().float(), model(x).flatten()]))[0, 1] > 0.999
+    row = next(r for r in report.ops if r["op"] == "convolution_1")
+    assert abs(row["predicted_cycles"] - row["emulated_cycles"]) <= 0.25 * row["emulated_cycles"], row
+
+
+def test_illegal_sram_b_is_one_clear_error() -> None:
+    with pytest.raises(MappingError, match="op convolution_1: tile sram_b=1: .*not kept in SRAM by its producer"):
+        _compile(MESH, _mapping(MESH, 1, keep=0))
+    with pytest.raises(MappingError, match="op convolution_1: its input convolution is kept in SRAM in blocks of "
+                                           r"\d+ rows: give tile k=\d+, or sram_b=0"):
+        _compile(MESH, _mapping(MESH, 1, k=5))
+    with pytest.raises(MappingError, match="tile sram_b=2: give 0"):
+        _compile(MESH, _mapping(MESH, 2))
