@@ -34,6 +34,7 @@ class Pair(nn.Module):
 def _mapping(machine: Machine, sram_b: int, k: int | None = None, keep: int = 1) -> dict[str, Any]:
     cores, split = format_cores(range(machine.num_cores)), {"rows": machine.mesh[0], "cols": machine.mesh[1]}
     reader: dict[str, Any] = {"buffers": 2, "waves": 1, "sram_b": sram_b}
+    keep = keep if sram_b else 0  # (kept for a reader that reads it from DRAM would be an error)
     reader["k"] = k if k is not None else 8
     return {"ops": [{"op": "convolution", "kernel": "summa", "cores": cores, "split": split, "resident": True,
                      "tile": {"k": 8, "buffers": 2, "waves": 1, "keep": keep}},
@@ -66,8 +67,8 @@ def test_a_kept_b_matches_eager_and_is_not_loaded(machine: Machine) -> None:
     for sram_b in (0, 1):
         prog, x, want = _compile(machine, _mapping(machine, sram_b, rows if sram_b else None))
         assert prog.mapping is not None
-        assert prog.mapping.by_key()["convolution_1"].tile_of("sram_b") == sram_b
-        assert any("kept for convolution_1's B" in v.layout for v in prog.mapping.values)
+        assert prog.mapping.by_key()["convolution_1"].tile_of("sram_b", 0) == sram_b
+        assert any("kept for convolution_1's B" in v.layout for v in prog.mapping.values) == bool(sram_b)
         got, report = prog.run(x)
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
         moved[sram_b] = report.dram_bytes
@@ -78,19 +79,43 @@ def test_a_kept_b_matches_eager_and_is_not_loaded(machine: Machine) -> None:
         assert 0 < moved[0] - moved[1] < b_bytes, moved
 
 
-def test_the_default_takes_b_from_sram_when_it_predicts_faster() -> None:
-    """Without a mapping, the producer keeps its output for its 1 x 1 reader, and the reader's choice
-    follows the cost model; its prediction stays within 25 % of the emulator either way."""
+def test_the_default_keeps_b_only_and_takes_it_from_sram() -> None:
+    """Without a mapping, the producer's output, read by its 1 x 1 reader alone, is kept in SRAM only (keep
+    2: on a mesh without disabled cores nothing of it goes to DRAM), and the reader takes it from there;
+    its prediction stays within 25 % of the emulator."""
     torch.manual_seed(0)
     model, x = Pair().eval(), torch.randn(2, 8, 16, 16)
     prog = dojoc.compile(model, (x,), machine=MESH, precision="bf16")
     assert prog.mapping is not None
     ops = prog.mapping.by_key()
-    assert ops["convolution"].tile_of("keep") == 1 and ops["convolution_1"].tile_of("sram_b") == 1
+    assert ops["convolution"].tile_of("keep") == 2 and ops["convolution_1"].tile_of("sram_b") == 1
     got, report = prog.run(x)
     assert torch.corrcoef(torch.stack([got.flatten().float(), model(x).flatten()]))[0, 1] > 0.999
     row = next(r for r in report.ops if r["op"] == "convolution_1")
     assert abs(row["predicted_cycles"] - row["emulated_cycles"]) <= 0.25 * row["emulated_cycles"], row
+
+
+@pytest.mark.parametrize("machine", [MESH, HOLED], ids=["mesh4x4", "holed"])
+def test_kept_only_stores_just_what_the_reader_reads_from_dram(machine: Machine) -> None:
+    """Kept only (keep 2), the output goes to DRAM only in the column blocks that hold a disabled position,
+    whose chunks and slices the reader reads from there: none on a full mesh, and correct on a holed one."""
+    rows = _block_rows(machine)
+    moved = {}
+    for keep in (1, 2):
+        prog, x, want = _compile(machine, _mapping(machine, 1, rows, keep=keep))
+        got, report = prog.run(x)
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+        moved[keep] = report.dram_bytes
+    out_bytes = 2 * 24 * 7 * 9 * 4  # the producer's output in fp32
+    if machine is MESH:
+        assert moved[1] - moved[2] == out_bytes, moved
+    else:
+        assert 0 < moved[1] - moved[2] < out_bytes, moved
+    mapping = _mapping(machine, 0)
+    mapping["ops"][0]["tile"]["keep"] = 2
+    with pytest.raises(MappingError, match="op convolution: tile keep=2: .*its 1 x 1 reader convolution_1 reads it "
+                                           r"from DRAM \(the mapping gives it sram_b=0\)"):
+        _compile(machine, mapping)
 
 
 def test_illegal_sram_b_is_one_clear_error() -> None:

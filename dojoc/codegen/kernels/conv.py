@@ -35,7 +35,7 @@ from math import ceil
 import numpy as np
 
 from dojoc.codegen.context import MAX_ROWS, MAX_STRIDE, Ctx, split
-from dojoc.codegen.kernels import depthwise, gather, summa
+from dojoc.codegen.kernels import depthwise, gather, held, summa
 from dojoc.codegen.kernels.im2col import Im2col, Shifted
 from dojoc.codegen.kernels.matmul import Problem
 from dojoc.codegen.kernels.mxu import (
@@ -400,6 +400,10 @@ def conv2d(ctx: Ctx, node: Node) -> None:
 
     if warr is not None and _implicit_gemm(ctx, node, cv, spec, warr, search):
         return
+    kept = held.kept_b(ctx)
+    if kept is not None and kept.only:
+        raise MappingError(f"op {node.name}: its input is kept in SRAM only, by {kept.name}, for the summa kernel, "
+                           f"which cannot take this convolution; give {kept.name} tile keep=1")
     plan = _decide(ctx, node, cv, spec, warr is not None, search)
     items = [(gi, ob, b, ri, ci) for gi in range(cv.g) for ob in range(0, cv.og, plan.ot) for b in range(cv.n)
              for ri in range(0, cv.oh, plan.rt) for ci in range(0, cv.ow, plan.ct)]

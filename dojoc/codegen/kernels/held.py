@@ -227,6 +227,8 @@ class Kept:
     only: bool  # no DRAM copy: the reader must take it
     b_reader: str = ""  # the 1 x 1 convolution that multiplies it as its B (`b_reader`), if any
     at: dict[tuple[int, int], int] = field(default_factory=dict)  # (grid row, column) -> the core there
+    # kept only for a B reader: the column blocks still stored to DRAM (`dram_cols`)
+    dram_cols: frozenset[int] = frozenset()
 
     def owner(self, t: int, j: int) -> int | None:
         """The core that has block (t, j) whole (a B reader's chunk t of column block j), or None at a
@@ -260,12 +262,7 @@ def residual_reader(ctx: Ctx, name: str) -> tuple[Node | None, str, bool]:
                    and split_inputs(r.inputs, r.attrs)[1].get("residual") is v), None)
     if reader is None:
         return None, "no later matrix op adds it as its residual", False
-    producers = ctx.graph.producers()
-    own, _ = split_inputs(reader.inputs, reader.attrs)
-    params = all(producers.get(v) is not None and producers[v].op is Op.PARAM for v in own[1:])
-    sole = len(readers) == 1 and not output and reader.op is Op.CONV2D and reader.attrs.get("groups", 1) == 1 \
-        and params and ctx.precision != "cfp8"
-    return reader, "", sole
+    return reader, "", len(readers) == 1 and not output and _summa_conv(ctx, reader)
 
 
 def keep(ctx: Ctx, name: str, reader: str, views: list[View], spec: Spec, rect: Rect,
@@ -281,7 +278,8 @@ def keep(ctx: Ctx, name: str, reader: str, views: list[View], spec: Spec, rect: 
              for c in cores}
     assert len(addrs) == 1, "every core holds the same bytes"
     base = addrs.pop()
-    k = Kept(name, reader, tuple(views), rect, mblocks, nblocks, base, cores, base + block, only, b_reader, dict(at))
+    k = Kept(name, reader, tuple(views), rect, mblocks, nblocks, base, cores, base + block, only, b_reader, dict(at),
+             dram_cols(at, rect.shape) if only and b_reader else frozenset())
     if reader:
         ctx.kept[reader] = k
     if b_reader:
@@ -319,6 +317,41 @@ def release_kept(ctx: Ctx, reader: str) -> None:
             ctx.sram[c].release(value.addr)
 
 
+def dram_cols(at: dict[tuple[int, int], int], shape: tuple[int, int]) -> frozenset[int]:
+    """The column blocks of a grid (enabled cores `at`, `shape` rows x columns) that hold a disabled position:
+    a B reader takes their chunks at disabled positions, and its slices beside disabled cores, from DRAM."""
+    return frozenset(j for i in range(shape[0]) for j in range(shape[1]) if (i, j) not in at)
+
+
+def sram_only(ctx: Ctx, name: str, keeper: Node | None, breader: Node) -> bool:
+    """Whether every reader of op `name`'s output can take it from SRAM when it is kept: its B reader and
+    its residual reader (a convolution that SUMMA takes), nothing else, and no graph output."""
+    node = next((n for n in ctx.graph.nodes if n.name == name), None)
+    if node is None:
+        return False
+    readers, output = _readers(ctx, node)
+    wanted = [r for r in (keeper, breader) if r is not None]
+    if output or sorted(r.name for r, _ in readers) != sorted(r.name for r in wanted):
+        return False
+    return keeper is None or _summa_conv(ctx, keeper)
+
+
+def _summa_conv(ctx: Ctx, node: Node) -> bool:
+    """Whether `node` is a convolution that SUMMA always takes when its input or residual is kept: one
+    group, its weights and bias parameters, K (channels x taps) at least 8, not cfp8; and as many output
+    channels as the home die's rows take."""
+    from dojoc.codegen.kernels.summa_grid import MIN_BLOCK
+
+    producers = ctx.graph.producers()
+    own, _ = split_inputs(node.inputs, node.attrs)
+    params = all(producers.get(v) is not None and producers[v].op is Op.PARAM for v in own[1:])
+    if node.op is not Op.CONV2D or len(own) < 2:
+        return False
+    o, c, kh, kw = own[1].type.shape
+    return node.attrs.get("groups", 1) == 1 and params and ctx.precision != "cfp8" and c * kh * kw >= 8 \
+        and o >= MIN_BLOCK * home_die(ctx.machine).rows
+
+
 def owned(keep: dict[tuple[str, int], int], stride: dict[tuple[str, int], int], a: Held | None, b: Kept | None,
           r: int, c: int, core: int, chunks: int) -> None:
     """Record in `keep` (and `stride`) where the SUMMA core at grid position (r, c) has the chunks of a held
@@ -344,16 +377,13 @@ def b_reader(ctx: Ctx, name: str, p: Problem) -> tuple[Node | None, str]:
     node = next((n for n in ctx.graph.nodes if n.name == name), None)
     if node is None:
         return None, "it is a later phase of its op"
-    producers = ctx.graph.producers()
     for r, v in _readers(ctx, node)[0]:
         own, _ = split_inputs(r.inputs, r.attrs)
         if r.op is not Op.CONV2D or own[0] is not v or len(own) < 2:
             continue
         a = r.attrs
-        w = own[1].type.shape
-        if tuple(w[2:]) == (1, 1) and tuple(a.get("stride", (1, 1))) == (1, 1) \
-                and tuple(a.get("padding", (0, 0))) == (0, 0) and a.get("groups", 1) == 1 \
-                and all(producers.get(x) is not None and producers[x].op is Op.PARAM for x in own[1:]) \
+        if tuple(own[1].type.shape[2:]) == (1, 1) and tuple(a.get("stride", (1, 1))) == (1, 1) \
+                and tuple(a.get("padding", (0, 0))) == (0, 0) and _summa_conv(ctx, r) \
                 and prod(v.type.shape[2:]) * v.type.shape[0] == p.n and v.type.shape[1] == p.m:
             return r, ""
     return None, "no later 1 x 1 convolution reads it"

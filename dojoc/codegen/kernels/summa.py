@@ -37,20 +37,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from functools import lru_cache
 from math import ceil
 
-from dojoc.codegen.context import ALIGN, Ctx, aligned, split
+from dojoc.codegen.context import ALIGN, Ctx, aligned
 from dojoc.codegen.kernels import held as held_
 from dojoc.codegen.kernels.held import Held
-from dojoc.codegen.kernels.im2col import Im2col
 from dojoc.codegen.kernels.mxu import F32, Spec, resident_free
 from dojoc.codegen.kernels.summa_chunks import (
-    a_chunk,
     a_width,
-    b_chunk,
     b_dram_share,
-    b_source,
     chunk_bounds,
     prefetches_residual,
     vectors,
@@ -58,12 +53,12 @@ from dojoc.codegen.kernels.summa_chunks import (
     x_cols,
     x_windows,
 )
+from dojoc.codegen.kernels.summa_cost import link_cycles, request_cycles
 from dojoc.codegen.kernels.summa_emit import MAX_DEPTH, CoreProgram
 from dojoc.codegen.kernels.summa_grid import (
     MIN_BLOCK,
     Grid,
     grid,
-    loader,
     rect_of,
     rects,
     rotation,
@@ -71,8 +66,7 @@ from dojoc.codegen.kernels.summa_grid import (
     wave_block,
 )
 from dojoc.codegen.paths import port_path
-from dojoc.codegen.view import View
-from dojoc.errors import MappingError
+from dojoc.errors import CompileError, MappingError
 from dojoc.ir.graph import Node
 from dojoc.mapping.model import Bound, OpMapping
 from dojoc.mapping.place import Rect, home_die
@@ -87,39 +81,6 @@ KC_CHOICES = (512, 384, 256, 192, 128, 96, 64, 32)
 DEPTHS = tuple(range(2, MAX_DEPTH + 1))
 WAVES = (1, 2)  # more measured slower than the model predicts (docs/decisions.md)
 
-
-
-def _link_cycles(ctx: Ctx, p: Problem, g: Grid, kc: int, e: int, resident: str | None = None,
-                 a_held: bool = False, missing: tuple[tuple[int, float], ...] = ()) -> float:
-    """Cycles of one chunk on the busiest first link out of a DRAM entry router: every mesh row carries its
-    A chunk and the B chunks (and slices) its cores load for chunk 0 (the load is the same every chunk);
-    a resident operand's chunks come from SRAM, not from the port, but those `missing` from it, (loader,
-    bytes), which found no resident room. A shifted convolution's A chunks are taps x kc wide, and its B
-    chunks carry its halo."""
-    taps, halo = p.taps, p.halo
-    mach = ctx.machine
-    port = mach.dram_ports[0]
-    load: dict[tuple[int, int], float] = {}
-
-    def add(core: int, nbytes: float) -> None:
-        r, c = mach.coords[core]
-        entry = port.entry_router(mach, r, c)
-        if entry != (r, c):
-            load[entry] = load.get(entry, 0.0) + nbytes
-
-    for i, row in enumerate(g.rows):
-        if row and resident != "a" and not a_held:
-            add(loader(row, i, 0), g.mblocks[i][1] * taps * kc * e)
-    kept = p.b_kept
-    for j, col in enumerate(g.cols):
-        if col and resident != "b" and (kept is None or kept.owner(0, j) is None):
-            add(loader(col, j, 0), kc * (g.nblocks[j][1] + halo) * e)
-    for core, (_, n) in g.extra.items():
-        if resident != "b":
-            add(core, kc * x_cols(p, n, x_windows(p, g.x_max)) * e)
-    for core, nbytes in missing:
-        add(core, nbytes)
-    return max(load.values(), default=0.0) / mach.link_bytes_per_cycle
 
 
 def eligible(ctx: Ctx, p: Problem, spec: Spec) -> bool:
@@ -165,7 +126,7 @@ def _scratch(g: Grid, spec: Spec, kc: int, p: Problem, depth: int = 2, resident:
 
 
 def estimate(ctx: Ctx, p: Problem, spec: Spec, kc: int, resident: str | None = None, depth: int = 2,
-             waves: int = 1, held: Held | None = None, holding: bool = False,
+             waves: int = 1, held: Held | None = None, holding: float = 0.0,
              rect: Rect | None = None, rot: int = 0) -> tuple[int, Bound]:
     """Predicted cycles and bound for K chunks of `kc` in `waves` waves: per step the longest of a core's
     multiplies, the DRAM port's time for every row's A chunk and every column's B chunk (but a `resident`
@@ -204,7 +165,8 @@ def estimate(ctx: Ctx, p: Problem, spec: Spec, kc: int, resident: str | None = N
     res = 0 if kept else p.m * p.n * spec.res_src.itemsize
     # the epilogue's DRAM traffic: results out (unless they stay in SRAM), each wave's after it; a wave's
     # residual tiles come in during its steps (summa_emit._prefetch_residual)
-    out_bytes = 0 if holding else p.m * p.n * eo
+    # (`holding`: the share of the output that stays in SRAM only, 1 when it is held or kept whole)
+    out_bytes = p.m * p.n * eo * (1 - holding)
     early = res > 0 and prefetches_residual(g, resident, waves, spec.res_src.itemsize)
     res_steps, res_tail = (res, 0) if early else (0, res)
     out_bytes += res_tail
@@ -212,19 +174,19 @@ def estimate(ctx: Ctx, p: Problem, spec: Spec, kc: int, resident: str | None = N
     hops = max(mx * taps * kc, kc * (nx + halo)) * e / m.link_bytes_per_cycle + sum(g.rect.shape) * m.hop_latency
     # a resident chunk that finds no room (summa_grid.unkept) is streamed in every wave, by its loader
     missing = _missing(ctx, g, bounds, kc, resident, e, taps, rot) if resident is not None else [() for _ in bounds]
-    base_link = _link_cycles(ctx, p, g, kc, e, resident, held is not None)
+    base_link = link_cycles(ctx, p, g, kc, e, resident, held is not None)
     # a loader's streamed chunk
     loaded = max(mx * taps * kc if a_dram else 0, kc * (nx + halo) if resident != "b" and b_share else 0) * e
     # the port serves one request at a time, each in whole cycles: a step's many small DMAs (a convolution's
     # windows, the slices beside a disabled core) take it longer than their bytes alone
-    requests = _request_cycles(ctx, p, spec, g, bounds, resident, held, waves, b_share)
+    requests = request_cycles(ctx, p, spec, g, bounds, resident, held, waves, b_share)
     bpc = m.dram_ports[0].bytes_per_cycle
     pers: list[tuple[float, float, float]] = []  # per chunk: (step cycles, its DRAM cycles, its elements)
     for lost in missing:
         moved = streamed + sum(b for _, b in lost) / e
         dram = max(moved * e * way.cycles_per_byte, requests + sum(dram_cycles(round(b), bpc) for _, b in lost)) \
             + ((out_bytes / waves / chunks if waves > 1 else 0) + res_steps / waves / chunks) * way.cycles_per_byte
-        link = (_link_cycles(ctx, p, g, kc, e, resident, held is not None, lost) if lost else base_link) / waves
+        link = (link_cycles(ctx, p, g, kc, e, resident, held is not None, lost) if lost else base_link) / waves
         # a chunk's DMA is issued depth - 1 steps before the others need it: its latency, the multicast's
         # time and the hops to the far end of the line are hidden only behind that many steps of work
         # (and the DMA itself: a loader's chunk comes in through its ejection port before it goes on)
@@ -243,54 +205,10 @@ def estimate(ctx: Ctx, p: Problem, spec: Spec, kc: int, resident: str | None = N
         m.hop_latency * g.rect.cols + vector_cycles(mx * len(g.cols), 4, mx * len(g.cols) * 4, mx * 4, m))
     epi = exchange + vector_cycles(tile, 4, tile * 4, tile * eo, m) + spec.epilogue_cycles(mx, nx + xx, m) \
         + (vector_cycles(tile, 4, tile * 8, tile * 4, m) if p.bias is not None else 0)
-    stores = out_bytes / waves * way.cycles_per_byte + way.latency * ((2 if res_tail else 1) - (1 if holding else 0))
+    stores = out_bytes / waves * way.cycles_per_byte + way.latency * ((2 if res_tail else 1) - (holding >= 1))
     total = fill + waves * per_sum + x_mma + waves * epi + stores
     bound = Bound.COMPUTE if per == mma else (Bound.DRAM if per == dram else Bound.LINK)
     return round(total), bound
-
-
-def _request_cycles(ctx: Ctx, p: Problem, spec: Spec, g: Grid, bounds: tuple[tuple[int, int], ...],
-                    resident: str | None, held: Held | None, waves: int, b_share: float = 1.0) -> float:
-    """Port cycles of one step's streamed DMA requests, each rounded up to whole cycles as the port serves
-    it (`isa.costs.dram_cycles`), for a middle chunk (a border tap's windows are fewer): every row's A chunk
-    (but a resident or held A's), every column's B chunk and the slices beside disabled cores (but a
-    resident B's), with the rows or columns of one wave (waves cut the streamed operand only)."""
-    bpc = ctx.machine.dram_ports[0].bytes_per_cycle
-    k0, kl = bounds[len(bounds) // 2]
-    e = spec.op.itemsize
-    total = 0.0
-    if resident != "a" and held is None:
-        total += sum(_a_cycles(p.a[0], e, k0, kl, m0, split(rows, waves)[0][1], bpc, p.taps, p.k)
-                     for m0, rows in g.mblocks)
-    if resident != "b":
-        src, h = b_source(p), p.halo
-        total += b_share * sum(_b_cycles(src, e, k0, kl, n0, split(n, waves)[0][1] + h, bpc) for n0, n in g.nblocks)
-        # the slices: in every step with one wave, in the first wave's with more
-        total += sum(_x_cycles(p, e, k0, kl, x0, nx, bpc, x_windows(p, g.x_max)) for x0, nx in g.extra.values()) \
-            / waves
-    return total
-
-
-# (cached: the search asks for the same chunks of every candidate)
-@lru_cache(maxsize=1 << 14)
-def _a_cycles(a: View, e: int, k0: int, kl: int, m0: int, m: int, bpc: int, taps: int = 1, k: int = 0) -> int:
-    """Port cycles of the DMA requests of A's rows m0 .. m0 + m - 1, K elements k0 .. k0 + kl - 1 (of
-    every tap of a shifted convolution)."""
-    return sum(dram_cycles(tr.nbytes, bpc) for tr in a_chunk(a, e, kl, k0, kl, m0, m, 0, taps, k))
-
-
-@lru_cache(maxsize=1 << 14)
-def _b_cycles(src: View | Im2col, e: int, k0: int, kl: int, n0: int, n: int, bpc: int) -> int:
-    """Port cycles of the DMA requests of B's rows k0 .. k0 + kl - 1, columns n0 .. n0 + n - 1."""
-    return sum(dram_cycles(ld.t.nbytes, bpc) for ld in b_chunk(src, e, k0, kl, n0, n, 0)[0])
-
-
-def _x_cycles(p: Problem, e: int, k0: int, kl: int, x0: int, nx: int, bpc: int, windows: bool) -> int:
-    """Port cycles of the DMA requests of a slice beside a disabled core (with `windows`, a shifted
-    convolution's window per tap)."""
-    if not windows or p.shift is None:
-        return _b_cycles(b_source(p), e, k0, kl, x0, nx + p.halo, bpc)
-    return sum(_b_cycles(p.shift.win, e, t * p.k + k0, kl, x0, nx, bpc) for t in range(p.taps))
 
 
 def _missing(ctx: Ctx, g: Grid, bounds: tuple[tuple[int, int], ...], kc: int, resident: str,
@@ -332,7 +250,7 @@ def rotate(ctx: Ctx, p: Problem, spec: Spec, kc: int, resident: str | None, held
 
 
 def _best_kc(ctx: Ctx, p: Problem, spec: Spec, resident: str | None, held: Held | None = None,
-             holding: bool = False, room: int | None = None,
+             holding: float = 0.0, room: int | None = None,
              rect: Rect | None = None) -> tuple[int, int, int, int, Bound] | None:
     """The K chunk, chunk buffers and waves the cost model predicts fastest on `rect`: (kc, depth, waves,
     cycles, bound), their buffers within `room` bytes of scratch (default: all of it). A held A fixes the
@@ -381,21 +299,38 @@ def decide(ctx: Ctx, p: Problem, spec: Spec, other: Callable[[], int], weight: s
     only: held_.Kept | None = ctx.kept.get(key)
     only = only if only is not None and only.only else None  # a residual in SRAM alone: this op must take it
     if given is not None and given.kernel != KERNEL:
-        if only is not None:
-            raise MappingError(f"op {key}: its residual is kept in SRAM only, by {only.name}, for the summa kernel "
-                               f"on that op's cores; give it kernel \"summa\", or {only.name} tile keep=1")
+        for k, what in ((only, "residual"), (ctx.kept_b.get(key), "input")):
+            if k is not None and k.only:
+                raise MappingError(f"op {key}: its {what} is kept in SRAM only, by {k.name}, for the summa kernel "
+                                   f"on that op's cores; give it kernel \"summa\", or {k.name} tile keep=1")
         return None
     home = home_die(ctx.machine)
 
     variants = [p] if shifted is None or only is not None else [p, shifted]
     kb = with_kept_b(ctx, p)
+    b_only = ctx.kept_b.get(key)
+    b_only = b_only if b_only is not None and b_only.only else None  # B in SRAM alone: this op must take it
     if kb is not None:
-        variants.append(kb)
+        variants = [kb] if b_only is not None else [*variants, kb]
+    elif b_only is not None:
+        raise CompileError(f"internal error: op {key}'s input is kept in SRAM only, by {b_only.name}, but it cannot "
+                           f"take it; give {b_only.name} tile keep=1 in the mapping, and report this")
     keeper, why_no_keep, sole = held_.residual_reader(ctx, key) if reader[0] is None else (None, "", False)
     # (a later 1 x 1 convolution may multiply this output from SRAM as its B: the DRAM copy stays, for its
     # chunks at disabled positions)
     breader = held_.b_reader(ctx, key, p)[0] if reader[0] is None else None
-    sole = sole and breader is None
+    b_given = ctx.given.get(breader.name) if breader is not None else None
+    if b_given is not None and (b_given.kernel != KERNEL or not b_given.tile_of("sram_b", 0)):
+        why_no_keep += f"; its 1 x 1 reader {b_given.key} reads it from DRAM (the mapping gives it " \
+            + ("sram_b=0)" if b_given.kernel == KERNEL else f"kernel {b_given.kernel!r})")
+        breader = None
+    if breader is not None:  # kept only, when its readers are these two (its DRAM copy: what they cannot take)
+        sole = held_.sram_only(ctx, key, keeper, breader)
+
+    def kept_share(g: Grid) -> float:
+        """The share of the output that a kept-only copy keeps out of DRAM: all, or with a B reader all but
+        the column blocks of disabled positions (held.dram_cols)."""
+        return 1.0 if breader is None else 1 - len(held_.dram_cols(g.at, g.rect.shape)) / len(g.cols)
 
     def plan_on(rect: Rect, p: Problem) -> _OnRect:
         """The kernel on one rectangle: its grid, whether its output may be held, its best plan."""
@@ -413,7 +348,8 @@ def decide(ctx: Ctx, p: Problem, spec: Spec, other: Callable[[], int], weight: s
 
         def search(res: str | None) -> tuple[int, int, int, int, Bound] | None:
             room = ctx.scratch_bytes - (hold_bytes if can_hold else 0) - keep_bytes
-            return _best_kc(ctx, p, spec, res, held, can_hold or (can_keep and sole), room, rect)
+            share = 1.0 if can_hold else kept_share(g) if can_keep and sole else 0.0
+            return _best_kc(ctx, p, spec, res, held, share, room, rect)
 
         best = search(None)
         resident = False
@@ -439,7 +375,7 @@ def decide(ctx: Ctx, p: Problem, spec: Spec, other: Callable[[], int], weight: s
         assert o.best is not None
         return o.best[3]
 
-    areas = [only.rect] if only is not None else None
+    areas = [only.rect] if only is not None else [b_only.rect] if b_only is not None else None
     viable = [o for o in (plan_on(r, q) for q in variants
                           for r in (areas or ([q.b_kept.rect] if q.b_kept is not None else rects(ctx, q))))
               if o.best is not None]
@@ -447,10 +383,14 @@ def decide(ctx: Ctx, p: Problem, spec: Spec, other: Callable[[], int], weight: s
     if held is not None and (on is None or on.best is None):
         raise MappingError(f"op {key}: its left operand is held in SRAM, but no plan of the summa kernel fits "
                            "beside it; give its producer tile hold=0")
+    if b_only is not None and (on is None or on.best is None):
+        raise MappingError(f"op {key}: its input is kept in SRAM only, by {b_only.name}, but no plan of the summa "
+                           f"kernel fits beside it; give {b_only.name} tile keep=1")
     if only is not None and (on is None or on.best is None):
         raise MappingError(f"op {key}: its residual is kept in SRAM only, by {only.name}, but no plan of the summa "
                            f"kernel fits beside it on that op's cores; give {only.name} tile keep=1")
-    if given is None and held is None and only is None and (on is None or on.best is None or on.best[3] >= other()):
+    bound_here = held is not None or only is not None or b_only is not None  # (it must run here)
+    if given is None and not bound_here and (on is None or on.best is None or on.best[3] >= other()):
         return None
 
     def tile(o: _OnRect, kc: int, depth: int, waves: int, hold: int, keep: int = 0,
@@ -484,6 +424,9 @@ def decide(ctx: Ctx, p: Problem, spec: Spec, other: Callable[[], int], weight: s
                                + (", or 1 (B's chunks come from its producer's blocks kept in SRAM) with shift 0"
                                   if kb is not None else "; its input is not kept in SRAM by its producer (a "
                                   "convolution that summa runs with keep=1, read by this 1 x 1 convolution)"))
+        if b_only is not None and not sram_b:
+            raise MappingError(f"op {om.key}: its input is kept in SRAM only, by {b_only.name}: give tile sram_b=1, or "
+                               f"{b_only.name} tile keep=1")
         p = shifted if shift and shifted is not None else kb if sram_b and kb is not None else variants[0]
         rect = rect_of(ctx, tuple(om.cores))
         if rect is None or not legal(rect, p):
@@ -549,7 +492,8 @@ def decide(ctx: Ctx, p: Problem, spec: Spec, other: Callable[[], int], weight: s
         if rot is not None and not 0 <= rot < span:
             raise MappingError(f"op {om.key}: tile rotate={rot}: the resident weight's chunk t of line i is kept "
                                f"by the line's core (t + i + rotate) mod its length: give 0 to {span - 1}")
-        cyc, bound = estimate(ctx, p, spec, kc, res, depth, waves, held, bool(hold) or keep == 2, rect, rot or 0)
+        share = 1.0 if hold else kept_share(g) if keep == 2 else 0.0
+        cyc, bound = estimate(ctx, p, spec, kc, res, depth, waves, held, share, rect, rot or 0)
         return replace(om, tile=tile(o, kc, depth, waves, hold, keep, rot), predicted_cycles=cyc, bound=bound)
 
     return ctx.decide(KERNEL, default, check)

@@ -520,7 +520,8 @@ class CoreProgram:
             dst, stride = self._kept_at(self.kept_out, m0, n0, is_slice, eo)
             cc.emit("vmov", rd=cc.reg(R_D, dst), ra=cc.reg(R_A, out), rows=m, cols=n, sd=stride, sa=n * eo,
                     dt=spec.out)
-            if self.kept_out.only:  # nothing else reads it: it never goes to DRAM
+            # kept only: it goes to DRAM only where a B reader cannot take it from SRAM (held.dram_cols)
+            if self.kept_out.only and (self.gone if is_slice else self.c) not in self.kept_out.dram_cols:
                 return
         ts = [tr for v, c0, off, cnt in self._cols(p.o, n0, n)
               for tr in transfers(out + off * eo, v.base + m0 * v.strides[0] + c0 * v.strides[1],
