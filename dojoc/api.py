@@ -36,12 +36,12 @@ def resolve_machine(machine: str | Machine | Any) -> Machine:
 
 
 def generate(graph: Graph, machine: Machine, precision: str, calibration: Any = None,
-             mapping: Any = None) -> Lowered:
+             mapping: Any = None, search_budget: int | None = None) -> Lowered:
     """The graph passes and code generation (`dojoc.pipeline.compile_graph`); `calibration`, the user
     inputs in graph order, sets cfp8 activation biases; `mapping` (see `resolve_mapping`) gives decisions."""
     from dojoc.pipeline import compile_graph
 
-    return compile_graph(graph, machine, precision, calibration, resolve_mapping(mapping))
+    return compile_graph(graph, machine, precision, calibration, resolve_mapping(mapping), search_budget)
 
 
 def resolve_mapping(mapping: Any) -> Any:
@@ -79,7 +79,8 @@ def calibration_inputs(graph: Graph, example_inputs: Any, example_kwargs: Mappin
 
 
 def compile(model: Any, example_inputs: Any, *, example_kwargs: Mapping[str, Any] | None = None,
-            machine: str | Machine = "d1", precision: str = "bf16", mapping: Any = None) -> Program:
+            machine: str | Machine = "d1", precision: str = "bf16", mapping: Any = None,
+            search_budget: int | None = None) -> Program:
     """Compile `model` for `machine` at `precision` and return a Program that runs on the emulator.
 
     - `model`: an `nn.Module` in eval mode (a module in training mode is a CompileError that says to call
@@ -91,17 +92,21 @@ def compile(model: Any, example_inputs: Any, *, example_kwargs: Mapping[str, Any
     - `mapping`: decisions to take instead of the compiler's own (a `dojoc.Mapping`, its JSON dict, or a
       path to a JSON file from `Program.mapping.to_json()` / `dojoc compile --dump-mapping`), edited or not;
       ops it does not name are mapped by the compiler. An illegal decision is a MappingError naming the op.
+    - `search_budget`: the most candidates the cost model prices per op (default 2,048); an op whose search
+      it cuts short is named in `Program.mapping.notes`.
 
     Raises CompileError (and its subclasses UnsupportedOpsError, ShapeError, SramOverflowError) or
     MachineError; `Program.report` is set by the first call.
     """
     return compile_with_options(model, example_inputs, example_kwargs=example_kwargs, machine=machine,
-                                precision=precision, options={"frontend": "export"}, mapping=mapping)
+                                precision=precision, options={"frontend": "export"}, mapping=mapping,
+                                search_budget=search_budget)
 
 
 def compile_with_options(model: Any, example_inputs: Any, *, example_kwargs: Mapping[str, Any] | None = None,
                          machine: str | Machine = "d1", precision: str = "bf16",
-                         options: Mapping[str, Any] | None = None, mapping: Any = None) -> Program:
+                         options: Mapping[str, Any] | None = None, mapping: Any = None,
+                         search_budget: int | None = None) -> Program:
     """`compile`, recording `options` in the program's reports (the command line adds its own)."""
     from dojoc.frontend import from_exported, from_module
     from dojoc.ir import verify
@@ -122,6 +127,6 @@ def compile_with_options(model: Any, example_inputs: Any, *, example_kwargs: Map
     calibration = None
     if precision == "cfp8" and not isinstance(model, torch.export.ExportedProgram):
         calibration = calibration_inputs(graph, example_inputs, example_kwargs)
-    lowered = generate(graph, m, precision, calibration, mapping)
+    lowered = generate(graph, m, precision, calibration, mapping, search_budget)
     return Program(lowered, graph, compile_seconds=time.perf_counter() - start, options=options)
 

@@ -264,8 +264,11 @@ def _saved_report(target: Path) -> dict[str, Any]:
               help="write the mapping of this compile (every op's region, split and tile; every value's place)")
 @click.option("--explain", is_flag=True,
               help="print per op its region, split, where its values live, predicted and emulated cycles")
+@click.option("--search-budget", type=click.IntRange(min=1), default=None,
+              help="the most candidates the cost model prices per op (default 2048); ops cut short are noted")
 def compile_(target: str, inputs: tuple[str, ...], machine: str, overrides: tuple[str, ...], precision: str,
-             out_dir: Path, mapping_in: Path | None, mapping_out: Path | None, explain: bool) -> None:
+             out_dir: Path, mapping_in: Path | None, mapping_out: Path | None, explain: bool,
+             search_budget: int | None) -> None:
     """Compile TARGET (path/file.py:factory or a .pt2 file), run it once on the example inputs, check it
     against eager and write DIR: program.s (+ weight files), program.dobj, report.json."""
     import dataclasses
@@ -297,9 +300,10 @@ def compile_(target: str, inputs: tuple[str, ...], machine: str, overrides: tupl
     else:
         raise DojocError(f"{target} gives no example inputs: pass --input SPEC for each input")
     options = {"frontend": "export", "entry": "cli", "target": target, "inputs": list(inputs),
-               "overrides": list(overrides), "mapping": str(mapping_in) if mapping_in else None}
+               "overrides": list(overrides), "mapping": str(mapping_in) if mapping_in else None,
+               "search_budget": search_budget}
     program = compile_with_options(model, args, example_kwargs=kwargs, machine=m, precision=precision,
-                                   options=options, mapping=given_mapping)
+                                   options=options, mapping=given_mapping, search_budget=search_budget)
     actual = program(*args, **kwargs)
     assert program.report is not None
     expected = _eager(model, args, kwargs)
@@ -322,6 +326,8 @@ def compile_(target: str, inputs: tuple[str, ...], machine: str, overrides: tupl
     weights = sum(1 for t in program.image.tensors if t.data is not None)
     click.echo(f"wrote {out_dir}/: program.s, program.dobj, report.json and {weights} weight file(s)"
                + (f"; the mapping to {mapping_out}" if mapping_out is not None else ""))
+    for note in program.mapping.notes if program.mapping is not None else ():
+        click.echo(f"note: {note}", err=True)
     if problem:
         click.echo(f"warning: {problem}", err=True)
 

@@ -47,10 +47,12 @@ def run_passes(graph: Graph) -> Graph:
 
 
 def compile_graph(graph: Graph, machine: Machine, precision: str,
-                  calibration: Sequence[np.ndarray] | None = None, mapping: Mapping | None = None) -> Lowered:
+                  calibration: Sequence[np.ndarray] | None = None, mapping: Mapping | None = None,
+                  search_budget: int | None = None) -> Lowered:
     """Passes, then code generation: the program for `graph` on `machine`. For cfp8, `calibration` (the
     user inputs, in graph order) sets each activation's CFP8 bias from its range on those inputs.
-    `mapping` gives decisions that the kernels take instead of their own (dojoc/mapping)."""
+    `mapping` gives decisions that the kernels take instead of their own (dojoc/mapping); `search_budget`
+    bounds the candidates each op's search prices."""
     graph = run_passes(graph)
     ranges = activation_ranges(graph, calibration) if precision == "cfp8" and calibration is not None else None
-    return lower_graph(graph, machine, precision, ranges, mapping)
+    return lower_graph(graph, machine, precision, ranges, mapping, search_budget)

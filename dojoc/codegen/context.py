@@ -39,6 +39,10 @@ MAX_STRIDE = (1 << STRIDE) - 1  # tile row strides in bytes
 # share of its time. Measured on ResNet-50 at 224 on d1: 4096 -> 1.06 M cycles, 1024 -> 0.93 M,
 # 256 -> 0.92 M; 1024 keeps synchronisation under about a quarter of a core's time.
 MIN_CYCLES_PER_CORE = 1024
+# The most candidates the cost model prices for one op (`Ctx.costed`); the kernels enumerate theirs in a
+# fixed order, so a search cut short is still deterministic. The largest op of ResNet-50 or BERT-base
+# prices a few hundred; a user may lower it (`search_budget`) to compile faster, or raise it.
+SEARCH_BUDGET = 2048
 
 
 def aligned(nbytes: int) -> int:
@@ -140,6 +144,9 @@ class Ctx:
     ranges: dict[str, float] = field(default_factory=dict)  # value name -> max |x| on calibration inputs
     # the mapping: decisions given by the user (by key), the decisions taken, resident weight shards
     given: dict[str, OpMapping] = field(default_factory=dict)
+    search_budget: int = SEARCH_BUDGET
+    search_notes: list[str] = field(default_factory=list)  # ops whose search stopped early (`costed`)
+    _priced: dict[str, list[int]] = field(default_factory=dict)  # op -> [candidates priced, skipped]
     decisions: list[OpMapping] = field(default_factory=list)
     # resident copies loaded before the call: (core, DRAM source, SRAM address, bytes); mapping/build.py
     # names their tensors
@@ -208,6 +215,24 @@ class Ctx:
             yield
         finally:
             self.scope = old
+
+    def costed(self) -> bool:
+        """Whether the op in scope may price one more candidate with its cost model: True within the search
+        budget (counting it), else False (counting the candidate skipped; `search_report` says so)."""
+        count = self._priced.setdefault(self.scope[0], [0, 0])
+        if count[0] >= self.search_budget:
+            count[1] += 1
+            return False
+        count[0] += 1
+        return True
+
+    def search_report(self, op: str) -> None:
+        """After op `op`: note that its search stopped early, if it did."""
+        priced, skipped = self._priced.get(op, (0, 0))
+        if skipped:
+            self.search_notes.append(f"op {op}: the search stopped early: it priced {priced} of {priced + skipped} "
+                                     f"candidates (search budget {self.search_budget}); raise it with "
+                                     "--search-budget (or search_budget=) for a fuller search")
 
     def decide(self, kernel: str, default: Callable[[], OpMapping],
                check: Callable[[OpMapping], OpMapping] | None = None) -> OpMapping:

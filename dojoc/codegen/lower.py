@@ -23,7 +23,7 @@ from dojoc.codegen.paths import barrier_cycles
 from dojoc.codegen.registry import KERNELS
 from dojoc.codegen.result import LOAD_BARRIER, Lowered
 from dojoc.codegen.view import View
-from dojoc.errors import MappingError, UnsupportedOpsError
+from dojoc.errors import CompileError, MappingError, UnsupportedOpsError
 from dojoc.ir.epilogue import steps_of
 from dojoc.ir.graph import Graph, Node, Value
 from dojoc.ir.ops import Op
@@ -75,11 +75,13 @@ def unsupported(graph: Graph) -> list[tuple[str, str, str]]:
 
 
 def lower_graph(graph: Graph, machine: Machine, precision: str = "bf16",
-                ranges: Mapping[str, float] | None = None, mapping: OpsMapping | None = None) -> Lowered:
+                ranges: Mapping[str, float] | None = None, mapping: OpsMapping | None = None,
+                search_budget: int | None = None) -> Lowered:
     """Generate the program for `graph` on `machine` at `precision` ("bf16", "fp32", "cfp8"). `ranges`
     ({value name: max |x|} from calibration) sets the CFP8 bias of activations; without it they use a
     fixed bias (see kernels/mxu.py). `mapping` gives decisions (by op) that the kernels take instead of
-    their own; `Lowered.mapping` has every decision taken."""
+    their own; `Lowered.mapping` has every decision taken. `search_budget` bounds the candidates each op's
+    search prices (default `context.SEARCH_BUDGET`); the mapping's notes name the ops it cut short."""
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}: use one of {', '.join(PRECISIONS)}")
     missing = unsupported(graph)
@@ -89,6 +91,10 @@ def lower_graph(graph: Graph, machine: Machine, precision: str = "bf16",
     ids = usable_cores(machine)
     ctx = Ctx(graph, machine, precision, ProgramBuilder(machine, ids))
     ctx.given = given
+    if search_budget is not None:
+        if search_budget < 1:
+            raise CompileError(f"search budget {search_budget}: give at least 1 candidate per op")
+        ctx.search_budget = search_budget
     ctx.ranges = dict(ranges or {})
     ctx.sram = {c: SramPlan(machine.sram_bytes) for c in ids}
     ctx.load = {c: CoreCode(c) for c in ids}
@@ -104,6 +110,7 @@ def lower_graph(graph: Graph, machine: Machine, precision: str = "bf16",
         with ctx.op_scope(node.name, node.source):
             _lower_node(ctx, node, outputs, final)
         release_kept(ctx, node.name)
+        ctx.search_report(node.name)
         _note(ctx, node, d0)
         # the ops fused into this one are computed by its epilogue: they keep an entry in the mapping
         ctx.decisions += [OpMapping(name, "epilogue", fused_into=node.name) for name in node.attrs.get("fused", ())]
@@ -132,7 +139,7 @@ def lower_graph(graph: Graph, machine: Machine, precision: str = "bf16",
         raise MappingError(f"op {unused[0]}: the mapping gives a decision that this compile does not take "
                            f"(the op takes fewer decisions, or is a view or is fused); remove it")
     return Lowered(image, in_names, out_names, flops_of(graph), precision, max(len(ctx.used), 1),
-                   max(s.peak for s in ctx.sram.values()), build_mapping(ctx), tuple(spans))
+                   max(s.peak for s in ctx.sram.values()), build_mapping(ctx, tuple(ctx.search_notes)), tuple(spans))
 
 
 def _add_sync(ctx: Ctx, spans: list[tuple[str, int, int]]) -> None:

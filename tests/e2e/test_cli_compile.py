@@ -202,3 +202,18 @@ def test_disasm_to_a_folder_round_trips_a_compiled_program(target: Path, tmp_pat
     (tmp_path / "mine" / "notes.txt").write_text("keep")
     assert_one_error(invoke("disasm", str(out / "program.dobj"), "-o", str(tmp_path / "mine")), "refusing to write")
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep"
+
+
+def test_a_small_search_budget_is_noted(target: Path, tmp_path: Path) -> None:
+    """--search-budget bounds each op's search; the ops it cut short are noted on stderr and in the dumped
+    mapping; a budget below 1 is refused before anything is written."""
+    dumped = tmp_path / "m.json"
+    res = invoke("compile", f"{target}:pair", "--machine", "mesh4x4", "--precision", "fp32", "-o",
+                 str(tmp_path / "a"), "--search-budget", "1", "--dump-mapping", str(dumped))
+    assert res.exit_code == 0, res.output
+    assert "note: op " in res.stderr and "the search stopped early: it priced 1 of" in res.stderr, res.stderr
+    assert json.loads(dumped.read_text())["notes"]
+    res = invoke("compile", f"{target}:pair", "--machine", "mesh4x4", "-o", str(tmp_path / "b"),
+                 "--search-budget", "0")
+    assert_one_error(res, "Invalid value for '--search-budget': 0 is not in the range x>=1")
+    assert not (tmp_path / "b").exists()

@@ -331,7 +331,7 @@ def _plan(ctx: Ctx, node: Node, cv: Conv, spec: Spec, weight: bool) -> tuple[Pla
                 cands = [] if ct in narrow else [(tn, cl, 0) for tn, cl in options] + [(tn, cl, 1) for tn, cl in wins]
                 if can_gather and _fits(ctx, cv, spec, ot, rt, ct, cv.taps, cv.cg, not resident, 2):
                     cands.append((cv.taps, cv.cg, 2))
-                for tn, cl, win in cands:
+                for tn, cl, win in (c for c in cands if best is None or ctx.costed()):  # (the first is priced)
                     cycles, bound = _estimate(ctx, cv, spec, ot, rt, ct, tn, cl, cores, resident, win)
                     key = (cycles, ncores)
                     if best is None or key < best[0]:

@@ -233,6 +233,8 @@ def _plan(ctx: Ctx, node: Node, p: Problem, spec: Spec, weight: bool) -> tuple[P
                     continue
             cores = region.pick(ncores, need if resident else 0)
             for kcd in {ceil(p.k / ceil(p.k / c)) for c in splits(kc, 8, (1, 2, 3, 4, 6, 8))}:
+                if best is not None and not ctx.costed():  # (the first candidate is always priced)
+                    continue
                 cycles, bound = _estimate(ctx, p, spec, mt, nt, kcd, cores, resident)
                 key = (cycles, ncores)
                 if best is None or key < best[0]:

@@ -264,7 +264,7 @@ def _best_kc(ctx: Ctx, p: Problem, spec: Spec, resident: str | None, held: Held 
         rot = rotate(ctx, p, spec, kc, resident, held, rect)
         for depth in DEPTHS:
             for waves in waves_for(g, resident, spec.norm is not None, p):
-                if _scratch(g, spec, kc, p, depth, resident, waves) > room:
+                if _scratch(g, spec, kc, p, depth, resident, waves) > room or not ctx.costed():
                     continue
                 cyc, bound = estimate(ctx, p, spec, kc, resident, depth, waves, held, holding, rect, rot)
                 if best is None or cyc < best[3]:
