@@ -32,7 +32,9 @@ when it runs SUMMA on the same grid with the producer's row blocks as its K chun
 field `sram_b`), chunk t of column block j is block (t, j), which core (t, j) already has: that core
 multicasts it down its column, and nothing is read from DRAM. A block at a disabled position has no core
 (its slices lie on its row); its chunk, and the reader's own slices beside a disabled core, come from the
-DRAM copy, which is therefore always written (`keep` = 1).
+DRAM copy. With `keep` = 1 the whole copy is written; with 2 (its readers are this B reader and a residual
+reader that SUMMA takes, nothing else: `sram_only`) only the column blocks that hold a disabled position
+(`dram_cols`), and both readers must take it from SRAM.
 """
 
 from __future__ import annotations
@@ -224,7 +226,7 @@ class Kept:
     addr: int
     cores: tuple[int, ...]
     slices: int  # SRAM address of a core's slice beside a disabled core (after its block)
-    only: bool  # no DRAM copy: the reader must take it
+    only: bool  # no DRAM copy (but `dram_cols`, for a B reader): its readers must take it
     b_reader: str = ""  # the 1 x 1 convolution that multiplies it as its B (`b_reader`), if any
     at: dict[tuple[int, int], int] = field(default_factory=dict)  # (grid row, column) -> the core there
     # kept only for a B reader: the column blocks still stored to DRAM (`dram_cols`)

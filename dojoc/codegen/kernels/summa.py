@@ -293,7 +293,9 @@ def decide(ctx: Ctx, p: Problem, spec: Spec, other: Callable[[], int], weight: s
     `reader` is (the op that may take this op's output held, or None and why not): then tile field
     `hold` says whether the output stays in SRAM for it (by default it does). A convolution may also be
     `shifted` (im2col.Shifted): then tile field `shift` says which form runs (1: the padded input read once
-    for every tap; 0: a window per tap), whichever the cost model predicts faster by default."""
+    for every tap; 0: a window per tap), whichever the cost model predicts faster by default. A 1 x 1
+    convolution whose input its producer keeps (held.b_reader) may take B from there (tile field `sram_b`;
+    it must when the input is kept only)."""
     key = ctx.scope[0]
     given = ctx.given.get(key)
     only: held_.Kept | None = ctx.kept.get(key)
@@ -316,8 +318,8 @@ def decide(ctx: Ctx, p: Problem, spec: Spec, other: Callable[[], int], weight: s
         raise CompileError(f"internal error: op {key}'s input is kept in SRAM only, by {b_only.name}, but it cannot "
                            f"take it; give {b_only.name} tile keep=1 in the mapping, and report this")
     keeper, why_no_keep, sole = held_.residual_reader(ctx, key) if reader[0] is None else (None, "", False)
-    # (a later 1 x 1 convolution may multiply this output from SRAM as its B: the DRAM copy stays, for its
-    # chunks at disabled positions)
+    # (a later 1 x 1 convolution may multiply this output from SRAM as its B; its chunks at disabled
+    # positions come from the DRAM copy: whole with keep 1, those column blocks only with keep 2)
     breader = held_.b_reader(ctx, key, p)[0] if reader[0] is None else None
     b_given = ctx.given.get(breader.name) if breader is not None else None
     if b_given is not None and (b_given.kernel != KERNEL or not b_given.tile_of("sram_b", 0)):
