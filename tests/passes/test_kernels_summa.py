@@ -210,3 +210,19 @@ def test_a_bad_rotation_is_named() -> None:
     with pytest.raises(MappingError, match="op linear_matmul: tile rotate=1 places a resident weight's chunks, but "
                                            "resident is false"):
         dojoc.compile(model, (x,), machine=MESH, precision="fp32", mapping=mapping)
+
+
+def test_blocks_wider_than_a_tile_operand_do_not_take_summa() -> None:
+    """A convolution over 8 x 48 x 48 pixels on mesh4x4 gives each of its 4 columns 4,608 of them, more
+    than a tile operand's 4,095 columns: summa is not offered (it emitted an instruction the encoder
+    refused), the tiled kernel runs it, and a mapping that asks for summa there is one clear error."""
+    torch.manual_seed(0)
+    conv, x = nn.Conv2d(8, 24, 1).eval(), torch.randn(8, 8, 48, 48)
+    prog = dojoc.compile(conv, (x,), machine=MESH, precision="fp32")
+    assert prog.mapping is not None and all(o.kernel != "summa" for o in prog.mapping.ops)
+    torch.testing.assert_close(prog(x), conv(x), rtol=1e-4, atol=1e-4)
+    mapping = {"ops": [{"op": "convolution", "kernel": "summa", "cores": format_cores(range(16)),
+                        "split": {"rows": 4, "cols": 4}, "tile": {"k": 8, "buffers": 2, "waves": 1}, "resident": True}]}
+    with pytest.raises(MappingError, match="op convolution: the mapping says kernel 'summa', but this op runs the "
+                                           "'conv2d' kernel"):
+        dojoc.compile(conv, (x,), machine=MESH, precision="fp32", mapping=mapping)

@@ -283,6 +283,14 @@ def _reader_fits(ctx: Ctx, g: Grid, spec: Spec, reader: Node, hold_bytes: int) -
     return need + hold_bytes <= ctx.scratch_bytes
 
 
+# Kept only, an output binds its B reader to the producer's row blocks as K chunks, which for a small
+# output are a few rows (MobileNetV2's 5 and 8: the reader took 2.4 x its DRAM plan, +2,000 cycles, to save
+# the producer 60-130 cycles of stores). The producer decides first and cannot price its reader, so it keeps
+# only when the stores it saves take the port at least this long: ResNet-50's block outputs (2,800-21,000
+# cycles at batch 8) but not its stride-2 pairs (700-1,300), whose readers lost 1,400 each.
+MIN_KEEP_SAVING = 2048
+
+
 def decide(ctx: Ctx, p: Problem, spec: Spec, other: Callable[[], int], weight: str | None = None,
            budget: int = 0, held: Held | None = None, reader: tuple[Node | None, str] = (None, ""),
            shifted: Problem | None = None) -> OpMapping | None:
@@ -326,13 +334,20 @@ def decide(ctx: Ctx, p: Problem, spec: Spec, other: Callable[[], int], weight: s
         why_no_keep += f"; its 1 x 1 reader {b_given.key} reads it from DRAM (the mapping gives it " \
             + ("sram_b=0)" if b_given.kernel == KERNEL else f"kernel {b_given.kernel!r})")
         breader = None
-    if breader is not None:  # kept only, when its readers are these two (its DRAM copy: what they cannot take)
-        sole = held_.sram_only(ctx, key, keeper, breader)
 
     def kept_share(g: Grid) -> float:
         """The share of the output that a kept-only copy keeps out of DRAM: all, or with a B reader all but
         the column blocks of disabled positions (held.dram_cols)."""
         return 1.0 if breader is None else 1 - len(held_.dram_cols(g.at, g.rect.shape)) / len(g.cols)
+
+    if breader is not None:  # kept only, when its readers are these two (its DRAM copy: what they cannot take)
+        sole = held_.sram_only(ctx, key, keeper, breader)
+
+    def only_by_default(g: Grid) -> bool:
+        """Whether the default keeps the output only (a given keep 2 needs `sole` alone): with a B reader, when
+        the port time its stores would take pays for binding that reader to its chunks (MIN_KEEP_SAVING)."""
+        saved = p.m * p.n * spec.out.itemsize * kept_share(g) / ctx.machine.dram_ports[0].bytes_per_cycle
+        return sole and (breader is None or saved >= MIN_KEEP_SAVING)
 
     def plan_on(rect: Rect, p: Problem) -> _OnRect:
         """The kernel on one rectangle: its grid, whether its output may be held, its best plan."""
@@ -350,7 +365,7 @@ def decide(ctx: Ctx, p: Problem, spec: Spec, other: Callable[[], int], weight: s
 
         def search(res: str | None) -> tuple[int, int, int, int, Bound] | None:
             room = ctx.scratch_bytes - (hold_bytes if can_hold else 0) - keep_bytes
-            share = 1.0 if can_hold else kept_share(g) if can_keep and sole else 0.0
+            share = 1.0 if can_hold else kept_share(g) if can_keep and only_by_default(g) else 0.0
             return _best_kc(ctx, p, spec, res, held, share, room, rect)
 
         best = search(None)
@@ -369,7 +384,7 @@ def decide(ctx: Ctx, p: Problem, spec: Spec, other: Callable[[], int], weight: s
         g = grid(ctx, p.m, p.n, rect)
         ids = set(ctx.builder.ids)
         return (p.m >= MIN_BLOCK * rect.rows and p.n >= MIN_BLOCK * rect.cols and rect.rows * rect.cols > 1
-                and all(g.rows) and all(g.cols) and all(c in ids for c in g.cores)
+                and all(g.rows) and all(g.cols) and all(c in ids for c in g.cores) and g.within_fields
                 and (held is None or rect == held.rect) and (only is None or rect == only.rect)
                 and (p.b_kept is None or rect == p.b_kept.rect))
 
@@ -407,9 +422,8 @@ def decide(ctx: Ctx, p: Problem, spec: Spec, other: Callable[[], int], weight: s
         assert on is not None and on.best is not None
         kc, depth, waves, cycles, bound = on.best
         rot = rotate(ctx, on.p, spec, kc, weight, held, on.rect) if on.resident else None
-        return OpMapping("", KERNEL, on.g.cores, on.axes,
-                         tile(on, kc, depth, waves, int(on.can_hold), (2 if sole else 1) if on.keep_bytes else 0,
-                              rot),
+        keep = (2 if only_by_default(on.g) else 1) if on.keep_bytes else 0
+        return OpMapping("", KERNEL, on.g.cores, on.axes, tile(on, kc, depth, waves, int(on.can_hold), keep, rot),
                          on.resident,
                          predicted_cycles=cycles, bound=bound)
 

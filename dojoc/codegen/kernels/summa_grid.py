@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from math import ceil
 
-from dojoc.codegen.context import Ctx, aligned, split
+from dojoc.codegen.context import MAX_COLS, MAX_ROWS, Ctx, aligned, split
 from dojoc.codegen.kernels.mxu import resident_free
 from dojoc.mapping.place import Rect, home_die
 from isa.costs import up8
@@ -52,6 +52,12 @@ class Grid:
     @property
     def x_max(self) -> int:
         return max((n for _, n in self.extra.values()), default=0)
+
+    @property
+    def within_fields(self) -> bool:
+        """Whether every block (and slice) is within a tile operand's extents (the instruction table's rows and
+        columns fields): its multiplies and epilogue take a block in one instruction."""
+        return self.m_max <= MAX_ROWS and max(self.n_max, self.x_max) <= MAX_COLS
 
     def local(self, ctx: Ctx, core: int) -> tuple[int, int]:
         """The (row, column) of `core` in the grid."""
@@ -146,7 +152,7 @@ def rects(ctx: Ctx, p: Problem) -> list[Rect]:
 
     def usable(rect: Rect) -> bool:
         g = grid(ctx, p.m, p.n, rect)
-        return all(g.rows) and all(g.cols) and all(c in ids for c in g.cores)
+        return all(g.rows) and all(g.cols) and all(c in ids for c in g.cores) and g.within_fields
 
     return [r for r in out if usable(r)]
 
