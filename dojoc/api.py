@@ -92,8 +92,8 @@ def compile(model: Any, example_inputs: Any, *, example_kwargs: Mapping[str, Any
     - `mapping`: decisions to take instead of the compiler's own (a `dojoc.Mapping`, its JSON dict, or a
       path to a JSON file from `Program.mapping.to_json()` / `dojoc compile --dump-mapping`), edited or not;
       ops it does not name are mapped by the compiler. An illegal decision is a MappingError naming the op.
-    - `search_budget`: the most candidates the cost model prices per op (default 2,048); an op whose search
-      it cuts short is named in `Program.mapping.notes`.
+    - `search_budget`: the most candidates the cost model prices per op (default
+      `dojoc.codegen.context.SEARCH_BUDGET`); an op whose search it cuts short is named in `Program.mapping.notes`.
 
     Raises CompileError (and its subclasses UnsupportedOpsError, ShapeError, SramOverflowError) or
     MachineError; `Program.report` is set by the first call.

@@ -265,7 +265,8 @@ def _saved_report(target: Path) -> dict[str, Any]:
 @click.option("--explain", is_flag=True,
               help="print per op its region, split, where its values live, predicted and emulated cycles")
 @click.option("--search-budget", type=click.IntRange(min=1), default=None,
-              help="the most candidates the cost model prices per op (default 2048); ops cut short are noted")
+              help="the most candidates the cost model prices per op (default: SEARCH_BUDGET in "
+              "dojoc/codegen/context.py); ops cut short are noted")
 def compile_(target: str, inputs: tuple[str, ...], machine: str, overrides: tuple[str, ...], precision: str,
              out_dir: Path, mapping_in: Path | None, mapping_out: Path | None, explain: bool,
              search_budget: int | None) -> None:

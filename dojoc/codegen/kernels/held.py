@@ -39,7 +39,7 @@ reader that SUMMA takes, nothing else: `sram_only`) only the column blocks that 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from math import prod
 from typing import TYPE_CHECKING
 
@@ -214,8 +214,8 @@ def shards(ctx: Ctx, h: Held) -> tuple[Shard, ...]:
 
 @dataclass(frozen=True)
 class Kept:
-    """A SUMMA output kept in SRAM, beside its DRAM copy, for `reader`'s epilogue residual: each core's
-    block at `addr` (the same on every core of the grid), rows n of its column block wide."""
+    """A SUMMA output kept in SRAM, beside its DRAM copy, for `reader`'s epilogue residual and `b_reader`'s
+    B: each core's block at `addr` (the same on every core of the grid), rows n of its column block wide."""
 
     name: str
     reader: str  # the op that adds it as its residual ("" when it is kept for a B reader only)
@@ -224,13 +224,16 @@ class Kept:
     mblocks: tuple[tuple[int, int], ...]
     nblocks: tuple[tuple[int, int], ...]
     addr: int
-    cores: tuple[int, ...]
+    at: dict[tuple[int, int], int]  # (grid row, column) -> the enabled core there (Grid.at)
     slices: int  # SRAM address of a core's slice beside a disabled core (after its block)
     only: bool  # no DRAM copy (but `dram_cols`, for a B reader): its readers must take it
     b_reader: str = ""  # the 1 x 1 convolution that multiplies it as its B (`b_reader`), if any
-    at: dict[tuple[int, int], int] = field(default_factory=dict)  # (grid row, column) -> the core there
     # kept only for a B reader: the column blocks still stored to DRAM (`dram_cols`)
     dram_cols: frozenset[int] = frozenset()
+
+    @property
+    def cores(self) -> tuple[int, ...]:
+        return tuple(self.at.values())
 
     def owner(self, t: int, j: int) -> int | None:
         """The core that has block (t, j) whole (a B reader's chunk t of column block j), or None at a
@@ -256,7 +259,7 @@ def residual_reader(ctx: Ctx, name: str) -> tuple[Node | None, str, bool]:
     or (None, why not); and whether it is the output's only reader, the output no graph output, and the
     reader a convolution that runs as SUMMA when its residual is kept (conv.py's implicit GEMM: one group,
     its weights and bias parameters): then the output need not go to DRAM at all."""
-    node = next((n for n in ctx.graph.nodes if n.name == name), None)
+    node = ctx.ops_by_name.get(name)
     if node is None:
         return None, "it is a later phase of its op", False
     readers, output = _readers(ctx, node)
@@ -274,22 +277,19 @@ def keep(ctx: Ctx, name: str, reader: str, views: list[View], spec: Spec, rect: 
     `reader`'s residual and `b_reader`'s B (either may be ""; see the module docstring)."""
     m_max, eo = max(c for _, c in mblocks), spec.out.itemsize
     block = aligned(m_max * max(c for _, c in nblocks) * eo)
-    cores = tuple(at.values())
-    who = " and ".join(r for r in (reader, b_reader) if r)
-    addrs = {ctx.sram[c].hold(block + aligned(m_max * x_max * eo), f"{name}'s output block kept for {who}")
-             for c in cores}
+    purpose = " and ".join([f"{reader}'s residual"] * bool(reader) + [f"{b_reader}'s B"] * bool(b_reader))
+    addrs = {ctx.sram[c].hold(block + aligned(m_max * x_max * eo), f"{name}'s output block kept for {purpose}")
+             for c in at.values()}
     assert len(addrs) == 1, "every core holds the same bytes"
     base = addrs.pop()
-    k = Kept(name, reader, tuple(views), rect, mblocks, nblocks, base, cores, base + block, only, b_reader, dict(at),
+    k = Kept(name, reader, tuple(views), rect, mblocks, nblocks, base, dict(at), base + block, only, b_reader,
              dram_cols(at, rect.shape) if only and b_reader else frozenset())
     if reader:
         ctx.kept[reader] = k
     if b_reader:
         ctx.kept_b[b_reader] = k
-    rows = {c: (r, j) for (r, j), c in at.items()}
-    purpose = " and ".join([f"{reader}'s residual"] * bool(reader) + [f"{b_reader}'s B"] * bool(b_reader))
-    ctx.kept_shards[views[0].base] = (purpose, tuple(
-        Shard(c, k.addr, mblocks[rows[c][0]][1] * nblocks[rows[c][1]][1] * spec.out.itemsize) for c in sorted(cores)))
+    blocks = sorted((c, mblocks[r][1] * nblocks[j][1] * eo) for (r, j), c in at.items())
+    ctx.kept_shards[views[0].base] = (purpose, tuple(Shard(c, k.addr, nbytes) for c, nbytes in blocks))
     return k
 
 
@@ -328,7 +328,7 @@ def dram_cols(at: dict[tuple[int, int], int], shape: tuple[int, int]) -> frozens
 def sram_only(ctx: Ctx, name: str, keeper: Node | None, breader: Node) -> bool:
     """Whether every reader of op `name`'s output can take it from SRAM when it is kept: its B reader and
     its residual reader (a convolution that SUMMA takes), nothing else, and no graph output."""
-    node = next((n for n in ctx.graph.nodes if n.name == name), None)
+    node = ctx.ops_by_name.get(name)
     if node is None:
         return False
     readers, output = _readers(ctx, node)
@@ -344,11 +344,11 @@ def _summa_conv(ctx: Ctx, node: Node) -> bool:
     channels as the home die's rows take."""
     from dojoc.codegen.kernels.summa_grid import MIN_BLOCK
 
-    producers = ctx.graph.producers()
     own, _ = split_inputs(node.inputs, node.attrs)
-    params = all(producers.get(v) is not None and producers[v].op is Op.PARAM for v in own[1:])
     if node.op is not Op.CONV2D or len(own) < 2:
         return False
+    producers = ctx.graph.producers()
+    params = all(producers.get(v) is not None and producers[v].op is Op.PARAM for v in own[1:])
     o, c, kh, kw = own[1].type.shape
     return node.attrs.get("groups", 1) == 1 and params and ctx.precision != "cfp8" and c * kh * kw >= 8 \
         and o >= MIN_BLOCK * home_die(ctx.machine).rows
@@ -368,17 +368,13 @@ def owned(keep: dict[tuple[str, int], int], stride: dict[tuple[str, int], int], 
             keep[("b", t)] = b.addr
 
 
-def b_reader(ctx: Ctx, name: str, p: Problem) -> tuple[Node | None, str]:
+def b_reader(ctx: Ctx, name: str, p: Problem) -> Node | None:
     """The later convolution that reads the output of op `name` (a convolution run as SUMMA, problem `p`)
-    as its input and can multiply its kept blocks as its B: 1 x 1, stride 1, unpadded, one group, its
-    weights parameters, in the same type; else (None, why not)."""
-    if p.im2col is None or p.shift is not None:
-        return None, "it is not an unshifted convolution"
-    if ctx.precision == "cfp8":
-        return None, "cfp8 matmuls convert their operands in SRAM"
-    node = next((n for n in ctx.graph.nodes if n.name == name), None)
-    if node is None:
-        return None, "it is a later phase of its op"
+    as its input and can multiply its kept blocks as its B: 1 x 1, stride 1, unpadded, and one that SUMMA
+    takes (`_summa_conv`); else None."""
+    node = ctx.ops_by_name.get(name)
+    if p.im2col is None or p.shift is not None or node is None:  # (no node: a later phase of its op)
+        return None
     for r, v in _readers(ctx, node)[0]:
         own, _ = split_inputs(r.inputs, r.attrs)
         if r.op is not Op.CONV2D or own[0] is not v or len(own) < 2:
@@ -387,11 +383,16 @@ def b_reader(ctx: Ctx, name: str, p: Problem) -> tuple[Node | None, str]:
         if tuple(own[1].type.shape[2:]) == (1, 1) and tuple(a.get("stride", (1, 1))) == (1, 1) \
                 and tuple(a.get("padding", (0, 0))) == (0, 0) and _summa_conv(ctx, r) \
                 and prod(v.type.shape[2:]) * v.type.shape[0] == p.n and v.type.shape[1] == p.m:
-            return r, ""
-    return None, "no later 1 x 1 convolution reads it"
+            return r
+    return None
 
 
 def kept_b(ctx: Ctx) -> Kept | None:
     """The output kept in SRAM as the B of the op in scope (`b_reader`), if any."""
     k: Kept | None = ctx.kept_b.get(ctx.scope[0])
     return k
+
+
+def only_kept(k: Kept | None) -> Kept | None:
+    """`k` when it is kept only (its reader must take it from SRAM), else None."""
+    return k if k is not None and k.only else None

@@ -306,11 +306,11 @@ def decide(ctx: Ctx, p: Problem, spec: Spec, other: Callable[[], int], weight: s
     it must when the input is kept only)."""
     key = ctx.scope[0]
     given = ctx.given.get(key)
-    only: held_.Kept | None = ctx.kept.get(key)
-    only = only if only is not None and only.only else None  # a residual in SRAM alone: this op must take it
+    # a residual or an input (B) in SRAM alone: this op must take it
+    only, b_only = held_.only_kept(ctx.kept.get(key)), held_.only_kept(held_.kept_b(ctx))
     if given is not None and given.kernel != KERNEL:
-        for k, what in ((only, "residual"), (ctx.kept_b.get(key), "input")):
-            if k is not None and k.only:
+        for k, what in ((only, "residual"), (b_only, "input")):
+            if k is not None:
                 raise MappingError(f"op {key}: its {what} is kept in SRAM only, by {k.name}, for the summa kernel "
                                    f"on that op's cores; give it kernel \"summa\", or {k.name} tile keep=1")
         return None
@@ -318,8 +318,6 @@ def decide(ctx: Ctx, p: Problem, spec: Spec, other: Callable[[], int], weight: s
 
     variants = [p] if shifted is None or only is not None else [p, shifted]
     kb = with_kept_b(ctx, p)
-    b_only = ctx.kept_b.get(key)
-    b_only = b_only if b_only is not None and b_only.only else None  # B in SRAM alone: this op must take it
     if kb is not None:
         variants = [kb] if b_only is not None else [*variants, kb]
     elif b_only is not None:
@@ -328,7 +326,7 @@ def decide(ctx: Ctx, p: Problem, spec: Spec, other: Callable[[], int], weight: s
     keeper, why_no_keep, sole = held_.residual_reader(ctx, key) if reader[0] is None else (None, "", False)
     # (a later 1 x 1 convolution may multiply this output from SRAM as its B; its chunks at disabled
     # positions come from the DRAM copy: whole with keep 1, those column blocks only with keep 2)
-    breader = held_.b_reader(ctx, key, p)[0] if reader[0] is None else None
+    breader = held_.b_reader(ctx, key, p) if reader[0] is None else None
     b_given = ctx.given.get(breader.name) if breader is not None else None
     if b_given is not None and (b_given.kernel != KERNEL or not b_given.tile_of("sram_b", 0)):
         why_no_keep += f"; its 1 x 1 reader {b_given.key} reads it from DRAM (the mapping gives it " \
@@ -546,7 +544,7 @@ def emit(ctx: Ctx, node: Node, p: Problem, spec: Spec, om: OpMapping, weight: st
     out = held_.hold(ctx, node, p, spec, g.rect, g.at, g.mblocks, g.nblocks) if om.tile_of("hold") else None
     # (decide checked that there is a reader to keep it for)
     reader = held_.residual_reader(ctx, node.name)[0] if om.tile_of("keep") else None
-    breader = held_.b_reader(ctx, node.name, p)[0] if om.tile_of("keep") else None
+    breader = held_.b_reader(ctx, node.name, p) if om.tile_of("keep") else None
     kept = held_.keep(ctx, node.name, reader.name if reader else "", p.o, spec, g.rect, g.at, g.mblocks, g.nblocks,
                       g.x_max, om.tile_of("keep") == 2, breader.name if breader else "") \
         if reader is not None or breader is not None else None

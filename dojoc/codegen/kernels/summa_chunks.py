@@ -100,8 +100,7 @@ def b_dram_share(g: Grid, p: Problem) -> float:
     whose producer block lies at a disabled position."""
     if p.b_kept is None:
         return 1.0
-    blocks = [(t, j) for t in range(len(p.b_kept.mblocks)) for j in range(len(g.cols))]
-    return sum(p.b_kept.owner(t, j) is None for t, j in blocks) / len(blocks)
+    return 1 - len(p.b_kept.at) / (len(p.b_kept.mblocks) * len(g.cols))
 
 
 def with_kept_b(ctx: Ctx, p: Problem) -> Problem | None:

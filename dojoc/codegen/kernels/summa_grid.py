@@ -196,6 +196,8 @@ def rotation(ctx: Ctx, g: Grid, bounds: tuple[tuple[int, int], ...], kc: int, re
     lines = g.cols if resident == "b" else g.rows
     blocks = g.nblocks if resident == "b" else g.mblocks
     free = {c: resident_free(ctx, c) for c in g.cores}
+    # (the bytes of chunk t of line i do not depend on the rotation)
+    sizes = [[aligned((kl * n if resident == "b" else n * taps * kc) * e) for _, kl in bounds] for _, n in blocks]
     best: tuple[tuple[int, int], int] | None = None
     for rot in range(max(len(line) for line in lines)):
         left = dict(free)
@@ -203,9 +205,8 @@ def rotation(ctx: Ctx, g: Grid, bounds: tuple[tuple[int, int], ...], kc: int, re
         for i, line in enumerate(lines):
             if not line:
                 continue
-            for t, (_, kl) in enumerate(bounds):
+            for t, nbytes in enumerate(sizes[i]):
                 core = loader(line, i, t, rot)
-                nbytes = aligned((kl * blocks[i][1] if resident == "b" else blocks[i][1] * taps * kc) * e)
                 if nbytes <= left[core]:
                     left[core] -= nbytes
                 else:
