@@ -21,10 +21,16 @@ if TYPE_CHECKING:  # the codegen context imports this package
 def check_given(mapping: Mapping, graph: Graph, machine: Machine) -> dict[str, OpMapping]:
     """The decisions of a user's mapping by key; MappingError for one that names no op of the graph or a
     core off the machine's mesh."""
-    names = {n.name for n in graph.nodes} | {f"output {name}" for name in graph.output_names}
-    names |= {f for n in graph.nodes for f in n.attrs.get("fused", ())}  # ops fused into another
-    names |= {f for n in graph.nodes for f in n.attrs.get("merged", ())}  # sibling matmuls merged into one
+    nodes = {n.name for n in graph.nodes}
+    names = nodes | {f"output {name}" for name in graph.output_names}
+    # ops fused into another, and sibling matmuls merged into one: the op that computes them
+    host = {f: n.name for n in graph.nodes for k in ("fused", "merged") for f in n.attrs.get(k, ())}
+    names |= set(host)
     for om in mapping.ops:
+        if om.fused_into is None and om.op in host and om.op not in nodes:
+            raise MappingError(f"op {om.key}: this op runs inside {host[om.op]} (fused or merged), so it takes "
+                               f"no decision of its own; give the decision to op {host[om.op]}, or mark this "
+                               f"one \"fused_into\": \"{host[om.op]}\"")
         if om.op not in names:
             close = sorted(n for n in names if n.startswith(om.op[:3]))[:5]
             hint = f" (ops with a similar name: {', '.join(close)})" if close else ""

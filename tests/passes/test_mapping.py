@@ -194,3 +194,15 @@ def test_explain_rows_have_predicted_and_emulated_cycles(compiled: tuple[nn.Modu
     text = format_explain(rows)
     assert "median |predicted - emulated|" in text and _key(prog, "matmul").op in text
     assert "(fused)" in text and "sram x" in text
+
+
+def test_a_decision_for_a_fused_op_names_the_op_that_computes_it(
+        compiled: tuple[nn.Module, torch.Tensor, dojoc.Program]) -> None:
+    model, x, prog = compiled
+    assert prog.mapping is not None
+    fused = next(o for o in prog.mapping.ops if o.fused_into is not None)
+    mm = prog.mapping.by_key()[fused.fused_into]
+    bad = replace(mm, op=fused.op)  # the host's decision, given under the fused op's name
+    with pytest.raises(MappingError, match=f"op {fused.op}: this op runs inside {mm.op} .* give the decision to "
+                                           f"op {mm.op}"):
+        dojoc.compile(model, (x,), machine=MACHINE, precision="fp32", mapping=replace(prog.mapping, ops=(bad,)))

@@ -16,6 +16,7 @@ merge their batch dims into rows, the batch folds into M: fewer, taller tiles an
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from math import ceil, prod
@@ -23,7 +24,7 @@ from math import ceil, prod
 import numpy as np
 
 from dojoc.codegen.context import MAX_ROWS, Ctx, split
-from dojoc.codegen.kernels import held, summa
+from dojoc.codegen.kernels import held, shared_a, summa
 from dojoc.codegen.kernels.eltwise import fill
 from dojoc.codegen.kernels.im2col import Im2col, Shifted
 from dojoc.codegen.kernels.mxu import (
@@ -43,9 +44,11 @@ from dojoc.codegen.kernels.mxu import (
     overlapped_bound,
     param_array,
     resident_budget,
+    resident_free,
     splits,
     weight_source,
 )
+from dojoc.codegen.paths import port_path
 from dojoc.codegen.registry import kernel
 from dojoc.codegen.view import Transfer, View, transfers
 from dojoc.errors import MappingError, SramOverflowError
@@ -103,6 +106,7 @@ class Plan:
     kc: int  # K chunk of a step
     cores: list[int]
     resident: bool  # try to keep B tiles resident
+    share_a: bool = False  # every core keeps the whole A, multicast once (shared_a.py)
 
 
 def _views2d(v: View, batch: tuple[int, ...]) -> list[View]:
@@ -128,18 +132,19 @@ def _problem(a: View, b: View, o: View, batch: tuple[int, ...], r: View | None =
                    r=_views2d(r, batch) if r is not None else None)
 
 
-def _fit_kc(ctx: Ctx, spec: Spec, mt: int, nt: int, k: int, b_streamed: bool) -> int | None:
-    """The K chunk that fits the scratch SRAM with double-buffered tiles, or None."""
+def _fit_kc(ctx: Ctx, spec: Spec, mt: int, nt: int, k: int, b_streamed: bool, panel: int = 0) -> int | None:
+    """The K chunk that fits the scratch SRAM with double-buffered tiles (and a shared A's `panel` bytes,
+    which are not staged), or None."""
     direct = spec.out is F32
-    fixed = mt * nt * 4 * (2 if direct else 1) + (0 if direct else 2 * mt * nt * spec.out.itemsize)
+    fixed = mt * nt * 4 * (2 if direct else 1) + (0 if direct else 2 * mt * nt * spec.out.itemsize) + panel
     if spec.col_bias:  # the two staging buffers of streamed column biases
         fixed += 2 * (-(-nt * 4 // 64) * 64)
     fixed += spec.epilogue_bytes(mt * nt, mt, nt)
-    per_k = 2 * mt * spec.a_src.itemsize + (mt * spec.op.itemsize if spec.a_src is not spec.op else 0)
+    per_k = 0 if panel else 2 * mt * spec.a_src.itemsize + (mt * spec.op.itemsize if spec.a_src is not spec.op else 0)
     if b_streamed:
         per_k += 2 * nt * spec.b_src.itemsize + (nt * spec.op.itemsize if spec.b_src is not spec.op else 0)
     room = ctx.scratch_bytes - SLACK - fixed
-    kc = min(k, MAX_TILE, room // per_k if room > 0 else 0)
+    kc = min(k, MAX_TILE, (room // per_k if per_k else k) if room > 0 else 0)
     if kc < min(k, 8):
         return None
     return ceil(k / ceil(k / kc))
@@ -161,18 +166,28 @@ def _item_cycles(ctx: Ctx, spec: Spec, mt: int, nt: int, k: int, kc: int, b_stre
 
 
 def _estimate(ctx: Ctx, p: Problem, spec: Spec, mt: int, nt: int, kc: int, cores: list[int],
-              resident: bool) -> tuple[int, Bound]:
+              resident: bool, bc: shared_a.Broadcast | None = None) -> tuple[int, Bound]:
     """The cost model's cycles and bound for tiles mt x nt, K chunk kc on ncores: compute per core
-    (isa.costs) against DRAM traffic (A is re-read once per column tile, B once per row tile unless it is
-    resident)."""
+    (isa.costs) against DRAM traffic (A is re-read once per column tile, or with `bc` once for the region,
+    B once per row tile unless it is resident); a shared A's first item follows its chunks' multicasts."""
     nb = len(p.a)
     ea, eb, eo = spec.a_src.itemsize, spec.b_src.itemsize, spec.out.itemsize
     items = nb * ceil(p.m / mt) * ceil(p.n / nt)
     run = ceil(items / len(cores))
-    traffic = items * mt * p.k * ea + nb * p.m * p.n * eo + (0 if resident else items * p.k * nt * eb) \
+    a_bytes = shared_a.dram_bytes(p, spec, bc) if bc is not None else items * mt * p.k * ea
+    traffic = a_bytes + nb * p.m * p.n * eo + (0 if resident else items * p.k * nt * eb) \
         + (nb * p.m * p.n * spec.res_src.itemsize if spec.residual else 0)
-    compute = run * _item_cycles(ctx, spec, mt, nt, p.k, kc, not resident)
-    return overlapped_bound(ctx, compute, traffic, run * ceil(p.k / kc), cores, run)
+    item = _item_cycles(ctx, spec, mt, nt, p.k, kc, not resident)
+    t, bound = overlapped_bound(ctx, run * item, traffic, run * ceil(p.k / kc), cores, run)
+    if bc is None:
+        return t, bound
+    whole, first = shared_a.link_cycles(ctx, p, spec, bc, kc)
+    way = port_path(ctx.machine, tuple(cores))
+    # the first chunk's DMA and multicasts come before any multiply; the first item waits for chunks that
+    # the links bring more slowly; every core ends at once, and their last tiles' stores queue at the port
+    late = way.latency + first + max(0.0, whole - item) \
+        + max(0.0, len(cores) * mt * nt * eo * way.cycles_per_byte - item)
+    return round(t + late), Bound.LINK if whole > item else bound
 
 
 def _axes(p: Problem, mt: int, nt: int) -> tuple[tuple[str, int], ...]:
@@ -186,23 +201,47 @@ def _decide(ctx: Ctx, node: Node, p: Problem, spec: Spec, weight: bool,
     def default() -> OpMapping:
         plan, cycles, bound = search()
         return OpMapping("", "matmul", tuple(plan.cores), _axes(p, plan.mt, plan.nt),
-                         (("m", plan.mt), ("n", plan.nt), ("k", plan.kc)), plan.resident,
-                         predicted_cycles=cycles, bound=bound)
+                         (("m", plan.mt), ("n", plan.nt), ("k", plan.kc)) + ((("share_a", 1),) if plan.share_a else ()),
+                         plan.resident, predicted_cycles=cycles, bound=bound)
 
     def check(om: OpMapping) -> OpMapping:
         mt, nt, kc = check_tile(om, {"m": min(p.m, MAX_TILE), "n": min(p.n, MAX_TILE), "k": min(p.k, MAX_TILE)})
         check_split(om, _axes(p, mt, nt), weight)
-        fit = _fit_kc(ctx, spec, mt, nt, p.k, not om.resident)
+        bc = _shared_region(ctx, node, om, p, spec, mt)
+        panel = shared_a.panel_bytes(p, spec) if bc is not None else 0
+        fit = _fit_kc(ctx, spec, mt, nt, p.k, not om.resident, panel)
         if fit is None or kc > fit:
-            raise MappingError(f"op {om.key}: tiles m={mt} n={nt} with k={kc} and their double buffers do not fit "
-                               f"the {ctx.scratch_bytes:,} bytes of SRAM scratch; the largest k that fits is "
-                               f"{fit or 0}", node=node.name, shapes=node.signature(), source=node.source)
-        cycles, bound = _estimate(ctx, p, spec, mt, nt, kc, list(om.cores), om.resident)
+            raise MappingError(f"op {om.key}: tiles m={mt} n={nt} with k={kc} and their double buffers "
+                               f"{'and the shared A ' if bc is not None else ''}do not fit the "
+                               f"{ctx.scratch_bytes:,} bytes of SRAM scratch; the largest k that fits is {fit or 0}",
+                               node=node.name, shapes=node.signature(), source=node.source)
+        cycles, bound = _estimate(ctx, p, spec, mt, nt, kc, list(om.cores), om.resident, bc)
         return replace(om, predicted_cycles=cycles, bound=bound)
 
     om = ctx.decide("matmul", default, check)
     mt, nt, kc = (int(om.tile_of(a) or 0) for a in ("m", "n", "k"))
-    return Plan(mt, nt, kc, list(om.cores), om.resident)
+    return Plan(mt, nt, kc, list(om.cores), om.resident, bool(om.tile_of("share_a", 0)))
+
+
+def _shared_region(ctx: Ctx, node: Node, om: OpMapping, p: Problem, spec: Spec, mt: int) -> shared_a.Broadcast | None:
+    """A given decision's shared-A region (tile field share_a = 1), checked; None without it."""
+    share = om.tile_of("share_a", 0)
+    if share not in (0, 1):
+        raise MappingError(f"op {om.key}: tile share_a={share}: give 0 (each core reads its A tiles) or 1 (one "
+                           "read of A, multicast to every core)")
+    if not share:
+        return None
+    why = "" if shared_a.eligible(p, spec) else \
+        f"it needs one 2-D matmul whose A is in the mma's type ({spec.op}), not {spec.a_src} or a batch"
+    if not why and mt != p.m:
+        why = f"every tile must take all {p.m} rows of A (m={p.m}), not m={mt}"
+    bc, where = shared_a.of_cores(ctx, list(om.cores))
+    if not why and bc is None:
+        why = where
+    if why:
+        raise MappingError(f"op {om.key}: tile share_a=1: {why}; set share_a to 0", node=node.name,
+                           shapes=node.signature(), source=node.source)
+    return bc
 
 
 def _plan(ctx: Ctx, node: Node, p: Problem, spec: Spec, weight: bool) -> tuple[Plan, int, Bound]:
@@ -239,10 +278,44 @@ def _plan(ctx: Ctx, node: Node, p: Problem, spec: Spec, weight: bool) -> tuple[P
                 key = (cycles, ncores)
                 if best is None or key < best[0]:
                     best = (key, Plan(mt, nt, kcd, cores, resident), bound)
+    for plan, cycles, bound in _shared_plans(ctx, p, spec, weight, budget):
+        if best is None or (cycles, len(plan.cores)) < best[0]:
+            best = ((cycles, len(plan.cores)), plan, bound)
     if best is None:
         raise node.error(f"matmul {node.name} fits no tile in {ctx.scratch_bytes:,} bytes of SRAM scratch",
                          SramOverflowError)
     return best[1], best[0][0], best[2]
+
+
+def _shared_plans(ctx: Ctx, p: Problem, spec: Spec, weight: bool, budget: int) -> list[tuple[Plan, int, Bound]]:
+    """Candidates that share A (shared_a.py): tiles of all M rows, over the whole die rows that give every
+    core a tile, B resident when it is a weight and fits, the K chunks that the panel leaves room for."""
+    if not shared_a.eligible(p, spec) or p.m > MAX_TILE:
+        return []
+    panel, eb = shared_a.panel_bytes(p, spec), spec.b_src.itemsize
+    out: list[tuple[Plan, int, Bound]] = []
+    # (and the widths that give every core of the die the same number of tiles)
+    die = sum(map(len, shared_a.die_rows(ctx)))
+    even = {ceil(p.n / (die * r)) for r in range(1, 9)}
+    for nt in sorted(set(splits(p.n)) | even, reverse=True):
+        if nt > MAX_TILE or (spec.norm is not None and nt != p.n):
+            continue
+        bc = shared_a.region(ctx, ceil(p.n / nt))
+        if bc is None:
+            continue
+        cores = bc.cores
+        run = ceil(ceil(p.n / nt) / len(cores))
+        need = run * (p.k * nt * eb + (nt * 4 if p.bias is not None else 0) + (2 * nt * 4 if p.norm is not None else 0))
+        resident = weight and need * len(cores) <= budget and all(resident_free(ctx, c) >= need for c in cores)
+        kc = _fit_kc(ctx, spec, p.m, nt, p.k, not resident, panel)
+        if kc is None:
+            continue
+        for kcd in sorted({ceil(p.k / ceil(p.k / c)) for c in splits(kc, 8, (1, 2, 3, 4, 6, 8))}):
+            if out and not ctx.costed():
+                break
+            cycles, bound = _estimate(ctx, p, spec, p.m, nt, kcd, cores, resident, bc)
+            out.append((Plan(p.m, nt, kcd, cores, resident, True), cycles, bound))
+    return out
 
 
 @kernel(Op.MATMUL)
@@ -311,8 +384,15 @@ def matmul(ctx: Ctx, node: Node) -> None:
         order = [(b, mi, ni) for ni in range(nn) for b in range(nb) for mi in range(nm)]
     else:
         order = [(b, mi, ni) for b in range(nb) for ni in range(nn) for mi in range(nm)]
+    senders: dict[int, shared_a.Sender] = {}
+    if plan.share_a:
+        bc, why = shared_a.of_cores(ctx, plan.cores)
+        assert bc is not None, f"{node.name}: {why}"
+        panel = {c: ctx.sram[c].alloc(shared_a.panel_bytes(p, spec), f"{node.name} shared A") for c in plan.cores}
+        assert len(set(panel.values())) == 1, f"{node.name}: a multicast needs the panel at one address"
+        senders = {c: shared_a.Sender(ctx, c, bc, p, spec, panel[c], plan.kc) for c in plan.cores}
     for core, (first, count) in zip(plan.cores, split(len(order), len(plan.cores)), strict=False):
-        _emit_core(ctx, node, core, p, plan, spec, order[first:first + count])
+        _emit_core(ctx, node, core, p, plan, spec, order[first:first + count], senders.get(core))
 
 
 def _vector(v: View | None, rows: int, nl: int, n0: int, addr: int | None) -> Operand | None:
@@ -326,7 +406,7 @@ def _vector(v: View | None, rows: int, nl: int, n0: int, addr: int | None) -> Op
 
 
 def _emit_core(ctx: Ctx, node: Node, core: int, p: Problem, plan: Plan, spec: Spec,
-               run: list[tuple[int, int, int]]) -> None:
+               run: list[tuple[int, int, int]], sender: shared_a.Sender | None = None) -> None:
     ea, eb, eo = spec.a_src.itemsize, spec.b_src.itemsize, spec.out.itemsize
     resident: dict[tuple[int, int], int] = {}
     if plan.resident:
@@ -354,7 +434,7 @@ def _emit_core(ctx: Ctx, node: Node, core: int, p: Problem, plan: Plan, spec: Sp
     streamed = any((p.b[b].base, ni * plan.nt) not in resident for b, _, ni in run)
     kc = plan.kc
     if streamed:  # some B tiles did not fit the resident SRAM: the K chunk must leave room to stream them
-        fit = _fit_kc(ctx, spec, plan.mt, plan.nt, p.k, True)
+        fit = _fit_kc(ctx, spec, plan.mt, plan.nt, p.k, True, shared_a.panel_bytes(p, spec) if sender else 0)
         if fit is None:
             raise node.error(f"matmul {node.name}: tiles of {plan.mt}x{plan.nt} do not fit SRAM scratch",
                              SramOverflowError)
@@ -368,9 +448,12 @@ def _emit_core(ctx: Ctx, node: Node, core: int, p: Problem, plan: Plan, spec: Sp
         steps = []
         for k0 in range(0, p.k, kc):
             kl = min(kc, p.k - k0)
-            a = Operand(ml, kl, loads=[Load(t) for t in transfers(
-                av.base + m0 * av.strides[0] + k0 * av.strides[1], 0,
-                [(ml, av.strides[0], kl * ea), (kl, av.strides[1], ea)], ea)])
+            if sender is not None:  # the shared panel, row-major [M, K]
+                a = Operand(ml, kl, addr=sender.panel + (m0 * p.k + k0) * ea, stride=p.k * ea)
+            else:
+                a = Operand(ml, kl, loads=[Load(t) for t in transfers(
+                    av.base + m0 * av.strides[0] + k0 * av.strides[1], 0,
+                    [(ml, av.strides[0], kl * ea), (kl, av.strides[1], ea)], ea)])
             if res is not None:
                 bop = Operand(kl, nl, addr=res + k0 * nl * eb, stride=nl * eb)
             else:
@@ -390,5 +473,16 @@ def _emit_core(ctx: Ctx, node: Node, core: int, p: Problem, plan: Plan, spec: Sp
         cb = _vector(p.bias, 1, nl, n0, vecs)
         nop = _vector(p.norm, 2, nl, n0, vecs + nl * 4 * (p.bias is not None) if vecs is not None else None)
         items.append(Item(ml, nl, steps, stores, col_bias=cb, residual=rop, norm=nop))
-    Pipeline(ctx, core, node, spec, items).emit()
+    if sender is None:
+        Pipeline(ctx, core, node, spec, items).emit()
+        return
+    # the first item multiplies each chunk of the panel as soon as it is here (and passed on)
+    for k0, st in zip(range(0, p.k, kc), items[0].steps, strict=True):
+        st.before = functools.partial(sender.before, min(k0 + kc, p.k))
+    pipe = Pipeline(ctx, core, node, spec, items)
+    with sender.cc.op(node.name, node.source):
+        sender.issue()
+    pipe.emit()
+    with sender.cc.op(node.name, node.source):
+        sender.finish()
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 from bisect import bisect_left
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from math import prod
 
@@ -114,6 +115,8 @@ class Step:
     a: Operand
     b: Operand
     parts: tuple[Part, ...] = ()
+    # emitted just before the mma, after its staged operands have arrived (a shared A's chunk: shared_a.py)
+    before: Callable[[], None] | None = None
 
 
 @dataclass
@@ -446,6 +449,8 @@ class Pipeline:
                 if si == 0 and self.direct:
                     self.cc.wait(2 + q, self.pending[q])  # the accumulator's previous store has left
                     self.pending[q] = 0
+                if st.before is not None:
+                    st.before()
                 self._mma(j, si, st, i % 2)
                 if si == len(items[j].steps) - 1:
                     self._epilogue(j)

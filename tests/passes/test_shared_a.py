@@ -1,0 +1,88 @@
+"""A matmul's A shared whole by every core of its region (shared_a.py, tile field `share_a`): read from DRAM
+once, multicast down the root's mesh column and along each row, and multiplied in place. The cost model takes
+it for a wide weight over few rows (a language model's head); a given region may be any run of whole mesh
+rows or part of one, with disabled cores; an illegal one is one error naming the op."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+
+import dojoc
+from dojoc.errors import MappingError
+from dojoc.mapping import format_cores
+from isa.machine import Machine
+from isa.presets import load_machine
+
+MESH = load_machine("mesh4x4")
+# no column is enabled in every row: row 1 lacks the root's column and its head loads A itself
+HOLED = load_machine("mesh4x4", ["disabled=[[1,0],[1,1],[2,2],[2,3]]"])
+M, K, N = 16, 96, 512
+
+
+def _model() -> tuple[nn.Module, torch.Tensor]:
+    torch.manual_seed(0)
+    return nn.Linear(K, N).eval(), torch.randn(M, K)
+
+
+def _mapping(cores: str, items: int, nt: int, share: int = 1, m: int = M, kc: int = 32) -> dict[str, Any]:
+    return {"ops": [{"op": "linear_matmul", "kernel": "matmul", "cores": cores, "resident": True,
+                     "split": {"batch": 1, "rows": -(-M // m), "cols": items},
+                     "tile": {"m": m, "n": nt, "k": kc, "share_a": share}}]}
+
+
+def _compile(machine: Machine, mapping: dict[str, Any] | None, precision: str = "fp32") -> dojoc.Program:
+    model, x = _model()
+    prog = dojoc.compile(model, (x,), machine=machine, precision=precision, mapping=mapping)
+    with torch.no_grad():
+        want = model(x)
+    got = prog(x)
+    if precision == "fp32":
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    else:
+        assert torch.corrcoef(torch.stack([got.flatten().float(), want.flatten()]))[0, 1] >= 0.99
+    return prog
+
+
+def test_the_cost_model_shares_a_for_a_wide_weight_over_few_rows() -> None:
+    prog = _compile(MESH, None, "bf16")
+    assert prog.mapping is not None
+    om = prog.mapping.by_key()["linear_matmul"]
+    assert om.kernel == "matmul" and om.tile_of("share_a") == 1 and om.tile_of("m") == M
+    assert len(om.cores) > 1
+    # A is read once (the weight is resident): the call moves one copy of A and the output, not one per core
+    _, report = prog.run(_model()[1])
+    assert report.dram_bytes <= M * K * 4 + M * N * 4 < len(om.cores) * M * K * 2
+
+
+@pytest.mark.parametrize("machine, cores, nt, copies", [
+    (MESH, "0-15", 32, 1),  # whole mesh: the root's column multicast and four row multicasts
+    (MESH, "4-11", 64, 1),  # two middle rows
+    (MESH, "5-7", 171, 1),  # part of one row
+    (MESH, "9", 512, 1),  # one core: no multicast at all
+    (HOLED, "0-11", 43, 2),  # disabled cores: the root's column skips row 1, whose head loads A itself
+], ids=["mesh", "rows", "part-row", "one-core", "holed"])
+def test_a_given_region_shares_a_and_matches_eager(machine: Machine, cores: str, nt: int, copies: int) -> None:
+    items = -(-N // nt)
+    prog = _compile(machine, _mapping(cores, items, nt))
+    assert prog.mapping is not None
+    om = prog.mapping.by_key()["linear_matmul"]
+    assert om.tile_of("share_a") == 1 and format_cores(om.cores) == cores
+    # the call's DRAM traffic: A read `copies` times and the fp32 output written (weight and bias resident)
+    _, report = prog.run(_model()[1])
+    assert report.dram_bytes == copies * M * K * 4 + M * N * 4
+
+
+@pytest.mark.parametrize("mapping, match", [
+    (_mapping("0-15", 16, 32, share=2), "2: give 0 .* or 1"),
+    (_mapping("0-15", 16, 32, m=8), "every tile must take all 16 rows of A .*; set share_a to 0"),
+    (_mapping("0-1,3", 3, 171), "on mesh row 0 it leaves out cores between columns 0 and 3"),
+    (_mapping("0-3,8-11", 8, 64), "mesh rows \\[0, 2\\], which do not follow each other"),
+])
+def test_an_illegal_shared_region_names_the_op(mapping: dict[str, Any], match: str) -> None:
+    model, x = _model()
+    with pytest.raises(MappingError, match=f"op linear_matmul: tile share_a=.*{match}"):
+        dojoc.compile(model, (x,), machine=MESH, precision="fp32", mapping=mapping)
