@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 import dojoc
+from dojoc.codegen.kernels import shared_a
 from dojoc.errors import MappingError
 from dojoc.mapping import format_cores
 from isa.machine import Machine
@@ -23,9 +24,9 @@ HOLED = load_machine("mesh4x4", ["disabled=[[1,0],[1,1],[2,2],[2,3]]"])
 M, K, N = 16, 96, 512
 
 
-def _model() -> tuple[nn.Module, torch.Tensor]:
+def _model(n: int = N) -> tuple[nn.Module, torch.Tensor]:
     torch.manual_seed(0)
-    return nn.Linear(K, N).eval(), torch.randn(M, K)
+    return nn.Linear(K, n).eval(), torch.randn(M, K)
 
 
 def _mapping(cores: str, items: int, nt: int, share: int = 1, m: int = M, kc: int = 32) -> dict[str, Any]:
@@ -34,8 +35,8 @@ def _mapping(cores: str, items: int, nt: int, share: int = 1, m: int = M, kc: in
                      "tile": {"m": m, "n": nt, "k": kc, "share_a": share}}]}
 
 
-def _compile(machine: Machine, mapping: dict[str, Any] | None, precision: str = "fp32") -> dojoc.Program:
-    model, x = _model()
+def _compile(machine: Machine, mapping: dict[str, Any] | None, precision: str = "fp32", n: int = N) -> dojoc.Program:
+    model, x = _model(n)
     prog = dojoc.compile(model, (x,), machine=machine, precision=precision, mapping=mapping)
     with torch.no_grad():
         want = model(x)
@@ -52,10 +53,23 @@ def test_the_cost_model_shares_a_for_a_wide_weight_over_few_rows() -> None:
     assert prog.mapping is not None
     om = prog.mapping.by_key()["linear_matmul"]
     assert om.kernel == "matmul" and om.tile_of("share_a") == 1 and om.tile_of("m") == M
-    assert len(om.cores) > 1
+    assert len(om.cores) > 1 and (om.tile_of("n") or 0) >= shared_a.MIN_COLS
     # A is read once (the weight is resident): the call moves one copy of A and the output, not one per core
     _, report = prog.run(_model()[1])
     assert report.dram_bytes <= M * K * 4 + M * N * 4 < len(om.cores) * M * K * 2
+
+
+def test_tiles_narrower_than_min_cols_do_not_share_a_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    """[16, 96] @ [96, 256] over 16 cores: the default plan shares A at 16 columns a core, and not with a
+    floor above that."""
+    def shared(min_cols: int) -> bool:
+        monkeypatch.setattr(shared_a, "MIN_COLS", min_cols)
+        prog = _compile(MESH, None, "bf16", 256)
+        assert prog.mapping is not None
+        return bool(prog.mapping.by_key()["linear_matmul"].tile_of("share_a", 0))
+
+    assert shared(16)
+    assert not shared(17)
 
 
 @pytest.mark.parametrize("machine, cores, nt, copies", [

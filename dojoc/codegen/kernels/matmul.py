@@ -298,7 +298,7 @@ def _shared_plans(ctx: Ctx, p: Problem, spec: Spec, weight: bool, budget: int) -
     die = sum(map(len, shared_a.die_rows(ctx)))
     even = {ceil(p.n / (die * r)) for r in range(1, 9)}
     for nt in sorted(set(splits(p.n)) | even, reverse=True):
-        if nt > MAX_TILE or (spec.norm is not None and nt != p.n):
+        if nt > MAX_TILE or nt < shared_a.MIN_COLS or (spec.norm is not None and nt != p.n):
             continue
         bc = shared_a.region(ctx, ceil(p.n / nt))
         if bc is None:

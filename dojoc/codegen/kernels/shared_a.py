@@ -31,6 +31,12 @@ if TYPE_CHECKING:
     from dojoc.codegen.kernels.matmul import Problem
     from dojoc.codegen.kernels.mxu import Spec
 
+# A default plan shares A only for B tiles at least MIN_COLS wide: the estimate undercounts narrow ones
+# (each mma pads its columns to 8, and the chunks' chain of multicasts paces steps that short). In GPT-2
+# (12 layers) its 768-wide linears took it at 2 to 5 columns a core: 17,461 to 22,284 cycles against 11,991
+# to 18,987 predicted and SUMMA's 6,397 to 18,994 (761,755 -> 837,534 cycles in all). Its head takes 24.
+# A given mapping may still ask for any width.
+MIN_COLS = 16
 # mxu.Pipeline takes semaphores 0..5: the panel's DMAs, its chunks' arrivals, the sources of its puts free
 SEM_DMA, SEM_ARRIVE, SEM_SENT = 6, 7, 8
 
