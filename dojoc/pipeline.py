@@ -18,6 +18,7 @@ from dojoc.mapping import Mapping
 from dojoc.passes.calibrate import activation_ranges
 from dojoc.passes.fold_bn import fold_batch_norm
 from dojoc.passes.fuse import fuse
+from dojoc.passes.fuse_pool import fuse_pool
 from dojoc.passes.merge import merge_siblings
 from dojoc.passes.patterns import combine_constants, recognize
 from isa.machine import Machine
@@ -32,6 +33,7 @@ PASSES: list[tuple[str, Pass]] = [
     ("recognize", recognize),  # before fuse: a hand-written gelu becomes one op, which fuses as one step
     ("combine_constants", combine_constants),  # before fuse: two constant adds become one
     ("fuse", fuse),
+    ("fuse_pool", fuse_pool),  # after fuse: the convolution's activation comes before the pool's rows
     ("merge_siblings", merge_siblings),  # after fuse: siblings' biases are epilogue inputs by then
 ]
 

@@ -24,7 +24,8 @@ from dojoc.codegen.registry import KERNELS
 from dojoc.codegen.result import LOAD_BARRIER, Lowered
 from dojoc.codegen.view import View
 from dojoc.errors import CompileError, MappingError, UnsupportedOpsError
-from dojoc.ir.epilogue import steps_of
+from dojoc.ir import shapes
+from dojoc.ir.epilogue import split_inputs, steps_of
 from dojoc.ir.graph import Graph, Node, Value
 from dojoc.ir.ops import Op
 from dojoc.mapping.build import build_mapping, check_given
@@ -64,7 +65,10 @@ def flops_of(graph: Graph) -> int:
         if n.op is Op.MATMUL:  # each output element is a dot product of length K
             total += 2 * prod(n.output.type.shape) * n.inputs[0].type.shape[-1]
         elif n.op is Op.CONV2D:  # ... of length C/groups x KH x KW (weight [O, C/groups, KH, KW])
-            total += 2 * prod(n.output.type.shape) * prod(n.inputs[1].type.shape[1:])
+            # (at the convolution's own shape: a row_max epilogue step pools its rows after it)
+            own, _ = split_inputs(n.inputs, n.attrs)
+            out = shapes.conv2d([v.type for v in own], n.attrs)[0].shape
+            total += 2 * prod(out) * prod(n.inputs[1].type.shape[1:])
     return total
 
 

@@ -13,6 +13,9 @@ elementwise arithmetic op into that op's `epilogue` attribute, a tuple of steps 
 - `("clamp", lo, hi)`: min(max(x, lo), hi), each bound a float or None for absent (clamp, hardtanh,
   relu6, clamp_min, clamp_max);
 - `("act", name)`: an activation, one of ACTIVATIONS (`gelu` is the erf form, `gelu_tanh` the tanh one);
+- `("row_max", k, s, p)`: max over windows of k rows, s apart, of the [N, C, H, W] result padded with p rows
+  of -inf each side: the row half of a max pool fused into the convolution that feeds it (passes/fuse_pool.py;
+  the pool left after it takes the columns). Conv2d only, and the last step: it changes the result's rows.
 - `("layer_norm", eps)`: layer norm over the last dim (biased variance), then the next two extra inputs,
   its weight and bias, vectors [N] along the last dim (BERT's LayerNorm after a residual add). Matmul
   only, and the last step: it needs whole rows, which the matmul kernels gather (summa.py reduces each
@@ -39,6 +42,7 @@ from dojoc.ir.types import TensorType
 ACTIVATIONS = ("relu", "gelu", "gelu_tanh", "silu", "sigmoid", "tanh")
 RESIDUAL_STEPS = ("residual", "sub_residual")  # a tensor of the result's type, added or subtracted
 NORM = "layer_norm"
+ROW_MAX = "row_max"  # changes the result's shape: the last step
 # the steps that read extra inputs, and the names of those inputs (`split_inputs`), in order
 EXTRAS = {"bias": ("bias",), "residual": ("residual",), "sub_residual": ("residual",),
           NORM: ("norm_weight", "norm_bias")}
@@ -49,7 +53,7 @@ POINTWISE_STEPS = (*SCALAR_STEPS, "clamp", "act")
 # the steps each kind of op may take: a matrix op accumulates in FP32 and can load more tiles per item;
 # an elementwise op applies its steps to its result tile, which holds no extra operand
 MATMUL_STEPS = (*INPUT_STEPS, *POINTWISE_STEPS)
-CONV_STEPS = (*RESIDUAL_STEPS, *POINTWISE_STEPS)
+CONV_STEPS = (*RESIDUAL_STEPS, *POINTWISE_STEPS, ROW_MAX)
 VECTOR_INPUTS = ("bias", "norm_weight", "norm_bias")  # extra inputs that are vectors [N], not tensors
 ELEMENTWISE_STEPS = POINTWISE_STEPS
 
@@ -69,6 +73,9 @@ def _is_step(s: Any) -> bool:
         return len(args) == 1 and _is_num(args[0])
     if kind == "clamp":
         return len(args) == 2 and all(a is None or _is_num(a) for a in args)
+    if kind == ROW_MAX:  # (torch's pooling rule: padding at most half the window)
+        return len(args) == 3 and all(isinstance(a, int) for a in args) and args[0] >= 1 and args[1] >= 1 \
+            and 0 <= 2 * args[2] <= args[0]
     return kind == "act" and len(args) == 1 and args[0] in ACTIVATIONS
 
 
@@ -109,7 +116,8 @@ def with_epilogue(rule: ShapeRule, arity: tuple[int, int], kinds: tuple[str, ...
         require(sum(s[0] == "bias" for s in steps) <= 1, "an epilogue takes at most one bias step")
         require(sum(s[0] in RESIDUAL_STEPS for s in steps) <= 1,
                 "an epilogue takes at most one residual or sub_residual step")
-        require(all(s[0] != NORM for s in steps[:-1]), "a layer_norm step must be an epilogue's last")
+        require(all(s[0] not in (NORM, ROW_MAX) for s in steps[:-1]),
+                "a layer_norm or row_max step must be an epilogue's last")
         n = len(ins) - extra_count(steps)
         require(arity[0] <= n <= arity[1], f"takes {arity[0]}..{arity[1]} inputs besides the "
                 f"{extra_count(steps)} of its epilogue, got {n}")
@@ -120,6 +128,12 @@ def with_epilogue(rule: ShapeRule, arity: tuple[int, int], kinds: tuple[str, ...
         for kind, v in zip(extras, ins[n:], strict=True):
             want = TensorType((t.shape[-1],), t.dtype) if kind in VECTOR_INPUTS else t
             require(bool(t.shape) and v == want, f"the epilogue's {kind} must be {want}, got {v}")
+        if steps and steps[-1][0] == ROW_MAX:
+            k, st, pad = steps[-1][1:]
+            require(t.rank == 4 and t.shape[2] + 2 * pad >= k, f"row_max {steps[-1][1:]} needs a result [N, C, H, W] "
+                    f"with H + 2 * padding >= the window, got {t}")
+            rows = (t.shape[2] + 2 * pad - k) // st + 1
+            out = (t.with_shape((*t.shape[:2], rows, t.shape[3])), *out[1:])
         return out
 
     extra_doc = dict.fromkeys({"bias": "bias [N]", NORM: "layer norm weight and bias [N]"}.get(
@@ -163,6 +177,9 @@ def apply(x: np.ndarray, extras: Sequence[np.ndarray], steps: Sequence[Step],
                 x = SCALAR_REFS[kind](x, np.float32(s[1]))
             elif kind == "clamp":  # one rounding after both bounds, as the clamp op rounds once
                 x = R.clamp([x], Attrs(min=s[1], max=s[2]))
+            elif kind == ROW_MAX:  # the max pool's reference over windows of rows alone
+                x = R.max_pool2d([x], Attrs(kernel=(s[1], 1), stride=(s[2], 1), padding=(s[3], 0), dilation=(1, 1),
+                                            ceil_mode=False))[0]
             else:
                 x = ACT_REFS[s[1]](x)
             x = rnd(x)

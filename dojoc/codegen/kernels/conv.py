@@ -36,6 +36,7 @@ import numpy as np
 
 from dojoc.codegen.context import MAX_ROWS, MAX_STRIDE, Ctx, split
 from dojoc.codegen.kernels import depthwise, gather, held, summa
+from dojoc.codegen.kernels.conv_steps import band, band_rows, halo, tap_window, weights, window_steps
 from dojoc.codegen.kernels.im2col import Im2col, Shifted
 from dojoc.codegen.kernels.matmul import Problem
 from dojoc.codegen.kernels.mxu import (
@@ -43,7 +44,6 @@ from dojoc.codegen.kernels.mxu import (
     Item,
     Load,
     Operand,
-    Part,
     Pipeline,
     Region,
     Spec,
@@ -60,11 +60,10 @@ from dojoc.codegen.kernels.mxu import (
     weight_source,
 )
 from dojoc.codegen.kernels.summa_chunks import with_kept_b
-from dojoc.codegen.kernels.window import Span, window
 from dojoc.codegen.registry import kernel
 from dojoc.codegen.view import Transfer, View, transfers
 from dojoc.errors import MappingError, SramOverflowError
-from dojoc.ir.epilogue import split_inputs, steps_of
+from dojoc.ir.epilogue import ROW_MAX, split_inputs, steps_of
 from dojoc.ir.graph import Node
 from dojoc.ir.ops import Op
 from dojoc.mapping.model import Bound, OpMapping
@@ -98,6 +97,17 @@ class Conv:
     stride: tuple[int, int]
     pad: tuple[int, int]
     dil: tuple[int, int]
+    # (window, stride, padding) of a row_max epilogue step (passes/fuse_pool.py): `oh` counts the
+    # convolution's rows, `out_rows` the pooled ones it writes
+    pool: tuple[int, int, int] | None = None
+
+    @property
+    def out_rows(self) -> int:
+        """The rows of the output it writes: the pooled ones of a row_max step."""
+        if self.pool is None:
+            return self.oh
+        k, s, p = self.pool
+        return (self.oh + 2 * p - k) // s + 1
 
     @property
     def og(self) -> int:
@@ -140,11 +150,6 @@ def _can_gather(cv: Conv, spec: Spec) -> bool:
     return cv.taps > 1 and spec.b_src is spec.op
 
 
-def _halo(cv: Conv, rl: int, wl: int) -> tuple[int, int]:
-    """(input rows, input columns) that rl output rows of wl columns read over all taps."""
-    return (rl - 1) * cv.stride[0] + (cv.kh - 1) * cv.dil[0] + 1, wl + (cv.kw - 1) * cv.dil[1]
-
-
 def _kmax(ctx: Ctx, spec: Spec, ot: int, pt: int, a_streamed: bool) -> int:
     """The largest K of a step whose double-buffered tiles fit the scratch SRAM, for items of ot x pt."""
     direct = spec.out is F32
@@ -168,7 +173,7 @@ def _fits(ctx: Ctx, cv: Conv, spec: Spec, ot: int, rt: int, ct: int, tn: int, cl
     if win == 2:
         room = _kmax(ctx, spec, ot, rt * ct, False) * rt * ct
         return tn * cl * rt * ct + cl * gather.staged(cv, rt, ct).size <= room and (not a_streamed or tn * cl <= kmax)
-    hr, hc = _halo(cv, rt, ct)
+    hr, hc = halo(cv, rt, ct)
     return cl * hr * hc <= _kmax(ctx, spec, ot, rt * ct, False) * rt * ct and (not a_streamed or tn * cl <= kmax)
 
 
@@ -211,7 +216,7 @@ def _item_cycles(ctx: Ctx, cv: Conv, spec: Spec, ot: int, pt: int, tn: int, cl: 
         dmas = st.stride[1] * (m.issue_cycles + 3 * m.scalar_cycles)  # one per column phase
         step = matmul_cycles(ot, pt, k, spec.op, True, m) + rt * tn * copy + dmas
     elif win:
-        hr, hc = _halo(cv, rt, pt // rt)
+        hr, hc = halo(cv, rt, pt // rt)
         staged = cl * hr * hc
         step = rt * tn * (matmul_cycles(ot, pt // rt, cl, spec.op, True, m) + 3 * m.scalar_cycles) \
             + m.issue_cycles + 3 * m.scalar_cycles
@@ -235,21 +240,24 @@ def _estimate(ctx: Ctx, cv: Conv, spec: Spec, ot: int, rt: int, ct: int, tn: int
     re-read once per output-channel block, and once per tap unless a step loads its taps' input rows
     once (`win`); streamed weights once per item)."""
     ex, ew, eo = spec.b_src.itemsize, spec.a_src.itemsize, spec.out.itemsize
-    pt = rt * ct
-    items = cv.g * ceil(cv.og / ot) * cv.n * ceil(cv.oh / rt) * ceil(cv.ow / ct)
+    crt = band_rows(cv, rt)  # (the convolution rows of rt pooled ones, with a row_max step)
+    pt = crt * ct
+    items = cv.g * ceil(cv.og / ot) * cv.n * ceil(cv.out_rows / rt) * ceil(cv.ow / ct)
     run = ceil(items / len(cores))
-    hr, hc = _halo(cv, rt, ct)
-    read = cv.cg * gather.staged(cv, rt, ct).size if win == 2 else cv.cg * hr * hc if win else pt * cv.k
-    traffic = items * (read * ex + pt * ot * eo) + (0 if resident else items * ot * cv.k * ew) \
+    hr, hc = halo(cv, crt, ct)
+    read = cv.cg * gather.staged(cv, crt, ct).size if win == 2 else cv.cg * hr * hc if win else pt * cv.k
+    traffic = items * (read * ex + rt * ct * ot * eo) + (0 if resident else items * ot * cv.k * ew) \
         + (items * pt * ot * spec.res_src.itemsize if spec.residual else 0)
-    compute = run * _item_cycles(ctx, cv, spec, ot, pt, tn, cl, not resident, rt, win)
+    compute = run * _item_cycles(ctx, cv, spec, ot, pt, tn, cl, not resident, crt, win)
+    if cv.pool is not None:  # a vmax per pooled row and window row but one (in place on the FP32 tile)
+        compute += run * rt * (cv.pool[0] - 1) * vector_cycles(ot * ct, 4, 2 * ot * ct * 4, ot * ct * 4, ctx.machine)
     steps = run * ceil(cv.taps / tn) * ceil(cv.cg / cl)
     return overlapped_bound(ctx, compute, traffic, steps, cores, run)
 
 
 def _axes(cv: Conv, ot: int, rt: int, ct: int) -> tuple[tuple[str, int], ...]:
-    return (("groups", cv.g), ("out_channels", ceil(cv.og / ot)), ("batch", cv.n), ("rows", ceil(cv.oh / rt)),
-            ("cols", ceil(cv.ow / ct)))
+    return (("groups", cv.g), ("out_channels", ceil(cv.og / ot)), ("batch", cv.n),
+            ("rows", ceil(cv.out_rows / rt)), ("cols", ceil(cv.ow / ct)))
 
 
 _TILE = ("out_channels", "rows", "cols", "taps", "channels")
@@ -267,11 +275,12 @@ def _decide(ctx: Ctx, node: Node, cv: Conv, spec: Spec, weight: bool,
                          predicted_cycles=cycles, bound=bound)
 
     def check(om: OpMapping) -> OpMapping:
-        ot, rt, ct, tn, cl = check_tile(om, dict(zip(_TILE, (min(cv.og, MAX_TILE), cv.oh, min(cv.ow, MAX_TILE),
-                                                             cv.taps, cv.cg), strict=True)))
+        ot, rt, ct, tn, cl = check_tile(om, dict(zip(_TILE, (min(cv.og, MAX_TILE), cv.out_rows,
+                                                             min(cv.ow, MAX_TILE), cv.taps, cv.cg), strict=True)))
         check_split(om, _axes(cv, ot, rt, ct), weight)
-        if rt * ct > MAX_TILE:
-            raise MappingError(f"op {om.key}: tile rows x cols = {rt * ct} output pixels is above the "
+        crt = band_rows(cv, rt)
+        if crt * ct > MAX_TILE:
+            raise MappingError(f"op {om.key}: tile rows x cols = {crt * ct} convolution pixels is above the "
                                f"{MAX_TILE} columns of an mma; make them smaller")
         win = om.tile_of("window", 0)
         if win not in (0, 1, 2) or (win == 1 and not _can_window(cv, tn)) \
@@ -286,7 +295,7 @@ def _decide(ctx: Ctx, node: Node, cv: Conv, spec: Spec, weight: bool,
             raise MappingError(f"op {om.key}: a step of several taps ({tn}) must take all {cv.cg} channels of "
                                "its group, unless it loads their input rows once (window=1); set channels to "
                                "that, taps to 1, or window to 1")
-        if not _fits(ctx, cv, spec, ot, rt, ct, tn, cl, not om.resident, win):
+        if not _fits(ctx, cv, spec, ot, crt, ct, tn, cl, not om.resident, win):
             raise MappingError(f"op {om.key}: a step of {tn} taps x {cl} channels and its double buffers do not "
                                f"fit the {ctx.scratch_bytes:,} bytes of SRAM scratch; take fewer",
                                node=node.name, shapes=node.signature(), source=node.source)
@@ -311,12 +320,13 @@ def _plan(ctx: Ctx, node: Node, cv: Conv, spec: Spec, weight: bool) -> tuple[Pla
     best: tuple[tuple[int, int], Plan, Bound] | None = None
     for ot in [c for c in splits(cv.og) if c <= MAX_TILE]:
         for ct in cts + narrow:
-            for rt in [r for r in splits(cv.oh, 1) if r * ct <= MAX_TILE]:
-                pt = rt * ct
+            for rt in [r for r in splits(cv.out_rows, 1) if band_rows(cv, r) * ct <= MAX_TILE]:
+                crt = band_rows(cv, rt)  # (rt pooled rows read more convolution rows: a row_max step)
+                pt = crt * ct
                 options = _steps(cv, _kmax(ctx, spec, ot, pt, False))
                 if not options:
                     continue
-                per_block = cv.n * ceil(cv.oh / rt) * ceil(cv.ow / ct)  # items sharing one weight block
+                per_block = cv.n * ceil(cv.out_rows / rt) * ceil(cv.ow / ct)  # items sharing one weight block
                 items = cv.g * ceil(cv.og / ot) * per_block
                 ncores = ctx.cores_for(items * _item_cycles(ctx, cv, spec, ot, pt, *options[0], False), items)
                 run = ceil(items / ncores)
@@ -327,9 +337,9 @@ def _plan(ctx: Ctx, node: Node, cv: Conv, spec: Spec, weight: bool) -> tuple[Pla
                 if not resident:
                     options = _steps(cv, _kmax(ctx, spec, ot, pt, True))
                 cores = region.pick(ncores, need if resident else 0)
-                wins = _window_options(ctx, cv, spec, ot, rt, ct, options, not resident)
+                wins = _window_options(ctx, cv, spec, ot, crt, ct, options, not resident)
                 cands = [] if ct in narrow else [(tn, cl, 0) for tn, cl in options] + [(tn, cl, 1) for tn, cl in wins]
-                if can_gather and _fits(ctx, cv, spec, ot, rt, ct, cv.taps, cv.cg, not resident, 2):
+                if can_gather and _fits(ctx, cv, spec, ot, crt, ct, cv.taps, cv.cg, not resident, 2):
                     cands.append((cv.taps, cv.cg, 2))
                 for tn, cl, win in (c for c in cands if best is None or ctx.costed()):  # (the first is priced)
                     cycles, bound = _estimate(ctx, cv, spec, ot, rt, ct, tn, cl, cores, resident, win)
@@ -355,8 +365,11 @@ def _geometry(ctx: Ctx, node: Node, wsrc: View, wbias: int, bias: View | None,
     o, cg, kh, kw = w.type.shape
     oh, ow = node.output.type.shape[2:]
     (sh, sw), (ph, pw), (dh, dw) = a["stride"], a["padding"], a["dilation"]
+    pool = next((tuple(st[1:]) for st in steps_of(a) if st[0] == ROW_MAX), None)
+    if pool is not None:  # the output has the pooled rows; the convolution computes all of its own
+        oh = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
     cv = Conv(ctx.views[x], wsrc, bias, bias_const, ctx.views[node.output], rv, n, c, h, wd, o, cg, kh, kw,
-              a["groups"], oh, ow, (sh, sw), (ph, pw), (dh, dw))
+              a["groups"], oh, ow, (sh, sw), (ph, pw), (dh, dw), pool)
     spec = Spec(op, wsrc.dtype, cv.x.dtype, cv.out.dtype, wbias, act_bias(op, ctx, x), bias.dtype if bias else F32,
                 steps_of(a), rv.dtype if rv is not None else F32)
     return cv, spec
@@ -398,7 +411,8 @@ def conv2d(ctx: Ctx, node: Node) -> None:
             found.append(_plan(ctx, node, cv, spec, warr is not None))
         return found[0]
 
-    if warr is not None and _implicit_gemm(ctx, node, cv, spec, warr, search):
+    # (SUMMA's epilogue does not pool rows: a row_max step stays on this kernel)
+    if warr is not None and cv.pool is None and _implicit_gemm(ctx, node, cv, spec, warr, search):
         return
     kept = held.kept_b(ctx)
     if kept is not None and kept.only:
@@ -406,7 +420,7 @@ def conv2d(ctx: Ctx, node: Node) -> None:
                            f"which cannot take this convolution; give {kept.name} tile keep=1")
     plan = _decide(ctx, node, cv, spec, warr is not None, search)
     items = [(gi, ob, b, ri, ci) for gi in range(cv.g) for ob in range(0, cv.og, plan.ot) for b in range(cv.n)
-             for ri in range(0, cv.oh, plan.rt) for ci in range(0, cv.ow, plan.ct)]
+             for ri in range(0, cv.out_rows, plan.rt) for ci in range(0, cv.ow, plan.ct)]
     for core, (first, count) in zip(plan.cores, split(len(items), len(plan.cores)), strict=False):
         _emit_core(ctx, node, core, cv, plan, spec, items[first:first + count])
 
@@ -482,92 +496,43 @@ def _resident(ctx: Ctx, node: Node, core: int, cv: Conv, plan: Plan, spec: Spec,
     return out
 
 
-def _window(cv: Conv, b: int, ch: int, cl: int, tap: int, r0: int, rl: int, c0: int, wl: int,
-            dst: int) -> list[Load] | None:
-    """The DMA of one tap's shifted input window [cl, rl, wl] (output rows r0.., columns c0..) into a
-    staging tile at `dst`, or None when the tap reads only padding there."""
-    kh, kw = divmod(tap, cv.kw)
-    rows = Span(r0, rl, cv.stride[0], kh * cv.dil[0] - cv.pad[0], cv.h)
-    cols = Span(c0, wl, cv.stride[1], kw * cv.dil[1] - cv.pad[1], cv.wd)
-    return window(cv.x, b, ch, cl, rows, cols, dst, rl * wl * cv.x.dtype.itemsize, "conv2d")
-
-
-def _weights(cv: Conv, spec: Spec, o0: int, ol: int, t0: int, tn: int, c0: int, cl: int) -> list[Load]:
-    """DMAs of a streamed weight tile [ol, (tap, channel)] for taps t0.. and channels c0.. ."""
-    e = spec.a_src.itemsize
-    so, sc, skh, skw = cv.w.strides
-    k = tn * cl
-    out = []
-    for t in range(t0, t0 + tn):
-        kh, kw = divmod(t, cv.kw)
-        out += [Load(t_) for t_ in transfers(cv.w.base + o0 * so + c0 * sc + kh * skh + kw * skw,
-                                             (t - t0) * cl * e, [(ol, so, k * e), (cl, sc, e)], e)]
-    return out
-
-
-def _window_steps(cv: Conv, spec: Spec, b: int, gi: int, o0: int, ol: int, r0: int, rl: int,
-                  c0: int, wl: int, cl: int, res: int | None) -> list[Step]:
-    """The steps of one item that load, per chunk of channels, the input rows all its taps read once
-    ([channels, rows, columns], padded with zeros outside the image), and multiply each tap's window out
-    of them: one mma per output row and tap, B at the tap's offset into the staged rows."""
-    hr, hc = _halo(cv, rl, wl)
-    ex, ew = spec.b_src.itemsize, spec.a_src.itemsize
-    rows = Span(0, hr, 1, r0 * cv.stride[0] - cv.pad[0], cv.h)
-    cols = Span(0, hc, 1, c0 - cv.pad[1], cv.wd)
-    steps = []
-    for ch in range(0, cv.cg, cl):
-        ncl = min(cl, cv.cg - ch)
-        bop = Operand(ncl * hr, hc)
-        lds = window(cv.x, b, gi * cv.cg + ch, ncl, rows, cols, 0, hr * hc * ex, "conv2d")
-        if lds is None:
-            bop.zero.append((0, ncl * hr))
-        else:
-            bop.loads += lds
-        if res is not None:  # A's columns (tap, channel) at a0: resident rows hold every tap's channels
-            aop, a_tap = Operand(ol, cv.k, addr=res + ch * ew, stride=cv.k * ew), cv.cg
-        else:
-            aop, a_tap = Operand(ol, cv.taps * ncl, loads=_weights(cv, spec, o0, ol, 0, cv.taps, ch, ncl)), ncl
-        parts = tuple(Part(t * a_tap, ncl, (r * cv.stride[0] + kh) * hc + kw, hr * hc, r * wl, wl)
-                      for r in range(rl) for t, (kh, kw) in enumerate(divmod(t, cv.kw) for t in range(cv.taps)))
-        steps.append(Step(aop, bop, parts))
-    return steps
-
-
 def _emit_core(ctx: Ctx, node: Node, core: int, cv: Conv, plan: Plan, spec: Spec,
                run: list[tuple[int, int, int, int, int]]) -> None:
     resident = _resident(ctx, node, core, cv, plan, spec, run)
     streamed = any((gi, ob) not in resident for gi, ob, *_ in run)
     tn, cl = plan.tn, plan.cl
-    kmax = _kmax(ctx, spec, plan.ot, plan.rt * plan.ct, streamed)
-    if not _fits(ctx, cv, spec, plan.ot, plan.rt, plan.ct, tn, cl, streamed, plan.window):
+    crt = band_rows(cv, plan.rt)
+    kmax = _kmax(ctx, spec, plan.ot, crt * plan.ct, streamed)
+    if not _fits(ctx, cv, spec, plan.ot, crt, plan.ct, tn, cl, streamed, plan.window):
         # some weight blocks did not fit the resident SRAM: smaller steps for streaming them
         options = _steps(cv, kmax)
         if not options:
-            raise node.error(f"conv2d {node.name}: tiles of {plan.ot} channels x {plan.rt * plan.ct} pixels do "
+            raise node.error(f"conv2d {node.name}: tiles of {plan.ot} channels x {crt * plan.ct} pixels do "
                              "not fit SRAM scratch", SramOverflowError)
         tn, cl = options[0]
         plan = replace(plan, window=0)
     ex, ew, eo = spec.b_src.itemsize, spec.a_src.itemsize, spec.out.itemsize
     sn, so, sh, sw = cv.out.strides
     items = []
-    for gi, ob, b, r0, c0 in run:
-        ol, rl, wl = min(plan.ot, cv.og - ob), min(plan.rt, cv.oh - r0), min(plan.ct, cv.ow - c0)
+    for gi, ob, b, p0, c0 in run:
+        ol, pl, wl = min(plan.ot, cv.og - ob), min(plan.rt, cv.out_rows - p0), min(plan.ct, cv.ow - c0)
+        r0, rl, maxima = band(cv, p0, pl)  # the convolution rows of output rows p0 .. p0 + pl - 1
         pt, o0 = rl * wl, gi * cv.og + ob
         res = resident.get((gi, ob))
         steps: list[Step] = []
         if plan.window == 2:
             aop = Operand(ol, cv.k, addr=res, stride=cv.k * ew) if res is not None \
-                else Operand(ol, cv.k, loads=_weights(cv, spec, o0, ol, 0, cv.taps, 0, cv.cg))
+                else Operand(ol, cv.k, loads=weights(cv, spec, o0, ol, 0, cv.taps, 0, cv.cg))
             steps = [gather.gathered_step(cv, b, gi, r0, rl, c0, wl, aop)]
         elif plan.window:
-            steps = _window_steps(cv, spec, b, gi, o0, ol, r0, rl, c0, wl, cl, res)
+            steps = window_steps(cv, spec, b, gi, o0, ol, r0, rl, c0, wl, cl, res)
         for t0 in range(0, cv.taps if not plan.window else 0, tn):
             nt = min(tn, cv.taps - t0)
             for ch in range(0, cv.cg, cl):
                 ncl = min(cl, cv.cg - ch)
                 bop = Operand(nt * ncl, pt)
                 for t in range(t0, t0 + nt):
-                    lds = _window(cv, b, gi * cv.cg + ch, ncl, t, r0, rl, c0, wl, (t - t0) * ncl * pt * ex)
+                    lds = tap_window(cv, b, gi * cv.cg + ch, ncl, t, r0, rl, c0, wl, (t - t0) * ncl * pt * ex)
                     if lds is None:
                         bop.zero.append(((t - t0) * ncl, ncl))
                     else:
@@ -575,7 +540,7 @@ def _emit_core(ctx: Ctx, node: Node, core: int, cv: Conv, plan: Plan, spec: Spec
                 if res is not None:
                     aop = Operand(ol, nt * ncl, addr=res + (t0 * cv.cg + ch) * ew, stride=cv.k * ew)
                 else:
-                    aop = Operand(ol, nt * ncl, loads=_weights(cv, spec, o0, ol, t0, nt, ch, ncl))
+                    aop = Operand(ol, nt * ncl, loads=weights(cv, spec, o0, ol, t0, nt, ch, ncl))
                 # a step whose taps all read padding adds nothing; keep one so the accumulator is written
                 if bop.loads or (not steps and t0 + nt >= cv.taps and ch + ncl >= cv.cg):
                     steps.append(Step(aop, bop))
@@ -587,8 +552,9 @@ def _emit_core(ctx: Ctx, node: Node, core: int, cv: Conv, plan: Plan, spec: Spec
                 eb = cv.bias.dtype.itemsize
                 bias = Operand(ol, 1, loads=[Load(t) for t in transfers(
                     cv.bias.base + o0 * cv.bias.strides[0], 0, [(ol, cv.bias.strides[0], eb)], eb)])
-        stores = transfers(0, cv.out.base + b * sn + o0 * so + r0 * sh + c0 * sw,
-                           [(ol, pt * eo, so), (rl, wl * eo, sh), (wl, eo, sw)], eo)
+        # (the output rows lead each channel's rows of the tile, a row_max step's in place)
+        stores = transfers(0, cv.out.base + b * sn + o0 * so + p0 * sh + c0 * sw,
+                           [(ol, pt * eo, so), (pl, wl * eo, sh), (wl, eo, sw)], eo)
         rop = None
         if cv.residual is not None:  # the residual tile, dense [ol, rl x wl] like the result tile
             rv, er = cv.residual, spec.res_src.itemsize
@@ -596,5 +562,5 @@ def _emit_core(ctx: Ctx, node: Node, core: int, cv: Conv, plan: Plan, spec: Spec
             rop = Operand(ol, pt, loads=[Load(t) for t in transfers(
                 rv.base + b * rn + o0 * ro + r0 * rh + c0 * rw, 0, [(ol, ro, pt * er), (rl, rh, wl * er), (wl, rw, er)],
                 er)])
-        items.append(Item(ol, pt, steps, stores, bias, residual=rop))
+        items.append(Item(ol, pt, steps, stores, bias, residual=rop, row_max=maxima, row_width=wl))
     Pipeline(ctx, core, node, spec, items).emit()

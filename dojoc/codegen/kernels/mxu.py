@@ -33,7 +33,7 @@ from dojoc.codegen.epilogue import NormTile, emit_norm, emit_pointwise, norm_cyc
 from dojoc.codegen.paths import port_path
 from dojoc.codegen.view import Transfer, View
 from dojoc.errors import MappingError
-from dojoc.ir.epilogue import NORM, RESIDUAL_STEPS, split_inputs
+from dojoc.ir.epilogue import NORM, RESIDUAL_STEPS, ROW_MAX, split_inputs
 from dojoc.ir.epilogue import Step as EpiStep
 from dojoc.ir.graph import Node, Value
 from dojoc.ir.ops import Op
@@ -134,6 +134,10 @@ class Item:
     col_bias: Operand | None = None
     residual: Operand | None = None
     norm: Operand | None = None  # a layer_norm step's FP32 weights then biases [2, n] (whole rows: n = N)
+    # a row_max step: per output row, the tile rows (`row_width` columns each) it is the max of; output row
+    # i is written over tile row i, which no later output row reads (fuse_pool: stride above padding)
+    row_max: tuple[tuple[int, ...], ...] = ()
+    row_width: int = 0
 
 
 @dataclass(frozen=True)
@@ -523,6 +527,19 @@ class Pipeline:
         cc.emit("mma", rd=cc.reg(R_D, acc), ra=cc.reg(R_A, a), rb=cc.reg(R_B, b), m=it.m, n=it.n, k=st.a.cols,
                 sd=it.n * 4, sa=sa, sb=sb, dt=spec.op, acc=int(si > 0), rbias=rbias)
 
+    def _row_max(self, it: Item, acc: int) -> None:
+        """Each output row of a row_max step over its tile rows, in place on the FP32 tile (rows are output
+        channels, n * 4 bytes apart)."""
+        cc, w, n4 = self.cc, it.row_width, it.n * 4
+        for i, rows in enumerate(it.row_max):
+            dst = acc + i * w * 4
+            if rows[0] != i:
+                cc.emit("vmov", rd=cc.reg(R_D, dst), ra=cc.reg(R_A, acc + rows[0] * w * 4), rows=it.m, cols=w, sd=n4,
+                        sa=n4, dt=F32)
+            for r in rows[1:]:
+                cc.emit("vmax", rd=cc.reg(R_D, dst), ra=cc.reg(R_A, dst), rb=cc.reg(R_B, acc + r * w * 4), rows=it.m,
+                        cols=w, sd=n4, sa=n4, sb=n4, dt=F32)
+
     def _epilogue(self, j: int) -> None:
         """Bias per row on the FP32 accumulator, the node's epilogue steps in order (bias per column,
         residual, scalar arithmetic, clamp, activation), conversion to the output type, the stores."""
@@ -561,6 +578,8 @@ class Pipeline:
                 nw = it.norm.addr if it.norm.addr is not None else self.norm_stage[q]
                 emit_norm(cc, [NormTile(acc, it.n, nw, nw + it.n * 4)], it.m, it.n, float(step[1]), self.norm_stats,
                           self.norm_sq)
+            elif step[0] == ROW_MAX:
+                self._row_max(it, acc)
             else:
                 emit_pointwise(cc, step, acc, it.m, it.n, n4, F32)
         if self.direct:
