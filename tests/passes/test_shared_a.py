@@ -100,3 +100,28 @@ def test_an_illegal_shared_region_names_the_op(mapping: dict[str, Any], match: s
     model, x = _model()
     with pytest.raises(MappingError, match=f"op linear_matmul: tile share_a=.*{match}"):
         dojoc.compile(model, (x,), machine=MESH, precision="fp32", mapping=mapping)
+
+
+def test_a_row_of_a_longer_than_a_tile_stride_does_not_share_a() -> None:
+    """A row of A (K x itemsize bytes) is the panel's row stride in every put and mma: beyond the 18-bit field
+    the default plan does not share it, and a given share_a=1 says why."""
+    torch.manual_seed(0)
+    model, x = nn.Linear(140_000, 64).eval(), torch.randn(1, 140_000)
+    prog = dojoc.compile(model, (x,), machine=MESH, precision="bf16")
+    assert prog.mapping is not None
+    assert not prog.mapping.by_key()["linear_matmul"].tile_of("share_a", 0)
+    mapping = {"ops": [{"op": "linear_matmul", "kernel": "matmul", "cores": "0-3", "resident": False,
+                        "split": {"batch": 1, "rows": 1, "cols": 4},
+                        "tile": {"m": 1, "n": 16, "k": 3500, "share_a": 1}}]}
+    with pytest.raises(MappingError, match="a row of A .* is longer than the 262,143 bytes"):
+        dojoc.compile(model, (x,), machine=MESH, precision="bf16", mapping=mapping)
+
+
+def test_a_panel_larger_than_scratch_says_so() -> None:
+    torch.manual_seed(0)
+    model, x = nn.Linear(1536, 256).eval(), torch.randn(128, 1536)
+    mapping = {"ops": [{"op": "linear_matmul", "kernel": "matmul", "cores": "0-15", "resident": True,
+                        "split": {"batch": 1, "rows": 1, "cols": 16},
+                        "tile": {"m": 128, "n": 16, "k": 64, "share_a": 1}}]}
+    with pytest.raises(MappingError, match="the shared A alone .* is larger than .* set share_a to 0"):
+        dojoc.compile(model, (x,), machine=MESH, precision="fp32", mapping=mapping)

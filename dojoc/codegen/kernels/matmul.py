@@ -178,7 +178,9 @@ def _estimate(ctx: Ctx, p: Problem, spec: Spec, mt: int, nt: int, kc: int, cores
     traffic = a_bytes + nb * p.m * p.n * eo + (0 if resident else items * p.k * nt * eb) \
         + (nb * p.m * p.n * spec.res_src.itemsize if spec.residual else 0)
     item = _item_cycles(ctx, spec, mt, nt, p.k, kc, not resident)
-    t, bound = overlapped_bound(ctx, run * item, traffic, run * ceil(p.k / kc), cores, run)
+    # (a step loads its B chunk unless B is resident; with a shared A and resident B, only items store)
+    steps = run * ceil(p.k / kc) if bc is None or not resident else run
+    t, bound = overlapped_bound(ctx, run * item, traffic, steps, cores, run)
     if bc is None:
         return t, bound
     whole, first = shared_a.link_cycles(ctx, p, spec, bc, kc)
@@ -210,6 +212,10 @@ def _decide(ctx: Ctx, node: Node, p: Problem, spec: Spec, weight: bool,
         bc = _shared_region(ctx, node, om, p, spec, mt)
         panel = shared_a.panel_bytes(p, spec) if bc is not None else 0
         fit = _fit_kc(ctx, spec, mt, nt, p.k, not om.resident, panel)
+        if bc is not None and fit is None and shared_a.panel_bytes(p, spec) >= ctx.scratch_bytes:
+            raise MappingError(f"op {om.key}: tile share_a=1: the shared A alone ({shared_a.panel_bytes(p, spec):,} "
+                               f"bytes) is larger than the {ctx.scratch_bytes:,} bytes of SRAM scratch; set share_a "
+                               "to 0", node=node.name, shapes=node.signature(), source=node.source)
         if fit is None or kc > fit:
             raise MappingError(f"op {om.key}: tiles m={mt} n={nt} with k={kc} and their double buffers "
                                f"{'and the shared A ' if bc is not None else ''}do not fit the "
@@ -231,8 +237,7 @@ def _shared_region(ctx: Ctx, node: Node, om: OpMapping, p: Problem, spec: Spec, 
                            "read of A, multicast to every core)")
     if not share:
         return None
-    why = "" if shared_a.eligible(p, spec) else \
-        f"it needs one 2-D matmul whose A is in the mma's type ({spec.op}), not {spec.a_src} or a batch"
+    why = shared_a.ineligible(p, spec)
     if not why and mt != p.m:
         why = f"every tile must take all {p.m} rows of A (m={p.m}), not m={mt}"
     bc, where = shared_a.of_cores(ctx, list(om.cores))

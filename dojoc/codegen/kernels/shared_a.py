@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from dojoc.codegen.builder import R_A, R_C, R_D, CoreCode
-from dojoc.codegen.context import Ctx, aligned
+from dojoc.codegen.context import MAX_STRIDE, Ctx, aligned
 from dojoc.codegen.view import Transfer, transfers
 from dojoc.mapping.place import home_die
 from isa.table import Cast
@@ -136,10 +136,24 @@ def broadcast(ctx: Ctx, rows: tuple[tuple[int, ...], ...], segs: tuple[tuple[int
     return Broadcast(rows, root, tuple(heads), frozenset(dram), col_seg, row_segs)
 
 
+def ineligible(p: Problem, spec: Spec) -> str:
+    """Why the matmul cannot share its A ("" when it can): it must be one 2-D matmul whose A is a plain view
+    already in the mma's type (the panel is read in place), with rows of A within a tile operand's stride."""
+    if len(p.a) != 1:
+        return f"it is a batch of {len(p.a)} matmuls"
+    if p.im2col is not None or p.shift is not None or p.b_kept is not None:
+        return "its operands are a convolution's windows or a kept B"
+    if spec.a_src is not spec.op:
+        return f"its A is {spec.a_src}, converted to the mma's {spec.op} on the way"
+    if p.k * spec.a_src.itemsize > MAX_STRIDE:
+        return (f"a row of A ({p.k} x {spec.a_src.itemsize} bytes) is longer than the {MAX_STRIDE:,} bytes that a "
+                "tile operand's row stride holds")
+    return ""
+
+
 def eligible(p: Problem, spec: Spec) -> bool:
-    """One 2-D matmul whose A is a plain view already in the mma's type (the panel is read in place)."""
-    return len(p.a) == 1 and p.im2col is None and p.shift is None and p.b_kept is None \
-        and spec.a_src is spec.op
+    """Whether the matmul can share its A (`ineligible` says why not)."""
+    return not ineligible(p, spec)
 
 
 def panel_bytes(p: Problem, spec: Spec) -> int:
@@ -156,6 +170,8 @@ def link_cycles(ctx: Ctx, p: Problem, spec: Spec, bc: Broadcast, kc: int) -> tup
     """(all of the panel through one mesh line, one chunk's two multicasts): the panel crosses each line
     once at the link width; the first multiply waits for a chunk's column and row multicasts."""
     m, e = ctx.machine, spec.a_src.itemsize
+    if len(bc.cores) == 1:  # (its DMAs alone: nothing is multicast)
+        return 0.0, 0.0
     bw = min(m.link_bytes_per_cycle, m.inject_bytes_per_cycle, m.eject_bytes_per_cycle)
     hops = len(bc.rows) + max(len(r) for r in bc.rows)
     return p.m * p.k * e / bw, 2 * p.m * kc * e / bw + hops * m.hop_latency
