@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from dojoc.codegen.view import Transfer
+from dojoc.errors import CompileError
 from isa.dtypes import DType
 from isa.encoding import encode_code, make
 from isa.machine import Machine
@@ -23,13 +24,17 @@ from isa.table import BY_MNEMONIC, Instr
 R_D, R_A, R_B, R_C, R_BIAS, R_SRAM, R_DRAM, R_IDX = 1, 2, 3, 4, 5, 6, 7, 8
 # the largest count one wait takes, from the instruction table's field width
 MAX_WAIT = (1 << next(f.bits for f in BY_MNEMONIC["wait"].fields if f.name == "count")) - 1
+# the fields of the instruction table that name a semaphore (sem, seml, semr)
+SEM_FIELDS = tuple(sorted({f.name for spec in BY_MNEMONIC.values() for f in spec.fields if f.name.startswith("sem")}))
+SEM_BITS = next(f.bits for f in BY_MNEMONIC["wait"].fields if f.name == "sem")
 
 
 class CoreCode:
     """The instruction stream of one core."""
 
-    def __init__(self, core: int) -> None:
+    def __init__(self, core: int, semaphores: int = 1 << SEM_BITS) -> None:
         self.core = core
+        self.semaphores = semaphores  # the machine's per core: a kernel's id beyond them is a compile error
         self.code: list[Instr] = []
         self.debug: list[tuple[int, str, str]] = []  # (pc, op, source)
         self._regs: dict[int, int] = {}
@@ -40,6 +45,13 @@ class CoreCode:
         """Append one instruction (fields as for `isa.encoding.make`)."""
         if self._op is not None:
             self.debug.append((len(self.code), *self._op))
+        top = max((fields[k] for k in SEM_FIELDS if k in fields), default=-1)
+        if top >= self.semaphores:
+            op = f"op {self._op[0]}" if self._op is not None else "the program"
+            raise CompileError(f"{op} uses semaphore {top} on core {self.core} ({mnemonic}), but the machine has "
+                               f"{self.semaphores} per core; the kernels take ids up to {(1 << SEM_BITS) - 1}: give "
+                               f"the machine semaphores={1 << SEM_BITS}", node=self._op[0] if self._op else None,
+                               source=self._op[1] if self._op else None)
         self.code.append(make(mnemonic, **fields))
 
     @contextmanager
@@ -99,7 +111,7 @@ class ProgramBuilder:
     def __init__(self, machine: Machine, cores: list[int]) -> None:
         self.machine = machine
         self.ids = list(cores)  # the cores (machine ids) that run code and join every barrier
-        self.cores = {c: CoreCode(c) for c in self.ids}
+        self.cores = {c: CoreCode(c, machine.semaphores) for c in self.ids}
         self._barrier = 0
         self.barriers = 0  # barriers emitted so far (after the load barrier, which is prepended)
 
