@@ -122,3 +122,27 @@ def test_a_given_band_of_pooled_rows_changes_the_program() -> None:
     assert dict(prog2.mapping.by_key()["convolution"].tile)["rows"] == rows
     with torch.no_grad():
         torch.testing.assert_close(prog2(x), model(x), rtol=1e-4, atol=1e-4)
+
+
+def test_a_pooling_reader_is_no_kept_b_reader() -> None:
+    """A SUMMA convolution keeps its output in SRAM for a 1 x 1 reader that SUMMA takes; one that pools its
+    rows stays on the tiled kernel, so the producer does not offer to keep for it (kept only, the reader
+    would have had to take it from SRAM)."""
+    class Pair(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b, self.pool = nn.Conv2d(16, 32, 3, padding=1), nn.Conv2d(32, 32, 1), nn.MaxPool2d(3, 2, 1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.pool(torch.relu(self.b(torch.relu(self.a(x)))))
+
+    torch.manual_seed(0)
+    model, x = Pair().eval(), torch.randn(4, 16, 28, 28)
+    prog = dojoc.compile(model, (x,), machine="mesh4x4", precision="bf16")
+    assert prog.mapping is not None
+    ops = prog.mapping.by_key()
+    assert ops["convolution"].kernel == "summa" and ops["convolution"].tile_of("keep") is None
+    assert ops["convolution_1"].kernel == "conv2d"
+    with torch.no_grad():
+        want = model(x)
+    assert np.corrcoef(prog(x).numpy().ravel(), want.numpy().ravel())[0, 1] >= 0.99

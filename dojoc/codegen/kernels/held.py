@@ -46,7 +46,7 @@ from typing import TYPE_CHECKING
 from dojoc.codegen.context import Ctx, aligned
 from dojoc.codegen.view import View
 from dojoc.errors import CompileError
-from dojoc.ir.epilogue import split_inputs
+from dojoc.ir.epilogue import ROW_MAX, split_inputs, steps_of
 from dojoc.ir.graph import Node, Value
 from dojoc.ir.ops import Op
 from dojoc.mapping.model import Shard
@@ -345,8 +345,8 @@ def _summa_conv(ctx: Ctx, node: Node) -> bool:
     from dojoc.codegen.kernels.summa_grid import MIN_BLOCK
 
     own, _ = split_inputs(node.inputs, node.attrs)
-    if node.op is not Op.CONV2D or len(own) < 2:
-        return False
+    if node.op is not Op.CONV2D or len(own) < 2 or any(s[0] == ROW_MAX for s in steps_of(node.attrs)):
+        return False  # (a convolution that pools its rows runs on the tiled kernel)
     producers = ctx.graph.producers()
     params = all(producers.get(v) is not None and producers[v].op is Op.PARAM for v in own[1:])
     o, c, kh, kw = own[1].type.shape
