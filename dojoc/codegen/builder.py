@@ -35,6 +35,8 @@ class CoreCode:
     def __init__(self, core: int, semaphores: int = 1 << SEM_BITS) -> None:
         self.core = core
         self.semaphores = semaphores  # the machine's per core: a kernel's id beyond them is a compile error
+        # (checked per instruction only when the machine has fewer than the field encodes)
+        self._check_sems = semaphores < 1 << SEM_BITS
         self.code: list[Instr] = []
         self.debug: list[tuple[int, str, str]] = []  # (pc, op, source)
         self._regs: dict[int, int] = {}
@@ -45,13 +47,13 @@ class CoreCode:
         """Append one instruction (fields as for `isa.encoding.make`)."""
         if self._op is not None:
             self.debug.append((len(self.code), *self._op))
-        top = max((fields[k] for k in SEM_FIELDS if k in fields), default=-1)
+        top = max((fields[k] for k in SEM_FIELDS if k in fields), default=-1) if self._check_sems else -1
         if top >= self.semaphores:
-            op = f"op {self._op[0]}" if self._op is not None else "the program"
-            raise CompileError(f"{op} uses semaphore {top} on core {self.core} ({mnemonic}), but the machine has "
-                               f"{self.semaphores} per core; the kernels take ids up to {(1 << SEM_BITS) - 1}: give "
-                               f"the machine semaphores={1 << SEM_BITS}", node=self._op[0] if self._op else None,
-                               source=self._op[1] if self._op else None)
+            name, source = self._op or (None, None)
+            raise CompileError(f"{f'op {name}' if name else 'the program'} uses semaphore {top} on core {self.core} "
+                               f"({mnemonic}), but the machine has {self.semaphores} per core; the kernels take ids "
+                               f"up to {(1 << SEM_BITS) - 1}: give the machine semaphores={1 << SEM_BITS}", node=name,
+                               source=source or None)
         self.code.append(make(mnemonic, **fields))
 
     @contextmanager

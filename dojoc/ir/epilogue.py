@@ -43,6 +43,11 @@ ACTIVATIONS = ("relu", "gelu", "gelu_tanh", "silu", "sigmoid", "tanh")
 RESIDUAL_STEPS = ("residual", "sub_residual")  # a tensor of the result's type, added or subtracted
 NORM = "layer_norm"
 ROW_MAX = "row_max"  # changes the result's shape: the last step
+
+
+def row_max_rows(h: int, k: int, s: int, p: int) -> int:
+    """The rows of a row_max step's result over h rows (windows of k, s apart, p of padding each side)."""
+    return (h + 2 * p - k) // s + 1
 # the steps that read extra inputs, and the names of those inputs (`split_inputs`), in order
 EXTRAS = {"bias": ("bias",), "residual": ("residual",), "sub_residual": ("residual",),
           NORM: ("norm_weight", "norm_bias")}
@@ -132,8 +137,7 @@ def with_epilogue(rule: ShapeRule, arity: tuple[int, int], kinds: tuple[str, ...
             k, st, pad = steps[-1][1:]
             require(t.rank == 4 and t.shape[2] + 2 * pad >= k, f"row_max {steps[-1][1:]} needs a result [N, C, H, W] "
                     f"with H + 2 * padding >= the window, got {t}")
-            rows = (t.shape[2] + 2 * pad - k) // st + 1
-            out = (t.with_shape((*t.shape[:2], rows, t.shape[3])), *out[1:])
+            out = (t.with_shape((*t.shape[:2], row_max_rows(t.shape[2], k, st, pad), t.shape[3])), *out[1:])
         return out
 
     extra_doc = dict.fromkeys({"bias": "bias [N]", NORM: "layer norm weight and bias [N]"}.get(

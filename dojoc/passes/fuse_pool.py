@@ -21,7 +21,7 @@ alone gets a note in `graph.fusion_notes` saying why.
 from __future__ import annotations
 
 from dojoc.ir import Graph, Node, Op, Value, maybe_dump, verify
-from dojoc.ir.epilogue import RESIDUAL_STEPS, ROW_MAX, steps_of
+from dojoc.ir.epilogue import RESIDUAL_STEPS, ROW_MAX, row_max_rows, steps_of
 
 
 def fuse_pool(graph: Graph) -> Graph:
@@ -67,7 +67,7 @@ def _rewrite(g: Graph, pool: Node, conv: Node) -> None:
     attrs = conv.attrs.replace(epilogue=steps_of(conv.attrs) + ((ROW_MAX, kh, sh, ph),),
                                fused=tuple(conv.attrs["fused"]) + (name,))
     n, c, h, w = conv.output.type.shape
-    rows = Value(conv.output.name, conv.output.type.with_shape((n, c, (h + 2 * ph - kh) // sh + 1, w)))
+    rows = Value(conv.output.name, conv.output.type.with_shape((n, c, row_max_rows(h, kh, sh, ph), w)))
     fused = Node(conv.name, conv.op, conv.inputs, attrs, (rows,), conv.source)
     alone = (kw, sw, pw) == (1, 1, 0)
     cols = Node(pool.name, pool.op, (rows,), pool.attrs.replace(kernel=(1, kw), stride=(1, sw), padding=(0, pw)),

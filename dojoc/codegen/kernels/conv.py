@@ -63,7 +63,8 @@ from dojoc.codegen.kernels.summa_chunks import with_kept_b
 from dojoc.codegen.registry import kernel
 from dojoc.codegen.view import Transfer, View, transfers
 from dojoc.errors import MappingError, SramOverflowError
-from dojoc.ir.epilogue import ROW_MAX, split_inputs, steps_of
+from dojoc.ir import shapes
+from dojoc.ir.epilogue import ROW_MAX, row_max_rows, split_inputs, steps_of
 from dojoc.ir.graph import Node
 from dojoc.ir.ops import Op
 from dojoc.mapping.model import Bound, OpMapping
@@ -104,10 +105,7 @@ class Conv:
     @property
     def out_rows(self) -> int:
         """The rows of the output it writes: the pooled ones of a row_max step."""
-        if self.pool is None:
-            return self.oh
-        k, s, p = self.pool
-        return (self.oh + 2 * p - k) // s + 1
+        return self.oh if self.pool is None else row_max_rows(self.oh, *self.pool)
 
     @property
     def og(self) -> int:
@@ -367,7 +365,7 @@ def _geometry(ctx: Ctx, node: Node, wsrc: View, wbias: int, bias: View | None,
     (sh, sw), (ph, pw), (dh, dw) = a["stride"], a["padding"], a["dilation"]
     pool = next((tuple(st[1:]) for st in steps_of(a) if st[0] == ROW_MAX), None)
     if pool is not None:  # the output has the pooled rows; the convolution computes all of its own
-        oh = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
+        oh = shapes.conv2d([x.type, w.type], a)[0].shape[2]
     cv = Conv(ctx.views[x], wsrc, bias, bias_const, ctx.views[node.output], rv, n, c, h, wd, o, cg, kh, kw,
               a["groups"], oh, ow, (sh, sw), (ph, pw), (dh, dw), pool)
     spec = Spec(op, wsrc.dtype, cv.x.dtype, cv.out.dtype, wbias, act_bias(op, ctx, x), bias.dtype if bias else F32,

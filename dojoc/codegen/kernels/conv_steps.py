@@ -42,7 +42,7 @@ def halo(cv: Conv, rl: int, wl: int) -> tuple[int, int]:
 
 
 def tap_window(cv: Conv, b: int, ch: int, cl: int, tap: int, r0: int, rl: int, c0: int, wl: int,
-            dst: int) -> list[Load] | None:
+               dst: int) -> list[Load] | None:
     """The DMA of one tap's shifted input window [cl, rl, wl] (output rows r0.., columns c0..) into a
     staging tile at `dst`, or None when the tap reads only padding there."""
     kh, kw = divmod(tap, cv.kw)
@@ -65,7 +65,7 @@ def weights(cv: Conv, spec: Spec, o0: int, ol: int, t0: int, tn: int, c0: int, c
 
 
 def window_steps(cv: Conv, spec: Spec, b: int, gi: int, o0: int, ol: int, r0: int, rl: int,
-                  c0: int, wl: int, cl: int, res: int | None) -> list[Step]:
+                 c0: int, wl: int, cl: int, res: int | None) -> list[Step]:
     """The steps of one item that load, per chunk of channels, the input rows all its taps read once
     ([channels, rows, columns], padded with zeros outside the image), and multiply each tap's window out
     of them: one mma per output row and tap, B at the tap's offset into the staged rows."""

@@ -212,8 +212,8 @@ def _decide(ctx: Ctx, node: Node, p: Problem, spec: Spec, weight: bool,
         bc = _shared_region(ctx, node, om, p, spec, mt)
         panel = shared_a.panel_bytes(p, spec) if bc is not None else 0
         fit = _fit_kc(ctx, spec, mt, nt, p.k, not om.resident, panel)
-        if bc is not None and fit is None and shared_a.panel_bytes(p, spec) >= ctx.scratch_bytes:
-            raise MappingError(f"op {om.key}: tile share_a=1: the shared A alone ({shared_a.panel_bytes(p, spec):,} "
+        if bc is not None and fit is None and panel >= ctx.scratch_bytes:
+            raise MappingError(f"op {om.key}: tile share_a=1: the shared A alone ({panel:,} "
                                f"bytes) is larger than the {ctx.scratch_bytes:,} bytes of SRAM scratch; set share_a "
                                "to 0", node=node.name, shapes=node.signature(), source=node.source)
         if fit is None or kc > fit:
@@ -300,12 +300,13 @@ def _shared_plans(ctx: Ctx, p: Problem, spec: Spec, weight: bool, budget: int) -
     panel, eb = shared_a.panel_bytes(p, spec), spec.b_src.itemsize
     out: list[tuple[Plan, int, Bound]] = []
     # (and the widths that give every core of the die the same number of tiles)
-    die = sum(map(len, shared_a.die_rows(ctx)))
+    rows = shared_a.die_rows(ctx)
+    die = sum(map(len, rows))
     even = {ceil(p.n / (die * r)) for r in range(1, 9)}
     for nt in sorted(set(splits(p.n)) | even, reverse=True):
         if nt > MAX_TILE or nt < shared_a.MIN_COLS or (spec.norm is not None and nt != p.n):
             continue
-        bc = shared_a.region(ctx, ceil(p.n / nt))
+        bc = shared_a.region(ctx, rows, ceil(p.n / nt))
         if bc is None:
             continue
         cores = bc.cores

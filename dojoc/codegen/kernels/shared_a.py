@@ -75,11 +75,11 @@ def die_rows(ctx: Ctx) -> list[tuple[int, ...]]:
     return out
 
 
-def region(ctx: Ctx, items: int) -> Broadcast | None:
-    """The largest region of whole home-die rows with at most `items` cores (every core gets an item), or
-    None when one row has more cores than items."""
+def region(ctx: Ctx, rows: list[tuple[int, ...]], items: int) -> Broadcast | None:
+    """The largest region of whole home-die rows (`die_rows`) with at most `items` cores (every core gets an
+    item), or None when one row has more cores than items."""
     take: list[int] = []
-    for row in die_rows(ctx):
+    for row in rows:
         if len(take) + len(row) > items:
             break
         take += row
