@@ -168,6 +168,11 @@ class Ctx:
     kept_used: set[str] = field(default_factory=set)  # readers whose code takes their kept residual
     # convolution outputs kept in SRAM as a later 1 x 1 convolution's B (kernels/held.py), by reader name
     kept_b: dict[str, Any] = field(default_factory=dict)
+    # chains kept in SRAM by rows (kernels/band.py): the members by op name, the live bands by producer, and
+    # each band's DRAM base -> (layout, its SRAM shards, whether a DRAM copy is written)
+    bands: dict[str, Any] = field(default_factory=dict)
+    band_live: dict[str, Any] = field(default_factory=dict)
+    band_shards: dict[int, tuple[str, tuple[Any, ...], bool]] = field(default_factory=dict)
     kept_shards: dict[int, tuple[str, tuple[Any, ...]]] = field(default_factory=dict)  # DRAM base -> (reader, shards)
     _parts: dict[str, int] = field(default_factory=dict)
     _dram_top: int = 0

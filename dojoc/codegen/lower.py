@@ -16,6 +16,7 @@ from math import prod
 import dojoc.codegen.kernels  # noqa: F401  (registers the kernels)
 from dojoc.codegen.builder import CoreCode, ProgramBuilder
 from dojoc.codegen.context import Ctx, SramPlan
+from dojoc.codegen.kernels import band
 from dojoc.codegen.kernels.copy import copy_view
 from dojoc.codegen.kernels.eltwise import fill
 from dojoc.codegen.kernels.held import release_kept
@@ -105,6 +106,7 @@ def lower_graph(graph: Graph, machine: Machine, precision: str = "bf16",
     outputs = set(graph.outputs)
     ctx.users = graph.users()
     final = write_through(graph, outputs, ctx.users)
+    ctx.bands = band.plan(ctx)
     written = set(final.values())
     spans: list[tuple[str, int, int]] = []  # (op, barriers before it, barriers after it)
     for node in graph.nodes:
@@ -114,6 +116,7 @@ def lower_graph(graph: Graph, machine: Machine, precision: str = "bf16",
         with ctx.op_scope(node.name, node.source):
             _lower_node(ctx, node, outputs, final)
         release_kept(ctx, node.name)
+        band.release(ctx, node.name)
         ctx.search_report(node.name)
         _note(ctx, node, d0)
         # the ops fused into this one are computed by its epilogue: they keep an entry in the mapping

@@ -107,14 +107,17 @@ def build_mapping(ctx: Ctx, notes: tuple[str, ...] = ()) -> Mapping:
     for t in ctx.tensors:
         held = ctx.held_shards.get(t.address) if t.kind.value == "scratch" else None
         purpose, kept = ctx.kept_shards.get(t.address, ("", ())) if t.kind.value == "scratch" else ("", ())
-        shards = tuple(sorted(held or kept or by_tensor.get(t.name, []), key=lambda s: (s.core, s.address)))
+        rows, band, copy = ctx.band_shards.get(t.address, ("", (), True)) if t.kind.value == "scratch" \
+            else ("", (), True)
+        shards = tuple(sorted(held or kept or band or by_tensor.get(t.name, []), key=lambda s: (s.core, s.address)))
         cores = len({s.core for s in shards})
         layout = (f"blocks of the mesh ({cores} cores), held from its producer to its reader" if held
                   else f"blocks of the mesh ({cores} cores), kept for {purpose} (a DRAM copy stays)"
-                  if kept else f"tiles of its op's region on {cores} cores (a DRAM copy stays)" if shards else "")
+                  if kept else rows + (" (a DRAM copy stays)" if copy else "") if band
+                  else f"tiles of its op's region on {cores} cores (a DRAM copy stays)" if shards else "")
         values.append(ValuePlacement(
             t.name, Where.SRAM if shards else Where.DRAM, t.address, t.nbytes, tuple(t.shape), t.dtype.asm,
-            t.kind.value, shards, layout, _lifetime(t.name, lives), dram_copy=held is None))
+            t.kind.value, shards, layout, _lifetime(t.name, lives), dram_copy=held is None and copy))
     m = ctx.machine
     nodes = {n.name: n for n in ctx.graph.nodes}
     return Mapping(m.name, m.hash, ctx.precision, tuple(_with_io(ctx, d, nodes, index) for d in ctx.decisions),

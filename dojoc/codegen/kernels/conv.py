@@ -65,7 +65,7 @@ from dojoc.codegen.view import Transfer, View, transfers
 from dojoc.errors import MappingError, SramOverflowError
 from dojoc.ir import shapes
 from dojoc.ir.epilogue import ROW_MAX, row_max_rows, split_inputs, steps_of
-from dojoc.ir.graph import Node
+from dojoc.ir.graph import Node, Value
 from dojoc.ir.ops import Op
 from dojoc.mapping.model import Bound, OpMapping
 from isa.costs import matmul_cycles, vector_cycles
@@ -233,10 +233,11 @@ def _item_cycles(ctx: Ctx, cv: Conv, spec: Spec, ot: int, pt: int, tn: int, cl: 
 
 
 def _estimate(ctx: Ctx, cv: Conv, spec: Spec, ot: int, rt: int, ct: int, tn: int, cl: int, cores: list[int],
-              resident: bool, win: int = 0) -> tuple[int, Bound]:
+              resident: bool, win: int = 0, stores: bool = True, res_dram: bool = True) -> tuple[int, Bound]:
     """The cost model's cycles and bound: compute per core against DRAM traffic (the input windows are
     re-read once per output-channel block, and once per tap unless a step loads its taps' input rows
-    once (`win`); streamed weights once per item)."""
+    once (`win`); streamed weights once per item; the output's stores and the residual's loads unless
+    `stores` / `res_dram` say they stay in SRAM, band.py)."""
     ex, ew, eo = spec.b_src.itemsize, spec.a_src.itemsize, spec.out.itemsize
     crt = band_rows(cv, rt)  # (the convolution rows of rt pooled ones, with a row_max step)
     pt = crt * ct
@@ -244,8 +245,8 @@ def _estimate(ctx: Ctx, cv: Conv, spec: Spec, ot: int, rt: int, ct: int, tn: int
     run = ceil(items / len(cores))
     hr, hc = halo(cv, crt, ct)
     read = cv.cg * gather.staged(cv, crt, ct).size if win == 2 else cv.cg * hr * hc if win else pt * cv.k
-    traffic = items * (read * ex + rt * ct * ot * eo) + (0 if resident else items * ot * cv.k * ew) \
-        + (items * pt * ot * spec.res_src.itemsize if spec.residual else 0)
+    traffic = items * (read * ex + rt * ct * ot * eo * stores) + (0 if resident else items * ot * cv.k * ew) \
+        + (items * pt * ot * spec.res_src.itemsize if spec.residual and res_dram else 0)
     compute = run * _item_cycles(ctx, cv, spec, ot, pt, tn, cl, not resident, crt, win)
     if cv.pool is not None:  # a vmax per pooled row and window row but one (in place on the FP32 tile)
         compute += run * rt * (cv.pool[0] - 1) * vector_cycles(ot * ct, 4, 2 * ot * ct * 4, ot * ct * 4, ctx.machine)
@@ -351,14 +352,15 @@ def _plan(ctx: Ctx, node: Node, cv: Conv, spec: Spec, weight: bool) -> tuple[Pla
 
 
 def _geometry(ctx: Ctx, node: Node, wsrc: View, wbias: int, bias: View | None,
-              bias_const: bool) -> tuple[Conv, Spec]:
+              bias_const: bool, views: dict[Value, View] | None = None) -> tuple[Conv, Spec]:
     """The convolution's geometry and pipeline spec, for weights read from `wsrc` (CFP bias `wbias`); its
     epilogue (residual, scaling, activation) from the node's attributes (passes/fuse.py)."""
     own, extra = split_inputs(node.inputs, node.attrs)
     x, w = own[:2]
     a = node.attrs
     op = operand_type(ctx)
-    rv = ctx.views[extra["residual"]] if "residual" in extra else None
+    views = ctx.views if views is None else views
+    rv = views[extra["residual"]] if "residual" in extra else None
     n, c, h, wd = x.type.shape
     o, cg, kh, kw = w.type.shape
     oh, ow = node.output.type.shape[2:]
@@ -366,7 +368,7 @@ def _geometry(ctx: Ctx, node: Node, wsrc: View, wbias: int, bias: View | None,
     pool = next((tuple(st[1:]) for st in steps_of(a) if st[0] == ROW_MAX), None)
     if pool is not None:  # the output has the pooled rows; the convolution computes all of its own
         oh = shapes.conv2d([x.type, w.type], a)[0].shape[2]
-    cv = Conv(ctx.views[x], wsrc, bias, bias_const, ctx.views[node.output], rv, n, c, h, wd, o, cg, kh, kw,
+    cv = Conv(views[x], wsrc, bias, bias_const, views[node.output], rv, n, c, h, wd, o, cg, kh, kw,
               a["groups"], oh, ow, (sh, sw), (ph, pw), (dh, dw), pool)
     spec = Spec(op, wsrc.dtype, cv.x.dtype, cv.out.dtype, wbias, act_bias(op, ctx, x), bias.dtype if bias else F32,
                 steps_of(a), rv.dtype if rv is not None else F32)
@@ -401,6 +403,11 @@ def conv2d(ctx: Ctx, node: Node) -> None:
         barr = param_array(ctx, own[2], producers)
         bias = ctx.weight(f"{node.name}_bias_f32", barr, F32) if barr is not None else ctx.views[own[2]]
     cv, spec = _geometry(ctx, node, wsrc, wbias, bias, barr is not None)
+    if node.name in ctx.bands:  # a member of a chain kept in SRAM by rows
+        from dojoc.codegen.kernels import band_emit
+
+        band_emit.emit(ctx, node, cv, spec, ctx.bands[node.name])
+        return
     found: list[tuple[Plan, int, Bound]] = []
 
     def search() -> tuple[Plan, int, Bound]:
@@ -434,20 +441,10 @@ def _implicit_gemm(ctx: Ctx, node: Node, cv: Conv, spec: Spec, warr: np.ndarray,
     """Run the convolution as a SUMMA matmul over the whole mesh (im2col.py) when summa can take it and
     its cost model predicts it faster than this kernel's plan (or a given mapping names it): the weights,
     laid out [O, (tap, channel)], stay resident, each chunk on the core that multicasts it."""
-    hw = cv.oh * cv.ow
     if cv.g != 1 or not _flat(cv.out) or (cv.residual is not None and not _flat(cv.residual)) \
             or (cv.bias is not None and not cv.bias_const):
         return False
-
-    def per_image(v: View) -> list[View]:
-        return [View(v.base + b * v.strides[0], (cv.o, hw), (v.strides[1], v.strides[3]), v.dtype) for b in range(cv.n)]
-
-    geo = Im2col(cv.x, cv.c, cv.h, cv.wd, cv.kw, cv.oh, cv.ow, cv.stride, cv.pad, cv.dil)
-    p = Problem([View.dense(0, (cv.o, cv.k), spec.a_src)], [], per_image(cv.out), cv.o, cv.n * hw, cv.k, False,
-                r=per_image(cv.residual) if cv.residual is not None else None, im2col=geo, per_view=hw,
-                row_bias=cv.bias)
-    sh = Shifted.of(geo, cv.kh, cv.n)
-    ps = replace(p, n=sh.n, k=cv.c, im2col=None, per_view=sh.hp * sh.wp, shift=sh) if sh is not None else None
+    p, ps = gemm_problems(cv, spec)
     if ps is not None and not summa.eligible(ctx, ps, spec):
         ps = None
     if not summa.eligible(ctx, p, spec):
@@ -462,6 +459,22 @@ def _implicit_gemm(ctx: Ctx, node: Node, cv: Conv, spec: Spec, warr: np.ndarray,
     run = ps if om.tile_of("shift", 0) and ps is not None else kb if kb is not None else p
     summa.emit(ctx, node, replace(run, a=[a]), spec, om, "a")
     return True
+
+
+def gemm_problems(cv: Conv, spec: Spec) -> tuple[Problem, Problem | None]:
+    """The convolution as SUMMA's implicit GEMM (M = output channels, N = the batch's pixels, K = taps x
+    channels), and for stride 1 the form that reads its padded input once for every tap (or None)."""
+    hw = cv.oh * cv.ow
+
+    def per_image(v: View) -> list[View]:
+        return [View(v.base + b * v.strides[0], (cv.o, hw), (v.strides[1], v.strides[3]), v.dtype) for b in range(cv.n)]
+
+    geo = Im2col(cv.x, cv.c, cv.h, cv.wd, cv.kw, cv.oh, cv.ow, cv.stride, cv.pad, cv.dil)
+    p = Problem([View.dense(0, (cv.o, cv.k), spec.a_src)], [], per_image(cv.out), cv.o, cv.n * hw, cv.k, False,
+                r=per_image(cv.residual) if cv.residual is not None else None, im2col=geo, per_view=hw,
+                row_bias=cv.bias)
+    sh = Shifted.of(geo, cv.kh, cv.n)
+    return p, (replace(p, n=sh.n, k=cv.c, im2col=None, per_view=sh.hp * sh.wp, shift=sh) if sh is not None else None)
 
 
 def _resident(ctx: Ctx, node: Node, core: int, cv: Conv, plan: Plan, spec: Spec,
@@ -494,6 +507,53 @@ def _resident(ctx: Ctx, node: Node, core: int, cv: Conv, plan: Plan, spec: Spec,
     return out
 
 
+def item_steps(cv: Conv, spec: Spec, plan: Plan, tn: int, cl: int, b: int, gi: int, o0: int, ol: int, r0: int,
+               rl: int, c0: int, wl: int, res: int | None) -> list[Step]:
+    """The steps of one item (image b, group gi, output channels o0.., convolution rows r0.., columns c0..)
+    that load its input from DRAM: every tap's rows gathered into one tile (window 2), loaded once per
+    channel chunk (window 1), or one window per tap; A from the resident weights at `res` or streamed."""
+    ew, ex = spec.a_src.itemsize, spec.b_src.itemsize
+    pt = rl * wl
+    steps: list[Step] = []
+    if plan.window == 2:
+        aop = Operand(ol, cv.k, addr=res, stride=cv.k * ew) if res is not None \
+            else Operand(ol, cv.k, loads=weights(cv, spec, o0, ol, 0, cv.taps, 0, cv.cg))
+        steps = [gather.gathered_step(cv, b, gi, r0, rl, c0, wl, aop)]
+    elif plan.window:
+        steps = window_steps(cv, spec, b, gi, o0, ol, r0, rl, c0, wl, cl, res)
+    for t0 in range(0, cv.taps if not plan.window else 0, tn):
+        nt = min(tn, cv.taps - t0)
+        for ch in range(0, cv.cg, cl):
+            ncl = min(cl, cv.cg - ch)
+            bop = Operand(nt * ncl, pt)
+            for t in range(t0, t0 + nt):
+                lds = tap_window(cv, b, gi * cv.cg + ch, ncl, t, r0, rl, c0, wl, (t - t0) * ncl * pt * ex)
+                if lds is None:
+                    bop.zero.append(((t - t0) * ncl, ncl))
+                else:
+                    bop.loads += lds
+            if res is not None:
+                aop = Operand(ol, nt * ncl, addr=res + (t0 * cv.cg + ch) * ew, stride=cv.k * ew)
+            else:
+                aop = Operand(ol, nt * ncl, loads=weights(cv, spec, o0, ol, t0, nt, ch, ncl))
+            # a step whose taps all read padding adds nothing; keep one so the accumulator is written
+            if bop.loads or (not steps and t0 + nt >= cv.taps and ch + ncl >= cv.cg):
+                steps.append(Step(aop, bop))
+    return steps
+
+
+def residual_operand(cv: Conv, spec: Spec, b: int, o0: int, ol: int, r0: int, rl: int, c0: int,
+                     wl: int) -> Operand | None:
+    """The DMA of an item's residual tile, dense [ol, rl x wl] like the result tile (None without one)."""
+    if cv.residual is None:
+        return None
+    rv, er = cv.residual, spec.res_src.itemsize
+    rn, ro, rh, rw = rv.strides
+    return Operand(ol, rl * wl, loads=[Load(t) for t in transfers(
+        rv.base + b * rn + o0 * ro + r0 * rh + c0 * rw, 0, [(ol, ro, rl * wl * er), (rl, rh, wl * er), (wl, rw, er)],
+        er)])
+
+
 def _emit_core(ctx: Ctx, node: Node, core: int, cv: Conv, plan: Plan, spec: Spec,
                run: list[tuple[int, int, int, int, int]]) -> None:
     resident = _resident(ctx, node, core, cv, plan, spec, run)
@@ -509,7 +569,7 @@ def _emit_core(ctx: Ctx, node: Node, core: int, cv: Conv, plan: Plan, spec: Spec
                              "not fit SRAM scratch", SramOverflowError)
         tn, cl = options[0]
         plan = replace(plan, window=0)
-    ex, ew, eo = spec.b_src.itemsize, spec.a_src.itemsize, spec.out.itemsize
+    ew, eo = spec.a_src.itemsize, spec.out.itemsize
     sn, so, sh, sw = cv.out.strides
     items = []
     for gi, ob, b, p0, c0 in run:
@@ -517,31 +577,7 @@ def _emit_core(ctx: Ctx, node: Node, core: int, cv: Conv, plan: Plan, spec: Spec
         r0, rl, maxima = band(cv, p0, pl)  # the convolution rows of output rows p0 .. p0 + pl - 1
         pt, o0 = rl * wl, gi * cv.og + ob
         res = resident.get((gi, ob))
-        steps: list[Step] = []
-        if plan.window == 2:
-            aop = Operand(ol, cv.k, addr=res, stride=cv.k * ew) if res is not None \
-                else Operand(ol, cv.k, loads=weights(cv, spec, o0, ol, 0, cv.taps, 0, cv.cg))
-            steps = [gather.gathered_step(cv, b, gi, r0, rl, c0, wl, aop)]
-        elif plan.window:
-            steps = window_steps(cv, spec, b, gi, o0, ol, r0, rl, c0, wl, cl, res)
-        for t0 in range(0, cv.taps if not plan.window else 0, tn):
-            nt = min(tn, cv.taps - t0)
-            for ch in range(0, cv.cg, cl):
-                ncl = min(cl, cv.cg - ch)
-                bop = Operand(nt * ncl, pt)
-                for t in range(t0, t0 + nt):
-                    lds = tap_window(cv, b, gi * cv.cg + ch, ncl, t, r0, rl, c0, wl, (t - t0) * ncl * pt * ex)
-                    if lds is None:
-                        bop.zero.append(((t - t0) * ncl, ncl))
-                    else:
-                        bop.loads += lds
-                if res is not None:
-                    aop = Operand(ol, nt * ncl, addr=res + (t0 * cv.cg + ch) * ew, stride=cv.k * ew)
-                else:
-                    aop = Operand(ol, nt * ncl, loads=weights(cv, spec, o0, ol, t0, nt, ch, ncl))
-                # a step whose taps all read padding adds nothing; keep one so the accumulator is written
-                if bop.loads or (not steps and t0 + nt >= cv.taps and ch + ncl >= cv.cg):
-                    steps.append(Step(aop, bop))
+        steps = item_steps(cv, spec, plan, tn, cl, b, gi, o0, ol, r0, rl, c0, wl, res)
         bias = None
         if cv.bias is not None:
             if res is not None and cv.bias_const:
@@ -553,12 +589,6 @@ def _emit_core(ctx: Ctx, node: Node, core: int, cv: Conv, plan: Plan, spec: Spec
         # (the output rows lead each channel's rows of the tile, a row_max step's in place)
         stores = transfers(0, cv.out.base + b * sn + o0 * so + p0 * sh + c0 * sw,
                            [(ol, pt * eo, so), (pl, wl * eo, sh), (wl, eo, sw)], eo)
-        rop = None
-        if cv.residual is not None:  # the residual tile, dense [ol, rl x wl] like the result tile
-            rv, er = cv.residual, spec.res_src.itemsize
-            rn, ro, rh, rw = rv.strides
-            rop = Operand(ol, pt, loads=[Load(t) for t in transfers(
-                rv.base + b * rn + o0 * ro + r0 * rh + c0 * rw, 0, [(ol, ro, pt * er), (rl, rh, wl * er), (wl, rw, er)],
-                er)])
+        rop = residual_operand(cv, spec, b, o0, ol, r0, rl, c0, wl)
         items.append(Item(ol, pt, steps, stores, bias, residual=rop, row_max=maxima, row_width=wl))
     Pipeline(ctx, core, node, spec, items).emit()

@@ -345,8 +345,9 @@ def _summa_conv(ctx: Ctx, node: Node) -> bool:
     from dojoc.codegen.kernels.summa_grid import MIN_BLOCK
 
     own, _ = split_inputs(node.inputs, node.attrs)
-    if node.op is not Op.CONV2D or len(own) < 2 or any(s[0] == ROW_MAX for s in steps_of(node.attrs)):
-        return False  # (a convolution that pools its rows runs on the tiled kernel)
+    if node.op is not Op.CONV2D or len(own) < 2 or any(s[0] == ROW_MAX for s in steps_of(node.attrs)) \
+            or node.name in ctx.bands:
+        return False  # (a convolution that pools its rows, or a chain's member, runs on the tiled kernel)
     producers = ctx.graph.producers()
     params = all(producers.get(v) is not None and producers[v].op is Op.PARAM for v in own[1:])
     o, c, kh, kw = own[1].type.shape

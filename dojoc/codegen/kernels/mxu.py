@@ -138,6 +138,8 @@ class Item:
     # i is written over tile row i, which no later output row reads (fuse_pool: stride above padding)
     row_max: tuple[tuple[int, ...], ...] = ()
     row_width: int = 0
+    # writes the FP32 tile (its address) where the item keeps it (band.py); the stores read from there
+    keep: Callable[[int], None] | None = None
 
 
 @dataclass(frozen=True)
@@ -417,16 +419,17 @@ class Pipeline:
         self.direct = spec.out is F32  # the FP32 accumulator is itself the result tile
         macc = max(it.m * it.n for it in items)
         self.accs = [sram.alloc(macc * 4, f"{what} accumulator") for _ in range(2 if self.direct else 1)]
-        self.outs = self.accs if self.direct else [
-            sram.alloc(macc * spec.out.itemsize, f"{what} output tile") for _ in range(2)]
+        self.outs = self.accs if self.direct or all(it.keep for it in items) else [
+            sram.alloc(macc * spec.out.itemsize, f"{what} output tile") for _ in range(2)]  # (none: kept, band.py)
         nb = max((it.m for it in items if it.bias is not None and it.bias.addr is None), default=0)
         self.bias_stage = [sram.alloc(nb * spec.bias_src.itemsize, f"{what} bias") for _ in range(2)] if nb else []
         self.bias_f32 = sram.alloc(nb * 4, f"{what} bias f32") if nb and spec.bias_src is not F32 else None
         ncb = max((it.n for it in items if it.col_bias is not None and it.col_bias.addr is None), default=0)
         self.col_stage = [sram.alloc(ncb * 4, f"{what} column bias") for _ in range(2)] if ncb else []
         nres = max((it.m * it.n for it in items if it.residual is not None), default=0)
-        self.res_stage = [sram.alloc(nres * spec.res_src.itemsize, f"{what} residual tile") for _ in range(2)] \
-            if nres else []
+        nst = max((it.m * it.n for it in items if it.residual is not None and it.residual.addr is None), default=0)
+        self.res_stage = [sram.alloc(nst * spec.res_src.itemsize, f"{what} residual tile") for _ in range(2)] \
+            if nst else []
         self.res_f32 = sram.alloc(nres * 4, f"{what} residual f32") if nres and spec.res_src is not F32 else None
         normed = [it for it in items if it.norm is not None]
         self.norm_stage: list[int] = []
@@ -566,7 +569,8 @@ class Pipeline:
                 cc.emit("vadd", rd=cc.reg(R_D, acc), ra=cc.reg(R_A, acc), rb=cc.reg(R_B, cb), rows=it.m,
                         cols=it.n, sd=n4, sa=n4, sb=0, dt=F32, bcb="row")
             elif step[0] in RESIDUAL_STEPS:  # added (subtracted) in FP32, before rounding to the output type
-                res = self.res_stage[q]
+                assert it.residual is not None
+                res = it.residual.addr if it.residual.addr is not None else self.res_stage[q]
                 if self.res_f32 is not None:
                     cc.emit("vcvt", rd=cc.reg(R_D, self.res_f32), ra=cc.reg(R_A, res), rows=it.m, cols=it.n,
                             sd=n4, sa=it.n * spec.res_src.itemsize, dtd=F32, dts=spec.res_src)
@@ -582,7 +586,10 @@ class Pipeline:
                 self._row_max(it, acc)
             else:
                 emit_pointwise(cc, step, acc, it.m, it.n, n4, F32)
-        if self.direct:
+        if it.keep is not None:
+            it.keep(acc)
+            res = 0
+        elif self.direct:
             res = acc
         else:
             self.cc.wait(2 + q, self.pending[q])  # the output tile's previous store has left
