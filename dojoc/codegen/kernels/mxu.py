@@ -138,8 +138,7 @@ class Item:
     # i is written over tile row i, which no later output row reads (fuse_pool: stride above padding)
     row_max: tuple[tuple[int, ...], ...] = ()
     row_width: int = 0
-    # writes the FP32 tile (its address) where the item keeps it (band.py); the stores read from there
-    keep: Callable[[int], None] | None = None
+    keep: Callable[[int], None] | None = None  # writes the FP32 tile where it stays (band.py); stores read there
 
 
 @dataclass(frozen=True)
