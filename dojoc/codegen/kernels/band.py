@@ -42,6 +42,8 @@ from dataclasses import dataclass, field, replace
 from math import ceil
 from typing import TYPE_CHECKING
 
+import networkx as nx
+
 from dojoc.codegen.context import MAX_ROWS, Ctx
 from dojoc.codegen.kernels.mxu import F32, Region, Spec, operand_type, overlapped_bound
 from dojoc.codegen.view import View
@@ -75,7 +77,7 @@ class Member:
     cores: tuple[int, ...]
     source: str | None = None
     residual: str | None = None
-    readers: tuple[str, ...] = ()
+    readers: tuple[str, ...] = ()  # in program order
     hp: int = 0
     wp: int = 0
     dram: bool = True
@@ -111,10 +113,15 @@ class Band:
         """Elements between a slot's channels."""
         return self.hr * self.hc
 
+    @property
+    def size(self) -> int:
+        """Bytes of one slot."""
+        return slot_bytes(self.c, self.hr, self.hc, self.dtype)
+
     def slot(self, item: tuple[int, int]) -> tuple[int, int]:
         """(core, SRAM address) of an item's slot."""
         core, k = self.where[item]
-        return core, self.addr + k * slot_bytes(self.c, self.hr, self.hc, self.dtype)
+        return core, self.addr + k * self.size
 
     def row(self, item: tuple[int, int], r: int) -> int:
         """SRAM address of channel 0 of slot row r (0: the first halo row) at the first image column."""
@@ -157,6 +164,12 @@ def _same_size(node: Node) -> tuple[int, int] | None:
     return ph, pw
 
 
+def _pads(ctx: Ctx, readers: list[tuple[str, str]]) -> tuple[int, int]:
+    """(hp, wp): the most rows and columns around its items that a band's input readers read."""
+    pads = [_same_size(ctx.ops_by_name[r]) or (0, 0) for r, how in readers if how == "x"]
+    return max((q[0] for q in pads), default=0), max((q[1] for q in pads), default=0)
+
+
 def _emits_code(n: Node) -> bool:
     return n.op not in (Op.PARAM, Op.CONST, Op.INPUT)
 
@@ -165,7 +178,7 @@ def links(ctx: Ctx, members: set[str]) -> dict[str, list[tuple[str, str]]]:
     """For each member, the members that read its output from SRAM: (reader, "x" or "residual")."""
     nodes = ctx.graph.nodes
     index = {n.name: i for i, n in enumerate(nodes)}
-    byname = {n.name: n for n in nodes}
+    byname = ctx.ops_by_name
     out: dict[str, list[tuple[str, str]]] = {}
     for name in sorted(members, key=index.__getitem__):
         node = byname[name]
@@ -177,8 +190,8 @@ def links(ctx: Ctx, members: set[str]) -> dict[str, list[tuple[str, str]]]:
             if r.name not in members or any(f[0] == r.name for f in found):
                 continue
             own, extra = split_inputs(r.inputs, r.attrs)
-            if own[0] is node.output and own.count(node.output) == 1 and _same_size(r) is not None:
-                pad = _same_size(r)
+            pad = _same_size(r)
+            if own[0] is node.output and own.count(node.output) == 1 and pad is not None:
                 if pad != (0, 0):
                     between = [n for n in nodes[index[name] + 1:index[r.name]] if _emits_code(n)]
                     if between or halo:  # (the halo's reader must run next: HALO is free until then)
@@ -195,21 +208,12 @@ def links(ctx: Ctx, members: set[str]) -> dict[str, list[tuple[str, str]]]:
 
 
 def _components(names: list[str], edges: dict[str, list[tuple[str, str]]]) -> list[list[str]]:
-    parent = {n: n for n in names}
-
-    def find(n: str) -> str:
-        while parent[n] != n:
-            parent[n] = parent[parent[n]]
-            n = parent[n]
-        return n
-
-    for p, rs in edges.items():
-        for r, _ in rs:
-            parent[find(r)] = find(p)
-    groups: dict[str, list[str]] = {}
-    for n in names:
-        groups.setdefault(find(n), []).append(n)
-    return [g for g in groups.values() if len(g) > 1]
+    """The chains: connected sets of more than one member, each in program order (`names`' order)."""
+    g = nx.Graph()
+    g.add_nodes_from(names)
+    g.add_edges_from((p, r) for p, rs in edges.items() for r, _ in rs)
+    order = {n: i for i, n in enumerate(names)}
+    return [sorted(c, key=order.__getitem__) for c in nx.connected_components(g) if len(c) > 1]
 
 
 # -- the chain's decision ---------------------------------------------------------------------------------
@@ -295,8 +299,7 @@ def _members(ctx: Ctx, comp: list[str], edges: dict[str, list[tuple[str, str]]],
     for name in comp:
         node = byname[name]
         readers = edges.get(name, [])
-        pads = [_same_size(byname[r]) or (0, 0) for r, how in readers if how == "x"]
-        hp, wp = max((p[0] for p in pads), default=0), max((p[1] for p in pads), default=0)
+        hp, wp = _pads(ctx, readers)
         inside = {r for r, _ in readers}
         dram = node.output in ctx.graph.outputs or any(r.name not in inside for r in ctx.users.get(node.output, []))
         src = next((p for p, rs in edges.items() if (name, "x") in rs), None)
@@ -334,8 +337,7 @@ def _fits(ctx: Ctx, comp: list[str], rt: int, cores: tuple[int, ...], others: in
     last = {p: max(index[r] for r, _ in rs) for p, rs in edges.items() if rs}
     slot: dict[str, int] = {}
     for p, rs in edges.items():
-        pads = [_same_size(byname[r]) or (0, 0) for r, how in rs if how == "x"]
-        hp, wp = max((q[0] for q in pads), default=0), max((q[1] for q in pads), default=0)
+        hp, wp = _pads(ctx, rs)
         v = byname[p].output
         slot[p] = per * slot_bytes(v.type.shape[1], rt + 2 * hp, w + 2 * wp, ctx.storage(v.type.dtype))
     sources = {r for rs in edges.values() for r, how in rs if how == "x"}
@@ -416,15 +418,15 @@ def _decide(ctx: Ctx, comp: list[str], edges: dict[str, list[tuple[str, str]]],
             if 2 * len(cores) < ctx.builder.participants:
                 continue
             if _fits(ctx, comp, rt, cores, others, edges):
+                # (the fewest rows per item use the most cores; more rows only trade cores for mma width)
                 options.append((rt, cores))
+                break
     best: tuple[int, dict[str, Member]] | None = None
     for rt, cores in options:
         ms = _members(ctx, comp, edges, rt, cores)
         total = sum(m.predicted for m in ms.values())
         if best is None or total < best[0]:
             best = (total, ms)
-        if not fixed:
-            break  # (the fewest rows per item use the most cores; more rows only trade cores for mma width)
     if best is None:
         return {}
     if not fixed:
@@ -437,9 +439,8 @@ def _decide(ctx: Ctx, comp: list[str], edges: dict[str, list[tuple[str, str]]],
 
 def release(ctx: Ctx, name: str) -> None:
     """Op `name` has run: free the slots of every band whose last reader it was."""
-    index = {n.name: i for i, n in enumerate(ctx.graph.nodes)}
     for producer, band in list(ctx.band_live.items()):
-        if name in band.member.readers and index[name] == max(index[r] for r in band.member.readers):
+        if band.member.readers[-1] == name:
             for core in {band.where[it][0] for it in band.items}:
                 ctx.sram[core].release(band.addr)
             del ctx.band_live[producer]

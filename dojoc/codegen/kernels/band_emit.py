@@ -74,8 +74,7 @@ def _slots(ctx: Ctx, node: Node, cv: Conv, spec: Spec, m: Member, items: list[tu
              for k in range(count)}
     band = Band(m, cv.o, cv.oh, cv.ow, spec.out, addrs.pop(), tuple(items), where)
     ctx.band_live[node.name] = band
-    each = slot_bytes(cv.o, hr, hc, spec.out)
-    shards = tuple(Shard(core, band.addr + k * each, each) for core, k in sorted(where.values()))
+    shards = tuple(Shard(core, band.addr + k * band.size, band.size) for core, k in sorted(where.values()))
     ctx.band_shards[cv.out.base] = (f"rows of its chain's items on {len(cores)} cores, kept for "
                                     f"{', '.join(m.readers)}", shards, m.dram)
     return band
@@ -130,7 +129,7 @@ def _keep(cc: CoreCode, ob: Band, item: tuple[int, int], pt: int) -> tuple[Calla
                 cc.emit("put", rc=cc.reg(R_C, core), rd=cc.reg(R_D, ob.row(other, r2)), rs=cc.reg(R_A, ob.row(item, r)),
                         rows=ob.c, bytes=ob.w * e, ss=chan * e, ds=chan * e, seml=SENT, semr=m.sem)
 
-    return keep, hp * ((above is not None) + (below is not None))
+    return keep, arrivals(ob, item)
 
 
 def _waiter(cc: CoreCode, sem: int, count: int) -> Callable[[], None]:
