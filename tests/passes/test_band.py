@@ -88,3 +88,37 @@ def test_illegal_chains_name_the_op() -> None:
     next(o for o in d["ops"] if o["op"] == "convolution")["tile"]["band"] = 2
     with pytest.raises(MappingError, match="band=2"):
         dojoc.compile(model, (x,), machine="mesh4x4", precision="fp32", mapping=d)
+
+
+class Shortcut(nn.Module):
+    """The two blocks, then the next stage's entry: a 1 x 1 reduce in the chain beside a stride-2 1 x 1
+    shortcut outside it, which reads one row and column in two of the chain's last output."""
+
+    def __init__(self, c: int = 16) -> None:
+        super().__init__()
+        self.blocks, self.reduce, self.down = Blocks(c), nn.Conv2d(c, 8, 1), nn.Conv2d(c, 32, 1, stride=2)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        y = self.blocks(x)
+        return torch.relu(self.reduce(y)), self.down(y)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_a_stride_2_shortcut_gets_a_subsampled_dram_copy(precision: str) -> None:
+    torch.manual_seed(0)
+    model, x = Shortcut().eval(), torch.randn(2, 16, 12, 12)
+    prog = dojoc.compile(model, (x,), machine="mesh4x4", precision=precision)
+    assert prog.mapping is not None
+    ops = prog.mapping.by_key()
+    last = ops["convolution_5"]
+    assert last.tile_of("band") == 1 and ops["convolution_6"].tile_of("band") == 1
+    y = {v.value: v for v in prog.mapping.values}[last.writes[0]]
+    assert y.dram_copy and "one row and column in 2" in y.layout, y
+    with torch.no_grad():
+        for got, want in zip(prog(x), model(x), strict=True):
+            close_to_eager(got, want, precision)
+    e = 4 if precision == "fp32" else 2
+    n, c, h, w = x.shape
+    # x twice (the first op, the first residual), y's copy written and read at a quarter, the two results
+    assert prog.report.dram_bytes == e * (2 * x.numel() + 2 * n * c * (h // 2) * (w // 2)
+                                          + n * 8 * h * w + n * 32 * (h // 2) * (w // 2))

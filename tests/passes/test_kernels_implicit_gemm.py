@@ -112,18 +112,14 @@ CASES = [  # n, c, o, k, stride, pad, dil, hw, bias, residual
 @pytest.mark.parametrize("resident", [True, False])
 @pytest.mark.parametrize("shift", [0, 1])
 def test_conv_as_implicit_gemm_matches_eager(case: tuple[Any, ...], resident: bool, shift: int) -> None:
-    """Both forms: a window per tap (shift 0), and the padded input read once for every tap (shift 1,
-    stride 1 only: a strided convolution's mapping that asks for it is an error naming the reason)."""
+    """Both forms: a window per tap (shift 0), and the padded input read once for every tap (shift 1; of a
+    strided convolution, its stride phases)."""
     n, c, o, k, s, p, d, hw, bias, residual = case
     torch.manual_seed(1)
     model = Conv(c, o, k, s, p, d, bias, residual).eval()
     x = torch.randn(n, c, hw, hw)
     oh = (hw + 2 * p - d * (k - 1) - 1) // s + 1
     r = torch.randn(n, o, oh, oh)
-    if shift and s != 1:
-        with pytest.raises(dojoc.MappingError, match="tile shift=1.*stride 1"):
-            _forced(model, (x, r), ("conv2d",), 8, resident, shift=shift)
-        return
     prog = _forced(model, (x, r), ("conv2d",), min(8, c) if shift else 8, resident, shift=shift)  # (K: channels)
     torch.testing.assert_close(prog(x, r), model(x, r).detach(), rtol=1e-4, atol=1e-4)
 
@@ -145,6 +141,31 @@ def test_shifted_conv_reads_its_input_once_for_every_tap(waves: int) -> None:
     assert moved[1] < 0.6 * moved[0], moved
 
 
+@pytest.mark.parametrize("waves", [1, 2])
+def test_strided_shifted_conv_reads_its_phases_once(waves: int) -> None:
+    """A 3 x 3 convolution of stride 2 in the shifted form reads its input's 4 stride phases once, where a
+    window per tap reads 9 windows of a quarter of it."""
+    torch.manual_seed(0)
+    model = Conv(16, 40, 3, 2, 1, 1, True, True).eval()
+    x, r = torch.randn(2, 16, 24, 24), torch.randn(2, 40, 12, 12)
+    want = model(x, r).detach()
+    moved = []
+    for shift in (0, 1):
+        prog = _forced(model, (x, r), ("conv2d",), 16, True, waves, shift=shift)
+        got, rep = prog.run(x, r)
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+        moved.append(rep.dram_bytes)
+    assert moved[1] < 0.8 * moved[0], moved  # (the residual and the output are a third of it)
+
+
+def test_a_convolution_with_no_more_taps_than_phases_has_no_shifted_form() -> None:
+    torch.manual_seed(0)
+    model = Conv(8, 40, 2, 2, 0, 1, True, False).eval()  # 2 x 2, stride 2: each input pixel read once anyway
+    x, r = torch.randn(1, 8, 12, 12), torch.randn(1, 40, 6, 6)
+    with pytest.raises(dojoc.MappingError, match="tile shift=1.*more taps than stride phases"):
+        _forced(model, (x, r), ("conv2d",), 8, True, shift=1)
+
+
 def test_shifted_segments_are_the_output_pixels() -> None:
     geo = Im2col(View.dense(0, (2, 3, 6, 5), DType.F32), 3, 6, 5, 3, 6, 5, (1, 1), (1, 1), (1, 1))
     sh = Shifted.of(geo, 3, 2)
@@ -152,7 +173,14 @@ def test_shifted_segments_are_the_output_pixels() -> None:
     seen = [(img, first + i) for n0 in range(0, sh.n, 11)
             for img, first, count, _ in sh.segments(n0, min(11, sh.n - n0)) for i in range(count)]
     assert seen == [(img, q) for img in range(2) for q in range(30)]  # every output pixel once, in order
-    assert Shifted.of(Im2col(geo.x, 3, 6, 5, 3, 3, 3, (2, 2), (1, 1), (1, 1)), 3, 2) is None  # strided
+    # of stride 2: the phases' grid (ceil(8 / 2) x ceil(7 / 2)), taps at their phase and offset
+    st = Shifted.of(Im2col(geo.x, 3, 6, 5, 3, 3, 3, (2, 2), (1, 1), (1, 1)), 3, 2)
+    assert st is not None and (st.hp, st.wp, st.phases, st.taps) == (4, 4, 4, 9)
+    assert st.phase == (0, 1, 0, 2, 3, 2, 0, 1, 0) and st.offsets == (0, 0, 1, 0, 0, 1, 4, 4, 5)
+    assert st.halo == 5 and st.n == 16 + 2 * 4 + 3
+    seen = [(img, first + i) for img, first, count, _ in st.segments(0, st.n) for i in range(count)]
+    assert seen == [(img, q) for img in range(2) for q in range(9)]
+    assert Shifted.of(Im2col(geo.x, 3, 6, 5, 2, 3, 2, (2, 2), (0, 0), (1, 1)), 2, 2) is None  # 4 taps, 4 phases
 
 
 def test_im2col_runs_cover_the_block() -> None:

@@ -70,7 +70,8 @@ class Member:
     """One convolution of a chain: its items (rt rows of one image, everything else whole) on `cores`, the
     member whose output it multiplies from SRAM (`source`) and the one it adds (`residual`), and what
     becomes of its own output: kept as a band with (hp, wp) padding for `readers`, stored to DRAM too
-    when something else reads it (`dram`)."""
+    when something else reads it (`dram`), only every `step`-th row and column of it when every reader
+    outside the chain is a 1 x 1 convolution of that stride (`_subsampled`)."""
 
     name: str
     rt: int
@@ -81,6 +82,7 @@ class Member:
     hp: int = 0
     wp: int = 0
     dram: bool = True
+    step: int = 1  # the DRAM copy has only every step-th row and column: all its outside readers read
     sem: int = HALO[0]  # the halo arrivals' semaphore (when hp > 0)
     waits: bool = False  # it is its source's first halo reader: it waits for the arrivals
     predicted: int = 0
@@ -162,6 +164,23 @@ def _same_size(node: Node) -> tuple[int, int] | None:
     if tuple(a.get("stride", (1, 1))) != (1, 1) or kh % 2 == 0 or kw % 2 == 0 or (ph, pw) != (kh // 2, kw // 2):
         return None
     return ph, pw
+
+
+def _subsampled(node: Node, readers: list[Node]) -> int:
+    """The stride s when every one of `readers` takes `node`'s output as the input of a 1 x 1, unpadded
+    convolution of stride (s, s), s > 1, and nothing else of it (ResNet's shortcut reads every other row
+    and column of its block's input), else 1: its DRAM copy needs only those rows and columns."""
+    steps = set()
+    for r in readers:
+        own, extra = split_inputs(r.inputs, r.attrs)
+        a = r.attrs
+        s = tuple(a.get("stride", (1, 1)))
+        if r.op is not Op.CONV2D or own[0] is not node.output or own.count(node.output) != 1 \
+                or node.output in extra.values() or tuple(own[1].type.shape[2:]) != (1, 1) \
+                or tuple(a.get("padding", (0, 0))) != (0, 0) or s[0] != s[1]:
+            return 1
+        steps.add(s[0])
+    return steps.pop() if len(steps) == 1 else 1
 
 
 def _pads(ctx: Ctx, readers: list[tuple[str, str]]) -> tuple[int, int]:
@@ -273,7 +292,8 @@ def _cycles(ctx: Ctx, node: Node, m: Member) -> tuple[int, Bound]:
         else rt * cv.taps * (matmul_cycles(o, ow, c, spec.op, True, mach) + sc)
     epi = vector_cycles(o * pt, 4, o * pt * 8, o * pt * 4, mach) + spec.epilogue_cycles(o, pt, mach)
     out = keep if m.readers else vector_cycles(o * pt, 4, o * pt * 4, o * pt * e, mach)
-    traffic = items * pt * o * (e * m.dram + (spec.res_src.itemsize if spec.residual and m.residual is None else 0))
+    res = spec.res_src.itemsize if spec.residual and m.residual is None else 0
+    traffic = items * pt * o * (e * m.dram / m.step ** 2 + res)
     return overlapped_bound(ctx, run * (mm + epi + out), traffic, run, cores, run)
 
 
@@ -287,7 +307,7 @@ def head_steps(ctx: Ctx, cv: Conv, spec: Spec, m: Member) -> dict[tuple[int, int
     cands = [(tn, cl, 0) for tn, cl in options] + \
         [(tn, cl, 1) for tn, cl in _window_options(ctx, cv, spec, cv.o, m.rt, cv.ow, options, False)]
     return {(tn, cl, win): _estimate(ctx, cv, spec, cv.o, m.rt, cv.ow, tn, cl, list(m.cores), True, win,
-                                     stores=m.dram, res_dram=m.residual is None) for tn, cl, win in cands}
+                                     stores=m.dram / m.step ** 2, res_dram=m.residual is None) for tn, cl, win in cands}
 
 
 def _members(ctx: Ctx, comp: list[str], edges: dict[str, list[tuple[str, str]]], rt: int,
@@ -301,11 +321,13 @@ def _members(ctx: Ctx, comp: list[str], edges: dict[str, list[tuple[str, str]]],
         readers = edges.get(name, [])
         hp, wp = _pads(ctx, readers)
         inside = {r for r, _ in readers}
-        dram = node.output in ctx.graph.outputs or any(r.name not in inside for r in ctx.users.get(node.output, []))
+        outside = [r for r in ctx.users.get(node.output, []) if r.name not in inside]
+        dram = node.output in ctx.graph.outputs or bool(outside)
+        step = 1 if node.output in ctx.graph.outputs or not outside else _subsampled(node, outside)
         src = next((p for p, rs in edges.items() if (name, "x") in rs), None)
         res = next((p for p, rs in edges.items() if (name, "residual") in rs), None)
         waits = src is not None and (_same_size(node) or (0, 0)) != (0, 0)
-        m = Member(name, rt, cores, src, res, tuple(r for r, _ in readers), hp, wp, dram, HALO[parity], waits)
+        m = Member(name, rt, cores, src, res, tuple(r for r, _ in readers), hp, wp, dram, step, HALO[parity], waits)
         if hp:
             parity ^= 1
         with ctx.op_scope(f"{name} (chain)"):

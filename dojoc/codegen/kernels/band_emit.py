@@ -12,7 +12,7 @@ from dojoc.codegen.context import Ctx, split
 from dojoc.codegen.kernels.band import SENT, Band, Member, head_steps, items_of, slot_bytes
 from dojoc.codegen.kernels.conv import _TILE, Conv, Plan, _axes, _resident, item_steps, residual_operand
 from dojoc.codegen.kernels.mxu import F32, Item, Operand, Part, Pipeline, Spec, Step
-from dojoc.codegen.view import transfers
+from dojoc.codegen.view import Transfer, transfers
 from dojoc.errors import CompileError, MappingError, SramOverflowError
 from dojoc.ir.graph import Node
 from dojoc.mapping.model import Bound, OpMapping, Shard
@@ -75,8 +75,9 @@ def _slots(ctx: Ctx, node: Node, cv: Conv, spec: Spec, m: Member, items: list[tu
     band = Band(m, cv.o, cv.oh, cv.ow, spec.out, addrs.pop(), tuple(items), where)
     ctx.band_live[node.name] = band
     shards = tuple(Shard(core, band.addr + k * band.size, band.size) for core, k in sorted(where.values()))
+    sub = f"; its DRAM copy has one row and column in {m.step}, all that its other readers read" if m.step > 1 else ""
     ctx.band_shards[cv.out.base] = (f"rows of its chain's items on {len(cores)} cores, kept for "
-                                    f"{', '.join(m.readers)}", shards, m.dram)
+                                    f"{', '.join(m.readers)}{sub}", shards, m.dram)
     return band
 
 
@@ -132,6 +133,20 @@ def _keep(cc: CoreCode, ob: Band, item: tuple[int, int], pt: int) -> tuple[Calla
     return keep, arrivals(ob, item)
 
 
+def _stores(cv: Conv, m: Member, b: int, r0: int, src: int, row: int, chan: int) -> list[Transfer]:
+    """The DMAs of an item's output to DRAM from `src` (channel 0 of its first row; rows `row` and channels
+    `chan` bytes apart): every row and column, or with a subsampled copy (`m.step`) only the rows and
+    columns its readers read, at their places in the tensor."""
+    s, eo = m.step, cv.out.dtype.itemsize
+    sn, so, sh, sw = cv.out.strides
+    first = -r0 % s
+    rows = len(range(first, m.rt, s))
+    if not rows:
+        return []
+    return transfers(src + first * row, cv.out.base + b * sn + (r0 + first) * sh,
+                     [(cv.o, chan, so), (rows, s * row, s * sh), (-(-cv.ow // s), s * eo, s * sw)], eo)
+
+
 def _waiter(cc: CoreCode, sem: int, count: int) -> Callable[[], None]:
     """Wait for a slot's halo arrivals (before the first mma that reads them)."""
     return lambda: cc.wait(sem, count)
@@ -155,7 +170,6 @@ def emit(ctx: Ctx, node: Node, cv: Conv, spec: Spec, m: Member) -> None:
     res = ctx.band_live.get(m.residual) if m.residual is not None else None
     assert (src is None) == (m.source is None) and (res is None) == (m.residual is None), node.name
     ew, eo = spec.a_src.itemsize, spec.out.itemsize
-    sn, so, sh, sw = cv.out.strides
     pt = m.rt * cv.ow
     for core, (first, count) in zip(m.cores, runs, strict=False):
         mine = items[first:first + count]
@@ -174,17 +188,15 @@ def emit(ctx: Ctx, node: Node, cv: Conv, spec: Spec, m: Member) -> None:
             bias = Operand(cv.o, 1, addr=w + -(-cv.o * cv.k * ew // 64) * 64) if cv.bias is not None else None
             rop = Operand(cv.o, pt, addr=res.slot((b, r0))[1]) if res is not None \
                 else residual_operand(cv, spec, b, 0, cv.o, r0, m.rt, 0, cv.ow)
-            dst = cv.out.base + b * sn + r0 * sh
             keep: Callable[[int], None] | None = None
             stores = []
             if out is not None:
                 keep, puts = _keep(cc, out, (b, r0), pt)
                 sent += puts
                 if m.dram:
-                    stores = transfers(out.row((b, r0), m.hp), dst, [(cv.o, out.chan * eo, so), (m.rt, out.hc * eo, sh),
-                                                                     (cv.ow, eo, sw)], eo)
+                    stores = _stores(cv, m, b, r0, out.row((b, r0), m.hp), out.hc * eo, out.chan * eo)
             else:
-                stores = transfers(0, dst, [(cv.o, pt * eo, so), (m.rt, cv.ow * eo, sh), (cv.ow, eo, sw)], eo)
+                stores = _stores(cv, m, b, r0, 0, cv.ow * eo, pt * eo)
             built.append(Item(cv.o, pt, steps, stores, bias, residual=rop, keep=keep))
         if m.waits and src is not None:
             built[0].steps[0] = replace(built[0].steps[0], before=_waiter(cc, src.member.sem,

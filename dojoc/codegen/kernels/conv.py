@@ -233,11 +233,11 @@ def _item_cycles(ctx: Ctx, cv: Conv, spec: Spec, ot: int, pt: int, tn: int, cl: 
 
 
 def _estimate(ctx: Ctx, cv: Conv, spec: Spec, ot: int, rt: int, ct: int, tn: int, cl: int, cores: list[int],
-              resident: bool, win: int = 0, stores: bool = True, res_dram: bool = True) -> tuple[int, Bound]:
+              resident: bool, win: int = 0, stores: float = 1.0, res_dram: bool = True) -> tuple[int, Bound]:
     """The cost model's cycles and bound: compute per core against DRAM traffic (the input windows are
     re-read once per output-channel block, and once per tap unless a step loads its taps' input rows
-    once (`win`); streamed weights once per item; the output's stores and the residual's loads unless
-    `stores` / `res_dram` say they stay in SRAM, band.py)."""
+    once (`win`); streamed weights once per item; the output's stores (the share `stores` of them that go
+    to DRAM) and the residual's loads unless `res_dram` says it stays in SRAM, band.py)."""
     ex, ew, eo = spec.b_src.itemsize, spec.a_src.itemsize, spec.out.itemsize
     crt = band_rows(cv, rt)  # (the convolution rows of rt pooled ones, with a row_max step)
     pt = crt * ct
@@ -463,7 +463,7 @@ def _implicit_gemm(ctx: Ctx, node: Node, cv: Conv, spec: Spec, warr: np.ndarray,
 
 def gemm_problems(cv: Conv, spec: Spec) -> tuple[Problem, Problem | None]:
     """The convolution as SUMMA's implicit GEMM (M = output channels, N = the batch's pixels, K = taps x
-    channels), and for stride 1 the form that reads its padded input once for every tap (or None)."""
+    channels), and the form that reads its padded input (its stride phases) once for every tap (or None)."""
     hw = cv.oh * cv.ow
 
     def per_image(v: View) -> list[View]:

@@ -93,19 +93,25 @@ class Im2col:
 
 @dataclass(frozen=True)
 class Shifted:
-    """A stride-1 convolution whose B is the padded input itself (`summa` tile field `shift`): the output
-    is computed over the padded grid (hp x wp pixels an image, image-major), where tap (i, j) reads the
-    padded input at a fixed offset i * dh * wp + j * dw. So a K chunk is a range of input channels for
-    every tap: its loader DMAs the channels' padded pixels n0 .. n0 + n + halo - 1 once (`pad`, a 1 x 1
-    window over the padded grid, zeros from the DMA's padding), and each core multiplies it once per tap,
-    at the tap's offset, by that tap's columns of the weight chunk. The padded grid's extra columns (and
+    """A convolution whose B is its padded input itself (`summa` tile field `shift`), read once for every
+    tap. Of stride 1, the output is computed over the padded grid (hp x wp pixels an image, image-major),
+    where tap (i, j) reads the padded input at a fixed offset i * dh * wp + j * dw. Of stride (sh, sw), the
+    padded input is cut into its stride *phases* (phase (a, b): padded pixels (sh y + a, sw x + b)), the
+    output is computed over the phases' grid (hp = ceil(padded rows / sh) x wp = ceil(padded columns / sw)),
+    and tap (i, j) reads phase (i dh mod sh, j dw mod sw) at offset (i dh // sh) * wp + j dw // sw. So a K
+    chunk is a range of input channels for every tap: its loader DMAs the channels' grid pixels n0 .. n0 + n +
+    halo - 1 of every phase once (`pads`, one 1 x 1 window of stride (sh, sw) per phase, zeros from the DMA's
+    padding; the B tile is phase after phase of the chunk's rows), and each core multiplies it once per tap,
+    at the tap's phase and offset, by that tap's columns of the weight chunk. The grid's extra columns (and
     rows) are computed and never stored (`segments`); they cost (hp x wp) / (oh x ow) of the multiplies,
-    against the input read once instead of once per tap. A slice beside a disabled core so narrow that
-    its halo would outweigh its columns comes as a window per tap instead (`win`, over the padded grid)."""
+    against the input read once instead of once per tap (a 3 x 3 convolution of stride 2 reads 4 phases,
+    not 9 windows). A slice beside a disabled core so narrow that its halo would outweigh its columns comes
+    as a window per tap instead (`win`, over the grid)."""
 
-    pad: Im2col  # the padded input grid, as the windows of one tap at offset -padding
-    win: Im2col  # the windows of every tap, over the padded grid's columns
+    pads: tuple[Im2col, ...]  # per phase, the grid of the padded input's phase, as a 1 x 1 window's
+    win: Im2col  # the windows of every tap, over the grid's columns
     offsets: tuple[int, ...]  # per tap, tap-major as the weights' columns: its window's offset in pixels
+    phase: tuple[int, ...]  # per tap: the phase it reads (an index into pads)
     hp: int
     wp: int
     oh: int
@@ -114,19 +120,38 @@ class Shifted:
 
     @staticmethod
     def of(g: Im2col, kh: int, images: int) -> Shifted | None:
-        """The shifted form of a convolution's implicit GEMM, or None when it has a stride or one tap."""
-        (ph, pw), (dh, dw) = g.pad, g.dil
-        if g.stride != (1, 1) or kh * g.kw == 1:
+        """The shifted form of a convolution's implicit GEMM, or None when it has one tap, or no more taps
+        than phases (its input would be read as often)."""
+        (ph, pw), (dh, dw), (sh, sw) = g.pad, g.dil, g.stride
+        taps = [(i * dh, j * dw) for i in range(kh) for j in range(g.kw)]
+        used = sorted({(y % sh, x % sw) for y, x in taps})
+        if len(taps) == 1 or len(taps) <= len(used) and (sh, sw) != (1, 1):
             return None
-        hp, wp = g.h + 2 * ph, g.wd + 2 * pw
-        pad = Im2col(g.x, g.c, g.h, g.wd, 1, hp, wp, (1, 1), g.pad, (1, 1))
-        win = Im2col(g.x, g.c, g.h, g.wd, g.kw, hp, wp, (1, 1), g.pad, g.dil)
-        offsets = tuple(i * dh * wp + j * dw for i in range(kh) for j in range(g.kw))
-        return Shifted(pad, win, offsets, hp, wp, g.oh, g.ow, images)
+        hp, wp = -(-(g.h + 2 * ph) // sh), -(-(g.wd + 2 * pw) // sw)
+        pads = tuple(Im2col(g.x, g.c, g.h, g.wd, 1, hp, wp, (sh, sw), (ph - a, pw - b), (1, 1)) for a, b in used)
+        win = Im2col(g.x, g.c, g.h, g.wd, g.kw, hp, wp, (sh, sw), g.pad, g.dil)
+        offsets = tuple(y // sh * wp + x // sw for y, x in taps)
+        phase = tuple(used.index((y % sh, x % sw)) for y, x in taps)
+        return Shifted(pads, win, offsets, phase, hp, wp, g.oh, g.ow, images)
+
+    @property
+    def phases(self) -> int:
+        return len(self.pads)
+
+    def chunk(self, k0: int, kl: int, n0: int, n: int, dst: int, stride: int) -> tuple[list[Load], list[Fill]]:
+        """DMAs and zero fills of channels k0 .. k0 + kl - 1 of every phase's grid pixels n0 .. n0 + n - 1 at
+        SRAM `dst`, phase after phase (rows `stride` bytes apart)."""
+        loads: list[Load] = []
+        fills: list[Fill] = []
+        for i, pad in enumerate(self.pads):
+            got = pad.chunk(k0, kl, n0, n, dst + i * kl * stride, stride)
+            loads += got[0]
+            fills += got[1]
+        return loads, fills
 
     def slice_windows(self, n: int) -> bool:
         """Whether a slice of n columns comes as a window per tap (fewer columns than its halo would add)."""
-        return self.taps * n < n + self.halo
+        return self.taps * n < self.phases * (n + self.halo)
 
     def windows(self, e: int, k0: int, kl: int, n0: int, n: int, dst: int) -> tuple[list[Load], list[Fill]]:
         """DMAs and zero fills of channels k0 .. k0 + kl - 1 of every tap's window for columns n0 .. n0 + n - 1,
@@ -134,7 +159,7 @@ class Shifted:
         loads: list[Load] = []
         fills: list[Fill] = []
         for t in range(self.taps):
-            got = self.win.chunk(t * self.pad.c + k0, kl, n0, n, dst + t * kl * n * e, n * e)
+            got = self.win.chunk(t * self.win.c + k0, kl, n0, n, dst + t * kl * n * e, n * e)
             loads += got[0]
             fills += got[1]
         return loads, fills
@@ -145,13 +170,13 @@ class Shifted:
 
     @property
     def halo(self) -> int:
-        """Padded pixels a block of columns reads past its last one (the last tap's offset)."""
-        return self.offsets[-1]
+        """Grid pixels a block of columns reads past its last one (the largest tap offset)."""
+        return max(self.offsets)
 
     @property
     def n(self) -> int:
-        """Columns of the matmul: every image's padded grid, but the last image's rows and columns past its
-        last output pixel (whose windows would run past the input)."""
+        """Columns of the matmul: every image's grid, but the last image's rows and columns past its last
+        output pixel (whose windows would run past the input)."""
         return (self.images - 1) * self.hp * self.wp + (self.oh - 1) * self.wp + self.ow
 
     def segments(self, n0: int, n: int) -> list[tuple[int, int, int, int]]:

@@ -81,8 +81,8 @@ class Problem:
     im2col: Im2col | None = None
     per_view: int = 0
     row_bias: View | None = None
-    # a stride-1 convolution whose B is its padded input, read once for every tap (im2col.Shifted): K is
-    # its input channels, A [M, taps x K] its weights tap-major, N its padded grid
+    # a convolution whose B is its padded input (its stride phases), read once for every tap
+    # (im2col.Shifted): K is its input channels, A [M, taps x K] its weights tap-major, N its grid
     shift: Shifted | None = None
     # a 1 x 1 convolution whose input its producer keeps in SRAM in SUMMA's blocks (held.b_reader): K's chunks
     # are the producer's row blocks, and chunk t of column block j comes from the core that has block (t, j)
@@ -92,6 +92,11 @@ class Problem:
     def taps(self) -> int:
         """Multiplies per K chunk: one per tap of a shifted convolution, else one."""
         return self.shift.taps if self.shift is not None else 1
+
+    @property
+    def phases(self) -> int:
+        """Row blocks of a B chunk: one per stride phase of a shifted convolution's input, else one."""
+        return self.shift.phases if self.shift is not None else 1
 
     @property
     def halo(self) -> int:

@@ -39,7 +39,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from math import ceil
 
-from dojoc.codegen.context import ALIGN, Ctx, aligned
+from dojoc.codegen.context import ALIGN, MAX_ROWS, Ctx, aligned
 from dojoc.codegen.kernels import held as held_
 from dojoc.codegen.kernels.held import Held
 from dojoc.codegen.kernels.mxu import F32, Spec, resident_free
@@ -109,7 +109,7 @@ def _scratch(g: Grid, spec: Spec, kc: int, p: Problem, depth: int = 2, resident:
     nout = 2 if waves > 1 else 1
     direct = spec.out is F32
     aw, h = a_width(p, kc), p.halo
-    total = depth * (a(m * aw * e) + a(kc * (n + h) * e)) + (nout if direct else 1) * a(m * n * 4) \
+    total = depth * (a(m * aw * e) + a(p.phases * kc * (n + h) * e)) + (nout if direct else 1) * a(m * n * 4) \
         + (0 if direct else nout * a(m * n * eo))
     if x:
         total += depth * a(kc * x_cols(p, x, x_windows(p, x)) * e) + (nout if direct else 1) * a(m * x * 4) \
@@ -145,7 +145,8 @@ def estimate(ctx: Ctx, p: Problem, spec: Spec, kc: int, resident: str | None = N
     a_dram = resident != "a" and held is None
     # the slice beside a disabled core: in every step when waves cut rows, else in the first wave's
     # (the slowest row's step: rows beside a disabled core have fewer rows of M, balanced_rows)
-    taps, halo = p.taps, p.halo  # a shifted convolution multiplies each chunk once per tap
+    # a shifted convolution multiplies each chunk once per tap; its B chunks have a block of rows per phase
+    taps, halo, ph = p.taps, p.halo, p.phases
     xm = taps * matmul_cycles(mx, xx, kc, spec.op, True, m) if xx else 0
     every = by_rows or waves == 1
     shapes = {(ceil(k / waves) if by_rows else k, max((g.extra[c][1] for c in row if c in g.extra), default=0))
@@ -159,7 +160,7 @@ def estimate(ctx: Ctx, p: Problem, spec: Spec, kc: int, resident: str | None = N
     # (a B kept in its producer's blocks comes from DRAM only at disabled positions: `b_share` of it)
     b_share = b_dram_share(g, p)
     streamed = (p.m * taps * kc / (waves if by_rows else 1) if a_dram else 0) \
-        + (kc * (p.n * b_share + extra + halo * len(g.cols) * waves) / waves if resident != "b" else 0)
+        + (kc * (ph * (p.n * b_share + halo * len(g.cols) * waves) + extra) / waves if resident != "b" else 0)
     # (a residual kept in SRAM for this op, in this grid's blocks, costs no DRAM)
     kept = p.r is None or held_.kept_for(ctx, p.r, g.rect, g.mblocks, g.nblocks) is not None
     res = 0 if kept else p.m * p.n * spec.res_src.itemsize
@@ -170,13 +171,13 @@ def estimate(ctx: Ctx, p: Problem, spec: Spec, kc: int, resident: str | None = N
     early = res > 0 and prefetches_residual(g, resident, waves, spec.res_src.itemsize)
     res_steps, res_tail = (res, 0) if early else (0, res)
     out_bytes += res_tail
-    eject = (mx * taps * kc + kc * (nx + halo)) * e / m.eject_bytes_per_cycle
-    hops = max(mx * taps * kc, kc * (nx + halo)) * e / m.link_bytes_per_cycle + sum(g.rect.shape) * m.hop_latency
+    eject = (mx * taps * kc + ph * kc * (nx + halo)) * e / m.eject_bytes_per_cycle
+    hops = max(mx * taps * kc, ph * kc * (nx + halo)) * e / m.link_bytes_per_cycle + sum(g.rect.shape) * m.hop_latency
     # a resident chunk that finds no room (summa_grid.unkept) is streamed in every wave, by its loader
     missing = _missing(ctx, g, bounds, kc, resident, e, taps, rot) if resident is not None else [() for _ in bounds]
     base_link = link_cycles(ctx, p, g, kc, e, resident, held is not None)
     # a loader's streamed chunk
-    loaded = max(mx * taps * kc if a_dram else 0, kc * (nx + halo) if resident != "b" and b_share else 0) * e
+    loaded = max(mx * taps * kc if a_dram else 0, ph * kc * (nx + halo) if resident != "b" and b_share else 0) * e
     # the port serves one request at a time, each in whole cycles: a step's many small DMAs (a convolution's
     # windows, the slices beside a disabled core) take it longer than their bytes alone
     requests = request_cycles(ctx, p, spec, g, bounds, resident, held, waves, b_share)
@@ -259,7 +260,8 @@ def _best_kc(ctx: Ctx, p: Problem, spec: Spec, resident: str | None, held: Held 
     room = ctx.scratch_bytes if room is None else room
     best: tuple[int, int, int, int, Bound] | None = None
     fixed = held.kblocks if held is not None else p.b_kept.mblocks if p.b_kept is not None else None
-    kcs = [max(n for _, n in fixed)] if fixed is not None else sorted({min(c, p.k) for c in KC_CHOICES}, reverse=True)
+    kcs = [max(n for _, n in fixed)] if fixed is not None \
+        else sorted({min(c, p.k) for c in KC_CHOICES if c * p.phases <= MAX_ROWS}, reverse=True)
     for kc in kcs:
         rot = rotate(ctx, p, spec, kc, resident, held, rect)
         for depth in DEPTHS:
@@ -430,8 +432,8 @@ def decide(ctx: Ctx, p: Problem, spec: Spec, other: Callable[[], int], weight: s
         if shift not in (0, 1) or (shift and shifted is None):
             raise MappingError(f"op {om.key}: tile shift={shift}: give 0 (a window of the input per tap)"
                                + (", or 1 (the padded input, read once for every tap)" if shifted is not None else
-                                  "; reading the input once for every tap needs a convolution of stride 1 with "
-                                  "more than one tap"))
+                                  "; reading the input once for every tap needs a convolution with more taps than "
+                                  "stride phases"))
         sram_b = om.tile_of("sram_b", 0)
         if sram_b not in (0, 1) or (sram_b and kb is None) or (sram_b and shift):
             raise MappingError(f"op {om.key}: tile sram_b={sram_b}: give 0 (B comes from DRAM)"
@@ -493,8 +495,9 @@ def decide(ctx: Ctx, p: Problem, spec: Spec, other: Callable[[], int], weight: s
                                "a layer norm in the epilogue needs waves that cut rows)")
         room = ctx.scratch_bytes - (o.hold_bytes if hold else 0) - (o.keep_bytes if keep else 0)
         too_big = kc is not None and _scratch(g, spec, kc, p, depth, res, waves) > room
-        if kc is None or not 1 <= kc <= min(p.k, 4095) or too_big:
-            raise MappingError(f"op {om.key}: tile k={kc}: a K chunk must be between 1 and {min(p.k, 4095)} and "
+        top = min(p.k, MAX_ROWS // p.phases)  # (a B chunk is a tile of rows: kc per stride phase)
+        if kc is None or not 1 <= kc <= top or too_big:
+            raise MappingError(f"op {om.key}: tile k={kc}: a K chunk must be between 1 and {top} and "
                                f"its {depth} chunk buffers must fit the {room:,} bytes of SRAM scratch")
         rot = om.tile_of("rotate")
         if res is None and rot is not None:

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from dojoc.codegen.context import Ctx
 from dojoc.codegen.kernels import held as held_
-from dojoc.codegen.kernels.im2col import Fill, Im2col
+from dojoc.codegen.kernels.im2col import Fill, Im2col, Shifted
 from dojoc.codegen.kernels.mxu import Load
 from dojoc.codegen.kernels.summa_grid import wave_block
 from dojoc.codegen.view import Transfer, View, transfers
@@ -56,10 +56,12 @@ def a_width(p: Problem, kc: int) -> int:
     return p.taps * kc
 
 
-def b_chunk(src: View | Im2col, e: int, k0: int, kl: int, n0: int, n: int, dst: int) -> tuple[list[Load], list[Fill]]:
+def b_chunk(src: View | Im2col | Shifted, e: int, k0: int, kl: int, n0: int, n: int,
+            dst: int) -> tuple[list[Load], list[Fill]]:
     """The DMAs (and zero fills) of B's K rows k0 .. k0 + kl - 1, columns n0 .. n0 + n - 1 (elements of `e`
-    bytes), into a tile at `dst`: from B's view, or a convolution's shifted input windows (im2col.py)."""
-    if isinstance(src, Im2col):
+    bytes), into a tile at `dst`: from B's view, or a convolution's shifted input windows, or a shifted
+    convolution's padded input, phase after phase (im2col.py)."""
+    if isinstance(src, (Im2col, Shifted)):
         return src.chunk(k0, kl, n0, n, dst, n * e)
     return [Load(tr) for tr in transfers(src.base + k0 * src.strides[0] + n0 * src.strides[1], dst,
                                          [(kl, src.strides[0], n * e), (n, src.strides[1], e)], e)], []
@@ -72,15 +74,16 @@ def x_windows(p: Problem, x_max: int) -> bool:
 
 
 def x_cols(p: Problem, n: int, windows: bool) -> int:
-    """Columns per row of K that a slice of n columns loads: a window of n per tap, or n and the halo."""
-    return p.taps * n if windows else n + p.halo
+    """Columns per row of K that a slice of n columns loads: a window of n per tap, or n and the halo per
+    phase."""
+    return p.taps * n if windows else p.phases * (n + p.halo)
 
 
-def b_source(p: Problem) -> View | Im2col:
+def b_source(p: Problem) -> View | Im2col | Shifted:
     """Where B's chunks come from: the convolution's input windows (a shifted one's padded input), or B's
     view."""
     if p.shift is not None:
-        return p.shift.pad
+        return p.shift
     return p.im2col if p.im2col is not None else p.b[0]
 
 

@@ -9,7 +9,7 @@ from functools import lru_cache
 from typing import TYPE_CHECKING
 
 from dojoc.codegen.context import Ctx, split
-from dojoc.codegen.kernels.im2col import Im2col
+from dojoc.codegen.kernels.im2col import Im2col, Shifted
 from dojoc.codegen.kernels.summa_chunks import a_chunk, b_chunk, b_source, x_cols, x_windows
 from dojoc.codegen.kernels.summa_grid import Grid, loader
 from dojoc.codegen.view import View
@@ -27,7 +27,7 @@ def link_cycles(ctx: Ctx, p: Problem, g: Grid, kc: int, e: int, resident: str | 
     A chunk and the B chunks (and slices) its cores load for chunk 0 (the load is the same every chunk);
     a resident operand's chunks come from SRAM, not from the port, but those `missing` from it, (loader,
     bytes), which found no resident room. A shifted convolution's A chunks are taps x kc wide, and its B
-    chunks carry its halo."""
+    chunks carry its halo, for each of its phases."""
     taps, halo = p.taps, p.halo
     mach = ctx.machine
     port = mach.dram_ports[0]
@@ -45,7 +45,7 @@ def link_cycles(ctx: Ctx, p: Problem, g: Grid, kc: int, e: int, resident: str | 
     kept = p.b_kept
     for j, col in enumerate(g.cols):
         if col and resident != "b" and (kept is None or kept.owner(0, j) is None):
-            add(loader(col, j, 0), kc * (g.nblocks[j][1] + halo) * e)
+            add(loader(col, j, 0), p.phases * kc * (g.nblocks[j][1] + halo) * e)
     for core, (_, n) in g.extra.items():
         if resident != "b":
             add(core, kc * x_cols(p, n, x_windows(p, g.x_max)) * e)
@@ -85,7 +85,7 @@ def _a_cycles(a: View, e: int, k0: int, kl: int, m0: int, m: int, bpc: int, taps
 
 
 @lru_cache(maxsize=1 << 14)
-def _b_cycles(src: View | Im2col, e: int, k0: int, kl: int, n0: int, n: int, bpc: int) -> int:
+def _b_cycles(src: View | Im2col | Shifted, e: int, k0: int, kl: int, n0: int, n: int, bpc: int) -> int:
     """Port cycles of the DMA requests of B's rows k0 .. k0 + kl - 1, columns n0 .. n0 + n - 1."""
     return sum(dram_cycles(ld.t.nbytes, bpc) for ld in b_chunk(src, e, k0, kl, n0, n, 0)[0])
 

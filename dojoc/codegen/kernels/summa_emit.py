@@ -92,7 +92,7 @@ class CoreProgram:
         mm, nn, xx = wave_block(g, resident, waves)  # the same sizes on every core: the same addresses
         self.aw, self.halo = a_width(p, kc), p.halo  # A's chunk row; B's columns past a block's
         self.abuf = [sram.alloc(mm * self.aw * e, f"{name} A chunk") for _ in range(depth)]
-        self.bbuf = [sram.alloc(kc * (nn + self.halo) * e, f"{name} B chunk") for _ in range(depth)]
+        self.bbuf = [sram.alloc(p.phases * kc * (nn + self.halo) * e, f"{name} B chunk") for _ in range(depth)]
         self.direct = spec.out is F32
         nout = 2 if waves > 1 else 1
         self.acc = [sram.alloc(mm * nn * 4, f"{name} accumulator") for _ in range(nout if self.direct else 1)]
@@ -288,7 +288,8 @@ class CoreProgram:
                 if s >= self.depth:
                     self.cc.wait(FREE_B[q], len(self.col) - 1)  # the column is done with step s - depth
                 nb = (n + self.halo) * e
-                self._put(self._addr("b", s, self.bbuf), self.bbuf[q], kl, nb, nb, Cast.COL, SRC_B[q], ARR_B[q])
+                self._put(self._addr("b", s, self.bbuf), self.bbuf[q], self.p.phases * kl, nb, nb, Cast.COL, SRC_B[q],
+                          ARR_B[q])
 
     # -- the program ---------------------------------------------------------------------------------
     def emit(self) -> None:
@@ -426,8 +427,8 @@ class CoreProgram:
         if windows:
             nb, b = n, bbuf + (tap * kl + k0) * n * e
         else:
-            nb = n + self.halo
-            b = bbuf + (k0 * nb + (self.p.shift.offsets[tap] if self.p.shift is not None else 0)) * e
+            nb, sh = n + self.halo, self.p.shift
+            b = bbuf + ((sh.phase[tap] * kl + k0) * nb + sh.offsets[tap] if sh is not None else k0 * nb) * e
         cc.emit("mma", rd=cc.reg(R_D, acc), ra=cc.reg(R_A, abuf + (tap * self.kc + k0) * e), rb=cc.reg(R_B, b),
                 m=m, n=n, k=kl, sd=n * 4, sa=sa, sb=nb * e, dt=self.spec.op, acc=int(accumulate))
 
