@@ -124,6 +124,43 @@ def test_kept_only_stores_just_what_the_reader_reads_from_dram(machine: Machine)
         _compile(machine, mapping)
 
 
+class Fork(nn.Module):
+    """Pair's producer read by a 1 x 1 convolution and by a stride-2 1 x 1 shortcut (a ResNet stage's end)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b, self.down = nn.Conv2d(8, 24, 1), nn.Conv2d(24, 16, 1), nn.Conv2d(24, 32, 1, stride=2)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        y = torch.relu(self.a(x))
+        return self.b(y), self.down(y)
+
+
+@pytest.mark.parametrize("machine", [MESH, HOLED], ids=["mesh4x4", "holed"])
+def test_kept_only_beside_a_strided_reader_stores_what_it_reads(machine: Machine) -> None:
+    """Kept only beside a stride-2 1 x 1 reader, the output's DRAM copy has one row and column in 2 (but
+    the column blocks of disabled positions, whole): the shortcut reads just those, and matches eager."""
+    rows = _block_rows(machine)
+    torch.manual_seed(0)
+    model, x = Fork().eval(), torch.randn(2, 8, 7, 9)
+    moved = {}
+    for keep in (1, 2):
+        prog = dojoc.compile(model, (x,), machine=machine, precision="fp32",
+                             mapping=_mapping(machine, 1, rows, keep=keep))
+        got, report = prog.run(x)
+        for g, w in zip(got, model(x), strict=True):
+            torch.testing.assert_close(g, w.detach(), rtol=1e-4, atol=1e-4)
+        assert prog.mapping is not None
+        y = next(v for v in prog.mapping.values if v.value == "convolution")
+        assert ("one row and column in 2" in y.layout) == (keep == 2), y.layout
+        moved[keep] = report.dram_bytes
+    out_bytes, strided = 2 * 24 * 7 * 9 * 4, 2 * 24 * 4 * 5 * 4  # the output; rows 0, 2, 4, 6 of columns 0 .. 8
+    if machine is MESH:
+        assert moved[1] - moved[2] == out_bytes - strided, moved
+    else:
+        assert 0 < moved[1] - moved[2] < out_bytes - strided, moved
+
+
 def test_illegal_sram_b_is_one_clear_error() -> None:
     with pytest.raises(MappingError, match="op convolution_1: tile sram_b=1: .*not kept in SRAM by its producer"):
         _compile(MESH, _mapping(MESH, 1, keep=0))

@@ -45,6 +45,7 @@ from typing import TYPE_CHECKING
 import networkx as nx
 
 from dojoc.codegen.context import MAX_ROWS, Ctx
+from dojoc.codegen.kernels import held
 from dojoc.codegen.kernels.mxu import F32, Region, Spec, operand_type, overlapped_bound
 from dojoc.codegen.view import View
 from dojoc.errors import MappingError
@@ -71,7 +72,7 @@ class Member:
     member whose output it multiplies from SRAM (`source`) and the one it adds (`residual`), and what
     becomes of its own output: kept as a band with (hp, wp) padding for `readers`, stored to DRAM too
     when something else reads it (`dram`), only every `step`-th row and column of it when every reader
-    outside the chain is a 1 x 1 convolution of that stride (`_subsampled`)."""
+    outside the chain is a 1 x 1 convolution of that stride (`held.strided`)."""
 
     name: str
     rt: int
@@ -164,23 +165,6 @@ def _same_size(node: Node) -> tuple[int, int] | None:
     if tuple(a.get("stride", (1, 1))) != (1, 1) or kh % 2 == 0 or kw % 2 == 0 or (ph, pw) != (kh // 2, kw // 2):
         return None
     return ph, pw
-
-
-def _subsampled(node: Node, readers: list[Node]) -> int:
-    """The stride s when every one of `readers` takes `node`'s output as the input of a 1 x 1, unpadded
-    convolution of stride (s, s), s > 1, and nothing else of it (ResNet's shortcut reads every other row
-    and column of its block's input), else 1: its DRAM copy needs only those rows and columns."""
-    steps = set()
-    for r in readers:
-        own, extra = split_inputs(r.inputs, r.attrs)
-        a = r.attrs
-        s = tuple(a.get("stride", (1, 1)))
-        if r.op is not Op.CONV2D or own[0] is not node.output or own.count(node.output) != 1 \
-                or node.output in extra.values() or tuple(own[1].type.shape[2:]) != (1, 1) \
-                or tuple(a.get("padding", (0, 0))) != (0, 0) or s[0] != s[1]:
-            return 1
-        steps.add(s[0])
-    return steps.pop() if len(steps) == 1 else 1
 
 
 def _pads(ctx: Ctx, readers: list[tuple[str, str]]) -> tuple[int, int]:
@@ -287,14 +271,23 @@ def _cycles(ctx: Ctx, node: Node, m: Member) -> tuple[int, Bound]:
         cyc, bound = min(head_steps(ctx, cv, spec, m).values(), key=lambda cb: cb[0])
         return cyc + run * keep, bound
     sc = 3 * mach.scalar_cycles
+    # (a member that only stores its output runs its items row by row: a row's stores overlap the next's work)
+    pieces = pieces_of(m)
+    pr = pt // pieces
     dense = cv.taps == 1 and (m.hp, m.wp) == (0, 0)
-    mm = matmul_cycles(o, pt, c, spec.op, True, mach) + sc if dense \
+    mm = pieces * (matmul_cycles(o, pr, c, spec.op, True, mach) + sc) if dense \
         else rt * cv.taps * (matmul_cycles(o, ow, c, spec.op, True, mach) + sc)
-    epi = vector_cycles(o * pt, 4, o * pt * 8, o * pt * 4, mach) + spec.epilogue_cycles(o, pt, mach)
-    out = keep if m.readers else vector_cycles(o * pt, 4, o * pt * 4, o * pt * e, mach)
+    epi = pieces * (vector_cycles(o * pr, 4, o * pr * 8, o * pr * 4, mach) + spec.epilogue_cycles(o, pr, mach))
+    out = keep if m.readers else pieces * vector_cycles(o * pr, 4, o * pr * 4, o * pr * e, mach)
     res = spec.res_src.itemsize if spec.residual and m.residual is None else 0
     traffic = items * pt * o * (e * m.dram / m.step ** 2 + res)
-    return overlapped_bound(ctx, run * (mm + epi + out), traffic, run, cores, run)
+    return overlapped_bound(ctx, run * (mm + epi + out), traffic, run * pieces, cores, run * pieces)
+
+
+def pieces_of(m: Member) -> int:
+    """Accumulator tiles per item: one, or, for a reader of a band whose output only goes to DRAM, one per
+    row (so that a row's stores overlap the next row's multiplies)."""
+    return m.rt if m.source is not None and not m.readers else 1
 
 
 def head_steps(ctx: Ctx, cv: Conv, spec: Spec, m: Member) -> dict[tuple[int, int, int], tuple[int, Bound]]:
@@ -323,7 +316,7 @@ def _members(ctx: Ctx, comp: list[str], edges: dict[str, list[tuple[str, str]]],
         inside = {r for r, _ in readers}
         outside = [r for r in ctx.users.get(node.output, []) if r.name not in inside]
         dram = node.output in ctx.graph.outputs or bool(outside)
-        step = 1 if node.output in ctx.graph.outputs or not outside else _subsampled(node, outside)
+        step = 1 if node.output in ctx.graph.outputs or not outside else held.strided(node, outside)
         src = next((p for p, rs in edges.items() if (name, "x") in rs), None)
         res = next((p for p, rs in edges.items() if (name, "residual") in rs), None)
         waits = src is not None and (_same_size(node) or (0, 0)) != (0, 0)

@@ -9,7 +9,7 @@ from dataclasses import replace
 
 from dojoc.codegen.builder import R_A, R_C, R_D, CoreCode
 from dojoc.codegen.context import Ctx, split
-from dojoc.codegen.kernels.band import SENT, Band, Member, head_steps, items_of, slot_bytes
+from dojoc.codegen.kernels.band import SENT, Band, Member, head_steps, items_of, pieces_of, slot_bytes
 from dojoc.codegen.kernels.conv import _TILE, Conv, Plan, _axes, _resident, item_steps, residual_operand
 from dojoc.codegen.kernels.mxu import F32, Item, Operand, Part, Pipeline, Spec, Step
 from dojoc.codegen.view import Transfer, transfers
@@ -81,15 +81,18 @@ def _slots(ctx: Ctx, node: Node, cv: Conv, spec: Spec, m: Member, items: list[tu
     return band
 
 
-def _from_slot(cv: Conv, src: Band, item: tuple[int, int], a: Operand) -> list[Step]:
-    """A reader's one step: its input multiplied in place from the source's slot of the same item."""
+def _from_slot(cv: Conv, src: Band, item: tuple[int, int], a: Operand, first: int, rows: int) -> list[Step]:
+    """A reader's one step: its input multiplied in place from the source's slot of the same item (its rows
+    first .. first + rows - 1)."""
     slot, e = src.slot(item)[1], src.dtype.itemsize
     hp, wp, rt = src.member.hp, src.member.wp, src.member.rt
     if cv.taps == 1 and (hp, wp) == (0, 0):  # a dense [C, rows x W] tile
-        return [Step(a, Operand(cv.c, rt * cv.ow, addr=slot, stride=rt * cv.ow * e))]
+        return [Step(a, Operand(cv.c, rows * cv.ow, addr=slot + first * cv.ow * e, stride=rt * cv.ow * e))]
     ph, pw = cv.pad
-    parts = tuple(Part(t * cv.c, cv.c, (hp - ph + r + kh) * src.hc + (wp - pw + kw), src.chan, r * cv.ow, cv.ow)
-                  for r in range(rt) for t, (kh, kw) in enumerate(divmod(t, cv.kw) for t in range(cv.taps)))
+    parts = tuple(Part(t * cv.c, cv.c, (hp - ph + r + kh) * src.hc + (wp - pw + kw), src.chan, (r - first) * cv.ow,
+                       cv.ow)
+                  for r in range(first, first + rows) for t, (kh, kw) in enumerate(divmod(t, cv.kw)
+                                                                                  for t in range(cv.taps)))
     return [Step(a, Operand(cv.c * src.hr, src.hc, addr=slot), parts)]
 
 
@@ -133,14 +136,14 @@ def _keep(cc: CoreCode, ob: Band, item: tuple[int, int], pt: int) -> tuple[Calla
     return keep, arrivals(ob, item)
 
 
-def _stores(cv: Conv, m: Member, b: int, r0: int, src: int, row: int, chan: int) -> list[Transfer]:
-    """The DMAs of an item's output to DRAM from `src` (channel 0 of its first row; rows `row` and channels
-    `chan` bytes apart): every row and column, or with a subsampled copy (`m.step`) only the rows and
-    columns its readers read, at their places in the tensor."""
+def _stores(cv: Conv, m: Member, b: int, r0: int, src: int, row: int, chan: int, rt: int) -> list[Transfer]:
+    """The DMAs of rt rows of output from r0 to DRAM from `src` (channel 0 of its first row; rows `row` and
+    channels `chan` bytes apart): every row and column, or with a subsampled copy (`m.step`) only the rows
+    and columns its readers read, at their places in the tensor."""
     s, eo = m.step, cv.out.dtype.itemsize
     sn, so, sh, sw = cv.out.strides
     first = -r0 % s
-    rows = len(range(first, m.rt, s))
+    rows = len(range(first, rt, s))
     if not rows:
         return []
     return transfers(src + first * row, cv.out.base + b * sn + (r0 + first) * sh,
@@ -181,23 +184,27 @@ def emit(ctx: Ctx, node: Node, cv: Conv, spec: Spec, m: Member) -> None:
         w = resident[(0, 0)]
         cc = ctx.core(core)
         built, sent = [], 0
+        bias = Operand(cv.o, 1, addr=w + -(-cv.o * cv.k * ew // 64) * 64) if cv.bias is not None else None
+        rl = m.rt // pieces_of(m)  # rows per accumulator tile
         for b, r0 in mine:
             a = Operand(cv.o, cv.k, addr=w, stride=cv.k * ew)
-            steps = _from_slot(cv, src, (b, r0), a) if src is not None \
-                else item_steps(cv, spec, plan, tn, cl, b, 0, 0, cv.o, r0, m.rt, 0, cv.ow, w)
-            bias = Operand(cv.o, 1, addr=w + -(-cv.o * cv.k * ew // 64) * 64) if cv.bias is not None else None
-            rop = Operand(cv.o, pt, addr=res.slot((b, r0))[1]) if res is not None \
-                else residual_operand(cv, spec, b, 0, cv.o, r0, m.rt, 0, cv.ow)
-            keep: Callable[[int], None] | None = None
-            stores = []
-            if out is not None:
-                keep, puts = _keep(cc, out, (b, r0), pt)
-                sent += puts
-                if m.dram:
-                    stores = _stores(cv, m, b, r0, out.row((b, r0), m.hp), out.hc * eo, out.chan * eo)
-            else:
-                stores = _stores(cv, m, b, r0, 0, cv.ow * eo, pt * eo)
-            built.append(Item(cv.o, pt, steps, stores, bias, residual=rop, keep=keep))
+            for q0 in range(r0, r0 + m.rt, rl):
+                steps = _from_slot(cv, src, (b, r0), a, q0 - r0, rl) if src is not None \
+                    else item_steps(cv, spec, plan, tn, cl, b, 0, 0, cv.o, r0, m.rt, 0, cv.ow, w)
+                er = spec.res_src.itemsize
+                rop = Operand(cv.o, rl * cv.ow, addr=res.slot((b, r0))[1] + (q0 - r0) * cv.ow * er,
+                              stride=pt * er) if res is not None \
+                    else residual_operand(cv, spec, b, 0, cv.o, q0, rl, 0, cv.ow)
+                keep: Callable[[int], None] | None = None
+                stores = []
+                if out is not None:
+                    keep, puts = _keep(cc, out, (b, r0), pt)
+                    sent += puts
+                    if m.dram:
+                        stores = _stores(cv, m, b, r0, out.row((b, r0), m.hp), out.hc * eo, out.chan * eo, m.rt)
+                else:
+                    stores = _stores(cv, m, b, q0, 0, cv.ow * eo, rl * cv.ow * eo, rl)
+                built.append(Item(cv.o, rl * cv.ow, steps, stores, bias, residual=rop, keep=keep))
         if m.waits and src is not None:
             built[0].steps[0] = replace(built[0].steps[0], before=_waiter(cc, src.member.sem,
                                                                           sum(arrivals(src, it) for it in mine)))

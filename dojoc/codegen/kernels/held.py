@@ -44,7 +44,7 @@ from math import prod
 from typing import TYPE_CHECKING
 
 from dojoc.codegen.context import Ctx, aligned
-from dojoc.codegen.view import View
+from dojoc.codegen.view import Transfer, View, transfers
 from dojoc.errors import CompileError
 from dojoc.ir.epilogue import ROW_MAX, split_inputs, steps_of
 from dojoc.ir.graph import Node, Value
@@ -230,6 +230,10 @@ class Kept:
     b_reader: str = ""  # the 1 x 1 convolution that multiplies it as its B (`b_reader`), if any
     # kept only for a B reader: the column blocks still stored to DRAM (`dram_cols`)
     dram_cols: frozenset[int] = frozenset()
+    # kept only, and read by 1 x 1 convolutions of this stride too (`strided`): the other column blocks'
+    # DRAM copy has only every step-th row and column of the output, all that those readers read
+    step: int = 1
+    ow: int = 0  # the output's columns (an image's pixels are rows of ow), with step > 1
 
     @property
     def cores(self) -> tuple[int, ...]:
@@ -272,7 +276,8 @@ def residual_reader(ctx: Ctx, name: str) -> tuple[Node | None, str, bool]:
 
 def keep(ctx: Ctx, name: str, reader: str, views: list[View], spec: Spec, rect: Rect,
          at: dict[tuple[int, int], int], mblocks: tuple[tuple[int, int], ...],
-         nblocks: tuple[tuple[int, int], ...], x_max: int, only: bool, b_reader: str = "") -> Kept:
+         nblocks: tuple[tuple[int, int], ...], x_max: int, only: bool, b_reader: str = "", step: int = 1,
+         ow: int = 0) -> Kept:
     """Hold a block (and a slice of x_max columns) of the output of op `name` on every core of its grid, for
     `reader`'s residual and `b_reader`'s B (either may be ""; see the module docstring)."""
     m_max, eo = max(c for _, c in mblocks), spec.out.itemsize
@@ -283,7 +288,9 @@ def keep(ctx: Ctx, name: str, reader: str, views: list[View], spec: Spec, rect: 
     assert len(addrs) == 1, "every core holds the same bytes"
     base = addrs.pop()
     k = Kept(name, reader, tuple(views), rect, mblocks, nblocks, base, dict(at), base + block, only, b_reader,
-             dram_cols(at, rect.shape) if only and b_reader else frozenset())
+             dram_cols(at, rect.shape) if only and b_reader else frozenset(), step if only else 1, ow)
+    if k.step > 1:
+        purpose += f" (its DRAM copy elsewhere has one row and column in {k.step}, all its strided readers read)"
     if reader:
         ctx.kept[reader] = k
     if b_reader:
@@ -291,6 +298,27 @@ def keep(ctx: Ctx, name: str, reader: str, views: list[View], spec: Spec, rect: 
     blocks = sorted((c, mblocks[r][1] * nblocks[j][1] * eo) for (r, j), c in at.items())
     ctx.kept_shards[views[0].base] = (purpose, tuple(Shard(c, k.addr, nbytes) for c, nbytes in blocks))
     return k
+
+
+def strided_stores(k: Kept, v: View, c0: int, off: int, cnt: int, out: int, m0: int, m: int, n: int,
+                   eo: int) -> list[Transfer]:
+    """The stores of a block's run of output pixels c0 .. c0 + cnt - 1 of image view `v` (at `off` in the
+    block of n columns at SRAM `out`, its rows m0 .. m0 + m - 1) on every k.step-th row and column: one DMA
+    per such row of the run."""
+    s, ow = k.step, k.ow
+    out_ts: list[Transfer] = []
+    q = c0
+    while q < c0 + cnt:
+        y, x = divmod(q, ow)
+        end = min(c0 + cnt, (y + 1) * ow)  # the rest of this row
+        first = x + (-x % s)
+        if y % s == 0 and first < end - y * ow:
+            count = len(range(first, end - y * ow, s))
+            out_ts += transfers(out + (off + y * ow + first - c0) * eo,
+                                v.base + m0 * v.strides[0] + (y * ow + first) * v.strides[1],
+                                [(m, n * eo, v.strides[0]), (count, s * eo, s * v.strides[1])], eo)
+        q = end
+    return out_ts
 
 
 def kept_for(ctx: Ctx, views: list[View] | None, rect: Rect, mblocks: tuple[tuple[int, int], ...],
@@ -327,15 +355,43 @@ def dram_cols(at: dict[tuple[int, int], int], shape: tuple[int, int]) -> frozens
 
 def sram_only(ctx: Ctx, name: str, keeper: Node | None, breader: Node) -> bool:
     """Whether every reader of op `name`'s output can take it from SRAM when it is kept: its B reader and
-    its residual reader (a convolution that SUMMA takes), nothing else, and no graph output."""
+    its residual reader (a convolution that SUMMA takes), and no graph output; but for `strided` readers,
+    which read a subsampled DRAM copy."""
     node = ctx.ops_by_name.get(name)
     if node is None:
         return False
     readers, output = _readers(ctx, node)
     wanted = [r for r in (keeper, breader) if r is not None]
-    if output or sorted(r.name for r, _ in readers) != sorted(r.name for r in wanted):
+    others = [r for r, _ in readers if r not in wanted]
+    if output or {r.name for r in wanted} - {r.name for r, _ in readers} or others and strided(node, others) == 1:
         return False
     return keeper is None or _summa_conv(ctx, keeper)
+
+
+def strided(node: Node, readers: list[Node]) -> int:
+    """The stride s when every one of `readers` takes `node`'s output as the input of a 1 x 1, unpadded
+    convolution of stride (s, s), s > 1, and nothing else of it (ResNet's shortcut reads every other row
+    and column of its block's input), else 1: a DRAM copy for them needs only those rows and columns."""
+    steps = set()
+    for r in readers:
+        own, extra = split_inputs(r.inputs, r.attrs)
+        a = r.attrs
+        s = tuple(a.get("stride", (1, 1)))
+        if r.op is not Op.CONV2D or own[0] is not node.output or own.count(node.output) != 1 \
+                or node.output in extra.values() or tuple(own[1].type.shape[2:]) != (1, 1) \
+                or tuple(a.get("padding", (0, 0))) != (0, 0) or s[0] != s[1]:
+            return 1
+        steps.add(s[0])
+    return steps.pop() if len(steps) == 1 else 1
+
+
+def strided_step(ctx: Ctx, name: str, wanted: list[Node]) -> int:
+    """The stride of op `name`'s readers but `wanted` (its kept readers) when `strided` gives one, else 1."""
+    node = ctx.ops_by_name.get(name)
+    if node is None:
+        return 1
+    others = [r for r, _ in _readers(ctx, node)[0] if r not in wanted]
+    return strided(node, others) if others else 1
 
 
 def _summa_conv(ctx: Ctx, node: Node) -> bool:

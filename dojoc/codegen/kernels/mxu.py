@@ -6,15 +6,15 @@ Both kernels reduce to the same per-core program: a list of *items*, each an FP3
 row, the node's epilogue steps, conversion to the output type, DMA store). An operand is either resident
 in SRAM (a weight, loaded once in the load phase) or streamed: its DMAs fill one of two staging buffers,
 and step i+1's DMAs are issued before step i's mma, so loads overlap compute. Semaphores: 0/1 count the
-arrivals of the two staging parities, 2/3 the stores of the two result buffers, 4/5 the per-item loads
-of the epilogue's operands (bias per row or per column, residual tile), issued with the item's first step
-into one of two buffers each, so they too overlap the item's steps.
+arrivals of the two staging parities, 2/3 the stores of the two result buffers, 4/5 the loads of an item's
+epilogue operands (bias per row or column, residual tile), issued with its first step into one of two
+buffers each, so they too overlap its steps.
 
 Precisions: bf16 and fp32 multiply in their storage type. cfp8 multiplies CF8E4 operands. Weights are
 quantised at compile time with a per-tensor bias chosen from their real values (`formats.choose_bias`);
 activations are converted at run time by `vcvt` with one fixed bias, chosen for |x| <= ACT_AMAX, because
-`lower_graph` sees no data to calibrate on (the core has no SRAM-to-register load, so the bias cannot be
-computed at run time either). Values beyond ACT_AMAX saturate; values below ~2^-11 flush towards zero.
+`lower_graph` sees no data to calibrate on (nor could the core, which has no SRAM-to-register load, compute
+it at run time). Values beyond ACT_AMAX saturate; values below ~2^-11 flush towards zero.
 """
 
 from __future__ import annotations
@@ -123,8 +123,8 @@ class Step:
 class Item:
     """One accumulator tile: its steps (at least one), an optional FP32 bias per row (rows=m, cols=1)
     or per column (`col_bias`, rows=1, cols=n, the epilogue's `bias` step), the residual tile [m, n] of
-    the epilogue's `residual` step (streamed, in `Spec.res_src`), and the stores of the dense [m, n]
-    result tile (`src` relative to the tile)."""
+    the epilogue's `residual` step (streamed, in `Spec.res_src`; or in SRAM, rows `stride` apart), and the
+    stores of the dense [m, n] result tile (`src` relative to the tile)."""
 
     m: int
     n: int
@@ -427,8 +427,7 @@ class Pipeline:
         self.col_stage = [sram.alloc(ncb * 4, f"{what} column bias") for _ in range(2)] if ncb else []
         nres = max((it.m * it.n for it in items if it.residual is not None), default=0)
         nst = max((it.m * it.n for it in items if it.residual is not None and it.residual.addr is None), default=0)
-        self.res_stage = [sram.alloc(nst * spec.res_src.itemsize, f"{what} residual tile") for _ in range(2)] \
-            if nst else []
+        self.res_stage = [sram.alloc(nst * spec.res_src.itemsize, f"{what} residual tile") for _ in range(2) if nst]
         self.res_f32 = sram.alloc(nres * 4, f"{what} residual f32") if nres and spec.res_src is not F32 else None
         normed = [it for it in items if it.norm is not None]
         self.norm_stage: list[int] = []
@@ -570,12 +569,13 @@ class Pipeline:
             elif step[0] in RESIDUAL_STEPS:  # added (subtracted) in FP32, before rounding to the output type
                 assert it.residual is not None
                 res = it.residual.addr if it.residual.addr is not None else self.res_stage[q]
+                rs = (it.residual.addr is not None and it.residual.stride) or it.n * spec.res_src.itemsize
                 if self.res_f32 is not None:
                     cc.emit("vcvt", rd=cc.reg(R_D, self.res_f32), ra=cc.reg(R_A, res), rows=it.m, cols=it.n,
-                            sd=n4, sa=it.n * spec.res_src.itemsize, dtd=F32, dts=spec.res_src)
-                    res = self.res_f32
+                            sd=n4, sa=rs, dtd=F32, dts=spec.res_src)
+                    res, rs = self.res_f32, n4
                 cc.emit("vadd" if step[0] == "residual" else "vsub", rd=cc.reg(R_D, acc), ra=cc.reg(R_A, acc),
-                        rb=cc.reg(R_B, res), rows=it.m, cols=it.n, sd=n4, sa=n4, sb=n4, dt=F32)
+                        rb=cc.reg(R_B, res), rows=it.m, cols=it.n, sd=n4, sa=n4, sb=rs, dt=F32)
             elif step[0] == NORM:  # the tile holds whole rows: its statistics need no other core
                 assert it.norm is not None
                 nw = it.norm.addr if it.norm.addr is not None else self.norm_stage[q]

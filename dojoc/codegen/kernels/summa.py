@@ -335,13 +335,17 @@ def decide(ctx: Ctx, p: Problem, spec: Spec, other: Callable[[], int], weight: s
             + ("sram_b=0)" if b_given.kernel == KERNEL else f"kernel {b_given.kernel!r})")
         breader = None
 
-    def kept_share(g: Grid) -> float:
-        """The share of the output that a kept-only copy keeps out of DRAM: all, or with a B reader all but
-        the column blocks of disabled positions (held.dram_cols)."""
-        return 1.0 if breader is None else 1 - len(held_.dram_cols(g.at, g.rect.shape)) / len(g.cols)
-
     if breader is not None:  # kept only, when its readers are these two (its DRAM copy: what they cannot take)
         sole = held_.sram_only(ctx, key, keeper, breader)
+    # (and the strided 1 x 1 readers beside them, for which the other column blocks store every step-th pixel)
+    step = held_.strided_step(ctx, key, [r for r in (keeper, breader) if r is not None]) if sole else 1
+
+    def kept_share(g: Grid) -> float:
+        """The share of the output that a kept-only copy keeps out of DRAM: all, or with a B reader all but
+        the column blocks of disabled positions (held.dram_cols), and with strided readers all but every
+        step-th row and column of the others."""
+        gone = len(held_.dram_cols(g.at, g.rect.shape)) / len(g.cols) if breader is not None else 0.0
+        return (1 - gone) * (1 - 1 / step ** 2 if step > 1 else 1.0)
 
     def only_by_default(g: Grid) -> bool:
         """Whether the default keeps the output only (a given keep 2 needs `sole` alone): with a B reader, when
@@ -548,9 +552,12 @@ def emit(ctx: Ctx, node: Node, p: Problem, spec: Spec, om: OpMapping, weight: st
     # (decide checked that there is a reader to keep it for)
     reader = held_.residual_reader(ctx, node.name)[0] if om.tile_of("keep") else None
     breader = held_.b_reader(ctx, node.name, p) if om.tile_of("keep") else None
+    only = om.tile_of("keep") == 2
+    wanted = [r for r in (reader, breader) if r is not None]
+    step = held_.strided_step(ctx, node.name, wanted) if only else 1
     kept = held_.keep(ctx, node.name, reader.name if reader else "", p.o, spec, g.rect, g.at, g.mblocks, g.nblocks,
-                      g.x_max, om.tile_of("keep") == 2, breader.name if breader else "") \
-        if reader is not None or breader is not None else None
+                      g.x_max, only, breader.name if breader else "", step, p.im2col.ow if p.im2col else 0) \
+        if wanted else None
     for core in g.cores:
         CoreProgram(ctx, node, p, spec, g, kc, core, weight if om.resident else None, depth, waves,
                     held, out, kept, rot).emit()

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 from dojoc.codegen.builder import R_A, R_B, R_C, R_D, CoreCode
 from dojoc.codegen.context import Ctx, aligned, split
 from dojoc.codegen.epilogue import NormTile, emit_norm, emit_pointwise
-from dojoc.codegen.kernels.held import ARRIVE, Held, Kept, kept_for, owned
+from dojoc.codegen.kernels.held import ARRIVE, Held, Kept, kept_for, owned, strided_stores
 from dojoc.codegen.kernels.im2col import Fill
 from dojoc.codegen.kernels.mxu import F32, Load, Spec, load_resident
 from dojoc.codegen.kernels.summa_chunks import (
@@ -172,8 +172,7 @@ class CoreProgram:
         return self.bounds[t]
 
     def _a_chunk(self, t: int, m0: int, m: int, dst: int) -> list[Transfer]:
-        return a_chunk(self.p.a[0], self.spec.op.itemsize, self.kc, *self._chunk(t), m0, m, dst, self.p.taps,
-                       self.p.k)
+        return a_chunk(self.p.a[0], self.spec.op.itemsize, self.kc, *self._chunk(t), m0, m, dst, self.p.taps, self.p.k)
 
     def _b_chunk(self, t: int, n0: int, n: int, dst: int) -> tuple[list[Load], list[Fill]]:
         return b_chunk(b_source(self.p), self.spec.op.itemsize, *self._chunk(t), n0, n + self.halo, dst)
@@ -508,25 +507,26 @@ class CoreProgram:
     def _finish(self, acc: int, out: int, m0: int, m: int, n0: int, n: int, o: int, is_slice: bool) -> None:
         """The FP32 block converted and stored (counted on output buffer o's semaphore), kept, or left in
         the held output."""
-        cc, spec, p = self.cc, self.spec, self.p
-        n4 = n * 4
-        eo = spec.out.itemsize
+        cc, spec, p, k = self.cc, self.spec, self.p, self.kept_out
+        n4, eo = n * 4, spec.out.itemsize
         if self.hold is not None:
             self._keep_held(acc, out, m0, m, n0, n, o, is_slice)
             return
         if out != acc:
             cc.emit("vcvt", rd=cc.reg(R_D, out), ra=cc.reg(R_A, acc), rows=m, cols=n, sd=n * eo, sa=n4,
                     dtd=spec.out, dts=F32)
-        if self.kept_out is not None:  # a copy of the block (or slice) stays for a later op's residual
-            dst, stride = self._kept_at(self.kept_out, m0, n0, is_slice, eo)
-            cc.emit("vmov", rd=cc.reg(R_D, dst), ra=cc.reg(R_A, out), rows=m, cols=n, sd=stride, sa=n * eo,
-                    dt=spec.out)
-            # kept only: it goes to DRAM only where a B reader cannot take it from SRAM (held.dram_cols)
-            if self.kept_out.only and (self.gone if is_slice else self.c) not in self.kept_out.dram_cols:
-                return
-        ts = [tr for v, c0, off, cnt in self._cols(p.o, n0, n)
-              for tr in transfers(out + off * eo, v.base + m0 * v.strides[0] + c0 * v.strides[1],
-                                  [(m, n * eo, v.strides[0]), (cnt, eo, v.strides[1])], eo)]
+        if k is not None:  # a copy of the block (or slice) stays for a later op's residual
+            dst, stride = self._kept_at(k, m0, n0, is_slice, eo)
+            cc.emit("vmov", rd=cc.reg(R_D, dst), ra=cc.reg(R_A, out), rows=m, cols=n, sd=stride, sa=n * eo, dt=spec.out)
+        # kept only, it goes to DRAM only where a B reader cannot take it from SRAM (held.dram_cols), and
+        # elsewhere only the pixels its strided readers read, if it has those (Kept.step)
+        if k is not None and k.only and (self.gone if is_slice else self.c) not in k.dram_cols:
+            ts = [tr for v, c0, off, cnt in self._cols(p.o, n0, n)
+                  for tr in strided_stores(k, v, c0, off, cnt, out, m0, m, n, eo)] if k.step > 1 else []
+        else:
+            ts = [tr for v, c0, off, cnt in self._cols(p.o, n0, n)
+                  for tr in transfers(out + off * eo, v.base + m0 * v.strides[0] + c0 * v.strides[1],
+                                      [(m, n * eo, v.strides[0]), (cnt, eo, v.strides[1])], eo)]
         for tr in ts:
             cc.dma_store(tr, STORE[o])
         self.stores[o] += len(ts)
