@@ -169,7 +169,8 @@ def test_a_convolution_with_no_more_taps_than_phases_has_no_shifted_form() -> No
 def test_shifted_segments_are_the_output_pixels() -> None:
     geo = Im2col(View.dense(0, (2, 3, 6, 5), DType.F32), 3, 6, 5, 3, 6, 5, (1, 1), (1, 1), (1, 1))
     sh = Shifted.of(geo, 3, 2)
-    assert sh is not None and (sh.hp, sh.wp, sh.halo) == (8, 7, 16) and sh.n == 8 * 7 + 5 * 7 + 5
+    # (consecutive images share a padding row: 6 + 1 rows of 5 + 2 columns each)
+    assert sh is not None and (sh.hp, sh.wp, sh.halo) == (7, 7, 16) and sh.n == 7 * 7 + 5 * 7 + 5
     seen = [(img, first + i) for n0 in range(0, sh.n, 11)
             for img, first, count, _ in sh.segments(n0, min(11, sh.n - n0)) for i in range(count)]
     assert seen == [(img, q) for img in range(2) for q in range(30)]  # every output pixel once, in order

@@ -94,8 +94,9 @@ class Im2col:
 @dataclass(frozen=True)
 class Shifted:
     """A convolution whose B is its padded input itself (`summa` tile field `shift`), read once for every
-    tap. Of stride 1, the output is computed over the padded grid (hp x wp pixels an image, image-major),
-    where tap (i, j) reads the padded input at a fixed offset i * dh * wp + j * dw. Of stride (sh, sw), the
+    tap. Of stride 1, the output is computed over the padded grid (hp x wp pixels an image, image-major:
+    hp = rows + ph, consecutive images sharing their ph zero rows), where tap (i, j) reads the padded input
+    at a fixed offset i * dh * wp + j * dw. Of stride (sh, sw), the
     padded input is cut into its stride *phases* (phase (a, b): padded pixels (sh y + a, sw x + b)), the
     output is computed over the phases' grid (hp = ceil(padded rows / sh) x wp = ceil(padded columns / sw)),
     and tap (i, j) reads phase (i dh mod sh, j dw mod sw) at offset (i dh // sh) * wp + j dw // sw. So a K
@@ -127,7 +128,10 @@ class Shifted:
         used = sorted({(y % sh, x % sw) for y, x in taps})
         if len(taps) == 1 or len(taps) <= len(used) and (sh, sw) != (1, 1):
             return None
-        hp, wp = -(-(g.h + 2 * ph) // sh), -(-(g.wd + 2 * pw) // sw)
+        # (of stride 1, consecutive images share their padding rows: image b's bottom ph rows, zeros, are image
+        # b + 1's top ones, so an image takes h + ph rows of the grid; the last image's come as zero fills)
+        hp = g.h + ph if (sh, sw) == (1, 1) else -(-(g.h + 2 * ph) // sh)
+        wp = -(-(g.wd + 2 * pw) // sw)
         pads = tuple(Im2col(g.x, g.c, g.h, g.wd, 1, hp, wp, (sh, sw), (ph - a, pw - b), (1, 1)) for a, b in used)
         win = Im2col(g.x, g.c, g.h, g.wd, g.kw, hp, wp, (sh, sw), g.pad, g.dil)
         offsets = tuple(y // sh * wp + x // sw for y, x in taps)

@@ -37,7 +37,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from math import ceil
 
 from dojoc.codegen.context import ALIGN, MAX_ROWS, Ctx, aligned
 from dojoc.codegen.kernels import held as held_
@@ -64,6 +63,7 @@ from dojoc.codegen.kernels.summa_grid import (
     rotation,
     unkept,
     wave_block,
+    wave_split,
 )
 from dojoc.codegen.paths import port_path
 from dojoc.errors import CompileError, MappingError
@@ -149,10 +149,17 @@ def estimate(ctx: Ctx, p: Problem, spec: Spec, kc: int, resident: str | None = N
     taps, halo, ph = p.taps, p.halo, p.phases
     xm = taps * matmul_cycles(mx, xx, kc, spec.op, True, m) if xx else 0
     every = by_rows or waves == 1
-    shapes = {(ceil(k / waves) if by_rows else k, max((g.extra[c][1] for c in row if c in g.extra), default=0))
-              for row, (_, k) in zip(g.rows, g.mblocks, strict=True)}
-    mma = taps * max(matmul_cycles(r, nx, kc, spec.op, True, m)
-                     + (matmul_cycles(r, x, kc, spec.op, True, m) if x and every else 0) for r, x in shapes)
+
+    def wave_mma(w: int) -> int:  # a step's multiplies in wave w (summa_grid.wave_split: the last is smallest)
+        shapes = {(wave_split(k, waves)[w][1] if by_rows else k, max((g.extra[c][1] for c in row if c in g.extra),
+                                                                      default=0))
+                  for row, (_, k) in zip(g.rows, g.mblocks, strict=True)}
+        n = nx if by_rows else wave_split(g.n_max, waves)[w][1]
+        return taps * max(matmul_cycles(r, n, kc, spec.op, True, m)
+                          + (matmul_cycles(r, x, kc, spec.op, True, m) if x and every else 0) for r, x in shapes)
+
+    mmas = [wave_mma(w) for w in range(waves)]
+    mma = mmas[0]
     x_mma = 0 if every else chunks * xm
     # B's columns that the cores beside a disabled one fetch again (a shifted convolution's with their halo or
     # a window per tap), and the halo of every column block's chunk in every wave
@@ -182,7 +189,8 @@ def estimate(ctx: Ctx, p: Problem, spec: Spec, kc: int, resident: str | None = N
     # windows, the slices beside a disabled core) take it longer than their bytes alone
     requests = request_cycles(ctx, p, spec, g, bounds, resident, held, waves, b_share)
     bpc = m.dram_ports[0].bytes_per_cycle
-    pers: list[tuple[float, float, float]] = []  # per chunk: (step cycles, its DRAM cycles, its elements)
+    # per chunk: (step cycles, its DRAM cycles, its elements, its cycles but the multiplies)
+    pers: list[tuple[float, float, float, float]] = []
     for lost in missing:
         moved = streamed + sum(b for _, b in lost) / e
         dram = max(moved * e * way.cycles_per_byte, requests + sum(dram_cycles(round(b), bpc) for _, b in lost)) \
@@ -193,10 +201,11 @@ def estimate(ctx: Ctx, p: Problem, spec: Spec, kc: int, resident: str | None = N
         # (and the DMA itself: a loader's chunk comes in through its ejection port before it goes on)
         way_t = (way.latency + max((loaded, *(b for _, b in lost))) / m.eject_bytes_per_cycle if moved else 0.0) \
             + hops
-        pers.append((max(mma, dram, eject, link, way_t / (depth - 1)), dram, moved))
-    per_sum = sum(pc for pc, _, _ in pers)
+        pers.append((max(mma, dram, eject, link, way_t / (depth - 1)), dram, moved, max(dram, eject, link,
+                                                                                       way_t / (depth - 1))))
+    steps = sum(max(mw, rest) for mw in mmas for _, _, _, rest in pers)  # every wave's chunks
     per = max(pers)[0]
-    dram, moved0 = max(d for _, d, _ in pers), pers[0][2]
+    dram, moved0 = max(d for _, d, _, _ in pers), pers[0][2]
     # the pipeline fills with the first depth - 1 steps' DMAs at once, through the port
     fill = (way.latency if moved0 else 0.0) + hops + (depth - 1) * moved0 * e * way.cycles_per_byte
     tile = mx * (nx + xx)
@@ -207,7 +216,7 @@ def estimate(ctx: Ctx, p: Problem, spec: Spec, kc: int, resident: str | None = N
     epi = exchange + vector_cycles(tile, 4, tile * 4, tile * eo, m) + spec.epilogue_cycles(mx, nx + xx, m) \
         + (vector_cycles(tile, 4, tile * 8, tile * 4, m) if p.bias is not None else 0)
     stores = out_bytes / waves * way.cycles_per_byte + way.latency * ((2 if res_tail else 1) - (holding >= 1))
-    total = fill + waves * per_sum + x_mma + waves * epi + stores
+    total = fill + steps + x_mma + waves * epi + stores
     bound = Bound.COMPUTE if per == mma else (Bound.DRAM if per == dram else Bound.LINK)
     return round(total), bound
 

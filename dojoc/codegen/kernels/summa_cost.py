@@ -8,10 +8,10 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import TYPE_CHECKING
 
-from dojoc.codegen.context import Ctx, split
+from dojoc.codegen.context import Ctx
 from dojoc.codegen.kernels.im2col import Im2col, Shifted
 from dojoc.codegen.kernels.summa_chunks import a_chunk, b_chunk, b_source, x_cols, x_windows
-from dojoc.codegen.kernels.summa_grid import Grid, loader
+from dojoc.codegen.kernels.summa_grid import Grid, loader, wave_split
 from dojoc.codegen.view import View
 from isa.costs import dram_cycles
 
@@ -65,11 +65,12 @@ def request_cycles(ctx: Ctx, p: Problem, spec: Spec, g: Grid, bounds: tuple[tupl
     e = spec.op.itemsize
     total = 0.0
     if resident != "a" and held is None:
-        total += sum(_a_cycles(p.a[0], e, k0, kl, m0, split(rows, waves)[0][1], bpc, p.taps, p.k)
+        total += sum(_a_cycles(p.a[0], e, k0, kl, m0, wave_split(rows, waves)[0][1], bpc, p.taps, p.k)
                      for m0, rows in g.mblocks)
     if resident != "b":
         src, h = b_source(p), p.halo
-        total += b_share * sum(_b_cycles(src, e, k0, kl, n0, split(n, waves)[0][1] + h, bpc) for n0, n in g.nblocks)
+        total += b_share * sum(_b_cycles(src, e, k0, kl, n0, wave_split(n, waves)[0][1] + h, bpc)
+                               for n0, n in g.nblocks)
         # the slices: in every step with one wave, in the first wave's with more
         total += sum(_x_cycles(p, e, k0, kl, x0, nx, bpc, x_windows(p, g.x_max)) for x0, nx in g.extra.values()) \
             / waves

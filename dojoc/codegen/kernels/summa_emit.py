@@ -40,7 +40,7 @@ from dojoc.codegen.kernels.summa_chunks import (
     x_cols,
     x_windows,
 )
-from dojoc.codegen.kernels.summa_grid import loader, resident_wants, wave_block
+from dojoc.codegen.kernels.summa_grid import loader, resident_wants, wave_block, wave_split
 from dojoc.codegen.view import Transfer, View, transfers
 from dojoc.ir.epilogue import NORM, RESIDUAL_STEPS
 from dojoc.ir.graph import Node
@@ -146,9 +146,9 @@ class CoreProgram:
         if self.waves == 1:
             return self.m0, self.m, self.n0, self.n
         if self.by_rows:
-            o, cnt = split(self.m, self.waves)[w]
+            o, cnt = wave_split(self.m, self.waves)[w]
             return self.m0 + o, cnt, self.n0, self.n
-        o, cnt = split(self.n, self.waves)[w]
+        o, cnt = wave_split(self.n, self.waves)[w]
         return self.m0, self.m, self.n0 + o, cnt
 
     def x_in(self, w: int) -> bool:

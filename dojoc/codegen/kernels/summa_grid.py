@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
-from math import ceil
 
 from dojoc.codegen.context import MAX_COLS, MAX_ROWS, Ctx, aligned, split
 from dojoc.codegen.kernels.mxu import resident_free
@@ -170,13 +169,23 @@ def rect_of(ctx: Ctx, cores: tuple[int, ...]) -> Rect | None:
     return rect if inside == tuple(cores) else None
 
 
+def wave_split(n: int, waves: int) -> list[tuple[int, int]]:
+    """A block's n rows (or columns) cut into waves (first, count): every wave but the last a multiple of 8,
+    the matrix unit's granule, so that only the last is rounded up (101 columns in two waves: 56 and 45,
+    multiplied as 56 and 48, not 51 and 50 as 56 and 56); evenly when n is too small for that."""
+    q = up8(-(-n // waves))
+    if waves == 1 or q * (waves - 1) >= n:
+        return split(n, waves)
+    return [(w * q, q) for w in range(waves - 1)] + [((waves - 1) * q, n - (waves - 1) * q)]
+
+
 def wave_block(g: Grid, resident: str | None, waves: int) -> tuple[int, int, int]:
     """The largest (rows, columns, slice columns) of one wave's block on any core."""
     if waves == 1:
         return g.m_max, g.n_max, g.x_max
     if resident == "b":
-        return ceil(g.m_max / waves), g.n_max, g.x_max
-    return g.m_max, ceil(g.n_max / waves), g.x_max
+        return wave_split(g.m_max, waves)[0][1], g.n_max, g.x_max
+    return g.m_max, wave_split(g.n_max, waves)[0][1], g.x_max
 
 
 def loader(line: tuple[int, ...], index: int, t: int, rot: int = 0) -> int:
