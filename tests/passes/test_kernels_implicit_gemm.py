@@ -158,6 +158,31 @@ def test_strided_shifted_conv_reads_its_phases_once(waves: int) -> None:
     assert moved[1] < 0.8 * moved[0], moved  # (the residual and the output are a third of it)
 
 
+@pytest.mark.parametrize("stride", [1, 2])
+def test_slice_halos_come_from_the_cores_that_have_them(stride: int) -> None:
+    """Beside a disabled core, a shifted convolution's slices load only their own columns, and the later
+    slices' cores (and the core right of the disabled one) put their halos (summa_relay.py, two chunk
+    buffers): the same result as with three buffers, where each slice loads its halo, with fewer DRAM
+    bytes."""
+    from dojoc.codegen.kernels.summa_relay import RELAY
+
+    torch.manual_seed(0)
+    model = Conv(16, 40, 3, stride, 1, 1, True, True).eval()
+    x = torch.randn(2, 16, 24, 24)
+    r = torch.randn(2, 40, 24 // stride, 24 // stride)
+    want = model(x, r).detach()
+    moved = {}
+    for buffers in (2, 3):
+        prog = _forced(model, (x, r), ("conv2d",), 16, True, buffers=buffers, shift=1)
+        puts = [ins for sec in prog.lowered.image.sections for ins in sec.code
+                if ins.spec.mnemonic == "put" and ins.as_dict().get("semr") in RELAY]
+        assert bool(puts) == (buffers == 2)
+        got, rep = prog.run(x, r)
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+        moved[buffers] = rep.dram_bytes
+    assert moved[2] < moved[3], moved
+
+
 def test_a_convolution_with_no_more_taps_than_phases_has_no_shifted_form() -> None:
     torch.manual_seed(0)
     model = Conv(8, 40, 2, 2, 0, 1, True, False).eval()  # 2 x 2, stride 2: each input pixel read once anyway

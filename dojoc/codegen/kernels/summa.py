@@ -50,6 +50,7 @@ from dojoc.codegen.kernels.summa_chunks import (
     vectors,
     with_kept_b,
     x_cols,
+    x_dram,
     x_windows,
 )
 from dojoc.codegen.kernels.summa_cost import link_cycles, request_cycles
@@ -65,6 +66,7 @@ from dojoc.codegen.kernels.summa_grid import (
     wave_block,
     wave_split,
 )
+from dojoc.codegen.kernels.summa_relay import relay
 from dojoc.codegen.paths import port_path
 from dojoc.errors import CompileError, MappingError
 from dojoc.ir.graph import Node
@@ -112,7 +114,8 @@ def _scratch(g: Grid, spec: Spec, kc: int, p: Problem, depth: int = 2, resident:
     total = depth * (a(m * aw * e) + a(p.phases * kc * (n + h) * e)) + (nout if direct else 1) * a(m * n * 4) \
         + (0 if direct else nout * a(m * n * eo))
     if x:
-        total += depth * a(kc * x_cols(p, x, x_windows(p, x)) * e) + (nout if direct else 1) * a(m * x * 4) \
+        win = x_windows(p, x, relay(p, g, depth, spec.norm is None and resident != "b"))
+        total += depth * a(kc * x_cols(p, x, win) * e) + (nout if direct else 1) * a(m * x * 4) \
             + (0 if direct else nout * a(m * x * eo))
     if p.bias is not None or p.norm is not None:  # the column biases, a layer norm's weights and biases
         total += a(vectors(p) * (g.n_max + x) * 4)
@@ -163,7 +166,9 @@ def estimate(ctx: Ctx, p: Problem, spec: Spec, kc: int, resident: str | None = N
     x_mma = 0 if every else chunks * xm
     # B's columns that the cores beside a disabled one fetch again (a shifted convolution's with their halo or
     # a window per tap), and the halo of every column block's chunk in every wave
-    extra = sum(x_cols(p, n, x_windows(p, xx)) for _, n in g.extra.values())
+    # (a relay brings the slices' halos of a shifted convolution with two buffers: summa_relay.py)
+    rl = relay(p, g, depth, held is None and spec.norm is None and resident != "b")
+    extra = sum(x_dram(p, core, n, x_windows(p, xx, rl), rl) for core, (_, n) in g.extra.items())
     # (a B kept in its producer's blocks comes from DRAM only at disabled positions: `b_share` of it)
     b_share = b_dram_share(g, p)
     streamed = (p.m * taps * kc / (waves if by_rows else 1) if a_dram else 0) \
@@ -182,12 +187,12 @@ def estimate(ctx: Ctx, p: Problem, spec: Spec, kc: int, resident: str | None = N
     hops = max(mx * taps * kc, ph * kc * (nx + halo)) * e / m.link_bytes_per_cycle + sum(g.rect.shape) * m.hop_latency
     # a resident chunk that finds no room (summa_grid.unkept) is streamed in every wave, by its loader
     missing = _missing(ctx, g, bounds, kc, resident, e, taps, rot) if resident is not None else [() for _ in bounds]
-    base_link = link_cycles(ctx, p, g, kc, e, resident, held is not None)
+    base_link = link_cycles(ctx, p, g, kc, e, resident, held is not None, rl=rl)
     # a loader's streamed chunk
     loaded = max(mx * taps * kc if a_dram else 0, ph * kc * (nx + halo) if resident != "b" and b_share else 0) * e
     # the port serves one request at a time, each in whole cycles: a step's many small DMAs (a convolution's
     # windows, the slices beside a disabled core) take it longer than their bytes alone
-    requests = request_cycles(ctx, p, spec, g, bounds, resident, held, waves, b_share)
+    requests = request_cycles(ctx, p, spec, g, bounds, resident, held, waves, b_share, rl)
     bpc = m.dram_ports[0].bytes_per_cycle
     # per chunk: (step cycles, its DRAM cycles, its elements, its cycles but the multiplies)
     pers: list[tuple[float, float, float, float]] = []
@@ -195,7 +200,7 @@ def estimate(ctx: Ctx, p: Problem, spec: Spec, kc: int, resident: str | None = N
         moved = streamed + sum(b for _, b in lost) / e
         dram = max(moved * e * way.cycles_per_byte, requests + sum(dram_cycles(round(b), bpc) for _, b in lost)) \
             + ((out_bytes / waves / chunks if waves > 1 else 0) + res_steps / waves / chunks) * way.cycles_per_byte
-        link = (link_cycles(ctx, p, g, kc, e, resident, held is not None, lost) if lost else base_link) / waves
+        link = (link_cycles(ctx, p, g, kc, e, resident, held is not None, lost, rl) if lost else base_link) / waves
         # a chunk's DMA is issued depth - 1 steps before the others need it: its latency, the multicast's
         # time and the hops to the far end of the line are hidden only behind that many steps of work
         # (and the DMA itself: a loader's chunk comes in through its ejection port before it goes on)

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from dojoc.codegen.kernels.held import Held
     from dojoc.codegen.kernels.matmul import Problem
     from dojoc.codegen.kernels.summa_grid import Grid
+    from dojoc.codegen.kernels.summa_relay import Relay
 
 # a wave's residual block of at least this many bytes (on the largest core) comes in during the wave's steps
 # (_prefetch_residual); a smaller one is loaded by the epilogue, as its shares would be requests of tens of
@@ -57,26 +58,49 @@ def a_width(p: Problem, kc: int) -> int:
 
 
 def b_chunk(src: View | Im2col | Shifted, e: int, k0: int, kl: int, n0: int, n: int,
-            dst: int) -> tuple[list[Load], list[Fill]]:
+            dst: int, width: int = 0) -> tuple[list[Load], list[Fill]]:
     """The DMAs (and zero fills) of B's K rows k0 .. k0 + kl - 1, columns n0 .. n0 + n - 1 (elements of `e`
-    bytes), into a tile at `dst`: from B's view, or a convolution's shifted input windows, or a shifted
-    convolution's padded input, phase after phase (im2col.py)."""
+    bytes), into a tile at `dst` (rows n, or `width`, elements apart): from B's view, or a convolution's
+    shifted input windows, or a shifted convolution's padded input, phase after phase (im2col.py)."""
     if isinstance(src, (Im2col, Shifted)):
-        return src.chunk(k0, kl, n0, n, dst, n * e)
+        return src.chunk(k0, kl, n0, n, dst, (width or n) * e)
     return [Load(tr) for tr in transfers(src.base + k0 * src.strides[0] + n0 * src.strides[1], dst,
                                          [(kl, src.strides[0], n * e), (n, src.strides[1], e)], e)], []
 
 
-def x_windows(p: Problem, x_max: int) -> bool:
+def x_windows(p: Problem, x_max: int, rl: Relay | None = None) -> bool:
     """Whether the slices beside a disabled core (at most x_max columns) come as a window per tap: a shifted
-    convolution's, when that is fewer columns than their halo would add."""
-    return p.shift is not None and p.shift.slice_windows(x_max)
+    convolution's, when that is fewer columns than their halo would add, and no relay brings their halos
+    (summa_relay.py)."""
+    return p.shift is not None and rl is None and p.shift.slice_windows(x_max)
+
+
+def x_dram(p: Problem, core: int, n: int, windows: bool, rl: Relay | None) -> int:
+    """Columns per row of K that the slice of `core` (n columns) loads from DRAM: its own only when a relay
+    brings its halo, else `x_cols`."""
+    return p.phases * n if rl is not None and core in rl.relayed else x_cols(p, n, windows)
 
 
 def x_cols(p: Problem, n: int, windows: bool) -> int:
-    """Columns per row of K that a slice of n columns loads: a window of n per tap, or n and the halo per
+    """Columns per row of K that a slice of n columns takes: a window of n per tap, or n and the halo per
     phase."""
     return p.taps * n if windows else p.phases * (n + p.halo)
+
+
+def out_cols(p: Problem, views: list[View], n0: int, n: int) -> list[tuple[View, int, int, int]]:
+    """Columns n0 .. n0 + n - 1 of the output (or residual) as (view, its first column, offset in the block,
+    count): one view, or for a batched convolution one per image of `per_view` pixels each (a shifted one's:
+    the output pixels among its grid's)."""
+    if p.shift is not None:
+        return [(views[img], first, off, count) for img, first, count, off in p.shift.segments(n0, n)]
+    if len(views) == 1:
+        return [(views[0], n0, 0, n)]
+    w, out, c = p.per_view, [], n0
+    while c < n0 + n:
+        count = min(w - c % w, n0 + n - c)
+        out.append((views[c // w], c % w, c - n0, count))
+        c += count
+    return out
 
 
 def b_source(p: Problem) -> View | Im2col | Shifted:

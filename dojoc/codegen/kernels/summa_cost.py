@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 from dojoc.codegen.context import Ctx
 from dojoc.codegen.kernels.im2col import Im2col, Shifted
-from dojoc.codegen.kernels.summa_chunks import a_chunk, b_chunk, b_source, x_cols, x_windows
+from dojoc.codegen.kernels.summa_chunks import a_chunk, b_chunk, b_source, x_dram, x_windows
 from dojoc.codegen.kernels.summa_grid import Grid, loader, wave_split
 from dojoc.codegen.view import View
 from isa.costs import dram_cycles
@@ -19,15 +19,16 @@ if TYPE_CHECKING:
     from dojoc.codegen.kernels.held import Held
     from dojoc.codegen.kernels.matmul import Problem
     from dojoc.codegen.kernels.mxu import Spec
+    from dojoc.codegen.kernels.summa_relay import Relay
 
 
 def link_cycles(ctx: Ctx, p: Problem, g: Grid, kc: int, e: int, resident: str | None = None,
-                 a_held: bool = False, missing: tuple[tuple[int, float], ...] = ()) -> float:
+                 a_held: bool = False, missing: tuple[tuple[int, float], ...] = (), rl: Relay | None = None) -> float:
     """Cycles of one chunk on the busiest first link out of a DRAM entry router: every mesh row carries its
     A chunk and the B chunks (and slices) its cores load for chunk 0 (the load is the same every chunk);
     a resident operand's chunks come from SRAM, not from the port, but those `missing` from it, (loader,
     bytes), which found no resident room. A shifted convolution's A chunks are taps x kc wide, and its B
-    chunks carry its halo, for each of its phases."""
+    chunks carry its halo, for each of its phases (a slice's only when no relay brings it: summa_relay.py)."""
     taps, halo = p.taps, p.halo
     mach = ctx.machine
     port = mach.dram_ports[0]
@@ -48,14 +49,15 @@ def link_cycles(ctx: Ctx, p: Problem, g: Grid, kc: int, e: int, resident: str | 
             add(loader(col, j, 0), p.phases * kc * (g.nblocks[j][1] + halo) * e)
     for core, (_, n) in g.extra.items():
         if resident != "b":
-            add(core, kc * x_cols(p, n, x_windows(p, g.x_max)) * e)
+            add(core, kc * x_dram(p, core, n, x_windows(p, g.x_max, rl), rl) * e)
     for core, nbytes in missing:
         add(core, nbytes)
     return max(load.values(), default=0.0) / mach.link_bytes_per_cycle
 
 
 def request_cycles(ctx: Ctx, p: Problem, spec: Spec, g: Grid, bounds: tuple[tuple[int, int], ...],
-                    resident: str | None, held: Held | None, waves: int, b_share: float = 1.0) -> float:
+                    resident: str | None, held: Held | None, waves: int, b_share: float = 1.0,
+                    rl: Relay | None = None) -> float:
     """Port cycles of one step's streamed DMA requests, each rounded up to whole cycles as the port serves
     it (`isa.costs.dram_cycles`), for a middle chunk (a border tap's windows are fewer): every row's A chunk
     (but a resident or held A's), every column's B chunk and the slices beside disabled cores (but a
@@ -72,8 +74,10 @@ def request_cycles(ctx: Ctx, p: Problem, spec: Spec, g: Grid, bounds: tuple[tupl
         total += b_share * sum(_b_cycles(src, e, k0, kl, n0, wave_split(n, waves)[0][1] + h, bpc)
                                for n0, n in g.nblocks)
         # the slices: in every step with one wave, in the first wave's with more
-        total += sum(_x_cycles(p, e, k0, kl, x0, nx, bpc, x_windows(p, g.x_max)) for x0, nx in g.extra.values()) \
-            / waves
+        # (a slice whose halo a relay brings loads its own columns only)
+        win = x_windows(p, g.x_max, rl)
+        total += sum(_b_cycles(src, e, k0, kl, x0, nx, bpc) if rl is not None and core in rl.relayed
+                     else _x_cycles(p, e, k0, kl, x0, nx, bpc, win) for core, (x0, nx) in g.extra.items()) / waves
     return total
 
 

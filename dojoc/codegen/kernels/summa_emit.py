@@ -35,13 +35,15 @@ from dojoc.codegen.kernels.summa_chunks import (
     b_chunk,
     b_source,
     chunk_bounds,
+    out_cols,
     prefetches_residual,
     vectors,
     x_cols,
     x_windows,
 )
 from dojoc.codegen.kernels.summa_grid import loader, resident_wants, wave_block, wave_split
-from dojoc.codegen.view import Transfer, View, transfers
+from dojoc.codegen.kernels.summa_relay import RELAY_SRC, emit_step, relay
+from dojoc.codegen.view import Transfer, transfers
 from dojoc.ir.epilogue import NORM, RESIDUAL_STEPS
 from dojoc.ir.graph import Node
 from isa.table import Cast
@@ -98,7 +100,9 @@ class CoreProgram:
         self.acc = [sram.alloc(mm * nn * 4, f"{name} accumulator") for _ in range(nout if self.direct else 1)]
         self.out = self.acc if self.direct else [sram.alloc(mm * nn * eo, f"{name} output tile") for _ in range(nout)]
         self.xbuf: list[int] = []
-        self.x_windows = x_windows(p, xx)  # (a slice beside a disabled core, as a window per tap)
+        # (a relay puts a shifted convolution's slice halos, summa_relay.py; or a slice comes as tap windows)
+        self.relay = relay(p, g, depth, hold is None and a_held is None and spec.norm is None and resident != "b")
+        self.x_windows = x_windows(p, xx, self.relay)
         if xx:
             self.xbuf = [sram.alloc(kc * x_cols(p, xx, self.x_windows) * e, f"{name} B slice") for _ in range(depth)]
             self.xacc = [sram.alloc(mm * xx * 4, f"{name} slice accumulator")
@@ -180,9 +184,12 @@ class CoreProgram:
     def _x_chunk(self, t: int, dst: int) -> tuple[list[Load], list[Fill]]:
         """The B slice beside a disabled core: its columns of chunk t (a shifted convolution's: a window
         per tap, tap after tap, since the halo would outweigh its few columns)."""
+        e = self.spec.op.itemsize
         if self.p.shift is not None and self.x_windows:
-            return self.p.shift.windows(self.spec.op.itemsize, *self._chunk(t), self.x0, self.nx, dst)
-        return b_chunk(b_source(self.p), self.spec.op.itemsize, *self._chunk(t), self.x0, self.nx + self.halo, dst)
+            return self.p.shift.windows(e, *self._chunk(t), self.x0, self.nx, dst)
+        if self.relay is not None and self.me in self.relay.relayed:  # (its halo: put by the relay)
+            return b_chunk(b_source(self.p), e, *self._chunk(t), self.x0, self.nx, dst, self.nx + self.halo)
+        return b_chunk(b_source(self.p), e, *self._chunk(t), self.x0, self.nx + self.halo, dst)
 
     def _b_resident(self, t: int, n0: int, n: int, dst: int) -> list[Transfer]:
         loads, fills = self._b_chunk(t, n0, n, dst)
@@ -334,9 +341,15 @@ class CoreProgram:
                     self._publish(s + 1, dmas)
                 if self.x_in(w):
                     cc.wait(DMA_X[q], dmas.pop(("x", s)))
+                sent = 0 if self.relay is None or w else emit_step(  # the slices' halo pieces, out and in
+                    cc, self.relay, self.g, self.me, s, self.p.phases * kl, self.spec.op.itemsize, self.halo,
+                    self.xbuf[q] if self.xbuf else 0, self.bbuf[q], self.wave(0)[3])
+                if self.x_in(w):
                     for i, piece in enumerate(self._pieces(kl, False)):
                         self._mma(self.xacc[o if self.direct else 0], a, self._addr("x", s, self.xbuf), m, self.nx,
                                   *piece, t > 0 or i > 0, sa, self.x_windows)
+                if sent:  # (its buffers are refilled from the step after next)
+                    cc.wait(RELAY_SRC, sent)
                 if s + depth < steps:  # done with buffer q: tell the loaders that will refill it
                     la, lb = self.la((s + depth) % chunks), self.lb((s + depth) % chunks)
                     if la != self.me:
@@ -521,29 +534,15 @@ class CoreProgram:
         # kept only, it goes to DRAM only where a B reader cannot take it from SRAM (held.dram_cols), and
         # elsewhere only the pixels its strided readers read, if it has those (Kept.step)
         if k is not None and k.only and (self.gone if is_slice else self.c) not in k.dram_cols:
-            ts = [tr for v, c0, off, cnt in self._cols(p.o, n0, n)
+            ts = [tr for v, c0, off, cnt in out_cols(p, p.o, n0, n)
                   for tr in strided_stores(k, v, c0, off, cnt, out, m0, m, n, eo)] if k.step > 1 else []
         else:
-            ts = [tr for v, c0, off, cnt in self._cols(p.o, n0, n)
+            ts = [tr for v, c0, off, cnt in out_cols(p, p.o, n0, n)
                   for tr in transfers(out + off * eo, v.base + m0 * v.strides[0] + c0 * v.strides[1],
                                       [(m, n * eo, v.strides[0]), (cnt, eo, v.strides[1])], eo)]
         for tr in ts:
             cc.dma_store(tr, STORE[o])
         self.stores[o] += len(ts)
-
-    def _cols(self, views: list[View], n0: int, n: int) -> list[tuple[View, int, int, int]]:
-        """Columns n0 .. n0 + n - 1 of the output (or residual) as (view, its first column, offset in the
-        block, count): one view, or for a batched convolution one per image of `per_view` pixels each."""
-        if self.p.shift is not None:  # the output pixels among the padded grid's
-            return [(views[img], first, off, count) for img, first, count, off in self.p.shift.segments(n0, n)]
-        if len(views) == 1:
-            return [(views[0], n0, 0, n)]
-        w, out, c = self.p.per_view, [], n0
-        while c < n0 + n:
-            count = min(w - c % w, n0 + n - c)
-            out.append((views[c // w], c % w, c - n0, count))
-            c += count
-        return out
 
     def _kept_at(self, k: Kept, m0: int, n0: int, is_slice: bool, e: int) -> tuple[int, int]:
         """(SRAM address, row stride) of element (m0, n0) of this core's block, or slice, of a kept value."""
@@ -555,7 +554,7 @@ class CoreProgram:
         """The DMAs of the residual's rows m0.., columns n0.. from DRAM into the residual buffer at `dst`."""
         er = self.spec.res_src.itemsize
         assert self.p.r is not None
-        return [tr for rv, c0, off, cnt in self._cols(self.p.r, n0, n)
+        return [tr for rv, c0, off, cnt in out_cols(self.p, self.p.r, n0, n)
                 for tr in transfers(rv.base + m0 * rv.strides[0] + c0 * rv.strides[1], dst + off * er,
                                     [(m, rv.strides[0], n * er), (cnt, rv.strides[1], er)], er)]
 
