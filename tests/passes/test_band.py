@@ -103,11 +103,20 @@ class Shortcut(nn.Module):
         return torch.relu(self.reduce(y)), self.down(y)
 
 
-@pytest.mark.parametrize("precision", ["fp32", "bf16"])
-def test_a_stride_2_shortcut_gets_a_subsampled_dram_copy(precision: str) -> None:
+@pytest.mark.parametrize("precision, rows", [("fp32", 0), ("bf16", 0), ("fp32", 2)])
+def test_a_stride_2_shortcut_gets_a_subsampled_dram_copy(precision: str, rows: int) -> None:
+    """(With 2 rows per item, the last kept output, with its DRAM copy, is computed row by row.)"""
     torch.manual_seed(0)
     model, x = Shortcut().eval(), torch.randn(2, 16, 12, 12)
     prog = dojoc.compile(model, (x,), machine="mesh4x4", precision=precision)
+    if rows:
+        assert prog.mapping is not None
+        d = json.loads(prog.mapping.to_json())
+        for o in d["ops"]:
+            if o.get("tile", {}).get("band"):
+                o["tile"]["rows"], o["split"]["rows"], o["cores"] = rows, 12 // rows, "0-11"
+        prog = dojoc.compile(model, (x,), machine="mesh4x4", precision=precision, mapping=d)
+        assert prog.mapping is not None and prog.mapping.by_key()["convolution_5"].tile_of("rows") == rows
     assert prog.mapping is not None
     ops = prog.mapping.by_key()
     last = ops["convolution_5"]

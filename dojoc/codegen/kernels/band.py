@@ -285,9 +285,10 @@ def _cycles(ctx: Ctx, node: Node, m: Member) -> tuple[int, Bound]:
 
 
 def pieces_of(m: Member) -> int:
-    """Accumulator tiles per item: one, or, for a reader of a band whose output only goes to DRAM, one per
-    row (so that a row's stores overlap the next row's multiplies)."""
-    return m.rt if m.source is not None and not m.readers else 1
+    """Accumulator tiles per item: one, or, for a reader of a band whose output goes to DRAM (only, or as the
+    copy of an unpadded band), one per row, so that a row's stores overlap the next row's multiplies."""
+    stores = not m.readers or (m.dram and (m.hp, m.wp) == (0, 0))
+    return m.rt if m.source is not None and stores else 1
 
 
 def head_steps(ctx: Ctx, cv: Conv, spec: Spec, m: Member) -> dict[tuple[int, int, int], tuple[int, Bound]]:

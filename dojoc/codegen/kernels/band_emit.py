@@ -150,6 +150,16 @@ def _stores(cv: Conv, m: Member, b: int, r0: int, src: int, row: int, chan: int,
                      [(cv.o, chan, so), (rows, s * row, s * sh), (-(-cv.ow // s), s * eo, s * sw)], eo)
 
 
+def _keep_rows(cc: CoreCode, ob: Band, item: tuple[int, int], first: int, rows: int) -> Callable[[int], None]:
+    """The keep hook of rows first .. first + rows - 1 of an item of an unpadded band: the FP32 tile
+    [C, rows x W] into those rows of its slot."""
+    e, dt, n = ob.dtype.itemsize, ob.dtype, rows * ob.w
+    dst = ob.slot(item)[1] + first * ob.w * e
+    kw = {"dt": F32} if dt is F32 else {"dtd": dt, "dts": F32}
+    return lambda acc: cc.emit("vmov" if dt is F32 else "vcvt", rd=cc.reg(R_D, dst), ra=cc.reg(R_A, acc),
+                               rows=ob.c, cols=n, sd=ob.chan * e, sa=n * 4, **kw)
+
+
 def _waiter(cc: CoreCode, sem: int, count: int) -> Callable[[], None]:
     """Wait for a slot's halo arrivals (before the first mma that reads them)."""
     return lambda: cc.wait(sem, count)
@@ -197,7 +207,10 @@ def emit(ctx: Ctx, node: Node, cv: Conv, spec: Spec, m: Member) -> None:
                     else residual_operand(cv, spec, b, 0, cv.o, q0, rl, 0, cv.ow)
                 keep: Callable[[int], None] | None = None
                 stores = []
-                if out is not None:
+                if out is not None and rl < m.rt:  # a row of an unpadded band, and its DRAM copy
+                    keep = _keep_rows(cc, out, (b, r0), q0 - r0, rl)
+                    stores = _stores(cv, m, b, q0, out.row((b, r0), q0 - r0), out.hc * eo, out.chan * eo, rl)
+                elif out is not None:
                     keep, puts = _keep(cc, out, (b, r0), pt)
                     sent += puts
                     if m.dram:
