@@ -107,16 +107,16 @@ def _keep(cc: CoreCode, ob: Band, item: tuple[int, int], pt: int) -> tuple[Calla
     below = (b, r0 + m.rt) if r0 + m.rt < ob.h and hp else None
     move = "vmov" if dt is F32 else "vcvt"
 
-    def conv_rows(acc: int, dst: int, rows: int, cols: int, sd: int) -> None:
+    def conv_rows(acc: int, dst: int, cols: int, sd: int) -> None:
         kw = {"dt": F32} if dt is F32 else {"dtd": dt, "dts": F32}
         cc.emit(move, rd=cc.reg(R_D, dst), ra=cc.reg(R_A, acc), rows=ob.c, cols=cols, sd=sd, sa=pt * 4, **kw)
 
+    if (hp, wp) == (0, 0):
+        return _keep_rows(cc, ob, item, 0, m.rt), 0
+
     def keep(acc: int) -> None:
-        if (hp, wp) == (0, 0):
-            conv_rows(acc, slot, ob.c, pt, pt * e)
-            return
         for r in range(m.rt):
-            conv_rows(acc + r * ob.w * 4, ob.row(item, hp + r), ob.c, ob.w, chan * e)
+            conv_rows(acc + r * ob.w * 4, ob.row(item, hp + r), ob.w, chan * e)
         if wp:
             for col in (0, wp + ob.w):
                 cc.emit("vfill", rd=cc.reg(R_D, slot + col * e), imm=0.0, rows=ob.c * hr, cols=wp, sd=hc * e, dt=dt)
@@ -195,13 +195,12 @@ def emit(ctx: Ctx, node: Node, cv: Conv, spec: Spec, m: Member) -> None:
         cc = ctx.core(core)
         built, sent = [], 0
         bias = Operand(cv.o, 1, addr=w + -(-cv.o * cv.k * ew // 64) * 64) if cv.bias is not None else None
-        rl = m.rt // pieces_of(m)  # rows per accumulator tile
+        rl, er = m.rt // pieces_of(m), spec.res_src.itemsize  # rows per accumulator tile
         for b, r0 in mine:
             a = Operand(cv.o, cv.k, addr=w, stride=cv.k * ew)
             for q0 in range(r0, r0 + m.rt, rl):
                 steps = _from_slot(cv, src, (b, r0), a, q0 - r0, rl) if src is not None \
                     else item_steps(cv, spec, plan, tn, cl, b, 0, 0, cv.o, r0, m.rt, 0, cv.ow, w)
-                er = spec.res_src.itemsize
                 rop = Operand(cv.o, rl * cv.ow, addr=res.slot((b, r0))[1] + (q0 - r0) * cv.ow * er,
                               stride=pt * er) if res is not None \
                     else residual_operand(cv, spec, b, 0, cv.o, q0, rl, 0, cv.ow)

@@ -96,10 +96,10 @@ class Shifted:
     """A convolution whose B is its padded input itself (`summa` tile field `shift`), read once for every
     tap. Of stride 1, the output is computed over the padded grid (hp x wp pixels an image, image-major:
     hp = rows + ph, consecutive images sharing their ph zero rows), where tap (i, j) reads the padded input
-    at a fixed offset i * dh * wp + j * dw. Of stride (sh, sw), the
-    padded input is cut into its stride *phases* (phase (a, b): padded pixels (sh y + a, sw x + b)), the
-    output is computed over the phases' grid (hp = ceil(padded rows / sh) x wp = ceil(padded columns / sw)),
-    and tap (i, j) reads phase (i dh mod sh, j dw mod sw) at offset (i dh // sh) * wp + j dw // sw. So a K
+    at a fixed offset i * dh * wp + j * dw. Of stride (sh, sw), the padded input is cut into its stride
+    *phases* (phase (a, b): padded pixels (sh y + a, sw x + b)), the output is computed over the phases' grid
+    (hp = ceil(padded rows / sh) x wp = ceil(padded columns / sw)), and tap (i, j) reads phase
+    (i dh mod sh, j dw mod sw) at offset (i dh // sh) * wp + j dw // sw. So a K
     chunk is a range of input channels for every tap: its loader DMAs the channels' grid pixels n0 .. n0 + n +
     halo - 1 of every phase once (`pads`, one 1 x 1 window of stride (sh, sw) per phase, zeros from the DMA's
     padding; the B tile is phase after phase of the chunk's rows), and each core multiplies it once per tap,

@@ -114,7 +114,7 @@ def _scratch(g: Grid, spec: Spec, kc: int, p: Problem, depth: int = 2, resident:
     total = depth * (a(m * aw * e) + a(p.phases * kc * (n + h) * e)) + (nout if direct else 1) * a(m * n * 4) \
         + (0 if direct else nout * a(m * n * eo))
     if x:
-        win = x_windows(p, x, relay(p, g, depth, spec.norm is None and resident != "b"))
+        win = x_windows(p, x, relay(p, g, depth, spec, resident))
         total += depth * a(kc * x_cols(p, x, win) * e) + (nout if direct else 1) * a(m * x * 4) \
             + (0 if direct else nout * a(m * x * eo))
     if p.bias is not None or p.norm is not None:  # the column biases, a layer norm's weights and biases
@@ -167,7 +167,7 @@ def estimate(ctx: Ctx, p: Problem, spec: Spec, kc: int, resident: str | None = N
     # B's columns that the cores beside a disabled one fetch again (a shifted convolution's with their halo or
     # a window per tap), and the halo of every column block's chunk in every wave
     # (a relay brings the slices' halos of a shifted convolution with two buffers: summa_relay.py)
-    rl = relay(p, g, depth, held is None and spec.norm is None and resident != "b")
+    rl = relay(p, g, depth, spec, resident, held)
     extra = sum(x_dram(p, core, n, x_windows(p, xx, rl), rl) for core, (_, n) in g.extra.items())
     # (a B kept in its producer's blocks comes from DRAM only at disabled positions: `b_share` of it)
     b_share = b_dram_share(g, p)

@@ -101,7 +101,7 @@ class CoreProgram:
         self.out = self.acc if self.direct else [sram.alloc(mm * nn * eo, f"{name} output tile") for _ in range(nout)]
         self.xbuf: list[int] = []
         # (a relay puts a shifted convolution's slice halos, summa_relay.py; or a slice comes as tap windows)
-        self.relay = relay(p, g, depth, hold is None and a_held is None and spec.norm is None and resident != "b")
+        self.relay = relay(p, g, depth, spec, resident, a_held, hold)
         self.x_windows = x_windows(p, xx, self.relay)
         if xx:
             self.xbuf = [sram.alloc(kc * x_cols(p, xx, self.x_windows) * e, f"{name} B slice") for _ in range(depth)]

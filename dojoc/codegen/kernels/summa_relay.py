@@ -33,6 +33,7 @@ from dojoc.codegen.builder import R_A, R_C, R_D, CoreCode
 
 if TYPE_CHECKING:
     from dojoc.codegen.kernels.matmul import Problem
+    from dojoc.codegen.kernels.mxu import Spec
     from dojoc.codegen.kernels.summa_grid import Grid
 
 RELAY = (30, 31)  # a slice's halo pieces arrived, by step parity
@@ -70,11 +71,13 @@ class Relay:
         return sum(1 for pc in self.pieces if pc.receiver == core)
 
 
-def relay(p: Problem, g: Grid, depth: int, plain: bool) -> Relay | None:
+def relay(p: Problem, g: Grid, depth: int, spec: Spec, resident: str | None, held: object = None,
+          hold: object = None) -> Relay | None:
     """The relay of a shifted convolution's slice halos on grid `g` (the module docstring), or None: not a
-    shifted convolution, not two chunk buffers, not `plain` (a held output or a layer norm uses the
-    semaphores), no slices, or a row with more than one disabled core."""
-    if p.shift is None or depth != 2 or not plain or not g.extra:
+    shifted convolution, not two chunk buffers, a `held` A, a `hold` output or a layer norm (they use the
+    semaphores), waves that cut rows (a resident B), no slices, or a row with more than one disabled core."""
+    if p.shift is None or depth != 2 or held is not None or hold is not None or spec.norm is not None \
+            or resident == "b" or not g.extra:
         return None
     halo, cols = p.halo, len(g.nblocks)
     pieces: list[Piece] = []
