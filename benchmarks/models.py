@@ -198,7 +198,7 @@ are those of `tests/e2e/test_three_paths.py`. Columns:
 - **util**: flops / (cycles x all cores of the machine x peak flops per core-cycle at the precision),
   flops counted as `torch.utils.flop_counter` does (which, on CPU, does not count the scaled
   dot-product attention, so the transformers' attention matmuls are not in it);
-- **cores**: cores that run code; **SRAM peak**: the planned maximum per core;
+- **cores**: cores that run code; **SRAM peak**: the planned maximum per core, code included;
 - **DRAM bytes**, **NoC bytes** (bytes x links crossed), **instructions**: the emulator's counts for one
   call (the load phase's traffic is subtracted at the load barrier);
 - **PCC**: Pearson correlation of all outputs against eager FP32.

@@ -206,7 +206,7 @@ class Report:
             ("flops", f"{self.flops:,}"),
             ("utilization", f"{self.utilization:.4%} of {self.precision} peak over all cores"),
             ("cores used", f"{self.cores_used:,}"),
-            ("SRAM peak", f"{_bytes(self.sram_peak_bytes)} per core (planned)"),
+            ("SRAM peak", f"{_bytes(self.sram_peak_bytes)} per core (planned, code included)"),
             ("DRAM bytes", f"{self.dram_bytes:,} ({_bytes(self.dram_bytes)})"),
             ("NoC bytes", f"{self.noc_bytes:,} (summed over links crossed)"),
             ("instructions", f"{self.instructions:,} executed"),

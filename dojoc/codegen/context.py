@@ -1,10 +1,4 @@
-"""The state shared by the kernels of one compile: buffers, SRAM plans, the program being built.
-
-SRAM of each core is split in two (docs/compiler.md): the upper half holds resident weights, loaded
-once before the first call; the lower half is the scratch arena of the op that runs now (ops are
-separated by barriers, so every op may use all of it), but for the values *held* at its top: an
-activation that a producer leaves in SRAM for its consumer (kernels/held.py) is live across both ops.
-"""
+"""The state shared by the kernels of one compile: buffers, SRAM plans (sram.py), the program being built."""
 
 from __future__ import annotations
 
@@ -20,6 +14,7 @@ import numpy as np
 
 from dojoc.codegen.builder import CoreCode, ProgramBuilder
 from dojoc.codegen.paths import port_path
+from dojoc.codegen.sram import ALIGN, SramPlan
 from dojoc.codegen.view import View, transfers
 from dojoc.errors import MappingError, SramOverflowError
 from dojoc.ir.graph import Graph, Node, Value
@@ -31,7 +26,6 @@ from isa.machine import Machine
 from isa.program import Tensor, TensorKind
 from isa.table import COLS, ROWS, STRIDE
 
-ALIGN = 64
 MAX_ROWS = (1 << ROWS) - 1  # tile extents, from the instruction table's field widths
 MAX_COLS = (1 << COLS) - 1
 MAX_STRIDE = (1 << STRIDE) - 1  # tile row strides in bytes
@@ -45,93 +39,6 @@ MIN_CYCLES_PER_CORE = 1024
 # prices 1,700 (a 3 x 3 convolution of ResNet-50 b1); a user may lower it (`search_budget`) to compile
 # faster, or raise it.
 SEARCH_BUDGET = 2048
-
-
-def aligned(nbytes: int) -> int:
-    """`nbytes` rounded up to the SRAM allocator's alignment."""
-    return -(-nbytes // ALIGN) * ALIGN
-
-
-def arena_bytes(sram_bytes: int) -> int:
-    """The scratch arena of a core of `sram_bytes`: half its SRAM (resident weights take the other half)."""
-    return (sram_bytes // 2) // ALIGN * ALIGN
-
-
-@dataclass
-class SramPlan:
-    """One core's SRAM: the scratch arena [0, half) holds this op's scratch (growing up) and the held values
-    (at its top, growing down; a value released while one below it is still held leaves a gap, which the
-    next held value that fits fills); resident bytes lie above it, growing up, in the other half."""
-
-    size: int
-    resident: int = 0
-    scratch: int = 0
-    peak_scratch: int = 0
-    blocks: list[tuple[int, int]] = field(default_factory=list)  # the held values: (address, bytes)
-
-    @property
-    def held(self) -> int:
-        """Bytes from the lowest held value to the top of the scratch arena."""
-        return self.half - min(a for a, _ in self.blocks) if self.blocks else 0
-
-    @property
-    def half(self) -> int:
-        """The scratch arena's bytes: half the SRAM."""
-        return arena_bytes(self.size)
-
-    def alloc_resident(self, nbytes: int) -> int | None:
-        """An address in the resident region, or None when it is full (then the kernel streams)."""
-        n = aligned(nbytes)
-        if self.resident + n > self.size - self.half:
-            return None
-        addr = self.half + self.resident
-        self.resident += n
-        return addr
-
-    def alloc(self, nbytes: int, what: str) -> int:
-        """Scratch for the current op; SramOverflowError names the tensor when it cannot fit."""
-        n = aligned(nbytes)
-        if self.scratch + n > self.half - self.held:
-            raise SramOverflowError(f"{what} needs {nbytes:,} bytes of SRAM scratch but only "
-                                    f"{self.half - self.held - self.scratch:,} of {self.half:,} are free; "
-                                    "use a machine with more SRAM (--set sram_bytes=...) or smaller inputs")
-        addr = self.scratch
-        self.scratch += n
-        self.peak_scratch = max(self.peak_scratch, self.scratch + self.held)
-        return addr
-
-    def hold(self, nbytes: int, what: str) -> int:
-        """The address of `nbytes` that stay live after this op (until `release`), at the top of scratch."""
-        n = aligned(nbytes)
-        # the highest gap that takes it: a value released above a live one leaves a gap that the next
-        # value fills, so a chain of values each released after its successor is held (a transformer's
-        # residual kept from layer to layer) does not walk down the arena
-        top, addr = self.half, None
-        for a, size in sorted(self.blocks, key=lambda b: -b[0]):
-            if top - (a + size) >= n:
-                addr = top - n
-                break
-            top = a
-        if addr is None:
-            if self.scratch + self.held + n > self.half:
-                raise SramOverflowError(f"{what} needs {nbytes:,} bytes of SRAM held across ops but only "
-                                        f"{self.half - self.held - self.scratch:,} are free; give its op hold=0 "
-                                        "in the mapping, or use a machine with more SRAM")
-            addr = self.half - self.held - n
-        self.blocks.append((addr, n))
-        self.peak_scratch = max(self.peak_scratch, self.scratch + self.held)
-        return addr
-
-    def release(self, addr: int) -> None:
-        """Free the value held at `addr`."""
-        self.blocks = [b for b in self.blocks if b[0] != addr]
-
-    def scratch_free(self) -> int:
-        return self.half - self.held - self.scratch
-
-    @property
-    def peak(self) -> int:
-        return self.resident + self.peak_scratch
 
 
 @dataclass
@@ -330,13 +237,13 @@ class Ctx:
 
     @property
     def scratch_bytes(self) -> int:
-        """The scratch arena of every core (all cores have the same SRAM), less the values held there (held
-        for a reader or kept for a residual: the most any core holds)."""
-        return arena_bytes(self.machine.sram_bytes) - max((s.held for s in self.sram.values()), default=0)
+        """The scratch an op starting now may take on every core (sram.SramPlan.scratch_room: its working-set
+        budget less the values held for a reader or kept for a residual, below the blocks and the code)."""
+        return min((s.scratch_room() for s in self.sram.values()), default=0)
 
     def begin_op(self) -> None:
         for s in self.sram.values():
-            s.scratch = 0
+            s.begin_op()
 
 
 def split(n: int, parts: int) -> list[tuple[int, int]]:

@@ -15,7 +15,7 @@ from math import prod
 
 import dojoc.codegen.kernels  # noqa: F401  (registers the kernels)
 from dojoc.codegen.builder import CoreCode, ProgramBuilder
-from dojoc.codegen.context import Ctx, SramPlan
+from dojoc.codegen.context import Ctx
 from dojoc.codegen.kernels import band
 from dojoc.codegen.kernels.copy import copy_view
 from dojoc.codegen.kernels.eltwise import fill
@@ -23,8 +23,9 @@ from dojoc.codegen.kernels.held import release_kept
 from dojoc.codegen.paths import barrier_cycles
 from dojoc.codegen.registry import KERNELS
 from dojoc.codegen.result import LOAD_BARRIER, Lowered
+from dojoc.codegen.sram import ALIGN, CodeOverflow, SramPlan, aligned
 from dojoc.codegen.view import View
-from dojoc.errors import CompileError, MappingError, UnsupportedOpsError
+from dojoc.errors import CompileError, MappingError, SramOverflowError, UnsupportedOpsError
 from dojoc.ir import shapes
 from dojoc.ir.epilogue import split_inputs, steps_of
 from dojoc.ir.graph import Graph, Node, Value
@@ -35,6 +36,7 @@ from dojoc.mapping.model import OpMapping
 from dojoc.mapping.place import usable_cores
 from isa.machine import Machine
 from isa.program import Signature, TensorKind
+from isa.table import WORD_BYTES
 
 PRECISIONS = ("bf16", "fp32", "cfp8")
 
@@ -87,6 +89,23 @@ def lower_graph(graph: Graph, machine: Machine, precision: str = "bf16",
     fixed bias (see kernels/mxu.py). `mapping` gives decisions (by op) that the kernels take instead of
     their own; `Lowered.mapping` has every decision taken. `search_budget` bounds the candidates each op's
     search prices (default `context.SEARCH_BUDGET`); the mapping's notes name the ops it cut short."""
+    reserve = -1  # the plan's default code gap (sram.CODE_SHARE)
+    for _ in range(2):
+        try:
+            return _lower(graph, machine, precision, ranges, mapping, search_budget, reserve)
+        except CodeOverflow as e:  # the code outgrew its gap: compile again, keeping what it took free
+            reserve = max(reserve, aligned(e.most) + ALIGN)
+    try:
+        return _lower(graph, machine, precision, ranges, mapping, search_budget, reserve)
+    except CodeOverflow as last:
+        raise SramOverflowError(f"the code of core {last.core} takes {last.code:,} bytes of SRAM but its data "
+                                f"leaves {last.gap:,}; give its ops fewer tiles (a mapping with smaller splits) "
+                                "or use a machine with more SRAM (--set sram_bytes=...)") from None
+
+
+def _lower(graph: Graph, machine: Machine, precision: str, ranges: Mapping[str, float] | None,
+           mapping: OpsMapping | None, search_budget: int | None, code_reserve: int) -> Lowered:
+    """The program, planned with `code_reserve` bytes of SRAM kept for each core's code (-1: the default)."""
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}: use one of {', '.join(PRECISIONS)}")
     missing = unsupported(graph)
@@ -101,7 +120,7 @@ def lower_graph(graph: Graph, machine: Machine, precision: str = "bf16",
             raise CompileError(f"search budget {search_budget}: give at least 1 candidate per op")
         ctx.search_budget = search_budget
     ctx.ranges = dict(ranges or {})
-    ctx.sram = {c: SramPlan(machine.sram_bytes) for c in ids}
+    ctx.sram = {c: SramPlan(machine.sram_bytes, code_reserve) for c in ids}
     ctx.load = {c: CoreCode(c, machine.semaphores) for c in ids}
     outputs = set(graph.outputs)
     ctx.users = graph.users()
@@ -141,6 +160,13 @@ def lower_graph(graph: Graph, machine: Machine, precision: str = "bf16",
     _prepend_load_phase(ctx)
     in_names = tuple(str(v.name) for v in graph.inputs)
     image = ctx.builder.build(tuple(ctx.tensors), Signature(in_names, out_names, graph.out_spec or ""))
+    code: dict[int, int] = {}
+    for sec in image.sections:
+        for c in sec.cores:
+            code[c] = code.get(c, 0) + len(sec.code) * WORD_BYTES
+    most = max(code.values(), default=0)
+    for c, nbytes in sorted(code.items()):
+        ctx.sram[c].check_code(c, nbytes, most)
     unused = sorted(set(ctx.given) - {d.key for d in ctx.decisions})
     if unused:
         raise MappingError(f"op {unused[0]}: the mapping gives a decision that this compile does not take "

@@ -13,8 +13,8 @@ import pytest
 import torch
 
 import dojoc
-from dojoc.codegen.context import SramPlan
 from dojoc.codegen.kernels import depthwise
+from dojoc.codegen.sram import SramPlan
 from dojoc.errors import MappingError
 from dojoc.mapping.model import Mapping
 from isa.presets import load_machine

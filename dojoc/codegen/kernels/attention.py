@@ -35,10 +35,11 @@ from math import prod
 import numpy as np
 
 from dojoc.codegen.builder import R_A, R_B, R_C, R_D, CoreCode
-from dojoc.codegen.context import ALIGN, MAX_COLS, MAX_ROWS, Ctx, load_view, split, store_view
+from dojoc.codegen.context import MAX_COLS, MAX_ROWS, Ctx, load_view, split, store_view
 from dojoc.codegen.kernels.eltwise import fill
 from dojoc.codegen.paths import exchange_link_bytes, port_path
 from dojoc.codegen.registry import kernel
+from dojoc.codegen.sram import ALIGN
 from dojoc.codegen.view import Transfer, View
 from dojoc.errors import CompileError, SramOverflowError
 from dojoc.ir.graph import Node

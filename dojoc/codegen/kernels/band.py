@@ -344,8 +344,8 @@ def _fits(ctx: Ctx, comp: list[str], rt: int, cores: tuple[int, ...], others: in
     arena."""
     byname = ctx.ops_by_name
     need = sum(_weights(ctx, byname[n]) for n in comp)
-    s = next(iter(ctx.sram.values()))
-    if need > s.size - s.half or need * len(cores) + 2 * others > len(ctx.sram) * (s.size - s.half):
+    room = ctx.sram[cores[0]].resident_free()  # planned before any op: every core has the same room
+    if need > room or need * len(cores) + 2 * others > len(ctx.sram) * room:
         return False
     n, _, h, w = byname[comp[0]].output.type.shape
     per = ceil(n * ceil(h / rt) / len(cores))

@@ -12,8 +12,9 @@ from dojoc.codegen.context import Ctx, split
 from dojoc.codegen.kernels.band import SENT, Band, Member, head_steps, items_of, pieces_of, slot_bytes
 from dojoc.codegen.kernels.conv import _TILE, Conv, Plan, _axes, _resident, item_steps, residual_operand
 from dojoc.codegen.kernels.mxu import F32, Item, Operand, Part, Pipeline, Spec, Step
+from dojoc.codegen.sram import hold
 from dojoc.codegen.view import Transfer, transfers
-from dojoc.errors import CompileError, MappingError, SramOverflowError
+from dojoc.errors import MappingError, SramOverflowError
 from dojoc.ir.graph import Node
 from dojoc.mapping.model import Bound, OpMapping, Shard
 
@@ -66,13 +67,10 @@ def _slots(ctx: Ctx, node: Node, cv: Conv, spec: Spec, m: Member, items: list[tu
     hr, hc = m.rt + 2 * m.hp, cv.ow + 2 * m.wp
     nbytes = per * slot_bytes(cv.o, hr, hc, spec.out)
     cores = m.cores[:len(runs)]
-    addrs = {ctx.sram[c].hold(nbytes, f"{node.name}'s rows kept for {', '.join(m.readers)}") for c in cores}
-    if len(addrs) != 1:
-        raise CompileError(f"internal error: op {node.name}'s slots are not at one address on every core of its "
-                           "chain; give its chain band=0 in the mapping, and report this")
+    addr = hold([ctx.sram[c] for c in cores], nbytes, f"{node.name}'s rows kept for {', '.join(m.readers)}")
     where = {items[first + k]: (core, k) for core, (first, count) in zip(cores, runs, strict=False)
              for k in range(count)}
-    band = Band(m, cv.o, cv.oh, cv.ow, spec.out, addrs.pop(), tuple(items), where)
+    band = Band(m, cv.o, cv.oh, cv.ow, spec.out, addr, tuple(items), where)
     ctx.band_live[node.name] = band
     shards = tuple(Shard(core, band.addr + k * band.size, band.size) for core, k in sorted(where.values()))
     sub = f"; its DRAM copy has one row and column in {m.step}, all that its other readers read" if m.step > 1 else ""

@@ -13,8 +13,8 @@ their slices into one *holder* (the nearest enabled core of the row), which keep
 beside its own and multicasts it in its turn. Every core holds the same bytes (its own block and room
 for one assembled block), so the held addresses are the same on every core.
 
-The held bytes sit at the top of the scratch arena (`SramPlan.hold`) from the producer's start to the
-consumer's end, and both ops plan their scratch without them. The producer's decision says so with tile
+The held bytes are blocks at the top of SRAM, at one address on every core that holds them (`sram.hold`),
+from the producer's start to the consumer's end, and both ops plan their scratch beside them. The producer's decision says so with tile
 field `hold` (1 or 0): a user may set it to 0 to send the value through DRAM, and a mapping that asks to
 hold what cannot be held is an error naming the reason.
 
@@ -43,7 +43,9 @@ from dataclasses import dataclass
 from math import prod
 from typing import TYPE_CHECKING
 
-from dojoc.codegen.context import Ctx, aligned
+from dojoc.codegen import sram
+from dojoc.codegen.context import Ctx
+from dojoc.codegen.sram import aligned
 from dojoc.codegen.view import Transfer, View, transfers
 from dojoc.errors import CompileError
 from dojoc.ir.epilogue import ROW_MAX, split_inputs, steps_of
@@ -186,9 +188,7 @@ def hold(ctx: Ctx, node: Node, p: Problem, spec: Spec, rect: Rect, at: dict[tupl
     e = spec.out.itemsize
     m_max, n_max = max(c for _, c in mblocks), max(c for _, c in kblocks)
     block = aligned(m_max * n_max * e)
-    addrs = {ctx.sram[c].hold(2 * block, f"{node.name}'s output block") for c in at.values()}
-    assert len(addrs) == 1, "every core holds the same bytes"
-    base = addrs.pop()
+    base = sram.hold([ctx.sram[c] for c in at.values()], 2 * block, f"{node.name}'s output block")
     h = Held(node.output.name, p.o[0].base, p.m, p.n, spec.out, mblocks, kblocks, base, base + block, 2 * block,
              cores, rect, at)
     ctx.held[h.base] = h
@@ -283,10 +283,8 @@ def keep(ctx: Ctx, name: str, reader: str, views: list[View], spec: Spec, rect: 
     m_max, eo = max(c for _, c in mblocks), spec.out.itemsize
     block = aligned(m_max * max(c for _, c in nblocks) * eo)
     purpose = " and ".join([f"{reader}'s residual"] * bool(reader) + [f"{b_reader}'s B"] * bool(b_reader))
-    addrs = {ctx.sram[c].hold(block + aligned(m_max * x_max * eo), f"{name}'s output block kept for {purpose}")
-             for c in at.values()}
-    assert len(addrs) == 1, "every core holds the same bytes"
-    base = addrs.pop()
+    base = sram.hold([ctx.sram[c] for c in at.values()], block + aligned(m_max * x_max * eo),
+                     f"{name}'s output block kept for {purpose}")
     k = Kept(name, reader, tuple(views), rect, mblocks, nblocks, base, dict(at), base + block, only, b_reader,
              dram_cols(at, rect.shape) if only and b_reader else frozenset(), step if only else 1, ow)
     if k.step > 1:

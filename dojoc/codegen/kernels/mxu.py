@@ -249,9 +249,9 @@ def weight_bytes(ctx: Ctx, node: Node, producers: dict[Value, Node]) -> int:
     return n + (bias.type.shape[0] * 4 if bias is not None else 0)
 
 
-def resident_free(ctx: Ctx, core: int) -> int:
-    s = ctx.sram[core]
-    return s.size - s.half - s.resident
+def resident_free(ctx: Ctx, core: int, scratch: int = 0) -> int:
+    """The resident bytes `core` has room for, once the current op has taken `scratch` bytes of scratch."""
+    return ctx.sram[core].resident_free(scratch)
 
 
 def _port_hops(m: Machine, core: int) -> int:

@@ -379,7 +379,7 @@ def resident_or_scratch(lane: Lane, view: View, resident: bool, what: str) -> in
     nbytes = view.nbytes
     plan_ = lane.ctx.sram[lane.core]
     # small vectors only: the resident region is mostly for the matrix ops' weights
-    if resident and nbytes <= (plan_.size - plan_.half - plan_.resident) // 8:
+    if resident and nbytes <= plan_.resident_free() // 8:
         addr = plan_.alloc_resident(nbytes)
         if addr is not None:
             record_shards(lane.ctx, lane.core, [(view.base, addr, nbytes)])

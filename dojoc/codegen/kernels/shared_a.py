@@ -22,7 +22,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from dojoc.codegen.builder import R_A, R_C, R_D, CoreCode
-from dojoc.codegen.context import MAX_STRIDE, Ctx, aligned
+from dojoc.codegen.context import MAX_STRIDE, Ctx
+from dojoc.codegen.sram import aligned
 from dojoc.codegen.view import Transfer, transfers
 from dojoc.mapping.place import home_die
 from isa.table import Cast

@@ -38,7 +38,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
-from dojoc.codegen.context import ALIGN, MAX_ROWS, Ctx, aligned
+from dojoc.codegen.context import MAX_ROWS, Ctx
 from dojoc.codegen.kernels import held as held_
 from dojoc.codegen.kernels.held import Held
 from dojoc.codegen.kernels.mxu import F32, Spec, resident_free
@@ -68,6 +68,7 @@ from dojoc.codegen.kernels.summa_grid import (
 )
 from dojoc.codegen.kernels.summa_relay import relay
 from dojoc.codegen.paths import port_path
+from dojoc.codegen.sram import ALIGN, aligned
 from dojoc.errors import CompileError, MappingError
 from dojoc.ir.graph import Node
 from dojoc.mapping.model import Bound, OpMapping
@@ -186,7 +187,8 @@ def estimate(ctx: Ctx, p: Problem, spec: Spec, kc: int, resident: str | None = N
     eject = (mx * taps * kc + ph * kc * (nx + halo)) * e / m.eject_bytes_per_cycle
     hops = max(mx * taps * kc, ph * kc * (nx + halo)) * e / m.link_bytes_per_cycle + sum(g.rect.shape) * m.hop_latency
     # a resident chunk that finds no room (summa_grid.unkept) is streamed in every wave, by its loader
-    missing = _missing(ctx, g, bounds, kc, resident, e, taps, rot) if resident is not None else [() for _ in bounds]
+    missing = _missing(ctx, g, bounds, kc, resident, e, taps, rot, _scratch(g, spec, kc, p, depth, resident, waves)) \
+        if resident is not None else [() for _ in bounds]
     base_link = link_cycles(ctx, p, g, kc, e, resident, held is not None, rl=rl)
     # a loader's streamed chunk
     loaded = max(mx * taps * kc if a_dram else 0, ph * kc * (nx + halo) if resident != "b" and b_share else 0) * e
@@ -227,8 +229,9 @@ def estimate(ctx: Ctx, p: Problem, spec: Spec, kc: int, resident: str | None = N
 
 
 def _missing(ctx: Ctx, g: Grid, bounds: tuple[tuple[int, int], ...], kc: int, resident: str,
-             e: int, taps: int = 1, rot: int = 0) -> list[tuple[tuple[int, float], ...]]:
-    """Per chunk, the resident copies that find no room: (loader core, bytes) of each."""
+             e: int, taps: int = 1, rot: int = 0, scratch: int = 0) -> list[tuple[tuple[int, float], ...]]:
+    """Per chunk, the resident copies that find no room beside the op's `scratch` bytes (its buffers come
+    first): (loader core, bytes) of each."""
     # the common case without replaying the allocation: every core has room for the most a core keeps
     # (a line's loaders rotate, so a core loads at most ceil(chunks / line) of them, plus its B slices)
     lines, blocks = (g.cols, g.nblocks) if resident == "b" else (g.rows, g.mblocks)
@@ -236,9 +239,9 @@ def _missing(ctx: Ctx, g: Grid, bounds: tuple[tuple[int, int], ...], kc: int, re
     most = -(-len(bounds) // min(len(line) for line in lines if line)) * aligned(max(n for _, n in blocks) * widest * e)
     if resident == "b" and g.extra:
         most += len(bounds) * aligned(widest * g.x_max * e)
-    if all(resident_free(ctx, c) >= most for c in g.cores):
+    if all(resident_free(ctx, c, scratch) >= most for c in g.cores):
         return [() for _ in bounds]
-    return unkept(ctx, g, bounds, kc, resident, e, taps, rot)
+    return unkept(ctx, g, bounds, kc, resident, e, taps, rot, scratch)
 
 
 def resident_bytes(ctx: Ctx, p: Problem, spec: Spec, kc: int, weight: str, held: Held | None = None,

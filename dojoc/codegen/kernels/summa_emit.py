@@ -24,7 +24,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from dojoc.codegen.builder import R_A, R_B, R_C, R_D, CoreCode
-from dojoc.codegen.context import Ctx, aligned, split
+from dojoc.codegen.context import Ctx, split
 from dojoc.codegen.epilogue import NormTile, emit_norm, emit_pointwise
 from dojoc.codegen.kernels.held import ARRIVE, Held, Kept, kept_for, owned, strided_stores
 from dojoc.codegen.kernels.im2col import Fill
@@ -43,6 +43,7 @@ from dojoc.codegen.kernels.summa_chunks import (
 )
 from dojoc.codegen.kernels.summa_grid import loader, resident_wants, wave_block, wave_split
 from dojoc.codegen.kernels.summa_relay import RELAY_SRC, emit_step, relay
+from dojoc.codegen.sram import aligned
 from dojoc.codegen.view import Transfer, transfers
 from dojoc.ir.epilogue import NORM, RESIDUAL_STEPS
 from dojoc.ir.graph import Node

@@ -11,8 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import lru_cache
 
-from dojoc.codegen.context import MAX_COLS, MAX_ROWS, Ctx, aligned, split
+from dojoc.codegen.context import MAX_COLS, MAX_ROWS, Ctx, split
 from dojoc.codegen.kernels.mxu import resident_free
+from dojoc.codegen.sram import aligned
 from dojoc.mapping.place import Rect, home_die
 from isa.costs import up8
 
@@ -246,13 +247,13 @@ def resident_wants(ctx: Ctx, g: Grid, core: int, bounds: tuple[tuple[int, int], 
 
 
 def unkept(ctx: Ctx, g: Grid, bounds: tuple[tuple[int, int], ...], kc: int, resident: str,
-           e: int, taps: int = 1, rot: int = 0) -> list[tuple[tuple[int, float], ...]]:
+           e: int, taps: int = 1, rot: int = 0, scratch: int = 0) -> list[tuple[tuple[int, float], ...]]:
     """Per chunk, the resident copies that will find no room, (loader core, bytes): `_keep`'s allocation
-    replayed on the cores' free resident SRAM now (a bump allocator: a copy fits when its aligned bytes
-    are free)."""
+    replayed on the cores' free resident SRAM beside the op's `scratch` bytes (a bump allocator: a copy
+    fits when its aligned bytes are free)."""
     lost: list[list[tuple[int, float]]] = [[] for _ in bounds]
     for core in g.cores:
-        free = resident_free(ctx, core)
+        free = resident_free(ctx, core, scratch)
         for _, t, nbytes in resident_wants(ctx, g, core, bounds, kc, resident, e, taps, rot):
             if aligned(nbytes) <= free:
                 free -= aligned(nbytes)

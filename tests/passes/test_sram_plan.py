@@ -1,0 +1,95 @@
+"""The memory plan (dojoc/codegen/sram.py): scratch from 0 up, blocks from the top down, code between."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+import dojoc
+import dojoc.codegen.lower as lower
+from dojoc.codegen import sram
+from dojoc.codegen.sram import CodeOverflow, SramPlan
+from dojoc.errors import SramOverflowError
+from isa.presets import load_machine
+from isa.table import WORD_BYTES
+
+KIB = 1024
+
+
+def plan(size: int = 1024 * KIB) -> SramPlan:
+    return SramPlan(size, code_reserve=64 * KIB, scratch_limit=size // 2, scratch_min=64 * KIB)
+
+
+def test_residents_take_what_scratch_never_reached() -> None:
+    """No fixed halves: after an op of 100 KiB of scratch, residents may take all but it and the code gap."""
+    p = plan()
+    p.alloc(100 * KIB, "tile")
+    p.begin_op()
+    assert p.resident_free() == 1024 * KIB - 100 * KIB - 64 * KIB
+    addr = p.alloc_resident(700 * KIB)
+    assert addr == 324 * KIB and p.resident == 700 * KIB
+    assert p.alloc_resident(200 * KIB) is None  # it would reach into the gap kept for code
+    # the next op's scratch stays below the resident bytes and the code gap
+    assert p.scratch_free() == 324 * KIB - 64 * KIB
+    with pytest.raises(SramOverflowError, match="big tile"):
+        p.alloc(300 * KIB, "big tile")
+
+
+def test_residents_leave_later_ops_a_working_set() -> None:
+    p = plan()
+    assert p.resident_free() == 1024 * KIB - 64 * KIB - 64 * KIB
+    assert p.resident_free(scratch=200 * KIB) == 1024 * KIB - 200 * KIB - 64 * KIB  # the op's own buffers first
+
+
+def test_a_held_value_has_one_address_below_every_cores_blocks() -> None:
+    a, b = plan(), plan()
+    b.alloc_resident(128 * KIB)  # only b has a resident weight
+    x = sram.hold([a, b], 64 * KIB, "x")
+    assert x == 1024 * KIB - 128 * KIB - 64 * KIB and a.held == b.held == 64 * KIB
+    y = sram.hold([a, b], 32 * KIB, "y")
+    assert y == x - 32 * KIB
+    for p in (a, b):
+        p.release(x)
+    assert a.held == b.held == 32 * KIB
+    # x's gap takes the next value that fits; a resident never goes there (it is live during x's ops too)
+    assert sram.hold([a, b], 64 * KIB, "z") == x
+    assert b.alloc_resident(16 * KIB) == y - 16 * KIB
+
+
+def test_code_goes_in_the_gap_between_scratch_and_blocks() -> None:
+    p = plan()
+    p.alloc(100 * KIB, "tile")
+    p.alloc_resident(800 * KIB)
+    p.check_code(0, 100 * KIB)
+    assert p.peak == 100 * KIB + 800 * KIB + 100 * KIB
+    with pytest.raises(CodeOverflow):
+        p.check_code(0, 200 * KIB)
+
+
+def test_a_stream_longer_than_its_gap_compiles_again_with_a_wider_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With a code gap too narrow for the program, the compile runs again keeping what the code took free,
+    and the planned SRAM peak counts the code."""
+    calls: list[int] = []
+    inner = lower._lower
+
+    def spy(*args: object) -> object:
+        calls.append(args[-1])  # type: ignore[arg-type]
+        return inner(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(sram, "CODE_SHARE", 4096)
+    monkeypatch.setattr(lower, "_lower", spy)
+    torch.manual_seed(0)
+    # a weight of 2 MiB on 16 cores of 169 KiB: three resident chunks of 32 KiB fill all but 2 KiB of the room
+    # beside the op's 71 KiB of scratch, less than the code
+    lin, x = torch.nn.Linear(1024, 1024, bias=False).eval(), torch.randn(16, 1024)
+    machine = dataclasses.replace(load_machine("mesh4x4"), sram_bytes=169 * KIB)
+    mapping = {"ops": [{"op": "linear", "kernel": "summa", "cores": "0-15", "split": {"rows": 4, "cols": 4},
+                        "tile": {"k": 64, "buffers": 2, "waves": 1}, "resident": True}]}
+    prog = dojoc.compile(lin, (x,), machine=machine, precision="bf16", mapping=mapping)
+    out = prog(x).float()
+    assert torch.corrcoef(torch.stack([out.flatten(), lin(x).flatten()]))[0, 1] > 0.999
+    code = max(len(s.code) for s in prog.image.sections) * WORD_BYTES
+    assert calls[0] == -1 and len(calls) == 2 and calls[1] >= code
+    assert prog.lowered.sram_peak_bytes >= code
