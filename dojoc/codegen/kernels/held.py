@@ -14,9 +14,9 @@ beside its own and multicasts it in its turn. Every core holds the same bytes (i
 for one assembled block), so the held addresses are the same on every core.
 
 The held bytes are blocks at the top of SRAM, at one address on every core that holds them (`sram.hold`),
-from the producer's start to the consumer's end, and both ops plan their scratch beside them. The producer's decision says so with tile
-field `hold` (1 or 0): a user may set it to 0 to send the value through DRAM, and a mapping that asks to
-hold what cannot be held is an error naming the reason.
+from the producer's start to the consumer's end, and both ops plan their scratch beside them. The
+producer's decision says so with tile field `hold` (1 or 0): a user may set it to 0 to send the value
+through DRAM, and a mapping that asks to hold what cannot be held is an error naming the reason.
 
 A SUMMA output that a later matrix op adds as its epilogue residual (ResNet's shortcut) may also be
 *kept*: it is still stored to DRAM for its other readers, and each core copies its block into SRAM held
