@@ -23,7 +23,7 @@ from dojoc.codegen.kernels.held import release_kept
 from dojoc.codegen.paths import barrier_cycles
 from dojoc.codegen.registry import KERNELS
 from dojoc.codegen.result import LOAD_BARRIER, Lowered
-from dojoc.codegen.sram import ALIGN, CodeOverflow, SramPlan, aligned
+from dojoc.codegen.sram import CODE_SLACK, CodeOverflow, SramPlan, aligned
 from dojoc.codegen.view import View
 from dojoc.errors import CompileError, MappingError, SramOverflowError, UnsupportedOpsError
 from dojoc.ir import shapes
@@ -89,14 +89,15 @@ def lower_graph(graph: Graph, machine: Machine, precision: str = "bf16",
     fixed bias (see kernels/mxu.py). `mapping` gives decisions (by op) that the kernels take instead of
     their own; `Lowered.mapping` has every decision taken. `search_budget` bounds the candidates each op's
     search prices (default `context.SEARCH_BUDGET`); the mapping's notes name the ops it cut short."""
-    reserve = -1  # the plan's default code gap (sram.CODE_SHARE)
+    reserves: dict[int, int] = {}  # per core, a code gap wider than the plan's default (sram.CODE_SHARE)
     for _ in range(2):
         try:
-            return _lower(graph, machine, precision, ranges, mapping, search_budget, reserve)
-        except CodeOverflow as e:  # the code outgrew its gap: compile again, keeping what it took free
-            reserve = max(reserve, aligned(e.most) + ALIGN)
+            return _lower(graph, machine, precision, ranges, mapping, search_budget, reserves)
+        except CodeOverflow as e:  # code outgrew its gap: compile again, keeping what it took free on its core
+            for c, code in e.near.items():
+                reserves[c] = max(reserves.get(c, 0), aligned(code + 2 * code // CODE_SLACK))
     try:
-        return _lower(graph, machine, precision, ranges, mapping, search_budget, reserve)
+        return _lower(graph, machine, precision, ranges, mapping, search_budget, reserves)
     except CodeOverflow as last:
         raise SramOverflowError(f"the code of core {last.core} takes {last.code:,} bytes of SRAM but its data "
                                 f"leaves {last.gap:,}; give its ops fewer tiles (a mapping with smaller splits) "
@@ -104,8 +105,8 @@ def lower_graph(graph: Graph, machine: Machine, precision: str = "bf16",
 
 
 def _lower(graph: Graph, machine: Machine, precision: str, ranges: Mapping[str, float] | None,
-           mapping: OpsMapping | None, search_budget: int | None, code_reserve: int) -> Lowered:
-    """The program, planned with `code_reserve` bytes of SRAM kept for each core's code (-1: the default)."""
+           mapping: OpsMapping | None, search_budget: int | None, reserves: Mapping[int, int]) -> Lowered:
+    """The program, planned with `reserves[core]` bytes of SRAM kept for a core's code (else the default)."""
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}: use one of {', '.join(PRECISIONS)}")
     missing = unsupported(graph)
@@ -120,7 +121,7 @@ def _lower(graph: Graph, machine: Machine, precision: str, ranges: Mapping[str, 
             raise CompileError(f"search budget {search_budget}: give at least 1 candidate per op")
         ctx.search_budget = search_budget
     ctx.ranges = dict(ranges or {})
-    ctx.sram = {c: SramPlan(machine.sram_bytes, code_reserve) for c in ids}
+    ctx.sram = {c: SramPlan(machine.sram_bytes, reserves.get(c, -1)) for c in ids}
     ctx.load = {c: CoreCode(c, machine.semaphores) for c in ids}
     outputs = set(graph.outputs)
     ctx.users = graph.users()
@@ -164,9 +165,11 @@ def _lower(graph: Graph, machine: Machine, precision: str, ranges: Mapping[str, 
     for sec in image.sections:
         for c in sec.cores:
             code[c] = code.get(c, 0) + len(sec.code) * WORD_BYTES
-    most = max(code.values(), default=0)
-    for c, nbytes in sorted(code.items()):
-        ctx.sram[c].check_code(c, nbytes, most)
+    over = {c: (n, ctx.sram[c].code_gap) for c, n in sorted(code.items()) if n > ctx.sram[c].code_gap}
+    if over:  # with the cores that came within a slack of their gap: the next compile moves code about
+        raise CodeOverflow(over, {c: n for c, n in code.items() if n + n // CODE_SLACK > ctx.sram[c].code_gap})
+    for c, nbytes in code.items():
+        ctx.sram[c].place_code(nbytes)
     unused = sorted(set(ctx.given) - {d.key for d in ctx.decisions})
     if unused:
         raise MappingError(f"op {unused[0]}: the mapping gives a decision that this compile does not take "

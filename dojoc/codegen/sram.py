@@ -9,7 +9,9 @@ A core's SRAM holds three kinds of bytes, as on the real machine (docs/compiler.
   kernels/held.py and band.py); `low` is the lowest address any block ever took;
 - the *code*: the core's instruction stream, 16 bytes an instruction (`isa.table.WORD_BYTES`), in the gap
   [floor, low) that neither side ever reaches. Its size is known once every stream is emitted
-  (`check_code`); while compiling, both sides keep the gap at least `code_reserve` wide.
+  (`place_code`); while compiling, both sides keep the gap at least `code_reserve` wide. The reserve is the
+  core's own: a core whose code outgrew the default (the one beside a disabled core computes its neighbour's
+  slices too, twice the code of the others) compiles again with a wider gap, and only it.
 
 There is no fixed boundary between resident and scratch bytes. A resident block is placed at `low` (never in
 a gap a held value left: the resident is live during that value's ops too); a held value takes the highest
@@ -37,6 +39,11 @@ MIN_SCRATCH_SHARE = 8
 # stream, a 3 x 3 convolution core of ResNet-50 b1, takes 174,256). A stream that outgrows its gap compiles
 # again with the gap its code took (lower.lower_graph).
 CODE_SHARE = 5
+# A compile that a core's code overflowed runs again with a wider gap on that core and on every core whose
+# code came within a sixteenth of its gap: its code's bytes and an eighth more. Less room for residents
+# streams a little more (streaming takes instructions), and the loaders and regions, chosen by free room,
+# move about, so the cores near their limit need room to grow too.
+CODE_SLACK = 16
 
 
 def aligned(nbytes: int) -> int:
@@ -44,12 +51,17 @@ def aligned(nbytes: int) -> int:
     return -(-nbytes // ALIGN) * ALIGN
 
 
-class CodeOverflow(Exception):  # noqa: N818 - internal: lower_graph compiles again with a wider code gap
-    """A core's code outgrew the gap its data left (`SramPlan.check_code`)."""
+class CodeOverflow(Exception):  # noqa: N818 - internal: lower_graph compiles again with wider code gaps
+    """Some cores' code outgrew the gap their data left (`SramPlan.code_gap`): `over` is {core: (code bytes,
+    gap bytes)} of every such core, `near` {core: code bytes} of those and the cores that came within
+    `CODE_SLACK` of theirs."""
 
-    def __init__(self, core: int, code: int, gap: int, most: int) -> None:
-        super().__init__(f"core {core}: {code:,} bytes of code, {gap:,} free")
-        self.core, self.code, self.gap, self.most = core, code, gap, most  # most: the longest stream's bytes
+    def __init__(self, over: dict[int, tuple[int, int]], near: dict[int, int] | None = None) -> None:
+        core, (code, gap) = max(over.items(), key=lambda t: t[1][0] - t[1][1])
+        super().__init__(f"{len(over)} core(s) short of code room; core {core}: {code:,} bytes of code, "
+                         f"{gap:,} free")
+        self.over, self.core, self.code, self.gap = over, core, code, gap  # core: the one shortest of room
+        self.near = near if near is not None else {c: n for c, (n, _) in over.items()}
 
 
 @dataclass
@@ -66,7 +78,7 @@ class SramPlan:
     low: int = -1  # the lowest address a block ever took (-1: size)
     resident: int = 0  # resident bytes
     blocks: list[tuple[int, int, bool]] = field(default_factory=list)  # live blocks: (address, bytes, resident)
-    code: int = 0  # the code's bytes, once known (check_code)
+    code: int = 0  # the code's bytes, once known (place_code)
     held: int = 0  # bytes of the activations held across ops now (the live blocks but the residents)
 
     def __post_init__(self) -> None:
@@ -137,12 +149,14 @@ class SramPlan:
         """A new op: its scratch starts at 0."""
         self.scratch = 0
 
-    def check_code(self, core: int, nbytes: int, most: int = 0) -> None:
-        """Place the core's `nbytes` of code in the gap; CodeOverflow (with `most`, the longest stream of the
-        program) when it is too narrow."""
-        gap = self.low - self.floor
-        if nbytes > gap:
-            raise CodeOverflow(core, nbytes, gap, max(most, nbytes))
+    @property
+    def code_gap(self) -> int:
+        """The bytes neither the scratch nor the blocks ever reached: where the code goes."""
+        return self.low - self.floor
+
+    def place_code(self, nbytes: int) -> None:
+        """Place the core's `nbytes` of code in the gap (the caller checked `code_gap`)."""
+        assert nbytes <= self.code_gap, (nbytes, self.code_gap)
         self.code = nbytes
 
 
