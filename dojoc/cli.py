@@ -199,7 +199,8 @@ def run(target: Path, inputs: tuple[str, ...], output: Path | None, trace: Path 
             result, m, precision=precision, flops=int(saved.get("flops") or result.stats.flops),
             cores_used=int(saved.get("cores_used") or len(ran)),
             sram_peak_bytes=int(saved.get("sram_peak_bytes") or result.stats.sram_high_water),
-            compile_seconds=float(saved.get("compile_seconds") or 0.0), options=saved.get("options") or {})
+            compile_seconds=float(saved.get("compile_seconds") or 0.0), options=saved.get("options") or {},
+            sram=tuple(saved.get("sram") or ()))
         click.echo(report.format())
         click.echo("")
     else:

@@ -79,13 +79,16 @@ class Report:
     # per op (each decision of the mapping, in program order): kernel, region, split, tile, where its
     # values live, predicted cycles and bound, emulated cycles (dojoc.mapping.explain.op_rows)
     ops: tuple[Mapping[str, Any], ...] = ()
+    # per core that runs code, the memory plan's bytes (dojoc.codegen.sram.CoreSram): core, code, resident,
+    # scratch, held, free
+    sram: tuple[Mapping[str, int], ...] = ()
 
     # -- construction ----------------------------------------------------------------------------
     @classmethod
     def from_run(cls, result: RunResult, machine: Machine, *, precision: str, flops: int, cores_used: int,
                  sram_peak_bytes: int, compile_seconds: float = 0.0, options: Mapping[str, Any] | None = None,
                  pcc: float | None = None, max_abs_err: float | None = None,
-                 ops: tuple[Mapping[str, Any], ...] = ()) -> Report:
+                 ops: tuple[Mapping[str, Any], ...] = (), sram: tuple[Mapping[str, int], ...] = ()) -> Report:
         """A report from an emulator run of a program for `machine` (`flops`: the model's count)."""
         load = load_phase_end(result.stats)
         cycles = max(result.cycles - load, 0)
@@ -98,7 +101,8 @@ class Report:
                    instructions=result.stats.instructions - before.instructions,
                    compile_seconds=float(compile_seconds), schema_version=SCHEMA_VERSION, machine=machine.name,
                    machine_hash=machine.hash, precision=precision, options=dict(options or {}),
-                   dojoc_version=dv, torch_version=tv, pcc=pcc, max_abs_err=max_abs_err, ops=tuple(ops))
+                   dojoc_version=dv, torch_version=tv, pcc=pcc, max_abs_err=max_abs_err, ops=tuple(ops),
+                   sram=tuple(sram))
 
     @classmethod
     def from_lowered(cls, result: RunResult, lowered: Lowered, *, compile_seconds: float = 0.0,
@@ -110,7 +114,7 @@ class Report:
         return cls.from_run(result, lowered.image.machine, precision=lowered.precision, flops=lowered.flops,
                             cores_used=lowered.cores_used, sram_peak_bytes=lowered.sram_peak_bytes,
                             compile_seconds=compile_seconds, options=options,
-                            ops=tuple(op_rows(lowered, result.stats)))
+                            ops=tuple(op_rows(lowered, result.stats)), sram=_sram_rows(lowered))
 
     @staticmethod
     def static_dict(lowered: Lowered, *, compile_seconds: float, options: Mapping[str, Any]) -> dict[str, Any]:
@@ -123,7 +127,7 @@ class Report:
         d.update(flops=lowered.flops, cores_used=lowered.cores_used, sram_peak_bytes=lowered.sram_peak_bytes,
                  compile_seconds=compile_seconds, schema_version=SCHEMA_VERSION, machine=m.name,
                  machine_hash=m.hash, precision=lowered.precision, options=dict(options),
-                 dojoc_version=dv, torch_version=tv, ops=_plain(op_rows(lowered)))
+                 dojoc_version=dv, torch_version=tv, ops=_plain(op_rows(lowered)), sram=list(_sram_rows(lowered)))
         return d
 
     # -- summing over subgraphs --------------------------------------------------------------------
@@ -148,7 +152,8 @@ class Report:
             dram_bytes=self.dram_bytes + other.dram_bytes, noc_bytes=self.noc_bytes + other.noc_bytes,
             instructions=self.instructions + other.instructions,
             compile_seconds=self.compile_seconds + other.compile_seconds, ops=tuple(self.ops) + tuple(other.ops),
-            pcc=min(pccs) if pccs else None, max_abs_err=max(errs) if errs else None)
+            pcc=min(pccs) if pccs else None, max_abs_err=max(errs) if errs else None,
+            sram=_sram_max(self.sram, other.sram))
 
     def __radd__(self, other: Any) -> Report:
         if other == 0:  # builtin sum() starts from 0
@@ -169,6 +174,7 @@ class Report:
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         d["options"] = _plain(dict(self.options))
         d["ops"] = _plain([dict(r) for r in self.ops])
+        d["sram"] = [dict(r) for r in self.sram]
         return d
 
     def to_json(self, *, indent: int = 2, machine: Machine | None = None) -> str:
@@ -183,7 +189,7 @@ class Report:
         """A report from `to_dict()` output (or report.json); unknown keys are ignored; missing run figures
         are an error."""
         names = [f.name for f in dataclasses.fields(cls)]
-        missing = [n for n in names if n not in data and n not in ("pcc", "max_abs_err", "options", "ops")]
+        missing = [n for n in names if n not in data and n not in ("pcc", "max_abs_err", "options", "ops", "sram")]
         if missing:
             raise ValueError(f"not a dojoc report: missing {', '.join(missing)}")
         kwargs = {n: data[n] for n in names if n in data}
@@ -192,6 +198,7 @@ class Report:
                 raise ValueError(f"the report has no run figures ({n} is null): the program has not run")
         kwargs["options"] = dict(kwargs.get("options") or {})
         kwargs["ops"] = tuple(dict(r) for r in kwargs.get("ops") or ())
+        kwargs["sram"] = tuple({k: int(v) for k, v in r.items()} for r in kwargs.get("sram") or ())
         return cls(**kwargs)
 
     # -- display -----------------------------------------------------------------------------------
@@ -207,6 +214,7 @@ class Report:
             ("utilization", f"{self.utilization:.4%} of {self.precision} peak over all cores"),
             ("cores used", f"{self.cores_used:,}"),
             ("SRAM peak", f"{_bytes(self.sram_peak_bytes)} per core (planned, code included)"),
+            *((("SRAM tightest", _tightest(self.sram)),) if self.sram else ()),
             ("DRAM bytes", f"{self.dram_bytes:,} ({_bytes(self.dram_bytes)})"),
             ("NoC bytes", f"{self.noc_bytes:,} (summed over links crossed)"),
             ("instructions", f"{self.instructions:,} executed"),
@@ -220,6 +228,31 @@ class Report:
 
     def __str__(self) -> str:
         return self.format()
+
+
+def _sram_rows(lowered: Lowered) -> tuple[dict[str, int], ...]:
+    return tuple(dataclasses.asdict(u) for u in lowered.sram)
+
+
+def _peak(row: Mapping[str, int]) -> int:
+    return sum(int(row[k]) for k in ("code", "resident", "scratch", "held"))
+
+
+def _sram_max(a: Sequence[Mapping[str, int]], b: Sequence[Mapping[str, int]]) -> tuple[Mapping[str, int], ...]:
+    """Per core, the plan of the two programs (run one after the other) that reaches further."""
+    by_core: dict[int, Mapping[str, int]] = {}
+    for row in (*a, *b):
+        c = int(row["core"])
+        if c not in by_core or _peak(row) > _peak(by_core[c]):
+            by_core[c] = row
+    return tuple(by_core[c] for c in sorted(by_core))
+
+
+def _tightest(rows: Sequence[Mapping[str, int]]) -> str:
+    """The core with the least SRAM free, by kind of bytes."""
+    r = min(rows, key=lambda x: (int(x["free"]), int(x["core"])))
+    parts = ", ".join(f"{k} {_bytes(int(r[k]))}" for k in ("code", "resident", "scratch", "held"))
+    return f"core {r['core']}: {parts}; {_bytes(int(r['free']))} free"
 
 
 def _plain(v: Any) -> Any:

@@ -175,7 +175,8 @@ def _lower(graph: Graph, machine: Machine, precision: str, ranges: Mapping[str, 
         raise MappingError(f"op {unused[0]}: the mapping gives a decision that this compile does not take "
                            f"(the op takes fewer decisions, or is a view or is fused); remove it")
     return Lowered(image, in_names, out_names, flops_of(graph), precision, max(len(ctx.used), 1),
-                   max(s.peak for s in ctx.sram.values()), build_mapping(ctx, tuple(ctx.search_notes)), tuple(spans))
+                   max(s.peak for s in ctx.sram.values()), build_mapping(ctx, tuple(ctx.search_notes)), tuple(spans),
+                   tuple(ctx.sram[c].usage(c) for c in sorted(code)))
 
 
 def _add_sync(ctx: Ctx, spans: list[tuple[str, int, int]]) -> None:

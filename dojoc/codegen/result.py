@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from dojoc.codegen.sram import CoreSram
 from dojoc.mapping.model import Mapping
 from isa.program import Image
 from runtime_emu.stats import LOAD_PHASE_BARRIER
@@ -33,3 +34,4 @@ class Lowered:
     # (op, first, last): the op's code lies between the call phase's barriers number first and last
     # (0 = the load barrier), so its emulated cycles are the difference of their release cycles
     op_spans: tuple[tuple[str, int, int], ...] = ()
+    sram: tuple[CoreSram, ...] = ()  # per core that runs code, the memory plan's bytes by kind

@@ -51,6 +51,23 @@ def aligned(nbytes: int) -> int:
     return -(-nbytes // ALIGN) * ALIGN
 
 
+@dataclass(frozen=True)
+class CoreSram:
+    """What one core's SRAM holds over the program (`SramPlan.usage`; the report's `sram` section), bytes."""
+
+    core: int
+    code: int  # the instruction stream
+    resident: int  # resident weights and vectors, live for the whole program
+    scratch: int  # the highest scratch top of any op
+    held: int  # the extent of the activations held across ops (below the residents, gaps included)
+    free: int  # what no part of the plan ever reached
+
+    @property
+    def peak(self) -> int:
+        """The bytes the plan reaches (the SRAM's size less `free`)."""
+        return self.code + self.resident + self.scratch + self.held
+
+
 class CodeOverflow(Exception):  # noqa: N818 - internal: lower_graph compiles again with wider code gaps
     """Some cores' code outgrew the gap their data left (`SramPlan.code_gap`): `over` is {core: (code bytes,
     gap bytes)} of every such core, `near` {core: code bytes} of those and the cores that came within
@@ -115,6 +132,12 @@ class SramPlan:
     def peak(self) -> int:
         """The plan's bytes: the highest scratch, every block ever placed, and the code."""
         return self.floor + self.size - self.low + self.code
+
+    def usage(self, core: int) -> CoreSram:
+        """The core's bytes by kind; what the blocks took beyond the residents (held values, and the gaps
+        between them) counts as held."""
+        return CoreSram(core, self.code, self.resident, self.floor, self.size - self.low - self.resident,
+                        self.size - self.peak)
 
     # -- allocation ---------------------------------------------------------------------------------------
 

@@ -119,3 +119,25 @@ def test_code_that_never_fits_is_one_error_naming_the_core(monkeypatch: pytest.M
     monkeypatch.setattr(lower, "_lower", fake)
     with pytest.raises(SramOverflowError, match="code of core 5 takes 900,000 bytes"):
         lower.lower_graph(None, None)  # type: ignore[arg-type]
+
+
+def test_the_report_gives_each_cores_sram() -> None:
+    """report.sram: per core that runs code, its plan by kind of bytes; the parts add up to the core's peak,
+    whose maximum is the SRAM peak; the code is the core's stream; it round-trips and sums."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(256, 512), torch.nn.GELU(), torch.nn.Linear(512, 256)).eval()
+    x = torch.randn(64, 256)
+    machine = load_machine("mesh4x4")
+    prog = dojoc.compile(model, (x,), machine=machine, precision="bf16")
+    _, report = prog.run(x)
+    code = {c: len(s.code) * WORD_BYTES for s in prog.image.sections for c in s.cores}
+    rows = {r["core"]: r for r in report.sram}
+    assert set(rows) == set(code) and all(rows[c]["code"] == n for c, n in code.items())
+    peaks = {c: r["code"] + r["resident"] + r["scratch"] + r["held"] for c, r in rows.items()}
+    assert all(r["free"] == machine.sram_bytes - peaks[c] >= 0 for c, r in rows.items())
+    assert max(peaks.values()) == report.sram_peak_bytes
+    assert any(r["resident"] > 0 for r in rows.values()) and all(r["scratch"] > 0 for r in rows.values())
+    assert dojoc.Report.from_dict(report.to_dict()).sram == report.sram
+    assert (report + report).sram == report.sram
+    tight = min(rows.values(), key=lambda r: (r["free"], r["core"]))
+    assert f"SRAM tightest core {tight['core']}:" in report.format()
