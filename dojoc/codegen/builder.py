@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from dojoc.codegen.sems import MOST, SEM_BITS
 from dojoc.codegen.view import Transfer
 from dojoc.errors import CompileError
 from isa.dtypes import DType
@@ -26,7 +27,6 @@ R_D, R_A, R_B, R_C, R_BIAS, R_SRAM, R_DRAM, R_IDX = 1, 2, 3, 4, 5, 6, 7, 8
 MAX_WAIT = (1 << next(f.bits for f in BY_MNEMONIC["wait"].fields if f.name == "count")) - 1
 # the fields of the instruction table that name a semaphore (sem, seml, semr)
 SEM_FIELDS = tuple(sorted({f.name for spec in BY_MNEMONIC.values() for f in spec.fields if f.name.startswith("sem")}))
-SEM_BITS = next(f.bits for f in BY_MNEMONIC["wait"].fields if f.name == "sem")
 
 
 class CoreCode:
@@ -51,9 +51,9 @@ class CoreCode:
         if top >= self.semaphores:
             name, source = self._op or (None, None)
             raise CompileError(f"{f'op {name}' if name else 'the program'} uses semaphore {top} on core {self.core} "
-                               f"({mnemonic}), but the machine has {self.semaphores} per core; the kernels take ids "
-                               f"up to {(1 << SEM_BITS) - 1}: give the machine semaphores={1 << SEM_BITS}", node=name,
-                               source=source or None)
+                               f"({mnemonic}), but the machine has {self.semaphores} per core; the kernels' semaphore "
+                               f"layouts (dojoc/codegen/sems.py) take up to {MOST}: give the machine semaphores={MOST}",
+                               node=name, source=source or None)
         self.code.append(make(mnemonic, **fields))
 
     @contextmanager

@@ -62,8 +62,8 @@ def test_shared_a_and_held_operands_leave_no_count() -> None:
 
 
 def test_a_machine_with_too_few_semaphores_is_a_compile_error() -> None:
-    """The kernels take semaphore ids up to the field's 31; a machine with fewer per core fails to compile with
-    the op named, not at run time with a trap."""
+    """The kernels' semaphore layouts take up to sems.MOST ids (32); a machine with fewer per core fails to
+    compile with the op named, not at run time with a trap."""
     torch.manual_seed(0)
     model, x = Head().eval(), torch.randn(16, 96)
     few = load_machine("mesh4x4", ["semaphores=8"])

@@ -39,6 +39,7 @@ from dojoc.codegen.context import MAX_COLS, MAX_ROWS, Ctx, load_view, split, sto
 from dojoc.codegen.kernels.eltwise import fill
 from dojoc.codegen.paths import exchange_link_bytes, port_path
 from dojoc.codegen.registry import kernel
+from dojoc.codegen.sems import ATTENTION
 from dojoc.codegen.sram import ALIGN
 from dojoc.codegen.view import Transfer, View
 from dojoc.errors import CompileError, SramOverflowError
@@ -52,9 +53,11 @@ from isa.dtypes import DType
 F32 = DType.F32
 LOWEST = float(np.finfo(np.float32).min)  # the running max never goes below this (fully masked rows)
 TINY = 1e-30  # the row sum is clamped to this, so a fully masked row divides 0 by it
-SEM_KV, SEM_SENT, SEM_MINE = 2, 3, 4  # K/V pieces from the other cores of a head; this core's sent; loaded
+# K/V pieces from the other cores of a head; this core's sent; loaded
+SEM_KV, SEM_SENT, SEM_MINE = ATTENTION.id("kv"), ATTENTION.id("sent"), ATTENTION.id("mine")
 # the loads and the stores of a query block, per buffer set (two alternate when a core's blocks pipeline)
-SEM_LOADS, SEM_STORES = (0, 5), (1, 6)
+SEM_LOADS = (ATTENTION.id("load0"), ATTENTION.id("load1"))
+SEM_STORES = (ATTENTION.id("store0"), ATTENTION.id("store1"))
 SEM_LOAD, SEM_STORE = SEM_LOADS[0], SEM_STORES[0]
 Resident = tuple[tuple[int, ...], int] | None
 

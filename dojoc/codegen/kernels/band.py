@@ -47,6 +47,7 @@ import networkx as nx
 from dojoc.codegen.context import MAX_ROWS, Ctx
 from dojoc.codegen.kernels import held
 from dojoc.codegen.kernels.mxu import F32, Region, Spec, operand_type, overlapped_bound
+from dojoc.codegen.sems import BAND
 from dojoc.codegen.view import View
 from dojoc.errors import MappingError
 from dojoc.ir.epilogue import ROW_MAX, split_inputs, steps_of
@@ -59,8 +60,9 @@ from isa.dtypes import DType
 if TYPE_CHECKING:
     from dojoc.codegen.kernels.conv import Conv
 
-HALO = (24, 25)  # a slot's halo arrivals, alternating along the chain (consecutive bands never share one)
-SENT = 26  # this core's halo puts whose source has left
+# a slot's halo arrivals, alternating along the chain (consecutive bands never share one); this core's halo
+# puts whose source has left (sems.BAND, beside the matrix pipeline's)
+HALO, SENT = BAND.ids("halo"), BAND.id("sent")
 # by default a chain has at least this many members: a pair saves one tensor's round trip through DRAM,
 # which SUMMA's kept blocks (held.py) already save for a 1 x 1 reader, on every core
 MIN_MEMBERS = 3

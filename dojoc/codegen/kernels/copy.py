@@ -7,10 +7,13 @@ from math import prod
 from dojoc.codegen.context import Ctx, box_view, boxes, load_view, split, store_view
 from dojoc.codegen.kernels.eltwise import fill
 from dojoc.codegen.registry import kernel
+from dojoc.codegen.sems import COPY
 from dojoc.codegen.view import View
 from dojoc.ir.graph import Node
 from dojoc.ir.ops import Op
 from dojoc.mapping.model import Bound
+
+_LOAD, _STORE = COPY.id("load"), COPY.ids("store")
 
 COPY_TILE_BYTES = 64 * 1024
 
@@ -30,12 +33,12 @@ def copy_view(ctx: Ctx, src: View, dst: View, what: str, source: str | None) -> 
             pending_store = [0, 0]
             for i, (starts, sizes) in enumerate(tiles[first:first + count]):
                 b = i % 2
-                cc.wait(1 + b, pending_store[b])  # the buffer's previous store has left
-                n = load_view(cc, box_view(src, starts, sizes), buf[b], 0)
-                cc.wait(0, n)
-                pending_store[b] = store_view(cc, buf[b], box_view(dst, starts, sizes), 1 + b)
-            cc.wait(1, pending_store[0])
-            cc.wait(2, pending_store[1])
+                cc.wait(_STORE[b], pending_store[b])  # the buffer's previous store has left
+                n = load_view(cc, box_view(src, starts, sizes), buf[b], _LOAD)
+                cc.wait(_LOAD, n)
+                pending_store[b] = store_view(cc, buf[b], box_view(dst, starts, sizes), _STORE[b])
+            cc.wait(_STORE[0], pending_store[0])
+            cc.wait(_STORE[1], pending_store[1])
 
 
 @kernel(Op.CAT)

@@ -67,6 +67,7 @@ from dojoc.codegen.kernels.mxu import (
     splits,
 )
 from dojoc.codegen.kernels.window import Span, window
+from dojoc.codegen.sems import DEPTHWISE
 from dojoc.codegen.view import Transfer, View, transfers
 from dojoc.errors import MappingError, SramOverflowError
 from dojoc.ir.epilogue import POINTWISE_STEPS, Step, split_inputs, steps_of
@@ -78,7 +79,8 @@ from isa.costs import vector_cycles
 KERNEL = "depthwise"
 MAX_VSTRIDE = (1 << 18) - 1  # the sd/sa/sb fields of a vector op, in bytes
 SLACK = 1024  # scratch bytes kept free for allocation rounding
-LOADS, STORES = (0, 1), (2, 3)  # semaphores of the two staging parities and of the two result buffers
+# semaphores of the two staging parities and of the two result buffers
+LOADS, STORES = DEPTHWISE.ids("load"), DEPTHWISE.ids("store")
 
 
 def eligible(ctx: Ctx, node: Node) -> bool:

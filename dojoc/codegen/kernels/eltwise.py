@@ -14,6 +14,7 @@ from dojoc.codegen.builder import R_A, R_B, R_C, R_D, CoreCode
 from dojoc.codegen.context import Ctx, box_view, boxes, load_view, split, store_view, tile2d
 from dojoc.codegen.epilogue import emit_pointwise
 from dojoc.codegen.registry import kernel
+from dojoc.codegen.sems import ELTWISE
 from dojoc.codegen.view import View
 from dojoc.errors import CompileError
 from dojoc.ir.epilogue import steps_of
@@ -21,6 +22,8 @@ from dojoc.ir.graph import Node, Value
 from dojoc.ir.ops import Op
 from dojoc.mapping.model import Bound
 from isa.dtypes import DType
+
+_LOAD, _STORE = ELTWISE.id("load"), ELTWISE.id("store")
 
 TILE_BYTES = 32 * 1024  # per operand tile
 
@@ -133,14 +136,14 @@ def elementwise(ctx: Ctx, node: Node) -> None:
                 n = 0
                 for v in loaded:
                     src = ctx.views[v].expand(shape) if ctx.views[v].shape != shape else ctx.views[v]
-                    n += load_view(cc, box_view(src, starts, sizes), addrs[v], 0)
-                cc.wait(1, pending)  # the previous tile's store has left the output buffer
-                cc.wait(0, n)
+                    n += load_view(cc, box_view(src, starts, sizes), addrs[v], _LOAD)
+                cc.wait(_STORE, pending)  # the previous tile's store has left the output buffer
+                cc.wait(_LOAD, n)
                 _emit(cc, ctx, node, addrs, consts, out, rows, cols)
                 for step in steps_of(node.attrs):  # fused scale and activation steps (the fuse pass)
                     emit_pointwise(cc, step, out, rows, cols, cols * out_v.dtype.itemsize, out_v.dtype)
-                pending = store_view(cc, out, box_view(out_v, starts, sizes), 1)
-            cc.wait(1, pending)
+                pending = store_view(cc, out, box_view(out_v, starts, sizes), _STORE)
+            cc.wait(_STORE, pending)
 
 
 def fill(ctx: Ctx, dst: View, value: float, what: str, source: str | None) -> None:
@@ -157,5 +160,5 @@ def fill(ctx: Ctx, dst: View, value: float, what: str, source: str | None) -> No
                     dt=dst.dtype)
             n = 0
             for starts, sizes in tiles[first:first + count]:
-                n += store_view(cc, buf, box_view(dst, starts, sizes), 1)
-            cc.wait(1, n)
+                n += store_view(cc, buf, box_view(dst, starts, sizes), _STORE)
+            cc.wait(_STORE, n)

@@ -45,6 +45,7 @@ from typing import TYPE_CHECKING
 
 from dojoc.codegen import sram
 from dojoc.codegen.context import Ctx
+from dojoc.codegen.sems import SUMMA
 from dojoc.codegen.sram import aligned
 from dojoc.codegen.view import Transfer, View, transfers
 from dojoc.errors import CompileError
@@ -59,7 +60,7 @@ if TYPE_CHECKING:
     from dojoc.codegen.kernels.matmul import Problem
     from dojoc.codegen.kernels.mxu import Spec
 
-ARRIVE = 30  # the semaphore on which a holder counts the slices put into its assembled block
+ARRIVE = SUMMA.id("arrive")  # the semaphore on which a holder counts the slices put into its assembled block
 
 
 @dataclass(frozen=True)

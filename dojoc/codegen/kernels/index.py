@@ -26,6 +26,7 @@ from dojoc.codegen.builder import R_A, R_B, R_C, R_D, R_IDX, R_SRAM, CoreCode
 from dojoc.codegen.context import MAX_ROWS, Ctx, box_view, boxes, load_view, split, store_view, tile2d
 from dojoc.codegen.kernels.copy import copy_view
 from dojoc.codegen.registry import kernel
+from dojoc.codegen.sems import INDEX
 from dojoc.codegen.view import View
 from dojoc.ir.graph import Node
 from dojoc.ir.ops import Op
@@ -34,7 +35,7 @@ from isa.dtypes import DType
 from isa.program import TensorKind
 
 I32 = DType.I32
-SEM_LOAD, SEM_STORE = 0, 1  # stores of the two row buffers use SEM_STORE + buffer (1, 2)
+SEM_LOAD, SEM_STORE = INDEX.id("load"), INDEX.ids("store")  # the stores: one per row buffer
 ROW_TILE = 128 * 1024  # bytes of gathered rows per buffer
 MAX_NT = (1 << 16) - 1  # the vgather nt field
 
@@ -116,13 +117,13 @@ def take_rows(ctx: Ctx, node: Node, table: View, idx: View, out: View) -> None:
                         cc.emit("vadd", rd=cc.reg(R_D, ids), ra=cc.reg(R_A, ids), rb=cc.reg(R_B, off), rows=na,
                                 cols=ni, sd=ni * 4, sa=ni * 4, sb=4, bcb="col", dt=I32)
                     have = (a0, na, i0, ni)
-                cc.wait(SEM_STORE + b, pending[b])  # this buffer's previous rows have left
+                cc.wait(SEM_STORE[b], pending[b])  # this buffer's previous rows have left
                 _dmagat(cc, rows[b], table.base + c0 * es, ids, na * ni, nc * es, s_row, SEM_LOAD)
                 cc.wait(SEM_LOAD, 1)
                 dst = out.slice(0, a0, a0 + na).slice(1, i0, i0 + ni).slice(2, c0, c0 + nc)
-                pending[b] = store_view(cc, rows[b], dst, SEM_STORE + b)
-            cc.wait(SEM_STORE, pending[0])
-            cc.wait(SEM_STORE + 1, pending[1])
+                pending[b] = store_view(cc, rows[b], dst, SEM_STORE[b])
+            cc.wait(SEM_STORE[0], pending[0])
+            cc.wait(SEM_STORE[1], pending[1])
 
 
 def _rows_view(ctx: Ctx, node: Node, x: View, dim: int) -> View:
@@ -218,10 +219,10 @@ def gather(ctx: Ctx, node: Node) -> None:
                 if step != 1:
                     cc.emit("vmuls", rd=cc.reg(R_D, ids), ra=cc.reg(R_A, ids), imm=float(step), **tile)
                 cc.emit("vadd", rd=cc.reg(R_D, ids), ra=cc.reg(R_A, ids), rb=cc.reg(R_B, off), sb=n * 4, **tile)
-                cc.wait(SEM_STORE + b, pending[b])
+                cc.wait(SEM_STORE[b], pending[b])
                 _dmagat(cc, vals[b], xv.base, ids, n, es, es, SEM_LOAD)
                 cc.wait(SEM_LOAD, 1)
-                pending[b] = store_view(cc, vals[b], box_view(out, starts, sizes), SEM_STORE + b)
-            cc.wait(SEM_STORE, pending[0])
-            cc.wait(SEM_STORE + 1, pending[1])
+                pending[b] = store_view(cc, vals[b], box_view(out, starts, sizes), SEM_STORE[b])
+            cc.wait(SEM_STORE[0], pending[0])
+            cc.wait(SEM_STORE[1], pending[1])
 

@@ -5,8 +5,8 @@ Both kernels reduce to the same per-core program: a list of *items*, each an FP3
 [m, n] built by a sequence of *steps* (one `mma` each: A [m, k] @ B [k, n]), then an epilogue (bias per
 row, the node's epilogue steps, conversion to the output type, DMA store). An operand is either resident
 in SRAM (a weight, loaded once in the load phase) or streamed: its DMAs fill one of two staging buffers,
-and step i+1's DMAs are issued before step i's mma, so loads overlap compute. Semaphores: 0/1 count the
-arrivals of the two staging parities, 2/3 the stores of the two result buffers, 4/5 the loads of an item's
+and step i+1's DMAs are issued before step i's mma, so loads overlap compute. Semaphores (sems.MXU): one per
+staging parity counts its arrivals, one per result buffer its stores, one per parity the loads of an item's
 epilogue operands (bias per row or column, residual tile), issued with its first step into one of two
 buffers each, so they too overlap its steps.
 
@@ -31,6 +31,7 @@ from dojoc.codegen.builder import R_A, R_B, R_BIAS, R_D, CoreCode
 from dojoc.codegen.context import Ctx
 from dojoc.codegen.epilogue import NormTile, emit_norm, emit_pointwise, norm_cycles, pointwise_cycles
 from dojoc.codegen.paths import port_path
+from dojoc.codegen.sems import LOAD, MXU
 from dojoc.codegen.view import Transfer, View
 from dojoc.errors import MappingError
 from dojoc.ir.epilogue import NORM, RESIDUAL_STEPS, ROW_MAX, split_inputs
@@ -49,6 +50,8 @@ F32 = DType.F32
 OPERAND = {"fp32": DType.F32, "bf16": DType.BF16, "cfp8": DType.CF8E4}
 ACT_AMAX = 64.0  # cfp8: activations are assumed to lie within +-ACT_AMAX (see the module docstring)
 R_CVT = 9  # the CFP bias register of a vcvt (R_BIAS holds the mma's pair of biases)
+_STAGED, _STORES, _EPILOGUE = MXU.ids("staged"), MXU.ids("stores"), MXU.ids("epilogue")
+_WEIGHTS = LOAD.id("weights")
 
 
 @dataclass(frozen=True)
@@ -305,8 +308,8 @@ def load_resident(ctx: Ctx, core: int, node: Node, loads: list[Transfer]) -> Non
     cc = ctx.load[core]
     with cc.op(node.name, node.source):
         for t in loads:
-            cc.dma_load(t, 0)
-        cc.wait(0, len(loads))
+            cc.dma_load(t, _WEIGHTS)
+        cc.wait(_WEIGHTS, len(loads))
 
 
 # -- cost model -------------------------------------------------------------------------------------------
@@ -439,7 +442,7 @@ class Pipeline:
             self.norm_stats = (sram.alloc(rows * 4, f"{what} row means"), sram.alloc(rows * 4, f"{what} row variances"),
                                sram.alloc(rows * 4, f"{what} row partial sums"))
         self.pending = [0, 0]  # stores in flight per result parity
-        self.item_loads: dict[int, int] = {}  # item -> its epilogue operands' DMAs (semaphore 4 + parity)
+        self.item_loads: dict[int, int] = {}  # item -> its epilogue operands' DMAs (on _EPILOGUE[parity])
 
     def emit(self) -> None:
         cc, items = self.cc, self.items
@@ -448,19 +451,19 @@ class Pipeline:
             count = self._issue(seq, 0)
             for i, (j, si, st) in enumerate(seq):
                 nxt = self._issue(seq, i + 1) if i + 1 < len(seq) else 0  # prefetch into the other buffer
-                self.cc.wait(i % 2, count)
+                self.cc.wait(_STAGED[i % 2], count)
                 count = nxt
                 q = j % 2
                 if si == 0 and self.direct:
-                    self.cc.wait(2 + q, self.pending[q])  # the accumulator's previous store has left
+                    self.cc.wait(_STORES[q], self.pending[q])  # the accumulator's previous store has left
                     self.pending[q] = 0
                 if st.before is not None:
                     st.before()
                 self._mma(j, si, st, i % 2)
                 if si == len(items[j].steps) - 1:
                     self._epilogue(j)
-            self.cc.wait(2, self.pending[0])
-            self.cc.wait(3, self.pending[1])
+            self.cc.wait(_STORES[0], self.pending[0])
+            self.cc.wait(_STORES[1], self.pending[1])
 
     def _issue(self, seq: list[tuple[int, int, Step]], i: int) -> int:
         """Issue step i's loads into staging parity i % 2 (and its item's bias); returns the DMA count."""
@@ -474,7 +477,7 @@ class Pipeline:
             for r0, nr in opnd.zero:  # taps wholly in the padding: their rows are zeros
                 cc.emit("vfill", rd=cc.reg(R_D, base + r0 * sd), imm=0.0, rows=nr, cols=opnd.cols, sd=sd, dt=src)
             for ld in opnd.loads:
-                cc.dma_load(_shift_dst(ld.t, base), p, ld.pads, 0.0, src if ld.pads else None)
+                cc.dma_load(_shift_dst(ld.t, base), _STAGED[p], ld.pads, 0.0, src if ld.pads else None)
                 n += 1
         it = self.items[j]
         if si == 0:
@@ -483,7 +486,7 @@ class Pipeline:
                                  (it.residual, self.res_stage), (it.norm, self.norm_stage)):
                 if extra is not None and extra.addr is None:
                     for ld in extra.loads:
-                        cc.dma_load(_shift_dst(ld.t, stage[q]), 4 + q)
+                        cc.dma_load(_shift_dst(ld.t, stage[q]), _EPILOGUE[q])
                     self.item_loads[j] = self.item_loads.get(j, 0) + len(extra.loads)
         return n
 
@@ -548,7 +551,7 @@ class Pipeline:
         q = j % 2
         acc = self.accs[q] if self.direct else self.accs[0]
         n4 = it.n * 4
-        self.cc.wait(4 + q, self.item_loads.pop(j, 0))
+        self.cc.wait(_EPILOGUE[q], self.item_loads.pop(j, 0))
         if it.bias is not None:
             if it.bias.addr is not None:
                 bias = it.bias.addr
@@ -591,10 +594,10 @@ class Pipeline:
         elif self.direct:
             res = acc
         else:
-            self.cc.wait(2 + q, self.pending[q])  # the output tile's previous store has left
+            self.cc.wait(_STORES[q], self.pending[q])  # the output tile's previous store has left
             res = self.outs[q]
             cc.emit("vcvt", rd=cc.reg(R_D, res), ra=cc.reg(R_A, acc), rows=it.m, cols=it.n,
                     sd=it.n * spec.out.itemsize, sa=n4, dtd=spec.out, dts=F32)
         for t in it.stores:
-            cc.dma_store(_shift_src(t, res), 2 + q)
+            cc.dma_store(_shift_src(t, res), _STORES[q])
         self.pending[q] = len(it.stores)

@@ -31,6 +31,7 @@ from dojoc.codegen.builder import R_A, R_B, R_C, R_D, CoreCode
 from dojoc.codegen.context import MAX_COLS, MAX_ROWS, Ctx, load_view, split, store_view
 from dojoc.codegen.kernels.window import Phases
 from dojoc.codegen.registry import kernel
+from dojoc.codegen.sems import POOL
 from dojoc.codegen.sram import ALIGN
 from dojoc.codegen.view import Transfer, View
 from dojoc.errors import CompileError, SramOverflowError
@@ -39,7 +40,7 @@ from dojoc.ir.ops import Op
 from isa.dtypes import DType
 
 F32 = DType.F32
-SEM_LOAD, SEM_STORE, SEM_TAP = 0, 1, 2  # taps use SEM_TAP + buffer (2, 3)
+SEM_LOAD, SEM_STORE, SEM_TAP = POOL.id("load"), POOL.id("store"), POOL.ids("tap")  # taps: one per buffer
 INT_LOWEST = float(-(2**31))
 MAX_PAD = 255  # the dmadim padlo/padhi fields
 
@@ -180,13 +181,13 @@ class _Taps:
         if dst is not None:
             assert sem is not None
             return _load_tap(self.cc, self.geo, self.it, kh, kw, dst, sem, self.pad, self.dt)
-        self.issued[b] = _load_tap(self.cc, self.geo, self.it, kh, kw, self.bufs[b], SEM_TAP + b, self.pad, self.dt)
+        self.issued[b] = _load_tap(self.cc, self.geo, self.it, kh, kw, self.bufs[b], SEM_TAP[b], self.pad, self.dt)
         return self.issued[b]
 
     def ready(self, i: int) -> int:
         """Wait for tap i's buffer and return its address."""
         b = i % 2
-        self.cc.wait(SEM_TAP + b, self.issued[b])
+        self.cc.wait(SEM_TAP[b], self.issued[b])
         return self.bufs[b]
 
 
@@ -284,7 +285,7 @@ def _max_staged(ctx: Ctx, node: Node, geo: _Geom, x: View, vals: View) -> None:
     rows_per_out = sh + (kh - 1) * dh  # staged rows per output row, halo included (an upper bound)
     items, cores = _items(ctx, node, x, [vals], OH, OW, per_out, MAX_COLS // OW,
                           2 * OW * es + 2 * sw * wf * rows_per_out * es, 0, 6 * ALIGN, moved)
-    stores = (SEM_LOAD, SEM_STORE)  # per output buffer
+    stores = POOL.ids("staged_stores")  # per output buffer
     what = f"max_pool2d {node.name}"
     for core, (first, count) in zip(cores, split(len(items), len(cores)), strict=False):
         run = items[first:first + count]
@@ -296,12 +297,12 @@ def _max_staged(ctx: Ctx, node: Node, geo: _Geom, x: View, vals: View) -> None:
         best = [sram.alloc(pn * rn * OW * es, f"{node.name} max tile") for _ in range(2)]
         stage = [sram.alloc(pn * plane, f"{node.name} staged rows") for _ in range(2)]
         with cc.op(node.name, node.source):
-            issued, pending = [_stage(cc, geo, ph, run[0], stage[0], SEM_TAP, pad, dt, what), 0], [0, 0]
+            issued, pending = [_stage(cc, geo, ph, run[0], stage[0], SEM_TAP[0], pad, dt, what), 0], [0, 0]
             for i, it in enumerate(run):
                 b = i % 2
                 if i + 1 < len(run):
-                    issued[1 - b] = _stage(cc, geo, ph, run[i + 1], stage[1 - b], SEM_TAP + 1 - b, pad, dt, what)
-                cc.wait(SEM_TAP + b, issued[b])
+                    issued[1 - b] = _stage(cc, geo, ph, run[i + 1], stage[1 - b], SEM_TAP[1 - b], pad, dt, what)
+                cc.wait(SEM_TAP[b], issued[b])
                 cc.wait(stores[b], pending[b])  # best[b]'s last stores have left
                 cols = it.rn * OW * es  # the output tile's row (one plane) in bytes
                 for r in range(it.rn):

@@ -20,6 +20,7 @@ import numpy as np
 
 from dojoc.codegen.builder import R_A, R_B, R_D, CoreCode
 from dojoc.codegen.context import MAX_COLS, MAX_ROWS, Ctx, box_view, boxes, load_view, split, store_view
+from dojoc.codegen.sems import LOAD, ROWS
 from dojoc.codegen.view import View
 from dojoc.ir.graph import Node, Value
 from dojoc.ir.ops import Op
@@ -28,9 +29,9 @@ from isa.dtypes import DType
 
 WORK = DType.F32
 TILE_ELEMS = 8192  # elements of one working tile: 32 KiB in FP32, so a few tiles per slot fit any SRAM
-LD_SEMS = (0, 1)  # load semaphores of the two streaming slots
-ST_SEMS = (2, 3, 4, 5)  # store semaphores, one per buffer that stores leave from
-LOAD_PHASE_SEM = 29  # resident loading (before the first call); waited for at once
+LD_SEMS = ROWS.ids("load")  # load semaphores of the two streaming slots
+ST_SEMS = ROWS.ids("store")  # store semaphores, one per buffer that stores leave from
+LOAD_PHASE_SEM = LOAD.id("vectors")  # resident loading (before the first call); waited for at once
 HUGE = 1 << 30
 
 Box = tuple[tuple[int, ...], tuple[int, ...]]  # (starts, sizes), as `context.boxes` makes them

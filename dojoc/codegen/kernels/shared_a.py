@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 
 from dojoc.codegen.builder import R_A, R_C, R_D, CoreCode
 from dojoc.codegen.context import MAX_STRIDE, Ctx
+from dojoc.codegen.sems import SHARED_A
 from dojoc.codegen.sram import aligned
 from dojoc.codegen.view import Transfer, transfers
 from dojoc.mapping.place import home_die
@@ -38,8 +39,8 @@ if TYPE_CHECKING:
 # to 18,987 predicted and SUMMA's 6,397 to 18,994 (761,755 -> 837,534 cycles in all). Its head takes 24.
 # A given mapping may still ask for any width.
 MIN_COLS = 16
-# mxu.Pipeline takes semaphores 0..5: the panel's DMAs, its chunks' arrivals, the sources of its puts free
-SEM_DMA, SEM_ARRIVE, SEM_SENT = 6, 7, 8
+# beside mxu.Pipeline's: the panel's DMAs, its chunks' arrivals, the sources of its puts free
+SEM_DMA, SEM_ARRIVE, SEM_SENT = SHARED_A.id("dma"), SHARED_A.id("arrive"), SHARED_A.id("sent")
 
 
 @dataclass(frozen=True)

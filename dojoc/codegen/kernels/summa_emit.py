@@ -43,6 +43,7 @@ from dojoc.codegen.kernels.summa_chunks import (
 )
 from dojoc.codegen.kernels.summa_grid import loader, resident_wants, wave_block, wave_split
 from dojoc.codegen.kernels.summa_relay import RELAY_SRC, emit_step, relay
+from dojoc.codegen.sems import SUMMA
 from dojoc.codegen.sram import aligned
 from dojoc.codegen.view import Transfer, transfers
 from dojoc.ir.epilogue import NORM, RESIDUAL_STEPS
@@ -53,17 +54,17 @@ if TYPE_CHECKING:
     from dojoc.codegen.kernels.matmul import Problem
     from dojoc.codegen.kernels.summa_grid import Grid
 
-# semaphores, one per chunk buffer (up to MAX_DEPTH): the loader's DMAs, the multicast arrivals, the source
-# of the loader's puts free, the slice DMAs beside a disabled core, the buffers free again; the stores per
-# output buffer; the epilogue's bias and residual loads
-DMA_A, DMA_B, ARR_A, ARR_B = (0, 1, 2), (3, 4, 5), (6, 7, 8), (9, 10, 11)
-SRC_A, SRC_B, DMA_X = (12, 13, 14), (15, 16, 17), (18, 19, 20)
-FREE_A, FREE_B = (21, 22, 23), (24, 25, 26)
-STORE, AUX = (27, 28), 29
+# semaphores (sems.SUMMA), one per chunk buffer (up to MAX_DEPTH): the loader's DMAs, the multicast arrivals,
+# the source of the loader's puts free, the slice DMAs beside a disabled core, the buffers free again; the
+# stores per output buffer; the epilogue's bias and residual loads
+DMA_A, DMA_B, ARR_A, ARR_B = SUMMA.ids("dma_a"), SUMMA.ids("dma_b"), SUMMA.ids("arr_a"), SUMMA.ids("arr_b")
+SRC_A, SRC_B, DMA_X = SUMMA.ids("src_a"), SUMMA.ids("src_b"), SUMMA.ids("dma_x")
+FREE_A, FREE_B = SUMMA.ids("free_a"), SUMMA.ids("free_b")
+STORE, AUX = SUMMA.ids("store"), SUMMA.id("aux")
 MAX_DEPTH = len(DMA_A)
-# a layer norm's two exchanges (arrivals and sources): 31 (held.ARRIVE is 30), and AUX, whose loads are
-# all waited for before the norm and issued again only after it
-NORM_SEMS = (31, AUX)
+# a layer norm's two exchanges (arrivals and sources), the second on AUX, whose loads are all waited for
+# before the norm and issued again only after it
+NORM_SEMS = (SUMMA.id("norm"), AUX)
 
 
 class CoreProgram:

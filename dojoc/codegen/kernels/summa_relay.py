@@ -30,14 +30,15 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from dojoc.codegen.builder import R_A, R_C, R_D, CoreCode
+from dojoc.codegen.sems import SUMMA
 
 if TYPE_CHECKING:
     from dojoc.codegen.kernels.matmul import Problem
     from dojoc.codegen.kernels.mxu import Spec
     from dojoc.codegen.kernels.summa_grid import Grid
 
-RELAY = (30, 31)  # a slice's halo pieces arrived, by step parity
-RELAY_SRC = 20  # the sources of this core's halo puts have left (summa_emit.DMA_X[2], unused at depth 2)
+RELAY = SUMMA.ids("relay")  # a slice's halo pieces arrived, by step parity
+RELAY_SRC = SUMMA.id("relay_src")  # the sources of this core's halo puts have left (unused slice DMAs at depth 2)
 # a slice takes its halo from at most this many pieces, else it loads it with its columns: narrow slices
 # (ResNet-50 at batch 1: 2 columns, a 62-column halo from 30 cores) wait on too many small puts (a 3 x 3
 # at 28 x 28 took 8,577 cycles against 6,779 loading its halos)
