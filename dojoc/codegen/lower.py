@@ -95,7 +95,7 @@ def lower_graph(graph: Graph, machine: Machine, precision: str = "bf16",
             return _lower(graph, machine, precision, ranges, mapping, search_budget, reserves)
         except CodeOverflow as e:  # code outgrew its gap: compile again, keeping what it took free on its core
             for c, code in e.near.items():
-                reserves[c] = max(reserves.get(c, 0), aligned(code + 2 * code // CODE_SLACK))
+                reserves[c] = max(reserves.get(c, 0), aligned(code + code // CODE_SLACK))
     try:
         return _lower(graph, machine, precision, ranges, mapping, search_budget, reserves)
     except CodeOverflow as last:

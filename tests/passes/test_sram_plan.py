@@ -109,7 +109,7 @@ def test_only_the_cores_short_of_code_room_get_a_wider_gap(monkeypatch: pytest.M
 
     monkeypatch.setattr(lower, "_lower", fake)
     assert lower.lower_graph(None, None) == "lowered"  # type: ignore[arg-type]
-    assert calls == [{}, {c: sram.aligned(n + 2 * n // sram.CODE_SLACK) for c, n in ((3, 160_000), (4, 99_000))}]
+    assert calls == [{}, {c: sram.aligned(n + n // sram.CODE_SLACK) for c, n in ((3, 160_000), (4, 99_000))}]
 
 
 def test_code_that_never_fits_is_one_error_naming_the_core(monkeypatch: pytest.MonkeyPatch) -> None:
