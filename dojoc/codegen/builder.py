@@ -107,6 +107,9 @@ class CoreCode:
             self.emit("wait", sem=sem, count=min(MAX_WAIT, count - i))
 
 
+ID_TURN = 31  # barrier ids a program's phases rotate through (id 31 ends the load phase)
+
+
 class ProgramBuilder:
     """The streams of every core of one program."""
 
@@ -116,6 +119,7 @@ class ProgramBuilder:
         self.cores = {c: CoreCode(c, machine.semaphores) for c in self.ids}
         self._barrier = 0
         self.barriers = 0  # barriers emitted so far (after the load barrier, which is prepended)
+        self.scopes: list[tuple[int, ...]] = []  # per barrier, the cores that join it (set by `keep`)
 
     @property
     def participants(self) -> int:
@@ -123,23 +127,66 @@ class ProgramBuilder:
         return len(self.ids)
 
     def barrier(self, bid: int | None = None) -> None:
-        """All participating cores wait for each other (ids rotate so consecutive barriers differ)."""
+        """The cores wait for each other between two phases (ids rotate so consecutive barriers differ).
+        Emitted on every core; `keep` scopes it to the cores of the phases on its two sides."""
         if bid is None:
             bid = self._barrier
-            self._barrier = (self._barrier + 1) % 31  # id 31 is the load barrier
+            self._barrier = (self._barrier + 1) % ID_TURN
         self.barriers += 1
         for c in self.cores.values():
             c.emit("barrier", id=bid, count=self.participants)
 
     def keep(self, cores: set[int]) -> None:
-        """Drop the cores outside `cores` (they got no work, so they only ran barriers) and make every
-        barrier count the cores kept: a barrier then spans only the cores that take part, and its
-        combining tree is as small as their bounding box (docs/timing.md)."""
+        """Drop the cores outside `cores` (they got no work, so they only ran barriers), and scope every
+        barrier to the cores that work in the phase before it or the phase after it (`scopes`).
+
+        Scoped so, barriers still order every phase after every earlier one on every core: each barrier's
+        cores include the next phase's, which arrive at the next barrier only once released from this one,
+        so a barrier releases only after the one before it. A core that sits out some phases arrives early
+        at its next barrier; one idle for a full turn of the ids could be counted at an earlier barrier of
+        the same id, so a core joins at least every `ID_TURN - 1`-th barrier. A barrier's combining tree
+        spans only its cores' bounding box (docs/timing.md)."""
         self.ids = [c for c in self.ids if c in cores] or self.ids[:1]
         self.cores = {c: self.cores[c] for c in self.ids}
-        for cc in self.cores.values():
-            cc.code = [make("barrier", id=ins["id"], count=self.participants) if ins.spec.mnemonic == "barrier"
-                       else ins for ins in cc.code]
+        # per core, per phase (the code before each barrier, and after the last): whether it does work
+        work: dict[int, list[bool]] = {}
+        for c, cc in self.cores.items():
+            flags, busy = [], False
+            for ins in cc.code:
+                if ins.spec.mnemonic == "barrier":
+                    flags.append(busy)
+                    busy = False
+                else:
+                    busy = True
+            work[c] = [*flags, busy]
+        n = self.barriers
+        members: list[set[int]] = [{c for c in self.ids if work[c][k] or work[c][k + 1]} for k in range(n)]
+        since = dict.fromkeys(self.ids, 0)  # barriers since the core's last
+        for k in range(n):
+            for c in self.ids:
+                since[c] = 0 if c in members[k] or since[c] + 1 >= ID_TURN - 1 else since[c] + 1
+                if since[c] == 0:
+                    members[k].add(c)
+            if not members[k]:
+                members[k] = set(self.ids)
+        self.scopes = [tuple(sorted(m)) for m in members]
+        for c, cc in self.cores.items():
+            code: list[Instr] = []
+            pcs: list[int | None] = []  # old pc -> new pc (None: dropped), for the debug section's entries
+            k = 0
+            for ins in cc.code:
+                pcs.append(len(code))
+                if ins.spec.mnemonic == "barrier":
+                    if c in members[k]:
+                        code.append(make("barrier", id=ins["id"], count=len(members[k])))
+                    else:
+                        pcs[-1] = None
+                    k += 1
+                else:
+                    code.append(ins)
+            pcs.append(len(code))
+            cc.code = code
+            cc.debug = [(new, op, src) for pc, op, src in cc.debug if (new := pcs[pc]) is not None]
 
     def build(self, tensors: tuple[Tensor, ...], signature: Signature) -> Image:
         """Halt every stream and merge identical streams into shared sections."""

@@ -180,19 +180,19 @@ def _lower(graph: Graph, machine: Machine, precision: str, ranges: Mapping[str, 
 
 
 def _add_sync(ctx: Ctx, spans: list[tuple[str, int, int]]) -> None:
-    """Add to each op's prediction the release of the barriers that end it (every kept core joins each):
-    an op's emulated cycles run from one barrier's release to the next, so its prediction covers them too.
-    Known only now, once idle cores have left the program (a barrier's tree spans the cores kept)."""
-    sync = barrier_cycles(ctx.machine, tuple(ctx.builder.ids))
+    """Add to each op's prediction the release of the barriers that end its phases (each over its own
+    cores, `ProgramBuilder.scopes`): an op's emulated cycles run from one barrier's release to the next, so
+    its prediction covers them too. Known only now, once the barriers are scoped."""
+    scopes = ctx.builder.scopes
     count: dict[str, int] = {}
     for op, b0, b1 in spans:
-        count[op] = count.get(op, 0) + b1 - b0
+        count[op] = count.get(op, 0) + sum(barrier_cycles(ctx.machine, scopes[k]) for k in range(b0, b1))
     last = {om.op: i for i, om in enumerate(ctx.decisions) if om.fused_into is None}
     for op, n in count.items():
         i = last.get(op)
         if i is not None:
             om = ctx.decisions[i]
-            ctx.decisions[i] = replace(om, predicted_cycles=om.predicted_cycles + n * sync)
+            ctx.decisions[i] = replace(om, predicted_cycles=om.predicted_cycles + n)
 
 
 def write_through(graph: Graph, outputs: set[Value], users: dict[Value, list[Node]]) -> dict[Node, Value]:
