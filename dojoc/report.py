@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from dojoc.codegen.result import LOAD_BARRIER, Lowered
+from dojoc.codegen.sram import SRAM_PARTS
 from isa.machine import Machine
 from runtime_emu import RunResult
 from runtime_emu.stats import PhaseCounters, RunStats, utilization
@@ -235,7 +236,7 @@ def _sram_rows(lowered: Lowered) -> tuple[dict[str, int], ...]:
 
 
 def _peak(row: Mapping[str, int]) -> int:
-    return sum(int(row[k]) for k in ("code", "resident", "scratch", "held"))
+    return sum(int(row[k]) for k in SRAM_PARTS)
 
 
 def _sram_max(a: Sequence[Mapping[str, int]], b: Sequence[Mapping[str, int]]) -> tuple[Mapping[str, int], ...]:
@@ -251,7 +252,7 @@ def _sram_max(a: Sequence[Mapping[str, int]], b: Sequence[Mapping[str, int]]) ->
 def _tightest(rows: Sequence[Mapping[str, int]]) -> str:
     """The core with the least SRAM free, by kind of bytes."""
     r = min(rows, key=lambda x: (int(x["free"]), int(x["core"])))
-    parts = ", ".join(f"{k} {_bytes(int(r[k]))}" for k in ("code", "resident", "scratch", "held"))
+    parts = ", ".join(f"{k} {_bytes(int(r[k]))}" for k in SRAM_PARTS)
     return f"core {r['core']}: {parts}; {_bytes(int(r['free']))} free"
 
 

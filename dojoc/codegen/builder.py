@@ -164,9 +164,11 @@ class ProgramBuilder:
         since = dict.fromkeys(self.ids, 0)  # barriers since the core's last
         for k in range(n):
             for c in self.ids:
-                since[c] = 0 if c in members[k] or since[c] + 1 >= ID_TURN - 1 else since[c] + 1
-                if since[c] == 0:
+                if c in members[k] or since[c] + 1 >= ID_TURN - 1:
                     members[k].add(c)
+                    since[c] = 0
+                else:
+                    since[c] += 1
             if not members[k]:
                 members[k] = set(self.ids)
         self.scopes = [tuple(sorted(m)) for m in members]

@@ -56,6 +56,7 @@ def port_path(machine: Machine, cores: tuple[int, ...]) -> PortPath:
     return PortPath(port.latency + hops, rate)
 
 
+@lru_cache(maxsize=1 << 10)
 def barrier_cycles(machine: Machine, cores: tuple[int, ...]) -> int:
     """Cycles from the last arrival at a barrier over `cores` (ids) to its release, as the emulator's
     barrier takes them (`Network.barrier_cycles`: the combining tree's round trip over their bounding box,

@@ -52,6 +52,10 @@ def aligned(nbytes: int) -> int:
     return -(-nbytes // ALIGN) * ALIGN
 
 
+# the kinds of bytes a core's SRAM holds (CoreSram's fields but the core and what is free)
+SRAM_PARTS = ("code", "resident", "scratch", "held")
+
+
 @dataclass(frozen=True)
 class CoreSram:
     """What one core's SRAM holds over the program (`SramPlan.usage`; the report's `sram` section), bytes."""
@@ -66,7 +70,7 @@ class CoreSram:
     @property
     def peak(self) -> int:
         """The bytes the plan reaches (the SRAM's size less `free`)."""
-        return self.code + self.resident + self.scratch + self.held
+        return sum(getattr(self, k) for k in SRAM_PARTS)
 
 
 class CodeOverflow(Exception):  # noqa: N818 - internal: lower_graph compiles again with wider code gaps

@@ -46,7 +46,8 @@ import networkx as nx
 
 from dojoc.codegen.context import MAX_ROWS, Ctx
 from dojoc.codegen.kernels import held
-from dojoc.codegen.kernels.mxu import F32, Region, Spec, operand_type, overlapped_bound
+from dojoc.codegen.kernels.mxu import F32, Region, Spec, operand_type
+from dojoc.codegen.kernels.mxu_plan import overlapped_bound
 from dojoc.codegen.sems import BAND
 from dojoc.codegen.view import View
 from dojoc.errors import MappingError
@@ -407,7 +408,8 @@ def _decide(ctx: Ctx, comp: list[str], edges: dict[str, list[tuple[str, str]]],
             forced: set[str]) -> dict[str, Member]:
     """One chain's members: on the given cores and rows when a mapping gives them, else at the rows per item
     the cost model predicts fastest, when that beats running its ops alone."""
-    from dojoc.codegen.kernels.mxu import splits, weight_bytes
+    from dojoc.codegen.kernels.mxu import weight_bytes
+    from dojoc.codegen.kernels.mxu_plan import splits
 
     byname = ctx.ops_by_name
     n, _, h, w = byname[comp[0]].output.type.shape
@@ -441,24 +443,25 @@ def _decide(ctx: Ctx, comp: list[str], edges: dict[str, list[tuple[str, str]]],
                 continue
             if _fits(ctx, comp, rt, cores, others, edges):
                 options.append((rt, cores))
-    priced = [(sum(m.predicted for m in ms.values()), len(cores), ms)
-              for rt, cores in options for ms in (_members(ctx, comp, edges, rt, cores),)]
+    priced: list[tuple[int, int, dict[str, Member]]] = []  # (predicted cycles, cores, members)
+    for rt, cores in options:
+        ms = _members(ctx, comp, edges, rt, cores)
+        priced.append((sum(m.predicted for m in ms.values()), len(cores), ms))
     # every core of the chain keeps all its members' weights, so more cores take room from later ops'
     # residents: the fewest cores that predict within CORES_TOLERANCE of the fastest (ResNet-50 b8's first
     # stage predicts 176,632 cycles on 354 cores, 176,646 on 224; on 354 its 498 KB of weights a core left
     # later convolutions' chunks without room, 26,000 cycles slower)
-    fastest = min((t for t, _, _ in priced), default=0)
-    pick = min((x for x in priced if x[0] <= fastest * (1 + CORES_TOLERANCE)), key=lambda x: (x[1], x[0]),
-               default=None)
-    best = (pick[0], pick[2]) if pick is not None else None
-    if best is None:
+    if not priced:
         return {}
+    fastest = min(t for t, _, _ in priced)
+    cycles, _, members = min((x for x in priced if x[0] <= fastest * (1 + CORES_TOLERANCE)),
+                             key=lambda x: (x[1], x[0]))
     if not fixed:
         with ctx.op_scope(f"{comp[0]} (chain)"):
             alone = sum(_alone(ctx, byname[k]) for k in comp)
-        if best[0] >= alone:
+        if cycles >= alone:
             return {}
-    return best[1]
+    return members
 
 
 def release(ctx: Ctx, name: str) -> None:

@@ -49,16 +49,13 @@ from dojoc.codegen.kernels.mxu import (
     Spec,
     Step,
     act_bias,
-    check_split,
-    check_tile,
     load_resident,
     operand_type,
-    overlapped_bound,
     param_array,
     resident_budget,
-    splits,
     weight_source,
 )
+from dojoc.codegen.kernels.mxu_plan import check_split, check_tile, overlapped_bound, splits
 from dojoc.codegen.kernels.summa_chunks import with_kept_b
 from dojoc.codegen.registry import kernel
 from dojoc.codegen.view import Transfer, View, transfers

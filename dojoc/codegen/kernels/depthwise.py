@@ -58,14 +58,11 @@ from dojoc.codegen.kernels.mxu import (
     F32,
     Load,
     Region,
-    check_split,
-    check_tile,
     load_resident,
-    overlapped_bound,
     param_array,
     resident_budget,
-    splits,
 )
+from dojoc.codegen.kernels.mxu_plan import check_split, check_tile, overlapped_bound, splits
 from dojoc.codegen.kernels.window import Span, window
 from dojoc.codegen.sems import DEPTHWISE
 from dojoc.codegen.view import Transfer, View, transfers

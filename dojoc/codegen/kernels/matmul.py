@@ -37,17 +37,14 @@ from dojoc.codegen.kernels.mxu import (
     Spec,
     Step,
     act_bias,
-    check_split,
-    check_tile,
     load_resident,
     operand_type,
-    overlapped_bound,
     param_array,
     resident_budget,
     resident_free,
-    splits,
     weight_source,
 )
+from dojoc.codegen.kernels.mxu_plan import check_split, check_tile, overlapped_bound, splits
 from dojoc.codegen.paths import port_path
 from dojoc.codegen.registry import kernel
 from dojoc.codegen.view import Transfer, View, transfers

@@ -54,9 +54,7 @@ if TYPE_CHECKING:
     from dojoc.codegen.kernels.matmul import Problem
     from dojoc.codegen.kernels.summa_grid import Grid
 
-# semaphores (sems.SUMMA), one per chunk buffer (up to MAX_DEPTH): the loader's DMAs, the multicast arrivals,
-# the source of the loader's puts free, the slice DMAs beside a disabled core, the buffers free again; the
-# stores per output buffer; the epilogue's bias and residual loads
+# semaphores, one per chunk buffer up to MAX_DEPTH (sems.SUMMA: each group's doc says what it counts)
 DMA_A, DMA_B, ARR_A, ARR_B = SUMMA.ids("dma_a"), SUMMA.ids("dma_b"), SUMMA.ids("arr_a"), SUMMA.ids("arr_b")
 SRC_A, SRC_B, DMA_X = SUMMA.ids("src_a"), SUMMA.ids("src_b"), SUMMA.ids("dma_x")
 FREE_A, FREE_B = SUMMA.ids("free_a"), SUMMA.ids("free_b")
