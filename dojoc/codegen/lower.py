@@ -43,7 +43,11 @@ PRECISIONS = ("bf16", "fp32", "cfp8")
 
 def view_of(ctx: Ctx, node: Node) -> View | None:
     """The output view of a view op, or None when the op needs a copy (a reshape of a strided view)."""
-    v = ctx.views[node.inputs[0]]
+    return view_after(node, ctx.views[node.inputs[0]])
+
+
+def view_after(node: Node, v: View) -> View | None:
+    """The output view of view op `node` over its input's view `v` (None: it needs a copy)."""
     a = node.attrs
     if node.op is Op.RESHAPE:
         return v.reshape(tuple(a["shape"]))

@@ -158,8 +158,9 @@ ROWS = Layout("row ops", (
 ATTENTION = Layout("attention", (
     Group("load0", 1, "buffer set 0's loads (Q, K/V chunk, mask)"),
     Group("store0", 1, "buffer set 0's output stores"),
-    Group("kv", 1, "K and V pieces arrived from the head's other cores"),
-    Group("sent", 1, "the sources of this core's K/V puts free"),
+    Group("kv", 1, "K and V pieces arrived from the head's other cores, or Q, K and V pieces from the cores "
+                   "that hold them (held_read.py)"),
+    Group("sent", 1, "the sources of this core's K/V puts (or held pieces' puts) free"),
     Group("mine", 1, "this core's share of a head's K and V"),
     Group("load1", 1, "buffer set 1's loads"),
     Group("store1", 1, "buffer set 1's output stores"),

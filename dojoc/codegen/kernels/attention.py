@@ -36,16 +36,20 @@ import numpy as np
 
 from dojoc.codegen.builder import R_A, R_B, R_C, R_D, CoreCode
 from dojoc.codegen.context import MAX_COLS, MAX_ROWS, Ctx, load_view, split, store_view
+from dojoc.codegen.kernels import held as held_
+from dojoc.codegen.kernels import held_read
 from dojoc.codegen.kernels.eltwise import fill
+from dojoc.codegen.kernels.held import Held
 from dojoc.codegen.paths import exchange_link_bytes, port_path
 from dojoc.codegen.registry import kernel
 from dojoc.codegen.sems import ATTENTION
 from dojoc.codegen.sram import ALIGN
 from dojoc.codegen.view import Transfer, View
-from dojoc.errors import CompileError, SramOverflowError
-from dojoc.ir.graph import Node
+from dojoc.errors import CompileError, MappingError, SramOverflowError
+from dojoc.ir.graph import Node, Value
 from dojoc.ir.ops import Op
 from dojoc.ir.types import IRDType
+from dojoc.mapping.model import Bound
 from dojoc.mapping.place import compact_groups
 from isa.costs import up8, vector_cycles
 from isa.dtypes import DType
@@ -123,7 +127,7 @@ def _plan(ctx: Ctx, node: Node, sh: _Shape, want_lb: int) -> tuple[int, int]:
 
 
 def _cores(ctx: Ctx, sh: _Shape, B: int, mma: float, vec: float, mask_bcast: bool,
-           rep: int) -> tuple[int, float, bool, float, float, int, float]:
+           rep: int, holders: int = 0) -> tuple[int, float, bool, float, float, int, float]:
     """The cores, DRAM bytes, K/V sharing, exchange cycles and work of the best split of each head's queries into
     blocks (any number, 1 to L / 8) by the cost model: a core's share of the work (the matrix unit's `mma`
     cycles of the whole op, for blocks of rows padded to its 8, and the SIMD unit's `vec`) against the DRAM
@@ -136,7 +140,9 @@ def _cores(ctx: Ctx, sh: _Shape, B: int, mma: float, vec: float, mask_bcast: boo
     work add up; with two blocks per core (pipelined: K and V, then every core's first Q block, then the
     second ones) a core computes its first block while the port brings the rest, and only its last block's
     work and store are exposed. Also returns the blocks per core and the cycles of work the port's time
-    hides."""
+    hides. With Q, K and V held in the SRAM of `holders` cores (held_read.py) they come over the network
+    instead: the busier of a core's ejection port taking its pieces and a holder's injection port sending
+    its share, before the core computes; only the mask and the output use the DRAM port."""
     mach = ctx.machine
     port = mach.dram_ports[0].bytes_per_cycle
     n_max = len(ctx.builder.ids)
@@ -153,6 +159,19 @@ def _cores(ctx: Ctx, sh: _Shape, B: int, mma: float, vec: float, mask_bcast: boo
         pairs = sum(len({(j // blocks) // rep for j in range(f, f + c)}) for f, c in split(items, n))
         mask = B * (blocks if mask_bcast else sh.L) * sh.S * mask_es
         rest = B * sh.L * (sh.E + sh.Ev) * sh.es + mask
+        if holders:
+            runs = split(items, n)
+            per_core = max(c for _, c in runs)
+            heads = max(len({(j // blocks) // rep for j in range(f, f + c)}) for f, c in runs)
+            inflow = (per_core * lb * sh.E * sh.es + heads * kv) / mach.eject_bytes_per_cycle
+            outflow = (items * lb * sh.E * sh.es + pairs * kv) / (holders * mach.inject_bytes_per_cycle)
+            net = max(inflow, outflow) + 2 * mach.hop_latency * sum(mach.mesh)
+            out = mask + B * sh.L * sh.Ev * sh.es
+            t = work / n + net + out / port
+            if best is None or t < best[0]:
+                best = (t, n, out, False, net, work, 1, 0.0)
+            pb += 1
+            continue
         options = [(work / n + (pairs * kv + rest) / port, n, pairs * kv + rest, False, 0.0, 1, 0.0)]
         # K and V first, then the Q blocks in order: a core computes its first block while the port brings the
         # others' (and its own next), and its stores leave while it computes the next
@@ -180,6 +199,53 @@ def _cores(ctx: Ctx, sh: _Shape, B: int, mma: float, vec: float, mask_bcast: boo
     return best[1:]
 
 
+def _work(ctx: Ctx, node: Node, mask: Value | None) -> tuple[_Shape, int, int, float, float, bool]:
+    """The problem of attention `node` with `mask` (None: none, or a constant one that softmax ignores): its
+    shape, its B = batch x heads, the grouped-query factor, the matrix unit's and the SIMD unit's cycles
+    in all, and whether the mask is broadcast over the queries."""
+    q, k = node.inputs[:2]
+    L, E = q.type.shape[-2:]
+    S, Ev = k.type.shape[-2], node.inputs[2].type.shape[-1]
+    batch = q.type.shape[:-2]
+    dt = ctx.storage(q.type.dtype)
+    mv = ctx.views.get(mask) if mask is not None else None  # (not lowered yet: priced by its producer)
+    mdt = (mv.dtype if mv is not None else ctx.storage(mask.type.dtype)) if mask is not None else None
+    sh = _Shape(batch, L, S, E, Ev, dt.itemsize, mdt, bool(node.attrs["causal"]))
+    rep = 1
+    if batch and k.type.shape[:-2] != batch:  # grouped-query attention: kv head = q head // rep
+        rep = batch[-1] // k.type.shape[-3]
+    B = prod(batch)
+    macs = B * L * S * (E + Ev)
+    mma = macs / ctx.machine.macs_per_cycle("fp32" if dt is F32 else "bf16")
+    vec = 8 * vector_cycles(B * L * S, 4, B * L * S * 4, B * L * S * 4, ctx.machine)
+    bcast = mv is not None and mv.expand(batch + (L, S)).strides[-2] == 0
+    return sh, B, rep, mma, vec, bcast
+
+
+def _block_rows(L: int, B: int, cores: int, per: int) -> int:
+    """The query block's rows wanted for `cores` cores over B heads, `per` blocks a core."""
+    per_batch = max(1, -(-cores // B))
+    return min(L, MAX_ROWS, max(8, -(-L // (per_batch * per))))
+
+
+def held_fits(ctx: Ctx, node: Node, hold_bytes: int, holders: int) -> bool:
+    """Whether attention `node` finds room on every core for its plan with its queries, keys and values
+    held (`hold_bytes` on each of `holders` cores): every key in one chunk, a Q slot per block of a core
+    and K and V slots per head (`_push_held`)."""
+    mask = node.inputs[3] if len(node.inputs) == 4 else None
+    sh, B, rep, mma, vec, bcast = _work(ctx, node, mask)
+    count = _cores(ctx, sh, B, mma, vec, bcast, rep, holders)[0]
+    lb = _block_rows(sh.L, B, count, 1)
+    blocks = -(-sh.L // lb)
+    runs = split(B * blocks, min(count, B * blocks))
+    per_core = max(c for _, c in runs)
+    heads = max(len({(j // blocks) // rep for j in range(f, f + c)}) for f, c in runs)
+    es = sh.es
+    need = sh.sram_bytes(lb, sh.S) + (per_core - 1) * _align(lb * sh.E * es) \
+        + (heads - 1) * (_align(sh.S * sh.E * es) + _align(sh.S * sh.Ev * es))
+    return sh.S <= MAX_COLS and need + hold_bytes <= ctx.scratch_bytes
+
+
 @kernel(Op.SDPA)
 def sdpa(ctx: Ctx, node: Node) -> None:
     q, k, v = node.inputs[:3]
@@ -203,25 +269,20 @@ def sdpa(ctx: Ctx, node: Node) -> None:
         fill(ctx, out, 0.0, node.name, node.source)
         return
     dt = ctx.storage(q.type.dtype)
-    sh = _Shape(batch, L, S, E, Ev, dt.itemsize, ctx.views[mask].dtype if mask is not None else None,
-                bool(a["causal"]))
     scale = float(a["scale"]) if a["scale"] is not None else 1.0 / math.sqrt(E)
-    rep = 1
-    if batch and k.type.shape[:-2] != batch:  # grouped-query attention: kv head = q head // rep
-        rep = batch[-1] // k.type.shape[-3]
-    B = prod(batch)
-
     # Cores: by the total work, then query blocks sized so the (batch, block) items cover them.
-    macs = B * L * S * (E + Ev)
-    mma = macs / ctx.machine.macs_per_cycle("fp32" if dt is F32 else "bf16")
-    vec = 8 * vector_cycles(B * L * S, 4, B * L * S * 4, B * L * S * 4, ctx.machine)
-    bcast = mask is not None and ctx.views[mask].expand(batch + (L, S)).strides[-2] == 0
-    count, dram, share, exchange, work, per, hidden = _cores(ctx, sh, B, mma, vec, bcast, rep)
+    sh, B, rep, mma, vec, bcast = _work(ctx, node, mask)
+    # Q, K and V held in SRAM by their producer (held_read.py): they come from there, never from DRAM
+    h = held_read.holding(ctx, (ctx.views[q], ctx.views[k], ctx.views[v]))
+    holders = len(set(h.cores.values())) if h is not None else 0
+    count, dram, share, exchange, work, per, hidden = _cores(ctx, sh, B, mma, vec, bcast, rep, holders)
     cores = ctx.region("attention", work, B * -(-L // 8), axis="heads_queries", dram_bytes=dram, count=count,
-                       overlap=False, extra=exchange, hidden=hidden)
-    per_batch = max(1, -(-len(cores) // B))
-    want_lb = min(L, MAX_ROWS, max(8, -(-L // (per_batch * per))))
-    lb, sc = _plan(ctx, node, sh, want_lb)
+                       overlap=False, extra=exchange, hidden=hidden,
+                       bound=Bound.LINK if holders and exchange > work / count else Bound.COMPUTE)
+    lb, sc = _plan(ctx, node, sh, _block_rows(L, B, len(cores), per))
+    if h is not None and sc < S:
+        raise MappingError(f"op {node.name}: its queries, keys and values are held in SRAM by {h.name}, but its "
+                           f"{S} keys do not fit one chunk beside them; give {h.name} tile hold=0")
     items = [(idx, l0, min(lb, L - l0)) for idx in np.ndindex(*batch) for l0 in range(0, L, lb)]
     ctx.shrink_region(len(items))
     cores = cores[:len(items)]
@@ -234,7 +295,7 @@ def sdpa(ctx: Ctx, node: Node) -> None:
     # `per` blocks per core, all of one head, and every key in one chunk: the cores of a head share its K and
     # V (_share_kv), each head's on a compact group of cores
     blocks = -(-L // lb)
-    sharing = share and len(items) == per * len(cores) and blocks % per == 0 and sc >= S
+    sharing = share and len(items) == per * len(cores) and blocks % per == 0 and sc >= S and h is None
     if sharing:
         cores = [c for g in compact_groups(ctx.machine, cores, blocks // per) for c in g]
     runs = list(zip(cores, split(len(items), len(cores)), strict=False))
@@ -251,13 +312,25 @@ def sdpa(ctx: Ctx, node: Node) -> None:
         return _Block(select_batch(qv, idx).slice(0, l0, l0 + n), select_batch(kv, kidx), select_batch(vv, kidx),
                       select_batch(mv, idx) if mv is not None else None, causal_v, l0, n)
 
+    def keys(idx: tuple[int, ...], l0: int, n: int) -> int:
+        """The keys a block reads (a causal block none past its diagonal)."""
+        return min(S, l0 + n) if sh.causal else S
+
+    slots: dict[int, list[_Buffers]] = {}
+    arrivals: dict[int, int] = {}
+    sent: dict[int, int] = {}
+    if h is not None:
+        slots, arrivals, sent = _push_held(ctx, node, h, sh, lb, sc, [
+            (core, [(block(*it), keys(*it), kidx_of(it[0])) for it in items[first:first + count]])
+            for core, (first, count) in runs])
     for core, (first, count) in runs:
         cc = ctx.core(core)
         run = items[first:first + count]
         # a run of one head's blocks, every key in one chunk, no causal mask (its blocks need more keys each):
         # the next block's loads go out before this one computes, into the other buffer set
-        pipelined = count > 1 and sc >= S and not sh.causal and len({kidx_of(i) for i, _, _ in run}) == 1
-        bufs = _Buffers.alloc(ctx, core, node, sh, lb, sc)
+        pipelined = count > 1 and sc >= S and not sh.causal and len({kidx_of(i) for i, _, _ in run}) == 1 \
+            and h is None
+        bufs = slots[core][0] if h is not None else _Buffers.alloc(ctx, core, node, sh, lb, sc)
         sets = (bufs, bufs.second(ctx, core, node, sh, lb, sc) if pipelined else bufs)
         with cc.op(node.name, node.source):
             if mask is not None or sh.causal:
@@ -269,6 +342,8 @@ def sdpa(ctx: Ctx, node: Node) -> None:
                 pieces = _share_kv(cc, sh, bufs, select_batch(kv, head), select_batch(vv, head), groups[head], core)
                 hook = functools.partial(cc.wait, SEM_KV, pieces)  # as many pieces come in as go out
                 resident = (head, S)
+            if h is not None:  # every block's Q, K and V arrive from their holders, before the first multiply
+                hook = functools.partial(cc.wait, SEM_KV, arrivals.get(core, 0))
             issued: dict[int, int] = {}
             if pipelined:  # the first block's loads (with K and V, unless shared), then each next one's early
                 issued[0] = _loads(cc, sh, bufs, block(*run[0]), 0, S, True, resident is None, SEM_LOADS[0])
@@ -280,6 +355,10 @@ def sdpa(ctx: Ctx, node: Node) -> None:
                     then = functools.partial(_load_next, issued, j + 1, cc, sh, sets[1 - s], block(*run[j + 1]),
                                              SEM_LOADS[1 - s])
                 b = sets[s]
+                if h is not None:  # (its operands are in their slots: only the mask comes from DRAM)
+                    b = slots[core][j]
+                    issued[j] = _loads(cc, sh, b, block(idx, l0, n), 0, keys(idx, l0, n), False, False,
+                                       SEM_LOADS[s])
                 resident = _attend(cc, sh, b, block(idx, l0, n), dt, scale, sc, resident, kidx_of(idx),
                                    pending[s], hook, issued.get(j), SEM_LOADS[s], SEM_STORES[s], then)
                 hook = None
@@ -290,7 +369,49 @@ def sdpa(ctx: Ctx, node: Node) -> None:
                 pending[s] = store_view(cc, src, select_batch(out, idx).slice(0, l0, l0 + n), SEM_STORES[s])
             for s in (0, 1):
                 cc.wait(SEM_STORES[s], pending[s])
-            cc.wait(SEM_SENT, pieces)
+            cc.wait(SEM_SENT, pieces + sent.pop(core, 0))
+    for core, count in sent.items():  # a holder with no block of its own: its puts' sources have left
+        cc = ctx.core(core)
+        with cc.op(node.name, node.source):
+            cc.wait(SEM_SENT, count)
+    if h is not None:
+        held_.release(ctx, h)
+
+
+def _push_held(ctx: Ctx, node: Node, h: Held, sh: _Shape, lb: int, sc: int,
+               work: list[tuple[int, list[tuple[_Block, int, tuple[int, ...]]]]],
+               ) -> tuple[dict[int, list[_Buffers]], dict[int, int], dict[int, int]]:
+    """Put every block's Q, and the K and V of its head, from the cores that hold them (held_read.py) into
+    the buffers of the core that computes it. `work` is per core its blocks (views, the keys each reads,
+    its kv head). Each core gets one buffer set and a Q slot per further block, K and V slots per further
+    head. Returns per core its blocks' buffers, the pieces it receives (on SEM_KV), and the puts each holder
+    sent (on SEM_SENT)."""
+    es = sh.es
+    slots: dict[int, list[_Buffers]] = {}
+    wants: list[held_read.Want] = []
+    need: dict[tuple[int, ...], int] = {}  # the keys a head's blocks read, on any core: one view for all
+    for _, blocks in work:
+        for _, end, kidx in blocks:
+            need[kidx] = max(need.get(kidx, 0), end)
+    for core, blocks in work:
+        bufs = _Buffers.alloc(ctx, core, node, sh, lb, sc)
+        sram = ctx.sram[core]
+        kv_at: dict[tuple[int, ...], tuple[int, int]] = {}
+        mine = []
+        for j, (blk, _, kidx) in enumerate(blocks):
+            qa = bufs.q if j == 0 else sram.alloc(lb * sh.E * es, f"sdpa {node.name} query block {j}")
+            wants.append(held_read.Want(core, blk.q, qa, sh.E * es))
+            if kidx not in kv_at:
+                kv_at[kidx] = (bufs.k, bufs.v) if not kv_at else (
+                    sram.alloc(sc * sh.E * es, f"sdpa {node.name} key chunk"),
+                    sram.alloc(sc * sh.Ev * es, f"sdpa {node.name} value chunk"))
+                end = need[kidx]
+                wants += [held_read.Want(core, blk.k.slice(0, 0, end), kv_at[kidx][0], sh.E * es),
+                          held_read.Want(core, blk.v.slice(0, 0, end), kv_at[kidx][1], sh.Ev * es)]
+            mine.append(replace(bufs, q=qa, k=kv_at[kidx][0], v=kv_at[kidx][1]))
+        slots[core] = mine
+    arrivals, sent = held_read.push(ctx, h, wants, SEM_KV, SEM_SENT, node.name, node.source)
+    return slots, arrivals, sent
 
 
 def _share_kv(cc: CoreCode, sh: _Shape, b: _Buffers, k: View, v: View, group: list[int], me: int) -> int:

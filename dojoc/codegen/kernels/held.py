@@ -8,6 +8,10 @@ t of row i is exactly block (i, t), which core (i, t) already has. That core is 
 chunk: it multicasts it from the held block along its row, as a resident weight's loader does, and
 nothing is stored to or loaded from DRAM (for BERT-base's feed-forward at 1,024 tokens, 6 MiB each way).
 
+The same holds for an attention that reads the output as its queries, keys and values through views (a
+transformer's merged Q/K/V projection): `held_read.py` puts each item's pieces from the cores that hold
+them (`offer` takes either reader).
+
 A disabled core's block has no core: the cores of its row compute it in slices (summa.py), and put
 their slices into one *holder* (the nearest enabled core of the row), which keeps the assembled block
 beside its own and multicasts it in its turn. Every core holds the same bytes (its own block and room
@@ -45,6 +49,7 @@ from typing import TYPE_CHECKING
 
 from dojoc.codegen import sram
 from dojoc.codegen.context import Ctx
+from dojoc.codegen.kernels import held_read
 from dojoc.codegen.sems import SUMMA
 from dojoc.codegen.sram import aligned
 from dojoc.codegen.view import Transfer, View, transfers
@@ -127,7 +132,16 @@ def _chain(ctx: Ctx, node: Node) -> tuple[Node | None, str]:
         if reader.op is not Op.MATMUL or reader.inputs[0] is not value or value in reader.inputs[1:]:
             return None, f"its reader {reader.name} is not a matmul that takes it as its left operand"
         break
+    why = no_code_between(ctx, node, reader, between)
+    return (None, why) if why else (reader, "")
+
+
+def no_code_between(ctx: Ctx, node: Node, reader: Node, between: list[Node]) -> str:
+    """"" when no op runs code between `node` and `reader` in program order (but the view ops `between`,
+    which lead from one to the other), else why not."""
     from dojoc.codegen.lower import VIEW_OPS, view_of
+
+    graph = ctx.graph
 
     def free(n: Node) -> bool:  # emits no code: a parameter, a constant, a view of a value in DRAM
         if n.op in (Op.PARAM, Op.CONST) or n in between:
@@ -139,9 +153,7 @@ def _chain(ctx: Ctx, node: Node) -> tuple[Node | None, str]:
     nodes = graph.nodes
     i, j = nodes.index(node), nodes.index(reader)
     code = [n for n in nodes[i + 1:j] if not free(n)]
-    if code:
-        return None, f"op {code[0].name} runs between it and its reader {reader.name}"
-    return reader, ""
+    return f"op {code[0].name} runs between it and its reader {reader.name}" if code else ""
 
 
 def offer(ctx: Ctx, node: Node, p: Problem, spec: Spec) -> tuple[Node | None, str]:
@@ -162,10 +174,16 @@ def offer(ctx: Ctx, node: Node, p: Problem, spec: Spec) -> tuple[Node | None, st
     if holders(g.at, g.rect.shape) is None:
         return None, "a mesh row has more than one disabled core"
     reader, why = _chain(ctx, node)
-    if reader is None:
-        return None, why
+    if reader is None:  # (or an attention that takes it as its queries, keys and values: held_read.py)
+        reader, why_not = held_read.sdpa_reader(ctx, node, p.m, p.n, spec.out.itemsize)
+        if reader is None:
+            return None, f"{why}; {why_not}" if why_not != why else why
     if ctx.held:
         return None, "its own left operand is held"
+    if reader.op is Op.SDPA:
+        if spec.out is not ctx.storage(reader.inputs[0].type.dtype):
+            return None, f"its reader {reader.name} takes another type"
+        return reader, ""
     given = ctx.given.get(reader.name)
     if given is not None and given.kernel != "summa":
         return None, f"the mapping gives its reader {reader.name} kernel {given.kernel!r}"

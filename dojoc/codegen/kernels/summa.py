@@ -39,6 +39,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from dojoc.codegen.context import MAX_ROWS, Ctx
+from dojoc.codegen.kernels import attention
 from dojoc.codegen.kernels import held as held_
 from dojoc.codegen.kernels.held import Held
 from dojoc.codegen.kernels.mxu import F32, Spec, resident_free
@@ -71,6 +72,7 @@ from dojoc.codegen.paths import port_path
 from dojoc.codegen.sram import ALIGN, aligned
 from dojoc.errors import CompileError, MappingError
 from dojoc.ir.graph import Node
+from dojoc.ir.ops import Op
 from dojoc.mapping.model import Bound, OpMapping
 from dojoc.mapping.place import Rect, home_die
 from isa.costs import dram_cycles, matmul_cycles, vector_cycles
@@ -375,7 +377,9 @@ def decide(ctx: Ctx, p: Problem, spec: Spec, other: Callable[[], int], weight: s
         g = grid(ctx, p.m, p.n, rect)
         hold_bytes = 2 * aligned(g.m_max * g.n_max * spec.out.itemsize)
         # (a held output lives on the reader's grid: the home die's, where a reader that can take it runs)
-        can_hold = reader[0] is not None and rect == home and _reader_fits(ctx, g, spec, reader[0], hold_bytes)
+        can_hold = reader[0] is not None and rect == home and (
+            attention.held_fits(ctx, reader[0], hold_bytes, len(g.cores)) if reader[0].op is Op.SDPA
+            else _reader_fits(ctx, g, spec, reader[0], hold_bytes))
         why_not = reader[1] if reader[0] is None else "its reader would not fit its chunk buffers beside it" \
             if rect == home else "it runs on part of the die, and a held value lives on the whole die"
 
