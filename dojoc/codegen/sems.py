@@ -164,6 +164,8 @@ ATTENTION = Layout("attention", (
     Group("mine", 1, "this core's share of a head's K and V"),
     Group("load1", 1, "buffer set 1's loads"),
     Group("store1", 1, "buffer set 1's output stores"),
+    Group("held_out", 1, "pieces of the output put into this core's blocks, held for the next matmul "
+                         "(held_read.py)"),
 ))
 POOL = Layout("pool", (
     Group("load", 1, "window and index loads"),

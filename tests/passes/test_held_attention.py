@@ -12,6 +12,7 @@ from torch import nn
 
 import dojoc
 from dojoc.codegen.kernels.held_read import _segments
+from dojoc.errors import MappingError
 from dojoc.mapping import Where, format_cores
 from isa.machine import Machine
 from isa.presets import load_machine
@@ -80,3 +81,54 @@ def test_multicast_segments_skip_disabled_cores_only() -> None:
     assert _segments(m, [4, 6], 1) == [[4], [6]]  # core 5 lies between them: not one of them
     assert _segments(m, [0, 4, 7], 0) == [[0, 4, 7]]  # column 0, rows 0-2
     assert _segments(m, [2, 9], 0) == [[2, 9]]  # column 2 of rows 0 and 2: (1, 2) between them is disabled
+
+
+class Block(nn.Module):
+    """Attention, then the output projection that takes attention's output as its A."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.attn, self.out = Attention(False), nn.Linear(HIDDEN, HIDDEN)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(self.attn(x))
+
+
+def _block(machine: Machine, hold: int | None) -> tuple[dojoc.Program, Any, Any, Any]:
+    """The block with both projections on summa; attention's tile hold as given (None: its default)."""
+    torch.manual_seed(0)
+    model, x = Block().eval(), torch.randn(2, TOKENS, HIDDEN)
+    mapping = _mapping(machine, 1)
+    mapping["ops"].append({**mapping["ops"][0], "op": "linear_1_matmul", "tile": {"k": HIDDEN // machine.mesh[1]}})
+    if hold is not None:
+        first = dojoc.compile(model, (x,), machine=machine, precision="fp32", mapping=mapping)
+        assert first.mapping is not None
+        attn = next(o for o in first.mapping.to_dict()["ops"] if o["kernel"] == "attention")
+        mapping["ops"].append({**attn, "tile": {"hold": hold}})
+    prog = dojoc.compile(model, (x,), machine=machine, precision="fp32", mapping=mapping)
+    got, report = prog.run(x)
+    return prog, got, report, model(x).detach()
+
+
+@pytest.mark.parametrize("machine", [MESH, HOLED], ids=["mesh4x4", "holed"])
+def test_attention_output_held_for_its_projection(machine: Machine) -> None:
+    held, got, report, want = _block(machine, 1)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    reader = next(r for r in report.ops if r["op"] == "linear_1_matmul")
+    assert f"scaled_dot_product_attention (sram x{machine.num_cores}, held)" in reader["inputs"]
+    through, _, rt, _ = _block(machine, 0)
+    # the output [80, 64] in fp32 is neither stored nor loaded again
+    assert rt.dram_bytes - report.dram_bytes == 2 * 2 * TOKENS * HIDDEN * 4
+
+
+def test_attention_hold_without_a_matmul_reader_is_one_clear_error() -> None:
+    prog, *_ = _run(MESH, "fp32", False, 1)
+    assert prog.mapping is not None
+    attn = next(o for o in prog.mapping.to_dict()["ops"] if o["kernel"] == "attention")
+    mapping = _mapping(MESH, 1)
+    mapping["ops"].append({**attn, "tile": {"hold": 1}})
+    torch.manual_seed(0)
+    with pytest.raises(MappingError, match="scaled_dot_product_attention: tile hold=1, but its output cannot "
+                                           "stay in SRAM: it is a graph output; set hold to 0"):
+        dojoc.compile(Attention(False).eval(), (torch.randn(2, TOKENS, HIDDEN),), machine=MESH,
+                      precision="fp32", mapping=mapping)

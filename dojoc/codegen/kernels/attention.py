@@ -31,6 +31,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from math import prod
+from typing import Any
 
 import numpy as np
 
@@ -63,6 +64,7 @@ SEM_KV, SEM_SENT, SEM_MINE = ATTENTION.id("kv"), ATTENTION.id("sent"), ATTENTION
 SEM_LOADS = (ATTENTION.id("load0"), ATTENTION.id("load1"))
 SEM_STORES = (ATTENTION.id("store0"), ATTENTION.id("store1"))
 SEM_LOAD, SEM_STORE = SEM_LOADS[0], SEM_STORES[0]
+SEM_OUT = ATTENTION.id("held_out")  # pieces of the output put into this core's held blocks (held_read.py)
 Resident = tuple[tuple[int, ...], int] | None
 
 
@@ -127,7 +129,7 @@ def _plan(ctx: Ctx, node: Node, sh: _Shape, want_lb: int) -> tuple[int, int]:
 
 
 def _cores(ctx: Ctx, sh: _Shape, B: int, mma: float, vec: float, mask_bcast: bool,
-           rep: int, holders: int = 0) -> tuple[int, float, bool, float, float, int, float]:
+           rep: int, holders: int = 0, out_held: bool = False) -> tuple[int, float, bool, float, float, int, float]:
     """The cores, DRAM bytes, K/V sharing, exchange cycles and work of the best split of each head's queries into
     blocks (any number, 1 to L / 8) by the cost model: a core's share of the work (the matrix unit's `mma`
     cycles of the whole op, for blocks of rows padded to its 8, and the SIMD unit's `vec`) against the DRAM
@@ -142,7 +144,8 @@ def _cores(ctx: Ctx, sh: _Shape, B: int, mma: float, vec: float, mask_bcast: boo
     work and store are exposed. Also returns the blocks per core and the cycles of work the port's time
     hides. With Q, K and V held in the SRAM of `holders` cores (held_read.py) they come over the network
     instead: the busier of a core's ejection port taking its pieces and a holder's injection port sending
-    its share, before the core computes; only the mask and the output use the DRAM port."""
+    its share, before the core computes; only the mask and the output use the DRAM port. An output held for
+    its reader (`out_held`) does not use the port at all (its puts to the holders overlap the next block)."""
     mach = ctx.machine
     port = mach.dram_ports[0].bytes_per_cycle
     n_max = len(ctx.builder.ids)
@@ -158,7 +161,8 @@ def _cores(ctx: Ctx, sh: _Shape, B: int, mma: float, vec: float, mask_bcast: boo
         n = min(items, n_max)
         pairs = sum(len({(j // blocks) // rep for j in range(f, f + c)}) for f, c in split(items, n))
         mask = B * (blocks if mask_bcast else sh.L) * sh.S * mask_es
-        rest = B * sh.L * (sh.E + sh.Ev) * sh.es + mask
+        ob = 0 if out_held else B * sh.L * sh.Ev * sh.es  # the output's stores
+        rest = B * sh.L * sh.E * sh.es + ob + mask
         if holders:
             runs = split(items, n)
             per_core = max(c for _, c in runs)
@@ -166,7 +170,7 @@ def _cores(ctx: Ctx, sh: _Shape, B: int, mma: float, vec: float, mask_bcast: boo
             inflow = (per_core * lb * sh.E * sh.es + heads * kv) / mach.eject_bytes_per_cycle
             outflow = (items * lb * sh.E * sh.es + pairs * kv) / (holders * mach.inject_bytes_per_cycle)
             net = max(inflow, outflow) + 2 * mach.hop_latency * sum(mach.mesh)
-            out = mask + B * sh.L * sh.Ev * sh.es
+            out = mask + ob
             t = work / n + net + out / port
             if best is None or t < best[0]:
                 best = (t, n, out, False, net, work, 1, 0.0)
@@ -175,7 +179,7 @@ def _cores(ctx: Ctx, sh: _Shape, B: int, mma: float, vec: float, mask_bcast: boo
         options = [(work / n + (pairs * kv + rest) / port, n, pairs * kv + rest, False, 0.0, 1, 0.0)]
         # K and V first, then the Q blocks in order: a core computes its first block while the port brings the
         # others' (and its own next), and its stores leave while it computes the next
-        lkv, lq, lo = B * kv / port, (B * sh.L * sh.E * sh.es + mask) / port, B * sh.L * sh.Ev * sh.es / port
+        lkv, lq, lo = B * kv / port, (B * sh.L * sh.E * sh.es + mask) / port, ob / port
         for per in (1, 2):  # a head's cores share its K and V, with one block each or two (pipelined)
             g = blocks // per  # the head's cores
             if blocks % per or B * g > n_max or rep != 1 or sh.S > MAX_COLS or g > sh.S \
@@ -246,6 +250,44 @@ def held_fits(ctx: Ctx, node: Node, hold_bytes: int, holders: int) -> bool:
     return sh.S <= MAX_COLS and need + hold_bytes <= ctx.scratch_bytes
 
 
+HoldArgs = tuple[str, int, int, int, DType, Any, Any, Any, Any]
+
+
+def _hold_output(ctx: Ctx, node: Node, sh: _Shape) -> tuple[bool, HoldArgs | None]:
+    """Whether attention `node` may hold its output in SRAM for its reader (held_read.a_reader), and the
+    arguments of held.hold_matrix when it does (None when it does not: a given tile hold=0, or no room). A
+    given hold=1 that cannot is a MappingError naming the reason."""
+    from dojoc.codegen.kernels.summa import MIN_KEEP_SAVING, reader_fits
+    from dojoc.codegen.kernels.summa_grid import grid
+
+    given = ctx.given.get(node.name)
+    want = given.tile_of("hold") if given is not None else None
+    if want not in (None, 0, 1):
+        raise MappingError(f"op {node.name}: tile hold={want}: give 0 (the output goes to DRAM) or 1 (it stays "
+                           "in SRAM for its reader)")
+    reader, why, a = held_read.a_reader(ctx, node)
+    if reader is None or a is None:
+        if want:
+            raise MappingError(f"op {node.name}: tile hold=1, but its output cannot stay in SRAM: {why}; set hold "
+                               "to 0")
+        return False, None
+    m, k = a.shape
+    # (its reader then multiplies chunks of the held blocks' width, which may be narrower than its own plan's:
+    # hold only when the port time saved, the output's stores and the reader's loads, pays for that)
+    saved = 2 * m * k * a.dtype.itemsize / ctx.machine.dram_ports[0].bytes_per_cycle
+    if want is None and saved < MIN_KEEP_SAVING:
+        return True, None
+    g = grid(ctx, m, k)
+    need = held_.hold_bytes(g.mblocks, g.nblocks, a.dtype)
+    room = min(ctx.sram[c].scratch_free() for c in ctx.builder.ids) - need >= sh.sram_bytes(8, min(sh.S, MAX_COLS))
+    if want == 0 or not (room and reader_fits(ctx, g, a.dtype.itemsize, reader, need)):
+        if want:
+            raise MappingError(f"op {node.name}: tile hold=1, but its output and its reader's smallest plan do "
+                               "not fit SRAM beside each other; set hold to 0")
+        return True, None
+    return True, (node.output.name, a.base, m, k, a.dtype, g.rect, g.at, g.mblocks, g.nblocks)
+
+
 @kernel(Op.SDPA)
 def sdpa(ctx: Ctx, node: Node) -> None:
     q, k, v = node.inputs[:3]
@@ -275,10 +317,16 @@ def sdpa(ctx: Ctx, node: Node) -> None:
     # Q, K and V held in SRAM by their producer (held_read.py): they come from there, never from DRAM
     h = held_read.holding(ctx, (ctx.views[q], ctx.views[k], ctx.views[v]))
     holders = len(set(h.cores.values())) if h is not None else 0
-    count, dram, share, exchange, work, per, hidden = _cores(ctx, sh, B, mma, vec, bcast, rep, holders)
+    # the output held in SRAM for its reader, a SUMMA matmul that takes it as its A (held_read.a_reader)
+    may_hold, ho = _hold_output(ctx, node, sh)
+    count, dram, share, exchange, work, per, hidden = _cores(ctx, sh, B, mma, vec, bcast, rep, holders,
+                                                            ho is not None)
     cores = ctx.region("attention", work, B * -(-L // 8), axis="heads_queries", dram_bytes=dram, count=count,
                        overlap=False, extra=exchange, hidden=hidden,
                        bound=Bound.LINK if holders and exchange > work / count else Bound.COMPUTE)
+    if may_hold:  # (the decision says whether it does, when it may)
+        ctx.decisions[-1] = replace(ctx.decisions[-1], tile=(("hold", int(ho is not None)),))
+    out_h = held_.hold_matrix(ctx, *ho) if ho is not None else None
     lb, sc = _plan(ctx, node, sh, _block_rows(L, B, len(cores), per))
     if h is not None and sc < S:
         raise MappingError(f"op {node.name}: its queries, keys and values are held in SRAM by {h.name}, but its "
@@ -319,6 +367,7 @@ def sdpa(ctx: Ctx, node: Node) -> None:
     slots: dict[int, list[_Buffers]] = {}
     arrivals: dict[int, int] = {}
     sent: dict[int, int] = {}
+    landed: dict[int, int] = {}  # pieces of the held output put into each holder's blocks
     if h is not None:
         slots, arrivals, sent = _push_held(ctx, node, h, sh, lb, sc, [
             (core, [(block(*it), keys(*it), kidx_of(it[0])) for it in items[first:first + count]])
@@ -366,7 +415,10 @@ def sdpa(ctx: Ctx, node: Node) -> None:
                 if dt is not F32:
                     cc.emit("vcvt", rd=cc.reg(R_D, b.oc), ra=cc.reg(R_A, b.o), rows=n, cols=Ev,
                             sd=Ev * dt.itemsize, sa=Ev * 4, dtd=dt, dts=F32)
-                pending[s] = store_view(cc, src, select_batch(out, idx).slice(0, l0, l0 + n), SEM_STORES[s])
+                o_view = select_batch(out, idx).slice(0, l0, l0 + n)
+                pending[s] = held_read.scatter(ctx, out_h, core, src, Ev * dt.itemsize, o_view, SEM_STORES[s],
+                                               SEM_OUT, landed) if out_h is not None \
+                    else store_view(cc, src, o_view, SEM_STORES[s])
             for s in (0, 1):
                 cc.wait(SEM_STORES[s], pending[s])
             cc.wait(SEM_SENT, pieces + sent.pop(core, 0))
@@ -374,6 +426,10 @@ def sdpa(ctx: Ctx, node: Node) -> None:
         cc = ctx.core(core)
         with cc.op(node.name, node.source):
             cc.wait(SEM_SENT, count)
+    for core, count in landed.items():  # a holder of the output: its pieces are in before the next op
+        cc = ctx.core(core)
+        with cc.op(node.name, node.source):
+            cc.wait(SEM_OUT, count)
     if h is not None:
         held_.release(ctx, h)
 

@@ -159,7 +159,6 @@ def no_code_between(ctx: Ctx, node: Node, reader: Node, between: list[Node]) -> 
 def offer(ctx: Ctx, node: Node, p: Problem, spec: Spec) -> tuple[Node | None, str]:
     """Whether the SUMMA matmul `node` (problem `p`) may hold its output for its reader: (the reader, "")
     or (None, why not). A held value lives on the home die's grid (the reader runs there too)."""
-    from dojoc.codegen.kernels.mxu import param_array
     from dojoc.codegen.kernels.summa_grid import MIN_BLOCK, grid
 
     rows, cols = home_die(ctx.machine).shape
@@ -184,35 +183,56 @@ def offer(ctx: Ctx, node: Node, p: Problem, spec: Spec) -> tuple[Node | None, st
         if spec.out is not ctx.storage(reader.inputs[0].type.dtype):
             return None, f"its reader {reader.name} takes another type"
         return reader, ""
+    why = a_reader_why(ctx, reader, p.m, kblocks, spec.out)
+    return (None, why) if why else (reader, "")
+
+
+def a_reader_why(ctx: Ctx, reader: Node, m: int, kblocks: tuple[tuple[int, int], ...], dtype: DType) -> str:
+    """"" when matmul `reader` can take a held A of `m` rows in column blocks `kblocks` of `dtype` (its K
+    chunks) on the home die's grid, else why not."""
+    from dojoc.codegen.kernels.mxu import param_array
+    from dojoc.codegen.kernels.summa_grid import MIN_BLOCK
+
+    rows, cols = home_die(ctx.machine).shape
     given = ctx.given.get(reader.name)
     if given is not None and given.kernel != "summa":
-        return None, f"the mapping gives its reader {reader.name} kernel {given.kernel!r}"
+        return f"the mapping gives its reader {reader.name} kernel {given.kernel!r}"
     w = reader.inputs[1]
     if param_array(ctx, w, ctx.graph.producers()) is None:
-        return None, f"its reader {reader.name}'s right operand is not a weight"
+        return f"its reader {reader.name}'s right operand is not a weight"
     nc = w.type.shape[-1]
-    if prod(reader.output.type.shape[:-1]) != p.m or nc < MIN_BLOCK * cols or p.m < MIN_BLOCK * rows:
-        return None, f"its reader {reader.name} is too small for SUMMA"
-    if max(c for _, c in kblocks) > 4095 or spec.out is not ctx.mxu_dtype:
-        return None, "its column blocks are not chunks its reader can multiply"
-    return reader, ""
+    if prod(reader.output.type.shape[:-1]) != m or nc < MIN_BLOCK * cols or m < MIN_BLOCK * rows:
+        return f"its reader {reader.name} is too small for SUMMA"
+    if max(c for _, c in kblocks) > 4095 or dtype is not ctx.mxu_dtype:
+        return "its column blocks are not chunks its reader can multiply"
+    return ""
 
 
 def hold(ctx: Ctx, node: Node, p: Problem, spec: Spec, rect: Rect, at: dict[tuple[int, int], int],
          mblocks: tuple[tuple[int, int], ...], kblocks: tuple[tuple[int, int], ...]) -> Held:
     """Hold the output of `node` in the SRAM of every core of its SUMMA grid, whose enabled cores are `at`
     (see the module docstring)."""
+    return hold_matrix(ctx, node.output.name, p.o[0].base, p.m, p.n, spec.out, rect, at, mblocks, kblocks)
+
+
+def hold_matrix(ctx: Ctx, name: str, base: int, m: int, n: int, dtype: DType, rect: Rect,
+                at: dict[tuple[int, int], int], mblocks: tuple[tuple[int, int], ...],
+                kblocks: tuple[tuple[int, int], ...]) -> Held:
+    """Hold value `name`, the dense [m, n] matrix at DRAM `base`, in SUMMA's blocks over the grid whose
+    enabled cores are `at`: each core's own block, and room for a disabled position's on its holder."""
     cores = holders(at, rect.shape)
     assert cores is not None
-    e = spec.out.itemsize
-    m_max, n_max = max(c for _, c in mblocks), max(c for _, c in kblocks)
-    block = aligned(m_max * n_max * e)
-    base = sram.hold([ctx.sram[c] for c in at.values()], 2 * block, f"{node.name}'s output block")
-    h = Held(node.output.name, p.o[0].base, p.m, p.n, spec.out, mblocks, kblocks, base, base + block, 2 * block,
-             cores, rect, at)
+    block = hold_bytes(mblocks, kblocks, dtype) // 2
+    addr = sram.hold([ctx.sram[c] for c in at.values()], 2 * block, f"{name}'s output block")
+    h = Held(name, base, m, n, dtype, mblocks, kblocks, addr, addr + block, 2 * block, cores, rect, at)
     ctx.held[h.base] = h
     ctx.held_shards[h.base] = shards(ctx, h)
     return h
+
+
+def hold_bytes(mblocks: tuple[tuple[int, int], ...], kblocks: tuple[tuple[int, int], ...], dtype: DType) -> int:
+    """SRAM bytes a held value takes on every core of its grid: its block and an assembled one."""
+    return 2 * aligned(max(c for _, c in mblocks) * max(c for _, c in kblocks) * dtype.itemsize)
 
 
 def release(ctx: Ctx, h: Held) -> None:

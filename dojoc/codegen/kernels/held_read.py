@@ -221,3 +221,65 @@ def _segments(m: Machine, cores: list[int], axis: int) -> list[list[int]]:
                 continue
         out.append([c])
     return out
+
+
+def a_reader(ctx: Ctx, node: Node) -> tuple[Node | None, str, View | None]:
+    """The SUMMA matmul that takes the output of op `node` (attention) as its A through views only
+    (a permute its output's layout makes free, reshapes), as the next op: (it, "", A as a dense [M, K]
+    view) or (None, why not, None). Attention then holds its output in SUMMA's blocks for it."""
+    from dojoc.codegen.kernels.held import a_reader_why, holders, no_code_between
+    from dojoc.codegen.kernels.summa_grid import MIN_BLOCK, grid
+    from dojoc.codegen.lower import view_after
+    from dojoc.mapping.place import home_die
+
+    graph, value = ctx.graph, node.output
+    v: View | None = ctx.views.get(value)
+    between: list[Node] = []
+    while True:
+        readers = ctx.users.get(value, [])
+        if value in graph.outputs or v is None:
+            return None, "it is a graph output", None
+        if len(readers) != 1:
+            return None, f"it has {len(readers)} readers", None
+        reader = readers[0]
+        if reader.op in (Op.RESHAPE, Op.PERMUTE):
+            v = view_after(reader, v)
+            between.append(reader)
+            value = reader.output
+            continue
+        if reader.op is not Op.MATMUL or reader.inputs[0] is not value or value in reader.inputs[1:]:
+            return None, f"its reader {reader.name} is not a matmul that takes it as its left operand", None
+        break
+    m, k = prod(v.shape[:-1]), v.shape[-1]
+    dense = View.dense(v.base, v.shape, v.dtype)  # (a dimension of one element may have any stride)
+    if any(s != d for s, d, n in zip(v.strides, dense.strides, v.shape, strict=True) if n > 1) \
+            or ctx.precision == "cfp8":
+        return None, f"its reader {reader.name} takes it in another layout", None
+    rows, cols = home_die(ctx.machine).shape
+    if m < MIN_BLOCK * rows or k < MIN_BLOCK * cols:
+        return None, "it is too small for the whole die", None
+    g = grid(ctx, m, k)
+    if holders(g.at, g.rect.shape) is None:
+        return None, "a mesh row has more than one disabled core", None
+    why = no_code_between(ctx, node, reader, between) or a_reader_why(ctx, reader, m, g.nblocks, v.dtype)
+    return (None, why, None) if why else (reader, "", View.dense(v.base, (m, k), v.dtype))
+
+
+def scatter(ctx: Ctx, h: Held, core: int, src: int, stride: int, view: View, sent_sem: int, arrive: int,
+            arrivals: dict[int, int]) -> int:
+    """Emit on `core` the puts of its SRAM tile at `src` (rows `stride` bytes apart), which is 2-D view
+    `view` of held value `h`, into the blocks of the cores that hold it (a copy into its own); counts each
+    holder's arrivals (on `arrive`) in `arrivals` and returns the puts (their sources free on `sent_sem`)."""
+    from dojoc.codegen.builder import R_A, R_C, R_D
+
+    cc, e, puts = ctx.core(core), h.dtype.itemsize, 0
+    for pc in pieces(h, view, stride):
+        if pc.core == core:
+            cc.emit("vmov", rd=cc.reg(R_D, pc.src), ra=cc.reg(R_A, src + pc.dst), rows=pc.rows,
+                    cols=pc.nbytes // e, sd=pc.stride, sa=stride, dt=h.dtype)
+            continue
+        cc.emit("put", rc=cc.reg(R_C, pc.core), rd=cc.reg(R_D, pc.src), rs=cc.reg(R_A, src + pc.dst),
+                rows=pc.rows, bytes=pc.nbytes, ss=stride, ds=pc.stride, seml=sent_sem, semr=arrive)
+        arrivals[pc.core] = arrivals.get(pc.core, 0) + 1
+        puts += 1
+    return puts

@@ -293,10 +293,10 @@ def _best_kc(ctx: Ctx, p: Problem, spec: Spec, resident: str | None, held: Held 
     return best
 
 
-def _reader_fits(ctx: Ctx, g: Grid, spec: Spec, reader: Node, hold_bytes: int) -> bool:
-    """Whether the reader of a held output finds room for its smallest plan (2 chunk buffers of the held
-    blocks, its accumulator and output tile, a residual) beside the held bytes."""
-    e = spec.out.itemsize  # (the reader's operands are this output's type)
+def reader_fits(ctx: Ctx, g: Grid, e: int, reader: Node, hold_bytes: int) -> bool:
+    """Whether the reader of a held output (of `e`-byte elements, on grid `g`) finds room for its smallest
+    plan (2 chunk buffers of the held blocks, its accumulator and output tile, a residual) beside the held
+    bytes."""
     nc = -(-reader.output.type.shape[-1] // len(g.cols)) + 1
     kc = g.n_max
     need = 2 * (aligned(g.m_max * kc * e) + aligned(kc * nc * e)) + 3 * aligned(g.m_max * nc * 4) \
@@ -379,7 +379,7 @@ def decide(ctx: Ctx, p: Problem, spec: Spec, other: Callable[[], int], weight: s
         # (a held output lives on the reader's grid: the home die's, where a reader that can take it runs)
         can_hold = reader[0] is not None and rect == home and (
             attention.held_fits(ctx, reader[0], hold_bytes, len(g.cores)) if reader[0].op is Op.SDPA
-            else _reader_fits(ctx, g, spec, reader[0], hold_bytes))
+            else reader_fits(ctx, g, spec.out.itemsize, reader[0], hold_bytes))
         why_not = reader[1] if reader[0] is None else "its reader would not fit its chunk buffers beside it" \
             if rect == home else "it runs on part of the die, and a held value lives on the whole die"
 
