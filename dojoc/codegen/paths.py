@@ -76,3 +76,11 @@ def exchange_link_bytes(machine: Machine, cores: tuple[int, ...], piece: float) 
             for link in net.xy_path(src, dst):
                 load[link] += 1
     return max(load.values(), default=0) * piece
+
+
+def route_links(machine: Machine, src: int, dsts: tuple[int, ...]) -> frozenset[object]:
+    """The links a put from core `src` to cores `dsts` (one, or a multicast's) reserves: the union of the XY
+    routes, which from one source is the multicast's tree."""
+    net = _network(machine)
+    at = machine.coords
+    return frozenset(link for d in dsts for link in net.xy_path(at[src], at[d]))

@@ -30,29 +30,33 @@ import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from math import prod
-from typing import Any
+from math import ceil
 
 import numpy as np
 
 from dojoc.codegen.builder import R_A, R_B, R_C, R_D, CoreCode
-from dojoc.codegen.context import MAX_COLS, MAX_ROWS, Ctx, load_view, split, store_view
+from dojoc.codegen.context import MAX_COLS, Ctx, load_view, split, store_view
 from dojoc.codegen.kernels import held as held_
 from dojoc.codegen.kernels import held_read
+from dojoc.codegen.kernels.attention_plan import (
+    Shape,
+    block_rows,
+    hold_output,
+    plan_tiles,
+    problem,
+    split_cores,
+)
 from dojoc.codegen.kernels.eltwise import fill
 from dojoc.codegen.kernels.held import Held
-from dojoc.codegen.paths import exchange_link_bytes, port_path
 from dojoc.codegen.registry import kernel
 from dojoc.codegen.sems import ATTENTION
-from dojoc.codegen.sram import ALIGN
 from dojoc.codegen.view import Transfer, View
-from dojoc.errors import CompileError, MappingError, SramOverflowError
-from dojoc.ir.graph import Node, Value
+from dojoc.errors import CompileError, MappingError
+from dojoc.ir.graph import Node
 from dojoc.ir.ops import Op
 from dojoc.ir.types import IRDType
 from dojoc.mapping.model import Bound
 from dojoc.mapping.place import compact_groups
-from isa.costs import up8, vector_cycles
 from isa.dtypes import DType
 
 F32 = DType.F32
@@ -68,224 +72,10 @@ SEM_OUT = ATTENTION.id("held_out")  # pieces of the output put into this core's 
 Resident = tuple[tuple[int, ...], int] | None
 
 
-def _align(n: int) -> int:
-    return -(-n // ALIGN) * ALIGN
-
-
 def select_batch(v: View, idx: tuple[int, ...]) -> View:
     """The sub-view at batch multi-index `idx` over the leading dims of `v` (free: an address offset)."""
     base = v.base + sum(i * s for i, s in zip(idx, v.strides, strict=False))
     return View(base, v.shape[len(idx):], v.strides[len(idx):], v.dtype)
-
-
-@dataclass(frozen=True)
-class _Shape:
-    """The attention problem: `batch` dims of q, L queries, S keys, head dims E (q, k) and Ev (v)."""
-
-    batch: tuple[int, ...]
-    L: int
-    S: int
-    E: int
-    Ev: int
-    es: int  # operand (storage) bytes
-    mask: DType | None  # mask storage type, None without a mask
-    causal: bool
-
-    def sram_bytes(self, lb: int, sc: int) -> int:
-        """Scratch one core needs for a query block of lb rows and a key chunk of sc keys."""
-        es, wide = self.es, self.es != 4  # bf16 operands need converted copies of P and O
-        parts = [lb * self.E * es, sc * self.E * es, sc * self.Ev * es, lb * sc * 4, lb * self.Ev * 4,
-                 sc * 4] + [lb * 4] * 5
-        if wide:
-            parts += [lb * sc * es, lb * self.Ev * es]
-        if self.mask is not None:
-            parts.append(lb * sc * self.mask.itemsize)
-            if self.mask.is_float and wide:
-                parts.append(lb * sc * 4)
-        if self.causal:
-            parts.append(lb * sc)
-        return sum(_align(p) for p in parts)
-
-
-def _plan(ctx: Ctx, node: Node, sh: _Shape, want_lb: int) -> tuple[int, int]:
-    """(query block, key chunk): the whole key range when it fits (K and V stay in SRAM across query
-    blocks), otherwise smaller chunks, then smaller query blocks; SramOverflowError when nothing fits."""
-    budget = min(s.scratch_free() for s in ctx.sram.values())
-    lb, sc = want_lb, min(sh.S, MAX_COLS)
-    while sh.sram_bytes(lb, sc) > budget:
-        if sc > 128:
-            sc = -(-sc // 2)
-        elif lb > 8:
-            lb = -(-lb // 2)
-        elif sc > 1 or lb > 1:
-            sc, lb = max(1, sc // 2), max(1, lb // 2)
-        else:
-            q, k = node.inputs[0], node.inputs[1]
-            raise SramOverflowError(
-                f"sdpa {node.name}: even one query of q {q} ({q.type}) against one key of k {k} ({k.type}) "
-                f"needs {sh.sram_bytes(1, 1):,} bytes of SRAM scratch, but only {budget:,} are free; use a "
-                "machine with more SRAM (--set sram_bytes=...) or smaller head dims")
-    return lb, sc
-
-
-def _cores(ctx: Ctx, sh: _Shape, B: int, mma: float, vec: float, mask_bcast: bool,
-           rep: int, holders: int = 0, out_held: bool = False) -> tuple[int, float, bool, float, float, int, float]:
-    """The cores, DRAM bytes, K/V sharing, exchange cycles and work of the best split of each head's queries into
-    blocks (any number, 1 to L / 8) by the cost model: a core's share of the work (the matrix unit's `mma`
-    cycles of the whole op, for blocks of rows padded to its 8, and the SIMD unit's `vec`) against the DRAM
-    port's time for Q, O, the mask and the K and V of every (core, kv head) pair (a core keeps K and V across
-    its run of blocks of one head). More blocks per head spread the work but read K and V once per block, unless
-    the cores of a head share them (`_share_kv`: one block per core; each head's K and V read once, then
-    exchanged all to all within the head's group of cores, placed compact (`compact_groups`): the longer of a
-    core's ejection port taking the others' pieces and the group's busiest link carrying them). A core loads a
-    block's operands before it computes on them, and all cores load at once, so the port's time and a core's
-    work add up; with two blocks per core (pipelined: K and V, then every core's first Q block, then the
-    second ones) a core computes its first block while the port brings the rest, and only its last block's
-    work and store are exposed. Also returns the blocks per core and the cycles of work the port's time
-    hides. With Q, K and V held in the SRAM of `holders` cores (held_read.py) they come over the network
-    instead: the busier of a core's ejection port taking its pieces and a holder's injection port sending
-    its share, before the core computes; only the mask and the output use the DRAM port. An output held for
-    its reader (`out_held`) does not use the port at all (its puts to the holders overlap the next block)."""
-    mach = ctx.machine
-    port = mach.dram_ports[0].bytes_per_cycle
-    n_max = len(ctx.builder.ids)
-    mask_es = sh.mask.itemsize if sh.mask is not None else 0
-    kv = sh.S * (sh.E + sh.Ev) * sh.es
-    best: tuple[float, int, float, bool, float, float, int, float] | None = None
-    pb = 1
-    while pb <= max(1, -(-sh.L // 8)):
-        lb = -(-sh.L // pb)
-        blocks = -(-sh.L // lb)
-        work = mma * up8(lb) / lb + vec
-        items = B * blocks
-        n = min(items, n_max)
-        pairs = sum(len({(j // blocks) // rep for j in range(f, f + c)}) for f, c in split(items, n))
-        mask = B * (blocks if mask_bcast else sh.L) * sh.S * mask_es
-        ob = 0 if out_held else B * sh.L * sh.Ev * sh.es  # the output's stores
-        rest = B * sh.L * sh.E * sh.es + ob + mask
-        if holders:
-            runs = split(items, n)
-            per_core = max(c for _, c in runs)
-            heads = max(len({(j // blocks) // rep for j in range(f, f + c)}) for f, c in runs)
-            inflow = (per_core * lb * sh.E * sh.es + heads * kv) / mach.eject_bytes_per_cycle
-            outflow = (items * lb * sh.E * sh.es + pairs * kv) / (holders * mach.inject_bytes_per_cycle)
-            net = max(inflow, outflow) + 2 * mach.hop_latency * sum(mach.mesh)
-            out = mask + ob
-            t = work / n + net + out / port
-            if best is None or t < best[0]:
-                best = (t, n, out, False, net, work, 1, 0.0)
-            pb += 1
-            continue
-        options = [(work / n + (pairs * kv + rest) / port, n, pairs * kv + rest, False, 0.0, 1, 0.0)]
-        # K and V first, then the Q blocks in order: a core computes its first block while the port brings the
-        # others' (and its own next), and its stores leave while it computes the next
-        lkv, lq, lo = B * kv / port, (B * sh.L * sh.E * sh.es + mask) / port, ob / port
-        for per in (1, 2):  # a head's cores share its K and V, with one block each or two (pipelined)
-            g = blocks // per  # the head's cores
-            if blocks % per or B * g > n_max or rep != 1 or sh.S > MAX_COLS or g > sh.S \
-                    or (per == 1 and (blocks == 1 or n != items)) or (per > 1 and sh.causal):
-                continue  # (one block on one core per head is the plain option above)
-            exchange = 0.0
-            if g > 1:  # the pieces go out only once they are in: one DMA's way more before the Q blocks' loads
-                busiest = max(exchange_link_bytes(mach, tuple(grp), kv / g)
-                              for grp in compact_groups(mach, ctx.builder.ids[:B * g], g))
-                moved = max(kv * (g - 1) / g / mach.eject_bytes_per_cycle, busiest / mach.link_bytes_per_cycle)
-                exchange = port_path(mach, tuple(ctx.builder.ids[:B * g])).latency + moved + 2 * g * mach.hop_latency
-            w = work / (B * g * per)
-            t = max(lkv + lq + lo, lkv + lq / per + per * w + lo / per) + exchange
-            hidden = lkv + lq + lo + per * w - (t - exchange)  # the work the port's time hides
-            options.append((t, B * g, B * kv + rest, g > 1, exchange, per, hidden))
-        for t, cores, dram, share, ex, per, hidden in options:
-            if best is None or t < best[0]:
-                best = (t, cores, dram, share, ex, work, per, hidden)
-        pb += 1
-    assert best is not None
-    return best[1:]
-
-
-def _work(ctx: Ctx, node: Node, mask: Value | None) -> tuple[_Shape, int, int, float, float, bool]:
-    """The problem of attention `node` with `mask` (None: none, or a constant one that softmax ignores): its
-    shape, its B = batch x heads, the grouped-query factor, the matrix unit's and the SIMD unit's cycles
-    in all, and whether the mask is broadcast over the queries."""
-    q, k = node.inputs[:2]
-    L, E = q.type.shape[-2:]
-    S, Ev = k.type.shape[-2], node.inputs[2].type.shape[-1]
-    batch = q.type.shape[:-2]
-    dt = ctx.storage(q.type.dtype)
-    mv = ctx.views.get(mask) if mask is not None else None  # (not lowered yet: priced by its producer)
-    mdt = (mv.dtype if mv is not None else ctx.storage(mask.type.dtype)) if mask is not None else None
-    sh = _Shape(batch, L, S, E, Ev, dt.itemsize, mdt, bool(node.attrs["causal"]))
-    rep = 1
-    if batch and k.type.shape[:-2] != batch:  # grouped-query attention: kv head = q head // rep
-        rep = batch[-1] // k.type.shape[-3]
-    B = prod(batch)
-    macs = B * L * S * (E + Ev)
-    mma = macs / ctx.machine.macs_per_cycle("fp32" if dt is F32 else "bf16")
-    vec = 8 * vector_cycles(B * L * S, 4, B * L * S * 4, B * L * S * 4, ctx.machine)
-    bcast = mv is not None and mv.expand(batch + (L, S)).strides[-2] == 0
-    return sh, B, rep, mma, vec, bcast
-
-
-def _block_rows(L: int, B: int, cores: int, per: int) -> int:
-    """The query block's rows wanted for `cores` cores over B heads, `per` blocks a core."""
-    per_batch = max(1, -(-cores // B))
-    return min(L, MAX_ROWS, max(8, -(-L // (per_batch * per))))
-
-
-def held_fits(ctx: Ctx, node: Node, hold_bytes: int, holders: int) -> bool:
-    """Whether attention `node` finds room on every core for its plan with its queries, keys and values
-    held (`hold_bytes` on each of `holders` cores): every key in one chunk, a Q slot per block of a core
-    and K and V slots per head (`_push_held`)."""
-    mask = node.inputs[3] if len(node.inputs) == 4 else None
-    sh, B, rep, mma, vec, bcast = _work(ctx, node, mask)
-    count = _cores(ctx, sh, B, mma, vec, bcast, rep, holders)[0]
-    lb = _block_rows(sh.L, B, count, 1)
-    blocks = -(-sh.L // lb)
-    runs = split(B * blocks, min(count, B * blocks))
-    per_core = max(c for _, c in runs)
-    heads = max(len({(j // blocks) // rep for j in range(f, f + c)}) for f, c in runs)
-    es = sh.es
-    need = sh.sram_bytes(lb, sh.S) + (per_core - 1) * _align(lb * sh.E * es) \
-        + (heads - 1) * (_align(sh.S * sh.E * es) + _align(sh.S * sh.Ev * es))
-    return sh.S <= MAX_COLS and need + hold_bytes <= ctx.scratch_bytes
-
-
-HoldArgs = tuple[str, int, int, int, DType, Any, Any, Any, Any]
-
-
-def _hold_output(ctx: Ctx, node: Node, sh: _Shape) -> tuple[bool, HoldArgs | None]:
-    """Whether attention `node` may hold its output in SRAM for its reader (held_read.a_reader), and the
-    arguments of held.hold_matrix when it does (None when it does not: a given tile hold=0, or no room). A
-    given hold=1 that cannot is a MappingError naming the reason."""
-    from dojoc.codegen.kernels.summa import MIN_KEEP_SAVING, reader_fits
-    from dojoc.codegen.kernels.summa_grid import grid
-
-    given = ctx.given.get(node.name)
-    want = given.tile_of("hold") if given is not None else None
-    if want not in (None, 0, 1):
-        raise MappingError(f"op {node.name}: tile hold={want}: give 0 (the output goes to DRAM) or 1 (it stays "
-                           "in SRAM for its reader)")
-    reader, why, a = held_read.a_reader(ctx, node)
-    if reader is None or a is None:
-        if want:
-            raise MappingError(f"op {node.name}: tile hold=1, but its output cannot stay in SRAM: {why}; set hold "
-                               "to 0")
-        return False, None
-    m, k = a.shape
-    # (its reader then multiplies chunks of the held blocks' width, which may be narrower than its own plan's:
-    # hold only when the port time saved, the output's stores and the reader's loads, pays for that)
-    saved = 2 * m * k * a.dtype.itemsize / ctx.machine.dram_ports[0].bytes_per_cycle
-    if want is None and saved < MIN_KEEP_SAVING:
-        return True, None
-    g = grid(ctx, m, k)
-    need = held_.hold_bytes(g.mblocks, g.nblocks, a.dtype)
-    room = min(ctx.sram[c].scratch_free() for c in ctx.builder.ids) - need >= sh.sram_bytes(8, min(sh.S, MAX_COLS))
-    if want == 0 or not (room and reader_fits(ctx, g, a.dtype.itemsize, reader, need)):
-        if want:
-            raise MappingError(f"op {node.name}: tile hold=1, but its output and its reader's smallest plan do "
-                               "not fit SRAM beside each other; set hold to 0")
-        return True, None
-    return True, (node.output.name, a.base, m, k, a.dtype, g.rect, g.at, g.mblocks, g.nblocks)
 
 
 @kernel(Op.SDPA)
@@ -313,13 +103,13 @@ def sdpa(ctx: Ctx, node: Node) -> None:
     dt = ctx.storage(q.type.dtype)
     scale = float(a["scale"]) if a["scale"] is not None else 1.0 / math.sqrt(E)
     # Cores: by the total work, then query blocks sized so the (batch, block) items cover them.
-    sh, B, rep, mma, vec, bcast = _work(ctx, node, mask)
+    sh, B, rep, mma, vec, bcast = problem(ctx, node, mask)
     # Q, K and V held in SRAM by their producer (held_read.py): they come from there, never from DRAM
     h = held_read.holding(ctx, (ctx.views[q], ctx.views[k], ctx.views[v]))
     holders = len(set(h.cores.values())) if h is not None else 0
     # the output held in SRAM for its reader, a SUMMA matmul that takes it as its A (held_read.a_reader)
-    may_hold, ho = _hold_output(ctx, node, sh)
-    count, dram, share, exchange, work, per, hidden = _cores(ctx, sh, B, mma, vec, bcast, rep, holders,
+    may_hold, ho = hold_output(ctx, node, sh)
+    count, dram, share, exchange, work, per, hidden = split_cores(ctx, sh, B, mma, vec, bcast, rep, holders,
                                                             ho is not None)
     cores = ctx.region("attention", work, B * -(-L // 8), axis="heads_queries", dram_bytes=dram, count=count,
                        overlap=False, extra=exchange, hidden=hidden,
@@ -327,7 +117,7 @@ def sdpa(ctx: Ctx, node: Node) -> None:
     if may_hold:  # (the decision says whether it does, when it may)
         ctx.decisions[-1] = replace(ctx.decisions[-1], tile=(("hold", int(ho is not None)),))
     out_h = held_.hold_matrix(ctx, *ho) if ho is not None else None
-    lb, sc = _plan(ctx, node, sh, _block_rows(L, B, len(cores), per))
+    lb, sc = plan_tiles(ctx, node, sh, block_rows(L, B, len(cores), per))
     if h is not None and sc < S:
         raise MappingError(f"op {node.name}: its queries, keys and values are held in SRAM by {h.name}, but its "
                            f"{S} keys do not fit one chunk beside them; give {h.name} tile hold=0")
@@ -364,14 +154,30 @@ def sdpa(ctx: Ctx, node: Node) -> None:
         """The keys a block reads (a causal block none past its diagonal)."""
         return min(S, l0 + n) if sh.causal else S
 
+    def work_of(order: list[int]) -> list[tuple[int, list[tuple[_Block, int, tuple[int, ...]]]]]:
+        """Per core of `order`, its run's blocks (views, the keys each reads, its kv head)."""
+        return [(core, [(block(*it), keys(*it), kidx_of(it[0])) for it in items[first:first + count]])
+                for core, (first, count) in zip(order, split(len(items), len(cores)), strict=False)]
+
+    if h is not None and node.name not in ctx.given:
+        # the default order, or each run on the mesh row that holds its queries: whichever loads the busiest
+        # link less (the rows' pieces travel along rows; the default's one head's on a column, by multicast)
+        firsts = [f for f, _ in split(len(items), len(cores))]
+        near = held_read.near(h, [held_read.grid_row(h, block(*items[f]).q) for f in firsts],
+                              set(cores) | set(h.at.values()))
+        cores = min((cores, near), key=lambda order: held_read.busiest_link(ctx, h, _wants(sh, work_of(order))))
+        ctx.decisions[-1] = replace(ctx.decisions[-1], cores=tuple(cores))
+        runs = list(zip(cores, split(len(items), len(cores)), strict=False))
     slots: dict[int, list[_Buffers]] = {}
     arrivals: dict[int, int] = {}
     sent: dict[int, int] = {}
     landed: dict[int, int] = {}  # pieces of the held output put into each holder's blocks
     if h is not None:
-        slots, arrivals, sent = _push_held(ctx, node, h, sh, lb, sc, [
-            (core, [(block(*it), keys(*it), kidx_of(it[0])) for it in items[first:first + count]])
-            for core, (first, count) in runs])
+        slots, arrivals, sent, link = _push_held(ctx, node, h, sh, lb, sc, work_of(cores))
+        om = ctx.decisions[-1]  # (its prediction priced the ports; the busiest link may take longer)
+        if link > exchange:
+            ctx.decisions[-1] = replace(om, predicted_cycles=om.predicted_cycles + ceil(link - exchange),
+                                        bound=Bound.LINK)
     for core, (first, count) in runs:
         cc = ctx.core(core)
         run = items[first:first + count]
@@ -434,43 +240,65 @@ def sdpa(ctx: Ctx, node: Node) -> None:
         held_.release(ctx, h)
 
 
-def _push_held(ctx: Ctx, node: Node, h: Held, sh: _Shape, lb: int, sc: int,
-               work: list[tuple[int, list[tuple[_Block, int, tuple[int, ...]]]]],
-               ) -> tuple[dict[int, list[_Buffers]], dict[int, int], dict[int, int]]:
-    """Put every block's Q, and the K and V of its head, from the cores that hold them (held_read.py) into
-    the buffers of the core that computes it. `work` is per core its blocks (views, the keys each reads,
-    its kv head). Each core gets one buffer set and a Q slot per further block, K and V slots per further
-    head. Returns per core its blocks' buffers, the pieces it receives (on SEM_KV), and the puts each holder
-    sent (on SEM_SENT)."""
+def _wants(sh: Shape, work: list[tuple[int, list[tuple[_Block, int, tuple[int, ...]]]]],
+           slot: Callable[[int, int, str], int] | None = None) -> list[held_read.Want]:
+    """What every core of `work` (per core its blocks: views, keys read, kv head) wants of the held Q, K and
+    V: its blocks' Q, and the K and V of each of its heads, as many keys as any core's blocks of that head
+    read (one view for all, so they can share a multicast). `slot(core, index, kind)` gives the buffer of
+    the core's index-th block's Q (kind "q") or head's K or V; by default a number per slot, which prices a
+    placement before any buffer exists."""
     es = sh.es
-    slots: dict[int, list[_Buffers]] = {}
-    wants: list[held_read.Want] = []
-    need: dict[tuple[int, ...], int] = {}  # the keys a head's blocks read, on any core: one view for all
+    need: dict[tuple[int, ...], int] = {}
     for _, blocks in work:
         for _, end, kidx in blocks:
             need[kidx] = max(need.get(kidx, 0), end)
+    at = slot or (lambda core, i, kind: 3 * i + "qkv".index(kind))
+    wants = []
+    for core, blocks in work:
+        heads: list[tuple[int, ...]] = []
+        for j, (blk, _, kidx) in enumerate(blocks):
+            wants.append(held_read.Want(core, blk.q, at(core, j, "q"), sh.E * es))
+            if kidx not in heads:
+                i = len(heads)
+                heads.append(kidx)
+                wants += [held_read.Want(core, blk.k.slice(0, 0, need[kidx]), at(core, i, "k"), sh.E * es),
+                          held_read.Want(core, blk.v.slice(0, 0, need[kidx]), at(core, i, "v"), sh.Ev * es)]
+    return wants
+
+
+def _push_held(ctx: Ctx, node: Node, h: Held, sh: Shape, lb: int, sc: int,
+               work: list[tuple[int, list[tuple[_Block, int, tuple[int, ...]]]]],
+               ) -> tuple[dict[int, list[_Buffers]], dict[int, int], dict[int, int], float]:
+    """Put every block's Q, and the K and V of its head, from the cores that hold them (held_read.py) into
+    the buffers of the core that computes it. `work` is per core its blocks (views, the keys each reads,
+    its kv head). Each core gets one buffer set and a Q slot per further block, K and V slots per further
+    head. Returns per core its blocks' buffers, the pieces it receives (on SEM_KV), the puts each holder
+    sent (on SEM_SENT), and the cycles of the busiest link they cross."""
+    es = sh.es
+    slots: dict[int, list[_Buffers]] = {}
+    addr: dict[tuple[int, int, str], int] = {}  # (core, block or head index, q/k/v) -> its buffer
     for core, blocks in work:
         bufs = _Buffers.alloc(ctx, core, node, sh, lb, sc)
         sram = ctx.sram[core]
-        kv_at: dict[tuple[int, ...], tuple[int, int]] = {}
+        heads: list[tuple[int, ...]] = []
         mine = []
-        for j, (blk, _, kidx) in enumerate(blocks):
-            qa = bufs.q if j == 0 else sram.alloc(lb * sh.E * es, f"sdpa {node.name} query block {j}")
-            wants.append(held_read.Want(core, blk.q, qa, sh.E * es))
-            if kidx not in kv_at:
-                kv_at[kidx] = (bufs.k, bufs.v) if not kv_at else (
-                    sram.alloc(sc * sh.E * es, f"sdpa {node.name} key chunk"),
-                    sram.alloc(sc * sh.Ev * es, f"sdpa {node.name} value chunk"))
-                end = need[kidx]
-                wants += [held_read.Want(core, blk.k.slice(0, 0, end), kv_at[kidx][0], sh.E * es),
-                          held_read.Want(core, blk.v.slice(0, 0, end), kv_at[kidx][1], sh.Ev * es)]
-            mine.append(replace(bufs, q=qa, k=kv_at[kidx][0], v=kv_at[kidx][1]))
+        for j, (_, _, kidx) in enumerate(blocks):
+            addr[(core, j, "q")] = bufs.q if j == 0 else sram.alloc(lb * sh.E * es, f"sdpa {node.name} query block {j}")
+            if kidx not in heads:
+                i = len(heads)
+                heads.append(kidx)
+                addr[(core, i, "k")] = bufs.k if i == 0 else sram.alloc(sc * sh.E * es, f"sdpa {node.name} key chunk")
+                addr[(core, i, "v")] = bufs.v if i == 0 else sram.alloc(sc * sh.Ev * es,
+                                                                         f"sdpa {node.name} value chunk")
+            i = heads.index(kidx)
+            mine.append(replace(bufs, q=addr[(core, j, "q")], k=addr[(core, i, "k")], v=addr[(core, i, "v")]))
         slots[core] = mine
+    wants = _wants(sh, work, lambda core, i, kind: addr[(core, i, kind)])
     arrivals, sent = held_read.push(ctx, h, wants, SEM_KV, SEM_SENT, node.name, node.source)
-    return slots, arrivals, sent
+    return slots, arrivals, sent, held_read.busiest_link(ctx, h, wants)
 
 
-def _share_kv(cc: CoreCode, sh: _Shape, b: _Buffers, k: View, v: View, group: list[int], me: int) -> int:
+def _share_kv(cc: CoreCode, sh: Shape, b: _Buffers, k: View, v: View, group: list[int], me: int) -> int:
     """The cores of one head (`group`, one query block each) read its K and V from DRAM once: each loads
     its share of the keys into its K and V buffers and puts it into the same place on the others. Returns
     the pieces put (their sources are waited for at the end); as many arrive from the others, which
@@ -516,7 +344,7 @@ class _Buffers:
     neg: int  # one row of -inf (read with row stride 0)
 
     @staticmethod
-    def tiles(sh: _Shape, lb: int, sc: int) -> dict[str, tuple[int, str]]:
+    def tiles(sh: Shape, lb: int, sc: int) -> dict[str, tuple[int, str]]:
         """Each tile's bytes and name, in the order of the fields (0 bytes: not needed)."""
         es, wide = sh.es, sh.es != 4
         mask_es = sh.mask.itemsize if sh.mask is not None else 0
@@ -537,11 +365,11 @@ class _Buffers:
                 for f in names for n, what in [tiles[f]]}
 
     @staticmethod
-    def alloc(ctx: Ctx, core: int, node: Node, sh: _Shape, lb: int, sc: int) -> _Buffers:
+    def alloc(ctx: Ctx, core: int, node: Node, sh: Shape, lb: int, sc: int) -> _Buffers:
         tiles = _Buffers.tiles(sh, lb, sc)
         return _Buffers(**_Buffers._alloc(ctx, core, node, tiles, tuple(tiles)))
 
-    def second(self, ctx: Ctx, core: int, node: Node, sh: _Shape, lb: int, sc: int) -> _Buffers:
+    def second(self, ctx: Ctx, core: int, node: Node, sh: Shape, lb: int, sc: int) -> _Buffers:
         """A second set of the tiles that a query block loads or stores (Q, mask, output), sharing the rest:
         a pipelined core loads the next block into one set while it computes on the other."""
         return replace(self, **self._alloc(ctx, core, node, self.tiles(sh, lb, sc), ("q", "o", "oc", "mask")))
@@ -566,13 +394,13 @@ class _Block:
         return 1 if self.mask is not None and self.mask.strides[0] == 0 else self.n
 
 
-def _load_next(issued: dict[int, int], j: int, cc: CoreCode, sh: _Shape, b: _Buffers, blk: _Block,
+def _load_next(issued: dict[int, int], j: int, cc: CoreCode, sh: Shape, b: _Buffers, blk: _Block,
                sem: int) -> None:
     """Issue a pipelined core's block j's loads (K and V are in already), counting them in `issued`."""
     issued[j] = _loads(cc, sh, b, blk, 0, sh.S, True, False, sem)
 
 
-def _loads(cc: CoreCode, sh: _Shape, b: _Buffers, blk: _Block, c0: int, cs: int, first: bool, kv: bool,
+def _loads(cc: CoreCode, sh: Shape, b: _Buffers, blk: _Block, c0: int, cs: int, first: bool, kv: bool,
            sem: int) -> int:
     """Issue the DMAs of one key chunk of a query block (keys c0 .. c0 + cs - 1): its Q block the first time,
     K and V (`kv`), its mask and causal mask tiles; returns their count (on `sem`)."""
@@ -591,7 +419,7 @@ def _loads(cc: CoreCode, sh: _Shape, b: _Buffers, blk: _Block, c0: int, cs: int,
     return loads
 
 
-def _attend(cc: CoreCode, sh: _Shape, b: _Buffers, blk: _Block, dt: DType, scale: float, sc: int,
+def _attend(cc: CoreCode, sh: Shape, b: _Buffers, blk: _Block, dt: DType, scale: float, sc: int,
             resident: Resident, kidx: tuple[int, ...], pending: int,
             hook: Callable[[], None] | None = None, issued: int | None = None, sem_load: int = SEM_LOAD,
             sem_store: int = SEM_STORE, then: Callable[[], None] | None = None) -> Resident:

@@ -15,6 +15,13 @@ its puts' sources to leave before the phase ends (the held bytes are freed after
 
 For BERT-base at batch 8 that is 4.5 MiB per layer that neither goes to DRAM nor comes back (about
 11,000 cycles of the DRAM port each way).
+
+Readers of one piece at one address along a mesh row or column segment get it by one multicast
+(`push`); the busiest link their routes load (`busiest_link`) prices the transfer, and chooses where the
+reader's runs go (`near`: each on the mesh row that holds its queries, or the default order).
+
+The other way, attention may hold its own output for the next op, the output projection, which takes it
+as a held A (`a_reader`): each item puts its output tile into the holders' blocks (`scatter`).
 """
 
 from __future__ import annotations
@@ -173,9 +180,7 @@ def push(ctx: Ctx, h: Held, wants: list[Want], arrive: int, sent_sem: int, name:
 
     m = ctx.machine
     e = h.dtype.itemsize
-    groups: dict[tuple[View, int, int], list[int]] = {}
-    for w in wants:
-        groups.setdefault((w.view, w.dst, w.stride), []).append(w.core)
+    groups = _groups(wants)
     arrivals: dict[int, int] = {}
     sent: dict[int, int] = {}
     for (view, dst, stride), cores in groups.items():
@@ -283,3 +288,51 @@ def scatter(ctx: Ctx, h: Held, core: int, src: int, stride: int, view: View, sen
         arrivals[pc.core] = arrivals.get(pc.core, 0) + 1
         puts += 1
     return puts
+
+
+def grid_row(h: Held, v: View) -> int:
+    """The grid row whose block holds the first row of 2-D view `v` of held value `h`."""
+    at = _origin(h.base, h.n, h.dtype.itemsize, v)
+    assert at is not None
+    return next(i for i, (f, c) in enumerate(h.mblocks) if f <= at[0] < f + c)
+
+
+def near(h: Held, rows: list[int], cores: set[int]) -> list[int]:
+    """One core of `cores` for each of a kernel's runs of work, in order, run k on (or near) the mesh row of
+    `h`'s grid row `rows[k]`, which holds the run's operands: its pieces then travel along rows, not down the
+    columns that every other run's would share."""
+    free: dict[int, list[int]] = {}
+    for (i, _), c in sorted(h.at.items()):
+        if c in cores:
+            free.setdefault(i, []).append(c)
+    out = []
+    for r in rows:
+        i = min((i for i in free if free[i]), key=lambda i: (abs(i - r), i))
+        out.append(free[i].pop(0))
+    return out
+
+
+def busiest_link(ctx: Ctx, h: Held, wants: list[Want]) -> float:
+    """Cycles of the busiest link of the network when `push` brings `wants`: every piece's route (its
+    multicast tree: the union of the XY routes to its segment) carries its bytes."""
+    from dojoc.codegen.paths import route_links
+
+    m = ctx.machine
+    load: dict[object, int] = {}
+    for (view, _, stride), cores in _groups(wants).items():
+        axis = min((1, 0), key=lambda a: len(_segments(m, cores, a)))
+        segments = _segments(m, cores, axis)
+        for pc in pieces(h, view, stride):
+            for seg in segments:
+                others = tuple(c for c in seg if c != pc.core)
+                for link in route_links(m, pc.core, others) if others else ():
+                    load[link] = load.get(link, 0) + pc.rows * pc.nbytes
+    return max(load.values(), default=0) / m.link_bytes_per_cycle
+
+
+def _groups(wants: list[Want]) -> dict[tuple[View, int, int], list[int]]:
+    """The readers of each (view, address, row stride): one multicast's worth."""
+    groups: dict[tuple[View, int, int], list[int]] = {}
+    for w in wants:
+        groups.setdefault((w.view, w.dst, w.stride), []).append(w.core)
+    return groups

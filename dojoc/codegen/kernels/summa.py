@@ -39,7 +39,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from dojoc.codegen.context import MAX_ROWS, Ctx
-from dojoc.codegen.kernels import attention
+from dojoc.codegen.kernels import attention_plan
 from dojoc.codegen.kernels import held as held_
 from dojoc.codegen.kernels.held import Held
 from dojoc.codegen.kernels.mxu import F32, Spec, resident_free
@@ -378,7 +378,7 @@ def decide(ctx: Ctx, p: Problem, spec: Spec, other: Callable[[], int], weight: s
         hold_bytes = 2 * aligned(g.m_max * g.n_max * spec.out.itemsize)
         # (a held output lives on the reader's grid: the home die's, where a reader that can take it runs)
         can_hold = reader[0] is not None and rect == home and (
-            attention.held_fits(ctx, reader[0], hold_bytes, len(g.cores)) if reader[0].op is Op.SDPA
+            attention_plan.held_fits(ctx, reader[0], hold_bytes, len(g.cores)) if reader[0].op is Op.SDPA
             else reader_fits(ctx, g, spec.out.itemsize, reader[0], hold_bytes))
         why_not = reader[1] if reader[0] is None else "its reader would not fit its chunk buffers beside it" \
             if rect == home else "it runs on part of the die, and a held value lives on the whole die"
