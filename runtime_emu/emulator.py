@@ -31,6 +31,7 @@ from runtime_emu.blas import single_threaded_blas
 from runtime_emu.core import BARRIER, HALTED, IDLE, READY, SYNC_UNIT, UNIT_INDEX, WAIT, Core, Step
 from runtime_emu.dram import Dram, DramMemory
 from runtime_emu.errors import ImageError
+from runtime_emu.hostgc import frozen_heap
 from runtime_emu.memory import Fault, Pending, Region
 from runtime_emu.noc import RC, Network
 from runtime_emu.semantics.common import skip
@@ -108,11 +109,12 @@ class Emulator:
         self._programs: list[list[Step]] = []
         self._pure: list[list[bool]] = []  # per pc: the instruction touches nothing another core sees
         self._mmas: list[list[int]] = []  # per section, the pcs of its mma instructions (for the flop count)
-        for sec in image.sections:
-            steps, pure, mmas = self._predecode(sec.code)
-            self._programs.append(steps)
-            self._pure.append(pure)
-            self._mmas.append(mmas)
+        with frozen_heap():
+            for sec in image.sections:
+                steps, pure, mmas = self._predecode(sec.code)
+                self._programs.append(steps)
+                self._pure.append(pure)
+                self._mmas.append(mmas)
         self._names = [[i.spec.mnemonic for i in sec.code] + ["(end)"] for sec in image.sections]
         self._ran = False
         self._cores: dict[int, Core] = {}
@@ -377,10 +379,11 @@ class Emulator:
             raise DojocError("an Emulator runs once: create a new one for another run")
         self._ran = True
         self._reset()
-        with np.errstate(all="ignore"), single_threaded_blas():
-            self._loop()
-        self._check_deadlock()
-        stats = self._stats()
+        with frozen_heap():
+            with np.errstate(all="ignore"), single_threaded_blas():
+                self._loop()
+            self._check_deadlock()
+            stats = self._stats()
         outputs = {} if self.timing_only else read_outputs(self.dram_mem, self.image)
         return RunResult(stats.cycles, stats, outputs, self.trace)
 
