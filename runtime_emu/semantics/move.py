@@ -72,9 +72,9 @@ def _dmald(core: Core, ops: tuple[Any, ...], pc: int, t: int) -> int:
         sram.check(region.lo, region.hi, "DMA load destination")
     else:
         sram.access(region, True, "DMA load destination")
-    d = emu.dram.load(port, core.rc, nbytes, t)
-    arrival = d.arrivals[core.rc]
-    emu.trace_transfer("dma_load", emu.port_name(port), core.id, t, arrival, nbytes)
+    arrival = emu.dram.load_at(port, core.rc, nbytes, t)[1]
+    if emu.trace is not None:
+        emu.trace_transfer("dma_load", emu.port_name(port), core.id, t, arrival, nbytes)
     if timing:
         emu.complete(arrival, core, sem, DMA)
         return pc + 1
@@ -111,9 +111,9 @@ def _dmast(core: Core, ops: tuple[int, int, int, int, int], pc: int, t: int) -> 
         core.sram.check(region.lo, region.hi, "DMA store source")
     else:
         core.sram.access(region, False, "DMA store source")
-    d = emu.dram.store(port, core.rc, nbytes, t)
-    done = d.arrivals[core.rc]
-    emu.trace_transfer("dma_store", core.id, emu.port_name(port), t, done, nbytes)
+    source_free, done = emu.dram.store_at(port, core.rc, nbytes, t)
+    if emu.trace is not None:
+        emu.trace_transfer("dma_store", core.id, emu.port_name(port), t, done, nbytes)
     if timing:
         emu.complete(done, core, sem, DMA)
         return pc + 1
@@ -123,7 +123,7 @@ def _dmast(core: Core, ops: tuple[int, int, int, int, int], pc: int, t: int) -> 
     def write() -> None:
         mem.write_strided(dst, counts, dstr, esize, data)
 
-    emu.complete(d.source_free, core, None, 0, pout=emu.pend_out(core, region, d.source_free, "a DMA store"))
+    emu.complete(source_free, core, None, 0, pout=emu.pend_out(core, region, source_free, "a DMA store"))
     emu.complete(done, core, sem, DMA, write)
     return pc + 1
 
@@ -176,10 +176,12 @@ def _dmagat(core: Core, ops: tuple[int, ...], pc: int, t: int) -> int:
 
 
 def _put(core: Core, ops: tuple[Any, ...], pc: int, t: int) -> int:
-    rc, rd, rs, rows, nbytes, ss, ds, cast, seml, semr, first, span = ops
+    rc, rd, rs, rows, nbytes, ss, ds, cast, seml, semr, first, span, where = ops
     emu = core.emu
     regs = core.regs
-    dsts, rcs = emu.cast_targets(core, regs[rc], cast, first, span)
+    target = regs[rc]
+    hit = emu._casts.get((core.id, target, where))
+    dsts, rcs = hit if hit is not None else emu.cast_targets(core, target, cast, first, span)
     src, dst = regs[rs], regs[rd]
     sregion = Region(src, (rows,), (ss,), nbytes)
     dregion = Region(dst, (rows,), (ds,), nbytes)
@@ -195,38 +197,56 @@ def _put(core: Core, ops: tuple[Any, ...], pc: int, t: int) -> int:
         core.sram.access(sregion, False, "put source")
         for c in dsts:
             c.sram.access(dregion, True, f"put destination on core {c.id}")
-    d = emu.network.send(core.rc, rcs, total, t)
+    if len(rcs) == 1:
+        source_free, arrival = emu.network.unicast(core.rc, rcs[0], total, t)
+        arrivals = [arrival]
+    else:
+        d = emu.network.send(core.rc, rcs, total, t)
+        source_free = d.source_free
+        arrivals = [d.arrivals[c.rc] for c in dsts]
+    tr = emu.trace
     if timing:
-        emu.complete(d.source_free, core, seml, NET)
-        for c in dsts:
-            arrival = d.arrivals[c.rc]
-            emu.trace_transfer("put", core.id, c.id, t, arrival, total)
+        emu.complete(source_free, core, seml, NET)
+        for c, arrival in zip(dsts, arrivals, strict=True):
+            if tr is not None:
+                emu.trace_transfer("put", core.id, c.id, t, arrival, total)
             emu.complete(arrival, c, semr, NET, issued=t)
         return pc + 1
     data = core.sram.strided(sregion).copy()
-    emu.complete(d.source_free, core, seml, NET,
-                 pout=emu.pend_out(core, sregion, d.source_free, f"a put to core {dsts[0].id}"))
-    for c in dsts:
-        arrival = d.arrivals[c.rc]
-        emu.trace_transfer("put", core.id, c.id, t, arrival, total)
+    emu.complete(source_free, core, seml, NET,
+                 pout=emu.pend_out(core, sregion, source_free, f"a put to core {dsts[0].id}"))
+    what = f"a put from core {core.id}"
+    for c, arrival in zip(dsts, arrivals, strict=True):
+        if tr is not None:
+            emu.trace_transfer("put", core.id, c.id, t, arrival, total)
         dsram = c.sram
 
         def write(dsram: Any = dsram) -> None:
             dsram.strided(dregion)[...] = data
 
-        emu.complete(arrival, c, semr, NET, write, issued=t,
-                     pin=emu.pend_in(c, dregion, arrival, f"a put from core {core.id}"))
+        emu.complete(arrival, c, semr, NET, write, issued=t, pin=emu.pend_in(c, dregion, arrival, what))
     return pc + 1
 
 
-def _signal(core: Core, ops: tuple[int, int, Cast, int, int], pc: int, t: int) -> int:
-    rc, sem, cast, first, span = ops
+def _signal(core: Core, ops: tuple[int, int, Cast, int, int, tuple[int, int, int]], pc: int, t: int) -> int:
+    rc, sem, cast, first, span, where = ops
     emu = core.emu
-    dsts, rcs = emu.cast_targets(core, core.regs[rc], cast, first, span)
+    target = core.regs[rc]
+    hit = emu._casts.get((core.id, target, where))  # Emulator.cast_targets' cache
+    dsts, rcs = hit if hit is not None else emu.cast_targets(core, target, cast, first, span)
+    tr = emu.trace
+    if len(rcs) == 1:  # one destination (most signals): the network's unicast, without a Delivery
+        c = dsts[0]
+        arrival = emu.network.unicast(core.rc, rcs[0], 0, t)[1]
+        if tr is not None:
+            emu.trace_transfer("signal", core.id, c.id, t, arrival, 0)
+        emu.complete(arrival, c, sem, NET, issued=t)
+        return pc + 1
     d = emu.network.send(core.rc, rcs, 0, t)
     for c in dsts:
         arrival = d.arrivals[c.rc]
-        emu.trace_transfer("signal", core.id, c.id, t, arrival, 0)
+        if tr is not None:
+            emu.trace_transfer("signal", core.id, c.id, t, arrival, 0)
         emu.complete(arrival, c, sem, NET, issued=t)
     return pc + 1
 
@@ -271,9 +291,10 @@ def prepare(ins: Instr, emu: Emulator, ncode: int) -> tuple[Handler, Any]:
         if msg := _sem_check(emu, d["seml"], d["semr"]):
             return raiser(bad, msg), None
         return _put, (d["rc"], d["rd"], d["rs"], d["rows"], d["bytes"], d["ss"], d["ds"], d["cast"],
-                      d["seml"], d["semr"], d["first"], d["span"])
+                      d["seml"], d["semr"], d["first"], d["span"], (d["cast"].value, d["first"], d["span"]))
     if sem == "signal":
         if msg := _sem_check(emu, d["sem"]):
             return raiser(bad, msg), None
-        return _signal, (d["rc"], d["sem"], d["cast"], d["first"], d["span"])
+        return _signal, (d["rc"], d["sem"], d["cast"], d["first"], d["span"],
+                         (d["cast"].value, d["first"], d["span"]))
     raise AssertionError(f"no data-movement handler for {ins.spec.mnemonic}")
