@@ -100,6 +100,7 @@ class Emulator:
         if not timing_only:
             write_weights(self.dram_mem, image)
         self._costs: dict[Instr, int] = {}
+        self.scratch: dict[Any, Any] = {}  # handlers' working arrays, by their own keys (see semantics.matmul)
         # predecoded instructions (step, pure), shared by every core
         self._steps: dict[tuple[Any, ...], tuple[Step, bool, int]] = {}  # (step, pure, mma flops)
         self._bases = [m.dram_base(i) for i in range(len(m.dram_ports))]
