@@ -156,6 +156,7 @@ class DramMemory:
     def __init__(self, machine: Machine | int) -> None:
         self.size = machine if isinstance(machine, int) else machine.dram_bytes
         self._pages: dict[int, np.ndarray] = {}
+        self._shapes: dict[tuple[Any, ...], tuple[tuple[int, ...], tuple[int, ...], int, int, bool]] = {}
 
     @property
     def pages_allocated(self) -> int:
@@ -177,6 +178,10 @@ class DramMemory:
     def read(self, addr: int, nbytes: int) -> np.ndarray:
         """`nbytes` bytes from `addr`, as a new uint8 array (untouched bytes are zero)."""
         self._check(addr, addr + nbytes)
+        off = addr & _MASK
+        if off + nbytes <= PAGE_BYTES:  # within one page (most reads): copy it out
+            page = self._pages.get(addr >> PAGE_BITS)
+            return np.zeros(nbytes, dtype=np.uint8) if page is None else page[off:off + nbytes].copy()
         out = np.zeros(nbytes, dtype=np.uint8)
         pos = 0
         while pos < nbytes:
@@ -203,22 +208,26 @@ class DramMemory:
             pos += k
 
     # -- strided --------------------------------------------------------------------------------
-    def _plan(self, addr: int, counts: Any, strides: Any, esize: int) -> tuple[tuple[int, ...],
-                                                                              tuple[int, ...], int, int]:
-        """Validate a strided access; returns (counts, strides, lo, hi) with [lo, hi) the bytes spanned."""
-        cs = tuple(int(c) for c in counts)
-        ss = tuple(int(s) for s in strides)
-        if not 1 <= len(cs) <= _MAX_DIMS or len(cs) != len(ss):
-            raise ValueError(f"a strided DRAM access takes 1 to {_MAX_DIMS} dimensions with one stride "
-                             f"each, got counts {cs} and strides {ss}")
-        if any(c < 0 for c in cs) or esize <= 0:
-            raise ValueError(f"bad strided DRAM access: counts {cs}, element size {esize}")
-        if 0 in cs:
-            return cs, ss, addr, addr
-        lo = addr + sum(min(0, (c - 1) * s) for c, s in zip(cs, ss, strict=True))
-        hi = addr + sum(max(0, (c - 1) * s) for c, s in zip(cs, ss, strict=True)) + esize
-        self._check(lo, hi)
-        return cs, ss, lo, hi
+    def _shape(self, counts: Any, strides: Any, esize: int) -> tuple[tuple[int, ...], tuple[int, ...], int, int,
+                                                                     bool]:
+        """(counts, strides, lo, hi, contiguous) of a strided access, [lo, hi) relative to its address
+        (cached: DMAs repeat a few shapes)."""
+        key = (tuple(counts), tuple(strides), esize)
+        shape = self._shapes.get(key)
+        if shape is None:
+            cs = tuple(int(c) for c in counts)
+            ss = tuple(int(s) for s in strides)
+            if not 1 <= len(cs) <= _MAX_DIMS or len(cs) != len(ss):
+                raise ValueError(f"a strided DRAM access takes 1 to {_MAX_DIMS} dimensions with one stride "
+                                 f"each, got counts {cs} and strides {ss}")
+            if any(c < 0 for c in cs) or esize <= 0:
+                raise ValueError(f"bad strided DRAM access: counts {cs}, element size {esize}")
+            lo = sum(min(0, (c - 1) * s) for c, s in zip(cs, ss, strict=True))
+            hi = sum(max(0, (c - 1) * s) for c, s in zip(cs, ss, strict=True)) + esize
+            if len(self._shapes) >= _CACHE_LIMIT:
+                self._shapes.clear()
+            shape = self._shapes[key] = (cs, ss, lo, hi, self._contiguous(cs, ss, esize))
+        return shape
 
     @staticmethod
     def _contiguous(cs: tuple[int, ...], ss: tuple[int, ...], esize: int) -> bool:
@@ -254,12 +263,14 @@ class DramMemory:
         Strides are in bytes and may be zero or negative. Returns a new uint8 array of shape
         (*counts, esize) in C order.
         """
-        cs, ss, lo, hi = self._plan(addr, counts, strides, esize)
+        cs, ss, lo, hi, contiguous = self._shape(counts, strides, esize)
         shape = (*cs, esize)
         total = prod(shape)
         if total == 0:
             return np.zeros(shape, dtype=np.uint8)
-        if self._contiguous(cs, ss, esize):
+        lo, hi = addr + lo, addr + hi
+        self._check(lo, hi)
+        if contiguous:
             return self.read(addr, total).reshape(shape)
         if lo >> PAGE_BITS == (hi - 1) >> PAGE_BITS:  # within one page: view the page itself
             page = self._pages.get(lo >> PAGE_BITS)
@@ -290,7 +301,10 @@ class DramMemory:
 
         Where zero or overlapping strides make elements alias, which write wins is unspecified.
         """
-        cs, ss, lo, hi = self._plan(addr, counts, strides, esize)
+        cs, ss, lo, hi, contiguous = self._shape(counts, strides, esize)
+        if 0 not in cs:
+            lo, hi = addr + lo, addr + hi
+            self._check(lo, hi)
         shape = (*cs, esize)
         total = prod(shape)
         buf = _as_bytes(data)
@@ -298,7 +312,7 @@ class DramMemory:
             raise ValueError(f"write_strided of counts {cs} x {esize} B needs {total} bytes, got {buf.size}")
         if total == 0:
             return
-        if self._contiguous(cs, ss, esize):
+        if contiguous:
             self.write(addr, buf)
             return
         src = buf.reshape(shape)

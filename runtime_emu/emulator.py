@@ -33,7 +33,7 @@ from runtime_emu.core import BARRIER, HALTED, IDLE, READY, SYNC_UNIT, UNIT_INDEX
 from runtime_emu.dram import Dram, DramMemory
 from runtime_emu.errors import ImageError
 from runtime_emu.hostgc import frozen_heap
-from runtime_emu.memory import Fault, Pending, Region
+from runtime_emu.memory import Fault, Pending, Region, span_of
 from runtime_emu.noc import RC, Network
 from runtime_emu.semantics.common import skip
 from runtime_emu.semantics.move import DMA, NET
@@ -104,6 +104,7 @@ class Emulator:
         # predecoded instructions (step, pure), shared by every core
         self._steps: dict[tuple[Any, ...], tuple[Step, bool, int]] = {}  # (step, pure, mma flops)
         self._bases = [m.dram_base(i) for i in range(len(m.dram_ports))]
+        self._ranges = [self.port_range(i) for i in range(len(m.dram_ports))]  # [base, end) of each port
         self._lines: dict[tuple[int, int], list[int]] = {}
         for cid, (r, c) in enumerate(m.coords):
             self._lines.setdefault((Cast.ROW.value, r), []).append(cid)
@@ -223,19 +224,20 @@ class Emulator:
     def dram_port(self, addr: int, counts: tuple[int, ...], strides: tuple[int, ...], esize: int,
                   what: str) -> int:
         """The DRAM port holding every byte of a strided access; OOB_DRAM when none does."""
-        lo = hi = addr
-        for c, s in zip(counts, strides, strict=True):
-            ext = (c - 1) * s
-            if ext < 0:
-                lo += ext
-            else:
-                hi += ext
-        hi += esize
-        port = self.machine.port_of(lo) if lo >= 0 else None
-        if port is None:
+        lo, hi = span_of(counts, strides, esize)
+        return self.dram_span(addr + lo, addr + hi, what)
+
+    def dram_span(self, lo: int, hi: int, what: str) -> int:
+        """The DRAM port holding every byte of [lo, hi); OOB_DRAM when none does."""
+        port = -1
+        for i, (b, e) in enumerate(self._ranges):
+            if b <= lo < e:
+                port = i
+                break
+        if port < 0:
             raise Fault(TrapKind.OOB_DRAM, f"{what} [{lo:#x}, {hi:#x}) is outside DRAM "
                                            f"[0, {self.machine.dram_bytes:#x})")
-        base, end = self.port_range(port)
+        base, end = self._ranges[port]
         if hi > end:
             beyond = "DRAM" if port == len(self._bases) - 1 else f"port {self.port_name(port)}"
             raise Fault(TrapKind.OOB_DRAM, f"{what} [{lo:#x}, {hi:#x}) runs past the end of {beyond} "

@@ -13,13 +13,25 @@ interleaved columns of one matrix do not raise false alarms.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
 from runtime_emu.traps import TrapKind
 
 _MAX_RUNS = 1 << 20  # beyond this many contiguous runs, a region is treated as its whole span
+
+
+def span_of(counts: tuple[int, ...], strides: tuple[int, ...], esize: int) -> tuple[int, int]:
+    """(lo, hi) of a strided access's bytes relative to its address: [addr + lo, addr + hi) is its span."""
+    lo = hi = 0
+    for c, s in zip(counts, strides, strict=True):
+        ext = (c - 1) * s
+        if ext < 0:
+            lo += ext
+        else:
+            hi += ext
+    return lo, hi + esize
 
 
 class Fault(Exception):
@@ -31,30 +43,28 @@ class Fault(Exception):
         self.message = message
 
 
-@dataclass
 class Region:
     """A strided set of SRAM bytes: elements of `esize` bytes at addr + sum(i_d * strides[d]), i < counts.
 
-    `counts` and `strides` are outermost first; strides may be zero or negative. [lo, hi) is the span.
+    `counts` and `strides` are outermost first; strides may be zero or negative. [lo, hi) is the span;
+    `span`, when given, is (lo - addr, hi - addr) already known for these counts and strides (`span_of`).
     """
 
-    addr: int
-    counts: tuple[int, ...]
-    strides: tuple[int, ...]
-    esize: int
-    lo: int = 0
-    hi: int = 0
-    _runs: tuple[np.ndarray, int] | None = field(default=None, repr=False)
+    __slots__ = ("addr", "counts", "strides", "esize", "lo", "hi", "_runs")
 
-    def __post_init__(self) -> None:
-        lo = hi = self.addr
-        for c, s in zip(self.counts, self.strides, strict=True):
-            ext = (c - 1) * s
-            if ext < 0:
-                lo += ext
-            else:
-                hi += ext
-        self.lo, self.hi = lo, hi + self.esize
+    def __init__(self, addr: int, counts: tuple[int, ...], strides: tuple[int, ...], esize: int,
+                 span: tuple[int, int] | None = None) -> None:
+        self.addr = addr
+        self.counts = counts
+        self.strides = strides
+        self.esize = esize
+        lo, hi = span if span is not None else span_of(counts, strides, esize)
+        self.lo, self.hi = addr + lo, addr + hi
+        self._runs: tuple[np.ndarray, int] | None = None
+
+    def __repr__(self) -> str:
+        return (f"Region(addr={self.addr}, counts={self.counts}, strides={self.strides}, esize={self.esize}, "
+                f"lo={self.lo}, hi={self.hi})")
 
     def runs(self) -> tuple[np.ndarray, int]:
         """Sorted start addresses of the region's contiguous runs, and the run width in bytes."""

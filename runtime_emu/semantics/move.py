@@ -24,7 +24,7 @@ from isa.dtypes import DType
 from isa.table import Cast, Instr
 from runtime_emu.core import Core, Handler
 from runtime_emu.dram import DramBoundsError
-from runtime_emu.memory import Fault, Region
+from runtime_emu.memory import Fault, Region, span_of
 from runtime_emu.semantics.common import raiser
 from runtime_emu.traps import TrapKind
 
@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 DMA, NET = 1, 2  # completion kinds, for the stall cause of a wait
 
 _GATHER_SPAN = 64 << 20  # a gather whose rows span at most this is read as one block
+_CACHE_LIMIT = 1 << 16  # cached DMA shapes
 
 
 def _dmadim(core: Core, ops: tuple[int, tuple[int, int, int, int, int]], pc: int, t: int) -> int:
@@ -41,16 +42,43 @@ def _dmadim(core: Core, ops: tuple[int, tuple[int, int, int, int, int]], pc: int
     return pc + 1
 
 
-def _shape(core: Core, ndim: int) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...],
-                                           tuple[int, ...], tuple[int, ...]]:
-    """(counts, sstrides, dstrides, padlo, padhi), outermost first, of the first `ndim` DMA dimensions."""
-    dims = core.dims[ndim - 1::-1]
-    counts = tuple(d[0] for d in dims)
-    if 0 in counts:
-        d = ndim - 1 - counts.index(0)
-        raise Fault(TrapKind.BAD_OPERAND, f"DMA dimension {d} has count 0: set it with dmadim first")
-    return (counts, tuple(d[1] for d in dims), tuple(d[2] for d in dims), tuple(d[3] for d in dims),
-            tuple(d[4] for d in dims))
+class _Shape:
+    """A DMA's shape registers worked out once per (ndim, esize, registers): most DMAs repeat a few."""
+
+    __slots__ = ("counts", "sstr", "dstr", "plo", "phi", "padded", "nbytes", "dcounts", "sspan", "dspan",
+                 "pspan", "inner")
+
+    def __init__(self, dims: list[tuple[int, int, int, int, int]], esize: int) -> None:
+        self.counts = counts = tuple(d[0] for d in dims)
+        self.sstr = tuple(d[1] for d in dims)
+        self.dstr = tuple(d[2] for d in dims)
+        self.plo = tuple(d[3] for d in dims)
+        self.phi = tuple(d[4] for d in dims)
+        self.padded = any(self.plo) or any(self.phi)
+        self.nbytes = prod(counts) * esize
+        # a load's destination: padlo + count + padhi positions per dimension
+        self.dcounts = tuple(c + a + b for c, a, b in zip(counts, self.plo, self.phi, strict=True))
+        self.sspan = span_of(counts, self.sstr, esize)  # spans relative to the address, as Region has them
+        self.dspan = span_of(counts, self.dstr, esize)
+        self.pspan = span_of(self.dcounts, self.dstr, esize)
+        self.inner = tuple(slice(a, a + c) for a, c in zip(self.plo, counts, strict=True))
+
+
+def _shape(core: Core, ndim: int, esize: int) -> _Shape:
+    """The first `ndim` DMA dimensions, outermost first (cached on the emulator)."""
+    key = (ndim, esize, *core.dims)
+    shapes = core.emu.scratch.setdefault("dma shapes", {})
+    sh: _Shape | None = shapes.get(key)
+    if sh is None:
+        dims = core.dims[ndim - 1::-1]
+        counts = tuple(d[0] for d in dims)
+        if 0 in counts:
+            d = ndim - 1 - counts.index(0)
+            raise Fault(TrapKind.BAD_OPERAND, f"DMA dimension {d} has count 0: set it with dmadim first")
+        if len(shapes) >= _CACHE_LIMIT:
+            shapes.clear()
+        sh = shapes[key] = _Shape(dims, esize)
+    return sh
 
 
 def _dmald(core: Core, ops: tuple[Any, ...], pc: int, t: int) -> int:
@@ -58,14 +86,14 @@ def _dmald(core: Core, ops: tuple[Any, ...], pc: int, t: int) -> int:
     emu = core.emu
     regs = core.regs
     src, dst = regs[rm], regs[rs]
-    counts, sstr, dstr, plo, phi = _shape(core, ndim)
-    padded = any(plo) or any(phi)
+    sh = _shape(core, ndim, esize)
+    padded = sh.padded
     if padded and dt.itemsize != esize:
         raise Fault(TrapKind.BAD_OPERAND, f"the padding value's type {dt.asm} is {dt.itemsize} bytes, "
                                           f"not the element size {esize}")
-    port = emu.dram_port(src, counts, sstr, esize, "DMA load source")
-    region = Region(dst, tuple(c + a + b for c, a, b in zip(counts, plo, phi, strict=True)), dstr, esize)
-    nbytes = prod(counts) * esize
+    port = emu.dram_span(src + sh.sspan[0], src + sh.sspan[1], "DMA load source")
+    region = Region(dst, sh.dcounts, sh.dstr, esize, sh.pspan)
+    nbytes = sh.nbytes
     timing = emu.timing_only
     sram = core.sram
     if timing:
@@ -79,17 +107,20 @@ def _dmald(core: Core, ops: tuple[Any, ...], pc: int, t: int) -> int:
         emu.complete(arrival, core, sem, DMA)
         return pc + 1
     try:
-        data = emu.dram_mem.read_strided(src, counts, sstr, esize)
+        data = emu.dram_mem.read_strided(src, sh.counts, sh.sstr, esize)
     except DramBoundsError as e:
         raise Fault(TrapKind.OOB_DRAM, str(e)) from None
 
-    def write() -> None:
-        view = sram.strided(region)
-        if padded:
+    if padded:
+        inner = sh.inner
+
+        def write() -> None:
+            view = sram.strided(region)
             view[...] = pad
-            view[tuple(slice(a, a + c) for a, c in zip(plo, counts, strict=True))] = data
-        else:
-            view[...] = data
+            view[inner] = data
+    else:
+        def write() -> None:
+            sram.strided(region)[...] = data
 
     emu.complete(arrival, core, sem, DMA, write, pin=emu.pend_in(core, region, arrival, "a DMA load"))
     return pc + 1
@@ -100,12 +131,13 @@ def _dmast(core: Core, ops: tuple[int, int, int, int, int], pc: int, t: int) -> 
     emu = core.emu
     regs = core.regs
     dst, src = regs[rm], regs[rs]
-    counts, sstr, dstr, plo, phi = _shape(core, ndim)
-    if any(plo) or any(phi):
+    sh = _shape(core, ndim, esize)
+    if sh.padded:
         raise Fault(TrapKind.BAD_OPERAND, "dmast does not pad: set padlo=0 and padhi=0 in its dmadim")
-    port = emu.dram_port(dst, counts, dstr, esize, "DMA store destination")
-    region = Region(src, counts, sstr, esize)
-    nbytes = prod(counts) * esize
+    counts, dstr = sh.counts, sh.dstr
+    port = emu.dram_span(dst + sh.dspan[0], dst + sh.dspan[1], "DMA store destination")
+    region = Region(src, counts, sh.sstr, esize, sh.sspan)
+    nbytes = sh.nbytes
     timing = emu.timing_only
     if timing:
         core.sram.check(region.lo, region.hi, "DMA store source")
