@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from heapq import heappop, heappush
+from itertools import compress
 from operator import attrgetter, itemgetter
 from typing import Any
 
@@ -52,6 +53,9 @@ _DEADLOCK_LIST = 16  # waiting cores named in a deadlock message
 # (they can neither observe nor change anything another core or an event could), which keeps cores in
 # lockstep from returning to the scheduler at every scalar instruction.
 _PURE = frozenset({"nop", "halt", "li", "rdsr", "alu", "alui", "branch", "jmp", "loop", "dmadim"})
+# fields of instructions and of predecoded entries (step, pure, mma flops), for map() in _predecode
+_SPEC, _ARGS = attrgetter("spec"), attrgetter("args")
+_STEP, _PURE_OF, _FLOPS = itemgetter(0), itemgetter(1), itemgetter(2)
 
 
 @dataclass
@@ -136,28 +140,32 @@ class Emulator:
 
     def _predecode(self, code: tuple[Instr, ...]) -> tuple[list[Step], list[bool], list[tuple[int, int]]]:
         """The steps of a code section (with a trap past its end), whether each is pure, and the pcs of its
-        mma instructions with their flops per execution."""
+        mma instructions with their flops per execution.
+
+        A step depends only on the instruction, and for a branch on the stream's length (its target is
+        checked against it); handlers keep no core's state, so cores whose streams repeat each other's
+        instructions share their decode (ResNet-50 b1: 71,000 distinct of 2.1 million). Keyed by the spec
+        (an identity) and the argument tuple, looked up for the whole section by map() so that the keys
+        are built, hashed and compared in C; only misses and branches take the loop below."""
         n = len(code)
-        steps: list[Step] = []
-        pure: list[bool] = []
-        mmas: list[tuple[int, int]] = []
         seen = self._steps
-        for pc, ins in enumerate(code):
-            # a step depends only on the instruction, and for a branch on the stream's length (its target
-            # is checked against it); handlers keep no core's state, so cores whose streams repeat each
-            # other's instructions share their decode
-            spec = ins.spec  # keyed by the spec (an identity) and the argument tuple: hashed and compared in C
-            key = (spec, ins.args, n if spec.mnemonic in _BRANCHES else 0)
+        # (step, pure, flops), None for a miss (zip hands each key tuple to dict.get and reuses it)
+        entries: list[Any] = list(map(seen.get, zip(map(_SPEC, code), map(_ARGS, code), strict=True)))
+        for pc in [pc for pc, e in enumerate(entries) if e is None]:
+            ins = code[pc]
+            spec = ins.spec
+            branch = spec.mnemonic in _BRANCHES
+            key = (spec, ins.args, n) if branch else (spec, ins.args)  # a branch's never under (spec, args)
             entry = seen.get(key)
             if entry is None:
                 handler, ops = semantics.prepare(ins, self, n)
                 flops = 2 * ins["m"] * ins["n"] * ins["k"] if spec.semantics == "mma" else 0
-                entry = seen[key] = ((handler, ops, self.cost_of(ins), UNIT_INDEX[ins.spec.unit]),
-                                     handler is skip or ins.spec.semantics in _PURE, flops)
-            steps.append(entry[0])
-            pure.append(entry[1])
-            if entry[2]:
-                mmas.append((pc, entry[2]))
+                entry = seen[key] = ((handler, ops, self.cost_of(ins), UNIT_INDEX[spec.unit]),
+                                     handler is skip or spec.semantics in _PURE, flops)
+            entries[pc] = entry
+        steps: list[Step] = list(map(_STEP, entries))
+        pure: list[bool] = list(map(_PURE_OF, entries))
+        mmas = [(pc, e[2]) for pc, e in compress(enumerate(entries), map(_FLOPS, entries))]
         steps.append((_off_end(n), None, 0, 0))
         pure.append(False)
         return steps, pure, mmas
