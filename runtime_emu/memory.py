@@ -19,6 +19,7 @@ import numpy as np
 
 from runtime_emu.traps import TrapKind
 
+_U8 = np.dtype(np.uint8)
 _MAX_RUNS = 1 << 20  # beyond this many contiguous runs, a region is treated as its whole span
 
 
@@ -191,10 +192,12 @@ class Sram:
             self.high = hi
         if self.incoming or (write and self.outgoing):
             self.race(tile_region(addr, rows, cols, row_stride, col_stride, itemsize), write, f"{what} tile")
-        return np.ndarray((rows, cols), dtype=dtype, buffer=self.buf, offset=addr,
-                          strides=(row_stride, col_stride))
+        buf = self._buf
+        # positional arguments: (shape, dtype, buffer, offset, strides)
+        return np.ndarray((rows, cols), dtype, self.buf if buf is None else buf, addr, (row_stride, col_stride))
 
     def strided(self, region: Region) -> np.ndarray:
         """A uint8 view of shape (*counts, esize) over `region` (no checks: call `access` first)."""
-        return np.ndarray((*region.counts, region.esize), dtype=np.uint8, buffer=self.buf,
-                          offset=region.addr, strides=(*region.strides, 1))
+        buf = self._buf
+        return np.ndarray((*region.counts, region.esize), _U8, self.buf if buf is None else buf, region.addr,
+                          (*region.strides, 1))

@@ -223,9 +223,17 @@ class Network:
         durs = self._durs.get(nbytes)
         if durs is None:
             durs = self._durations(nbytes)
-        if inject:  # the injection port: `ready` is when the head may enter the first link
-            ready = self._reserve(0, si, t, durs[2], nbytes)
-            inj_end = first_end = self._pfree[0][si]
+        if inject:  # the injection port (as _reserve): `ready` is when the head may enter the first link
+            free = self._pfree[0]
+            f = free[si]
+            ready = t if t >= f else f
+            dur = durs[2]
+            inj_end = first_end = free[si] = ready + dur
+            busy = self._pbusy[0]
+            if not busy[si]:
+                self._porder[0].append(si)
+            busy[si] += dur
+            self._pbytes[0][si] += nbytes
         else:
             ready, inj_end, first_end = t, -1, -1
         free, lbytes, lbusy = self._lfree, self._lbytes, self._lbusy
@@ -248,8 +256,16 @@ class Network:
         # and this never exceeds the tail, which has crossed every hop after a link of >= 1 cycle)
         if inj_end + total > tail:
             tail = inj_end + total
-        if eject:  # the ejection port is a last link that the head reaches at `ready`
-            end = self._reserve(1, di, ready, durs[3], nbytes) + durs[3]
+        if eject:  # the ejection port (as _reserve) is a last link that the head reaches at `ready`
+            free = self._pfree[1]
+            f = free[di]
+            dur = durs[3]
+            end = free[di] = (ready if ready >= f else f) + dur
+            busy = self._pbusy[1]
+            if not busy[di]:
+                self._porder[1].append(di)
+            busy[di] += dur
+            self._pbytes[1][di] += nbytes
             if end > tail:
                 tail = end
         return (first_end if first_end >= 0 else ready), tail
