@@ -159,8 +159,24 @@ class Sram:
         if hi > self.high:
             self.high = hi
 
+    def meets(self, lo: int, hi: int, write: bool) -> bool:
+        """Whether [lo, hi) meets the span of an incoming pending region (or, for a write, an outgoing one):
+        only then can an access within it race (`race` decides exactly)."""
+        for p in self.incoming.values():
+            r = p.region
+            if r.lo < hi and lo < r.hi:
+                return True
+        if write:
+            for p in self.outgoing.values():
+                r = p.region
+                if r.lo < hi and lo < r.hi:
+                    return True
+        return False
+
     def race(self, region: Region, write: bool, what: str) -> None:
         """RACE if `region` meets an incoming pending region (or, for a write, an outgoing one)."""
+        if not self.meets(region.lo, region.hi, write):
+            return
         for p in self.incoming.values():
             if region.overlaps(p.region):
                 raise Fault(TrapKind.RACE, f"{what} [{region.lo:#x}, {region.hi:#x}) "
@@ -190,7 +206,9 @@ class Sram:
                         f"[0, {self.size:#x})")
         if hi > self.high:
             self.high = hi
-        if self.incoming or (write and self.outgoing):
+        # [addr, hi) is the tile's span for the strides handlers give (>= 0): a Region only when it meets one
+        if (self.incoming or (write and self.outgoing)) and (
+                row_stride < 0 or col_stride < 0 or self.meets(addr, hi, write)):
             self.race(tile_region(addr, rows, cols, row_stride, col_stride, itemsize), write, f"{what} tile")
         buf = self._buf
         # positional arguments: (shape, dtype, buffer, offset, strides)
