@@ -36,8 +36,9 @@ _CACHE_LIMIT = 1 << 16  # cached multicast trees and transfer sizes (paths witho
 # One link of a cached path or tree: (link id, crosses a die edge, hop latency after it, parent index).
 _Hop = tuple[int, bool, int]
 _Node = tuple[int, bool, int, int]
-# A cached route: (its links, the source's and destination's router index, the sum of its hop latencies)
-_Route = tuple[tuple[_Hop, ...], int, int, int]
+# A cached route: (its links, the source's and destination's router index, the sum of its hop latencies,
+# and for a route on one die (every link as wide, no negative latency) its (link id, latency) pairs, else None)
+_Route = tuple[tuple[_Hop, ...], int, int, int, tuple[tuple[int, int], ...] | None]
 _PORTS = ("inject", "eject")
 # (links parent-first, (dst, last link index, the route's total hop latency))
 _Tree = tuple[tuple[_Node, ...], tuple[tuple[RC, int, int], ...]]
@@ -109,8 +110,10 @@ class Network:
                 d2d = m.crosses_die(a, (r, c))
                 out.append((self._link_id((a, (r, c))), d2d, m.d2d_latency if d2d else m.hop_latency))
             cols = self._cols
+            plain = not any(d2d or lat < 0 for _, d2d, lat in out)
             route = self._paths[key] = (tuple(out), src[0] * cols + src[1], tr * cols + tc,
-                                        sum(h[2] for h in out))
+                                        sum(h[2] for h in out),
+                                        tuple((link, lat) for link, _, lat in out) if plain else None)
         return route
 
     def _link_id(self, link: Link) -> int:
@@ -219,7 +222,7 @@ class Network:
         route = self._paths.get((src, dst))
         if route is None:
             route = self._route(src, dst)
-        hops, si, di, total = route
+        hops, si, di, total, plain = route
         durs = self._durs.get(nbytes)
         if durs is None:
             durs = self._durations(nbytes)
@@ -239,18 +242,43 @@ class Network:
         free, lbytes, lbusy = self._lfree, self._lbytes, self._lbusy
         last_end = ready  # the latest link end
         lat = 0
-        for link, d2d, lat in hops:
-            f = free[link]
-            start = ready if ready >= f else f
-            dur = durs[d2d]
-            end = free[link] = start + dur
-            lbytes[link] += nbytes
-            lbusy[link] += dur
+        if plain is not None and plain:
+            # every link takes `dur` and the head never goes back in time, so each link ends no earlier than
+            # the one before: the last link's end is the latest, and the first's is known before the walk
+            dur = durs[0]
             if first_end < 0:
-                first_end = end
-            if end > last_end:
-                last_end = end
-            ready = start + lat
+                f = free[plain[0][0]]
+                first_end = (ready if ready >= f else f) + dur
+            if nbytes:
+                for link, lat in plain:
+                    f = free[link]
+                    if f > ready:
+                        ready = f  # the head enters the link
+                    last_end = free[link] = ready + dur
+                    lbytes[link] += nbytes
+                    lbusy[link] += dur
+                    ready += lat
+            else:  # a signal: no bytes to count
+                for link, lat in plain:
+                    f = free[link]
+                    if f > ready:
+                        ready = f
+                    last_end = free[link] = ready + dur
+                    lbusy[link] += dur
+                    ready += lat
+        else:
+            for link, d2d, lat in hops:
+                f = free[link]
+                start = ready if ready >= f else f
+                dur = durs[d2d]
+                end = free[link] = start + dur
+                lbytes[link] += nbytes
+                lbusy[link] += dur
+                if first_end < 0:
+                    first_end = end
+                if end > last_end:
+                    last_end = end
+                ready = start + lat
         tail = last_end + lat
         # a port narrower than the links: its tail still has every hop to go (without a port, inj_end is -1
         # and this never exceeds the tail, which has crossed every hop after a link of >= 1 cycle)
