@@ -39,6 +39,7 @@ from runtime_emu.noc import RC, Network
 from runtime_emu.semantics.common import skip
 from runtime_emu.semantics.move import DMA, NET
 from runtime_emu.stats import LOAD_PHASE_BARRIER, CoreStats, PhaseCounters, RunStats
+from runtime_emu.tally import flops, op_cycles
 from runtime_emu.tensors import check_tensors, encode_inputs, read_outputs, write_weights
 from runtime_emu.trace import Trace
 from runtime_emu.traps import Trap, TrapKind
@@ -594,36 +595,10 @@ class Emulator:
                                    halted_at=c.halted_at)
         stats = RunStats(cycles=end, cores=cores, links=self.network.link_stats(),
                          ports=self.dram.port_stats(), router_ports=self.network.port_stats(),
-                         op_cycles=self._op_cycles(), flops=self._flops(),
+                         op_cycles=op_cycles(self.image.debug, self._counts, self._programs),
+                         flops=flops(self._counts, self._mmas),
                          barrier_releases=list(self.barrier_releases), snapshots=dict(self.snapshots))
         return stats
-
-    def _op_cycles(self) -> dict[str, int]:
-        """Busy cycles per IR op: executions x cost of every instruction its debug entries name.
-
-        Vectorised: programs carry one debug entry per instruction (about two million for ResNet-50)."""
-        debug = self.image.debug
-        if not debug:
-            return {}
-        offsets = np.cumsum([0] + [len(c) for c in self._counts])
-        cycles = np.concatenate([np.zeros(0, np.int64)] + [
-            np.array(counts, dtype=np.int64) * costs
-            for counts, costs in zip(self._counts, self._costs_of(), strict=True)])
-        n = len(debug)
-        sec = np.fromiter(map(attrgetter("section"), debug), np.int64, n)
-        pc = np.fromiter(map(attrgetter("pc"), debug), np.int64, n)
-        ops = list(map(attrgetter("op"), debug))
-        names = {name: i for i, name in enumerate(dict.fromkeys(ops))}  # in order of first appearance
-        op = np.fromiter(map(names.__getitem__, ops), np.int64, n)
-        ok = (sec >= 0) & (sec < len(self._counts))
-        ok[ok] &= (pc[ok] >= 0) & (pc[ok] < np.diff(offsets)[sec[ok]])
-        per_op = np.bincount(op[ok], weights=cycles[offsets[sec[ok]] + pc[ok]], minlength=len(names))
-        return {name: int(per_op[i]) for name, i in names.items() if per_op[i]}
-
-    def _costs_of(self) -> list[np.ndarray]:
-        """Per section, the cost of each instruction (the counts' pcs, without the step past the end)."""
-        return [np.fromiter(map(itemgetter(2), prog), np.int64, len(prog))[:len(counts)]
-                for prog, counts in zip(self._programs, self._counts, strict=True)]
 
     def _counters(self) -> PhaseCounters:
         """Traffic and instruction counters so far (all requests issued before now are counted)."""
@@ -631,14 +606,6 @@ class Emulator:
             instructions=sum(c.instructions for c in self._cores.values()),
             dram_bytes=sum(p.bytes_read + p.bytes_written for p in self.dram.port_stats().values()),
             noc_bytes=self.network.link_bytes())
-
-    def _flops(self) -> int:
-        """2 x the multiply-accumulates of the mma instructions executed (at their unpadded shapes)."""
-        total = 0
-        for counts, mmas in zip(self._counts, self._mmas, strict=True):
-            for pc, flops in mmas:
-                total += counts[pc] * flops
-        return total
 
 
 def run(image: Image, inputs: Sequence[np.ndarray] | Mapping[str, np.ndarray] | None = None,
