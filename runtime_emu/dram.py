@@ -31,6 +31,8 @@ from runtime_emu.stats import PortStats
 
 __all__ = ["Dram", "DramMemory", "DramBoundsError", "PAGE_BYTES"]
 
+_CACHE_LIMIT = 1 << 16  # cached port cycles per request size
+
 
 class Dram:
     """The DRAM ports of a machine: first-come-first-served bandwidth and latency, then the mesh."""
@@ -40,23 +42,36 @@ class Dram:
         self.network = network
         self._free = [0] * len(machine.dram_ports)
         self._stats = {p.name: PortStats() for p in machine.dram_ports}
+        self._pstats = [self._stats[p.name] for p in machine.dram_ports]
+        self._entries: dict[tuple[int, RC], RC] = {}  # entry router per (port, core)
+        self._busy: dict[tuple[int, int], int] = {}  # port cycles per (port, request size)
 
     def _serve(self, port: int, t: int, nbytes: int) -> tuple[int, int]:
         """Reserve the port from max(t, port_free) for its transfer time; returns (start, busy)."""
-        p = self.machine.dram_ports[port]
-        start = max(t, self._free[port])
-        busy = dram_cycles(nbytes, p.bytes_per_cycle)
+        key = (port, nbytes)
+        busy = self._busy.get(key)
+        if busy is None:
+            if len(self._busy) >= _CACHE_LIMIT:
+                self._busy.clear()
+            busy = self._busy[key] = dram_cycles(nbytes, self.machine.dram_ports[port].bytes_per_cycle)
+        f = self._free[port]
+        start = t if t >= f else f
         self._free[port] = start + busy
-        self._stats[p.name].busy_cycles += busy
+        self._pstats[port].busy_cycles += busy
         return start, busy
 
-    def _port(self, port: int, core: RC, nbytes: int) -> tuple[RC, int]:
-        if not 0 <= port < len(self.machine.dram_ports):
+    def _entry(self, port: int, core: RC, nbytes: int) -> RC:
+        """The router through which `port`'s data enters the mesh for `core` (checks the request)."""
+        if not 0 <= port < len(self._free):
             raise ValueError(f"no DRAM port {port}: the machine has {len(self.machine.dram_ports)}")
         if nbytes < 0:
             raise ValueError(f"a DMA cannot move {nbytes} bytes")
-        return self.machine.dram_ports[port].entry_router(self.machine, core[0], core[1]), \
-            self.machine.dram_ports[port].latency
+        key = (port, core)
+        entry = self._entries.get(key)
+        if entry is None:
+            entry = self._entries[key] = self.machine.dram_ports[port].entry_router(self.machine, core[0],
+                                                                                    core[1])
+        return entry
 
     def load(self, port: int, core: RC, nbytes: int, t: int) -> Delivery:
         """DRAM -> SRAM of `core`, requested at cycle t.
@@ -64,15 +79,21 @@ class Dram:
         arrivals[core] is when the data is in SRAM; source_free is when the port has read it all.
         """
         core = (core[0], core[1])
-        entry, latency = self._port(port, core, nbytes)
+        source_free, done = self.load_at(port, core, nbytes, t)
+        return Delivery(source_free, {core: done})
+
+    def load_at(self, port: int, core: RC, nbytes: int, t: int) -> tuple[int, int]:
+        """`load` for the engine's hot path (`core` a tuple): returns (source_free, arrival)."""
+        entry = self._entry(port, core, nbytes)
         start, busy = self._serve(port, t, nbytes)
-        ready = start + latency
+        ready = start + self.machine.dram_ports[port].latency
         # the DRAM side is the port's own model (its bandwidth over its span of entry routers), not the
         # entry router's injection port, which belongs to the core at that router (docs/decisions.md)
-        d = self.network.send(entry, [core], nbytes, ready, inject=False)
-        done = max(d.arrivals[core], ready + busy + self.network.path_latency(entry, core))
-        self._stats[self.machine.dram_ports[port].name].bytes_read += nbytes
-        return Delivery(start + busy, {core: done})
+        net = self.network
+        arrival = net.unicast(entry, core, nbytes, ready, False)[1]
+        floor = ready + busy + net.path_latency(entry, core)
+        self._pstats[port].bytes_read += nbytes
+        return start + busy, (arrival if arrival >= floor else floor)
 
     def store(self, port: int, core: RC, nbytes: int, t: int) -> Delivery:
         """SRAM of `core` -> DRAM, issued at cycle t.
@@ -81,11 +102,17 @@ class Dram:
         complete in DRAM.
         """
         core = (core[0], core[1])
-        entry, latency = self._port(port, core, nbytes)
-        d = self.network.send(core, [entry], nbytes, t, eject=False)  # the port takes it, not a core
-        start, busy = self._serve(port, d.arrivals[entry], nbytes)
-        self._stats[self.machine.dram_ports[port].name].bytes_written += nbytes
-        return Delivery(d.source_free, {core: start + busy + latency})
+        source_free, done = self.store_at(port, core, nbytes, t)
+        return Delivery(source_free, {core: done})
+
+    def store_at(self, port: int, core: RC, nbytes: int, t: int) -> tuple[int, int]:
+        """`store` for the engine's hot path (`core` a tuple): returns (source_free, write complete)."""
+        entry = self._entry(port, core, nbytes)
+        # the port takes the data, not a core: no ejection port
+        source_free, arrival = self.network.unicast(core, entry, nbytes, t, True, False)
+        start, busy = self._serve(port, arrival, nbytes)
+        self._pstats[port].bytes_written += nbytes
+        return source_free, start + busy + self.machine.dram_ports[port].latency
 
     def port_free(self, port: int) -> int:
         """The cycle at which port `port` can start its next request."""
@@ -129,6 +156,7 @@ class DramMemory:
     def __init__(self, machine: Machine | int) -> None:
         self.size = machine if isinstance(machine, int) else machine.dram_bytes
         self._pages: dict[int, np.ndarray] = {}
+        self._shapes: dict[tuple[Any, ...], tuple[tuple[int, ...], tuple[int, ...], int, int, bool]] = {}
 
     @property
     def pages_allocated(self) -> int:
@@ -150,6 +178,10 @@ class DramMemory:
     def read(self, addr: int, nbytes: int) -> np.ndarray:
         """`nbytes` bytes from `addr`, as a new uint8 array (untouched bytes are zero)."""
         self._check(addr, addr + nbytes)
+        off = addr & _MASK
+        if off + nbytes <= PAGE_BYTES:  # within one page (most reads): copy it out
+            page = self._pages.get(addr >> PAGE_BITS)
+            return np.zeros(nbytes, dtype=np.uint8) if page is None else page[off:off + nbytes].copy()
         out = np.zeros(nbytes, dtype=np.uint8)
         pos = 0
         while pos < nbytes:
@@ -176,22 +208,26 @@ class DramMemory:
             pos += k
 
     # -- strided --------------------------------------------------------------------------------
-    def _plan(self, addr: int, counts: Any, strides: Any, esize: int) -> tuple[tuple[int, ...],
-                                                                              tuple[int, ...], int, int]:
-        """Validate a strided access; returns (counts, strides, lo, hi) with [lo, hi) the bytes spanned."""
-        cs = tuple(int(c) for c in counts)
-        ss = tuple(int(s) for s in strides)
-        if not 1 <= len(cs) <= _MAX_DIMS or len(cs) != len(ss):
-            raise ValueError(f"a strided DRAM access takes 1 to {_MAX_DIMS} dimensions with one stride "
-                             f"each, got counts {cs} and strides {ss}")
-        if any(c < 0 for c in cs) or esize <= 0:
-            raise ValueError(f"bad strided DRAM access: counts {cs}, element size {esize}")
-        if 0 in cs:
-            return cs, ss, addr, addr
-        lo = addr + sum(min(0, (c - 1) * s) for c, s in zip(cs, ss, strict=True))
-        hi = addr + sum(max(0, (c - 1) * s) for c, s in zip(cs, ss, strict=True)) + esize
-        self._check(lo, hi)
-        return cs, ss, lo, hi
+    def _shape(self, counts: Any, strides: Any, esize: int) -> tuple[tuple[int, ...], tuple[int, ...], int, int,
+                                                                     bool]:
+        """(counts, strides, lo, hi, contiguous) of a strided access, [lo, hi) relative to its address
+        (cached: DMAs repeat a few shapes)."""
+        key = (tuple(counts), tuple(strides), esize)
+        shape = self._shapes.get(key)
+        if shape is None:
+            cs = tuple(int(c) for c in counts)
+            ss = tuple(int(s) for s in strides)
+            if not 1 <= len(cs) <= _MAX_DIMS or len(cs) != len(ss):
+                raise ValueError(f"a strided DRAM access takes 1 to {_MAX_DIMS} dimensions with one stride "
+                                 f"each, got counts {cs} and strides {ss}")
+            if any(c < 0 for c in cs) or esize <= 0:
+                raise ValueError(f"bad strided DRAM access: counts {cs}, element size {esize}")
+            lo = sum(min(0, (c - 1) * s) for c, s in zip(cs, ss, strict=True))
+            hi = sum(max(0, (c - 1) * s) for c, s in zip(cs, ss, strict=True)) + esize
+            if len(self._shapes) >= _CACHE_LIMIT:
+                self._shapes.clear()
+            shape = self._shapes[key] = (cs, ss, lo, hi, self._contiguous(cs, ss, esize))
+        return shape
 
     @staticmethod
     def _contiguous(cs: tuple[int, ...], ss: tuple[int, ...], esize: int) -> bool:
@@ -227,12 +263,14 @@ class DramMemory:
         Strides are in bytes and may be zero or negative. Returns a new uint8 array of shape
         (*counts, esize) in C order.
         """
-        cs, ss, lo, hi = self._plan(addr, counts, strides, esize)
+        cs, ss, lo, hi, contiguous = self._shape(counts, strides, esize)
         shape = (*cs, esize)
         total = prod(shape)
         if total == 0:
             return np.zeros(shape, dtype=np.uint8)
-        if self._contiguous(cs, ss, esize):
+        lo, hi = addr + lo, addr + hi
+        self._check(lo, hi)
+        if contiguous:
             return self.read(addr, total).reshape(shape)
         if lo >> PAGE_BITS == (hi - 1) >> PAGE_BITS:  # within one page: view the page itself
             page = self._pages.get(lo >> PAGE_BITS)
@@ -263,7 +301,10 @@ class DramMemory:
 
         Where zero or overlapping strides make elements alias, which write wins is unspecified.
         """
-        cs, ss, lo, hi = self._plan(addr, counts, strides, esize)
+        cs, ss, lo, hi, contiguous = self._shape(counts, strides, esize)
+        if 0 not in cs:
+            lo, hi = addr + lo, addr + hi
+            self._check(lo, hi)
         shape = (*cs, esize)
         total = prod(shape)
         buf = _as_bytes(data)
@@ -271,7 +312,7 @@ class DramMemory:
             raise ValueError(f"write_strided of counts {cs} x {esize} B needs {total} bytes, got {buf.size}")
         if total == 0:
             return
-        if self._contiguous(cs, ss, esize):
+        if contiguous:
             self.write(addr, buf)
             return
         src = buf.reshape(shape)

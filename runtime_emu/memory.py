@@ -13,13 +13,26 @@ interleaved columns of one matrix do not raise false alarms.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
 from runtime_emu.traps import TrapKind
 
+_U8 = np.dtype(np.uint8)
 _MAX_RUNS = 1 << 20  # beyond this many contiguous runs, a region is treated as its whole span
+
+
+def span_of(counts: tuple[int, ...], strides: tuple[int, ...], esize: int) -> tuple[int, int]:
+    """(lo, hi) of a strided access's bytes relative to its address: [addr + lo, addr + hi) is its span."""
+    lo = hi = 0
+    for c, s in zip(counts, strides, strict=True):
+        ext = (c - 1) * s
+        if ext < 0:
+            lo += ext
+        else:
+            hi += ext
+    return lo, hi + esize
 
 
 class Fault(Exception):
@@ -31,30 +44,28 @@ class Fault(Exception):
         self.message = message
 
 
-@dataclass
 class Region:
     """A strided set of SRAM bytes: elements of `esize` bytes at addr + sum(i_d * strides[d]), i < counts.
 
-    `counts` and `strides` are outermost first; strides may be zero or negative. [lo, hi) is the span.
+    `counts` and `strides` are outermost first; strides may be zero or negative. [lo, hi) is the span;
+    `span`, when given, is (lo - addr, hi - addr) already known for these counts and strides (`span_of`).
     """
 
-    addr: int
-    counts: tuple[int, ...]
-    strides: tuple[int, ...]
-    esize: int
-    lo: int = 0
-    hi: int = 0
-    _runs: tuple[np.ndarray, int] | None = field(default=None, repr=False)
+    __slots__ = ("addr", "counts", "strides", "esize", "lo", "hi", "_runs")
 
-    def __post_init__(self) -> None:
-        lo = hi = self.addr
-        for c, s in zip(self.counts, self.strides, strict=True):
-            ext = (c - 1) * s
-            if ext < 0:
-                lo += ext
-            else:
-                hi += ext
-        self.lo, self.hi = lo, hi + self.esize
+    def __init__(self, addr: int, counts: tuple[int, ...], strides: tuple[int, ...], esize: int,
+                 span: tuple[int, int] | None = None) -> None:
+        self.addr = addr
+        self.counts = counts
+        self.strides = strides
+        self.esize = esize
+        lo, hi = span if span is not None else span_of(counts, strides, esize)
+        self.lo, self.hi = addr + lo, addr + hi
+        self._runs: tuple[np.ndarray, int] | None = None
+
+    def __repr__(self) -> str:
+        return (f"Region(addr={self.addr}, counts={self.counts}, strides={self.strides}, esize={self.esize}, "
+                f"lo={self.lo}, hi={self.hi})")
 
     def runs(self) -> tuple[np.ndarray, int]:
         """Sorted start addresses of the region's contiguous runs, and the run width in bytes."""
@@ -148,8 +159,24 @@ class Sram:
         if hi > self.high:
             self.high = hi
 
+    def meets(self, lo: int, hi: int, write: bool) -> bool:
+        """Whether [lo, hi) meets the span of an incoming pending region (or, for a write, an outgoing one):
+        only then can an access within it race (`race` decides exactly)."""
+        for p in self.incoming.values():
+            r = p.region
+            if r.lo < hi and lo < r.hi:
+                return True
+        if write:
+            for p in self.outgoing.values():
+                r = p.region
+                if r.lo < hi and lo < r.hi:
+                    return True
+        return False
+
     def race(self, region: Region, write: bool, what: str) -> None:
         """RACE if `region` meets an incoming pending region (or, for a write, an outgoing one)."""
+        if not self.meets(region.lo, region.hi, write):
+            return
         for p in self.incoming.values():
             if region.overlaps(p.region):
                 raise Fault(TrapKind.RACE, f"{what} [{region.lo:#x}, {region.hi:#x}) "
@@ -179,12 +206,16 @@ class Sram:
                         f"[0, {self.size:#x})")
         if hi > self.high:
             self.high = hi
-        if self.incoming or (write and self.outgoing):
+        # [addr, hi) is the tile's span for the strides handlers give (>= 0): a Region only when it meets one
+        if (self.incoming or (write and self.outgoing)) and (
+                row_stride < 0 or col_stride < 0 or self.meets(addr, hi, write)):
             self.race(tile_region(addr, rows, cols, row_stride, col_stride, itemsize), write, f"{what} tile")
-        return np.ndarray((rows, cols), dtype=dtype, buffer=self.buf, offset=addr,
-                          strides=(row_stride, col_stride))
+        buf = self._buf
+        # positional arguments: (shape, dtype, buffer, offset, strides)
+        return np.ndarray((rows, cols), dtype, self.buf if buf is None else buf, addr, (row_stride, col_stride))
 
     def strided(self, region: Region) -> np.ndarray:
         """A uint8 view of shape (*counts, esize) over `region` (no checks: call `access` first)."""
-        return np.ndarray((*region.counts, region.esize), dtype=np.uint8, buffer=self.buf,
-                          offset=region.addr, strides=(*region.strides, 1))
+        buf = self._buf
+        return np.ndarray((*region.counts, region.esize), _U8, self.buf if buf is None else buf, region.addr,
+                          (*region.strides, 1))

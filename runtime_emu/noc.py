@@ -23,7 +23,7 @@ each link of the union of its XY paths once, parent links first, and ejects at e
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from isa.costs import eject_cycles, inject_cycles, link_cycles
 from isa.machine import Machine
@@ -36,17 +36,12 @@ _CACHE_LIMIT = 1 << 16  # cached multicast trees and transfer sizes (paths witho
 # One link of a cached path or tree: (link id, crosses a die edge, hop latency after it, parent index).
 _Hop = tuple[int, bool, int]
 _Node = tuple[int, bool, int, int]
+# A cached route: (its links, the source's and destination's router index, the sum of its hop latencies,
+# and for a route on one die (every link as wide, no negative latency) its (link id, latency) pairs, else None)
+_Route = tuple[tuple[_Hop, ...], int, int, int, tuple[tuple[int, int], ...] | None]
+_PORTS = ("inject", "eject")
 # (links parent-first, (dst, last link index, the route's total hop latency))
 _Tree = tuple[tuple[_Node, ...], tuple[tuple[RC, int, int], ...]]
-
-
-@dataclass
-class _Port:
-    """One kind of router port (injection or ejection) over all routers: when each is next free."""
-
-    name: str
-    free: dict[RC, int] = field(default_factory=dict)
-    stats: dict[RC, LinkStats] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -70,9 +65,15 @@ class Network:
         self._lfree: list[int] = []
         self._lbytes: list[int] = []
         self._lbusy: list[int] = []
-        self._inject = _Port("inject")  # core -> router, one per router
-        self._eject = _Port("eject")  # router -> core
-        self._paths: dict[tuple[RC, RC], tuple[_Hop, ...]] = {}
+        # router ports by router index (row * cols + col), injection (core -> router) at 0 and ejection
+        # (router -> core) at 1: when each is next free, its bytes and reserved cycles, and the routers in
+        # the order their port was first used (for port_stats; every reservation lasts at least a cycle)
+        nr = self._rows * self._cols
+        self._pfree: tuple[list[int], list[int]] = ([0] * nr, [0] * nr)
+        self._pbytes: tuple[list[int], list[int]] = ([0] * nr, [0] * nr)
+        self._pbusy: tuple[list[int], list[int]] = ([0] * nr, [0] * nr)
+        self._porder: tuple[list[int], list[int]] = ([], [])
+        self._paths: dict[tuple[RC, RC], _Route] = {}
         self._trees: dict[tuple[RC, tuple[RC, ...]], _Tree] = {}
         self._depths: dict[tuple[int, int, int, int], int] = {}  # combining-tree depth per bounding box
         self._durs: dict[int, tuple[int, int, int, int]] = {}  # link, d2d link, inject, eject cycles by size
@@ -84,9 +85,14 @@ class Network:
             raise ValueError(f"router {rc} is outside the {self._rows} x {self._cols} mesh")
 
     def _path(self, src: RC, dst: RC) -> tuple[_Hop, ...]:
+        route = self._paths.get((src, dst))
+        return (route if route is not None else self._route(src, dst))[0]
+
+    def _route(self, src: RC, dst: RC) -> _Route:
+        """The cached route from src to dst (tuples: they key the cache)."""
         key = (src, dst)
-        hops = self._paths.get(key)
-        if hops is None:
+        route = self._paths.get(key)
+        if route is None:
             self._check(src)
             self._check(dst)
             m = self.machine
@@ -103,8 +109,12 @@ class Network:
                 a, r = (r, c), r + step
                 d2d = m.crosses_die(a, (r, c))
                 out.append((self._link_id((a, (r, c))), d2d, m.d2d_latency if d2d else m.hop_latency))
-            hops = self._paths[key] = tuple(out)
-        return hops
+            cols = self._cols
+            plain = not any(d2d or lat < 0 for _, d2d, lat in out)
+            route = self._paths[key] = (tuple(out), src[0] * cols + src[1], tr * cols + tc,
+                                        sum(h[2] for h in out),
+                                        tuple((link, lat) for link, _, lat in out) if plain else None)
+        return route
 
     def _link_id(self, link: Link) -> int:
         i = self._ids.get(link)
@@ -125,7 +135,7 @@ class Network:
 
     def path_latency(self, src: RC, dst: RC) -> int:
         """Sum of the hop latencies along the XY route (what a head pays with no contention)."""
-        return sum(h[2] for h in self._path((src[0], src[1]), (dst[0], dst[1])))
+        return self._route((src[0], src[1]), (dst[0], dst[1]))[3]
 
     def _tree(self, src: RC, dsts: tuple[RC, ...]) -> _Tree:
         """The multicast tree: links parent-first with their parent's index, and each dst's last link."""
@@ -144,7 +154,7 @@ class Network:
                         nodes.append((link, d2d, lat, parent))
                     parent = j
                 # parent == -1: dst is the source itself; the route's total hop latency, for the port's tail
-                leaves.append((dst, parent, sum(h[2] for h in self._path(src, dst))))
+                leaves.append((dst, parent, self._route(src, dst)[3]))
             if len(self._trees) >= _CACHE_LIMIT:
                 self._trees.clear()
             tree = self._trees[key] = (tuple(nodes), tuple(leaves))
@@ -165,77 +175,132 @@ class Network:
             raise ValueError(f"a transfer cannot carry {nbytes} bytes")
         if not dsts:
             raise ValueError("a transfer needs at least one destination")
-        m = self.machine
+        src = (src[0], src[1])
+        uniq = ((dsts[0][0], dsts[0][1]),) if len(dsts) == 1 else tuple(dict.fromkeys((d[0], d[1]) for d in dsts))
+        if len(uniq) == 1:
+            source_free, arrival = self.unicast(src, uniq[0], nbytes, t, inject, eject)
+            return Delivery(source_free, {uniq[0]: arrival})
+        self._check(src)  # before its port is reserved (the tree checks every route)
+        durs = self._durations(nbytes)
+        if inject:
+            head = self._reserve(0, src[0] * self._cols + src[1], t, durs[2], nbytes)
+            tail = self._pfree[0][src[0] * self._cols + src[1]]
+        else:
+            head, tail = t, -1
+        return self._multicast(src, uniq, nbytes, head, tail, durs, durs[3] if eject else -1)
+
+    def _durations(self, nbytes: int) -> tuple[int, int, int, int]:
+        """Cycles a transfer of `nbytes` holds a link, a die-to-die link, an injection and an ejection port."""
         durs = self._durs.get(nbytes)
         if durs is None:
             if len(self._durs) >= _CACHE_LIMIT:
                 self._durs.clear()
+            m = self.machine
             durs = self._durs[nbytes] = (link_cycles(nbytes, m), link_cycles(nbytes, m, d2d=True),
                                          inject_cycles(nbytes, m), eject_cycles(nbytes, m))
-        src = (src[0], src[1])
-        uniq = ((dsts[0][0], dsts[0][1]),) if len(dsts) == 1 else tuple(dict.fromkeys((d[0], d[1]) for d in dsts))
-        if inject:
-            head, tail = self._port(self._inject, src, t, durs[2], nbytes)
-        else:
-            head, tail = t, -1
-        dur_out = durs[3] if eject else -1
-        if len(uniq) == 1:
-            return self._unicast(src, uniq[0], nbytes, head, tail, durs, dur_out)
-        return self._multicast(src, uniq, nbytes, head, tail, durs, dur_out)
+        return durs
 
-    def _port(self, port: _Port, rc: RC, ready: int, dur: int, nbytes: int) -> tuple[int, int]:
-        """Reserve a router port like a link, first come first served; returns (start, end)."""
-        f = port.free.get(rc, 0)
+    def _reserve(self, kind: int, router: int, ready: int, dur: int, nbytes: int) -> int:
+        """Reserve a router port (0 injection, 1 ejection) like a link, first come first served; returns
+        its start (its end is then its next free cycle)."""
+        free = self._pfree[kind]
+        f = free[router]
         start = ready if ready >= f else f
-        end = port.free[rc] = start + dur
-        st = port.stats.get(rc)
-        if st is None:
-            st = port.stats[rc] = LinkStats()
-        st.bytes += nbytes
-        st.busy_cycles += dur
-        return start, end
+        free[router] = start + dur
+        busy = self._pbusy[kind]
+        if not busy[router]:
+            self._porder[kind].append(router)
+        busy[router] += dur
+        self._pbytes[kind][router] += nbytes
+        return start
 
-    def _deliver(self, dst: RC, head: int, tail: int, dur_out: int, nbytes: int) -> int:
-        """Arrival at `dst`: the ejection port (when used) is a last link that the head reaches at `head`;
-        `tail` is when the tail has left the route's slowest link and crossed the last hop."""
-        if dur_out < 0:
-            return tail
-        end = self._port(self._eject, dst, head, dur_out, nbytes)[1]
-        return end if end > tail else tail
+    def unicast(self, src: RC, dst: RC, nbytes: int, t: int, inject: bool = True,
+                eject: bool = True) -> tuple[int, int]:
+        """`send` to one destination, for the engine's hot paths: returns (source_free, arrival).
 
-    def _unicast(self, src: RC, dst: RC, nbytes: int, ready: int, inj_end: int, durs: tuple[int, int, int, int],
-                 dur_out: int) -> Delivery:
-        """`ready`: when the head may enter the first link (the injection port's start, or t without
-        one); `inj_end`: when the tail has left the injection port, -1 without one."""
+        `src` and `dst` must be tuples and `nbytes` >= 0 (the callers' values are)."""
+        route = self._paths.get((src, dst))
+        if route is None:
+            route = self._route(src, dst)
+        hops, si, di, total, plain = route
+        durs = self._durs.get(nbytes)
+        if durs is None:
+            durs = self._durations(nbytes)
+        if inject:  # the injection port (as _reserve): `ready` is when the head may enter the first link
+            free = self._pfree[0]
+            f = free[si]
+            ready = t if t >= f else f
+            dur = durs[2]
+            inj_end = first_end = free[si] = ready + dur
+            busy = self._pbusy[0]
+            if not busy[si]:
+                self._porder[0].append(si)
+            busy[si] += dur
+            self._pbytes[0][si] += nbytes
+        else:
+            ready, inj_end, first_end = t, -1, -1
         free, lbytes, lbusy = self._lfree, self._lbytes, self._lbusy
         last_end = ready  # the latest link end
-        first_end = inj_end
-        after_port = inj_end  # the port's tail, carried along the route by each hop's latency
         lat = 0
-        for link, d2d, lat in self._path(src, dst):
-            f = free[link]
-            start = ready if ready >= f else f
-            dur = durs[d2d]
-            end = free[link] = start + dur
-            lbytes[link] += nbytes
-            lbusy[link] += dur
+        if plain is not None and plain:
+            # every link takes `dur` and the head never goes back in time, so each link ends no earlier than
+            # the one before: the last link's end is the latest, and the first's is known before the walk
+            dur = durs[0]
             if first_end < 0:
-                first_end = end
-            if end > last_end:
-                last_end = end
-            ready = start + lat
-            after_port += lat
+                f = free[plain[0][0]]
+                first_end = (ready if ready >= f else f) + dur
+            if nbytes:
+                for link, lat in plain:
+                    f = free[link]
+                    if f > ready:
+                        ready = f  # the head enters the link
+                    last_end = free[link] = ready + dur
+                    lbytes[link] += nbytes
+                    lbusy[link] += dur
+                    ready += lat
+            else:  # a signal: no bytes to count
+                for link, lat in plain:
+                    f = free[link]
+                    if f > ready:
+                        ready = f
+                    last_end = free[link] = ready + dur
+                    lbusy[link] += dur
+                    ready += lat
+        else:
+            for link, d2d, lat in hops:
+                f = free[link]
+                start = ready if ready >= f else f
+                dur = durs[d2d]
+                end = free[link] = start + dur
+                lbytes[link] += nbytes
+                lbusy[link] += dur
+                if first_end < 0:
+                    first_end = end
+                if end > last_end:
+                    last_end = end
+                ready = start + lat
         tail = last_end + lat
         # a port narrower than the links: its tail still has every hop to go (without a port, inj_end is -1
-        # and after_port never exceeds the tail, which has crossed every hop after a link of >= 1 cycle)
-        if after_port > tail:
-            tail = after_port
-        arrival = self._deliver(dst, ready, tail, dur_out, nbytes)
-        return Delivery(first_end if first_end >= 0 else ready, {dst: arrival})
+        # and this never exceeds the tail, which has crossed every hop after a link of >= 1 cycle)
+        if inj_end + total > tail:
+            tail = inj_end + total
+        if eject:  # the ejection port (as _reserve) is a last link that the head reaches at `ready`
+            free = self._pfree[1]
+            f = free[di]
+            dur = durs[3]
+            end = free[di] = (ready if ready >= f else f) + dur
+            busy = self._pbusy[1]
+            if not busy[di]:
+                self._porder[1].append(di)
+            busy[di] += dur
+            self._pbytes[1][di] += nbytes
+            if end > tail:
+                tail = end
+        return (first_end if first_end >= 0 else ready), tail
 
     def _multicast(self, src: RC, dsts: tuple[RC, ...], nbytes: int, head: int, inj_end: int,
                    durs: tuple[int, int, int, int], dur_out: int) -> Delivery:
-        """As `_unicast`, over the tree: each link once, parent first; one ejection per destination."""
+        """As `unicast`, over the tree: each link once, parent first; one ejection per destination."""
         nodes, leaves = self._tree(src, dsts)
         free, lbytes, lbusy = self._lfree, self._lbytes, self._lbusy
         n = len(nodes)
@@ -259,14 +324,19 @@ class Network:
                 tp = tail[parent]
                 tail[j] = end if end > tp else tp
         arrivals = {}
+        cols = self._cols
         for dst, j, route in leaves:
             if j < 0:  # the source itself: straight from the injection port to the ejection port
-                arrivals[dst] = self._deliver(dst, head, max(head, inj_end), dur_out, nbytes)
-                continue
-            t_end = tail[j] + nodes[j][2]
-            if inj_end + route > t_end:  # the injection port's tail after every hop (as in _unicast)
-                t_end = inj_end + route
-            arrivals[dst] = self._deliver(dst, ready[j], t_end, dur_out, nbytes)
+                at, t_end = head, max(head, inj_end)
+            else:
+                at, t_end = ready[j], tail[j] + nodes[j][2]
+                if inj_end + route > t_end:  # the injection port's tail after every hop (as in unicast)
+                    t_end = inj_end + route
+            if dur_out >= 0:  # the ejection port: a last link that the head reaches at `at`
+                end = self._reserve(1, dst[0] * cols + dst[1], at, dur_out, nbytes) + dur_out
+                if end > t_end:
+                    t_end = end
+            arrivals[dst] = t_end
         return Delivery(source_free if source_free >= 0 else head, arrivals)
 
     # -- barriers -----------------------------------------------------------------------------
@@ -311,6 +381,8 @@ class Network:
 
         Ports are not links: their bytes are not part of `link_stats` (nor of noc_bytes)."""
         out: dict[RouterPort, LinkStats] = {}
-        for port in (self._inject, self._eject):
-            out.update(((rc, port.name), st) for rc, st in port.stats.items())
+        cols = self._cols
+        for kind, name in enumerate(_PORTS):
+            nbytes, busy = self._pbytes[kind], self._pbusy[kind]
+            out.update((((i // cols, i % cols), name), LinkStats(nbytes[i], busy[i])) for i in self._porder[kind])
         return out

@@ -170,6 +170,49 @@ def _exact(a: np.ndarray, b: np.ndarray, acc: np.ndarray | None, total: np.ndarr
     return total * (1.0 + 2.0**-30) < np.ldexp(1.0, np.clip(q + 53, -1070, 1023).astype(np.int32))
 
 
+def _whole_from(k: int, amax: float, bmax: float, dmax: float | None, ea: int, eb: int, ed: int, pa: int,
+                pb: int) -> bool:
+    """`_exact_whole`'s test from its reductions (the same operations on the same values): maxima of |a|,
+    |b|, |acc| and minima of their frexp exponents; `dmax` None without an accumulator."""
+    top = k * amax * bmax
+    q = ea - pa + eb - pb
+    if dmax is not None:
+        top += dmax
+        q = min(q, ed - _F32_BITS)
+    if not math.isfinite(top):
+        return False
+    return q + 53 > 1023 or top * (1.0 + 2.0**-30) < math.ldexp(1.0, max(q + 53, -1074))
+
+
+class _Scratch:
+    """Float64 working arrays of one mma shape, reused by every call (the engine runs one handler at a time).
+
+    A, B and the accumulator live back to back in `flat`, so `_exact_whole`'s six reductions (max |x| and
+    min frexp exponent of each operand) are two `reduceat` calls over one buffer."""
+
+    __slots__ = ("flat", "a", "b", "d", "mant", "exp", "mag", "offsets")
+
+    def __init__(self, m: int, n: int, k: int, acc: bool, tb: bool) -> None:
+        na, nb = m * k, k * n
+        self.flat = np.empty(na + nb + (m * n if acc else 0), dtype=np.float64)
+        self.a = self.flat[:na].reshape(m, k)
+        self.b = self.flat[na:na + nb].reshape((n, k) if tb else (k, n))
+        self.d = self.flat[na + nb:].reshape(m, n) if acc else None
+        self.mant = np.empty_like(self.flat)
+        self.exp = np.empty(self.flat.shape, dtype=np.intc)
+        self.mag = np.empty_like(self.flat)
+        self.offsets = np.array([0, na, na + nb] if acc else [0, na], dtype=np.intp)
+
+
+def _scratch(emu: Emulator, m: int, n: int, k: int, acc: bool, tb: bool) -> _Scratch:
+    """The emulator's working arrays for one mma shape (shared by its instructions of that shape)."""
+    key = (m, n, k, acc, tb)
+    sc = emu.scratch.get(key)
+    if sc is None:
+        sc = emu.scratch[key] = _Scratch(m, n, k, acc, tb)
+    return sc
+
+
 def _mma(ins: Instr, emu: Emulator) -> Handler:
     d = ins.as_dict()
     dt: DType = d["dt"]
@@ -181,6 +224,8 @@ def _mma(ins: Instr, emu: Emulator) -> Handler:
     w = st.itemsize
     cfp = dt.is_cfp
     p = _SIGNIFICANT[dt]
+    if not cfp:
+        return _mma_ieee(emu, m, n, k, rd, ra, rb, sd, sa, sb, acc, tb, st, p)
 
     def h(core: Core, ops: Any, pc: int, t: int) -> int:
         regs = core.regs
@@ -188,17 +233,48 @@ def _mma(ins: Instr, emu: Emulator) -> Handler:
         av = sram.tile(regs[ra], m, k, sa, w, st, False, "mma A")
         bv = sram.tile(regs[rb], n, k, sb, w, st, False, "mma B") if tb else \
             sram.tile(regs[rb], k, n, sb, w, st, False, "mma B")
-        if cfp:
-            bias = regs[rbias]
-            a64 = formats.decode(av, dt, bias & 63)
-            b64 = formats.decode(bv, dt, (bias >> 8) & 63)
-        else:  # BF16 and F32 widen exactly (what formats.decode does, without its per-call errstate)
-            a64 = av.astype(np.float64)
-            b64 = bv.astype(np.float64)
+        bias = regs[rbias]
+        a64 = formats.decode(av, dt, bias & 63)
+        b64 = formats.decode(bv, dt, (bias >> 8) & 63)
         if tb:
             b64 = b64.T
         dv = sram.tile(regs[rd], m, n, sd, 4, _F32, True, "mma D")
         dv[...] = exact_matmul(a64, b64, dv.astype(np.float64) if acc else None, (p, p))
+        return pc + 1
+
+    return h
+
+
+def _mma_ieee(emu: Emulator, m: int, n: int, k: int, rd: int, ra: int, rb: int, sd: int, sa: int, sb: int,
+              acc: bool, tb: bool, st: np.dtype, p: int) -> Handler:
+    """The mma handler for BF16 and F32 operands, which widen exactly to float64 (what formats.decode does,
+    without its per-call errstate): `exact_matmul`'s result, with its whole-operation test done on the
+    shape's scratch arrays (the same reductions of the same values, so the same decision)."""
+    w = st.itemsize
+    sc = _scratch(emu, m, n, k, acc, tb)
+    flat, a, b, dacc, mant, exp, mag, offsets = sc.flat, sc.a, sc.b, sc.d, sc.mant, sc.exp, sc.mag, sc.offsets
+    bm = b.T if tb else b  # the k x n operand
+    brows, bcols = (n, k) if tb else (k, n)
+    frexp, absolute, minat, maxat = np.frexp, np.abs, np.minimum.reduceat, np.maximum.reduceat
+
+    def h(core: Core, ops: Any, pc: int, t: int) -> int:
+        regs = core.regs
+        sram = core.sram
+        a[...] = sram.tile(regs[ra], m, k, sa, w, st, False, "mma A")
+        b[...] = sram.tile(regs[rb], brows, bcols, sb, w, st, False, "mma B")
+        dv = sram.tile(regs[rd], m, n, sd, 4, _F32, True, "mma D")
+        r = a @ bm
+        if dacc is not None:
+            dacc[...] = dv
+            r += dacc
+        frexp(flat, out=(mant, exp))
+        lows = minat(exp, offsets).tolist()
+        highs = maxat(absolute(flat, out=mag), offsets).tolist()
+        if _whole_from(k, highs[0], highs[1], highs[2] if dacc is not None else None, lows[0], lows[1],
+                       lows[2] if dacc is not None else 0, p, p):
+            dv[...] = r  # float64 -> float32 (RNE), as r.astype(np.float32)
+        else:
+            dv[...] = exact_matmul(a, bm, dacc, (p, p))
         return pc + 1
 
     return h

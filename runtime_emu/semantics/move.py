@@ -24,7 +24,7 @@ from isa.dtypes import DType
 from isa.table import Cast, Instr
 from runtime_emu.core import Core, Handler
 from runtime_emu.dram import DramBoundsError
-from runtime_emu.memory import Fault, Region
+from runtime_emu.memory import Fault, Region, span_of
 from runtime_emu.semantics.common import raiser
 from runtime_emu.traps import TrapKind
 
@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 DMA, NET = 1, 2  # completion kinds, for the stall cause of a wait
 
 _GATHER_SPAN = 64 << 20  # a gather whose rows span at most this is read as one block
+_CACHE_LIMIT = 1 << 16  # cached DMA shapes
 
 
 def _dmadim(core: Core, ops: tuple[int, tuple[int, int, int, int, int]], pc: int, t: int) -> int:
@@ -41,16 +42,43 @@ def _dmadim(core: Core, ops: tuple[int, tuple[int, int, int, int, int]], pc: int
     return pc + 1
 
 
-def _shape(core: Core, ndim: int) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...],
-                                           tuple[int, ...], tuple[int, ...]]:
-    """(counts, sstrides, dstrides, padlo, padhi), outermost first, of the first `ndim` DMA dimensions."""
-    dims = core.dims[ndim - 1::-1]
-    counts = tuple(d[0] for d in dims)
-    if 0 in counts:
-        d = ndim - 1 - counts.index(0)
-        raise Fault(TrapKind.BAD_OPERAND, f"DMA dimension {d} has count 0: set it with dmadim first")
-    return (counts, tuple(d[1] for d in dims), tuple(d[2] for d in dims), tuple(d[3] for d in dims),
-            tuple(d[4] for d in dims))
+class _Shape:
+    """A DMA's shape registers worked out once per (ndim, esize, registers): most DMAs repeat a few."""
+
+    __slots__ = ("counts", "sstr", "dstr", "plo", "phi", "padded", "nbytes", "dcounts", "sspan", "dspan",
+                 "pspan", "inner")
+
+    def __init__(self, dims: list[tuple[int, int, int, int, int]], esize: int) -> None:
+        self.counts = counts = tuple(d[0] for d in dims)
+        self.sstr = tuple(d[1] for d in dims)
+        self.dstr = tuple(d[2] for d in dims)
+        self.plo = tuple(d[3] for d in dims)
+        self.phi = tuple(d[4] for d in dims)
+        self.padded = any(self.plo) or any(self.phi)
+        self.nbytes = prod(counts) * esize
+        # a load's destination: padlo + count + padhi positions per dimension
+        self.dcounts = tuple(c + a + b for c, a, b in zip(counts, self.plo, self.phi, strict=True))
+        self.sspan = span_of(counts, self.sstr, esize)  # spans relative to the address, as Region has them
+        self.dspan = span_of(counts, self.dstr, esize)
+        self.pspan = span_of(self.dcounts, self.dstr, esize)
+        self.inner = tuple(slice(a, a + c) for a, c in zip(self.plo, counts, strict=True))
+
+
+def _shape(core: Core, ndim: int, esize: int) -> _Shape:
+    """The first `ndim` DMA dimensions, outermost first (cached on the emulator)."""
+    key = (ndim, esize, *core.dims)
+    shapes = core.emu.scratch.setdefault("dma shapes", {})
+    sh: _Shape | None = shapes.get(key)
+    if sh is None:
+        dims = core.dims[ndim - 1::-1]
+        counts = tuple(d[0] for d in dims)
+        if 0 in counts:
+            d = ndim - 1 - counts.index(0)
+            raise Fault(TrapKind.BAD_OPERAND, f"DMA dimension {d} has count 0: set it with dmadim first")
+        if len(shapes) >= _CACHE_LIMIT:
+            shapes.clear()
+        sh = shapes[key] = _Shape(dims, esize)
+    return sh
 
 
 def _dmald(core: Core, ops: tuple[Any, ...], pc: int, t: int) -> int:
@@ -58,38 +86,41 @@ def _dmald(core: Core, ops: tuple[Any, ...], pc: int, t: int) -> int:
     emu = core.emu
     regs = core.regs
     src, dst = regs[rm], regs[rs]
-    counts, sstr, dstr, plo, phi = _shape(core, ndim)
-    padded = any(plo) or any(phi)
+    sh = _shape(core, ndim, esize)
+    padded = sh.padded
     if padded and dt.itemsize != esize:
         raise Fault(TrapKind.BAD_OPERAND, f"the padding value's type {dt.asm} is {dt.itemsize} bytes, "
                                           f"not the element size {esize}")
-    port = emu.dram_port(src, counts, sstr, esize, "DMA load source")
-    region = Region(dst, tuple(c + a + b for c, a, b in zip(counts, plo, phi, strict=True)), dstr, esize)
-    nbytes = prod(counts) * esize
+    port = emu.dram_span(src + sh.sspan[0], src + sh.sspan[1], "DMA load source")
+    region = Region(dst, sh.dcounts, sh.dstr, esize, sh.pspan)
+    nbytes = sh.nbytes
     timing = emu.timing_only
     sram = core.sram
     if timing:
         sram.check(region.lo, region.hi, "DMA load destination")
     else:
         sram.access(region, True, "DMA load destination")
-    d = emu.dram.load(port, core.rc, nbytes, t)
-    arrival = d.arrivals[core.rc]
-    emu.trace_transfer("dma_load", emu.port_name(port), core.id, t, arrival, nbytes)
+    arrival = emu.dram.load_at(port, core.rc, nbytes, t)[1]
+    if emu.trace is not None:
+        emu.trace_transfer("dma_load", emu.port_name(port), core.id, t, arrival, nbytes)
     if timing:
         emu.complete(arrival, core, sem, DMA)
         return pc + 1
     try:
-        data = emu.dram_mem.read_strided(src, counts, sstr, esize)
+        data = emu.dram_mem.read_strided(src, sh.counts, sh.sstr, esize)
     except DramBoundsError as e:
         raise Fault(TrapKind.OOB_DRAM, str(e)) from None
 
-    def write() -> None:
-        view = sram.strided(region)
-        if padded:
+    if padded:
+        inner = sh.inner
+
+        def write() -> None:
+            view = sram.strided(region)
             view[...] = pad
-            view[tuple(slice(a, a + c) for a, c in zip(plo, counts, strict=True))] = data
-        else:
-            view[...] = data
+            view[inner] = data
+    else:
+        def write() -> None:
+            sram.strided(region)[...] = data
 
     emu.complete(arrival, core, sem, DMA, write, pin=emu.pend_in(core, region, arrival, "a DMA load"))
     return pc + 1
@@ -100,20 +131,21 @@ def _dmast(core: Core, ops: tuple[int, int, int, int, int], pc: int, t: int) -> 
     emu = core.emu
     regs = core.regs
     dst, src = regs[rm], regs[rs]
-    counts, sstr, dstr, plo, phi = _shape(core, ndim)
-    if any(plo) or any(phi):
+    sh = _shape(core, ndim, esize)
+    if sh.padded:
         raise Fault(TrapKind.BAD_OPERAND, "dmast does not pad: set padlo=0 and padhi=0 in its dmadim")
-    port = emu.dram_port(dst, counts, dstr, esize, "DMA store destination")
-    region = Region(src, counts, sstr, esize)
-    nbytes = prod(counts) * esize
+    counts, dstr = sh.counts, sh.dstr
+    port = emu.dram_span(dst + sh.dspan[0], dst + sh.dspan[1], "DMA store destination")
+    region = Region(src, counts, sh.sstr, esize, sh.sspan)
+    nbytes = sh.nbytes
     timing = emu.timing_only
     if timing:
         core.sram.check(region.lo, region.hi, "DMA store source")
     else:
         core.sram.access(region, False, "DMA store source")
-    d = emu.dram.store(port, core.rc, nbytes, t)
-    done = d.arrivals[core.rc]
-    emu.trace_transfer("dma_store", core.id, emu.port_name(port), t, done, nbytes)
+    source_free, done = emu.dram.store_at(port, core.rc, nbytes, t)
+    if emu.trace is not None:
+        emu.trace_transfer("dma_store", core.id, emu.port_name(port), t, done, nbytes)
     if timing:
         emu.complete(done, core, sem, DMA)
         return pc + 1
@@ -123,7 +155,7 @@ def _dmast(core: Core, ops: tuple[int, int, int, int, int], pc: int, t: int) -> 
     def write() -> None:
         mem.write_strided(dst, counts, dstr, esize, data)
 
-    emu.complete(d.source_free, core, None, 0, pout=emu.pend_out(core, region, d.source_free, "a DMA store"))
+    emu.complete(source_free, core, None, 0, pout=emu.pend_out(core, region, source_free, "a DMA store"))
     emu.complete(done, core, sem, DMA, write)
     return pc + 1
 
@@ -176,10 +208,12 @@ def _dmagat(core: Core, ops: tuple[int, ...], pc: int, t: int) -> int:
 
 
 def _put(core: Core, ops: tuple[Any, ...], pc: int, t: int) -> int:
-    rc, rd, rs, rows, nbytes, ss, ds, cast, seml, semr, first, span = ops
+    rc, rd, rs, rows, nbytes, ss, ds, cast, seml, semr, first, span, where = ops
     emu = core.emu
     regs = core.regs
-    dsts, rcs = emu.cast_targets(core, regs[rc], cast, first, span)
+    target = regs[rc]
+    hit = emu._casts.get((core.id, target, where))
+    dsts, rcs = hit if hit is not None else emu.cast_targets(core, target, cast, first, span)
     src, dst = regs[rs], regs[rd]
     sregion = Region(src, (rows,), (ss,), nbytes)
     dregion = Region(dst, (rows,), (ds,), nbytes)
@@ -195,38 +229,56 @@ def _put(core: Core, ops: tuple[Any, ...], pc: int, t: int) -> int:
         core.sram.access(sregion, False, "put source")
         for c in dsts:
             c.sram.access(dregion, True, f"put destination on core {c.id}")
-    d = emu.network.send(core.rc, rcs, total, t)
+    if len(rcs) == 1:
+        source_free, arrival = emu.network.unicast(core.rc, rcs[0], total, t)
+        arrivals = [arrival]
+    else:
+        d = emu.network.send(core.rc, rcs, total, t)
+        source_free = d.source_free
+        arrivals = [d.arrivals[c.rc] for c in dsts]
+    tr = emu.trace
     if timing:
-        emu.complete(d.source_free, core, seml, NET)
-        for c in dsts:
-            arrival = d.arrivals[c.rc]
-            emu.trace_transfer("put", core.id, c.id, t, arrival, total)
+        emu.complete(source_free, core, seml, NET)
+        for c, arrival in zip(dsts, arrivals, strict=True):
+            if tr is not None:
+                emu.trace_transfer("put", core.id, c.id, t, arrival, total)
             emu.complete(arrival, c, semr, NET, issued=t)
         return pc + 1
     data = core.sram.strided(sregion).copy()
-    emu.complete(d.source_free, core, seml, NET,
-                 pout=emu.pend_out(core, sregion, d.source_free, f"a put to core {dsts[0].id}"))
-    for c in dsts:
-        arrival = d.arrivals[c.rc]
-        emu.trace_transfer("put", core.id, c.id, t, arrival, total)
+    emu.complete(source_free, core, seml, NET,
+                 pout=emu.pend_out(core, sregion, source_free, f"a put to core {dsts[0].id}"))
+    what = f"a put from core {core.id}"
+    for c, arrival in zip(dsts, arrivals, strict=True):
+        if tr is not None:
+            emu.trace_transfer("put", core.id, c.id, t, arrival, total)
         dsram = c.sram
 
         def write(dsram: Any = dsram) -> None:
             dsram.strided(dregion)[...] = data
 
-        emu.complete(arrival, c, semr, NET, write, issued=t,
-                     pin=emu.pend_in(c, dregion, arrival, f"a put from core {core.id}"))
+        emu.complete(arrival, c, semr, NET, write, issued=t, pin=emu.pend_in(c, dregion, arrival, what))
     return pc + 1
 
 
-def _signal(core: Core, ops: tuple[int, int, Cast, int, int], pc: int, t: int) -> int:
-    rc, sem, cast, first, span = ops
+def _signal(core: Core, ops: tuple[int, int, Cast, int, int, tuple[int, int, int]], pc: int, t: int) -> int:
+    rc, sem, cast, first, span, where = ops
     emu = core.emu
-    dsts, rcs = emu.cast_targets(core, core.regs[rc], cast, first, span)
+    target = core.regs[rc]
+    hit = emu._casts.get((core.id, target, where))  # Emulator.cast_targets' cache
+    dsts, rcs = hit if hit is not None else emu.cast_targets(core, target, cast, first, span)
+    tr = emu.trace
+    if len(rcs) == 1:  # one destination (most signals): the network's unicast, without a Delivery
+        c = dsts[0]
+        arrival = emu.network.unicast(core.rc, rcs[0], 0, t)[1]
+        if tr is not None:
+            emu.trace_transfer("signal", core.id, c.id, t, arrival, 0)
+        emu.complete(arrival, c, sem, NET, issued=t)
+        return pc + 1
     d = emu.network.send(core.rc, rcs, 0, t)
     for c in dsts:
         arrival = d.arrivals[c.rc]
-        emu.trace_transfer("signal", core.id, c.id, t, arrival, 0)
+        if tr is not None:
+            emu.trace_transfer("signal", core.id, c.id, t, arrival, 0)
         emu.complete(arrival, c, sem, NET, issued=t)
     return pc + 1
 
@@ -271,9 +323,10 @@ def prepare(ins: Instr, emu: Emulator, ncode: int) -> tuple[Handler, Any]:
         if msg := _sem_check(emu, d["seml"], d["semr"]):
             return raiser(bad, msg), None
         return _put, (d["rc"], d["rd"], d["rs"], d["rows"], d["bytes"], d["ss"], d["ds"], d["cast"],
-                      d["seml"], d["semr"], d["first"], d["span"])
+                      d["seml"], d["semr"], d["first"], d["span"], (d["cast"].value, d["first"], d["span"]))
     if sem == "signal":
         if msg := _sem_check(emu, d["sem"]):
             return raiser(bad, msg), None
-        return _signal, (d["rc"], d["sem"], d["cast"], d["first"], d["span"])
+        return _signal, (d["rc"], d["sem"], d["cast"], d["first"], d["span"],
+                         (d["cast"].value, d["first"], d["span"]))
     raise AssertionError(f"no data-movement handler for {ins.spec.mnemonic}")

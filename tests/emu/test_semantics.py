@@ -295,6 +295,38 @@ def test_mma_bf16(tb: int, acc: int) -> None:
     np.testing.assert_array_equal(out["d"], exact_ref(a, b, c if acc else None))
 
 
+@pytest.mark.parametrize("case", ["zeros", "wide", "special"])
+def test_mma_bf16_scratch_path_matches_the_reference(case: str) -> None:
+    """The BF16 handler's whole-operation test on its scratch arrays: zeros (frexp exponent 0), exponents too
+    far apart for the test (the per-element path decides) and inf / NaN operands give what exact_matmul and
+    the exact reference give, bit for bit."""
+    m, n, k = 6, 9, 33
+    rng = np.random.default_rng(7)
+    a64, b64, c64 = rnd((m, k), 20), rnd((k, n), 21), rnd((m, n), 22)
+    if case == "zeros":
+        a64[rng.random((m, k)) < 0.5] = 0.0
+        b64[:, 0] = 0.0
+    elif case == "wide":
+        a64 *= 2.0 ** rng.integers(-60, 60, (m, k))
+    else:
+        a64[1, 3], b64[4, 2], c64[0, 0] = np.inf, np.nan, -np.inf
+    a, b = formats.quantize(a64, DType.BF16), formats.quantize(b64, DType.BF16)
+    c = formats.quantize(c64, DType.F32)
+    for tb in (0, 1):
+        sb = (k if tb else n) * 2
+        out = run_tile(f"vmov {{d}}, {{c}}, rows={m}, cols={n}, sd={n * 4}, sa={n * 4}, dt=f32\n"
+                       f"mma {{d}}, {{a}}, {{b}}, m={m}, n={n}, k={k}, sd={n * 4}, sa={k * 2}, sb={sb}, dt=bf16, "
+                       f"acc=1, tb={tb}",
+                       {"a": (a, DType.BF16), "b": (b.T.copy() if tb else b, DType.BF16),
+                        "c": (c.astype(np.float32), DType.F32)},
+                       {"d": ((m, n), DType.F32)})
+        with np.errstate(all="ignore"):
+            want = exact_matmul(a.astype(np.float64), b.astype(np.float64), c.astype(np.float64), (8, 8))
+        np.testing.assert_array_equal(out["d"].view(np.uint32), want.view(np.uint32))
+        if case != "special":
+            np.testing.assert_array_equal(out["d"], exact_ref(a, b, c))
+
+
 def test_mma_cfp8_biases_from_rbias() -> None:
     m, n, k = 4, 8, 16
     ba, bb = 10, 6
