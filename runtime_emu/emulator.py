@@ -408,11 +408,10 @@ class Emulator:
         until it stops or its clock reaches the limit (the next event, or the next core's turn).
 
         The core's instruction loop is inlined here (a scheduling turn costs no call): ResNet-50 b1 takes
-        about a million turns for two million instructions, its cores in near lockstep."""
-        if self.trace is not None:
-            self._loop_traced()
-            return
+        about a million turns for two million instructions, its cores in near lockstep; a traced run takes
+        each turn in `_run_traced` instead."""
         ready, events, pures, apply = self._ready, self._events, self._pure, self._apply
+        traced = self.trace is not None
         maxc = self.max_cycles
         top = maxc + 1
         core: Core | None = None
@@ -440,6 +439,9 @@ class Emulator:
                     if rt < lim:
                         lim = rt
                 self.limit = lim if lim <= maxc else top
+                if traced:
+                    self._run_traced(core, t)
+                    continue
                 code, pc, busy, counts, pure = core.code, core.pc, core.busy, core.counts, pures[core.section]
                 while True:
                     h, ops, cost, unit = code[pc]
@@ -461,35 +463,9 @@ class Emulator:
                 raise
             raise self._trap(core, pc, t, f) from None
 
-    def _loop_traced(self) -> None:
-        """`_loop` for a traced run: each turn runs `_run_traced`."""
-        ready, events = self._ready, self._events
-        maxc = self.max_cycles
-        while True:
-            if events:
-                te = events[0][0]
-                if not ready or te <= ready[0][0]:
-                    if te > maxc:
-                        raise self._watchdog(None, te)
-                    self._apply(heappop(events))
-                    continue
-            elif not ready:
-                return
-            t, cid, core = heappop(ready)
-            if t > maxc:
-                raise self._watchdog(core, t)
-            lim = events[0][0] if events else maxc + 1
-            if ready:
-                rt, rid, _ = ready[0]
-                if cid < rid:
-                    rt += 1
-                if rt < lim:
-                    lim = rt
-            self.limit = lim if lim <= maxc else maxc + 1
-            self._run_traced(core, t)
-
     def _run_traced(self, core: Core, t: int) -> None:
-        """`_run_core` that also records every instruction in the trace."""
+        """One scheduling turn of `_loop`'s instruction loop that also records every instruction in the
+        trace (its faults are trapped here, with their pc)."""
         code, pc, busy, counts = core.code, core.pc, core.busy, core.counts
         names, tr, cid = self._mnemonics(core.section), self.trace, core.id
         pure, maxc = self._pure[core.section], self.max_cycles

@@ -249,23 +249,14 @@ class Network:
             if first_end < 0:
                 f = free[plain[0][0]]
                 first_end = (ready if ready >= f else f) + dur
-            if nbytes:
-                for link, lat in plain:
-                    f = free[link]
-                    if f > ready:
-                        ready = f  # the head enters the link
-                    last_end = free[link] = ready + dur
-                    lbytes[link] += nbytes
-                    lbusy[link] += dur
-                    ready += lat
-            else:  # a signal: no bytes to count
-                for link, lat in plain:
-                    f = free[link]
-                    if f > ready:
-                        ready = f
-                    last_end = free[link] = ready + dur
-                    lbusy[link] += dur
-                    ready += lat
+            for link, lat in plain:
+                f = free[link]
+                if f > ready:
+                    ready = f  # the head enters the link
+                last_end = free[link] = ready + dur
+                lbytes[link] += nbytes
+                lbusy[link] += dur
+                ready += lat
         else:
             for link, d2d, lat in hops:
                 f = free[link]

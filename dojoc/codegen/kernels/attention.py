@@ -159,21 +159,26 @@ def sdpa(ctx: Ctx, node: Node) -> None:
         return [(core, [(block(*it), keys(*it), kidx_of(it[0])) for it in items[first:first + count]])
                 for core, (first, count) in zip(order, split(len(items), len(cores)), strict=False)]
 
-    if h is not None and node.name not in ctx.given:
-        # the default order, or each run on the mesh row that holds its queries: whichever loads the busiest
-        # link less (the rows' pieces travel along rows; the default's one head's on a column, by multicast)
-        firsts = [f for f, _ in split(len(items), len(cores))]
-        near = held_read.near(h, [held_read.grid_row(h, block(*items[f]).q) for f in firsts],
-                              set(cores) | set(h.at.values()))
-        cores = min((cores, near), key=lambda order: held_read.busiest_link(ctx, h, _wants(sh, work_of(order))))
-        ctx.decisions[-1] = replace(ctx.decisions[-1], cores=tuple(cores))
-        runs = list(zip(cores, split(len(items), len(cores)), strict=False))
+    def link_of(order: list[int]) -> float:
+        assert h is not None
+        return held_read.busiest_link(ctx, h, _wants(sh, work_of(order)))
+
     slots: dict[int, list[_Buffers]] = {}
     arrivals: dict[int, int] = {}
     sent: dict[int, int] = {}
     landed: dict[int, int] = {}  # pieces of the held output put into each holder's blocks
     if h is not None:
-        slots, arrivals, sent, link = _push_held(ctx, node, h, sh, lb, sc, work_of(cores))
+        orders = [cores]
+        if node.name not in ctx.given:
+            # or each run on the mesh row that holds its queries: whichever loads the busiest link less (the
+            # rows' pieces travel along rows; the default's one head's on a column, by multicast)
+            firsts = [f for f, _ in split(len(items), len(cores))]
+            orders.append(held_read.near(h, [held_read.grid_row(h, block(*items[f]).q) for f in firsts],
+                                         set(cores) | set(h.at.values())))
+        link, cores = min(((link_of(order), order) for order in orders), key=lambda t: t[0])
+        ctx.decisions[-1] = replace(ctx.decisions[-1], cores=tuple(cores))
+        runs = list(zip(cores, split(len(items), len(cores)), strict=False))
+        slots, arrivals, sent = _push_held(ctx, node, h, sh, lb, sc, work_of(cores))
         om = ctx.decisions[-1]  # (its prediction priced the ports; the busiest link may take longer)
         if link > exchange:
             ctx.decisions[-1] = replace(om, predicted_cycles=om.predicted_cycles + ceil(link - exchange),
@@ -228,14 +233,13 @@ def sdpa(ctx: Ctx, node: Node) -> None:
             for s in (0, 1):
                 cc.wait(SEM_STORES[s], pending[s])
             cc.wait(SEM_SENT, pieces + sent.pop(core, 0))
-    for core, count in sent.items():  # a holder with no block of its own: its puts' sources have left
-        cc = ctx.core(core)
-        with cc.op(node.name, node.source):
-            cc.wait(SEM_SENT, count)
-    for core, count in landed.items():  # a holder of the output: its pieces are in before the next op
-        cc = ctx.core(core)
-        with cc.op(node.name, node.source):
-            cc.wait(SEM_OUT, count)
+    # a holder of the inputs with no block of its own: its puts' sources have left; a holder of the output:
+    # its pieces are in, before the next op
+    for sem, counts in ((SEM_SENT, sent), (SEM_OUT, landed)):
+        for core, count in counts.items():
+            cc = ctx.core(core)
+            with cc.op(node.name, node.source):
+                cc.wait(sem, count)
     if h is not None:
         held_.release(ctx, h)
 
@@ -268,34 +272,30 @@ def _wants(sh: Shape, work: list[tuple[int, list[tuple[_Block, int, tuple[int, .
 
 def _push_held(ctx: Ctx, node: Node, h: Held, sh: Shape, lb: int, sc: int,
                work: list[tuple[int, list[tuple[_Block, int, tuple[int, ...]]]]],
-               ) -> tuple[dict[int, list[_Buffers]], dict[int, int], dict[int, int], float]:
+               ) -> tuple[dict[int, list[_Buffers]], dict[int, int], dict[int, int]]:
     """Put every block's Q, and the K and V of its head, from the cores that hold them (held_read.py) into
     the buffers of the core that computes it. `work` is per core its blocks (views, the keys each reads,
     its kv head). Each core gets one buffer set and a Q slot per further block, K and V slots per further
-    head. Returns per core its blocks' buffers, the pieces it receives (on SEM_KV), the puts each holder
-    sent (on SEM_SENT), and the cycles of the busiest link they cross."""
+    head. Returns per core its blocks' buffers, the pieces it receives (on SEM_KV), and the puts each holder
+    sent (on SEM_SENT)."""
     es = sh.es
     slots: dict[int, list[_Buffers]] = {}
-    addr: dict[tuple[int, int, str], int] = {}  # (core, block or head index, q/k/v) -> its buffer
+    qs: dict[int, list[int]] = {}  # per core, its blocks' Q buffers
+    kvs: dict[int, list[tuple[int, int]]] = {}  # per core, its heads' K and V buffers (in `_wants`' order)
     for core, blocks in work:
         bufs = _Buffers.alloc(ctx, core, node, sh, lb, sc)
         sram = ctx.sram[core]
-        heads: list[tuple[int, ...]] = []
-        mine = []
-        for j, (_, _, kidx) in enumerate(blocks):
-            addr[(core, j, "q")] = bufs.q if j == 0 else sram.alloc(lb * sh.E * es, f"sdpa {node.name} query block {j}")
-            if kidx not in heads:
-                i = len(heads)
-                heads.append(kidx)
-                addr[(core, i, "k")] = bufs.k if i == 0 else sram.alloc(sc * sh.E * es, f"sdpa {node.name} key chunk")
-                addr[(core, i, "v")] = bufs.v if i == 0 else sram.alloc(sc * sh.Ev * es,
-                                                                         f"sdpa {node.name} value chunk")
-            i = heads.index(kidx)
-            mine.append(replace(bufs, q=addr[(core, j, "q")], k=addr[(core, i, "k")], v=addr[(core, i, "v")]))
-        slots[core] = mine
-    wants = _wants(sh, work, lambda core, i, kind: addr[(core, i, kind)])
+        heads = list(dict.fromkeys(kidx for _, _, kidx in blocks))
+        qs[core] = [bufs.q] + [sram.alloc(lb * sh.E * es, f"sdpa {node.name} query block {j}")
+                               for j in range(1, len(blocks))]
+        kvs[core] = [(bufs.k, bufs.v)] + [(sram.alloc(sc * sh.E * es, f"sdpa {node.name} key chunk"),
+                                           sram.alloc(sc * sh.Ev * es, f"sdpa {node.name} value chunk"))
+                                          for _ in heads[1:]]
+        slots[core] = [replace(bufs, q=qs[core][j], k=kvs[core][heads.index(kidx)][0],
+                               v=kvs[core][heads.index(kidx)][1]) for j, (_, _, kidx) in enumerate(blocks)]
+    wants = _wants(sh, work, lambda core, i, kind: qs[core][i] if kind == "q" else kvs[core][i][kind == "v"])
     arrivals, sent = held_read.push(ctx, h, wants, SEM_KV, SEM_SENT, node.name, node.source)
-    return slots, arrivals, sent, held_read.busiest_link(ctx, h, wants)
+    return slots, arrivals, sent
 
 
 def _share_kv(cc: CoreCode, sh: Shape, b: _Buffers, k: View, v: View, group: list[int], me: int) -> int:

@@ -184,9 +184,7 @@ def push(ctx: Ctx, h: Held, wants: list[Want], arrive: int, sent_sem: int, name:
     arrivals: dict[int, int] = {}
     sent: dict[int, int] = {}
     for (view, dst, stride), cores in groups.items():
-        # along rows or along columns, whichever takes fewer multicasts
-        axis = min((1, 0), key=lambda a: len(_segments(m, cores, a)))
-        segments = _segments(m, cores, axis)
+        axis, segments = _multicasts(m, cores)
         for pc in pieces(h, view, stride):
             hc = ctx.core(pc.core)
             with hc.op(name, source):
@@ -208,6 +206,12 @@ def push(ctx: Ctx, h: Held, wants: list[Want], arrive: int, sent_sem: int, name:
                     for c in others:
                         arrivals[c] = arrivals.get(c, 0) + 1
     return arrivals, sent
+
+
+def _multicasts(m: Machine, cores: list[int]) -> tuple[int, list[list[int]]]:
+    """The axis (1: along rows, 0: along columns) and the segments of `cores` one multicast each reaches,
+    whichever axis takes fewer."""
+    return min(((a, _segments(m, cores, a)) for a in (1, 0)), key=lambda t: len(t[1]))
 
 
 def _segments(m: Machine, cores: list[int], axis: int) -> list[list[int]]:
@@ -320,8 +324,7 @@ def busiest_link(ctx: Ctx, h: Held, wants: list[Want]) -> float:
     m = ctx.machine
     load: dict[object, int] = {}
     for (view, _, stride), cores in _groups(wants).items():
-        axis = min((1, 0), key=lambda a: len(_segments(m, cores, a)))
-        segments = _segments(m, cores, axis)
+        _, segments = _multicasts(m, cores)
         for pc in pieces(h, view, stride):
             for seg in segments:
                 others = tuple(c for c in seg if c != pc.core)
