@@ -8,13 +8,17 @@ torch.export, the torch.compile backend through AOTAutograd) produce a graph and
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import replace
+from typing import Any
 
 import numpy as np
 
+from dojoc.codegen.lanes import prepare, propose
 from dojoc.codegen.lower import lower_graph
 from dojoc.codegen.result import Lowered
 from dojoc.ir import Graph, maybe_dump, verify
 from dojoc.mapping import Mapping
+from dojoc.mapping.place import home_die
 from dojoc.passes.calibrate import activation_ranges
 from dojoc.passes.fold_bn import fold_batch_norm
 from dojoc.passes.fuse import fuse
@@ -57,4 +61,38 @@ def compile_graph(graph: Graph, machine: Machine, precision: str,
     bounds the candidates each op's search prices."""
     graph = run_passes(graph)
     ranges = activation_ranges(graph, calibration) if precision == "cfp8" and calibration is not None else None
-    return lower_graph(graph, machine, precision, ranges, mapping, search_budget)
+    if mapping is not None and mapping.pipeline is not None and mapping.pipeline.micro_batches == 1:
+        return lower_graph(graph, machine, precision, ranges, mapping, search_budget)  # pipelining off
+    if mapping is not None and mapping.pipeline is not None:  # the given pipeline, as it is
+        cut, lanes = prepare(graph, mapping.pipeline, machine)
+        return lower_graph(verify(cut), machine, precision, ranges, mapping, search_budget, lanes)
+    lowered = lower_graph(graph, machine, precision, ranges, mapping, search_budget)
+    if mapping is not None and mapping.ops:
+        return lowered  # a given mapping's decisions are for this graph's ops, not for micro-batches
+    return pipeline_if_faster(graph, machine, precision, ranges, search_budget, lowered)
+
+
+def pipeline_if_faster(graph: Graph, machine: Machine, precision: str, ranges: Any, search_budget: int | None,
+                       lowered: Lowered) -> Lowered:
+    """The pipelined program (codegen/lanes.py) when the cost model predicts it faster than `lowered`, the
+    one-op-at-a-time program of `graph`; else `lowered`. A batch of 1, or a graph whose ops mix the items
+    of its batch, is never pipelined."""
+    assert lowered.mapping is not None
+    decisions = list(lowered.mapping.ops)
+    found = propose(graph, decisions, machine, home_die(machine))
+    if found is None:
+        return lowered
+    plan, estimate = found
+    default = sum(om.predicted_cycles for om in decisions if om.fused_into is None)
+    cut, lanes = prepare(graph, plan, machine)
+    piped = lower_graph(verify(cut), machine, precision, ranges, None, search_budget, lanes)
+    assert piped.mapping is not None and piped.mapping.pipeline is not None
+    others = sum(om.predicted_cycles for om in piped.mapping.ops if om.fused_into is None and om.op not in lanes.where)
+    total = piped.mapping.pipeline.predicted_cycles + others
+    if total >= default:
+        note = (f"a pipeline of {len(plan.stages)} stages over {plan.micro_batches} micro-batches was predicted at "
+                f"{total:,} cycles (screened at {estimate:,}), not faster than one op at a time ({default:,})")
+        return replace(lowered, mapping=replace(lowered.mapping, notes=(*lowered.mapping.notes, note)))
+    note = (f"pipelined: {len(plan.stages)} stages over {plan.micro_batches} micro-batches, predicted {total:,} "
+            f"cycles against {default:,} one op at a time")
+    return replace(piped, mapping=replace(piped.mapping, pipeline=replace(piped.mapping.pipeline, note=note)))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 from dojoc.codegen.sems import MOST, SEM_BITS
@@ -20,6 +21,7 @@ from isa.encoding import encode_code, make
 from isa.machine import Machine
 from isa.program import CodeSection, DebugEntry, Image, Signature, Tensor
 from isa.table import BY_MNEMONIC, Instr
+from runtime_emu.stats import LOAD_PHASE_BARRIER
 
 # Register roles. Tile operands: the instruction's d, a, b, c operands. DMA: SRAM and DRAM sides.
 R_D, R_A, R_B, R_C, R_BIAS, R_SRAM, R_DRAM, R_IDX = 1, 2, 3, 4, 5, 6, 7, 8
@@ -107,53 +109,123 @@ class CoreCode:
             self.emit("wait", sem=sem, count=min(MAX_WAIT, count - i))
 
 
-ID_TURN = 31  # barrier ids a program's phases rotate through (id 31 ends the load phase)
+ID_TURN = 21  # barrier ids a program's linear phases rotate through
+# barrier ids of the lanes of a pipeline and of their handoffs (codegen/lanes.py): each is bound to one set
+# of cores, which join every barrier of that id, so concurrent lanes never share an id (31 ends the load phase)
+LANE_IDS = tuple(range(ID_TURN, LOAD_PHASE_BARRIER))
+Ref = tuple[int, int]  # a barrier of the program: (its id, how many of that id came before it)
+LOAD_REF: Ref = (LOAD_PHASE_BARRIER, 0)
+
+
+@dataclass(frozen=True)
+class Span:
+    """Where one op's code lies: after barrier `start`, up to barrier `end` of its lane (or of the linear
+    phases), ending the phases `barriers` (its own). Its emulated cycles: end's release - start's."""
+
+    op: str
+    start: Ref
+    end: Ref
+    barriers: tuple[Ref, ...]
 
 
 class ProgramBuilder:
-    """The streams of every core of one program."""
+    """The streams of every core of one program.
+
+    Its phases are linear by default: `barrier` ends a phase on every core. In a lane (`set_lane`: the ops of one
+    pipeline stage, codegen/lanes.py) `barrier` ends a phase on the lane's cores only, under the lane's own
+    id, and `handoff` joins two lanes' cores: lanes run side by side between two linear barriers."""
 
     def __init__(self, machine: Machine, cores: list[int]) -> None:
         self.machine = machine
         self.ids = list(cores)  # the cores (machine ids) that run code and join every barrier
         self.cores = {c: CoreCode(c, machine.semaphores) for c in self.ids}
         self._barrier = 0
-        self.barriers = 0  # barriers emitted so far (after the load barrier, which is prepended)
-        self.scopes: list[tuple[int, ...]] = []  # per barrier, the cores that join it (set by `keep`)
+        self.barriers = 0  # linear barriers emitted so far (after the load barrier, which is prepended)
+        self.scopes: list[tuple[int, ...]] = []  # per linear barrier, the cores that join it (set by `keep`)
+        self.linear: list[Ref] = []  # per linear barrier, its ref
+        self.lane_cores: dict[int, tuple[int, ...]] = {}  # lane or handoff barrier id -> the cores that join it
+        self._count: dict[int, int] = {}  # barrier id -> barriers of that id emitted so far
+        self._lane: int | None = None  # the lane barrier id while inside `lane`
+        self.last: dict[int | None, Ref] = {None: LOAD_REF}  # per lane id (None: linear), its latest barrier
+        self.emitted: list[Ref] = []  # every barrier, in emission order
 
     @property
     def participants(self) -> int:
         """How many cores join every barrier."""
         return len(self.ids)
 
+    def _ref(self, bid: int) -> Ref:
+        n = self._count.get(bid, 0)
+        self._count[bid] = n + 1
+        ref = (bid, n)
+        self.emitted.append(ref)
+        return ref
+
     def barrier(self, bid: int | None = None) -> None:
         """The cores wait for each other between two phases (ids rotate so consecutive barriers differ).
-        Emitted on every core; `keep` scopes it to the cores of the phases on its two sides."""
+        Emitted on every core (inside a lane: on the lane's cores); `keep` scopes it to the cores of the
+        phases on its two sides."""
+        if self._lane is not None:
+            self._private(self._lane)
+            return
         if bid is None:
             bid = self._barrier
             self._barrier = (self._barrier + 1) % ID_TURN
         self.barriers += 1
+        ref = self._ref(bid)
+        self.linear.append(ref)
+        self.last[None] = ref
         for c in self.cores.values():
             c.emit("barrier", id=bid, count=self.participants)
 
+    def bind(self, bid: int, cores: tuple[int, ...]) -> None:
+        """Bind lane or handoff barrier id `bid` to `cores` (before its first barrier)."""
+        if bid not in LANE_IDS:
+            raise CompileError(f"barrier id {bid} is not a lane id ({LANE_IDS[0]}-{LANE_IDS[-1]})")
+        self.lane_cores[bid] = tuple(cores)
+
+    def _private(self, bid: int) -> None:
+        cores = self.lane_cores[bid]
+        ref = self._ref(bid)
+        self.last[bid] = ref
+        for c in cores:
+            self.cores[c].emit("barrier", id=bid, count=len(cores))
+
+    def set_lane(self, bid: int | None) -> None:
+        """From now on, `barrier` ends a phase of lane `bid`'s cores only (`bind` them first); None: of every
+        core again."""
+        self._lane = bid
+
+    @property
+    def in_lane(self) -> bool:
+        return self._lane is not None
+
+    def handoff(self, bid: int) -> None:
+        """A barrier of the cores bound to handoff id `bid` (two lanes': the one that produced a value and
+        the one that reads it)."""
+        self._private(bid)
+
     def keep(self, cores: set[int]) -> None:
         """Drop the cores outside `cores` (they got no work, so they only ran barriers), and scope every
-        barrier to the cores that work in the phase before it or the phase after it (`scopes`).
+        linear barrier to the cores that work in the phase before it or the phase after it (`scopes`).
 
         Scoped so, barriers still order every phase after every earlier one on every core: each barrier's
         cores include the next phase's, which arrive at the next barrier only once released from this one,
         so a barrier releases only after the one before it. A core that sits out some phases arrives early
         at its next barrier; one idle for a full turn of the ids could be counted at an earlier barrier of
         the same id, so a core joins at least every `ID_TURN - 1`-th barrier. A barrier's combining tree
-        spans only its cores' bounding box (docs/timing.md)."""
+        spans only its cores' bounding box (docs/timing.md). A lane's barriers (ids in LANE_IDS) stay on
+        the lane's cores that remain, and count them; they are work of the phase they lie in."""
         self.ids = [c for c in self.ids if c in cores] or self.ids[:1]
         self.cores = {c: self.cores[c] for c in self.ids}
+        kept = set(self.ids)
+        self.lane_cores = {b: tuple(c for c in cs if c in kept) for b, cs in self.lane_cores.items()}
         # per core, per phase (the code before each barrier, and after the last): whether it does work
         work: dict[int, list[bool]] = {}
         for c, cc in self.cores.items():
             flags, busy = [], False
             for ins in cc.code:
-                if ins.spec.mnemonic == "barrier":
+                if ins.spec.mnemonic == "barrier" and ins["id"] not in self.lane_cores:
                     flags.append(busy)
                     busy = False
                 else:
@@ -178,7 +250,9 @@ class ProgramBuilder:
             k = 0
             for ins in cc.code:
                 pcs.append(len(code))
-                if ins.spec.mnemonic == "barrier":
+                if ins.spec.mnemonic == "barrier" and ins["id"] in self.lane_cores:
+                    code.append(make("barrier", id=ins["id"], count=len(self.lane_cores[ins["id"]])))
+                elif ins.spec.mnemonic == "barrier":
                     if c in members[k]:
                         code.append(make("barrier", id=ins["id"], count=len(members[k])))
                     else:
@@ -189,6 +263,23 @@ class ProgramBuilder:
             pcs.append(len(code))
             cc.code = code
             cc.debug = [(new, op, src) for pc, op, src in cc.debug if (new := pcs[pc]) is not None]
+
+    def mark(self) -> tuple[Ref, int]:
+        """Where the program stands now, for `span`: the latest barrier of the current lane (or linear)."""
+        return self.last[self._lane], len(self.emitted)
+
+    def span(self, op: str, mark: tuple[Ref, int]) -> Span | None:
+        """The span of op `op`, whose code was emitted since `mark` (None when it ended no phase)."""
+        start, first = mark
+        if len(self.emitted) == first:
+            return None
+        return Span(op, start, self.last[self._lane], tuple(self.emitted[first:]))
+
+    def cores_of(self, ref: Ref) -> tuple[int, ...]:
+        """The cores that join barrier `ref` (after `keep`)."""
+        if ref[0] in self.lane_cores:
+            return self.lane_cores[ref[0]]
+        return self.scopes[self.linear.index(ref)] if ref in self.linear else tuple(self.ids)
 
     def build(self, tensors: tuple[Tensor, ...], signature: Signature) -> Image:
         """Halt every stream and merge identical streams into shared sections."""

@@ -20,6 +20,7 @@ from dojoc.errors import MappingError, SramOverflowError
 from dojoc.ir.graph import Graph, Node, Value
 from dojoc.ir.types import IRDType
 from dojoc.mapping.model import Bound, OpMapping
+from dojoc.mapping.place import Rect, home_die
 from isa import formats
 from isa.dtypes import DType
 from isa.machine import Machine
@@ -81,8 +82,24 @@ class Ctx:
     band_live: dict[str, Any] = field(default_factory=dict)
     band_shards: dict[int, tuple[str, tuple[Any, ...], bool]] = field(default_factory=dict)
     kept_shards: dict[int, tuple[str, tuple[Any, ...]]] = field(default_factory=dict)  # DRAM base -> (reader, shards)
+    # a pipeline (codegen/lanes.py): each op's stage by name, and the rectangle of the stage lowering now
+    stage_of: dict[str, int] = field(default_factory=dict)
+    lane_rect: Rect | None = None
+    preplaced: dict[Value, View] = field(default_factory=dict)  # a replica's result, in its slice of the join
+    joined: set[str] = field(default_factory=set)  # joins whose replicas wrote their slices (no code)
     _parts: dict[str, int] = field(default_factory=dict)
     _dram_top: int = 0
+
+    @property
+    def home(self) -> Rect:
+        """The rectangle an op may lay its grid of blocks on: the home die (`place.home_die`), or in a
+        pipeline its stage's rectangle."""
+        return self.lane_rect or home_die(self.machine)
+
+    def apart(self, a: str, b: str) -> bool:
+        """Whether ops `a` and `b` run in different pipeline stages (then a value between them goes
+        through DRAM: the stages run side by side, on their own cores)."""
+        return bool(self.stage_of) and self.stage_of.get(a, -1) != self.stage_of.get(b, -1)
 
     # -- types ----------------------------------------------------------------------------------------
 
@@ -174,6 +191,10 @@ class Ctx:
                                    "fused in this compile; remove its fused_into")
             # (build.check_given has checked that its cores are on the mesh; every core is in the compile)
             assert all(c in self.sram for c in mine.cores), (key, mine.cores)
+            if self.lane_rect is not None and not set(mine.cores) <= set(self.builder.ids):
+                off = next(c for c in mine.cores if c not in set(self.builder.ids))
+                raise MappingError(f"op {key}: core {off} of its region is outside its pipeline stage's "
+                                   f"rectangle {self.lane_rect}; give cores of that rectangle")
             om = replace(mine, op=op, part=part)
             if check is not None:
                 om = check(om)

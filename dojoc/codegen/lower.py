@@ -14,12 +14,13 @@ from dataclasses import replace
 from math import prod
 
 import dojoc.codegen.kernels  # noqa: F401  (registers the kernels)
-from dojoc.codegen.builder import CoreCode, ProgramBuilder
+from dojoc.codegen.builder import CoreCode, ProgramBuilder, Span
 from dojoc.codegen.context import Ctx
 from dojoc.codegen.kernels import band
 from dojoc.codegen.kernels.copy import copy_view
 from dojoc.codegen.kernels.eltwise import fill
 from dojoc.codegen.kernels.held import release_kept
+from dojoc.codegen.lanes import Lanes
 from dojoc.codegen.paths import barrier_cycles
 from dojoc.codegen.registry import KERNELS
 from dojoc.codegen.result import LOAD_BARRIER, Lowered
@@ -87,21 +88,22 @@ def unsupported(graph: Graph) -> list[tuple[str, str, str]]:
 
 def lower_graph(graph: Graph, machine: Machine, precision: str = "bf16",
                 ranges: Mapping[str, float] | None = None, mapping: OpsMapping | None = None,
-                search_budget: int | None = None) -> Lowered:
+                search_budget: int | None = None, lanes: Lanes | None = None) -> Lowered:
     """Generate the program for `graph` on `machine` at `precision` ("bf16", "fp32", "cfp8"). `ranges`
     ({value name: max |x|} from calibration) sets the CFP8 bias of activations; without it they use a
     fixed bias (see kernels/mxu.py). `mapping` gives decisions (by op) that the kernels take instead of
     their own; `Lowered.mapping` has every decision taken. `search_budget` bounds the candidates each op's
-    search prices (default `context.SEARCH_BUDGET`); the mapping's notes name the ops it cut short."""
+    search prices (default `context.SEARCH_BUDGET`); the mapping's notes name the ops it cut short. With
+    `lanes` (codegen/lanes.py: `graph` is then its micro-batched graph) the ops run as that pipeline."""
     reserves: dict[int, int] = {}  # per core, a code gap wider than the plan's default (sram.CODE_SHARE)
     for _ in range(2):
         try:
-            return _lower(graph, machine, precision, ranges, mapping, search_budget, reserves)
+            return _lower(graph, machine, precision, ranges, mapping, search_budget, reserves, lanes)
         except CodeOverflow as e:  # code outgrew its gap: compile again, keeping what it took free on its core
             for c, code in e.near.items():
                 reserves[c] = max(reserves.get(c, 0), aligned(code + code // CODE_SLACK))
     try:
-        return _lower(graph, machine, precision, ranges, mapping, search_budget, reserves)
+        return _lower(graph, machine, precision, ranges, mapping, search_budget, reserves, lanes)
     except CodeOverflow as last:
         raise SramOverflowError(f"the code of core {last.core} takes {last.code:,} bytes of SRAM but its data "
                                 f"leaves {last.gap:,}; give its ops fewer tiles (a mapping with smaller splits) "
@@ -109,7 +111,8 @@ def lower_graph(graph: Graph, machine: Machine, precision: str = "bf16",
 
 
 def _lower(graph: Graph, machine: Machine, precision: str, ranges: Mapping[str, float] | None,
-           mapping: OpsMapping | None, search_budget: int | None, reserves: Mapping[int, int]) -> Lowered:
+           mapping: OpsMapping | None, search_budget: int | None, reserves: Mapping[int, int],
+           lanes: Lanes | None = None) -> Lowered:
     """The program, planned with `reserves[core]` bytes of SRAM kept for a core's code (else the default)."""
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}: use one of {', '.join(PRECISIONS)}")
@@ -130,13 +133,17 @@ def _lower(graph: Graph, machine: Machine, precision: str, ranges: Mapping[str, 
     outputs = set(graph.outputs)
     ctx.users = graph.users()
     final = write_through(graph, outputs, ctx.users)
+    if lanes is not None:
+        lanes.bind(ctx)
     ctx.bands = band.plan(ctx)
     written = set(final.values())
-    spans: list[tuple[str, int, int]] = []  # (op, barriers before it, barriers after it)
+    spans: list[Span] = []
     for node in graph.nodes:
+        if lanes is not None:
+            lanes.enter(ctx, node.name)
         if node.outputs[0] in written:  # a reshape that its producer wrote (see write_through)
             continue
-        b0, d0 = ctx.builder.barriers, len(ctx.decisions)
+        mark, d0 = ctx.builder.mark(), len(ctx.decisions)
         with ctx.op_scope(node.name, node.source):
             _lower_node(ctx, node, outputs, final)
         release_kept(ctx, node.name)
@@ -146,8 +153,11 @@ def _lower(graph: Graph, machine: Machine, precision: str, ranges: Mapping[str, 
         # the ops fused into this one are computed by its epilogue: they keep an entry in the mapping
         ctx.decisions += [OpMapping(name, "epilogue", fused_into=node.name) for name in node.attrs.get("fused", ())]
         ctx.decisions += [OpMapping(name, "merged", fused_into=node.name) for name in node.attrs.get("merged", ())]
-        if ctx.builder.barriers > b0:
-            spans.append((node.name, b0, ctx.builder.barriers))
+        span = ctx.builder.span(node.name, mark)
+        if span is not None:
+            spans.append(span)
+    if lanes is not None:
+        lanes.close(ctx)
     out_names = tuple(graph.output_names)
     for value, name in zip(graph.outputs, out_names, strict=True):
         v = ctx.views[value]
@@ -155,11 +165,13 @@ def _lower(graph: Graph, machine: Machine, precision: str, ranges: Mapping[str, 
         if out is None or View.dense(out.address, out.shape, out.dtype) != v:
             dst = ctx.dram(name, TensorKind.OUTPUT, value.type.shape, ctx.storage(value.type.dtype))
             ctx.begin_op()
-            b0 = ctx.builder.barriers
+            mark = ctx.builder.mark()
             with ctx.op_scope(f"output {name}"):
                 copy_view(ctx, v, dst, f"output {name}", None)
             ctx.builder.barrier()
-            spans.append((f"output {name}", b0, ctx.builder.barriers))
+            span = ctx.builder.span(f"output {name}", mark)
+            assert span is not None
+            spans.append(span)
     ctx.builder.keep(ctx.used | {c for c, load in ctx.load.items() if load.code})
     _add_sync(ctx, spans)
     _prepend_load_phase(ctx)
@@ -178,19 +190,27 @@ def _lower(graph: Graph, machine: Machine, precision: str, ranges: Mapping[str, 
     if unused:
         raise MappingError(f"op {unused[0]}: the mapping gives a decision that this compile does not take "
                            f"(the op takes fewer decisions, or is a view or is fused); remove it")
+    built = build_mapping(ctx, tuple(ctx.search_notes))
+    if lanes is not None:
+        b = ctx.builder
+        handoff = [barrier_cycles(machine, b.lane_cores[lanes.handoff_id(s)]) for s in range(lanes.stages - 1)]
+        built = replace(built, pipeline=replace(lanes.plan, predicted_cycles=lanes.predict(ctx.decisions, handoff)))
     return Lowered(image, in_names, out_names, flops_of(graph), precision, max(len(ctx.used), 1),
-                   max(s.peak for s in ctx.sram.values()), build_mapping(ctx, tuple(ctx.search_notes)), tuple(spans),
+                   max(s.peak for s in ctx.sram.values()), built,
+                   tuple((sp.op, sp.start, sp.end) for sp in spans),
                    tuple(ctx.sram[c].usage(c) for c in sorted(code)))
 
 
-def _add_sync(ctx: Ctx, spans: list[tuple[str, int, int]]) -> None:
+def _add_sync(ctx: Ctx, spans: list[Span]) -> None:
     """Add to each op's prediction the release of the barriers that end its phases (each over its own
-    cores, `ProgramBuilder.scopes`): an op's emulated cycles run from one barrier's release to the next, so
+    cores, `ProgramBuilder.cores_of`): an op's emulated cycles run from one barrier's release to the next, so
     its prediction covers them too. Known only now, once the barriers are scoped."""
-    scopes = ctx.builder.scopes
+    b = ctx.builder
+    scope = dict(zip(b.linear, b.scopes, strict=True))
     count: dict[str, int] = {}
-    for op, b0, b1 in spans:
-        count[op] = count.get(op, 0) + sum(barrier_cycles(ctx.machine, scopes[k]) for k in range(b0, b1))
+    for sp in spans:
+        count[sp.op] = count.get(sp.op, 0) + sum(
+            barrier_cycles(ctx.machine, scope[r] if r in scope else b.cores_of(r)) for r in sp.barriers)
     last = {om.op: i for i, om in enumerate(ctx.decisions) if om.fused_into is None}
     for op, n in count.items():
         i = last.get(op)
@@ -242,8 +262,13 @@ def _lower_node(ctx: Ctx, node: Node, outputs: set[Value], final: dict[Node, Val
         if v is not None:
             ctx.views[node.output] = v
             return
+    if node.name in ctx.joined:  # its inputs were written in place (codegen/lanes.py)
+        return
     last = final.get(node)
     for i, value in enumerate(node.outputs):
+        if value in ctx.preplaced:
+            ctx.views[value] = ctx.preplaced[value]
+            continue
         if last is not None:  # this op writes the graph output that reshapes its result
             value = last
         kind = TensorKind.OUTPUT if value in outputs else TensorKind.SCRATCH

@@ -31,7 +31,8 @@ class Lowered:
     cores_used: int
     sram_peak_bytes: int  # the planned maximum over cores
     mapping: Mapping | None = None  # every decision of the compile, and every value's placement
-    # (op, first, last): the op's code lies between the call phase's barriers number first and last
-    # (0 = the load barrier), so its emulated cycles are the difference of their release cycles
-    op_spans: tuple[tuple[str, int, int], ...] = ()
+    # (op, first, last): the op's code lies between barriers first and last, each (id, how many barriers of
+    # that id came before it; the load barrier is (LOAD_BARRIER, 0)), so its emulated cycles are the
+    # difference of their release cycles
+    op_spans: tuple[tuple[str, tuple[int, int], tuple[int, int]], ...] = ()
     sram: tuple[CoreSram, ...] = ()  # per core that runs code, the memory plan's bytes by kind

@@ -12,6 +12,7 @@ from dojoc.mapping.model import (
     format_cores,
     parse_cores,
 )
+from dojoc.mapping.stages import Pipeline, Stage
 
-__all__ = ["SCHEMA_VERSION", "Bound", "Mapping", "OpMapping", "Shard", "ValuePlacement", "Where",
+__all__ = ["SCHEMA_VERSION", "Bound", "Mapping", "OpMapping", "Shard", "Pipeline", "Stage", "ValuePlacement", "Where",
            "format_cores", "parse_cores"]

@@ -13,16 +13,20 @@ from runtime_emu.stats import RunStats
 
 
 def emulated_cycles(lowered: Lowered, stats: RunStats | None) -> dict[str, int]:
-    """Cycles per op measured by the emulator: ops run between barriers of every core, so an op's time is
-    the release of the barrier after it minus the release of the barrier before it (the load barrier
-    for the first). An op whose code lies between several barriers (a two-pass reduction) spans them."""
+    """Cycles per op measured by the emulator: an op runs between two barriers of its cores (of every
+    core, or of its pipeline lane's), so its time is the release of the barrier after it minus the release
+    of the barrier before it (the load barrier for the first). An op whose code lies between several
+    barriers (a two-pass reduction) spans them. Barriers are told apart by id and by how many of that id
+    released before (each id's barriers release in order)."""
     if stats is None:
         return {}
-    releases = [cycle for _, cycle in stats.barrier_releases]
+    releases: dict[int, list[int]] = {}
+    for bid, cycle in stats.barrier_releases:
+        releases.setdefault(bid, []).append(cycle)
     out: dict[str, int] = {}
-    for op, first, last in lowered.op_spans:
-        if last < len(releases):
-            out[op] = out.get(op, 0) + releases[last] - releases[first]
+    for op, (b0, n0), (b1, n1) in lowered.op_spans:
+        if n0 < len(releases.get(b0, ())) and n1 < len(releases.get(b1, ())):
+            out[op] = out.get(op, 0) + releases[b1][n1] - releases[b0][n0]
     return out
 
 

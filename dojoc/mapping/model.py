@@ -23,6 +23,7 @@ from enum import StrEnum
 from typing import Any
 
 from dojoc.errors import MappingError
+from dojoc.mapping.stages import Pipeline
 
 SCHEMA_VERSION = 1
 
@@ -250,6 +251,7 @@ class Mapping:
     values: tuple[ValuePlacement, ...] = ()
     schema_version: int = SCHEMA_VERSION
     notes: tuple[str, ...] = field(default=())  # e.g. that a search stopped early
+    pipeline: Pipeline | None = None  # micro-batches through stages side by side (mapping/stages.py)
 
     def by_key(self) -> dict[str, OpMapping]:
         return {o.key: o for o in self.ops}
@@ -258,9 +260,11 @@ class Mapping:
         return next((v for v in self.values if v.value == name), None)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"schema_version": self.schema_version, "machine": self.machine, "machine_hash": self.machine_hash,
-                "precision": self.precision, "notes": list(self.notes),
-                "ops": [o.to_dict() for o in self.ops], "values": [v.to_dict() for v in self.values]}
+        d = {"schema_version": self.schema_version, "machine": self.machine, "machine_hash": self.machine_hash,
+             "precision": self.precision, "notes": list(self.notes)}
+        if self.pipeline is not None:
+            d["pipeline"] = self.pipeline.to_dict()
+        return {**d, "ops": [o.to_dict() for o in self.ops], "values": [v.to_dict() for v in self.values]}
 
     def to_json(self) -> str:
         """The JSON text, one line per decision and per value, so a diff or an edit touches one line."""
@@ -289,7 +293,8 @@ class Mapping:
             raise MappingError(f"op {dup}: the mapping gives it twice; keep one entry per decision")
         return cls(str(d.get("machine", "")), str(d.get("machine_hash", "")), str(d.get("precision", "")), ops,
                    tuple(ValuePlacement.from_dict(v) for v in d.get("values", [])),
-                   notes=tuple(str(n) for n in d.get("notes", [])))
+                   notes=tuple(str(n) for n in d.get("notes", [])),
+                   pipeline=Pipeline.from_dict(d["pipeline"]) if d.get("pipeline") is not None else None)
 
     @classmethod
     def from_json(cls, text: str) -> Mapping:

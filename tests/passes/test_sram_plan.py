@@ -74,7 +74,7 @@ def test_a_stream_longer_than_its_gap_compiles_again_with_a_wider_one(monkeypatc
     inner = lower._lower
 
     def spy(*args: object) -> object:
-        calls.append(dict(args[-1]))  # type: ignore[call-overload]
+        calls.append(dict(args[6]))  # type: ignore[call-overload]
         return inner(*args)  # type: ignore[arg-type]
 
     monkeypatch.setattr(sram, "CODE_SHARE", 4096)
@@ -102,7 +102,7 @@ def test_only_the_cores_short_of_code_room_get_a_wider_gap(monkeypatch: pytest.M
     calls: list[dict[int, int]] = []
 
     def fake(*args: object) -> str:
-        calls.append(dict(args[-1]))  # type: ignore[call-overload]
+        calls.append(dict(args[6]))  # type: ignore[call-overload]
         if len(calls) == 1:
             raise CodeOverflow({3: (160_000, 100_000)}, {3: 160_000, 4: 99_000})  # 4 came near its gap
         return "lowered"

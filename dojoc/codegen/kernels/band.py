@@ -244,7 +244,6 @@ def _alone(ctx: Ctx, node: Node) -> int:
     (on the home die, its weight resident or streamed), whichever is less."""
     from dojoc.codegen.kernels import summa
     from dojoc.codegen.kernels.conv import _plan, gemm_problems
-    from dojoc.mapping.place import home_die
 
     cv, spec = _dummy(ctx, node)
     best = _plan(ctx, node, cv, spec, True)[1]
@@ -252,7 +251,7 @@ def _alone(ctx: Ctx, node: Node) -> int:
         if q is None or not summa.eligible(ctx, q, spec):
             continue
         for res in (None, "a"):
-            got = summa._best_kc(ctx, q, spec, res, rect=home_die(ctx.machine))
+            got = summa._best_kc(ctx, q, spec, res, rect=ctx.home)
             if got is not None:
                 best = min(best, got[3])
     return best
@@ -382,6 +381,11 @@ def plan(ctx: Ctx) -> dict[str, Member]:
     nodes = ctx.graph.nodes
     given = ctx.given
     forced = {k for k, g in given.items() if g.kernel == "conv2d" and g.tile_of("band", 0)}
+    if ctx.stage_of:  # a pipeline: a chain is planned on the whole die, before its stages' lanes exist
+        for k in sorted(forced):
+            raise MappingError(f"op {k}: tile band=1, but the op runs in a pipeline stage, where convolutions "
+                               "run alone; set band to 0")
+        return {}
     for k in forced:
         g = given[k]
         if g.tile_of("band", 0) != 1:

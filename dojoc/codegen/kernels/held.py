@@ -58,7 +58,7 @@ from dojoc.ir.epilogue import ROW_MAX, split_inputs, steps_of
 from dojoc.ir.graph import Node, Value
 from dojoc.ir.ops import Op
 from dojoc.mapping.model import Shard
-from dojoc.mapping.place import Rect, home_die
+from dojoc.mapping.place import Rect
 from isa.dtypes import DType
 
 if TYPE_CHECKING:
@@ -142,6 +142,8 @@ def no_code_between(ctx: Ctx, node: Node, reader: Node, between: list[Node]) -> 
     from dojoc.codegen.lower import VIEW_OPS, view_of
 
     graph = ctx.graph
+    if ctx.apart(node.name, reader.name):
+        return f"its reader {reader.name} runs in another pipeline stage"
 
     def free(n: Node) -> bool:  # emits no code: a parameter, a constant, a view of a value in DRAM
         if n.op in (Op.PARAM, Op.CONST) or n in between:
@@ -161,7 +163,7 @@ def offer(ctx: Ctx, node: Node, p: Problem, spec: Spec) -> tuple[Node | None, st
     or (None, why not). A held value lives on the home die's grid (the reader runs there too)."""
     from dojoc.codegen.kernels.summa_grid import MIN_BLOCK, grid
 
-    rows, cols = home_die(ctx.machine).shape
+    rows, cols = ctx.home.shape
     if p.m < MIN_BLOCK * rows or p.n < MIN_BLOCK * cols:
         return None, "it is too small to run on the whole die"
     g = grid(ctx, p.m, p.n)
@@ -193,7 +195,7 @@ def a_reader_why(ctx: Ctx, reader: Node, m: int, kblocks: tuple[tuple[int, int],
     from dojoc.codegen.kernels.mxu import param_array
     from dojoc.codegen.kernels.summa_grid import MIN_BLOCK
 
-    rows, cols = home_die(ctx.machine).shape
+    rows, cols = ctx.home.shape
     given = ctx.given.get(reader.name)
     if given is not None and given.kernel != "summa":
         return f"the mapping gives its reader {reader.name} kernel {given.kernel!r}"
@@ -306,6 +308,7 @@ def residual_reader(ctx: Ctx, name: str) -> tuple[Node | None, str, bool]:
     if node is None:
         return None, "it is a later phase of its op", False
     readers, output = _readers(ctx, node)
+    readers = [(r, v) for r, v in readers if not ctx.apart(name, r.name)]  # others read DRAM
     reader = next((r for r, v in readers if r.op in (Op.MATMUL, Op.CONV2D)
                    and split_inputs(r.inputs, r.attrs)[1].get("residual") is v), None)
     if reader is None:
@@ -398,6 +401,8 @@ def sram_only(ctx: Ctx, name: str, keeper: Node | None, breader: Node) -> bool:
     if node is None:
         return False
     readers, output = _readers(ctx, node)
+    if any(ctx.apart(name, r.name) for r, _ in readers):
+        return False
     wanted = [r for r in (keeper, breader) if r is not None]
     others = [r for r, _ in readers if r not in wanted]
     if output or {r.name for r in wanted} - {r.name for r, _ in readers} or others and strided(node, others) == 1:
@@ -445,7 +450,7 @@ def _summa_conv(ctx: Ctx, node: Node) -> bool:
     params = all(producers.get(v) is not None and producers[v].op is Op.PARAM for v in own[1:])
     o, c, kh, kw = own[1].type.shape
     return node.attrs.get("groups", 1) == 1 and params and ctx.precision != "cfp8" and c * kh * kw >= 8 \
-        and o >= MIN_BLOCK * home_die(ctx.machine).rows
+        and o >= MIN_BLOCK * ctx.home.rows
 
 
 def owned(keep: dict[tuple[str, int], int], stride: dict[tuple[str, int], int], a: Held | None, b: Kept | None,
@@ -471,7 +476,7 @@ def b_reader(ctx: Ctx, name: str, p: Problem) -> Node | None:
         return None
     for r, v in _readers(ctx, node)[0]:
         own, _ = split_inputs(r.inputs, r.attrs)
-        if r.op is not Op.CONV2D or own[0] is not v or len(own) < 2:
+        if ctx.apart(name, r.name) or r.op is not Op.CONV2D or own[0] is not v or len(own) < 2:
             continue
         a = r.attrs
         if tuple(own[1].type.shape[2:]) == (1, 1) and tuple(a.get("stride", (1, 1))) == (1, 1) \

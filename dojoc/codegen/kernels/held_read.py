@@ -239,7 +239,6 @@ def a_reader(ctx: Ctx, node: Node) -> tuple[Node | None, str, View | None]:
     from dojoc.codegen.kernels.held import a_reader_why, holders, no_code_between
     from dojoc.codegen.kernels.summa_grid import MIN_BLOCK, grid
     from dojoc.codegen.lower import view_after
-    from dojoc.mapping.place import home_die
 
     graph, value = ctx.graph, node.output
     v: View | None = ctx.views.get(value)
@@ -264,7 +263,7 @@ def a_reader(ctx: Ctx, node: Node) -> tuple[Node | None, str, View | None]:
     if any(s != d for s, d, n in zip(v.strides, dense.strides, v.shape, strict=True) if n > 1) \
             or ctx.precision == "cfp8":
         return None, f"its reader {reader.name} takes it in another layout", None
-    rows, cols = home_die(ctx.machine).shape
+    rows, cols = ctx.home.shape
     if m < MIN_BLOCK * rows or k < MIN_BLOCK * cols:
         return None, "it is too small for the whole die", None
     g = grid(ctx, m, k)

@@ -26,7 +26,6 @@ from dojoc.codegen.context import MAX_STRIDE, Ctx
 from dojoc.codegen.sems import SHARED_A
 from dojoc.codegen.sram import aligned
 from dojoc.codegen.view import Transfer, transfers
-from dojoc.mapping.place import home_die
 from isa.table import Cast
 
 if TYPE_CHECKING:
@@ -66,7 +65,7 @@ class Broadcast:
 
 def die_rows(ctx: Ctx) -> list[tuple[int, ...]]:
     """The enabled cores of each mesh row of the home die that run code, by column."""
-    mach, rect = ctx.machine, home_die(ctx.machine)
+    mach, rect = ctx.machine, ctx.home
     ids = set(ctx.builder.ids)
     out = []
     for i in range(rect.rows):

@@ -74,7 +74,7 @@ from dojoc.errors import CompileError, MappingError
 from dojoc.ir.graph import Node
 from dojoc.ir.ops import Op
 from dojoc.mapping.model import Bound, OpMapping
-from dojoc.mapping.place import Rect, home_die
+from dojoc.mapping.place import Rect
 from isa.costs import dram_cycles, matmul_cycles, vector_cycles
 
 if False:  # typing only, without an import cycle
@@ -335,7 +335,7 @@ def decide(ctx: Ctx, p: Problem, spec: Spec, other: Callable[[], int], weight: s
                 raise MappingError(f"op {key}: its {what} is kept in SRAM only, by {k.name}, for the summa kernel "
                                    f"on that op's cores; give it kernel \"summa\", or {k.name} tile keep=1")
         return None
-    home = home_die(ctx.machine)
+    home = ctx.home
 
     variants = [p] if shifted is None or only is not None else [p, shifted]
     kb = with_kept_b(ctx, p)

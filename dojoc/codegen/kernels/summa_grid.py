@@ -14,7 +14,7 @@ from functools import lru_cache
 from dojoc.codegen.context import MAX_COLS, MAX_ROWS, Ctx, split
 from dojoc.codegen.kernels.mxu import resident_free
 from dojoc.codegen.sram import aligned
-from dojoc.mapping.place import Rect, home_die
+from dojoc.mapping.place import Rect
 from isa.costs import up8
 
 if False:  # typing only, without an import cycle
@@ -75,7 +75,7 @@ class Grid:
 def grid(ctx: Ctx, m: int, n: int, rect: Rect | None = None) -> Grid:
     """The grid of blocks of an [m, n] output over `rect` (default: the home die)."""
     mach = ctx.machine
-    rect = rect or home_die(mach)
+    rect = rect or ctx.home
     rows_n, cols_n = rect.shape
     at = {(i, j): mach.core_at[rect.mesh(i, j)] for i in range(rows_n) for j in range(cols_n)
           if rect.mesh(i, j) in mach.core_at}
@@ -140,7 +140,7 @@ def rects(ctx: Ctx, p: Problem) -> list[Rect]:
     held = next((h for h in ctx.held.values() if h.m == p.m), None)
     if held is not None:
         return [held.rect]
-    home = home_die(ctx.machine)
+    home = ctx.home
     rows_n, cols_n = home.shape
     if p.m >= MIN_BLOCK * rows_n and p.n >= MIN_BLOCK * cols_n:
         out = [home]

@@ -1,0 +1,302 @@
+"""Pipelined lowering: micro-batches through stages that run side by side on their own rectangles.
+
+Given a `Pipeline` (mapping/stages.py), `prepare` cuts the graph into micro-batch replicas
+(passes/microbatch.py) and orders their ops as a wavefront: at step t, stage s runs micro-batch t - s, the
+last stage first. Code generation then lowers each op on its stage's rectangle (`Ctx.home`, the offered
+cores) and `Lanes.enter` switches the program builder between lanes:
+
+- an op's phases end at its *lane's* barriers (the stage's cores only, a barrier id of the stage's own);
+- when stage s has finished micro-batch i it meets stage s + 1 at their *handoff* barrier (both stages'
+  cores): stage s + 1 then reads micro-batch i's values from DRAM while stage s goes on with i + 1. Each
+  replica's values have buffers of their own, so nothing is overwritten while a later stage reads it;
+- the pipeline ends at a barrier of every core, and the replicas' outputs are joined after it.
+
+Values never cross stages in SRAM (`Ctx.apart` stops holds and kept copies; convolution chains are off in
+a pipeline), and every stage lays its grids on its own rectangle. `predict` is the cost model of the whole:
+per stage and micro-batch, the sum of its ops' predictions, run through the wavefront's dependencies.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from dojoc.codegen.builder import LANE_IDS
+from dojoc.errors import MappingError
+from dojoc.ir.graph import Graph
+from dojoc.ir.ops import Op, OpKind
+from dojoc.mapping.model import OpMapping
+from dojoc.mapping.place import Rect, usable_cores
+from dojoc.mapping.stages import Pipeline, Stage
+from dojoc.passes.microbatch import batch_problem, split_batch
+from isa.machine import Machine
+from isa.program import TensorKind
+
+if TYPE_CHECKING:
+    from dojoc.codegen.context import Ctx
+
+MAX_STAGES = (len(LANE_IDS) + 1) // 2  # a lane id per stage and a handoff id between two
+
+
+@dataclass
+class Lanes:
+    """A pipeline being lowered: its plan, each stage's rectangle and cores, each replica op's (stage,
+    micro-batch), and the group (stage, micro-batch) whose ops are being lowered."""
+
+    plan: Pipeline
+    rects: tuple[Rect, ...]
+    cores: tuple[tuple[int, ...], ...]
+    where: dict[str, tuple[int, int]]
+    all_cores: tuple[int, ...] = ()  # every core of the machine, in offer order (after the pipeline)
+    current: tuple[int, int] | None = None
+    started: bool = False
+    groups: dict[tuple[int, int], list[str]] = field(default_factory=dict)  # ops of each group, in order
+
+    @property
+    def stages(self) -> int:
+        return len(self.rects)
+
+    def lane_id(self, s: int) -> int:
+        return LANE_IDS[2 * s]
+
+    def handoff_id(self, s: int) -> int:
+        """The barrier between stage s and stage s + 1."""
+        return LANE_IDS[2 * s + 1]
+
+    def bind(self, ctx: Ctx) -> None:
+        self.current, self.started, self.groups = None, False, {}  # (a compile may run twice: lower.py)
+        ctx.stage_of = {name: s for name, (s, _) in self.where.items()}
+        self._join_in_place(ctx)
+        for s, cores in enumerate(self.cores):
+            ctx.builder.bind(self.lane_id(s), cores)
+            if s + 1 < self.stages:
+                ctx.builder.bind(self.handoff_id(s), cores + self.cores[s + 1])
+
+    def _join_in_place(self, ctx: Ctx) -> None:
+        """Declare each output that joins the replicas' results before they are lowered, and have each
+        replica write its slice of it (`Ctx.preplaced`), so the join copies nothing. A result that a view op
+        gives (it has no buffer of its own) is copied by the join instead."""
+        from dojoc.codegen.lower import VIEW_OPS
+
+        graph, producers = ctx.graph, ctx.graph.producers()
+        for value, name in zip(graph.outputs, graph.output_names, strict=True):
+            join = producers.get(value)
+            if join is None or join.op is not Op.CAT or join.name in self.where:
+                continue
+            makers = [producers.get(v) for v in join.inputs]
+            if any(m is None or m.name not in self.where or m.op in VIEW_OPS or len(m.outputs) != 1
+                   or m.output in graph.outputs for m in makers) or len(set(join.inputs)) != len(join.inputs):
+                continue
+            t = value.type
+            whole = ctx.dram(name, TensorKind.OUTPUT, t.shape, ctx.storage(t.dtype))
+            ctx.views[value] = whole
+            at = 0
+            for v in join.inputs:
+                n = v.type.shape[0]
+                ctx.preplaced[v] = whole.slice(0, at, at + n)
+                at += n
+            ctx.joined.add(join.name)
+
+    def enter(self, ctx: Ctx, name: str) -> None:
+        """Before lowering op `name`: end the group before it (its handoff), and lower it in its lane (or,
+        for an op of no stage after the pipeline, end the pipeline)."""
+        group = self.where.get(name)
+        if group is None and not self.started:
+            return  # before the pipeline: the inputs' slices, parameters
+        if group == self.current:
+            return
+        b = ctx.builder
+        if self.current is not None:
+            s, _ = self.current
+            b.set_lane(None)
+            if s + 1 < self.stages:
+                b.handoff(self.handoff_id(s))
+        if group is None:
+            self.close(ctx)
+            return
+        self.started, self.current = True, group
+        self.groups.setdefault(group, [])
+        s, i = group
+        # the barrier the group starts after: the handoff from the stage before, or for the first stage the
+        # handoff that ended its previous group (or the barrier before the pipeline)
+        start = (b.last.get(self.handoff_id(s - 1)) if s else
+                 b.last.get(self.handoff_id(0)) if i and self.stages > 1 else b.last.get(self.lane_id(0)))
+        b.last[self.lane_id(s)] = start or b.last[None]
+        b.set_lane(self.lane_id(s))
+        b.ids = list(self.cores[s])
+        ctx.lane_rect = self.rects[s]
+
+    def close(self, ctx: Ctx) -> None:
+        """End the pipeline: every core meets at a barrier, and later ops run on every core."""
+        if self.current is None and not self.started:
+            return
+        b = ctx.builder
+        if self.current is not None and b.in_lane:
+            b.set_lane(None)
+            s, _ = self.current
+            if s + 1 < self.stages:
+                b.handoff(self.handoff_id(s))
+        self.current = None
+        b.ids = list(self.all_cores)
+        ctx.lane_rect = None
+        b.barrier()
+
+    def predict(self, decisions: list[OpMapping], handoff: list[int]) -> int:
+        """The pipeline's predicted cycles: group (s, i) starts once (s, i - 1) and (s - 1, i) are done and
+        their handoff released (`handoff[s]` cycles, the barrier between s and s + 1)."""
+        per: dict[tuple[int, int], int] = {}
+        for om in decisions:
+            g = self.where.get(om.op)
+            if g is not None and om.fused_into is None:
+                per[g] = per.get(g, 0) + om.predicted_cycles
+        done: dict[tuple[int, int], int] = {}
+        for i in range(self.plan.micro_batches):
+            for s in range(self.stages):
+                start = max(done.get((s, i - 1), 0) + (handoff[s] if s + 1 < self.stages and i else 0),
+                            done.get((s - 1, i), 0) + (handoff[s - 1] if s else 0))
+                done[(s, i)] = start + per.get((s, i), 0)
+        return max(done.values(), default=0)
+
+
+def _rect_cores(machine: Machine, rect: Rect) -> tuple[int, ...]:
+    inside = {c for c in range(machine.num_cores)
+              if rect.r0 <= machine.coords[c][0] < rect.r0 + rect.rows
+              and rect.c0 <= machine.coords[c][1] < rect.c0 + rect.cols}
+    return tuple(c for c in usable_cores(machine) if c in inside)
+
+
+def prepare(graph: Graph, plan: Pipeline, machine: Machine) -> tuple[Graph, Lanes]:
+    """The micro-batched graph in wavefront order, and its lanes; MappingError for an illegal plan."""
+    problem = batch_problem(graph, plan.micro_batches)
+    if problem is not None:
+        raise MappingError(f"pipeline: {problem}")
+    S = len(plan.stages)
+    if S > MAX_STAGES:
+        raise MappingError(f"pipeline: {S} stages; a pipeline takes at most {MAX_STAGES} (the barrier ids of "
+                           "its lanes and handoffs)")
+    ops = [n.name for n in graph.nodes if n.kind is not OpKind.SOURCE]
+    index = {name: i for i, name in enumerate(ops)}
+    firsts = []
+    for k, st in enumerate(plan.stages):
+        if st.first not in index:
+            raise MappingError(f"pipeline stage {k}: the graph has no op {st.first!r} (stages name the ops of the "
+                               "graph before the cut, as the mapping's ops without their _mb suffix)")
+        firsts.append(index[st.first])
+    if firsts[0] != 0 or any(b <= a for a, b in zip(firsts, firsts[1:], strict=False)):
+        raise MappingError(f"pipeline: stage 0 must start at the first op ({ops[0]}) and each stage after the "
+                           "one before it, in graph order")
+    rows, cols = machine.mesh
+    rects, cores, taken = [], [], set[int]()
+    for k, st in enumerate(plan.stages):
+        r0, c0, nr, nc = st.rect
+        if nr < 1 or nc < 1 or r0 < 0 or c0 < 0 or r0 + nr > rows or c0 + nc > cols:
+            raise MappingError(f"pipeline stage {k}: rect {list(st.rect)} is off the {rows} x {cols} mesh; give "
+                               "[first row, first column, rows, columns] within it")
+        rect = Rect(r0, c0, nr, nc)
+        cs = _rect_cores(machine, rect)
+        if not cs or taken & set(cs):
+            raise MappingError(f"pipeline stage {k}: rect {list(st.rect)} "
+                               f"{'overlaps an earlier stage' if cs else 'has no enabled core'}; give stages "
+                               "rectangles of their own")
+        taken |= set(cs)
+        rects.append(rect)
+        cores.append(cs)
+    stage = [max(k for k, f in enumerate(firsts) if f <= i) for i in range(len(ops))]
+    gm, origin = split_batch(graph, plan.micro_batches)
+    where = {name: (stage[index[r.op]], r.micro_batch) for name, r in origin.items()}
+    M = plan.micro_batches
+    by_group: dict[tuple[int, int], list] = {}
+    lead, tail = [], []
+    for n in gm.nodes:
+        if n.name in where:
+            by_group.setdefault(where[n.name], []).append(n)
+        elif n.kind is OpKind.SOURCE or not any(g for g in by_group):
+            lead.append(n)  # inputs, parameters and the inputs' micro-batch slices
+        else:
+            tail.append(n)  # the joins of the outputs
+    order = list(lead)
+    for t in range(M + S - 1):
+        for s in reversed(range(S)):
+            i = t - s
+            if 0 <= i < M:
+                order += by_group.get((s, i), [])
+    order += tail
+    gm.nodes = order
+    return gm, Lanes(plan, tuple(rects), tuple(cores), where, tuple(usable_cores(machine)))
+
+
+# A pipeline is lowered only when the screen's optimistic estimate beats the one-op-at-a-time program by
+# this share: the estimate assumes an op's time scales with its micro-batch, which small ones do not.
+SCREEN_MARGIN = 0.9
+MAX_MICRO_BATCHES = 8
+
+
+def _bands(machine: Machine, home: Rect, stages: int) -> list[Rect] | None:
+    """`stages` rectangles for as many stages: on a machine of several dies, the dies nearest DRAM port 0's
+    (each a stage); on one die, bands of its mesh rows, as equal as the rows allow."""
+    dr, dc = machine.die
+    dies_r, dies_c = machine.mesh[0] // dr, machine.mesh[1] // dc
+    if dies_r * dies_c > 1:
+        hr, hc = home.r0 // dr, home.c0 // dc
+        dies = sorted(((r, c) for r in range(dies_r) for c in range(dies_c)),
+                      key=lambda d: (abs(d[0] - hr) + abs(d[1] - hc), d))
+        if len(dies) < stages:
+            return None
+        return [Rect(r * dr, c * dc, dr, dc) for r, c in dies[:stages]]
+    if home.rows < stages:
+        return None
+    q, extra = divmod(home.rows, stages)
+    out, r = [], home.r0
+    for s in range(stages):
+        n = q + (1 if s < extra else 0)
+        out.append(Rect(r, home.c0, n, home.cols))
+        r += n
+    return out
+
+
+def _cuts(work: list[float], stages: int) -> list[int] | None:
+    """The first op of each of `stages` runs of `work`, as balanced as a greedy cut makes them."""
+    total, out, acc = sum(work), [0], 0.0
+    for i, w in enumerate(work):
+        if len(out) < stages and acc >= total * len(out) / stages and i > out[-1]:
+            out.append(i)
+        acc += w
+    return out if len(out) == stages else None
+
+
+def propose(graph: Graph, decisions: list[OpMapping], machine: Machine, home: Rect) -> tuple[Pipeline, int] | None:
+    """The most promising pipeline for `graph` (after the passes) and its screen estimate, given the
+    decisions of its one-op-at-a-time program; None when no pipeline could beat that program. The screen:
+    an op that ran on n cores in T cycles runs a micro-batch on a stage of N cores in T * max(1, n / N) / M
+    or more, a stage takes the sum of its ops, and the pipeline (M + S - 1) stage times."""
+    from dojoc.passes.microbatch import batch_size
+
+    batch = batch_size(graph)
+    ops = [n.name for n in graph.nodes if n.kind is not OpKind.SOURCE]
+    time: dict[str, float] = {}
+    width: dict[str, int] = {}
+    for om in decisions:
+        if om.fused_into is None and om.op in set(ops):
+            time[om.op] = time.get(om.op, 0) + om.predicted_cycles
+            width[om.op] = max(width.get(om.op, 1), len(om.cores))
+    default = sum(om.predicted_cycles for om in decisions if om.fused_into is None)
+    best: tuple[float, Pipeline] | None = None
+    for stages in range(2, MAX_STAGES + 1):
+        rects = _bands(machine, home, stages)
+        if rects is None:
+            break
+        size = min(len(_rect_cores(machine, r)) for r in rects)
+        for m in range(stages, min(batch, MAX_MICRO_BATCHES) + 1):
+            if batch % m or batch_problem(graph, m) is not None:
+                continue
+            work = [time.get(o, 0) * max(1.0, width.get(o, 1) / size) / m for o in ops]
+            cuts = _cuts(work, stages)
+            if cuts is None:
+                continue
+            bounds = [*cuts, len(ops)]
+            estimate = (m + stages - 1) * max(sum(work[a:b]) for a, b in zip(bounds, bounds[1:], strict=False))
+            if estimate < SCREEN_MARGIN * default and (best is None or estimate < best[0]):
+                plan = Pipeline(m, tuple(Stage(ops[c], (r.r0, r.c0, r.rows, r.cols)) for c, r in zip(cuts, rects,
+                                                                                                    strict=True)))
+                best = (estimate, plan)
+    return None if best is None else (best[1], int(best[0]))

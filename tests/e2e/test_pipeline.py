@@ -1,0 +1,167 @@
+"""Pipelines (issue 6): micro-batches through stages side by side, given by a mapping or chosen by the cost
+model, against eager PyTorch on the emulator."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import dojoc
+from dojoc.mapping import Mapping, Pipeline, Stage
+
+MESH = "mesh4x4"
+HALVES = ((0, 0, 2, 4), (2, 0, 2, 4))
+
+
+class MLP(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b, self.c = torch.nn.Linear(64, 128), torch.nn.Linear(128, 64), torch.nn.Linear(64, 32)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.c(torch.relu(self.b(F.gelu(self.a(x)))))
+
+
+class CNN(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1, self.bn = torch.nn.Conv2d(3, 16, 3, padding=1), torch.nn.BatchNorm2d(16)
+        self.c2, self.c3 = torch.nn.Conv2d(16, 16, 3, padding=1), torch.nn.Conv2d(16, 16, 1)
+        self.fc = torch.nn.Linear(16, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.relu(self.bn(self.c1(x)))
+        y = F.max_pool2d(torch.relu(self.c3(torch.relu(self.c2(y))) + y), 2)
+        return self.fc(y.mean((2, 3)))
+
+
+class Block(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.qkv, self.out = torch.nn.Linear(64, 192), torch.nn.Linear(64, 64)
+        self.ln, self.fc = torch.nn.LayerNorm(64), torch.nn.Linear(64, 64)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, _ = x.shape
+        q, k, v = (h.view(b, t, 4, 16).transpose(1, 2) for h in self.qkv(x).split(64, -1))
+        a = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, t, 64)
+        y = self.ln(x + self.out(a))
+        return y + F.gelu(self.fc(y))
+
+
+def _ops(prog: dojoc.Program) -> list[str]:
+    assert prog.mapping is not None
+    return [o.op for o in prog.mapping.ops if o.fused_into is None and not o.op.startswith("output")]
+
+
+def _pipelined(model: torch.nn.Module, x: torch.Tensor, m: int, cut: int) -> tuple[dojoc.Program, dojoc.Program]:
+    plain = dojoc.compile(model, (x,), machine=MESH, precision="fp32")
+    ops = _ops(plain)
+    plan = Pipeline(m, (Stage(ops[0], HALVES[0]), Stage(ops[cut], HALVES[1])))
+    piped = dojoc.compile(model, (x,), machine=MESH, precision="fp32", mapping=Mapping("", "", "fp32", pipeline=plan))
+    return plain, piped
+
+
+@pytest.mark.parametrize(("model", "shape", "m", "cut"), [
+    (MLP, (32, 64), 4, 1),
+    (CNN, (4, 3, 8, 8), 2, 2),
+    (Block, (4, 16, 64), 2, 3),
+])
+def test_given_pipeline_matches_eager(model: type[torch.nn.Module], shape: tuple[int, ...], m: int, cut: int) -> None:
+    torch.manual_seed(0)
+    net, x = model().eval(), torch.randn(*shape)
+    plain, piped = _pipelined(net, x, m, cut)
+    want = net(x)
+    torch.testing.assert_close(piped(x), want, atol=1e-4, rtol=1e-4)
+    assert piped.mapping is not None and piped.mapping.pipeline is not None
+    rows = {r["op"]: r for r in piped.report.ops if "fused_into" not in r}
+    # every replica runs on its stage's cores, and the emulator times it between its lane's barriers
+    stage0 = {c for c in range(8)}
+    for i in range(m):
+        first = rows[f"{_ops(plain)[0]}_mb{i}"]
+        assert first["emulated_cycles"] and first["emulated_cycles"] > 0
+        cores = dojoc.mapping.parse_cores(first["region"], "test")
+        assert set(cores) <= stage0
+    last = rows[f"{_ops(plain)[-1]}_mb{m - 1}"]
+    assert set(dojoc.mapping.parse_cores(last["region"], "test")) <= set(range(8, 16))
+    assert piped.mapping.pipeline.predicted_cycles > 0
+
+
+def test_stages_overlap_in_time() -> None:
+    """Stage 0 runs micro-batch i + 1 while stage 1 runs micro-batch i: the call takes less than its
+    replicas' cycles end to end."""
+    torch.manual_seed(0)
+    net, x = MLP().eval(), torch.randn(32, 64)
+    _, piped = _pipelined(net, x, 4, 1)
+    piped(x)
+    timed = [r["emulated_cycles"] for r in piped.report.ops if "fused_into" not in r and "_mb" in r["op"]]
+    assert piped.report.cycles < 0.8 * sum(timed)
+
+
+def test_pipeline_round_trips_through_json() -> None:
+    torch.manual_seed(0)
+    net, x = MLP().eval(), torch.randn(32, 64)
+    _, piped = _pipelined(net, x, 4, 1)
+    piped(x)
+    assert piped.mapping is not None
+    text = piped.mapping.to_json()
+    assert json.loads(text)["pipeline"]["micro_batches"] == 4
+    again = dojoc.compile(net, (x,), machine=MESH, precision="fp32", mapping=Mapping.from_json(text))
+    assert again.mapping is not None and again.mapping.pipeline is not None
+    assert again.mapping.pipeline.stages == piped.mapping.pipeline.stages
+    again(x)
+    assert again.report.cycles == piped.report.cycles
+    # editing the plan changes the program
+    edited = json.loads(text)
+    edited["ops"] = []
+    edited["pipeline"]["micro_batches"] = 2
+    two = dojoc.compile(net, (x,), machine=MESH, precision="fp32", mapping=edited)
+    assert two.mapping is not None and two.mapping.pipeline is not None and two.mapping.pipeline.micro_batches == 2
+    names = [o.op for o in two.mapping.ops]
+    assert any(n.endswith("_mb1") for n in names) and not any(n.endswith("_mb2") for n in names)
+
+
+@pytest.mark.parametrize(("plan", "message"), [
+    ({"micro_batches": 3, "stages": [{"first": "linear_matmul", "rect": [0, 0, 2, 4]}]}, "do not divide"),
+    ({"micro_batches": 2, "stages": [{"first": "nope", "rect": [0, 0, 2, 4]}]}, "no op 'nope'"),
+    ({"micro_batches": 2, "stages": [{"first": "linear_matmul", "rect": [0, 0, 2, 4]},
+                                     {"first": "linear_1_matmul", "rect": [1, 0, 2, 4]}]}, "overlaps"),
+    ({"micro_batches": 2, "stages": [{"first": "linear_matmul", "rect": [3, 0, 2, 4]}]}, "off the 4 x 4 mesh"),
+    ({"micro_batches": 2, "stages": [{"first": "linear_1_matmul", "rect": [0, 0, 2, 4]}]}, "stage 0 must start"),
+    ({"micro_batches": 2}, "non-empty list of stages"),
+])
+def test_illegal_pipeline_is_one_mapping_error(plan: dict, message: str) -> None:
+    torch.manual_seed(0)
+    net, x = MLP().eval(), torch.randn(32, 64)
+    with pytest.raises(dojoc.MappingError, match=message):
+        dojoc.compile(net, (x,), machine=MESH, precision="fp32", mapping={"ops": [], "pipeline": plan})
+
+
+def test_a_batch_that_mixes_items_cannot_be_pipelined() -> None:
+    class Mix(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.softmax(x, dim=0) * 2
+
+    plan = {"micro_batches": 2, "stages": [{"first": "softmax", "rect": [0, 0, 4, 4]}]}
+    with pytest.raises(dojoc.MappingError, match="mixes the items of the batch"):
+        dojoc.compile(Mix().eval(), (torch.randn(4, 8),), machine=MESH, mapping={"ops": [], "pipeline": plan})
+
+
+def test_cost_model_decides_and_says_why() -> None:
+    """Unasked, a batch > 1 is pipelined only when predicted faster; here every op already uses the whole mesh,
+    so the compile keeps one op at a time (the screen finds no pipeline that could win), and a mapping may
+    switch pipelining off outright."""
+    torch.manual_seed(0)
+    net, x = MLP().eval(), torch.randn(32, 64)
+    auto = dojoc.compile(net, (x,), machine=MESH, precision="fp32")
+    assert auto.mapping is not None and auto.mapping.pipeline is None
+    off = dojoc.compile(net, (x,), machine=MESH, precision="fp32",
+                        mapping={"ops": [], "pipeline": {"micro_batches": 1, "stages": [
+                            {"first": "linear_matmul", "rect": [0, 0, 4, 4]}]}})
+    assert off.mapping is not None and off.mapping.pipeline is None
+    off(x)
+    auto(x)
+    assert off.report.cycles == auto.report.cycles
