@@ -13,11 +13,11 @@ from typing import Any
 
 import numpy as np
 
-from dojoc.codegen.lanes import prepare, propose
+from dojoc.codegen.lanes import TAKE_SHARE, prepare, propose
 from dojoc.codegen.lower import lower_graph
 from dojoc.codegen.result import Lowered
 from dojoc.ir import Graph, maybe_dump, verify
-from dojoc.mapping import Mapping
+from dojoc.mapping import Mapping, Pipeline
 from dojoc.mapping.place import home_die
 from dojoc.passes.calibrate import activation_ranges
 from dojoc.passes.fold_bn import fold_batch_norm
@@ -75,24 +75,35 @@ def compile_graph(graph: Graph, machine: Machine, precision: str,
 def pipeline_if_faster(graph: Graph, machine: Machine, precision: str, ranges: Any, search_budget: int | None,
                        lowered: Lowered) -> Lowered:
     """The pipelined program (codegen/lanes.py) when the cost model predicts it faster than `lowered`, the
-    one-op-at-a-time program of `graph`; else `lowered`. A batch of 1, or a graph whose ops mix the items
-    of its batch, is never pipelined."""
+    one-op-at-a-time program of `graph`; else `lowered`. The screen's candidates (`lanes.propose`) are
+    priced by lowering their first micro-batch (a probe); the best, when it beats `lowered`, is lowered
+    whole and taken when its own prediction still does. A batch of 1, or a graph whose ops mix the items of
+    its batch, is never pipelined."""
     assert lowered.mapping is not None
     decisions = list(lowered.mapping.ops)
-    found = propose(graph, decisions, machine, home_die(machine))
-    if found is None:
-        return lowered
-    plan, estimate = found
     default = sum(om.predicted_cycles for om in decisions if om.fused_into is None)
-    cut, lanes = prepare(graph, plan, machine)
-    piped = lower_graph(verify(cut), machine, precision, ranges, None, search_budget, lanes)
-    assert piped.mapping is not None and piped.mapping.pipeline is not None
-    others = sum(om.predicted_cycles for om in piped.mapping.ops if om.fused_into is None and om.op not in lanes.where)
-    total = piped.mapping.pipeline.predicted_cycles + others
-    if total >= default:
-        note = (f"a pipeline of {len(plan.stages)} stages over {plan.micro_batches} micro-batches was predicted at "
-                f"{total:,} cycles (screened at {estimate:,}), not faster than one op at a time ({default:,})")
-        return replace(lowered, mapping=replace(lowered.mapping, notes=(*lowered.mapping.notes, note)))
-    note = (f"pipelined: {len(plan.stages)} stages over {plan.micro_batches} micro-batches, predicted {total:,} "
-            f"cycles against {default:,} one op at a time")
-    return replace(piped, mapping=replace(piped.mapping, pipeline=replace(piped.mapping.pipeline, note=note)))
+
+    def price(plan: Pipeline, probe: bool) -> tuple[int, Lowered]:
+        cut, lanes = prepare(graph, plan, machine, probe)
+        low = lower_graph(verify(cut), machine, precision, ranges, None, search_budget, lanes)
+        assert low.mapping is not None and low.mapping.pipeline is not None
+        others = sum(om.predicted_cycles for om in low.mapping.ops
+                     if om.fused_into is None and om.op not in lanes.where)
+        return low.mapping.pipeline.predicted_cycles + others, low
+
+    candidates = propose(graph, decisions, machine, home_die(machine))
+    priced = sorted(((price(plan, True)[0], plan) for plan, _ in candidates), key=lambda p: p[0])
+    if not priced:
+        return lowered
+    probed, plan = priced[0]
+    what = f"a pipeline of {len(plan.stages)} stages over {plan.micro_batches} micro-batches"
+    if probed < TAKE_SHARE * default:
+        total, piped = price(plan, False)
+        if total < TAKE_SHARE * default:
+            assert piped.mapping is not None and piped.mapping.pipeline is not None
+            note = f"pipelined: {what}, predicted {total:,} cycles against {default:,} one op at a time"
+            return replace(piped, mapping=replace(piped.mapping, pipeline=replace(piped.mapping.pipeline, note=note)))
+        probed = total
+    note = (f"{what} (the best of {len(priced)} the screen let through) was predicted at {probed:,} cycles, not "
+            f"{1 - TAKE_SHARE:.0%} faster than one op at a time ({default:,})")
+    return replace(lowered, mapping=replace(lowered.mapping, notes=(*lowered.mapping.notes, note)))

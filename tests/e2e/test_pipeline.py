@@ -165,3 +165,20 @@ def test_cost_model_decides_and_says_why() -> None:
     off(x)
     auto(x)
     assert off.report.cycles == auto.report.cycles
+
+
+def test_cost_model_takes_a_pipeline_it_predicts_faster(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With the policy's thresholds opened (any screened pipeline is probed, any probed one taken), the
+    compile lowers the best candidate whole, says why, and the program still matches eager."""
+    import dojoc.codegen.lanes as lanes
+    import dojoc.pipeline as pipeline
+
+    monkeypatch.setattr(lanes, "SCREEN_MARGIN", 100.0)
+    monkeypatch.setattr(pipeline, "TAKE_SHARE", 100.0)
+    torch.manual_seed(0)
+    net, x = MLP().eval(), torch.randn(32, 64)
+    prog = dojoc.compile(net, (x,), machine=MESH, precision="fp32")
+    assert prog.mapping is not None and prog.mapping.pipeline is not None
+    assert prog.mapping.pipeline.note.startswith("pipelined: a pipeline of")
+    assert prog.mapping.pipeline.micro_batches >= len(prog.mapping.pipeline.stages) >= 2
+    torch.testing.assert_close(prog(x), net(x), atol=1e-4, rtol=1e-4)
