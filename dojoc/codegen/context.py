@@ -15,7 +15,7 @@ import numpy as np
 from dojoc.codegen.builder import CoreCode, ProgramBuilder
 from dojoc.codegen.paths import port_path
 from dojoc.codegen.sram import ALIGN, SramPlan
-from dojoc.codegen.view import View, transfers
+from dojoc.codegen.view import Transfer, View, transfers
 from dojoc.errors import MappingError, SramOverflowError
 from dojoc.ir.graph import Graph, Node, Value
 from dojoc.ir.types import IRDType
@@ -89,6 +89,8 @@ class Ctx:
     joined: set[str] = field(default_factory=set)  # joins whose replicas wrote their slices (no code)
     _parts: dict[str, int] = field(default_factory=dict)
     _dram_top: int = 0
+    _resident: dict[tuple[int, int, tuple[Any, ...]], int] = field(default_factory=dict)  # `resident_copy`
+    _constants: dict[tuple[DType, tuple[int, ...], bytes], View] = field(default_factory=dict)  # `weight`
 
     @property
     def home(self) -> Rect:
@@ -130,9 +132,14 @@ class Ctx:
         return View.dense(addr, tuple(shape), dtype)
 
     def weight(self, name: str, array: np.ndarray, dtype: DType) -> View:
-        """A constant in DRAM, converted to `dtype` (RNE)."""
-        bits = formats.encode(np.asarray(array), dtype)
-        return self.dram(name, TensorKind.WEIGHT, tuple(array.shape), dtype, np.ascontiguousarray(bits).tobytes())
+        """A constant in DRAM, converted to `dtype` (RNE). A constant of the same type, shape and bytes as
+        one already in DRAM is that one (a bias's FP32 copy made for each replica of an op in a pipeline, a
+        causal mask that every attention layer makes): one copy, so resident copies of it are shared too."""
+        data = np.ascontiguousarray(formats.encode(np.asarray(array), dtype)).tobytes()
+        key = (dtype, tuple(array.shape), data)
+        if key not in self._constants:
+            self._constants[key] = self.dram(name, TensorKind.WEIGHT, tuple(array.shape), dtype, data)
+        return self._constants[key]
 
     # -- cores ----------------------------------------------------------------------------------------
 
@@ -239,6 +246,21 @@ class Ctx:
             return replace(om, split=((axis, n),), predicted_cycles=predicted, bound=why)
 
         return list(self.decide(kernel, default, check).cores)
+
+    def resident_copy(self, core: int, nbytes: int,
+                      loads_at: Callable[[int], list[Transfer]]) -> tuple[int | None, list[Transfer]]:
+        """An SRAM address on `core` for `nbytes` of resident weights that `loads_at(address)` loads, and the
+        loads to put in the load phase; None when they do not fit (the kernel streams them). A copy of the
+        same bytes already resident on the core (an op's replica in another micro-batch of a pipeline, a
+        weight two ops share) is shared: its address, and nothing to load again."""
+        key = (core, nbytes, tuple((t.src, t.dst, t.dims, t.esize) for t in loads_at(0)))
+        if key in self._resident:
+            return self._resident[key], []
+        addr = self.sram[core].alloc_resident(nbytes)
+        if addr is None:
+            return None, []
+        self._resident[key] = addr
+        return addr, loads_at(addr)
 
     def shrink_region(self, n: int) -> None:
         """The last decision's kernel found work for only its first n cores: record just those."""

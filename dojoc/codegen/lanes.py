@@ -18,7 +18,7 @@ per stage and micro-batch, the sum of its ops' predictions, run through the wave
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 from dojoc.codegen.builder import LANE_IDS
@@ -49,6 +49,17 @@ class Lanes:
     where: dict[str, tuple[int, int]]
     all_cores: tuple[int, ...] = ()  # every core of the machine, in offer order (after the pipeline)
     probe: bool = False  # only micro-batch 0 is lowered, to price the pipeline (`prepare(..., probe=True)`)
+    replicas: dict[str, tuple[str, ...]] = field(default_factory=dict)  # micro-batch 0's op -> every replica's
+
+    def follow(self, ctx: Ctx, name: str, taken: list[OpMapping]) -> None:
+        """After micro-batch 0's op `name` took decisions `taken`: give them to its replicas in the other
+        micro-batches (unless the mapping gives theirs), so every micro-batch of a stage runs the same
+        program, shares its resident weights (`Ctx.resident_copy`) and is not searched again."""
+        for other in self.replicas.get(name, ())[1:]:
+            for om in taken:
+                if om.fused_into is None and om.op == name:
+                    mine = replace(om, op=other)
+                    ctx.given.setdefault(mine.key, mine)
     current: tuple[int, int] | None = None
     started: bool = False
     groups: dict[tuple[int, int], list[str]] = field(default_factory=dict)  # ops of each group, in order
@@ -233,7 +244,12 @@ def prepare(graph: Graph, plan: Pipeline, machine: Machine, probe: bool = False)
         gm.nodes = [n for n in order if n.name not in where or where[n.name][1] == 0]
         gm.eliminate_dead_code()
         where = {k: v for k, v in where.items() if v[1] == 0}
-    return gm, Lanes(plan, tuple(rects), tuple(cores), where, tuple(usable_cores(machine)), probe=probe)
+    replicas: dict[str, list[str]] = {}
+    for name, r in sorted(origin.items(), key=lambda kv: kv[1].micro_batch):
+        if name in where:  # (a probe keeps micro-batch 0 only)
+            replicas.setdefault(r.op, []).append(name)
+    return gm, Lanes(plan, tuple(rects), tuple(cores), where, tuple(usable_cores(machine)), probe=probe,
+                     replicas={names[0]: tuple(names) for names in replicas.values()})
 
 
 # A pipeline is lowered only when the screen's optimistic estimate beats the one-op-at-a-time program by

@@ -153,6 +153,8 @@ def _lower(graph: Graph, machine: Machine, precision: str, ranges: Mapping[str, 
         # the ops fused into this one are computed by its epilogue: they keep an entry in the mapping
         ctx.decisions += [OpMapping(name, "epilogue", fused_into=node.name) for name in node.attrs.get("fused", ())]
         ctx.decisions += [OpMapping(name, "merged", fused_into=node.name) for name in node.attrs.get("merged", ())]
+        if lanes is not None:
+            lanes.follow(ctx, node.name, ctx.decisions[d0:])
         span = ctx.builder.span(node.name, mark)
         if span is not None:
             spans.append(span)

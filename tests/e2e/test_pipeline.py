@@ -182,3 +182,22 @@ def test_cost_model_takes_a_pipeline_it_predicts_faster(monkeypatch: pytest.Monk
     assert prog.mapping.pipeline.note.startswith("pipelined: a pipeline of")
     assert prog.mapping.pipeline.micro_batches >= len(prog.mapping.pipeline.stages) >= 2
     torch.testing.assert_close(prog(x), net(x), atol=1e-4, rtol=1e-4)
+
+
+def test_replicas_share_their_stage_resident_weights() -> None:
+    """Every micro-batch of a stage takes micro-batch 0's decisions, so the weights a stage keeps resident
+    are loaded once, not once per micro-batch."""
+    torch.manual_seed(0)
+    net, x = MLP().eval(), torch.randn(32, 64)
+    plain, piped = _pipelined(net, x, 4, 1)
+    plain(x)
+    piped(x)
+    assert piped.mapping is not None
+    by_op = {o.op: o for o in piped.mapping.ops if o.fused_into is None}
+    for i in range(1, 4):
+        a, b = by_op["linear_1_matmul_mb0"], by_op[f"linear_1_matmul_mb{i}"]
+        assert (a.kernel, a.cores, a.split, a.tile, a.resident) == (b.kernel, b.cores, b.split, b.tile, b.resident)
+    weights = sum(a.nbytes for a in net.state_dict().values())
+    resident = sum(s["resident"] for s in piped.report.sram)
+    assert weights <= resident < 2 * weights
+    assert resident <= 1.1 * sum(s["resident"] for s in plain.report.sram)

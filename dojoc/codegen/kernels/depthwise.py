@@ -46,7 +46,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from functools import cached_property
+from functools import cached_property, partial
 from math import ceil
 
 import numpy as np
@@ -452,11 +452,12 @@ class _Core:
             if ch in out:
                 continue
             ol, o0 = blk.cl * dw.mult, ch * dw.mult
-            addr = self.ctx.sram[core].alloc_resident(_wbytes(ol, dw.taps) + (ol * 4 if dw.bias else 0))
+            addr, new = self.ctx.resident_copy(core, _wbytes(ol, dw.taps) + (ol * 4 if dw.bias else 0),
+                                               partial(self._weight_loads, o0, ol))
             if addr is None:
                 break
             out[ch] = addr
-            loads += self._weight_loads(o0, ol, addr)
+            loads += new
         load_resident(self.ctx, core, self.node, loads)
         return out
 

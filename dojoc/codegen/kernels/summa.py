@@ -408,7 +408,9 @@ def decide(ctx: Ctx, p: Problem, spec: Spec, other: Callable[[], int], weight: s
         columns, a core on every line, every core in the compile; a held A's reader on its producer's."""
         g = grid(ctx, p.m, p.n, rect)
         ids = set(ctx.builder.ids)
-        return (p.m >= MIN_BLOCK * rect.rows and p.n >= MIN_BLOCK * rect.cols and rect.rows * rect.cols > 1
+        # (a line of the mesh takes fewer rows or columns: the rectangles the kernel itself offers, summa_grid.rects)
+        return ((p.m >= MIN_BLOCK * rect.rows or rect.rows == 1) and (p.n >= MIN_BLOCK * rect.cols or rect.cols == 1)
+                and rect.rows * rect.cols > 1
                 and all(g.rows) and all(g.cols) and all(c in ids for c in g.cores) and g.within_fields
                 and (held is None or rect == held.rect) and (only is None or rect == only.rect)
                 and (p.b_kept is None or rect == p.b_kept.rect))

@@ -201,16 +201,17 @@ class CoreProgram:
         beside a disabled core, its own slices of B); a chunk without room stays streamed (`unkept` predicts
         which, for the cost model)."""
         assert self.resident is not None
-        sram = self.ctx.sram[self.me]
         loads: list[Transfer] = []
         cols = {"b": (self.n0, self.n), "x": (self.x0, self.nx)}
         for key, t, nbytes in resident_wants(self.ctx, self.g, self.me, self.bounds, self.kc, self.resident,
                                              self.spec.op.itemsize, self.p.taps, self.rot):
-            addr = sram.alloc_resident(nbytes)
+            def at(a: int, key: str = key, t: int = t) -> list[Transfer]:
+                return self._a_chunk(t, self.m0, self.m, a) if key == "a" else self._b_resident(t, *cols[key], a)
+
+            addr, new = self.ctx.resident_copy(self.me, nbytes, at)
             if addr is not None:
                 self.keep[(key, t)] = addr
-                loads += self._a_chunk(t, self.m0, self.m, addr) if key == "a" \
-                    else self._b_resident(t, *cols[key], addr)
+                loads += new
         return loads
 
     # -- loads and multicasts ------------------------------------------------------------------------
@@ -406,13 +407,16 @@ class CoreProgram:
             return []
         cols = vectors(p) * (self.g.n_max + self.nx) * 4
         rows = self.g.m_max * 4 if p.row_bias is not None else 0
-        addr = self.ctx.sram[self.me].alloc_resident(aligned(cols) + rows)
+        def places(a: int) -> tuple[int, int]:
+            return (a if cols else -1), (a + aligned(cols) if rows else -1)
+
+        addr, loads = self.ctx.resident_copy(self.me, aligned(cols) + rows, lambda a: self._bias_transfers(*places(a)))
         if addr is None:
             return []
-        self.bias, self.rbias = (addr if cols else -1), (addr + aligned(cols) if rows else -1)
+        self.bias, self.rbias = places(addr)
         self.bias_resident = True
         self.vstride = self.g.n_max + self.nx  # (this core's slice only)
-        return self._bias_transfers(self.bias, self.rbias)
+        return loads
 
     def _load_biases(self) -> None:
         """DMA the biases into their scratch buffers, when they are not resident."""
