@@ -324,6 +324,11 @@ def compile_(target: str, inputs: tuple[str, ...], machine: str, overrides: tupl
         write_atomic(mapping_out, program.mapping.to_json().encode())
     if explain:
         click.echo(format_explain([dict(r) for r in report.ops]))
+        pipe = program.mapping.pipeline if program.mapping is not None else None
+        if pipe is not None:
+            stages = "; ".join(f"stage {i} from {st.first} on rect {list(st.rect)}" for i, st in enumerate(pipe.stages))
+            click.echo(f"pipeline: {pipe.micro_batches} micro-batches through {len(pipe.stages)} stages ({stages}), "
+                       f"predicted {pipe.predicted_cycles:,} cycles{'; ' + pipe.note if pipe.note else ''}")
     click.echo(report.format())
     weights = sum(1 for t in program.image.tensors if t.data is not None)
     click.echo(f"wrote {out_dir}/: program.s, program.dobj, report.json and {weights} weight file(s)"

@@ -261,7 +261,7 @@ MAX_MICRO_BATCHES = 8
 # near it is not priced. A 2-die pipeline of an MLP on `tile` (1024 rows) was predicted 16 % faster than one
 # die (106,603 against 127,527 cycles) and ran 4 % slower (133,564 against 128,028).
 TAKE_SHARE = 0.8
-PROBES = 4  # the screened pipelines whose first micro-batch is lowered to price them
+PROBES = 2  # the screened pipelines whose first micro-batch is lowered to price them (each 1/M of a compile)
 
 
 def _bands(machine: Machine, home: Rect, stages: int) -> list[Rect] | None:

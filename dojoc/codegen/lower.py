@@ -160,6 +160,7 @@ def _lower(graph: Graph, machine: Machine, precision: str, ranges: Mapping[str, 
             spans.append(span)
     if lanes is not None:
         lanes.close(ctx)
+        ctx.decisions = [replace(om, stage=ctx.stage_of.get(om.fused_into or om.op, 0)) for om in ctx.decisions]
     out_names = tuple(graph.output_names)
     for value, name in zip(graph.outputs, out_names, strict=True):
         v = ctx.views[value]

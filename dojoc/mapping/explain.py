@@ -56,7 +56,7 @@ def op_rows(lowered: Lowered, stats: RunStats | None = None) -> list[dict[str, A
             rows.append(row)
             continue
         row.update({"cores": len(om.cores), "region": format_cores(om.cores), "split": dict(om.split),
-                    "tile": dict(om.tile), "resident": om.resident,
+                    "tile": dict(om.tile), "resident": om.resident, "stage": om.stage,
                     "inputs": [_where(mapping, n) for n in om.reads],
                     "outputs": [_where(mapping, n) for n in om.writes],
                     "predicted_cycles": om.predicted_cycles, "bound": om.bound.value,
@@ -80,6 +80,10 @@ def prediction_error(row: dict[str, Any]) -> float:
     return float(abs(row.get("op_predicted_cycles", row["predicted_cycles"]) - emu) / emu)
 
 
+def _stage(row: dict[str, Any]) -> str:
+    return f"; pipeline stage {row['stage']}" if row.get("stage") else ""
+
+
 def _fmt_axes(d: dict[str, int]) -> str:
     return " ".join(f"{k}={v}" for k, v in d.items()) or "-"
 
@@ -99,7 +103,8 @@ def format_explain(rows: list[dict[str, Any]]) -> str:
             errors.append(prediction_error(r))
         lines.append(f"{r['op']:<34} {r['kernel']:<10} {r['cores']:>5} {r['predicted_cycles']:>10,} {r['bound']:<8} "
                      f"{emu if emu is not None else '-':>10}  split {_fmt_axes(r['split'])}; tile "
-                     f"{_fmt_axes(r['tile'])}{'; weights resident' if r['resident'] else ''}; cores {r['region']}")
+                     f"{_fmt_axes(r['tile'])}{'; weights resident' if r['resident'] else ''}{_stage(r)}"
+                     f"; cores {r['region']}")
         if r["inputs"] or r["outputs"]:
             lines.append(f"{'':<34} reads {', '.join(r['inputs']) or '-'}; writes {', '.join(r['outputs']) or '-'}")
         if r.get("note"):
