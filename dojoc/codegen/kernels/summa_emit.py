@@ -410,12 +410,13 @@ class CoreProgram:
         def places(a: int) -> tuple[int, int]:
             return (a if cols else -1), (a + aligned(cols) if rows else -1)
 
+        scratch_stride, self.vstride = self.vstride, self.g.n_max + self.nx  # (resident: this core's slice only)
         addr, loads = self.ctx.resident_copy(self.me, aligned(cols) + rows, lambda a: self._bias_transfers(*places(a)))
         if addr is None:
+            self.vstride = scratch_stride
             return []
         self.bias, self.rbias = places(addr)
         self.bias_resident = True
-        self.vstride = self.g.n_max + self.nx  # (this core's slice only)
         return loads
 
     def _load_biases(self) -> None:
