@@ -217,3 +217,24 @@ def test_a_small_search_budget_is_noted(target: Path, tmp_path: Path) -> None:
                  "--search-budget", "0")
     assert_one_error(res, "Invalid value for '--search-budget': 0 is not in the range x>=1")
     assert not (tmp_path / "b").exists()
+
+
+def test_a_pipeline_through_the_command_line(target: Path, tmp_path: Path) -> None:
+    """A mapping's pipeline section runs the model as stages side by side: --explain names each op's stage
+    and the pipeline, --dump-mapping writes the section back; an illegal one is one error line."""
+    plan = {"ops": [], "pipeline": {"micro_batches": 2, "stages": [
+        {"first": "linear_matmul", "rect": [0, 0, 2, 4]}, {"first": "linear_1_matmul", "rect": [2, 0, 2, 4]}]}}
+    given = tmp_path / "p.json"
+    given.write_text(json.dumps(plan))
+    dumped = tmp_path / "m.json"
+    res = invoke("compile", f"{target}:pair", "--machine", "mesh4x4", "-o", str(tmp_path / "a"),
+                 "--mapping", str(given), "--dump-mapping", str(dumped), "--explain")
+    assert res.exit_code == 0, res.output
+    assert "pipeline stage 1" in res.output and "pipeline: 2 micro-batches through 2 stages" in res.output
+    assert json.loads(dumped.read_text())["pipeline"]["stages"] == plan["pipeline"]["stages"]
+    plan["pipeline"]["stages"][1]["rect"] = [1, 0, 2, 4]
+    given.write_text(json.dumps(plan))
+    res = invoke("compile", f"{target}:pair", "--machine", "mesh4x4", "-o", str(tmp_path / "b"),
+                 "--mapping", str(given))
+    assert_one_error(res, "overlaps an earlier stage")
+    assert not (tmp_path / "b").exists()
