@@ -143,9 +143,10 @@ class ProgramBuilder:
         self.barriers = 0  # linear barriers emitted so far (after the load barrier, which is prepended)
         self.scopes: list[tuple[int, ...]] = []  # per linear barrier, the cores that join it (set by `keep`)
         self.linear: list[Ref] = []  # per linear barrier, its ref
+        self._index: dict[Ref, int] = {}  # a linear barrier's ref -> its index in `linear` and `scopes`
         self.lane_cores: dict[int, tuple[int, ...]] = {}  # lane or handoff barrier id -> the cores that join it
         self._count: dict[int, int] = {}  # barrier id -> barriers of that id emitted so far
-        self._lane: int | None = None  # the lane barrier id while inside `lane`
+        self._lane: int | None = None  # the lane barrier id while `set_lane` has one
         self.last: dict[int | None, Ref] = {None: LOAD_REF}  # per lane id (None: linear), its latest barrier
         self.emitted: list[Ref] = []  # every barrier, in emission order
 
@@ -173,6 +174,7 @@ class ProgramBuilder:
             self._barrier = (self._barrier + 1) % ID_TURN
         self.barriers += 1
         ref = self._ref(bid)
+        self._index[ref] = len(self.linear)
         self.linear.append(ref)
         self.last[None] = ref
         for c in self.cores.values():
@@ -195,10 +197,6 @@ class ProgramBuilder:
         """From now on, `barrier` ends a phase of lane `bid`'s cores only (`bind` them first); None: of every
         core again."""
         self._lane = bid
-
-    @property
-    def in_lane(self) -> bool:
-        return self._lane is not None
 
     def handoff(self, bid: int) -> None:
         """A barrier of the cores bound to handoff id `bid` (two lanes': the one that produced a value and
@@ -279,7 +277,7 @@ class ProgramBuilder:
         """The cores that join barrier `ref` (after `keep`)."""
         if ref[0] in self.lane_cores:
             return self.lane_cores[ref[0]]
-        return self.scopes[self.linear.index(ref)] if ref in self.linear else tuple(self.ids)
+        return self.scopes[self._index[ref]]
 
     def build(self, tensors: tuple[Tensor, ...], signature: Signature) -> Image:
         """Halt every stream and merge identical streams into shared sections."""

@@ -89,7 +89,7 @@ class Ctx:
     joined: set[str] = field(default_factory=set)  # joins whose replicas wrote their slices (no code)
     _parts: dict[str, int] = field(default_factory=dict)
     _dram_top: int = 0
-    _resident: dict[tuple[int, int, tuple[Any, ...]], int] = field(default_factory=dict)  # `resident_copy`
+    _resident: dict[tuple[int, int, tuple[Transfer, ...]], int] = field(default_factory=dict)  # `resident_copy`
     _constants: dict[tuple[DType, tuple[int, ...], bytes], View] = field(default_factory=dict)  # `weight`
 
     @property
@@ -198,9 +198,10 @@ class Ctx:
                                    "fused in this compile; remove its fused_into")
             # (build.check_given has checked that its cores are on the mesh; every core is in the compile)
             assert all(c in self.sram for c in mine.cores), (key, mine.cores)
-            if self.lane_rect is not None and not set(mine.cores) <= set(self.builder.ids):
-                off = next(c for c in mine.cores if c not in set(self.builder.ids))
-                raise MappingError(f"op {key}: core {off} of its region is outside its pipeline stage's "
+            stage = set(self.builder.ids) if self.lane_rect is not None else set(mine.cores)
+            off = [c for c in mine.cores if c not in stage]
+            if off:
+                raise MappingError(f"op {key}: core {off[0]} of its region is outside its pipeline stage's "
                                    f"rectangle {self.lane_rect}; give cores of that rectangle")
             om = replace(mine, op=op, part=part)
             if check is not None:
@@ -247,20 +248,20 @@ class Ctx:
 
         return list(self.decide(kernel, default, check).cores)
 
-    def resident_copy(self, core: int, nbytes: int,
-                      loads_at: Callable[[int], list[Transfer]]) -> tuple[int | None, list[Transfer]]:
-        """An SRAM address on `core` for `nbytes` of resident weights that `loads_at(address)` loads, and the
-        loads to put in the load phase; None when they do not fit (the kernel streams them). A copy of the
-        same bytes already resident on the core (an op's replica in another micro-batch of a pipeline, a
-        weight two ops share) is shared: its address, and nothing to load again."""
-        key = (core, nbytes, tuple((t.src, t.dst, t.dims, t.esize) for t in loads_at(0)))
+    def resident_copy(self, core: int, nbytes: int, loads: list[Transfer]) -> tuple[int | None, list[Transfer]]:
+        """An SRAM address on `core` for `nbytes` of resident weights that `loads` bring in (their destinations
+        relative to the copy's start), and those loads at that address, for the load phase; None when they do
+        not fit (the kernel streams them). A copy of the same bytes already resident on the core (an op's
+        replica in another micro-batch of a pipeline, a weight two ops share) is shared: its address, and
+        nothing to load again."""
+        key = (core, nbytes, tuple(loads))
         if key in self._resident:
             return self._resident[key], []
         addr = self.sram[core].alloc_resident(nbytes)
         if addr is None:
             return None, []
         self._resident[key] = addr
-        return addr, loads_at(addr)
+        return addr, [replace(t, dst=t.dst + addr) for t in loads]
 
     def shrink_region(self, n: int) -> None:
         """The last decision's kernel found work for only its first n cores: record just those."""

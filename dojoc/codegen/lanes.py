@@ -22,13 +22,13 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 from dojoc.codegen.builder import LANE_IDS
-from dojoc.errors import MappingError
+from dojoc.errors import MappingError, ShapeError
 from dojoc.ir.graph import Graph
 from dojoc.ir.ops import Op, OpKind
 from dojoc.mapping.model import OpMapping
 from dojoc.mapping.place import Rect, usable_cores
 from dojoc.mapping.stages import Pipeline, Stage
-from dojoc.passes.microbatch import batch_problem, split_batch
+from dojoc.passes.microbatch import batch_problem, batch_size, split_batch
 from isa.machine import Machine
 from isa.program import TensorKind
 
@@ -50,19 +50,8 @@ class Lanes:
     all_cores: tuple[int, ...] = ()  # every core of the machine, in offer order (after the pipeline)
     probe: bool = False  # only micro-batch 0 is lowered, to price the pipeline (`prepare(..., probe=True)`)
     replicas: dict[str, tuple[str, ...]] = field(default_factory=dict)  # micro-batch 0's op -> every replica's
-
-    def follow(self, ctx: Ctx, name: str, taken: list[OpMapping]) -> None:
-        """After micro-batch 0's op `name` took decisions `taken`: give them to its replicas in the other
-        micro-batches (unless the mapping gives theirs), so every micro-batch of a stage runs the same
-        program, shares its resident weights (`Ctx.resident_copy`) and is not searched again."""
-        for other in self.replicas.get(name, ())[1:]:
-            for om in taken:
-                if om.fused_into is None and om.op == name:
-                    mine = replace(om, op=other)
-                    ctx.given.setdefault(mine.key, mine)
-    current: tuple[int, int] | None = None
-    started: bool = False
-    groups: dict[tuple[int, int], list[str]] = field(default_factory=dict)  # ops of each group, in order
+    current: tuple[int, int] | None = None  # the group (stage, micro-batch) being lowered
+    started: bool = False  # whether the pipeline is open: a group has been lowered and `close` has not run
 
     @property
     def stages(self) -> int:
@@ -76,7 +65,8 @@ class Lanes:
         return LANE_IDS[2 * s + 1]
 
     def bind(self, ctx: Ctx) -> None:
-        self.current, self.started, self.groups = None, False, {}  # (a compile may run twice: lower.py)
+        """Start lowering the pipeline in `ctx`: each op's stage, the joins' outputs, the barrier ids."""
+        self.current, self.started = None, False  # (a compile may run twice: lower.py)
         ctx.stage_of = {name: s for name, (s, _) in self.where.items()}
         self._join_in_place(ctx)
         for s, cores in enumerate(self.cores):
@@ -113,21 +103,14 @@ class Lanes:
         """Before lowering op `name`: end the group before it (its handoff), and lower it in its lane (or,
         for an op of no stage after the pipeline, end the pipeline)."""
         group = self.where.get(name)
-        if group is None and not self.started:
-            return  # before the pipeline: the inputs' slices, parameters
-        if group == self.current:
-            return
-        b = ctx.builder
-        if self.current is not None:
-            s, _ = self.current
-            b.set_lane(None)
-            if s + 1 < self.stages:
-                b.handoff(self.handoff_id(s))
+        if group == self.current or (group is None and not self.started):
+            return  # the same group, or before the pipeline (the inputs' slices, parameters)
+        self._end_group(ctx)
         if group is None:
             self.close(ctx)
             return
+        b = ctx.builder
         self.started, self.current = True, group
-        self.groups.setdefault(group, [])
         s, i = group
         # the barrier the group starts after: the handoff from the stage before, or for the first stage the
         # handoff that ended its previous group (or the barrier before the pipeline)
@@ -138,20 +121,35 @@ class Lanes:
         b.ids = list(self.cores[s])
         ctx.lane_rect = self.rects[s]
 
+    def follow(self, ctx: Ctx, name: str, taken: list[OpMapping]) -> None:
+        """After micro-batch 0's op `name` took decisions `taken`: give them to its replicas in the other
+        micro-batches (unless the mapping gives theirs), so every micro-batch of a stage runs the same
+        program, shares its resident weights (`Ctx.resident_copy`) and is not searched again."""
+        for other in self.replicas.get(name, ())[1:]:
+            for om in taken:
+                if om.fused_into is None and om.op == name:
+                    mine = replace(om, op=other)
+                    ctx.given.setdefault(mine.key, mine)
+
+    def _end_group(self, ctx: Ctx) -> None:
+        """Leave the group being lowered: its stage meets the next at their handoff."""
+        if self.current is None:
+            return
+        s, _ = self.current
+        self.current = None
+        ctx.builder.set_lane(None)
+        if s + 1 < self.stages:
+            ctx.builder.handoff(self.handoff_id(s))
+
     def close(self, ctx: Ctx) -> None:
         """End the pipeline: every core meets at a barrier, and later ops run on every core."""
-        if self.current is None and not self.started:
+        if not self.started:
             return
-        b = ctx.builder
-        if self.current is not None and b.in_lane:
-            b.set_lane(None)
-            s, _ = self.current
-            if s + 1 < self.stages:
-                b.handoff(self.handoff_id(s))
-        self.current = None
-        b.ids = list(self.all_cores)
+        self._end_group(ctx)
+        self.started = False
+        ctx.builder.ids = list(self.all_cores)
         ctx.lane_rect = None
-        b.barrier()
+        ctx.builder.barrier()
 
     def predict(self, decisions: list[OpMapping], handoff: list[int]) -> int:
         """The pipeline's predicted cycles: group (s, i) starts once (s, i - 1) and (s - 1, i) are done and
@@ -173,9 +171,9 @@ class Lanes:
 
 
 def _rect_cores(machine: Machine, rect: Rect) -> tuple[int, ...]:
-    inside = {c for c in range(machine.num_cores)
-              if rect.r0 <= machine.coords[c][0] < rect.r0 + rect.rows
-              and rect.c0 <= machine.coords[c][1] < rect.c0 + rect.cols}
+    """The enabled cores of `rect`, in the order a compile offers them (`place.usable_cores`)."""
+    inside = {machine.core_at[rect.mesh(i, j)] for i in range(rect.rows) for j in range(rect.cols)
+              if rect.mesh(i, j) in machine.core_at}
     return tuple(c for c in usable_cores(machine) if c in inside)
 
 
@@ -183,9 +181,6 @@ def prepare(graph: Graph, plan: Pipeline, machine: Machine, probe: bool = False)
     """The micro-batched graph in wavefront order, and its lanes; MappingError for an illegal plan. With
     `probe`, only micro-batch 0's ops, whose results are the outputs: its lowering prices every stage's time
     per micro-batch at 1/M of the whole pipeline's compile (`Lanes.predict`)."""
-    problem = batch_problem(graph, plan.micro_batches)
-    if problem is not None:
-        raise MappingError(f"pipeline: {problem}")
     S = len(plan.stages)
     if S > MAX_STAGES:
         raise MappingError(f"pipeline: {S} stages; a pipeline takes at most {MAX_STAGES} (the barrier ids of "
@@ -218,7 +213,10 @@ def prepare(graph: Graph, plan: Pipeline, machine: Machine, probe: bool = False)
         rects.append(rect)
         cores.append(cs)
     stage = [max(k for k, f in enumerate(firsts) if f <= i) for i in range(len(ops))]
-    gm, origin = split_batch(graph, plan.micro_batches)
+    try:
+        gm, origin = split_batch(graph, plan.micro_batches)
+    except ShapeError as e:  # (the graph mixes the items of its batch, or they do not divide)
+        raise MappingError(f"pipeline: {e}") from None
     where = {name: (stage[index[r.op]], r.micro_batch) for name, r in origin.items()}
     M = plan.micro_batches
     by_group: dict[tuple[int, int], list] = {}
@@ -226,7 +224,7 @@ def prepare(graph: Graph, plan: Pipeline, machine: Machine, probe: bool = False)
     for n in gm.nodes:
         if n.name in where:
             by_group.setdefault(where[n.name], []).append(n)
-        elif n.kind is OpKind.SOURCE or not any(g for g in by_group):
+        elif n.kind is OpKind.SOURCE or not by_group:
             lead.append(n)  # inputs, parameters and the inputs' micro-batch slices
         else:
             tail.append(n)  # the joins of the outputs
@@ -319,14 +317,15 @@ def propose(graph: Graph, decisions: list[OpMapping], machine: Machine, home: Re
     its decisions), most promising first (at most PROBES), each with its screen estimate. The screen:
     an op that ran on n cores in T cycles runs a micro-batch on a stage of N cores in T * max(1, n / N) / M
     or more, a stage takes the sum of its ops, and the pipeline (M + S - 1) stage times."""
-    from dojoc.passes.microbatch import batch_size
-
     batch = batch_size(graph)
     ops = [n.name for n in graph.nodes if n.kind is not OpKind.SOURCE]
+    known = set(ops)
+    micro = [m for m in range(2, min(batch, MAX_MICRO_BATCHES) + 1)
+             if batch % m == 0 and batch_problem(graph, m) is None]
     time: dict[str, float] = {}
     width: dict[str, int] = {}
     for om in decisions:
-        if om.fused_into is None and om.op in set(ops):
+        if om.fused_into is None and om.op in known:
             time[om.op] = time.get(om.op, 0) + om.predicted_cycles
             width[om.op] = max(width.get(om.op, 1), len(om.cores))
     default = sum(om.predicted_cycles for om in decisions if om.fused_into is None)
@@ -342,9 +341,7 @@ def propose(graph: Graph, decisions: list[OpMapping], machine: Machine, home: Re
             continue
         bounds = [*cuts, len(ops)]
         slowest = max(sum(work[a:b]) for a, b in zip(bounds, bounds[1:], strict=False))
-        for m in range(stages, min(batch, MAX_MICRO_BATCHES) + 1):
-            if batch % m or batch_problem(graph, m) is not None:
-                continue
+        for m in (m for m in micro if m >= stages):
             estimate = (m + stages - 1) * slowest / m
             if estimate < SCREEN_MARGIN * default:
                 found.append((estimate, Pipeline(m, tuple(Stage(ops[c], (r.r0, r.c0, r.rows, r.cols))

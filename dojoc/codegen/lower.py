@@ -208,12 +208,10 @@ def _add_sync(ctx: Ctx, spans: list[Span]) -> None:
     """Add to each op's prediction the release of the barriers that end its phases (each over its own
     cores, `ProgramBuilder.cores_of`): an op's emulated cycles run from one barrier's release to the next, so
     its prediction covers them too. Known only now, once the barriers are scoped."""
-    b = ctx.builder
-    scope = dict(zip(b.linear, b.scopes, strict=True))
     count: dict[str, int] = {}
     for sp in spans:
-        count[sp.op] = count.get(sp.op, 0) + sum(
-            barrier_cycles(ctx.machine, scope[r] if r in scope else b.cores_of(r)) for r in sp.barriers)
+        count[sp.op] = count.get(sp.op, 0) + sum(barrier_cycles(ctx.machine, ctx.builder.cores_of(r))
+                                                 for r in sp.barriers)
     last = {om.op: i for i, om in enumerate(ctx.decisions) if om.fused_into is None}
     for op, n in count.items():
         i = last.get(op)

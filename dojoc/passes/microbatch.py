@@ -64,7 +64,7 @@ def _mixes(n: Node, carried: set[Value]) -> str | None:
         return "it moves dim 0, the batch, away from the front"
     if n.op is Op.GATHER and n.inputs[1] not in carried:
         return "it gathers the batch with indices that do not carry it"
-    if n.kind is OpKind.CONTRACTION and n.op is Op.MATMUL and n.inputs[0] not in carried:
+    if n.op is Op.MATMUL and n.inputs[0] not in carried:
         return "its batch-carrying operand is not its left one"
     return None
 

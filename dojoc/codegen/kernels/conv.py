@@ -491,20 +491,14 @@ def _resident(ctx: Ctx, node: Node, core: int, cv: Conv, plan: Plan, spec: Spec,
         wbytes = -(-ol * cv.k * ew // 64) * 64
         with_bias = cv.bias_const
         o0 = gi * cv.og + ob
-
-        def at(addr: int, o0: int = o0, ol: int = ol, wbytes: int = wbytes, with_bias: bool = with_bias
-               ) -> list[Transfer]:
-            ts = transfers(w.base + o0 * so, addr, [(ol, so, cv.k * ew), (cv.kh, skh, cv.kw * cv.cg * ew),
-                                                    (cv.kw, skw, cv.cg * ew), (cv.cg, sc, ew)], ew)
-            if with_bias and cv.bias is not None:
-                ts += transfers(cv.bias.base + o0 * cv.bias.strides[0], addr + wbytes,
-                                [(ol, cv.bias.strides[0], 4)], 4)
-            return ts
-
-        got, new = ctx.resident_copy(core, wbytes + (ol * 4 if with_bias else 0), at)
-        if got is None:
+        copy = transfers(w.base + o0 * so, 0, [(ol, so, cv.k * ew), (cv.kh, skh, cv.kw * cv.cg * ew),
+                                               (cv.kw, skw, cv.cg * ew), (cv.cg, sc, ew)], ew)  # (at the copy's start)
+        if with_bias and cv.bias is not None:
+            copy += transfers(cv.bias.base + o0 * cv.bias.strides[0], wbytes, [(ol, cv.bias.strides[0], 4)], 4)
+        addr, new = ctx.resident_copy(core, wbytes + (ol * 4 if with_bias else 0), copy)
+        if addr is None:
             break
-        out[(gi, ob)] = got
+        out[(gi, ob)] = addr
         loads += new
     load_resident(ctx, core, node, loads)
     return out

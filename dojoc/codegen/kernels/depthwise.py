@@ -46,7 +46,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from functools import cached_property, partial
+from functools import cached_property
 from math import ceil
 
 import numpy as np
@@ -453,7 +453,7 @@ class _Core:
                 continue
             ol, o0 = blk.cl * dw.mult, ch * dw.mult
             addr, new = self.ctx.resident_copy(core, _wbytes(ol, dw.taps) + (ol * 4 if dw.bias else 0),
-                                               partial(self._weight_loads, o0, ol))
+                                               self._weight_loads(o0, ol, 0))
             if addr is None:
                 break
             out[ch] = addr

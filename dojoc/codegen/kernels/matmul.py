@@ -427,21 +427,16 @@ def _emit_core(ctx: Ctx, node: Node, core: int, p: Problem, plan: Plan, spec: Sp
             nl = min(plan.nt, p.n - n0)
             wbytes = -(-p.k * nl * eb // 64) * 64
             vbytes = (nl * 4 if p.bias is not None else 0) + (2 * nl * 4 if p.norm is not None else 0)
-
-            def at(addr: int, bv: View = bv, n0: int = n0, nl: int = nl, wbytes: int = wbytes) -> list[Transfer]:
-                ts = transfers(bv.base + n0 * bv.strides[1], addr,
-                               [(p.k, bv.strides[0], nl * eb), (nl, bv.strides[1], eb)], eb)
-                if p.bias is not None:
-                    ts += transfers(p.bias.base + n0 * 4, addr + wbytes, [(nl, 4, 4)], 4)
-                if p.norm is not None:  # (whole rows: the weights then the biases, as in DRAM)
-                    ts += transfers(p.norm.base, addr + wbytes + (nl * 4 if p.bias is not None else 0),
-                                    [(2 * nl, 4, 4)], 4)
-                return ts
-
-            got, new = ctx.resident_copy(core, wbytes + vbytes, at)
-            if got is None:
+            copy = transfers(bv.base + n0 * bv.strides[1], 0, [(p.k, bv.strides[0], nl * eb), (nl, bv.strides[1], eb)],
+                             eb)  # (at the copy's start: resident_copy places it)
+            if p.bias is not None:
+                copy += transfers(p.bias.base + n0 * 4, wbytes, [(nl, 4, 4)], 4)
+            if p.norm is not None:  # (whole rows: the weights then the biases, as in DRAM)
+                copy += transfers(p.norm.base, wbytes + (nl * 4 if p.bias is not None else 0), [(2 * nl, 4, 4)], 4)
+            addr, new = ctx.resident_copy(core, wbytes + vbytes, copy)
+            if addr is None:
                 break
-            resident[key] = got
+            resident[key] = addr
             loads += new
         load_resident(ctx, core, node, loads)
     streamed = any((p.b[b].base, ni * plan.nt) not in resident for b, _, ni in run)

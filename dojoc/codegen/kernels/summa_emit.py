@@ -205,10 +205,8 @@ class CoreProgram:
         cols = {"b": (self.n0, self.n), "x": (self.x0, self.nx)}
         for key, t, nbytes in resident_wants(self.ctx, self.g, self.me, self.bounds, self.kc, self.resident,
                                              self.spec.op.itemsize, self.p.taps, self.rot):
-            def at(a: int, key: str = key, t: int = t) -> list[Transfer]:
-                return self._a_chunk(t, self.m0, self.m, a) if key == "a" else self._b_resident(t, *cols[key], a)
-
-            addr, new = self.ctx.resident_copy(self.me, nbytes, at)
+            chunk = self._a_chunk(t, self.m0, self.m, 0) if key == "a" else self._b_resident(t, *cols[key], 0)
+            addr, new = self.ctx.resident_copy(self.me, nbytes, chunk)
             if addr is not None:
                 self.keep[(key, t)] = addr
                 loads += new
@@ -407,15 +405,13 @@ class CoreProgram:
             return []
         cols = vectors(p) * (self.g.n_max + self.nx) * 4
         rows = self.g.m_max * 4 if p.row_bias is not None else 0
-        def places(a: int) -> tuple[int, int]:
-            return (a if cols else -1), (a + aligned(cols) if rows else -1)
-
         scratch_stride, self.vstride = self.vstride, self.g.n_max + self.nx  # (resident: this core's slice only)
-        addr, loads = self.ctx.resident_copy(self.me, aligned(cols) + rows, lambda a: self._bias_transfers(*places(a)))
+        addr, loads = self.ctx.resident_copy(self.me, aligned(cols) + rows,
+                                             self._bias_transfers(0 if cols else -1, aligned(cols) if rows else -1))
         if addr is None:
             self.vstride = scratch_stride
             return []
-        self.bias, self.rbias = places(addr)
+        self.bias, self.rbias = (addr if cols else -1), (addr + aligned(cols) if rows else -1)
         self.bias_resident = True
         return loads
 
