@@ -13,6 +13,7 @@ from typing import Any
 import click
 import numpy as np
 
+from dojoc.interrupt import INTERRUPTED, take_interrupts
 from isa.errors import DojocError
 from isa.files import atomic_path, write_atomic
 from isa.machine import assumptions
@@ -28,6 +29,7 @@ class _Group(click.Group):
     """Turns every DojocError (and the usual OS errors) into one `error:` line."""
 
     def invoke(self, ctx: click.Context) -> Any:
+        take_interrupts()
         try:
             return super().invoke(ctx)
         except click.UsageError as e:  # a bad option of a command: one line too, not click's usage block
@@ -37,7 +39,7 @@ class _Group(click.Group):
         except (OSError, ValueError) as e:
             _fail(str(e))
         except KeyboardInterrupt:  # Ctrl-C: outputs are written atomically, so nothing half-written is left
-            click.echo("error: interrupted; no partial output was left behind", err=True)
+            click.echo(INTERRUPTED, err=True)
             sys.exit(130)
 
 

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -23,7 +24,7 @@ def test_sigint_during_compile_leaves_all_or_nothing(tmp_path: Path) -> None:
     outcomes = set()
     for delay in (0.5, 2.0, 3.0, 4.0, 6.0, 60.0):
         out = tmp_path / f"out{delay}"
-        proc = subprocess.Popen([sys.executable, "-m", "dojoc.cli", "compile", f"{HERE}:block", "--input", "2x16x64",
+        proc = subprocess.Popen([sys.executable, "-m", "dojoc", "compile", f"{HERE}:block", "--input", "2x16x64",
                                  "--machine", "mesh4x4", "-o", str(out)], stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True)
         try:
@@ -63,3 +64,23 @@ def test_an_interrupt_during_export_is_taken_after_it() -> None:
             reached = True
     assert reached
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+@pytest.mark.skipif(os.name != "posix", reason="SIGINT to this process")
+def test_an_interrupt_python_cannot_raise_is_delivered_again() -> None:
+    """A KeyboardInterrupt raised in a weakref callback of the import machinery is "unraisable": Python
+    prints it and goes on. The command line's hook sends SIGINT again, so it lands in ordinary code."""
+    from dojoc.interrupt import _redeliver
+
+    hit: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: hit.append(signum))
+    try:
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt as e:
+            _redeliver(SimpleNamespace(exc_type=type(e), exc_value=e, exc_traceback=e.__traceback__,  # type: ignore[arg-type]
+                                       err_msg=None, object=None))
+        time.sleep(0.05)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert hit == [signal.SIGINT]
