@@ -13,18 +13,20 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from dojoc.codegen.sems import MOST, SEM_BITS
+from dojoc.codegen.sems import HANDOFF, MOST, SEM_BITS
 from dojoc.codegen.view import Transfer
 from dojoc.errors import CompileError
 from isa.dtypes import DType
 from isa.encoding import encode_code, make
 from isa.machine import Machine
 from isa.program import CodeSection, DebugEntry, Image, Signature, Tensor
-from isa.table import BY_MNEMONIC, Instr
+from isa.table import BY_MNEMONIC, Cast, Instr
 from runtime_emu.stats import LOAD_PHASE_BARRIER
 
 # Register roles. Tile operands: the instruction's d, a, b, c operands. DMA: SRAM and DRAM sides.
 R_D, R_A, R_B, R_C, R_BIAS, R_SRAM, R_DRAM, R_IDX = 1, 2, 3, 4, 5, 6, 7, 8
+# a pipeline handoff's signal target: set where `keep` writes the handoff, so no register cache may hold it
+R_SYNC = 10
 # the largest count one wait takes, from the instruction table's field width
 MAX_WAIT = (1 << next(f.bits for f in BY_MNEMONIC["wait"].fields if f.name == "count")) - 1
 # the fields of the instruction table that name a semaphore (sem, seml, semr)
@@ -133,7 +135,8 @@ class ProgramBuilder:
 
     Its phases are linear by default: `barrier` ends a phase on every core. In a lane (`set_lane`: the ops of one
     pipeline stage, codegen/lanes.py) `barrier` ends a phase on the lane's cores only, under the lane's own
-    id, and `handoff` joins two lanes' cores: lanes run side by side between two linear barriers."""
+    id, and `handoff` tells the next lane's cores that this one has finished a micro-batch (semaphores, not a
+    barrier: the producer goes on at once): lanes run side by side between two linear barriers."""
 
     def __init__(self, machine: Machine, cores: list[int]) -> None:
         self.machine = machine
@@ -144,7 +147,8 @@ class ProgramBuilder:
         self.scopes: list[tuple[int, ...]] = []  # per linear barrier, the cores that join it (set by `keep`)
         self.linear: list[Ref] = []  # per linear barrier, its ref
         self._index: dict[Ref, int] = {}  # a linear barrier's ref -> its index in `linear` and `scopes`
-        self.lane_cores: dict[int, tuple[int, ...]] = {}  # lane or handoff barrier id -> the cores that join it
+        self.lane_cores: dict[int, tuple[int, ...]] = {}  # lane barrier id -> the cores that join it
+        self.handoffs: dict[int, tuple[tuple[int, ...], tuple[int, ...]]] = {}  # handoff id -> (producers, consumers)
         self._count: dict[int, int] = {}  # barrier id -> barriers of that id emitted so far
         self._lane: int | None = None  # the lane barrier id while `set_lane` has one
         self.last: dict[int | None, Ref] = {None: LOAD_REF}  # per lane id (None: linear), its latest barrier
@@ -181,10 +185,17 @@ class ProgramBuilder:
             c.emit("barrier", id=bid, count=self.participants)
 
     def bind(self, bid: int, cores: tuple[int, ...]) -> None:
-        """Bind lane or handoff barrier id `bid` to `cores` (before its first barrier)."""
+        """Bind lane barrier id `bid` to `cores` (before its first barrier)."""
         if bid not in LANE_IDS:
             raise CompileError(f"barrier id {bid} is not a lane id ({LANE_IDS[0]}-{LANE_IDS[-1]})")
         self.lane_cores[bid] = tuple(cores)
+
+    def bind_handoff(self, hid: int, producers: tuple[int, ...], consumers: tuple[int, ...]) -> None:
+        """Bind handoff `hid` (an id of LANE_IDS that no lane takes) to a producer lane's cores and the
+        consumer lane's."""
+        if hid not in LANE_IDS or hid in self.lane_cores:
+            raise CompileError(f"handoff id {hid} is not a free lane id ({LANE_IDS[0]}-{LANE_IDS[-1]})")
+        self.handoffs[hid] = (tuple(producers), tuple(consumers))
 
     def _private(self, bid: int) -> None:
         cores = self.lane_cores[bid]
@@ -198,10 +209,53 @@ class ProgramBuilder:
         core again."""
         self._lane = bid
 
-    def handoff(self, bid: int) -> None:
-        """A barrier of the cores bound to handoff id `bid` (two lanes': the one that produced a value and
-        the one that reads it)."""
-        self._private(bid)
+    def ends_phase(self, lane: int) -> bool:
+        """Whether every core of lane `lane` has ended its code with one of the lane's barriers."""
+        return all((code := self.cores[c].code) and code[-1].spec.mnemonic == "barrier" and code[-1]["id"] == lane
+                   for c in self.lane_cores[lane])
+
+    def handoff(self, hid: int) -> None:
+        """The producer lane of handoff `hid`, right after a barrier of its own (its micro-batch's stores are
+        done), tells the consumer lane's cores, which take it before their next micro-batch: one core of the
+        producers signals the `HANDOFF` semaphore of each consumer (row multicasts over runs of them), and
+        each consumer waits for it. Placed now as a marker on both sides, and written by `keep` once the
+        cores that remain are known (a signal must reach only cores that wait for it)."""
+        producers, consumers = self.handoffs[hid]
+        for c in (*producers, *consumers):
+            self.cores[c].code.append(make("barrier", id=hid, count=0))
+
+    def _handoff_code(self, core: int, hid: int) -> list[Instr]:
+        """What handoff `hid`'s marker becomes on `core` (after `keep`)."""
+        producers, consumers = self.handoffs[hid]
+        if core in consumers:
+            return [make("wait", sem=HANDOFF, count=1)]
+        if core != producers[0] or not consumers:
+            return []
+        code: list[Instr] = []
+        for target, first, span in self.signal_runs(consumers):
+            code.append(make("li", rd=R_SYNC, imm=target))
+            code.append(make("signal", rc=R_SYNC, sem=HANDOFF, cast=Cast.ONE if span == 1 else Cast.ROW,
+                             first=first if span > 1 else 0, span=span if span > 1 else 0))
+        return code
+
+    def signal_runs(self, cores: tuple[int, ...]) -> list[tuple[int, int, int]]:
+        """(a core, first column, columns) per row multicast that reaches exactly `cores`: runs of columns of
+        one mesh row whose enabled cores are all in `cores` (disabled positions inside a run are skipped by
+        the multicast itself)."""
+        m = self.machine
+        rows: dict[int, list[int]] = {}
+        for c in cores:
+            rows.setdefault(m.coords[c][0], []).append(m.coords[c][1])
+        runs: list[list[int]] = []
+        for r, cols in sorted(rows.items()):
+            cols.sort()
+            runs.append([r, cols[0]])
+            for col in cols[1:]:
+                if all((r, x) not in m.core_at for x in range(runs[-1][-1] + 1, col)):
+                    runs[-1].append(col)
+                else:
+                    runs.append([r, col])
+        return [(m.core_at[(r, run[0])], run[0], run[-1] - run[0] + 1) for r, *run in runs]
 
     def keep(self, cores: set[int]) -> None:
         """Drop the cores outside `cores` (they got no work, so they only ran barriers), and scope every
@@ -218,12 +272,14 @@ class ProgramBuilder:
         self.cores = {c: self.cores[c] for c in self.ids}
         kept = set(self.ids)
         self.lane_cores = {b: tuple(c for c in cs if c in kept) for b, cs in self.lane_cores.items()}
+        self.handoffs = {h: (tuple(c for c in p if c in kept), tuple(c for c in q if c in kept))
+                         for h, (p, q) in self.handoffs.items()}
         # per core, per phase (the code before each barrier, and after the last): whether it does work
         work: dict[int, list[bool]] = {}
         for c, cc in self.cores.items():
             flags, busy = [], False
             for ins in cc.code:
-                if ins.spec.mnemonic == "barrier" and ins["id"] not in self.lane_cores:
+                if ins.spec.mnemonic == "barrier" and ins["id"] not in LANE_IDS:
                     flags.append(busy)
                     busy = False
                 else:
@@ -248,7 +304,12 @@ class ProgramBuilder:
             k = 0
             for ins in cc.code:
                 pcs.append(len(code))
-                if ins.spec.mnemonic == "barrier" and ins["id"] in self.lane_cores:
+                if ins.spec.mnemonic == "barrier" and ins["id"] in self.handoffs:
+                    written = self._handoff_code(c, ins["id"])
+                    code += written
+                    if not written:
+                        pcs[-1] = None
+                elif ins.spec.mnemonic == "barrier" and ins["id"] in self.lane_cores:
                     code.append(make("barrier", id=ins["id"], count=len(self.lane_cores[ins["id"]])))
                 elif ins.spec.mnemonic == "barrier":
                     if c in members[k]:

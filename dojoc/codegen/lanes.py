@@ -6,9 +6,13 @@ last stage first. Code generation then lowers each op on its stage's rectangle (
 cores) and `Lanes.enter` switches the program builder between lanes:
 
 - an op's phases end at its *lane's* barriers (the stage's cores only, a barrier id of the stage's own);
-- when stage s has finished micro-batch i it meets stage s + 1 at their *handoff* barrier (both stages'
-  cores): stage s + 1 then reads micro-batch i's values from DRAM while stage s goes on with i + 1. Each
-  replica's values have buffers of their own, so nothing is overwritten while a later stage reads it;
+- when stage s has finished micro-batch i (its cores have met at a lane barrier, so its stores are done),
+  one of its cores signals every core of stage s + 1 (`ProgramBuilder.handoff`: row multicasts of a
+  signal to the `handoff` semaphore), and stage s goes on with i + 1 at once. Stage s + 1 waits for that
+  signal before it starts micro-batch i, then reads its values from DRAM. Producer and consumer are tied
+  by semaphores only, so a stage runs ahead of the next as far as the micro-batches allow. Each replica's
+  values have buffers of their own (DRAM is never reused), so nothing is overwritten while a later stage
+  reads it, and a stage's SRAM is its own;
 - the pipeline ends at a barrier of every core, and the replicas' outputs are joined after it.
 
 Values never cross stages in SRAM (`Ctx.apart` stops holds and kept copies; convolution chains are off in
@@ -35,7 +39,7 @@ from isa.program import TensorKind
 if TYPE_CHECKING:
     from dojoc.codegen.context import Ctx
 
-MAX_STAGES = (len(LANE_IDS) + 1) // 2  # a lane id per stage and a handoff id between two
+MAX_STAGES = (len(LANE_IDS) + 1) // 2  # a lane barrier id per stage and a handoff id between two
 
 
 @dataclass
@@ -72,7 +76,7 @@ class Lanes:
         for s, cores in enumerate(self.cores):
             ctx.builder.bind(self.lane_id(s), cores)
             if s + 1 < self.stages:
-                ctx.builder.bind(self.handoff_id(s), cores + self.cores[s + 1])
+                ctx.builder.bind_handoff(self.handoff_id(s), cores, self.cores[s + 1])
 
     def _join_in_place(self, ctx: Ctx) -> None:
         """Declare each output that joins the replicas' results before they are lowered, and have each
@@ -112,11 +116,9 @@ class Lanes:
         b = ctx.builder
         self.started, self.current = True, group
         s, i = group
-        # the barrier the group starts after: the handoff from the stage before, or for the first stage the
-        # handoff that ended its previous group (or the barrier before the pipeline)
-        start = (b.last.get(self.handoff_id(s - 1)) if s else
-                 b.last.get(self.handoff_id(0)) if i and self.stages > 1 else b.last.get(self.lane_id(0)))
-        b.last[self.lane_id(s)] = start or b.last[None]
+        # the group starts after the stage's barrier that ended its previous group (or the barrier before the
+        # pipeline); a later stage's first op also counts its wait for the stage before's signal
+        b.last.setdefault(self.lane_id(s), b.last[None])
         b.set_lane(self.lane_id(s))
         b.ids = list(self.cores[s])
         ctx.lane_rect = self.rects[s]
@@ -132,14 +134,18 @@ class Lanes:
                     ctx.given.setdefault(mine.key, mine)
 
     def _end_group(self, ctx: Ctx) -> None:
-        """Leave the group being lowered: its stage meets the next at their handoff."""
+        """Leave the group being lowered: once its stage's cores have met (its stores are done), it hands
+        the micro-batch to the next stage."""
         if self.current is None:
             return
         s, _ = self.current
         self.current = None
-        ctx.builder.set_lane(None)
+        b = ctx.builder
+        if s + 1 < self.stages and not b.ends_phase(self.lane_id(s)):
+            b.barrier()
+        b.set_lane(None)
         if s + 1 < self.stages:
-            ctx.builder.handoff(self.handoff_id(s))
+            b.handoff(self.handoff_id(s))
 
     def close(self, ctx: Ctx) -> None:
         """End the pipeline: every core meets at a barrier, and later ops run on every core."""
@@ -152,8 +158,8 @@ class Lanes:
         ctx.builder.barrier()
 
     def predict(self, decisions: list[OpMapping], handoff: list[int]) -> int:
-        """The pipeline's predicted cycles: group (s, i) starts once (s, i - 1) and (s - 1, i) are done and
-        their handoff released (`handoff[s]` cycles, the barrier between s and s + 1)."""
+        """The pipeline's predicted cycles: group (s, i) starts once (s, i - 1) is done and (s - 1, i)'s
+        handoff has arrived (`handoff[s]` cycles after stage s is done: its signals to stage s + 1)."""
         per: dict[tuple[int, int], int] = {}
         for om in decisions:
             g = self.where.get(om.op)
@@ -164,8 +170,7 @@ class Lanes:
         done: dict[tuple[int, int], int] = {}
         for i in range(self.plan.micro_batches):
             for s in range(self.stages):
-                start = max(done.get((s, i - 1), 0) + (handoff[s] if s + 1 < self.stages and i else 0),
-                            done.get((s - 1, i), 0) + (handoff[s - 1] if s else 0))
+                start = max(done.get((s, i - 1), 0), done.get((s - 1, i), 0) + (handoff[s - 1] if s else 0))
                 done[(s, i)] = start + per.get((s, i), 0)
         return max(done.values(), default=0)
 

@@ -64,6 +64,14 @@ def barrier_cycles(machine: Machine, cores: tuple[int, ...]) -> int:
     return _network(machine).barrier_cycles([machine.coords[c] for c in cores])
 
 
+def signal_cycles(machine: Machine, src: int, dsts: tuple[int, ...], signals: int) -> int:
+    """Cycles from core `src` issuing `signals` signals (multicasts) to the last of cores `dsts` taking
+    one: their issue, the longest route's hop latencies, and the wait that takes it."""
+    net = _network(machine)
+    far = max((net.path_latency(machine.coords[src], machine.coords[d]) for d in dsts), default=0)
+    return signals * machine.issue_cycles + far + machine.sem_cycles
+
+
 @lru_cache(maxsize=1 << 10)
 def exchange_link_bytes(machine: Machine, cores: tuple[int, ...], piece: float) -> float:
     """The bytes on the busiest link when every core of `cores` puts `piece` bytes to every other one

@@ -14,7 +14,11 @@ every op's layout starts again at 0 and the generated code leaves every semaphor
 - the band's halo arrivals stay pending from a chain member into the next op, its halo reader (band.py
   takes care that the reader runs next), which runs the same layout and waits on them;
 - the load phase (resident weights loaded once, before the first call) has its own groups, each waited for
-  at once.
+  at once;
+- in a pipeline (codegen/lanes.py) a stage's cores count the micro-batches the stage before has finished on
+  the `handoff` semaphore: its signals arrive while the stage runs other ops. It takes the id of SUMMA's
+  third `free_b` buffer, which no SUMMA in a pipeline uses (it takes 2 chunk buffers there), and which no
+  other layout reaches (checked below).
 
 The layouts are built when this module is imported, and every id must fit the instruction fields; ids
 overlap only through a declared alias. A machine with fewer semaphores than a layout takes is a compile
@@ -37,6 +41,7 @@ class Life(enum.Enum):
     OP = "op"  # issued and waited for inside one op
     INTO_NEXT = "into next op"  # still pending at the op's barrier; the next op waits for it
     LOAD = "load phase"  # the one-time loading of resident weights, waited for at once
+    PIPELINE = "pipeline stage"  # signalled by the stage before, pending across the stage's ops
 
 
 @dataclass(frozen=True)
@@ -191,5 +196,27 @@ ELTWISE = Layout("eltwise", (
     Group("store", 1, "a tile's stores"),
 ))
 
+# -- a pipeline's handoffs (lanes.py) ----------------------------------------------------------------
+PIPELINE_DEPTH = DEPTH - 1  # SUMMA's chunk buffers in a pipeline: its last buffer's free_b id counts handoffs
+PIPELINE = Layout("pipeline", (
+    Group("handoff", 1, "micro-batches the stage before has finished (its leader's signal after its last "
+                        "barrier of one): pending across this stage's ops, taken as the stage starts the next",
+          life=Life.PIPELINE, alias=("free_b", PIPELINE_DEPTH)),
+), after=SUMMA)
+
 LAYOUTS = (LOAD, MXU, SHARED_A, BAND, SUMMA, ROWS, ATTENTION, POOL, INDEX, DEPTHWISE, COPY, ELTWISE)
 MOST = max(layout.width for layout in LAYOUTS)  # the semaphores a core needs for every kernel
+HANDOFF = PIPELINE.id("handoff")
+
+
+def check_handoff(layouts: tuple[Layout, ...] = LAYOUTS) -> None:
+    """The handoff id is live beside every kernel of a stage: only SUMMA's unused third buffer may take it."""
+    for layout in layouts:
+        for g in layout.all_groups:
+            ids = layout.ids(g.name)
+            if HANDOFF in ids and (layout.family, g.name, ids.index(HANDOFF)) != ("summa", "free_b", PIPELINE_DEPTH):
+                raise ValueError(f"semaphore layout {layout.family}: group {g.name} takes id {HANDOFF}, the "
+                                 "pipeline's handoff semaphore, live beside every kernel of a stage")
+
+
+check_handoff()

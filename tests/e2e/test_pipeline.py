@@ -101,6 +101,35 @@ def test_stages_overlap_in_time() -> None:
     assert piped.report.cycles < 0.8 * sum(timed)
 
 
+def test_stages_hand_off_by_semaphores() -> None:
+    """No barrier joins two stages: one core of stage 0 signals stage 1's cores after each micro-batch (row
+    multicasts of the handoff semaphore), each of them waits once per micro-batch, and stage 0 runs ahead."""
+    from dojoc.codegen.sems import HANDOFF
+    from isa.table import Cast
+
+    torch.manual_seed(0)
+    net, x = MLP().eval(), torch.randn(32, 64)
+    m = 4
+    _, piped = _pipelined(net, x, m, 1)
+    code = {c: sec.code for sec in piped.image.sections for c in sec.cores}
+    waits = {c: sum(1 for i in ins if i.spec.mnemonic == "wait" and i["sem"] == HANDOFF) for c, ins in code.items()}
+    signals = {c: [i for i in ins if i.spec.mnemonic == "signal" and i["sem"] == HANDOFF] for c, ins in code.items()}
+    stage1 = {c for c in code if c >= 8}
+    assert {c for c, n in waits.items() if n} == stage1 and set(waits[c] for c in stage1) == {m}
+    senders = [c for c, s in signals.items() if s]
+    assert len(senders) == 1 and senders[0] < 8
+    assert len(signals[senders[0]]) == m * 2 and all(s["cast"] is Cast.ROW for s in signals[senders[0]])
+    lanes = set(range(21, 31))
+    joined = {i["count"] for ins in code.values() for i in ins if i.spec.mnemonic == "barrier" and i["id"] in lanes}
+    assert joined == {8}  # lane barriers only: a stage's 8 cores
+    torch.testing.assert_close(piped(x), net(x), atol=1e-4, rtol=1e-4)
+    given = json.loads(piped.mapping.to_json())
+    op = next(o for o in given["ops"] if o["kernel"] == "summa")
+    op["tile"]["buffers"] = 3
+    with pytest.raises(dojoc.MappingError, match="buffers=3: give 2 chunk buffers .in a pipeline stage"):
+        dojoc.compile(net, (x,), machine=MESH, precision="fp32", mapping=Mapping.from_json(json.dumps(given)))
+
+
 def test_pipeline_round_trips_through_json() -> None:
     torch.manual_seed(0)
     net, x = MLP().eval(), torch.randn(32, 64)

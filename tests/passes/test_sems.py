@@ -37,3 +37,16 @@ def test_an_alias_reuses_ids_and_a_layout_beyond_the_fields_is_refused() -> None
         Layout("twice", (Group("a", 1, "a"), Group("a", 1, "a")))
     with pytest.raises(AssertionError):
         sems.SUMMA.id("dma_a")  # three semaphores, one per buffer
+
+
+def test_the_pipeline_handoff_takes_an_id_no_kernel_of_a_stage_uses() -> None:
+    """A stage's handoff semaphore is pending across the stage's ops: only SUMMA's third chunk buffer shares
+    its id, and a SUMMA takes two buffers in a pipeline."""
+    assert sems.HANDOFF == sems.SUMMA.ids("free_b")[sems.PIPELINE_DEPTH]
+    assert sems.PIPELINE.groups[0].life is Life.PIPELINE
+    for layout in sems.LAYOUTS:
+        if layout is not sems.SUMMA:
+            assert layout.width <= sems.HANDOFF, layout.family
+    sems.check_handoff()
+    with pytest.raises(ValueError, match="handoff"):
+        sems.check_handoff((Layout("wide", (Group("a", sems.HANDOFF + 1, "a"),)),))

@@ -69,6 +69,7 @@ from dojoc.codegen.kernels.summa_grid import (
 )
 from dojoc.codegen.kernels.summa_relay import relay
 from dojoc.codegen.paths import port_path
+from dojoc.codegen.sems import PIPELINE_DEPTH
 from dojoc.codegen.sram import ALIGN, aligned
 from dojoc.errors import CompileError, MappingError
 from dojoc.ir.graph import Node
@@ -84,6 +85,12 @@ KERNEL = "summa"
 KC_CHOICES = (512, 384, 256, 192, 128, 96, 64, 32)
 # chunk buffers: free semaphores are per buffer, so any line length takes each of these
 DEPTHS = tuple(range(2, MAX_DEPTH + 1))
+
+
+def depths(ctx: Ctx) -> tuple[int, ...]:
+    """The chunk buffers an op may take: in a pipeline stage at most `sems.PIPELINE_DEPTH` (the last
+    buffer's semaphore counts the stage's handoffs there)."""
+    return DEPTHS if ctx.lane_rect is None else tuple(d for d in DEPTHS if d <= PIPELINE_DEPTH)
 WAVES = (1, 2)  # more measured slower than the model predicts (docs/decisions.md)
 
 
@@ -283,7 +290,7 @@ def _best_kc(ctx: Ctx, p: Problem, spec: Spec, resident: str | None, held: Held 
         else sorted({min(c, p.k) for c in KC_CHOICES if c * p.phases <= MAX_ROWS}, reverse=True)
     for kc in kcs:
         rot = rotate(ctx, p, spec, kc, resident, held, rect)
-        for depth in DEPTHS:
+        for depth in depths(ctx):
             for waves in waves_for(g, resident, spec.norm is not None, p):
                 if _scratch(g, spec, kc, p, depth, resident, waves) > room or not ctx.costed():
                     continue
@@ -512,9 +519,11 @@ def decide(ctx: Ctx, p: Problem, spec: Spec, other: Callable[[], int], weight: s
             raise MappingError(f"op {om.key}: resident is true but neither operand is a weight (a parameter); "
                                "set resident to false")
         res = weight if om.resident else None
-        if depth not in DEPTHS:
-            raise MappingError(f"op {om.key}: tile buffers={depth}: give {' or '.join(map(str, DEPTHS))} "
-                               "chunk buffers")
+        if depth not in depths(ctx):
+            why = " (in a pipeline stage the last buffer's semaphore counts the stage's handoffs)" \
+                if depth in DEPTHS else ""
+            raise MappingError(f"op {om.key}: tile buffers={depth}: give {' or '.join(map(str, depths(ctx)))} "
+                               f"chunk buffers{why}")
         legal_waves = waves_for(g, res, spec.norm is not None, p)
         if waves not in legal_waves:
             raise MappingError(f"op {om.key}: tile waves={waves}: give {' or '.join(map(str, legal_waves))} "
