@@ -127,17 +127,26 @@ def check_field(spec: InstrSpec, f: Field, value: Any) -> Any:
     raise AssertionError(f"{where}: unknown field kind {kind}")
 
 
-def _plan(spec: InstrSpec) -> tuple[frozenset[str], tuple[tuple[Field, bool, int, int], ...]]:
-    """Per spec, once: its field names and, per field, (field, integer-valued, low, high)."""
+_Plan = tuple[frozenset[str], tuple[tuple[str, Any, bool, int, int, Any, Field], ...]]
+
+
+def _plan(spec: InstrSpec) -> _Plan:
+    """Per spec, once: its field names and, per field, (name, default, integer-valued, low, high, the type
+    a value may have to be taken as it is (a DType or enum whose every member fits; else None), field)."""
     plan = _PLANS.get(spec.mnemonic)
     if plan is None:
-        plan = _PLANS[spec.mnemonic] = (
-            frozenset(f.name for f in spec.fields),
-            tuple((f, f.kind in _INTS, *(field_range(f) if f.kind in _INTS else (0, 0))) for f in spec.fields))
+        rows = []
+        for f in spec.fields:
+            integer = f.kind in _INTS
+            lo, hi = field_range(f) if integer else (0, 0)
+            members = DType if f.kind is Kind.DTYPE else f.enum if f.kind is Kind.ENUM else None
+            whole = members is not None and all(0 <= int(m.value) < 1 << f.bits for m in members)
+            rows.append((f.name, f.default, integer, lo, hi, members if whole else None, f))
+        plan = _PLANS[spec.mnemonic] = (frozenset(f.name for f in spec.fields), tuple(rows))
     return plan
 
 
-_PLANS: dict[str, tuple[frozenset[str], tuple[tuple[Field, bool, int, int], ...]]] = {}
+_PLANS: dict[str, _Plan] = {}
 
 
 def make(mnemonic: str, **fields: Any) -> Instr:
@@ -154,14 +163,21 @@ def make(mnemonic: str, **fields: Any) -> Instr:
         name = next(n for n in fields if n not in names)
         raise EncodingError(f"{mnemonic}: unknown field {name!r}; fields are "
                             f"{', '.join(f.name for f in spec.fields) or '(none)'}")
-    args = []
-    for f, integer, lo, hi in plan:
-        value = fields.get(f.name, f.default)
+    args: list[Any] = []
+    get, append = fields.get, args.append
+    for name, default, integer, lo, hi, typ, f in plan:
+        value = get(name, default)
+        # the common cases without check_field's call: an in-range int, a member of a DType or enum that fits
+        if integer:
+            if type(value) is int and lo <= value <= hi:
+                append(value)
+                continue
+        elif typ is not None and type(value) is typ:
+            append(value)
+            continue
         if value is None:
-            raise EncodingError(f"{mnemonic}: missing field {f.name}")
-        # an in-range int needs no conversion: the common case, without check_field's call
-        args.append(value if integer and type(value) is int and lo <= value <= hi
-                    else check_field(spec, f, value))
+            raise EncodingError(f"{mnemonic}: missing field {name}")
+        append(check_field(spec, f, value))
     return Instr(spec, tuple(args))
 
 

@@ -357,10 +357,11 @@ class ProgramBuilder:
             for cid in cores:
                 words.setdefault(encode_code(self.cores[cid].code), []).append(cid)
             groups += words.values()
-        sections, debug = [], []
+        sections: list[CodeSection] = []
+        debug: list[DebugEntry] = []
         for i, cores in enumerate(groups):
             cc = self.cores[cores[0]]
             sections.append(CodeSection(f"s{i}" if len(cores) > 1 else f"core{cores[0]}", tuple(cores),
                                         tuple(cc.code)))
-            debug += [DebugEntry(i, pc, op, src) for pc, op, src in cc.debug]
+            debug += map(DebugEntry._make, ((i, *entry) for entry in cc.debug))
         return Image(self.machine, tuple(sections), tensors, signature, tuple(debug))

@@ -85,6 +85,7 @@ class Ctx:
     # a pipeline (codegen/lanes.py): each op's stage by name, and the rectangle of the stage lowering now
     stage_of: dict[str, int] = field(default_factory=dict)
     lane_rect: Rect | None = None
+    _room: tuple[object, int] = field(default=((), 0), repr=False)  # scratch_bytes's (key, value)
     preplaced: dict[Value, View] = field(default_factory=dict)  # a replica's result, in its slice of the join
     joined: set[str] = field(default_factory=set)  # joins whose replicas wrote their slices (no code)
     _parts: dict[str, int] = field(default_factory=dict)
@@ -283,7 +284,10 @@ class Ctx:
     def scratch_bytes(self) -> int:
         """The scratch an op starting now may take on every core (sram.SramPlan.scratch_room: its working-set
         budget less the values held for a reader or kept for a residual, below the blocks and the code)."""
-        return min((s.scratch_room() for s in self.sram.values()), default=0)
+        key = (SramPlan.epoch, id(self.sram), len(self.sram))
+        if self._room[0] != key:
+            self._room = (key, min((s.scratch_room() for s in self.sram.values()), default=0))
+        return self._room[1]
 
     def begin_op(self) -> None:
         for s in self.sram.values():

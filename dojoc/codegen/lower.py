@@ -9,7 +9,7 @@ barrier, so the emulator's cycles split into `load_cycles` and `cycles`.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from math import prod
 
@@ -38,6 +38,7 @@ from dojoc.mapping.place import usable_cores
 from isa.machine import Machine
 from isa.program import Signature, TensorKind
 from isa.table import WORD_BYTES
+from runtime_emu.hostgc import growing_heap
 
 PRECISIONS = ("bf16", "fp32", "cfp8")
 
@@ -96,24 +97,26 @@ def lower_graph(graph: Graph, machine: Machine, precision: str = "bf16",
     search prices (default `context.SEARCH_BUDGET`); the mapping's notes name the ops it cut short. With
     `lanes` (codegen/lanes.py: `graph` is then its micro-batched graph) the ops run as that pipeline."""
     reserves: dict[int, int] = {}  # per core, a code gap wider than the plan's default (sram.CODE_SHARE)
-    for _ in range(2):
+    with growing_heap() as settle:  # the streams grow op by op: the collector walks each op's objects once
+        for _ in range(2):
+            try:
+                return _lower(graph, machine, precision, ranges, mapping, search_budget, reserves, lanes, settle)
+            except CodeOverflow as e:  # code outgrew its gap: compile again, keeping what it took free on its core
+                for c, code in e.near.items():
+                    reserves[c] = max(reserves.get(c, 0), aligned(code + code // CODE_SLACK))
         try:
-            return _lower(graph, machine, precision, ranges, mapping, search_budget, reserves, lanes)
-        except CodeOverflow as e:  # code outgrew its gap: compile again, keeping what it took free on its core
-            for c, code in e.near.items():
-                reserves[c] = max(reserves.get(c, 0), aligned(code + code // CODE_SLACK))
-    try:
-        return _lower(graph, machine, precision, ranges, mapping, search_budget, reserves, lanes)
-    except CodeOverflow as last:
-        raise SramOverflowError(f"the code of core {last.core} takes {last.code:,} bytes of SRAM but its data "
-                                f"leaves {last.gap:,}; give its ops fewer tiles (a mapping with smaller splits) "
-                                "or use a machine with more SRAM (--set sram_bytes=...)") from None
+            return _lower(graph, machine, precision, ranges, mapping, search_budget, reserves, lanes, settle)
+        except CodeOverflow as last:
+            raise SramOverflowError(f"the code of core {last.core} takes {last.code:,} bytes of SRAM but its data "
+                                    f"leaves {last.gap:,}; give its ops fewer tiles (a mapping with smaller splits) "
+                                    "or use a machine with more SRAM (--set sram_bytes=...)") from None
 
 
 def _lower(graph: Graph, machine: Machine, precision: str, ranges: Mapping[str, float] | None,
            mapping: OpsMapping | None, search_budget: int | None, reserves: Mapping[int, int],
-           lanes: Lanes | None = None) -> Lowered:
-    """The program, planned with `reserves[core]` bytes of SRAM kept for a core's code (else the default)."""
+           lanes: Lanes | None = None, settle: Callable[[], None] = lambda: None) -> Lowered:
+    """The program, planned with `reserves[core]` bytes of SRAM kept for a core's code (else the default);
+    `settle()` after each op (`hostgc.growing_heap`)."""
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}: use one of {', '.join(PRECISIONS)}")
     missing = unsupported(graph)
@@ -158,6 +161,7 @@ def _lower(graph: Graph, machine: Machine, precision: str, ranges: Mapping[str, 
         span = ctx.builder.span(node.name, mark)
         if span is not None:
             spans.append(span)
+        settle()
     if lanes is not None:
         lanes.close(ctx)
         ctx.decisions = [replace(om, stage=ctx.stage_of.get(om.fused_into or om.op, 0)) for om in ctx.decisions]

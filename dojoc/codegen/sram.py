@@ -86,6 +86,9 @@ class CodeOverflow(Exception):  # noqa: N818 - internal: lower_graph compiles ag
         self.near = near if near is not None else {c: n for c, (n, _) in over.items()}
 
 
+_ROOM_FIELDS = frozenset(("low", "held", "code_reserve", "scratch_limit"))
+
+
 @dataclass
 class SramPlan:
     """One core's SRAM over the program (module docstring): scratch from 0 up, blocks from the top down,
@@ -102,6 +105,15 @@ class SramPlan:
     blocks: list[tuple[int, int, bool]] = field(default_factory=list)  # live blocks: (address, bytes, resident)
     code: int = 0  # the code's bytes, once known (place_code)
     held: int = 0  # bytes of the activations held across ops now (the live blocks but the residents)
+
+    # bumped whenever a field that `scratch_room` reads changes on any plan, so that a caller may keep the
+    # room of many plans until it does (`Ctx.scratch_bytes`: a search asks it tens of thousands of times)
+    epoch = 0  # (a class attribute, not a field)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        object.__setattr__(self, name, value)
+        if name in _ROOM_FIELDS:
+            SramPlan.epoch += 1
 
     def __post_init__(self) -> None:
         if self.code_reserve < 0:

@@ -9,7 +9,7 @@ summa_emit.py emits each core's program from it, held.py keeps an output in its 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cached_property, lru_cache
 
 from dojoc.codegen.context import MAX_COLS, MAX_ROWS, Ctx, split
 from dojoc.codegen.kernels.mxu import resident_free
@@ -27,7 +27,8 @@ MIN_BLOCK = 3  # rows and columns of a core's block, at least
 class Grid:
     """A rectangle of the mesh (`rect`: the home die) as a grid of blocks: the enabled cores of each of its
     rows and columns (ids in order), the row blocks of M and column blocks of N (start, count), and each
-    disabled position's column slices. Rows and columns are counted in the rectangle (`local`)."""
+    disabled position's column slices. Rows and columns are counted in the rectangle (`local`). Its
+    extents are cached: every step of every search asks for them."""
 
     rect: Rect
     rows: tuple[tuple[int, ...], ...]
@@ -37,19 +38,19 @@ class Grid:
     extra: dict[int, tuple[int, int]]  # core -> (first column, count) of the slice it takes, in N
     at: dict[tuple[int, int], int]  # (row, column) in the rectangle -> the enabled core there
 
-    @property
+    @cached_property
     def cores(self) -> tuple[int, ...]:
         return tuple(c for row in self.rows for c in row)
 
-    @property
+    @cached_property
     def m_max(self) -> int:
         return max(n for _, n in self.mblocks)
 
-    @property
+    @cached_property
     def n_max(self) -> int:
         return max(n for _, n in self.nblocks)
 
-    @property
+    @cached_property
     def x_max(self) -> int:
         return max((n for _, n in self.extra.values()), default=0)
 
