@@ -46,6 +46,7 @@ class CoreCode:
         self._regs: dict[int, int] = {}
         self._op: tuple[str, str] | None = None
         self._dims: dict[int, tuple[int, int, int, int, int]] = {}  # DMA shape registers as set
+        self.dram: dict[str, int] = {}  # per IR op, the bytes its DMA loads and stores move (not gathers)
 
     def emit(self, mnemonic: str, **fields: Any) -> None:
         """Append one instruction (fields as for `isa.encoding.make`)."""
@@ -96,12 +97,18 @@ class CoreCode:
         self._set_dims(t, pads)
         if pads:
             assert dt is not None and dt.itemsize == t.esize, "padding needs its element type"
+        self._moved(t)
         self.emit("dmald", rs=self.reg(R_SRAM, t.dst), rm=self.reg(R_DRAM, t.src), esize=t.esize,
                   ndim=len(t.dims), sem=sem, pad=pad if pads else 0.0, dt=dt or DType.U8)
+
+    def _moved(self, t: Transfer) -> None:
+        if self._op is not None:
+            self.dram[self._op[0]] = self.dram.get(self._op[0], 0) + t.nbytes
 
     def dma_store(self, t: Transfer, sem: int) -> None:
         """SRAM -> DRAM. `t.src` is an SRAM address, `t.dst` a DRAM one."""
         self._set_dims(t, None)
+        self._moved(t)
         self.emit("dmast", rm=self.reg(R_DRAM, t.dst), rs=self.reg(R_SRAM, t.src), esize=t.esize,
                   ndim=len(t.dims), sem=sem)
 
@@ -333,6 +340,15 @@ class ProgramBuilder:
         if len(self.emitted) == first:
             return None
         return Span(op, start, self.last[self._lane], tuple(self.emitted[first:]))
+
+    def dram_bytes(self) -> dict[str, int]:
+        """Per IR op, the bytes its code moves to and from DRAM on every core (the code is straight-line,
+        so this is what a run moves; the load phase's streams are not the builder's)."""
+        out: dict[str, int] = {}
+        for cc in self.cores.values():
+            for op, n in cc.dram.items():
+                out[op] = out.get(op, 0) + n
+        return out
 
     def cores_of(self, ref: Ref) -> tuple[int, ...]:
         """The cores that join barrier `ref` (after `keep`)."""

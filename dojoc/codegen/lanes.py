@@ -22,6 +22,7 @@ per stage and micro-batch, the sum of its ops' predictions, run through the wave
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
@@ -157,22 +158,42 @@ class Lanes:
         ctx.lane_rect = None
         ctx.builder.barrier()
 
-    def predict(self, decisions: list[OpMapping], handoff: list[int]) -> int:
+    def predict(self, decisions: list[OpMapping], handoff: list[int], dram: Mapping[str, int] | None = None,
+                port_bytes_per_cycle: float = 0.0) -> int:
         """The pipeline's predicted cycles: group (s, i) starts once (s, i - 1) is done and (s - 1, i)'s
-        handoff has arrived (`handoff[s]` cycles after stage s is done: its signals to stage s + 1)."""
+        handoff has arrived (`handoff[s]` cycles after stage s is done: its signals to stage s + 1).
+
+        The ops' predictions price each op alone, but concurrent stages share the DRAM port. With `dram`
+        (the bytes each op's code moves to and from DRAM, `ProgramBuilder.dram_bytes`), the prediction is
+        at least the wavefront's run in lockstep, each step taking its slowest group or the port's time for
+        every group's bytes of that step, whichever is longer."""
         per: dict[tuple[int, int], int] = {}
+        moved: dict[tuple[int, int], int] = {}
         for om in decisions:
             g = self.where.get(om.op)
             if g is not None and om.fused_into is None:
                 per[g] = per.get(g, 0) + om.predicted_cycles
+        for op, (s, i) in self.where.items():
+            moved[(s, i)] = moved.get((s, i), 0) + (dram or {}).get(op, 0)
+        groups = [(s, i) for s in range(self.stages) for i in range(self.plan.micro_batches)]
         if self.probe:  # one micro-batch was lowered: every micro-batch of a stage takes as long
-            per = {(s, i): per.get((s, 0), 0) for s in range(self.stages) for i in range(self.plan.micro_batches)}
+            per = {(s, i): per.get((s, 0), 0) for s, i in groups}
+            moved = {(s, i): moved.get((s, 0), 0) for s, i in groups}
         done: dict[tuple[int, int], int] = {}
         for i in range(self.plan.micro_batches):
             for s in range(self.stages):
                 start = max(done.get((s, i - 1), 0), done.get((s - 1, i), 0) + (handoff[s - 1] if s else 0))
                 done[(s, i)] = start + per.get((s, i), 0)
-        return max(done.values(), default=0)
+        free = max(done.values(), default=0)
+        if not port_bytes_per_cycle:
+            return free
+        lockstep = 0.0
+        for t in range(self.plan.micro_batches + self.stages - 1):
+            step = [(s, t - s) for s in range(self.stages) if 0 <= t - s < self.plan.micro_batches]
+            lockstep += max(max(per.get(g, 0) for g in step),
+                            sum(moved.get(g, 0) for g in step) / port_bytes_per_cycle)
+        lockstep += sum(handoff)
+        return max(free, round(lockstep))
 
 
 def _rect_cores(machine: Machine, rect: Rect) -> tuple[int, ...]:

@@ -205,7 +205,8 @@ def _lower(graph: Graph, machine: Machine, precision: str, ranges: Mapping[str, 
             producers, consumers = b.handoffs[lanes.handoff_id(s)]
             handoff.append(signal_cycles(machine, producers[0], consumers, len(b.signal_runs(consumers)))
                            if producers and consumers else 0)
-        built = replace(built, pipeline=replace(lanes.plan, predicted_cycles=lanes.predict(ctx.decisions, handoff)))
+        predicted = lanes.predict(ctx.decisions, handoff, b.dram_bytes(), machine.dram_ports[0].bytes_per_cycle)
+        built = replace(built, pipeline=replace(lanes.plan, predicted_cycles=predicted))
     return Lowered(image, in_names, out_names, flops_of(graph), precision, max(len(ctx.used), 1),
                    max(s.peak for s in ctx.sram.values()), built,
                    tuple((sp.op, sp.start, sp.end) for sp in spans),

@@ -230,3 +230,24 @@ def test_replicas_share_their_stage_resident_weights() -> None:
     resident = sum(s["resident"] for s in piped.report.sram)
     assert weights <= resident < 2 * weights
     assert resident <= 1.1 * sum(s["resident"] for s in plain.report.sram)
+
+
+def test_the_prediction_prices_the_shared_dram_port() -> None:
+    """Each op's prediction prices it alone; stages that run at once share the DRAM port, so with the bytes
+    each op's code moves the pipeline takes at least its wavefront in lockstep, each step the longer of its
+    slowest group and the port's time for all of that step's bytes."""
+    from dojoc.codegen.lanes import Lanes
+    from dojoc.mapping.model import OpMapping
+    from dojoc.mapping.place import Rect
+
+    rects = (Rect(0, 0, 2, 4), Rect(2, 0, 2, 4))
+    plan = Pipeline(2, (Stage("a", (0, 0, 2, 4)), Stage("b", (2, 0, 2, 4))))
+    where = {"a_mb0": (0, 0), "a_mb1": (0, 1), "b_mb0": (1, 0), "b_mb1": (1, 1)}
+    lanes = Lanes(plan, rects, (tuple(range(8)), tuple(range(8, 16))), where)
+    decisions = [OpMapping(op, "matmul", predicted_cycles=100) for op in where]
+    # alone: b_mb0 starts after a_mb0 and its 10-cycle handoff, b_mb1 after both a_mb1's handoff and b_mb0
+    assert lanes.predict(decisions, [10]) == 310
+    # 40,000 bytes a group at 400 B/cycle: the middle step's two groups need the port for 200 cycles
+    assert lanes.predict(decisions, [10], dict.fromkeys(where, 40_000), 400.0) == 100 + 200 + 100 + 10
+    # few bytes: the port does not bound it
+    assert lanes.predict(decisions, [10], dict.fromkeys(where, 4_000), 400.0) == 310
