@@ -18,18 +18,11 @@ from collections.abc import Callable, Iterator
 
 @contextlib.contextmanager
 def frozen_heap() -> Iterator[None]:
-    """A context in which the objects alive at its start are not scanned by the cyclic collector.
-
-    Does nothing when the collector is disabled or the caller has already frozen objects (unfreezing
-    at the end would release theirs too)."""
-    if not gc.isenabled() or gc.get_freeze_count():
+    """A context in which the objects alive at its start are not scanned by the cyclic collector
+    (`growing_heap`, settled once as it starts)."""
+    with growing_heap() as settle:
+        settle()
         yield
-        return
-    gc.freeze()
-    try:
-        yield
-    finally:
-        gc.unfreeze()
 
 
 @contextlib.contextmanager
@@ -37,8 +30,8 @@ def growing_heap() -> Iterator[Callable[[], None]]:
     """A context for work that builds a large heap step by step (a compile: two million instructions for
     ResNet-50, about a sixth of its time in the collector's walks over them). It yields `settle`, which moves
     the objects alive now to the permanent generation, so later collections walk only what came after;
-    everything goes back at the end. The same rules as `frozen_heap`: nothing when the collector is
-    disabled or the caller has frozen objects."""
+    everything goes back at the end. Does nothing when the collector is disabled or the caller has already
+    frozen objects (unfreezing at the end would release theirs too)."""
     if not gc.isenabled() or gc.get_freeze_count():
         yield lambda: None
         return

@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+from dojoc.codegen.paths import signal_cycles
 from dojoc.codegen.sems import HANDOFF, MOST, SEM_BITS
 from dojoc.codegen.view import Transfer
 from dojoc.errors import CompileError
@@ -231,12 +232,24 @@ class ProgramBuilder:
         for c in (*producers, *consumers):
             self.cores[c].code.append(make("barrier", id=hid, count=0))
 
+    def _leader(self, hid: int) -> int | None:
+        """The producer core that signals handoff `hid` (after `keep`), or None when nothing is signalled."""
+        producers, consumers = self.handoffs[hid]
+        return producers[0] if producers and consumers else None
+
+    def handoff_cycles(self, hid: int) -> int:
+        """Cycles from handoff `hid`'s leader issuing its signals to the last consumer taking one (after `keep`)."""
+        leader, consumers = self._leader(hid), self.handoffs[hid][1]
+        if leader is None:
+            return 0
+        return signal_cycles(self.machine, leader, consumers, len(self.signal_runs(consumers)))
+
     def _handoff_code(self, core: int, hid: int) -> list[Instr]:
         """What handoff `hid`'s marker becomes on `core` (after `keep`)."""
-        producers, consumers = self.handoffs[hid]
+        consumers = self.handoffs[hid][1]
         if core in consumers:
             return [make("wait", sem=HANDOFF, count=1)]
-        if core != producers[0] or not consumers:
+        if core != self._leader(hid):
             return []
         code: list[Instr] = []
         for target, first, span in self.signal_runs(consumers):
@@ -311,21 +324,20 @@ class ProgramBuilder:
             k = 0
             for ins in cc.code:
                 pcs.append(len(code))
-                if ins.spec.mnemonic == "barrier" and ins["id"] in self.handoffs:
-                    written = self._handoff_code(c, ins["id"])
-                    code += written
-                    if not written:
-                        pcs[-1] = None
-                elif ins.spec.mnemonic == "barrier" and ins["id"] in self.lane_cores:
-                    code.append(make("barrier", id=ins["id"], count=len(self.lane_cores[ins["id"]])))
-                elif ins.spec.mnemonic == "barrier":
-                    if c in members[k]:
-                        code.append(make("barrier", id=ins["id"], count=len(members[k])))
-                    else:
-                        pcs[-1] = None
-                    k += 1
-                else:
+                if ins.spec.mnemonic != "barrier":
                     code.append(ins)
+                    continue
+                bid = ins["id"]
+                if bid in self.handoffs:
+                    written = self._handoff_code(c, bid)
+                elif bid in self.lane_cores:
+                    written = [make("barrier", id=bid, count=len(self.lane_cores[bid]))]
+                else:
+                    written = [make("barrier", id=bid, count=len(members[k]))] if c in members[k] else []
+                    k += 1
+                code += written
+                if not written:
+                    pcs[-1] = None
             pcs.append(len(code))
             cc.code = code
             cc.debug = [(new, op, src) for pc, op, src in cc.debug if (new := pcs[pc]) is not None]

@@ -188,12 +188,18 @@ class Lanes:
         if not port_bytes_per_cycle:
             return free
         lockstep = 0.0
-        for t in range(self.plan.micro_batches + self.stages - 1):
-            step = [(s, t - s) for s in range(self.stages) if 0 <= t - s < self.plan.micro_batches]
+        for step in wavefront(self.plan.micro_batches, self.stages):
             lockstep += max(max(per.get(g, 0) for g in step),
                             sum(moved.get(g, 0) for g in step) / port_bytes_per_cycle)
         lockstep += sum(handoff)
         return max(free, round(lockstep))
+
+
+def wavefront(micro_batches: int, stages: int) -> list[list[tuple[int, int]]]:
+    """The pipeline's steps: at step t, stage s runs micro-batch t - s; each step's groups (stage,
+    micro-batch), stage 0 first."""
+    return [[(s, t - s) for s in range(stages) if 0 <= t - s < micro_batches]
+            for t in range(micro_batches + stages - 1)]
 
 
 def _rect_cores(machine: Machine, rect: Rect) -> tuple[int, ...]:
@@ -255,11 +261,9 @@ def prepare(graph: Graph, plan: Pipeline, machine: Machine, probe: bool = False)
         else:
             tail.append(n)  # the joins of the outputs
     order = list(lead)
-    for t in range(M + S - 1):
-        for s in reversed(range(S)):
-            i = t - s
-            if 0 <= i < M:
-                order += by_group.get((s, i), [])
+    for step in wavefront(M, S):
+        for group in reversed(step):  # the last stage first
+            order += by_group.get(group, [])
     order += tail
     gm.nodes = order
     if probe:
@@ -281,9 +285,10 @@ def prepare(graph: Graph, plan: Pipeline, machine: Machine, probe: bool = False)
 SCREEN_MARGIN = 0.9
 MAX_MICRO_BATCHES = 8
 # A pipeline is taken only when predicted this much faster than one op at a time: its stages' predictions
-# are each their own, and the traffic of stages that run at once through one DRAM port and the mesh links
-# near it is not priced. A 2-die pipeline of an MLP on `tile` (1024 rows) was predicted 16 % faster than one
-# die (106,603 against 127,527 cycles) and ran 4 % slower (133,564 against 128,028).
+# are each their own, and the traffic of stages that run at once over the mesh links near the DRAM port
+# is not priced (the port itself is: `Lanes.predict`). A 2-die pipeline of an MLP on `tile` (1024 rows) was
+# predicted 16 % faster than one die (106,603 against 127,527 cycles) and ran 4 % slower (133,564 against
+# 128,028), before the port was priced.
 TAKE_SHARE = 0.8
 PROBES = 2  # the screened pipelines whose first micro-batch is lowered to price them (each 1/M of a compile)
 

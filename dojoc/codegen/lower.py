@@ -21,7 +21,7 @@ from dojoc.codegen.kernels.copy import copy_view
 from dojoc.codegen.kernels.eltwise import fill
 from dojoc.codegen.kernels.held import release_kept
 from dojoc.codegen.lanes import Lanes
-from dojoc.codegen.paths import barrier_cycles, signal_cycles
+from dojoc.codegen.paths import barrier_cycles
 from dojoc.codegen.registry import KERNELS
 from dojoc.codegen.result import LOAD_BARRIER, Lowered
 from dojoc.codegen.sram import CODE_SLACK, CodeOverflow, SramPlan, aligned
@@ -200,11 +200,7 @@ def _lower(graph: Graph, machine: Machine, precision: str, ranges: Mapping[str, 
     built = build_mapping(ctx, tuple(ctx.search_notes))
     if lanes is not None:
         b = ctx.builder
-        handoff = []
-        for s in range(lanes.stages - 1):
-            producers, consumers = b.handoffs[lanes.handoff_id(s)]
-            handoff.append(signal_cycles(machine, producers[0], consumers, len(b.signal_runs(consumers)))
-                           if producers and consumers else 0)
+        handoff = [b.handoff_cycles(lanes.handoff_id(s)) for s in range(lanes.stages - 1)]
         predicted = lanes.predict(ctx.decisions, handoff, b.dram_bytes(), machine.dram_ports[0].bytes_per_cycle)
         built = replace(built, pipeline=replace(lanes.plan, predicted_cycles=predicted))
     return Lowered(image, in_names, out_names, flops_of(graph), precision, max(len(ctx.used), 1),

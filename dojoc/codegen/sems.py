@@ -211,10 +211,11 @@ HANDOFF = PIPELINE.id("handoff")
 
 def check_handoff(layouts: tuple[Layout, ...] = LAYOUTS) -> None:
     """The handoff id is live beside every kernel of a stage: only SUMMA's unused third buffer may take it."""
+    spare = (SUMMA.family, "free_b", PIPELINE_DEPTH)  # the one place the id may appear
     for layout in layouts:
         for g in layout.all_groups:
             ids = layout.ids(g.name)
-            if HANDOFF in ids and (layout.family, g.name, ids.index(HANDOFF)) != ("summa", "free_b", PIPELINE_DEPTH):
+            if HANDOFF in ids and (layout.family, g.name, ids.index(HANDOFF)) != spare:
                 raise ValueError(f"semaphore layout {layout.family}: group {g.name} takes id {HANDOFF}, the "
                                  "pipeline's handoff semaphore, live beside every kernel of a stage")
 

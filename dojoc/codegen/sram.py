@@ -86,7 +86,7 @@ class CodeOverflow(Exception):  # noqa: N818 - internal: lower_graph compiles ag
         self.near = near if near is not None else {c: n for c, (n, _) in over.items()}
 
 
-_ROOM_FIELDS = frozenset(("low", "held", "code_reserve", "scratch_limit"))
+_ROOM_FIELDS = frozenset(("low", "held", "code_reserve", "scratch_limit"))  # what `SramPlan._top` reads
 
 
 @dataclass

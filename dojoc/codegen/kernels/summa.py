@@ -85,13 +85,13 @@ KERNEL = "summa"
 KC_CHOICES = (512, 384, 256, 192, 128, 96, 64, 32)
 # chunk buffers: free semaphores are per buffer, so any line length takes each of these
 DEPTHS = tuple(range(2, MAX_DEPTH + 1))
+WAVES = (1, 2)  # more measured slower than the model predicts (docs/decisions.md)
 
 
 def depths(ctx: Ctx) -> tuple[int, ...]:
     """The chunk buffers an op may take: in a pipeline stage at most `sems.PIPELINE_DEPTH` (the last
     buffer's semaphore counts the stage's handoffs there)."""
     return DEPTHS if ctx.lane_rect is None else tuple(d for d in DEPTHS if d <= PIPELINE_DEPTH)
-WAVES = (1, 2)  # more measured slower than the model predicts (docs/decisions.md)
 
 
 
